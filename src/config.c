@@ -1,0 +1,794 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Configuration loading. libinih does the INI tokenising; this module owns
+ * the key table, value validation with file:line:col errors, libpq-style
+ * connection strings of [databases], and the process-wide current snapshot
+ * that SIGHUP replaces.
+ */
+#include "pgveil/config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <ini.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "pgveil/log.h"
+#include "pgveil/tls.h"
+
+typedef enum { K_STR, K_INT, K_BOOL, K_MS, K_SECONDS, K_LIST, K_ENUM, K_SIZE } KeyType;
+
+typedef struct KeyDef {
+	const char *section;    /* "pgveil" or "oidc" */
+	const char *name;       /* key */
+	KeyType type;           /* how the value is read */
+	size_t offset;          /* field in Config */
+	long min, max;          /* K_INT bounds */
+	const char *const *enum_names; /* K_ENUM: accepted words, index = value */
+} KeyDef;
+
+static const char *const action_names[] = { "allow", "block", "hold", NULL };
+static const char *const audit_mode_names[] = { "async", "strict", NULL };
+static const char *const log_level_names[] = { "error", "warn", "info", "debug", NULL };
+static const char *const log_format_names[] = { "text", "json", NULL };
+static const char *const mask_pred_names[] = { "block", "allow", NULL };
+
+#define F(field) offsetof(Config, field)
+static const KeyDef key_defs[] = {
+	{ "pgveil", "listen_addr", K_LIST, F(listen_addr), 0, 0, NULL },
+	{ "pgveil", "listen_port", K_INT, F(listen_port), 1, 65535, NULL },
+	{ "pgveil", "workers", K_INT, F(workers), 0, 256, NULL },
+	{ "pgveil", "max_client_conn", K_INT, F(max_client_conn), 1, 1000000, NULL },
+	{ "pgveil", "tls_cert_file", K_STR, F(tls_cert_file), 0, 0, NULL },
+	{ "pgveil", "tls_key_file", K_STR, F(tls_key_file), 0, 0, NULL },
+	{ "pgveil", "allow_plaintext_auth", K_BOOL, F(allow_plaintext_auth), 0, 0, NULL },
+	{ "pgveil", "dev_trust_auth", K_BOOL, F(dev_trust_auth), 0, 0, NULL },
+	{ "pgveil", "rules", K_STR, F(rules), 0, 0, NULL },
+	{ "pgveil", "default_action", K_ENUM, F(default_action), 0, 0, action_names },
+	{ "pgveil", "audit_db", K_STR, F(audit_db), 0, 0, NULL },
+	{ "pgveil", "audit_mode", K_ENUM, F(audit_mode), 0, 0, audit_mode_names },
+	{ "pgveil", "audit_retention", K_SECONDS, F(audit_retention), 0, 0, NULL },
+	{ "pgveil", "hold_timeout", K_MS, F(hold_timeout), 0, 0, NULL },
+	{ "pgveil", "admin_db", K_STR, F(admin_db), 0, 0, NULL },
+	{ "pgveil", "admin_groups", K_LIST, F(admin_groups), 0, 0, NULL },
+	{ "pgveil", "approver_groups", K_LIST, F(approver_groups), 0, 0, NULL },
+	{ "pgveil", "auditor_groups", K_LIST, F(auditor_groups), 0, 0, NULL },
+	{ "pgveil", "mask_key_file", K_STR, F(mask_key_file), 0, 0, NULL },
+	{ "pgveil", "mask_predicates", K_ENUM, F(mask_predicates_allow), 0, 0, mask_pred_names },
+	{ "pgveil", "audit_redact_literals", K_BOOL, F(audit_redact_literals), 0, 0, NULL },
+	{ "pgveil", "startup_timeout", K_MS, F(startup_timeout), 0, 0, NULL },
+	{ "pgveil", "shutdown_timeout", K_MS, F(shutdown_timeout), 0, 0, NULL },
+	{ "pgveil", "server_connect_timeout", K_MS, F(server_connect_timeout), 0, 0, NULL },
+	{ "pgveil", "max_packet_size", K_SIZE, F(max_packet_size), 0, 0, NULL },
+	{ "pgveil", "log_level", K_ENUM, F(log_level), 0, 0, log_level_names },
+	{ "pgveil", "log_format", K_ENUM, F(log_format), 0, 0, log_format_names },
+	{ "oidc", "issuer", K_STR, F(oidc_issuer), 0, 0, NULL },
+	{ "oidc", "audience", K_STR, F(oidc_audience), 0, 0, NULL },
+	{ "oidc", "jwks_file", K_STR, F(oidc_jwks_file), 0, 0, NULL },
+	{ "oidc", "jwks_uri", K_STR, F(oidc_jwks_uri), 0, 0, NULL },
+	{ "oidc", "algorithms", K_LIST, F(oidc_algorithms), 0, 0, NULL },
+	{ "oidc", "subject_claim", K_STR, F(oidc_subject_claim), 0, 0, NULL },
+	{ "oidc", "groups_claim", K_STR, F(oidc_groups_claim), 0, 0, NULL },
+	{ "oidc", "clock_skew", K_SECONDS, F(oidc_clock_skew), 0, 0, NULL },
+	{ "oidc", "match_user", K_BOOL, F(oidc_match_user), 0, 0, NULL },
+};
+#undef F
+#define N_KEYS PGV_ARRAY_LEN(key_defs)
+
+/* State of one load: the file being read, the line being parsed, errors. */
+typedef struct LoadState {
+	Config *cfg;          /* being filled */
+	const char *path;     /* for messages */
+	FILE *fp;             /* the file */
+	int lineno;           /* line last handed to inih */
+	char line[512];       /* raw copy of that line, for columns */
+	bool line_indented;   /* it starts with whitespace: a continuation */
+	char *last_db;        /* last [databases] key, for continuations */
+	bool seen[N_KEYS];    /* keys already set */
+	char *errs;           /* accumulated messages */
+	size_t errs_len;      /* bytes in errs */
+	int nerrors;          /* count */
+} LoadState;
+
+static void PGV_PRINTF(3, 4) load_error(LoadState *st, int col, const char *fmt, ...)
+{
+	char msg[600];
+	int n;
+	va_list ap;
+	char *p;
+
+	n = snprintf(msg, sizeof(msg), "%s:%d:%d: ", st->path, st->lineno, col);
+	va_start(ap, fmt);
+	vsnprintf(msg + n, sizeof(msg) - (size_t)n, fmt, ap);
+	va_end(ap);
+	n = (int)strlen(msg);
+	p = realloc(st->errs, st->errs_len + (size_t)n + 2);
+	if (p == NULL)
+		return;
+	st->errs = p;
+	memcpy(st->errs + st->errs_len, msg, (size_t)n);
+	st->errs_len += (size_t)n;
+	st->errs[st->errs_len++] = '\n';
+	st->errs[st->errs_len] = '\0';
+	st->nerrors++;
+}
+
+/* 1-based column of `needle` in the current raw line, 1 if not found. */
+static int col_of(const LoadState *st, const char *needle)
+{
+	const char *p = (*needle != '\0') ? strstr(st->line, needle) : NULL;
+
+	return p ? (int)(p - st->line) + 1 : 1;
+}
+
+/* Column of the value: the first occurrence after the '='. */
+static int value_col(const LoadState *st, const char *value)
+{
+	const char *eq = strchr(st->line, '=');
+	const char *p = (eq != NULL && *value != '\0') ? strstr(eq, value) : NULL;
+
+	return p ? (int)(p - st->line) + 1 : (eq ? (int)(eq - st->line) + 2 : 1);
+}
+
+/* libinih reader: one line per call; detects overlong and indented lines. */
+static char *reader_cb(char *str, int num, void *stream)
+{
+	LoadState *st = stream;
+	size_t n;
+
+	if (fgets(st->line, sizeof(st->line), st->fp) == NULL)
+		return NULL;
+	st->lineno++;
+	n = strlen(st->line);
+	if (n == sizeof(st->line) - 1 && st->line[n - 1] != '\n') {
+		int c;
+
+		load_error(st, 1, "line too long (at most %zu characters)", sizeof(st->line) - 2);
+		while ((c = fgetc(st->fp)) != EOF && c != '\n')
+			;
+		st->line[0] = '\0';
+	}
+	st->line_indented = (st->line[0] == ' ' || st->line[0] == '\t');
+	if (strlen(st->line) >= (size_t)num) {
+		/* inih's own buffer is smaller: hand it a placeholder and keep the real
+		 * line for the handler, which reads st->line directly. */
+		snprintf(str, (size_t)num, "%s", st->line_indented ? " \x01\n" : "\x01=\x01\n");
+		return str;
+	}
+	memcpy(str, st->line, strlen(st->line) + 1);
+	return str;
+}
+
+/* When inih got a placeholder, recover name and value from the raw line. */
+static bool raw_key_value(LoadState *st, char **name, char **value)
+{
+	char *s = st->line, *eq, *end;
+
+	while (isspace((unsigned char)*s))
+		s++;
+	eq = st->line_indented ? s - 1 : strchr(s, '='); /* continuation: all of it is value */
+	if (eq == NULL)
+		return false;
+	if (eq >= s) {
+		for (end = eq; end > s && isspace((unsigned char)end[-1]); end--)
+			;
+		*name = strndup(s, (size_t)(end - s));
+	} else {
+		*name = NULL;
+	}
+	s = eq + 1;
+	while (isspace((unsigned char)*s))
+		s++;
+	end = s + strlen(s);
+	for (char *c = s; *c; c++)
+		if (*c == ';' && c > s && isspace((unsigned char)c[-1])) {
+			end = c;
+			break;
+		}
+	while (end > s && isspace((unsigned char)end[-1]))
+		end--;
+	*value = strndup(s, (size_t)(end - s));
+	return true;
+}
+
+static bool parse_bool(const char *v, bool *out)
+{
+	static const char *const yes[] = { "yes", "on", "true", "1" };
+	static const char *const no[] = { "no", "off", "false", "0" };
+
+	for (size_t i = 0; i < 4; i++) {
+		if (strcasecmp(v, yes[i]) == 0) {
+			*out = true;
+			return true;
+		}
+		if (strcasecmp(v, no[i]) == 0) {
+			*out = false;
+			return true;
+		}
+	}
+	return false;
+}
+
+bool config_parse_duration(const char *s, uint64_t *ms_out)
+{
+	static const struct { const char *unit; uint64_t ms; } units[] = {
+		{ "ms", 1 }, { "s", 1000 }, { "m", 60000 }, { "min", 60000 },
+		{ "h", 3600000 }, { "d", 86400000 },
+	};
+	char *end;
+	unsigned long long v;
+
+	if (!isdigit((unsigned char)*s))
+		return false;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno != 0)
+		return false;
+	for (size_t i = 0; i < PGV_ARRAY_LEN(units); i++)
+		if (strcmp(end, units[i].unit) == 0) {
+			if (v > UINT64_MAX / units[i].ms)
+				return false;
+			*ms_out = v * units[i].ms;
+			return true;
+		}
+	return false;
+}
+
+static bool parse_size(const char *s, uint32_t *out)
+{
+	static const struct { const char *unit; uint64_t mult; } units[] = {
+		{ "", 1 }, { "B", 1 }, { "kB", 1024 }, { "KB", 1024 }, { "MB", 1 << 20 }, { "GB", 1 << 30 },
+	};
+	char *end;
+	unsigned long long v;
+
+	if (!isdigit((unsigned char)*s))
+		return false;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno != 0)
+		return false;
+	for (size_t i = 0; i < PGV_ARRAY_LEN(units); i++)
+		if (strcmp(end, units[i].unit) == 0) {
+			uint64_t bytes = v * units[i].mult;
+
+			if (v > UINT32_MAX || bytes > 0x3fffffffu || bytes < 1024)
+				return false;
+			*out = (uint32_t)bytes;
+			return true;
+		}
+	return false;
+}
+
+static void namelist_free(NameList *l)
+{
+	for (int i = 0; i < l->n; i++)
+		free(l->items[i]);
+	free(l->items);
+	l->items = NULL;
+	l->n = 0;
+}
+
+/* Splits "a, b ,c" into trimmed, non-empty names. */
+static bool parse_list(const char *v, NameList *out)
+{
+	const char *p = v;
+
+	namelist_free(out);
+	while (*p) {
+		const char *start, *end;
+		char **items;
+
+		while (isspace((unsigned char)*p) || *p == ',')
+			p++;
+		if (*p == '\0')
+			break;
+		start = p;
+		while (*p && *p != ',')
+			p++;
+		end = p;
+		while (end > start && isspace((unsigned char)end[-1]))
+			end--;
+		items = realloc(out->items, sizeof(char *) * (size_t)(out->n + 1));
+		if (items == NULL)
+			return false;
+		out->items = items;
+		out->items[out->n] = strndup(start, (size_t)(end - start));
+		if (out->items[out->n] == NULL)
+			return false;
+		out->n++;
+	}
+	return true;
+}
+
+static bool set_value(LoadState *st, const KeyDef *k, const char *value)
+{
+	char *field = (char *)st->cfg + k->offset;
+	uint64_t ms;
+
+	switch (k->type) {
+	case K_STR:
+		free(*(char **)field);
+		*(char **)field = (*value != '\0') ? strdup(value) : NULL;
+		return true;
+	case K_INT: {
+		char *end;
+		long v;
+
+		errno = 0;
+		v = strtol(value, &end, 10);
+		if (errno != 0 || end == value || *end != '\0' || v < k->min || v > k->max) {
+			load_error(st, value_col(st, value), "%s must be an integer from %ld to %ld, not '%s'",
+				   k->name, k->min, k->max, value);
+			return false;
+		}
+		*(int *)field = (int)v;
+		return true;
+	}
+	case K_BOOL:
+		if (!parse_bool(value, (bool *)field)) {
+			load_error(st, value_col(st, value), "%s must be yes or no, not '%s'", k->name, value);
+			return false;
+		}
+		return true;
+	case K_MS:
+	case K_SECONDS:
+		if (strcasecmp(value, "off") == 0 && k->type == K_SECONDS) {
+			*(uint64_t *)field = 0;
+			return true;
+		}
+		if (!config_parse_duration(value, &ms)) {
+			load_error(st, value_col(st, value),
+				   "%s must be a duration with a unit (ms, s, m, h, d), e.g. 30s, not '%s'", k->name, value);
+			return false;
+		}
+		*(uint64_t *)field = (k->type == K_MS) ? ms : ms / 1000;
+		return true;
+	case K_LIST:
+		if (!parse_list(value, (NameList *)field)) {
+			load_error(st, value_col(st, value), "out of memory");
+			return false;
+		}
+		return true;
+	case K_SIZE:
+		if (!parse_size(value, (uint32_t *)field)) {
+			load_error(st, value_col(st, value),
+				   "%s must be a size from 1kB to 1GB (units B, kB, MB, GB), not '%s'", k->name, value);
+			return false;
+		}
+		return true;
+	case K_ENUM:
+		for (int i = 0; k->enum_names[i] != NULL; i++)
+			if (strcasecmp(value, k->enum_names[i]) == 0) {
+				if (k->offset == offsetof(Config, mask_predicates_allow))
+					*(bool *)field = (i == 1);
+				else
+					*(int *)field = i;
+				return true;
+			}
+		load_error(st, value_col(st, value), "%s: invalid value '%s'", k->name, value);
+		return false;
+	}
+	return false;
+}
+
+static int handle_database(LoadState *st, const char *name, const char *value)
+{
+	DbEntry db = { 0 }, *arr;
+	const char *why = NULL;
+	size_t off = 0;
+	Config *cfg = st->cfg;
+
+	if (!config_parse_conninfo(value, &db, &why, &off)) {
+		load_error(st, value_col(st, value) + (int)off, "database \"%s\": %s", name, why);
+		config_free_db(&db);
+		return 1;
+	}
+	for (int i = 0; i < cfg->n_databases; i++)
+		if (strcmp(cfg->databases[i].name, name) == 0) {
+			load_error(st, col_of(st, name), "database \"%s\" is defined twice", name);
+			config_free_db(&db);
+			return 1;
+		}
+	db.name = strdup(name);
+	if (db.dbname == NULL)
+		db.dbname = strdup(name);
+	arr = realloc(cfg->databases, sizeof(DbEntry) * (size_t)(cfg->n_databases + 1));
+	if (arr == NULL || db.name == NULL) {
+		load_error(st, 1, "out of memory");
+		config_free_db(&db);
+		return 1;
+	}
+	cfg->databases = arr;
+	cfg->databases[cfg->n_databases++] = db;
+	free(st->last_db);
+	st->last_db = strdup(name);
+	return 1;
+}
+
+/* A continuation line in [databases]: more key=value pairs for the previous entry. */
+static int continue_database(LoadState *st, const char *value)
+{
+	Config *cfg = st->cfg;
+	const char *why = NULL;
+	size_t off = 0;
+	DbEntry *prev;
+
+	if (st->last_db == NULL || cfg->n_databases == 0) {
+		load_error(st, 1, "continuation line without a database entry before it");
+		return 1;
+	}
+	prev = &cfg->databases[cfg->n_databases - 1];
+	if (!config_parse_conninfo(value, prev, &why, &off))
+		load_error(st, value_col(st, value) + (int)off, "database \"%s\": %s", prev->name, why);
+	return 1;
+}
+
+static int ini_handler_cb(void *user, const char *section, const char *name, const char *value)
+{
+	LoadState *st = user;
+	char *raw_name = NULL, *raw_value = NULL;
+	int rc = 1;
+
+	if (strcmp(name, "\x01") == 0 || strcmp(value, "\x01") == 0) {
+		if (!raw_key_value(st, &raw_name, &raw_value)) {
+			load_error(st, 1, "syntax error: expected key = value");
+			return 1;
+		}
+		name = raw_name ? raw_name : name;
+		value = raw_value;
+	}
+	if (strcmp(section, "databases") == 0) {
+		rc = st->line_indented ? continue_database(st, value) : handle_database(st, name, value);
+		goto out;
+	}
+	if (st->line_indented) {
+		load_error(st, 1, "continuation lines are only allowed in [databases]");
+		goto out;
+	}
+	if (strcmp(section, "pgveil") != 0 && strcmp(section, "oidc") != 0) {
+		load_error(st, 1, "unknown section [%s]", section);
+		goto out;
+	}
+	for (size_t i = 0; i < N_KEYS; i++) {
+		const KeyDef *k = &key_defs[i];
+
+		if (strcmp(k->section, section) != 0 || strcmp(k->name, name) != 0)
+			continue;
+		if (st->seen[i])
+			load_error(st, col_of(st, name), "%s is set twice", name);
+		st->seen[i] = true;
+		set_value(st, k, value);
+		goto out;
+	}
+	load_error(st, col_of(st, name), "unknown key '%s' in [%s]", name, section);
+out:
+	free(raw_name);
+	free(raw_value);
+	return rc;
+}
+
+static Config *config_new_defaults(const char *path)
+{
+	Config *cfg = calloc(1, sizeof(Config));
+
+	if (cfg == NULL)
+		return NULL;
+	cfg->refcount = 1;
+	cfg->path = strdup(path);
+	parse_list("127.0.0.1", &cfg->listen_addr);
+	cfg->listen_port = 6432;
+	cfg->max_client_conn = 1000;
+	cfg->default_action = ACTION_BLOCK;
+	cfg->audit_mode = AUDIT_ASYNC;
+	cfg->hold_timeout = 300000;
+	cfg->admin_db = strdup("pgveil");
+	parse_list("pgveil-admins", &cfg->admin_groups);
+	parse_list("dba", &cfg->approver_groups);
+	parse_list("audit", &cfg->auditor_groups);
+	cfg->startup_timeout = 10000;
+	cfg->shutdown_timeout = 30000;
+	cfg->server_connect_timeout = 10000;
+	cfg->max_packet_size = 1u << 30;
+	cfg->log_level = 2; /* info */
+	cfg->log_format = LOGFMT_TEXT;
+	parse_list("RS256, ES256", &cfg->oidc_algorithms);
+	cfg->oidc_subject_claim = strdup("sub");
+	cfg->oidc_groups_claim = strdup("groups");
+	cfg->oidc_clock_skew = 60;
+	return cfg;
+}
+
+static void config_free(Config *cfg)
+{
+	for (size_t i = 0; i < N_KEYS; i++) {
+		char *field = (char *)cfg + key_defs[i].offset;
+
+		if (key_defs[i].type == K_STR)
+			free(*(char **)field);
+		else if (key_defs[i].type == K_LIST)
+			namelist_free((NameList *)field);
+	}
+	for (int i = 0; i < cfg->n_databases; i++)
+		config_free_db(&cfg->databases[i]);
+	free(cfg->databases);
+	tls_ctx_free(cfg->tls_server_ctx);
+	free(cfg->path);
+	free(cfg);
+}
+
+static bool is_loopback(const char *addr)
+{
+	return strcmp(addr, "localhost") == 0 || strncmp(addr, "127.", 4) == 0 || strcmp(addr, "::1") == 0;
+}
+
+bool config_listeners_loopback(const Config *cfg)
+{
+	for (int i = 0; i < cfg->listen_addr.n; i++)
+		if (!is_loopback(cfg->listen_addr.items[i]))
+			return false;
+	return true;
+}
+
+/* Checks that need the whole file: pairs of keys, files that must exist. */
+static void validate_whole(LoadState *st)
+{
+	Config *cfg = st->cfg;
+
+	st->lineno = 0;
+	if ((cfg->tls_cert_file == NULL) != (cfg->tls_key_file == NULL))
+		load_error(st, 1, "tls_cert_file and tls_key_file must be set together");
+	if (cfg->dev_trust_auth && !config_listeners_loopback(cfg))
+		load_error(st, 1, "dev_trust_auth = yes is for development only and needs loopback listen_addr");
+	if (cfg->listen_addr.n == 0)
+		load_error(st, 1, "listen_addr is empty");
+	if (cfg->listen_addr.n > CONFIG_MAX_LISTEN)
+		load_error(st, 1, "listen_addr has more than %d addresses", CONFIG_MAX_LISTEN);
+	for (int i = 0; i < cfg->oidc_algorithms.n; i++)
+		if (strcasecmp(cfg->oidc_algorithms.items[i], "none") == 0)
+			load_error(st, 1, "[oidc] algorithms: \"none\" is never accepted");
+	for (int i = 0; i < cfg->n_databases; i++)
+		if (cfg->databases[i].user == NULL)
+			load_error(st, 1, "database \"%s\": user is required", cfg->databases[i].name);
+		else if (cfg->databases[i].sslmode >= SSLMODE_VERIFY_CA && cfg->databases[i].sslrootcert == NULL)
+			load_error(st, 1, "database \"%s\": sslmode verify-ca and verify-full need sslrootcert",
+				   cfg->databases[i].name);
+	if (cfg->workers == 0) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+		cfg->workers = (n > 0 && n < 256) ? (int)n : 1;
+	}
+}
+
+Config *config_load(const char *path, char **errout, int *nerrors)
+{
+	LoadState st = { 0 };
+	int rc;
+
+	*errout = NULL;
+	*nerrors = 0;
+	st.path = path;
+	st.cfg = config_new_defaults(path);
+	if (st.cfg == NULL)
+		return NULL;
+	st.fp = fopen(path, "r");
+	if (st.fp == NULL) {
+		load_error(&st, 0, "cannot open: %s", strerror(errno));
+		goto fail;
+	}
+	rc = ini_parse_stream(reader_cb, &st, ini_handler_cb, &st);
+	fclose(st.fp);
+	if (rc > 0) {
+		/* inih reports the first line it could not parse at all. */
+		int saved = st.lineno;
+
+		st.lineno = rc;
+		load_error(&st, 1, "syntax error: expected [section] or key = value");
+		st.lineno = saved;
+	}
+	validate_whole(&st);
+	if (st.nerrors > 0)
+		goto fail;
+	free(st.last_db);
+	return st.cfg;
+fail:
+	free(st.last_db);
+	*errout = st.errs;
+	*nerrors = st.nerrors;
+	config_free(st.cfg);
+	return NULL;
+}
+
+Config *config_ref(Config *cfg)
+{
+	__atomic_add_fetch(&cfg->refcount, 1, __ATOMIC_RELAXED);
+	return cfg;
+}
+
+void config_unref(Config *cfg)
+{
+	if (cfg != NULL && __atomic_sub_fetch(&cfg->refcount, 1, __ATOMIC_ACQ_REL) == 0)
+		config_free(cfg);
+}
+
+const DbEntry *config_find_db(const Config *cfg, const char *name)
+{
+	for (int i = 0; i < cfg->n_databases; i++)
+		if (strcmp(cfg->databases[i].name, name) == 0)
+			return &cfg->databases[i];
+	return NULL;
+}
+
+/* ---- process-wide snapshot ---------------------------------------------- */
+
+static pthread_mutex_t current_lock = PTHREAD_MUTEX_INITIALIZER;
+static Config *current_cfg;
+
+Config *config_current(void)
+{
+	Config *cfg;
+
+	pthread_mutex_lock(&current_lock);
+	cfg = current_cfg ? config_ref(current_cfg) : NULL;
+	pthread_mutex_unlock(&current_lock);
+	return cfg;
+}
+
+void config_set_current(Config *cfg)
+{
+	Config *old;
+
+	pthread_mutex_lock(&current_lock);
+	old = current_cfg;
+	current_cfg = cfg;
+	pthread_mutex_unlock(&current_lock);
+	config_unref(old);
+}
+
+/* ---- connection strings --------------------------------------------------- */
+
+void config_free_db(DbEntry *db)
+{
+	free(db->name);
+	free(db->host);
+	free(db->dbname);
+	free(db->user);
+	if (db->password != NULL)
+		explicit_bzero(db->password, strlen(db->password));
+	free(db->password);
+	free(db->sslrootcert);
+	tls_ctx_free(db->tls_ctx);
+	memset(db, 0, sizeof(*db));
+}
+
+/* Reads one value (bare word or single-quoted) at *pp into a new string. */
+static char *conninfo_value(const char **pp, const char **why)
+{
+	const char *p = *pp;
+	size_t cap = strlen(p) + 1, n = 0;
+	char *out = malloc(cap);
+
+	if (out == NULL) {
+		*why = "out of memory";
+		return NULL;
+	}
+	if (*p == '\'') {
+		for (p++; *p != '\''; p++) {
+			if (*p == '\0') {
+				*why = "unterminated quoted string";
+				free(out);
+				return NULL;
+			}
+			if (*p == '\\' && p[1] != '\0')
+				p++;
+			out[n++] = *p;
+		}
+		p++;
+	} else {
+		for (; *p && !isspace((unsigned char)*p); p++) {
+			if (*p == '\\' && p[1] != '\0')
+				p++;
+			out[n++] = *p;
+		}
+	}
+	out[n] = '\0';
+	*pp = p;
+	return out;
+}
+
+static bool conninfo_set(DbEntry *out, const char *key, char *val, const char **why)
+{
+	static const char *const modes[] = { "disable", "prefer", "require", "verify-ca", "verify-full" };
+	char **strfield = NULL;
+
+	if (strcmp(key, "host") == 0 || strcmp(key, "hostaddr") == 0)
+		strfield = &out->host;
+	else if (strcmp(key, "dbname") == 0)
+		strfield = &out->dbname;
+	else if (strcmp(key, "user") == 0)
+		strfield = &out->user;
+	else if (strcmp(key, "password") == 0)
+		strfield = &out->password;
+	else if (strcmp(key, "sslrootcert") == 0)
+		strfield = &out->sslrootcert;
+	if (strfield != NULL) {
+		free(*strfield);
+		*strfield = val;
+		return true;
+	}
+	if (strcmp(key, "port") == 0 || strcmp(key, "connect_timeout") == 0) {
+		char *end;
+		long v = strtol(val, &end, 10);
+		bool is_port = (key[0] == 'p');
+
+		if (*val == '\0' || *end != '\0' || v < (is_port ? 1 : 0) || v > (is_port ? 65535 : 86400)) {
+			*why = is_port ? "port must be from 1 to 65535" : "connect_timeout must be seconds from 0 to 86400";
+			free(val);
+			return false;
+		}
+		*(is_port ? &out->port : &out->connect_timeout) = (int)v;
+		free(val);
+		return true;
+	}
+	if (strcmp(key, "sslmode") == 0) {
+		for (size_t i = 0; i < PGV_ARRAY_LEN(modes); i++)
+			if (strcmp(val, modes[i]) == 0) {
+				out->sslmode = (SslMode)i;
+				free(val);
+				return true;
+			}
+		*why = "sslmode must be disable, prefer, require, verify-ca or verify-full";
+		free(val);
+		return false;
+	}
+	*why = "unknown connection option";
+	free(val);
+	return false;
+}
+
+bool config_parse_conninfo(const char *s, DbEntry *out, const char **why, size_t *err_off)
+{
+	const char *p = s;
+
+	if (out->port == 0 && out->host == NULL && out->user == NULL) {
+		out->port = 5432;
+		out->sslmode = SSLMODE_PREFER;
+	}
+	for (;;) {
+		const char *kstart;
+		char key[32], *val;
+		size_t klen;
+
+		while (isspace((unsigned char)*p))
+			p++;
+		if (*p == '\0')
+			break;
+		kstart = p;
+		while (*p && *p != '=' && !isspace((unsigned char)*p))
+			p++;
+		klen = (size_t)(p - kstart);
+		while (isspace((unsigned char)*p))
+			p++;
+		*err_off = (size_t)(kstart - s);
+		if (*p != '=' || klen == 0 || klen >= sizeof(key)) {
+			*why = "expected key=value";
+			return false;
+		}
+		memcpy(key, kstart, klen);
+		key[klen] = '\0';
+		for (p++; isspace((unsigned char)*p);)
+			p++;
+		val = conninfo_value(&p, why);
+		if (val == NULL || !conninfo_set(out, key, val, why))
+			return false;
+	}
+	if (out->host == NULL)
+		out->host = strdup("/var/run/postgresql");
+	return true;
+}

@@ -1,0 +1,97 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Logging: formats a record into one buffer (timestamp, level, context,
+ * message; or the same as a JSON object) and writes it to stderr at once so
+ * records from different threads never interleave.
+ */
+#include "pgveil/log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+static LogLevel log_level = LL_INFO;
+static bool log_json;
+
+static const char *const level_names[] = { "ERROR", "WARN", "INFO", "DEBUG" };
+
+void log_setup(LogLevel level, bool json)
+{
+	log_level = level;
+	log_json = json;
+}
+
+bool log_enabled(LogLevel level)
+{
+	return level <= log_level;
+}
+
+uint64_t pgv_now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* Appends s to out as JSON string contents. */
+static size_t json_escape(char *out, size_t cap, const char *s)
+{
+	size_t n = 0;
+
+	for (; *s && n + 7 < cap; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c == '"' || c == '\\') {
+			out[n++] = '\\';
+			out[n++] = (char)c;
+		} else if (c < 0x20) {
+			n += (size_t)snprintf(out + n, cap - n, "\\u%04x", c);
+		} else {
+			out[n++] = (char)c;
+		}
+	}
+	out[n] = '\0';
+	return n;
+}
+
+void log_write(LogLevel level, const char *ctx, const char *fmt, ...)
+{
+	char msg[2048], line[4608], stamp[40];
+	struct timeval tv;
+	struct tm tm;
+	va_list ap;
+	int n;
+
+	if (!log_enabled(level))
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	gettimeofday(&tv, NULL);
+	gmtime_r(&tv.tv_sec, &tm);
+	n = (int)strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(stamp + n, sizeof(stamp) - (size_t)n, ".%03ldZ", (long)tv.tv_usec / 1000);
+	if (log_json) {
+		char emsg[sizeof(msg) * 2], ectx[512] = "";
+
+		json_escape(emsg, sizeof(emsg), msg);
+		if (ctx != NULL)
+			json_escape(ectx, sizeof(ectx), ctx);
+		n = snprintf(line, sizeof(line), "{\"ts\":\"%s\",\"level\":\"%s\",%s%s%s\"msg\":\"%s\"}\n", stamp,
+			     level_names[level], ctx ? "\"session\":\"" : "", ectx, ctx ? "\"," : "", emsg);
+	} else {
+		n = snprintf(line, sizeof(line), "%s %s %s%s%s\n", stamp, level_names[level], ctx ? ctx : "",
+			     ctx ? ": " : "", msg);
+	}
+	if (n > (int)sizeof(line) - 1) {
+		n = (int)sizeof(line) - 1;
+		line[n - 1] = '\n';
+	}
+	if (write(STDERR_FILENO, line, (size_t)n) < 0) {
+		/* nowhere left to report it */
+	}
+}
