@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <netdb.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "pgveil/log.h"
@@ -536,10 +538,49 @@ bool config_listeners_loopback(const Config *cfg)
 	return true;
 }
 
+/* Resolves host/port of a [databases] entry into db->addr. Blocking (main thread). */
+static bool resolve_db(DbEntry *db, const char **why)
+{
+	static __thread char msg[256];
+	struct addrinfo hints = { 0 }, *res = NULL;
+	char port[16];
+	int rc;
+
+	if (db->host[0] == '/') {
+		struct sockaddr_un *un = (struct sockaddr_un *)&db->addr.sa;
+
+		un->sun_family = AF_UNIX;
+		if ((size_t)snprintf(un->sun_path, sizeof(un->sun_path), "%s/.s.PGSQL.%d", db->host, db->port) >=
+		    sizeof(un->sun_path)) {
+			*why = "Unix-socket path too long";
+			return false;
+		}
+		db->addr.len = sizeof(*un);
+		snprintf(db->addr.display, sizeof(db->addr.display), "%s", un->sun_path);
+		return true;
+	}
+	snprintf(port, sizeof(port), "%d", db->port);
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_family = AF_UNSPEC;
+	rc = getaddrinfo(db->host, port, &hints, &res);
+	if (rc != 0 || res == NULL) {
+		snprintf(msg, sizeof(msg), "cannot resolve host \"%s\": %s", db->host, gai_strerror(rc));
+		*why = msg;
+		return false;
+	}
+	memcpy(&db->addr.sa, res->ai_addr, res->ai_addrlen);
+	db->addr.len = res->ai_addrlen;
+	snprintf(db->addr.display, sizeof(db->addr.display), "%s%s%s:%d", strchr(db->host, ':') ? "[" : "",
+		 db->host, strchr(db->host, ':') ? "]" : "", db->port);
+	freeaddrinfo(res);
+	return true;
+}
+
 /* Checks that need the whole file: pairs of keys, files that must exist. */
 static void validate_whole(LoadState *st)
 {
 	Config *cfg = st->cfg;
+	const char *errmsg;
 
 	st->lineno = 0;
 	if ((cfg->tls_cert_file == NULL) != (cfg->tls_key_file == NULL))
@@ -553,6 +594,9 @@ static void validate_whole(LoadState *st)
 	for (int i = 0; i < cfg->oidc_algorithms.n; i++)
 		if (strcasecmp(cfg->oidc_algorithms.items[i], "none") == 0)
 			load_error(st, 1, "[oidc] algorithms: \"none\" is never accepted");
+	for (int i = 0; i < cfg->n_databases; i++)
+		if (cfg->databases[i].user != NULL && !resolve_db(&cfg->databases[i], &errmsg))
+			load_error(st, 1, "database \"%s\": %s", cfg->databases[i].name, errmsg);
 	for (int i = 0; i < cfg->n_databases; i++)
 		if (cfg->databases[i].user == NULL)
 			load_error(st, 1, "database \"%s\": user is required", cfg->databases[i].name);

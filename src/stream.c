@@ -14,6 +14,8 @@
 #include <event2/event.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <openssl/x509v3.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <stdio.h>
@@ -292,6 +294,24 @@ static void handshake_step(Stream *s)
 	}
 }
 
+/* Client side: SNI for names, and the name or IP address the certificate must carry. */
+static bool set_verify_host(Stream *s, const char *host)
+{
+	unsigned char ip[16];
+	bool is_ip = inet_pton(AF_INET, host, ip) == 1 || inet_pton(AF_INET6, host, ip) == 1;
+	int ok;
+
+	if (is_ip)
+		ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s->ssl), host);
+	else
+		ok = SSL_set_tlsext_host_name(s->ssl, host) == 1 && SSL_set1_host(s->ssl, host) == 1;
+	if (ok != 1) {
+		set_tls_error(s, "TLS setup failed");
+		return false;
+	}
+	return true;
+}
+
 bool stream_start_tls(Stream *s, SSL_CTX *ctx, bool server, const char *verify_host)
 {
 	s->ssl = SSL_new(ctx);
@@ -304,13 +324,8 @@ bool stream_start_tls(Stream *s, SSL_CTX *ctx, bool server, const char *verify_h
 		SSL_set_accept_state(s->ssl);
 	} else {
 		SSL_set_connect_state(s->ssl);
-		if (verify_host != NULL && verify_host[0] != '/') {
-			SSL_set_tlsext_host_name(s->ssl, verify_host);
-			if (SSL_CTX_get_verify_mode(ctx) != SSL_VERIFY_NONE && SSL_set1_host(s->ssl, verify_host) != 1) {
-				set_tls_error(s, "TLS setup failed");
-				return false;
-			}
-		}
+		if (verify_host != NULL && !set_verify_host(s, verify_host))
+			return false;
 	}
 	s->state = ST_HANDSHAKE;
 	s->hs_wants_write = !server;
