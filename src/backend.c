@@ -385,7 +385,9 @@ static void on_login_message(Backend *be, uint8_t type, const uint8_t *body, siz
 			event_del(be->timer);
 			pgauth_scram_free(be->scram);
 			be->scram = NULL;
+			pgproto_buf_free(&be->params);
 			be->ready(be, be->arg);
+			pgproto_buf_free(&be->startup_msgs); /* the session has copied them */
 			return;
 		}
 		break;

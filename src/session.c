@@ -229,13 +229,61 @@ static const char *forbidden_param(const PgStartup *p)
 	return NULL;
 }
 
-/* "options" may carry -c settings: refuse the ones that change identity. */
+/* True when a setting name (as in "-c name=value") changes who the session is. */
+static bool identity_setting(const char *name, size_t len)
+{
+	static const char *const names[] = { "role", "session_authorization" };
+	char norm[32];
+
+	if (len == 0 || len >= sizeof(norm))
+		return false;
+	for (size_t i = 0; i < len; i++)
+		norm[i] = (name[i] == '-') ? '_' : name[i];
+	norm[len] = '\0';
+	for (size_t i = 0; i < PGV_ARRAY_LEN(names); i++)
+		if (strcasecmp(norm, names[i]) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * "options" holds server command-line switches: "-c name=value", "-cname=value"
+ * or "--name=value", separated by spaces (backslash escapes a space). Returns
+ * the first that would change the session's role, or NULL.
+ */
 static bool options_change_identity(const char *opts)
 {
-	if (opts == NULL)
-		return false;
-	return strcasestr(opts, "role") != NULL || strcasestr(opts, "session_authorization") != NULL ||
-	       strcasestr(opts, "replication") != NULL;
+	const char *p = opts;
+	bool expect_value = false;
+
+	while (p != NULL && *p) {
+		const char *tok, *name;
+		size_t toklen;
+
+		while (*p == ' ' || *p == '\t')
+			p++;
+		tok = p;
+		while (*p && *p != ' ' && *p != '\t')
+			p += (*p == '\\' && p[1]) ? 2 : 1;
+		toklen = (size_t)(p - tok);
+		if (toklen == 0)
+			break;
+		if (expect_value) {
+			name = tok;
+			expect_value = false;
+		} else if (strncmp(tok, "--", 2) == 0 || strncmp(tok, "-c", 2) == 0) {
+			name = tok + 2;
+			if (toklen == 2 && tok[1] == 'c') {
+				expect_value = true;
+				continue;
+			}
+		} else {
+			continue;
+		}
+		if (identity_setting(name, strcspn(name, "= \t")))
+			return true;
+	}
+	return false;
 }
 
 /* Sends NegotiateProtocolVersion when the client asked for more than 3.0. */
@@ -309,7 +357,7 @@ static bool check_startup(Session *s)
 	}
 	if (options_change_identity(pgproto_startup_get(&s->startup, "options"))) {
 		session_fail(s, SQLSTATE_INSUFFICIENT_PRIVILEGE,
-			     "startup options may not set role, session_authorization or replication");
+			     "startup options may not set role or session_authorization through pgveil");
 		return false;
 	}
 	s->db = config_find_db(s->cfg, s->database);
