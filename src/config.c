@@ -21,6 +21,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "pgveil/jwtauth.h"
 #include "pgveil/log.h"
 #include "pgveil/tls.h"
 
@@ -521,6 +522,7 @@ static void config_free(Config *cfg)
 		config_free_db(&cfg->databases[i]);
 	free(cfg->databases);
 	tls_ctx_free(cfg->tls_server_ctx);
+	jwtauth_free(cfg->oidc_verifier);
 	free(cfg->path);
 	free(cfg);
 }

@@ -16,6 +16,7 @@
 
 #include "config.h"
 #include "pgveil/config.h"
+#include "pgveil/jwtauth.h"
 #include "pgveil/log.h"
 #include "pgveil/server.h"
 #include "pgveil/tls.h"
@@ -59,6 +60,12 @@ static Config *load_all(const char *path)
 		config_unref(cfg);
 		return NULL;
 	}
+	cfg->oidc_verifier = jwtauth_new(cfg, tlserr, sizeof(tlserr));
+	if (cfg->oidc_verifier == NULL && tlserr[0] != '\0') {
+		fprintf(stderr, "%s:0:0: [oidc] %s\n", path, tlserr);
+		config_unref(cfg);
+		return NULL;
+	}
 	return cfg;
 }
 
@@ -73,6 +80,10 @@ static void warn_risky(const Config *cfg)
 		log_warn("dev_trust_auth = yes: clients are let in WITHOUT authentication (development only)");
 	if (cfg->allow_plaintext_auth)
 		log_warn("allow_plaintext_auth = yes: tokens may travel without TLS");
+	if (cfg->oidc_verifier != NULL && cfg->tls_server_ctx == NULL && !cfg->allow_plaintext_auth)
+		log_warn("[oidc] is set but tls_cert_file is not: no client can send a token (TLS is required)");
+	if (cfg->oidc_verifier == NULL && !cfg->dev_trust_auth)
+		log_warn("no [oidc] section: every client will be refused");
 }
 
 static void reload(const char *path)

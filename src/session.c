@@ -20,6 +20,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/un.h>
+#include <time.h>
 
 #include "pgveil/backend.h"
 #include "pgveil/log.h"
@@ -34,6 +35,7 @@ static void session_client_cb(Stream *st, StreamEvent ev, void *arg);
 static void session_server_cb(Stream *st, StreamEvent ev, void *arg);
 static void relay_from_client(Session *s);
 static void relay_from_server(Session *s);
+static void request_token(Session *s);
 
 /* ---- lifecycle ---------------------------------------------------------------- */
 
@@ -46,7 +48,9 @@ static void session_free_cb(evutil_socket_t fd, short what, void *arg)
 	stream_free(s->client);
 	backend_free(s->backend); /* frees s->server too */
 	event_free(s->timer);
+	event_free(s->expiry);
 	event_free(s->free_ev);
+	jwtauth_identity_clear(&s->identity);
 	free(s->startup_pkt);
 	config_unref(s->cfg);
 	server_conn_closed();
@@ -66,6 +70,7 @@ void session_close(Session *s, const char *reason)
 	if (s->backend != NULL)
 		stream_close(backend_stream(s->backend));
 	event_del(s->timer);
+	event_del(s->expiry);
 	cancel_unregister(&s->cancel);
 	event_active(s->free_ev, 0, 0);
 }
@@ -104,6 +109,28 @@ static void startup_timeout_cb(evutil_socket_t fd, short what, void *arg)
 	session_fail(s, SQLSTATE_QUERY_CANCELED, "canceling authentication due to timeout");
 }
 
+static bool session_idle(const Session *s);
+
+/*
+ * The session's second timer: during SESS_AUTH it delivers a delayed
+ * authentication failure (throttling); afterwards it marks the token expired.
+ */
+static void expiry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	Session *s = arg;
+
+	if (s->state == SESS_AUTH) {
+		session_fail(s, s->deferred_state, "%s",
+			     strcmp(s->deferred_state, SQLSTATE_INVALID_PASSWORD) == 0 ? "invalid token"
+											: "token not allowed");
+		return;
+	}
+	s->token_expired = true;
+	log_write(LL_INFO, s->ctx, "token expired");
+	if (s->state != SESS_ACTIVE || session_idle(s))
+		session_fail(s, SQLSTATE_INVALID_AUTHORIZATION, "the agent's token has expired; reconnect with a new token");
+}
+
 static void format_addr(const struct sockaddr *sa, char *out, size_t len)
 {
 	char host[INET6_ADDRSTRLEN] = "?";
@@ -137,12 +164,16 @@ Session *session_create(Worker *w, Config *cfg, int fd, const struct sockaddr *a
 	s->txn_status = 'I';
 	format_addr(addr, s->addr, sizeof(s->addr));
 	snprintf(s->ctx, sizeof(s->ctx), "c%llu %s", (unsigned long long)s->id, s->addr);
+	memcpy(&s->peer, addr, addrlen < sizeof(s->peer) ? addrlen : sizeof(s->peer));
 	s->timer = evtimer_new(w->base, startup_timeout_cb, s);
+	s->expiry = evtimer_new(w->base, expiry_cb, s);
 	s->free_ev = event_new(w->base, -1, 0, session_free_cb, s);
-	if (s->timer == NULL || s->free_ev == NULL ||
+	if (s->timer == NULL || s->expiry == NULL || s->free_ev == NULL ||
 	    (s->client = stream_new(w->base, fd, session_client_cb, s)) == NULL) {
 		if (s->timer)
 			event_free(s->timer);
+		if (s->expiry)
+			event_free(s->expiry);
 		if (s->free_ev)
 			event_free(s->free_ev);
 		free(s);
@@ -317,14 +348,20 @@ static int passthrough_params(const Session *s, PgStartupParam *out)
 
 		if (strcmp(name, "user") == 0 || strcmp(name, "database") == 0 || strncmp(name, "_pq_.", 5) == 0)
 			continue;
+		if (s->app_name[0] != '\0' && strcmp(name, "application_name") == 0)
+			continue;
 		out[n++] = s->startup.params[i];
+	}
+	if (s->app_name[0] != '\0') {
+		out[n].name = "application_name";
+		out[n++].value = s->app_name;
 	}
 	return n;
 }
 
 static void connect_backend(Session *s)
 {
-	PgStartupParam params[PG_STARTUP_MAX_PARAMS];
+	PgStartupParam params[PG_STARTUP_MAX_PARAMS + 1];
 	int n = passthrough_params(s, params);
 	uint64_t timeout = s->db->connect_timeout > 0 ? (uint64_t)s->db->connect_timeout * 1000
 						      : s->cfg->server_connect_timeout;
@@ -380,11 +417,99 @@ static void handle_startup_message(Session *s, uint8_t *pkt)
 	if (!check_startup(s))
 		return;
 	negotiate_protocol(s);
+	if (s->cfg->oidc_verifier != NULL) {
+		request_token(s);
+		return;
+	}
 	if (!s->cfg->dev_trust_auth) {
 		session_fail(s, SQLSTATE_INVALID_AUTHORIZATION, "no client authentication method is configured");
 		return;
 	}
 	connect_backend(s);
+}
+
+/* ---- authentication: the password is an OIDC JWT ------------------------------------ */
+
+static void request_token(Session *s)
+{
+	PgBuf b;
+
+	if (!s->tls_done && !s->cfg->allow_plaintext_auth) {
+		session_fail(s, SQLSTATE_INVALID_AUTHORIZATION,
+			     "pgveil accepts tokens only over TLS: connect with sslmode=require");
+		return;
+	}
+	pgproto_buf_init(&b);
+	pgproto_build_auth(&b, PG_AUTH_CLEARTEXT, NULL, 0);
+	send_to_client(s, &b);
+	pgproto_buf_free(&b);
+	s->state = SESS_AUTH;
+}
+
+/* Refuses the token, later when this address keeps failing. */
+static void auth_refuse(Session *s, JwtResult rc, const char *why)
+{
+	uint32_t delay = jwtauth_throttle_delay((struct sockaddr *)&s->peer);
+	struct timeval tv = { (time_t)(delay / 1000), (suseconds_t)(delay % 1000) * 1000 };
+
+	log_write(LL_WARN, s->ctx, "token refused: %s", why);
+	jwtauth_throttle_record((struct sockaddr *)&s->peer, false);
+	s->deferred_state = rc == JWT_FORBIDDEN ? SQLSTATE_INVALID_AUTHORIZATION : SQLSTATE_INVALID_PASSWORD;
+	if (delay == 0) {
+		expiry_cb(-1, 0, s);
+		return;
+	}
+	stream_enable_read(s->client, false);
+	evtimer_add(s->expiry, &tv);
+}
+
+static void auth_accept(Session *s)
+{
+	time_t now = time(NULL);
+	int64_t left = s->identity.expires_at + (int64_t)s->cfg->oidc_clock_skew - (int64_t)now;
+	struct timeval tv = { (time_t)(left > 0 ? left : 0), 0 };
+
+	jwtauth_throttle_record((struct sockaddr *)&s->peer, true);
+	snprintf(s->app_name, sizeof(s->app_name), "pgveil:%s", s->identity.subject);
+	snprintf(s->ctx, sizeof(s->ctx), "c%llu %s@%s %s", (unsigned long long)s->id, s->identity.subject,
+		 s->database, s->addr);
+	log_write(LL_INFO, s->ctx, "token accepted (%d group%s, expires in %llds)", s->identity.n_groups,
+		  s->identity.n_groups == 1 ? "" : "s", (long long)left);
+	evtimer_add(s->expiry, &tv);
+	connect_backend(s);
+}
+
+static void handle_auth_input(Session *s)
+{
+	struct evbuffer *in = stream_input(s->client);
+	uint8_t hdr[PG_HEADER_LEN];
+	char why[256] = "";
+	const char *err;
+	PgHeader h;
+	char *token;
+	JwtResult rc;
+
+	if (evbuffer_copyout(in, hdr, sizeof(hdr)) < (ssize_t)sizeof(hdr))
+		return;
+	if (pgproto_check_frontend_header(hdr, JWT_MAX_TOKEN_LEN + 5, &h, &err) != PGP_FRAME_OK || h.type != 'p') {
+		session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "expected a password message with the token%s%s",
+			     h.type == 'p' ? ": " : "", h.type == 'p' ? err : "");
+		return;
+	}
+	if (evbuffer_get_length(in) < (size_t)h.len + 1)
+		return;
+	token = (char *)evbuffer_pullup(in, (ssize_t)h.len + 1) + PG_HEADER_LEN;
+	if (h.len < 5 || memchr(token, '\0', h.len - 4) != token + h.len - 5) {
+		session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "invalid password message");
+		return;
+	}
+	rc = jwtauth_verify(s->cfg->oidc_verifier, token, time(NULL), s->user, &s->identity, why, sizeof(why));
+	explicit_bzero(token, h.len - 4);
+	evbuffer_drain(in, (size_t)h.len + 1);
+	if (rc == JWT_OK)
+		auth_accept(s);
+	else
+		auth_refuse(s, rc, why);
 }
 
 /* Reads one whole startup-phase packet; returns it (malloc'd) or NULL if incomplete or bad. */
@@ -567,9 +692,14 @@ static void client_terminate(Session *s)
 static void relay_from_client(Session *s)
 {
 	struct evbuffer *in = stream_input(s->client);
-	size_t run = scan_messages(s, in, &s->client_pass, inspect_client);
+	size_t run;
 	uint8_t type;
 
+	if (s->token_expired && s->client_pass == 0) {
+		session_fail(s, SQLSTATE_INVALID_AUTHORIZATION, "the agent's token has expired; reconnect with a new token");
+		return;
+	}
+	run = scan_messages(s, in, &s->client_pass, inspect_client);
 	if (s->state != SESS_ACTIVE)
 		return;
 	if (run > 0)
@@ -623,6 +753,8 @@ static void relay_from_server(Session *s)
 		stream_enable_read(s->server, false);
 	if (s->shutdown_pending && session_idle(s))
 		session_shutdown(s, false);
+	else if (s->token_expired && session_idle(s))
+		session_fail(s, SQLSTATE_INVALID_AUTHORIZATION, "the agent's token has expired; reconnect with a new token");
 }
 
 /* ---- stream events ------------------------------------------------------------------ */
@@ -635,6 +767,8 @@ static void session_client_cb(Stream *st, StreamEvent ev, void *arg)
 	case STREAM_EV_READ:
 		if (s->state == SESS_STARTUP)
 			handle_startup_input(s);
+		else if (s->state == SESS_AUTH)
+			handle_auth_input(s);
 		else if (s->state == SESS_ACTIVE)
 			relay_from_client(s);
 		return;

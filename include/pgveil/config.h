@@ -91,6 +91,7 @@ struct Config {
 	char *oidc_groups_claim;
 	uint64_t oidc_clock_skew;    /* seconds */
 	bool oidc_match_user;
+	JwtVerifier *oidc_verifier;  /* built from the above by jwtauth, NULL when [oidc] is not set */
 
 	/* [databases] */
 	int n_databases;

@@ -13,6 +13,7 @@
 #include "pgveil/cancel.h"
 #include "pgveil/common.h"
 #include "pgveil/config.h"
+#include "pgveil/jwtauth.h"
 #include "pgveil/pgproto.h"
 
 struct event;
@@ -20,6 +21,7 @@ struct event;
 typedef enum {
 	SESS_STARTUP,    /* reading SSLRequest / GSSENCRequest / StartupMessage / CancelRequest */
 	SESS_TLS,        /* TLS handshake toward the client */
+	SESS_AUTH,       /* waiting for the client's token (cleartext password message) */
 	SESS_CONNECTING, /* logging in to the server */
 	SESS_ACTIVE,     /* query phase: relaying */
 	SESS_CLOSING,    /* torn down; freed on the next loop turn */
@@ -41,6 +43,11 @@ struct Session {
 	const char *user;            /* startup user name */
 	const char *database;        /* requested database */
 	const DbEntry *db;           /* its [databases] entry */
+	Identity identity;           /* who the agent is (subject empty under dev_trust_auth) */
+	char app_name[64];           /* application_name sent to the server */
+	struct event *expiry;        /* fires when the token expires */
+	bool token_expired;          /* no new statement may start */
+	const char *deferred_state;  /* SQLSTATE of a delayed authentication failure */
 	uint32_t client_pass;        /* bytes of a client message still to be passed through */
 	uint32_t server_pass;        /* the same toward the client */
 	int pending_ready;           /* Query/Sync/FunctionCall sent, ReadyForQuery not yet seen */
@@ -50,6 +57,7 @@ struct Session {
 	bool shutdown_pending;       /* close when idle */
 	bool server_sent_fatal;      /* the server already told the client why it goes */
 	char addr[64];               /* client address as text */
+	struct sockaddr_storage peer;/* client address */
 	char ctx[192];               /* log context */
 	Session *wnext, *wprev;      /* worker's session list */
 };
