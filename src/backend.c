@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <event2/buffer.h>
+#include <event2/dns.h>
 #include <event2/event.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -36,6 +37,8 @@ struct Backend {
 	struct event_base *base;    /* worker loop */
 	struct event *timer;        /* connect/login timeout */
 	const DbEntry *db;          /* entry (owned by the session's Config) */
+	BackendAddr addr;           /* resolved address */
+	struct evdns_getaddrinfo_request *dns_req; /* pending name lookup */
 	BackendState state;         /* see above */
 	ScramClient *scram;         /* during SCRAM */
 	uint32_t pid, key;          /* server BackendKeyData */
@@ -54,9 +57,14 @@ static void be_fail(Backend *be, const char *sqlstate, const char *client_msg, c
 	if (be->state == BE_FAILED || be->state == BE_READY)
 		return;
 	be->state = BE_FAILED;
-	log_write(LL_WARN, be->ctx, "server %s (%s): %s", be->db->name, be->db->addr.display, log_detail);
+	log_write(LL_WARN, be->ctx, "server %s (%s): %s", be->db->name, be->addr.display, log_detail);
 	event_del(be->timer);
-	stream_close(be->stream);
+	if (be->dns_req != NULL) {
+		evdns_getaddrinfo_cancel(be->dns_req);
+		be->dns_req = NULL;
+	}
+	if (be->stream != NULL)
+		stream_close(be->stream);
 	be->fail(be, sqlstate, client_msg, be->arg);
 }
 
@@ -88,40 +96,89 @@ static bool build_startup(Backend *be, const PgStartupParam *params, int n)
 	return pgproto_buf_ok(b);
 }
 
-Backend *backend_connect(struct event_base *base, const DbEntry *db, uint64_t timeout_ms,
+/* Opens the socket and starts connecting to be->addr. */
+static bool start_connect(Backend *be, const char **why)
+{
+	int fd = socket(be->addr.sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+	if (fd < 0) {
+		*why = "could not create a socket";
+		return false;
+	}
+	be->stream = stream_new(be->base, fd, backend_stream_cb, be);
+	if (be->stream == NULL) {
+		close(fd);
+		*why = "out of memory";
+		return false;
+	}
+	if (!stream_connect(be->stream, (const struct sockaddr *)&be->addr.sa, be->addr.len)) {
+		log_write(LL_WARN, be->ctx, "server %s (%s): connect: %s", be->db->name, be->addr.display,
+			  stream_error(be->stream));
+		*why = "could not connect to the server";
+		return false;
+	}
+	return true;
+}
+
+static void dns_cb(int result, struct evutil_addrinfo *res, void *arg)
+{
+	Backend *be = arg;
+	struct evutil_addrinfo *pick;
+	const char *why;
+	char detail[256];
+
+	be->dns_req = NULL;
+	if (result == EVUTIL_EAI_CANCEL)
+		return;
+	if (result != 0 || res == NULL) {
+		snprintf(detail, sizeof(detail), "cannot resolve host \"%s\": %s", be->db->host,
+			 evutil_gai_strerror(result));
+		be_fail(be, SQLSTATE_CANNOT_CONNECT, "could not connect to the server", detail);
+		return;
+	}
+	/* Prefer IPv4: "localhost" often lists ::1 first while servers listen on 127.0.0.1. */
+	for (pick = res; pick->ai_next != NULL && pick->ai_family != AF_INET; pick = pick->ai_next)
+		;
+	if (pick->ai_family != AF_INET)
+		pick = res;
+	memcpy(&be->addr.sa, pick->ai_addr, pick->ai_addrlen);
+	be->addr.len = (socklen_t)pick->ai_addrlen;
+	evutil_freeaddrinfo(res);
+	if (!start_connect(be, &why))
+		be_fail(be, SQLSTATE_CANNOT_CONNECT, why, "connect failed");
+}
+
+Backend *backend_connect(struct event_base *base, struct evdns_base *dns, const DbEntry *db, uint64_t timeout_ms,
 			 const PgStartupParam *params, int n_params, const char *ctx,
 			 BackendReadyCb ready, BackendFailCb fail, void *arg, const char **why)
 {
 	Backend *be = calloc(1, sizeof(Backend));
 	struct timeval tv;
-	int fd = -1;
 
 	*why = "out of memory";
 	if (be == NULL)
 		return NULL;
 	be->base = base;
 	be->db = db;
+	be->addr = db->addr;
 	be->ready = ready;
 	be->fail = fail;
 	be->arg = arg;
 	snprintf(be->ctx, sizeof(be->ctx), "%s", ctx);
 	pgproto_buf_init(&be->startup_msgs);
-	if (!build_startup(be, params, n_params))
-		goto fail;
 	be->timer = evtimer_new(base, timeout_cb, be);
-	fd = socket(db->addr.sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0 || be->timer == NULL) {
-		*why = "could not create a socket";
+	if (!build_startup(be, params, n_params) || be->timer == NULL)
 		goto fail;
-	}
-	be->stream = stream_new(base, fd, backend_stream_cb, be);
-	if (be->stream == NULL)
-		goto fail;
-	fd = -1;
-	if (!stream_connect(be->stream, (const struct sockaddr *)&db->addr.sa, db->addr.len)) {
-		log_write(LL_WARN, ctx, "server %s (%s): connect: %s", db->name, db->addr.display,
-			  stream_error(be->stream));
-		*why = "could not connect to the server";
+	if (be->addr.len == 0) {
+		struct evutil_addrinfo hints = { 0 };
+		char port[16];
+
+		hints.ai_family = AF_UNSPEC;
+		hints.ai_socktype = SOCK_STREAM;
+		snprintf(port, sizeof(port), "%d", db->port);
+		be->dns_req = evdns_getaddrinfo(dns, db->host, port, &hints, dns_cb, be);
+		/* A lookup answered at once (hosts file, cache) has already run dns_cb. */
+	} else if (!start_connect(be, why)) {
 		goto fail;
 	}
 	tv.tv_sec = (time_t)(timeout_ms / 1000);
@@ -129,8 +186,6 @@ Backend *backend_connect(struct event_base *base, const DbEntry *db, uint64_t ti
 	evtimer_add(be->timer, &tv);
 	return be;
 fail:
-	if (fd >= 0)
-		close(fd);
 	backend_free(be);
 	return NULL;
 }
@@ -139,6 +194,8 @@ void backend_free(Backend *be)
 {
 	if (be == NULL)
 		return;
+	if (be->dns_req != NULL)
+		evdns_getaddrinfo_cancel(be->dns_req);
 	if (be->timer)
 		event_free(be->timer);
 	stream_free(be->stream);
@@ -154,6 +211,11 @@ const uint8_t *backend_startup_messages(Backend *be, size_t *len)
 {
 	*len = be->startup_msgs.len;
 	return be->startup_msgs.data;
+}
+
+const BackendAddr *backend_get_addr(const Backend *be)
+{
+	return &be->addr;
 }
 
 void backend_get_key(const Backend *be, uint32_t *pid, uint32_t *key)

@@ -7,6 +7,7 @@
 #include "pgveil/server.h"
 
 #include <errno.h>
+#include <event2/dns.h>
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <event2/thread.h>
@@ -240,7 +241,10 @@ static bool start_workers(int n, char *err, size_t errlen)
 		pthread_mutex_init(&w->lock, NULL);
 		w->base = event_base_new();
 		w->wakeup = w->base ? event_new(w->base, -1, EV_PERSIST | EV_READ, worker_wakeup_cb, w) : NULL;
-		if (w->wakeup == NULL) {
+		w->dns = w->base ? evdns_base_new(w->base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
+								   EVDNS_BASE_DISABLE_WHEN_INACTIVE)
+				 : NULL;
+		if (w->wakeup == NULL || w->dns == NULL) {
 			snprintf(err, errlen, "cannot create event loop for worker %d", i);
 			return false;
 		}
@@ -301,6 +305,7 @@ void server_free(void)
 		if (w->shutdown_timer)
 			event_free(w->shutdown_timer);
 		event_free(w->wakeup);
+		evdns_base_free(w->dns, 0);
 		event_base_free(w->base);
 		pthread_mutex_destroy(&w->lock);
 	}

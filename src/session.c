@@ -369,7 +369,7 @@ static void connect_backend(Session *s)
 
 	s->state = SESS_CONNECTING;
 	stream_enable_read(s->client, false);
-	s->backend = backend_connect(s->worker->base, s->db, timeout, params, n, s->ctx, backend_ready_cb,
+	s->backend = backend_connect(s->worker->base, s->worker->dns, s->db, timeout, params, n, s->ctx, backend_ready_cb,
 				     backend_fail_cb, s, &why);
 	if (s->backend == NULL)
 		session_fail(s, SQLSTATE_CANNOT_CONNECT, "%s", why);
@@ -589,7 +589,7 @@ static void backend_ready_cb(Backend *be, void *arg)
 		return;
 	}
 	backend_get_key(be, &pid, &key);
-	cancel_set_backend(&s->cancel, &s->db->addr, pid, key);
+	cancel_set_backend(&s->cancel, backend_get_addr(be), pid, key);
 	pgproto_buf_init(&b);
 	pgproto_build_auth(&b, PG_AUTH_OK, NULL, 0);
 	msgs = backend_startup_messages(be, &len);
@@ -606,7 +606,7 @@ static void backend_ready_cb(Backend *be, void *arg)
 	stream_set_high_water(s->server, SESSION_HIGH_WATER);
 	stream_enable_read(s->server, true);
 	stream_enable_read(s->client, true);
-	log_write(LL_INFO, s->ctx, "session started on server %s (%s)", s->db->name, s->db->addr.display);
+	log_write(LL_INFO, s->ctx, "session started on server %s (%s)", s->db->name, backend_get_addr(be)->display);
 	if (evbuffer_get_length(stream_input(s->client)) > 0)
 		relay_from_client(s);
 }

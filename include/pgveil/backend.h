@@ -16,6 +16,7 @@
 #include "pgveil/pgproto.h"
 
 struct event_base;
+struct evdns_base;
 
 /* Called once the server sent its first ReadyForQuery. */
 typedef void (*BackendReadyCb)(Backend *be, void *arg);
@@ -26,18 +27,20 @@ typedef void (*BackendReadyCb)(Backend *be, void *arg);
 typedef void (*BackendFailCb)(Backend *be, const char *sqlstate, const char *message, void *arg);
 
 /*
- * Starts connecting to `db` (its address was resolved when the Config loaded). `params` are the client's settings to
+ * Starts connecting to `db`; host names are resolved through `dns` first. `params` are the client's settings to
  * pass through (never user/database: the entry's credentials are used).
  * `ctx` names the session in log lines. Returns NULL with *why when it
  * failed at once; otherwise exactly one of ready/fail is called later.
  */
-Backend *backend_connect(struct event_base *base, const DbEntry *db, uint64_t timeout_ms, const PgStartupParam *params, int n_params, const char *ctx,
+Backend *backend_connect(struct event_base *base, struct evdns_base *dns, const DbEntry *db, uint64_t timeout_ms, const PgStartupParam *params, int n_params, const char *ctx,
 			 BackendReadyCb ready, BackendFailCb fail, void *arg, const char **why) PGV_WARN_UNUSED;
 
 /* The socket stream, for the session's relay once ready. */
 Stream *backend_stream(Backend *be);
 /* ParameterStatus and NoticeResponse messages the server sent during startup, raw. */
 const uint8_t *backend_startup_messages(Backend *be, size_t *len);
+/* The address actually connected to (for cancel requests). */
+const BackendAddr *backend_get_addr(const Backend *be);
 /* The server's BackendKeyData. */
 void backend_get_key(const Backend *be, uint32_t *pid, uint32_t *key);
 /* Frees the connection (closes the socket). Not from inside its own callbacks. */

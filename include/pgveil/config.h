@@ -22,7 +22,7 @@ typedef enum { LOGFMT_TEXT, LOGFMT_JSON } LogFormat;
 /* Where a server is reached: resolved once when the Config loads. */
 typedef struct BackendAddr {
 	struct sockaddr_storage sa; /* address */
-	socklen_t len;              /* its length */
+	socklen_t len;              /* its length; 0 = a host name, resolved per connection */
 	char display[160];          /* "127.0.0.1:5432" or "/run/postgresql/.s.PGSQL.5432" */
 } BackendAddr;
 

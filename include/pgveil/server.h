@@ -16,6 +16,7 @@
 
 struct event_base;
 struct event;
+struct evdns_base;
 
 /* An accepted socket waiting to be picked up by its worker. */
 typedef struct PendingConn {
@@ -30,6 +31,7 @@ struct Worker {
 	int id;                          /* 0..workers-1 */
 	pthread_t thread;                /* the thread running base */
 	struct event_base *base;         /* this worker's loop */
+	struct evdns_base *dns;          /* resolver for server host names */
 	struct event *wakeup;            /* activated by other threads: new sockets, shutdown */
 	pthread_mutex_t lock;            /* guards `pending` and `shutdown_requested` */
 	PendingConn *pending;            /* sockets handed over, not yet picked up */
