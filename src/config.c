@@ -75,6 +75,8 @@ static const KeyDef key_defs[] = {
 	{ "oidc", "audience", K_STR, F(oidc_audience), 0, 0, NULL },
 	{ "oidc", "jwks_file", K_STR, F(oidc_jwks_file), 0, 0, NULL },
 	{ "oidc", "jwks_uri", K_STR, F(oidc_jwks_uri), 0, 0, NULL },
+	{ "oidc", "jwks_ca_file", K_STR, F(oidc_jwks_ca_file), 0, 0, NULL },
+	{ "oidc", "jwks_min_refresh", K_SECONDS, F(oidc_jwks_min_refresh), 0, 0, NULL },
 	{ "oidc", "algorithms", K_LIST, F(oidc_algorithms), 0, 0, NULL },
 	{ "oidc", "subject_claim", K_STR, F(oidc_subject_claim), 0, 0, NULL },
 	{ "oidc", "groups_claim", K_STR, F(oidc_groups_claim), 0, 0, NULL },
@@ -600,6 +602,7 @@ static Config *config_new_defaults(const char *path)
 	cfg->oidc_subject_claim = strdup("sub");
 	cfg->oidc_groups_claim = strdup("groups");
 	cfg->oidc_clock_skew = 60;
+	cfg->oidc_jwks_min_refresh = 60;
 	return cfg;
 }
 

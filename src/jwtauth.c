@@ -9,6 +9,7 @@
  * counted so a JWKS refresh can swap them while other threads verify.
  */
 #include "pgveil/jwtauth.h"
+#include "pgveil/jwks.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -51,6 +52,7 @@ struct JwtVerifier {
 	bool match_user;
 	pthread_mutex_t lock;       /* guards keys */
 	KeySet *keys;               /* current set */
+	JwksFetcher *fetcher;       /* jwks_uri fetcher, or NULL */
 };
 
 /* ---- helpers --------------------------------------------------------------- */
@@ -346,6 +348,19 @@ fail:
 	return false;
 }
 
+void jwtauth_adopt_keys(JwtVerifier *dst, JwtVerifier *src)
+{
+	KeySet *ks = current_keys(src), *old;
+
+	if (ks == NULL)
+		return;
+	pthread_mutex_lock(&dst->lock);
+	old = dst->keys;
+	dst->keys = ks;
+	pthread_mutex_unlock(&dst->lock);
+	keyset_unref(old);
+}
+
 int jwtauth_key_count(JwtVerifier *v)
 {
 	KeySet *ks = current_keys(v);
@@ -413,10 +428,21 @@ JwtVerifier *jwtauth_new(const Config *cfg, char *err, size_t errlen)
 	return v;
 }
 
+void jwtauth_set_fetcher(JwtVerifier *v, JwksFetcher *f)
+{
+	v->fetcher = f;
+}
+
+JwksFetcher *jwtauth_get_fetcher(JwtVerifier *v)
+{
+	return v->fetcher;
+}
+
 void jwtauth_free(JwtVerifier *v)
 {
 	if (v == NULL)
 		return;
+	jwks_free(v->fetcher);
 	keyset_unref(v->keys);
 	for (int i = 0; i < v->algorithms.n; i++)
 		free(v->algorithms.items[i]);

@@ -16,12 +16,25 @@
 
 #include "config.h"
 #include "pgveil/config.h"
+#include "pgveil/jwks.h"
 #include "pgveil/jwtauth.h"
 #include "pgveil/log.h"
 #include "pgveil/server.h"
 #include "pgveil/tls.h"
 
 static struct event_base *main_base;
+
+/* Starts what a loaded Config needs on the main loop (jwks_uri fetching). */
+static bool start_config(Config *cfg)
+{
+	char err[256];
+
+	if (!jwks_start(cfg, main_base, err, sizeof(err))) {
+		log_error("%s: [oidc] %s", cfg->path, err);
+		return false;
+	}
+	return true;
+}
 static bool shutting_down;
 
 static void usage(FILE *out)
@@ -101,6 +114,15 @@ static void reload(const char *path)
 	if (cfg->listen_port != old->listen_port || cfg->workers != old->workers ||
 	    cfg->listen_addr.n != old->listen_addr.n)
 		log_warn("listen_addr, listen_port and workers changes take effect after a restart");
+	if (cfg->oidc_verifier != NULL && old->oidc_verifier != NULL && cfg->oidc_jwks_uri != NULL &&
+	    old->oidc_jwks_uri != NULL && strcmp(cfg->oidc_jwks_uri, old->oidc_jwks_uri) == 0)
+		jwtauth_adopt_keys(cfg->oidc_verifier, old->oidc_verifier);
+	if (!start_config(cfg)) {
+		log_error("reload failed: keeping the previous configuration");
+		config_unref(cfg);
+		config_unref(old);
+		return;
+	}
 	apply_logging(cfg);
 	warn_risky(cfg);
 	config_set_current(cfg);
@@ -141,7 +163,7 @@ static int run(const char *path)
 {
 	static const int sigs[] = { SIGHUP, SIGTERM, SIGINT };
 	struct event *sigev[3] = { 0 };
-	char err[512];
+	char err[512] = "";
 	Config *cfg = load_all(path);
 	int rc = 1;
 
@@ -159,8 +181,9 @@ static int run(const char *path)
 		sigev[i] = evsignal_new(main_base, sigs[i], signal_cb, (void *)path);
 		evsignal_add(sigev[i], NULL);
 	}
-	if (!server_start(main_base, cfg, err, sizeof(err))) {
-		log_error("%s", err);
+	if (!start_config(cfg) || !server_start(main_base, cfg, err, sizeof(err))) {
+		if (err[0] != '\0')
+			log_error("%s", err);
 		server_shutdown(shutdown_done);
 	} else {
 		rc = 0;
@@ -207,6 +230,11 @@ int main(int argc, char **argv)
 
 		if (cfg == NULL)
 			return 1;
+		if (cfg->oidc_jwks_uri != NULL && strncmp(cfg->oidc_jwks_uri, "https://", 8) != 0) {
+			fprintf(stderr, "%s:0:0: [oidc] jwks_uri must be an https:// URL\n", path);
+			config_unref(cfg);
+			return 1;
+		}
 		config_unref(cfg);
 		printf("%s: configuration is valid\n", path);
 		return 0;

@@ -23,6 +23,7 @@
 #include <time.h>
 
 #include "pgveil/backend.h"
+#include "pgveil/jwks.h"
 #include "pgveil/log.h"
 #include "pgveil/server.h"
 #include "pgveil/stream.h"
@@ -36,6 +37,7 @@ static void session_server_cb(Stream *st, StreamEvent ev, void *arg);
 static void relay_from_client(Session *s);
 static void relay_from_server(Session *s);
 static void request_token(Session *s);
+static void drop_pending_token(Session *s);
 
 /* ---- lifecycle ---------------------------------------------------------------- */
 
@@ -51,6 +53,7 @@ static void session_free_cb(evutil_socket_t fd, short what, void *arg)
 	event_free(s->expiry);
 	event_free(s->free_ev);
 	jwtauth_identity_clear(&s->identity);
+	drop_pending_token(s);
 	free(s->startup_pkt);
 	config_unref(s->cfg);
 	server_conn_closed();
@@ -71,6 +74,8 @@ void session_close(Session *s, const char *reason)
 		stream_close(backend_stream(s->backend));
 	event_del(s->timer);
 	event_del(s->expiry);
+	if (s->jwks_wake != NULL)
+		jwks_cancel_wait(s->cfg->oidc_verifier, s->jwks_wake);
 	cancel_unregister(&s->cancel);
 	event_active(s->free_ev, 0, 0);
 }
@@ -110,6 +115,21 @@ static void startup_timeout_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 static bool session_idle(const Session *s);
+
+/* Forgets a token kept for a JWKS refresh, and stops waiting for it. */
+static void drop_pending_token(Session *s)
+{
+	if (s->jwks_wake != NULL) {
+		jwks_cancel_wait(s->cfg->oidc_verifier, s->jwks_wake);
+		event_free(s->jwks_wake);
+		s->jwks_wake = NULL;
+	}
+	if (s->pending_token != NULL) {
+		explicit_bzero(s->pending_token, strlen(s->pending_token));
+		free(s->pending_token);
+		s->pending_token = NULL;
+	}
+}
 
 /*
  * The session's second timer: during SESS_AUTH it delivers a delayed
@@ -479,15 +499,62 @@ static void auth_accept(Session *s)
 	connect_backend(s);
 }
 
+static void verify_token(Session *s, const char *token, bool may_refresh);
+
+/* The JWKS refresh this session waited for has ended: try the kept token again. */
+static void jwks_wake_cb(evutil_socket_t fd, short what, void *arg)
+{
+	Session *s = arg;
+	char *token = s->pending_token;
+
+	s->pending_token = NULL;
+	event_free(s->jwks_wake);
+	s->jwks_wake = NULL;
+	if (s->state == SESS_AUTH && token != NULL)
+		verify_token(s, token, false);
+	if (token != NULL) {
+		explicit_bzero(token, strlen(token));
+		free(token);
+	}
+}
+
+/* Unknown kid: wait for a JWKS refresh when one may run now. */
+static bool wait_for_keys(Session *s, const char *token)
+{
+	s->pending_token = strdup(token);
+	s->jwks_wake = event_new(s->worker->base, -1, 0, jwks_wake_cb, s);
+	if (s->pending_token != NULL && s->jwks_wake != NULL &&
+	    jwks_wait_refresh(s->cfg->oidc_verifier, s->jwks_wake)) {
+		log_write(LL_INFO, s->ctx, "token names an unknown key: refreshing the JWKS");
+		stream_enable_read(s->client, false);
+		return true;
+	}
+	if (s->jwks_wake != NULL)
+		event_free(s->jwks_wake);
+	s->jwks_wake = NULL;
+	drop_pending_token(s);
+	return false;
+}
+
+static void verify_token(Session *s, const char *token, bool may_refresh)
+{
+	char why[256] = "";
+	JwtResult rc = jwtauth_verify(s->cfg->oidc_verifier, token, time(NULL), s->user, &s->identity, why,
+				      sizeof(why));
+
+	if (rc == JWT_OK)
+		auth_accept(s);
+	else if (rc != JWT_UNKNOWN_KID || !may_refresh || !wait_for_keys(s, token))
+		auth_refuse(s, rc, why);
+}
+
 static void handle_auth_input(Session *s)
 {
 	struct evbuffer *in = stream_input(s->client);
 	uint8_t hdr[PG_HEADER_LEN];
-	char why[256] = "";
 	const char *err;
 	PgHeader h;
 	char *token;
-	JwtResult rc;
 
 	if (evbuffer_copyout(in, hdr, sizeof(hdr)) < (ssize_t)sizeof(hdr))
 		return;
@@ -503,13 +570,9 @@ static void handle_auth_input(Session *s)
 		session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "invalid password message");
 		return;
 	}
-	rc = jwtauth_verify(s->cfg->oidc_verifier, token, time(NULL), s->user, &s->identity, why, sizeof(why));
+	verify_token(s, token, true);
 	explicit_bzero(token, h.len - 4);
 	evbuffer_drain(in, (size_t)h.len + 1);
-	if (rc == JWT_OK)
-		auth_accept(s);
-	else
-		auth_refuse(s, rc, why);
 }
 
 /* Reads one whole startup-phase packet; returns it (malloc'd) or NULL if incomplete or bad. */

@@ -86,6 +86,8 @@ struct Config {
 	char *oidc_audience;
 	char *oidc_jwks_file;
 	char *oidc_jwks_uri;
+	char *oidc_jwks_ca_file;     /* CA bundle for jwks_uri, NULL = system CAs */
+	uint64_t oidc_jwks_min_refresh; /* seconds between refreshes caused by unknown kids */
 	NameList oidc_algorithms;
 	char *oidc_subject_claim;
 	char *oidc_groups_claim;

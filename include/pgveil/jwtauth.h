@@ -44,11 +44,18 @@ typedef enum {
 JwtVerifier *jwtauth_new(const Config *cfg, char *err, size_t errlen);
 void jwtauth_free(JwtVerifier *v);
 
+/* The jwks_uri fetcher attached to a verifier (owned by it once set). */
+typedef struct JwksFetcher JwksFetcher;
+void jwtauth_set_fetcher(JwtVerifier *v, JwksFetcher *f);
+JwksFetcher *jwtauth_get_fetcher(JwtVerifier *v);
+
 /*
  * Replaces the key set with the keys of a JWKS document (json text).
  * Returns false (keeping the old keys) with err filled when it has no usable key.
  */
 bool jwtauth_set_jwks(JwtVerifier *v, const char *json, size_t len, char *err, size_t errlen) PGV_WARN_UNUSED;
+/* Starts dst with src's current keys (a reload keeps fetched keys until the next fetch). */
+void jwtauth_adopt_keys(JwtVerifier *dst, JwtVerifier *src);
 /* Number of keys currently loaded. */
 int jwtauth_key_count(JwtVerifier *v);
 

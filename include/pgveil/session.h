@@ -48,6 +48,8 @@ struct Session {
 	struct event *expiry;        /* fires when the token expires */
 	bool token_expired;          /* no new statement may start */
 	const char *deferred_state;  /* SQLSTATE of a delayed authentication failure */
+	char *pending_token;         /* token kept while the JWKS is refreshed for its kid */
+	struct event *jwks_wake;     /* activated when that refresh ends */
 	uint32_t client_pass;        /* bytes of a client message still to be passed through */
 	uint32_t server_pass;        /* the same toward the client */
 	int pending_ready;           /* Query/Sync/FunctionCall sent, ReadyForQuery not yet seen */
