@@ -519,6 +519,26 @@ static JwtResult choose_key(const KeySet *ks, const char *kid, const char *alg, 
 	return JWT_OK;
 }
 
+/*
+ * True when every part is strict base64url. libjwt decodes the payload and
+ * signature leniently (it stops at the first foreign character), so this is
+ * checked here for all three parts before libjwt sees the token.
+ */
+static bool token_is_b64url(const char *token)
+{
+	static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+	for (const char *p = token;; p++) {
+		size_t n = strspn(p, alphabet);
+
+		if (n % 4 == 1)
+			return false;
+		p += n;
+		if (*p != '.')
+			return *p == '\0';
+	}
+}
+
 /* Decodes and checks the JOSE header; returns it (caller puts) or NULL. */
 static json_object *parse_header(const char *token, char *why, size_t whylen)
 {
@@ -529,6 +549,10 @@ static json_object *parse_header(const char *token, char *why, size_t whylen)
 
 	if (dot == NULL || strchr(dot + 1, '.') == NULL || strchr(strchr(dot + 1, '.') + 1, '.') != NULL) {
 		snprintf(why, whylen, "token is not three dot-separated parts");
+		return NULL;
+	}
+	if (!token_is_b64url(token)) {
+		snprintf(why, whylen, "token is not base64url");
 		return NULL;
 	}
 	raw = b64url_decode(token, (size_t)(dot - token), &len);
@@ -594,6 +618,9 @@ static bool aud_matches(json_object *payload, const char *audience)
 	return false;
 }
 
+/* 9999-12-31T23:59:59Z: keeps exp + clock_skew (here and in the session's expiry timer) far from overflow. */
+#define JWT_MAX_EXP INT64_C(253402300799)
+
 static JwtResult check_claims(const JwtVerifier *v, json_object *payload, time_t now, char *why, size_t whylen)
 {
 	int64_t exp, nbf, iat, skew = (int64_t)v->clock_skew;
@@ -610,6 +637,10 @@ static JwtResult check_claims(const JwtVerifier *v, json_object *payload, time_t
 	}
 	if (!claim_time(payload, "exp", &exp)) {
 		snprintf(why, whylen, "token has no numeric exp claim");
+		return JWT_INVALID;
+	}
+	if (exp < 0 || exp > JWT_MAX_EXP) {
+		snprintf(why, whylen, "token exp %lld is out of range", (long long)exp);
 		return JWT_INVALID;
 	}
 	if ((int64_t)now >= exp + skew) {
