@@ -23,6 +23,8 @@ BUILDDIR=$DEMO/build
 PGVEIL_BIN=${PGVEIL_BIN:-}
 PGVEIL_PID=""
 KEEP=no
+AGENT_CONN=""  # how the steps connect as agent-7: set by step_query, then step_jwt
+JWT_LOGIN=no
 
 # shellcheck source=scripts/pg-sandbox.sh
 . "$SRCDIR/scripts/pg-sandbox.sh"
@@ -47,14 +49,18 @@ die() {
 	exit 1
 }
 
-# psql through pgveil, as the agent: demo_psql AGENT [psql args]; the queries are echoed.
+# psql through pgveil: demo_psql CONNINFO [psql args]. The command is shown
+# (a password abbreviated), then the queries as they run.
 demo_psql() {
-	local agent=$1
+	local conninfo=$1 shown
 	shift
-	printf '%s$ psql "host=127.0.0.1 port=%s dbname=app user=%s"%s\n' "$DIM" "$PGVEIL_PORT" "$agent" "$RESET"
-	psql -X -e -v ON_ERROR_STOP=1 --pset=footer=off \
-		"host=127.0.0.1 port=$PGVEIL_PORT dbname=app user=$agent sslmode=disable connect_timeout=10" "$@"
+	shown=$(printf '%s' "$conninfo" | sed -E 's/(password=[^ ]{12})[^ ]*/\1.../')
+	printf '%s$ psql "%s"%s\n' "$DIM" "$shown" "$RESET"
+	psql -X -e -v ON_ERROR_STOP=1 --pset=footer=off "$conninfo connect_timeout=10" "$@"
 }
+
+# The connection string of an agent without credentials (dev_trust_auth).
+trust_conn() { echo "host=127.0.0.1 port=$PGVEIL_PORT dbname=app user=$1 sslmode=disable"; }
 
 # --------------------------------------------------------------------------
 # plumbing
@@ -93,6 +99,19 @@ stop_pgveil() {
 	fi
 	rm -f "$DEMO/pgveil.pid"
 	PGVEIL_PID=""
+}
+
+# Starts pgveil in the background with a configuration; its log goes to .demo/pgveil.log.
+start_pgveil() {
+	"$PGVEIL_BIN" -c "$1" 2>>"$DEMO/pgveil.log" &
+	PGVEIL_PID=$!
+	echo "$PGVEIL_PID" >"$DEMO/pgveil.pid"
+	for _ in $(seq 100); do
+		kill -0 "$PGVEIL_PID" 2>/dev/null || die "pgveil exited at startup (log: .demo/pgveil.log)"
+		port_busy "$PGVEIL_PORT" && return 0
+		sleep 0.1
+	done
+	die "pgveil is not listening on port $PGVEIL_PORT after 10 s"
 }
 
 stop_all() {
@@ -170,6 +189,7 @@ step_pgveil() {
 		[ "$PGVEIL_PORT" = 6432 ] || say "(port 6432 is taken: using $PGVEIL_PORT)"
 	fi
 	port_busy "$PGVEIL_PORT" && die "port $PGVEIL_PORT is in use (set DEMO_PGVEIL_PORT)"
+	: >"$DEMO/pgveil.log"
 	cat >"$DEMO/pgveil.ini" <<-EOF
 		; written by scripts/demo.sh
 		[pgveil]
@@ -187,39 +207,94 @@ step_pgveil() {
 	say "Configuration (.demo/pgveil.ini):"
 	sed 's/^/    /' "$DEMO/pgveil.ini"
 	say "The agent asks for database 'app'; pgveil logs in to the real server with the credentials above."
-	"$PGVEIL_BIN" -c "$DEMO/pgveil.ini" 2>"$DEMO/pgveil.log" &
-	PGVEIL_PID=$!
-	echo "$PGVEIL_PID" >"$DEMO/pgveil.pid"
-	for _ in $(seq 100); do
-		kill -0 "$PGVEIL_PID" 2>/dev/null || die "pgveil exited at startup (log: .demo/pgveil.log)"
-		port_busy "$PGVEIL_PORT" && break
-		sleep 0.1
-	done
-	port_busy "$PGVEIL_PORT" || die "pgveil is not listening on port $PGVEIL_PORT after 10 s"
+	start_pgveil "$DEMO/pgveil.ini"
 	say "pgveil (pid $PGVEIL_PID) listens on 127.0.0.1:$PGVEIL_PORT; its log goes to .demo/pgveil.log."
 }
 
 step_query() {
 	section "An agent queries through pgveil"
 	say "The client says it is 'agent-7' and sends no password (dev_trust_auth). On the server the"
-	say "session runs as app_agent, and application_name names the agent, so the server's own"
-	say "logs and pg_stat_activity show who is behind each session."
-	demo_psql agent-7 \
+	say "session runs as app_agent, whose password only pgveil knows."
+	AGENT_CONN=$(trust_conn agent-7)
+	demo_psql "$AGENT_CONN" \
 		-c '\conninfo' \
 		-c 'SELECT current_user, session_user' \
-		-c 'SHOW application_name' \
 		-c 'SELECT id, name, email FROM users ORDER BY id LIMIT 5'
 }
 
 step_server_view() {
 	section "What the server sees"
-	say "pg_stat_activity on the real server, read directly (not through pgveil) while agent-7 is connected:"
-	demo_psql agent-7 -c "SELECT pg_sleep(1.5)" >/dev/null &
+	say "pg_stat_activity on the real server, read directly (not through pgveil) while agent-7 runs a query:"
+	demo_psql "$AGENT_CONN" -c "SELECT pg_sleep(1.5)" >/dev/null &
 	local client=$!
 	sleep 0.7
 	pg_sandbox_psql "$(pg_dir)" -d app -e --pset=footer=off -c \
 		"SELECT usename, application_name, client_addr, state FROM pg_stat_activity WHERE datname = 'app' AND pid <> pg_backend_pid()"
 	wait "$client" || die "the background query through pgveil failed"
+	if [ "$JWT_LOGIN" = yes ]; then
+		say "The role is pgveil's; application_name tells the DBA which agent is behind the session."
+	fi
+}
+
+step_jwt() {
+	section "Agents log in with a JWT"
+	local token_bin=${PGVEIL_TOKEN_BIN:-$(dirname "$PGVEIL_BIN")/pgveil-token}
+	if [ ! -x "$token_bin" ]; then
+		say "No pgveil-token next to $PGVEIL_BIN: skipped."
+		return
+	fi
+	local iss=https://idp.demo.invalid/ d=$DEMO/jwt
+	mkdir -p "$d"
+	say "Outside development, an agent's password is a JWT from the identity provider, and the"
+	say "connection uses TLS. For the demo, openssl makes a signing key and a self-signed"
+	say "certificate, and pgveil-token plays the identity provider."
+	openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$d/signing.pem" 2>/dev/null
+	openssl req -x509 -newkey rsa:2048 -nodes -keyout "$d/server.key" -out "$d/server.crt" \
+		-subj /CN=localhost -days 1 2>/dev/null
+	"$token_bin" --key "$d/signing.pem" --kid demo-1 --jwks >"$d/jwks.json"
+	cat >"$DEMO/pgveil-jwt.ini" <<-EOF
+		; written by scripts/demo.sh: JWT login over TLS
+		[pgveil]
+		listen_addr = 127.0.0.1
+		listen_port = $PGVEIL_PORT
+		tls_cert_file = $d/server.crt
+		tls_key_file = $d/server.key
+		log_level = info
+
+		[oidc]
+		issuer = $iss
+		audience = pgveil
+		jwks_file = $d/jwks.json
+
+		[databases]
+		app = host=127.0.0.1 port=$PG_PORT dbname=app user=app_agent password=secret sslmode=disable
+	EOF
+	say "pgveil restarts with .demo/pgveil-jwt.ini: TLS on, dev_trust_auth off, and an [oidc] section:"
+	sed -n '/^\[oidc\]/,/^$/p' "$DEMO/pgveil-jwt.ini" | sed 's/^/    /'
+	stop_pgveil
+	start_pgveil "$DEMO/pgveil-jwt.ini"
+
+	local jwt
+	jwt=$("$token_bin" --key "$d/signing.pem" --kid demo-1 --sub agent-7 --groups agents \
+		--aud pgveil --iss "$iss" --ttl 600)
+	say "A token for subject agent-7 in group agents, valid for 10 minutes:"
+	printf '    %s...\n' "${jwt:0:60}"
+	say "The agent sends it as its password. The server session now carries application_name"
+	say "pgveil:agent-7, whatever the client asked for:"
+	demo_psql "host=127.0.0.1 port=$PGVEIL_PORT dbname=app user=agent-7 password=$jwt sslmode=require" \
+		-c '\conninfo' -c 'SELECT current_user, session_user' -c 'SHOW application_name' \
+		-c 'SELECT count(*) AS orders FROM orders'
+	AGENT_CONN="host=127.0.0.1 port=$PGVEIL_PORT dbname=app user=agent-7 password=$jwt sslmode=require"
+	JWT_LOGIN=yes
+
+	say "A token signed by someone else is refused:"
+	local forged
+	openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$d/other.pem" 2>/dev/null
+	forged=$("$token_bin" --key "$d/other.pem" --kid demo-1 --sub agent-7 --aud pgveil --iss "$iss" --ttl 600)
+	if demo_psql "host=127.0.0.1 port=$PGVEIL_PORT dbname=app user=agent-7 password=$forged sslmode=require" \
+		-c 'SELECT 1' 2>&1; then
+		die "a forged token was accepted"
+	fi
 }
 
 step_stop() {
@@ -240,13 +315,14 @@ step_stop() {
 	say "Done."
 }
 
-# New steps (JWT login, masking, a blocked DROP, the audit rows) slot in here.
+# New steps (masking, a blocked DROP, the audit rows) slot in before step_stop.
 STEPS=(
 	step_setup
 	step_build
 	step_postgres
 	step_pgveil
 	step_query
+	step_jwt
 	step_server_view
 	step_stop
 )

@@ -296,23 +296,30 @@ total=0
 for _ in $MODES; do for t in $TARGETS; do [ -z "${ACTIVE[$t]:-}" ] || total=$((total + 1)); done; done
 log "measuring: pgbench -S -c $CLIENTS -j $THREADS -T $DURATION, $ROUNDS round(s), $total runs (about $((total * ROUNDS * DURATION))s)"
 
-declare -A TPS=() LAT=()
-for m in $MODES; do
-	for t in $TARGETS; do
-		[ -n "${ACTIVE[$t]:-}" ] || continue
-		tps_list="" lat_list=""
-		for r in $(seq "$ROUNDS"); do
+# Rounds are interleaved (round 1 of every target, then round 2, ...) so
+# that a change in the machine's background load spreads over all targets.
+declare -A TPS=() LAT=() TPS_LIST=() LAT_LIST=()
+for r in $(seq "$ROUNDS"); do
+	for m in $MODES; do
+		for t in $TARGETS; do
+			[ -n "${ACTIVE[$t]:-}" ] || continue
 			read -r tps lat < <(run_pgbench "$t" "$m" "$DURATION")
 			[ "$ROUNDS" -eq 1 ] || cp "$BENCH_DIR/pgbench-$t-$m.out" "$BENCH_DIR/pgbench-$t-$m.round$r.out"
 			if [ "$tps" = error ]; then
 				log "$m/$t: pgbench failed: $(tail -n 3 "$BENCH_DIR/pgbench-$t-$m.out" | tr '\n' ' ')"
 				continue
 			fi
-			tps_list+=" $tps" lat_list+=" $lat"
+			TPS_LIST[$m,$t]+=" $tps"
+			LAT_LIST[$m,$t]+=" $lat"
+			log "round $r/$ROUNDS $m/$t: tps $tps, latency $lat ms"
 		done
-		TPS[$m,$t]=$(echo "$tps_list" | median)
-		LAT[$m,$t]=$(echo "$lat_list" | median)
-		log "$m/$t: tps ${TPS[$m,$t]}, latency ${LAT[$m,$t]} ms"
+	done
+done
+for m in $MODES; do
+	for t in $TARGETS; do
+		[ -n "${ACTIVE[$t]:-}" ] || continue
+		TPS[$m,$t]=$(echo "${TPS_LIST[$m,$t]:-}" | median)
+		LAT[$m,$t]=$(echo "${LAT_LIST[$m,$t]:-}" | median)
 	done
 done
 
@@ -341,7 +348,8 @@ ratio() { # A B -> A/B or "-"
 			pb=""
 			[ "$t" != pgveil ] || pb=$(ratio "${TPS[$m,pgveil]}" "${TPS[$m,pgbouncer]:-}")
 			tps_fmt=$(awk -v x="${TPS[$m,$t]}" 'BEGIN { if (x == "error") print x; else printf "%.1f\n", x }')
-			printf '%-9s %-10s %12s %14s %10s %17s\n' "$m" "$t" "$tps_fmt" "${LAT[$m,$t]}" "$vs" "$pb"
+			lat_fmt=$(awk -v x="${LAT[$m,$t]}" 'BEGIN { if (x == "error") print x; else printf "%.3f\n", x }')
+			printf '%-9s %-10s %12s %14s %10s %17s\n' "$m" "$t" "$tps_fmt" "$lat_fmt" "$vs" "$pb"
 		done
 	done
 	echo
