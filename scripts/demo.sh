@@ -24,7 +24,6 @@ PGVEIL_BIN=${PGVEIL_BIN:-}
 PGVEIL_PID=""
 KEEP=no
 AGENT_CONN=""  # how the steps connect as agent-7: set by step_query, then step_jwt
-JWT_LOGIN=no
 
 # shellcheck source=scripts/pg-sandbox.sh
 . "$SRCDIR/scripts/pg-sandbox.sh"
@@ -59,8 +58,6 @@ demo_psql() {
 	psql -X -e -v ON_ERROR_STOP=1 --pset=footer=off "$conninfo connect_timeout=10" "$@"
 }
 
-# The connection string of an agent without credentials (dev_trust_auth).
-trust_conn() { echo "host=127.0.0.1 port=$PGVEIL_PORT dbname=app user=$1 sslmode=disable"; }
 
 # --------------------------------------------------------------------------
 # plumbing
@@ -182,6 +179,28 @@ step_postgres() {
 	pg_sandbox_start "$(pg_dir)" "$PG_PORT"
 }
 
+step_identity() {
+	section "An identity provider, for the demo"
+	TOKEN_BIN=${PGVEIL_TOKEN_BIN:-$(dirname "$PGVEIL_BIN")/pgveil-token}
+	[ -x "$TOKEN_BIN" ] || die "no pgveil-token next to $PGVEIL_BIN"
+	ISS=https://idp.demo.invalid/
+	JWT_DIR=$DEMO/jwt
+	mkdir -p "$JWT_DIR"
+	say "An agent's password is a JWT from the identity provider, sent over TLS. Here openssl makes a"
+	say "signing key and a self-signed server certificate, and pgveil-token plays the provider:"
+	say "it prints the JWKS that pgveil verifies tokens with, and mints a token for agent-7."
+	openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$JWT_DIR/signing.pem" 2>/dev/null
+	openssl req -x509 -newkey rsa:2048 -nodes -keyout "$JWT_DIR/server.key" -out "$JWT_DIR/server.crt" \
+		-subj /CN=localhost -days 1 2>/dev/null
+	"$TOKEN_BIN" --key "$JWT_DIR/signing.pem" --kid demo-1 --jwks >"$JWT_DIR/jwks.json"
+	JWT=$("$TOKEN_BIN" --key "$JWT_DIR/signing.pem" --kid demo-1 --sub agent-7 --groups agents \
+		--aud pgveil --iss "$ISS" --ttl 600)
+	echo "$JWT" >"$JWT_DIR/token"
+	printf '%s$ pgveil-token --key signing.pem --kid demo-1 --sub agent-7 --groups agents --aud pgveil --iss %s --ttl 600%s\n' \
+		"$DIM" "$ISS" "$RESET"
+	printf '    %s...\n' "${JWT:0:60}"
+}
+
 step_pgveil() {
 	section "Starting pgveil"
 	if [ -z "$PGVEIL_PORT" ]; then
@@ -196,10 +215,15 @@ step_pgveil() {
 		listen_addr = 127.0.0.1
 		listen_port = $PGVEIL_PORT
 		workers = 0
-		max_client_conn = 1000
-		; development only: clients need no authentication (loopback listeners only)
-		dev_trust_auth = yes
+		tls_cert_file = $JWT_DIR/server.crt
+		tls_key_file = $JWT_DIR/server.key
 		log_level = info
+
+		[oidc]
+		issuer = $ISS
+		audience = pgveil
+		jwks_file = $JWT_DIR/jwks.json
+		algorithms = RS256, ES256
 
 		[databases]
 		app = host=127.0.0.1 port=$PG_PORT dbname=app user=app_agent password=secret sslmode=disable
@@ -213,13 +237,34 @@ step_pgveil() {
 
 step_query() {
 	section "An agent queries through pgveil"
-	say "The client says it is 'agent-7' and sends no password (dev_trust_auth). On the server the"
-	say "session runs as app_agent, whose password only pgveil knows."
-	AGENT_CONN=$(trust_conn agent-7)
+	say "The agent connects with its token as the password. On the server the session runs as"
+	say "app_agent, whose password only pgveil knows, and carries application_name pgveil:agent-7."
+	AGENT_CONN="host=127.0.0.1 port=$PGVEIL_PORT dbname=app user=agent-7 password=$JWT sslmode=require"
 	demo_psql "$AGENT_CONN" \
 		-c '\conninfo' \
 		-c 'SELECT current_user, session_user' \
+		-c 'SHOW application_name' \
 		-c 'SELECT id, name, email FROM users ORDER BY id LIMIT 5'
+}
+
+step_refused() {
+	section "Tokens that prove nothing are refused"
+	local forged
+	say "A token signed with another key (same kid), and one that expired a minute ago:"
+	openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$JWT_DIR/other.pem" 2>/dev/null
+	forged=$("$TOKEN_BIN" --key "$JWT_DIR/other.pem" --kid demo-1 --sub agent-7 --aud pgveil --iss "$ISS")
+	if demo_psql "host=127.0.0.1 port=$PGVEIL_PORT dbname=app user=agent-7 password=$forged sslmode=require" \
+		-c 'SELECT 1' 2>&1; then
+		die "a forged token was accepted"
+	fi
+	forged=$("$TOKEN_BIN" --key "$JWT_DIR/signing.pem" --kid demo-1 --sub agent-7 --aud pgveil --iss "$ISS" \
+		--ttl -120)
+	if demo_psql "host=127.0.0.1 port=$PGVEIL_PORT dbname=app user=agent-7 password=$forged sslmode=require" \
+		-c 'SELECT 1' 2>&1; then
+		die "an expired token was accepted"
+	fi
+	say "The client only learns 'invalid token'; pgveil's log says why (never the token itself):"
+	grep 'token refused' "$DEMO/pgveil.log" | sed 's/^/    /'
 }
 
 step_server_view() {
@@ -231,77 +276,14 @@ step_server_view() {
 	pg_sandbox_psql "$(pg_dir)" -d app -e --pset=footer=off -c \
 		"SELECT usename, application_name, client_addr, state FROM pg_stat_activity WHERE datname = 'app' AND pid <> pg_backend_pid()"
 	wait "$client" || die "the background query through pgveil failed"
-	if [ "$JWT_LOGIN" = yes ]; then
-		say "The role is pgveil's; application_name tells the DBA which agent is behind the session."
-	fi
-}
-
-step_jwt() {
-	section "Agents log in with a JWT"
-	local token_bin=${PGVEIL_TOKEN_BIN:-$(dirname "$PGVEIL_BIN")/pgveil-token}
-	if [ ! -x "$token_bin" ]; then
-		say "No pgveil-token next to $PGVEIL_BIN: skipped."
-		return
-	fi
-	local iss=https://idp.demo.invalid/ d=$DEMO/jwt
-	mkdir -p "$d"
-	say "Outside development, an agent's password is a JWT from the identity provider, and the"
-	say "connection uses TLS. For the demo, openssl makes a signing key and a self-signed"
-	say "certificate, and pgveil-token plays the identity provider."
-	openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$d/signing.pem" 2>/dev/null
-	openssl req -x509 -newkey rsa:2048 -nodes -keyout "$d/server.key" -out "$d/server.crt" \
-		-subj /CN=localhost -days 1 2>/dev/null
-	"$token_bin" --key "$d/signing.pem" --kid demo-1 --jwks >"$d/jwks.json"
-	cat >"$DEMO/pgveil-jwt.ini" <<-EOF
-		; written by scripts/demo.sh: JWT login over TLS
-		[pgveil]
-		listen_addr = 127.0.0.1
-		listen_port = $PGVEIL_PORT
-		tls_cert_file = $d/server.crt
-		tls_key_file = $d/server.key
-		log_level = info
-
-		[oidc]
-		issuer = $iss
-		audience = pgveil
-		jwks_file = $d/jwks.json
-
-		[databases]
-		app = host=127.0.0.1 port=$PG_PORT dbname=app user=app_agent password=secret sslmode=disable
-	EOF
-	say "pgveil restarts with .demo/pgveil-jwt.ini: TLS on, dev_trust_auth off, and an [oidc] section:"
-	sed -n '/^\[oidc\]/,/^$/p' "$DEMO/pgveil-jwt.ini" | sed 's/^/    /'
-	stop_pgveil
-	start_pgveil "$DEMO/pgveil-jwt.ini"
-
-	local jwt
-	jwt=$("$token_bin" --key "$d/signing.pem" --kid demo-1 --sub agent-7 --groups agents \
-		--aud pgveil --iss "$iss" --ttl 600)
-	say "A token for subject agent-7 in group agents, valid for 10 minutes:"
-	printf '    %s...\n' "${jwt:0:60}"
-	say "The agent sends it as its password. The server session now carries application_name"
-	say "pgveil:agent-7, whatever the client asked for:"
-	demo_psql "host=127.0.0.1 port=$PGVEIL_PORT dbname=app user=agent-7 password=$jwt sslmode=require" \
-		-c '\conninfo' -c 'SELECT current_user, session_user' -c 'SHOW application_name' \
-		-c 'SELECT count(*) AS orders FROM orders'
-	AGENT_CONN="host=127.0.0.1 port=$PGVEIL_PORT dbname=app user=agent-7 password=$jwt sslmode=require"
-	JWT_LOGIN=yes
-
-	say "A token signed by someone else is refused:"
-	local forged
-	openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$d/other.pem" 2>/dev/null
-	forged=$("$token_bin" --key "$d/other.pem" --kid demo-1 --sub agent-7 --aud pgveil --iss "$iss" --ttl 600)
-	if demo_psql "host=127.0.0.1 port=$PGVEIL_PORT dbname=app user=agent-7 password=$forged sslmode=require" \
-		-c 'SELECT 1' 2>&1; then
-		die "a forged token was accepted"
-	fi
+	say "The role is pgveil's; application_name tells the DBA which agent is behind the session."
 }
 
 step_stop() {
 	section "Stopping"
 	if [ "$KEEP" = yes ]; then
 		say "--keep: leaving PostgreSQL (port $PG_PORT) and pgveil (port $PGVEIL_PORT) running."
-		say "Try: psql \"host=127.0.0.1 port=$PGVEIL_PORT dbname=app user=agent-7 sslmode=disable\""
+		say "Try: psql \"host=127.0.0.1 port=$PGVEIL_PORT dbname=app user=agent-7 sslmode=require password=\$(cat .demo/jwt/token)\""
 		say "Stop them with: scripts/demo.sh --stop"
 		return
 	fi
@@ -320,9 +302,10 @@ STEPS=(
 	step_setup
 	step_build
 	step_postgres
+	step_identity
 	step_pgveil
 	step_query
-	step_jwt
+	step_refused
 	step_server_view
 	step_stop
 )
