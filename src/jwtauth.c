@@ -575,11 +575,19 @@ static json_object *parse_header(const char *token, char *why, size_t whylen)
 	return hdr;
 }
 
-/* Finds a dotted claim path ("realm_access.roles") in the payload. */
+/*
+ * Finds a claim: first as one top-level name (Auth0-style namespaced claims
+ * such as "https://example.com/roles" contain dots), then as a dotted path
+ * ("realm_access.roles").
+ */
 static json_object *claim_path(json_object *payload, const char *path)
 {
 	char buf[256], *save = NULL, *part;
 	json_object *cur = payload;
+
+	if (json_object_object_get_ex(payload, path, &cur))
+		return cur;
+	cur = payload;
 
 	snprintf(buf, sizeof(buf), "%s", path);
 	for (part = strtok_r(buf, ".", &save); part != NULL; part = strtok_r(NULL, ".", &save))

@@ -1315,6 +1315,27 @@ static void test_groups_too_many(void **state)
 	free(list);
 }
 
+/* Auth0 puts groups under a namespaced claim whose name contains dots. */
+static void test_namespaced_claim(void **state)
+{
+	time_t now = time(NULL);
+	JwtVerifier *v = verifier_new(MAIN_ALGS, "sub", "https://pgveil.example.com/groups", false, fx.jwks_path);
+	char *payload = xasprintf("{" CLAIMS ",\"exp\":%lld,\"sub\":\"auth0|agent-7\","
+				  "\"https://pgveil.example.com/groups\":[\"agents\",\"dba\"]}",
+				  (long long)now + 300);
+	char *tok = rs_token(payload);
+	Identity id;
+
+	expect_ok(v, tok, now, NULL, &id);
+	assert_string_equal(id.subject, "auth0|agent-7");
+	assert_int_equal(id.n_groups, 2);
+	assert_string_equal(id.groups[1], "dba");
+	jwtauth_identity_clear(&id);
+	free(tok);
+	free(payload);
+	jwtauth_free(v);
+}
+
 static void test_keycloak_paths(void **state)
 {
 	time_t now = time(NULL);
@@ -1730,6 +1751,7 @@ int main(void)
 		cmocka_unit_test(test_groups_not_strings),
 		cmocka_unit_test(test_groups_too_many),
 		cmocka_unit_test(test_keycloak_paths),
+		cmocka_unit_test(test_namespaced_claim),
 		cmocka_unit_test(test_match_user),
 		cmocka_unit_test(test_in_groups),
 		cmocka_unit_test(test_jwks_key_count),
