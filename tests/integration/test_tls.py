@@ -83,6 +83,13 @@ def test_psycopg_over_verified_tls(tls_target, certs, admin):
         with conn.cursor().copy("COPY (SELECT id FROM users ORDER BY id) TO STDOUT") as cp:
             data = b"".join(bytes(c) for c in cp)
         assert data == b"".join(f"{i}\n".encode() for i in range(1, 101))
+        # 50 MB of COPY FROM STDIN through TLS
+        conn.execute("CREATE TEMP TABLE tls_copy (id int, v text)")
+        line = "x" * 1000
+        with conn.cursor().copy("COPY tls_copy FROM STDIN") as cp:
+            for i in range(50_000):
+                cp.write(f"{i}\t{line}\n")
+        assert conn.execute("SELECT count(*), sum(length(v)) FROM tls_copy").fetchone() == (50_000, 50_000_000)
         # cancel: libpq sends the CancelRequest over a new plaintext connection
         result = {}
 
