@@ -198,6 +198,18 @@ def test_half_close_after_query_still_answers(target):
         assert rows == [[b"answered"], [b"", b"2"]], [t for t, _ in msgs]
 
 
+def test_messages_split_into_single_bytes(target):
+    """Startup and extended-protocol messages arriving one byte per segment."""
+    with Wire(target.host, target.port) as w:
+        w.startup(user=target.user, database="app", password=target.password, dribble=0.005,
+                  application_name="dribble")
+        assert w.params["application_name"] == "dribble"
+        w.send_slowly(parse_msg("", "SELECT $1::int * 2") + bind_msg("", "", [b"21"]) + execute_msg("") + SYNC,
+                      0.005)
+        msgs = read_types(w)
+        assert [pgwire.parse_datarow(p) for t, p in msgs if t == b"D"] == [[b"42"]]
+
+
 def test_large_client_message(target):
     """A 32 MB query string and a 16 MB bind parameter pass through whole."""
     big = "x" * (32 << 20)
