@@ -129,9 +129,9 @@ def pgveil_factory(pgveil_bin, cluster, certs, workroot):
     at the end of the test, without a sanitizer report."""
     made = []
 
-    def make(start=True, cluster_=None, **settings):
+    def make(start=True, cluster_=None, env=None, **settings):
         pv = Pgveil(pgveil_bin, os.path.join(workroot, f"pgveil-{next(_counter)}"),
-                    cluster_ or cluster, certs, **settings)
+                    cluster_ or cluster, certs, env=env, **settings)
         made.append(pv)
         return pv.start() if start else pv
 
