@@ -2,9 +2,11 @@
 test certificates, pgveil processes, and the "direct"/"pgveil" targets that
 most tests are parametrized over."""
 
+import atexit
 import itertools
 import os
 import shutil
+import signal
 import subprocess
 
 import psycopg
@@ -127,9 +129,9 @@ def pgveil_factory(pgveil_bin, cluster, certs, workroot):
     at the end of the test, without a sanitizer report."""
     made = []
 
-    def make(start=True, cluster_=None, **settings):
+    def make(start=True, cluster_=None, env=None, **settings):
         pv = Pgveil(pgveil_bin, os.path.join(workroot, f"pgveil-{next(_counter)}"),
-                    cluster_ or cluster, certs, **settings)
+                    cluster_ or cluster, certs, env=env, **settings)
         made.append(pv)
         return pv.start() if start else pv
 
@@ -184,6 +186,46 @@ def java_driver(workroot):
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, f"javac failed:\n{res.stdout}\n{res.stderr}"
     return f"{out}:{JDBC_JAR}"
+
+
+# --------------------------------------------------------------------------- hangs and leftovers
+
+TEST_TIMEOUT = int(os.environ.get("ITEST_TEST_TIMEOUT", "300"))
+
+
+class TestTimeout(Exception):
+    pass
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    """Interrupts a test that hangs (e.g. a client waiting forever for pgveil):
+    SIGALRM raises in the main thread, where the blocking call is."""
+    def on_alarm(signum, frame):
+        raise TestTimeout(f"test still running after {TEST_TIMEOUT}s: it hangs")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(TEST_TIMEOUT)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@atexit.register
+def _kill_leftovers():
+    """If the run is interrupted, do not leave pgveil or PostgreSQL running."""
+    for pv in Pgveil.instances:
+        if pv.alive():
+            pv.proc.kill()
+            pv.proc.wait()
+    for c in list(_clusters):
+        try:
+            if c.is_running():
+                c.stop("immediate")
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
 
 
 # --------------------------------------------------------------------------- failure reports

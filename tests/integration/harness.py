@@ -39,6 +39,11 @@ SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSani
                      "runtime error:", "ThreadSanitizer")
 
 
+def is_sanitizer_build(binary):
+    with open(binary, "rb") as f:
+        return b"__asan_init" in f.read()
+
+
 def pgveil_binary():
     """Path of the pgveil binary under test, or None when it is not built."""
     path = os.path.join(BUILDDIR, "pgveil")
@@ -77,6 +82,20 @@ def wait_until(pred, timeout, interval=0.05, what="condition"):
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def retry_stray_cancel(fn, is_cancel):
+    """Runs the first statement after a cancel. PostgreSQL's postmaster delivers
+    a CancelRequest as two SIGINTs (to the backend and to its process group); on
+    a loaded machine the second can arrive after the cancelled statement ended
+    and cancel the next one. So if this statement was cancelled too, it is run
+    once more (a second stray cancel is impossible)."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - re-raised unless it is that cancel
+        if not is_cancel(e):
+            raise
+        return fn()
 
 
 def run(cmd, check=True, timeout=120, **kw):
@@ -328,8 +347,9 @@ class Pgveil:
 
     instances = []  # every instance started in this test run (for failure reports)
 
-    def __init__(self, binary, workdir, cluster, certs, tls=False, databases=None, **settings):
+    def __init__(self, binary, workdir, cluster, certs, tls=False, databases=None, env=None, **settings):
         self.binary = binary
+        self.env = dict(os.environ, **(env or {}))
         self.dir = workdir
         os.makedirs(workdir, exist_ok=True)
         self.cluster = cluster
@@ -380,7 +400,7 @@ class Pgveil:
     def start(self, timeout=15):
         self.logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen([self.binary, "-c", self.conf_path], stdin=subprocess.DEVNULL,
-                                     stdout=self.logf, stderr=self.logf, cwd=self.dir)
+                                     stdout=self.logf, stderr=self.logf, cwd=self.dir, env=self.env)
         Pgveil.instances.append(self)
 
         def ready():

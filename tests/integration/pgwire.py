@@ -104,6 +104,12 @@ class Wire:
     def send(self, data):
         self.sock.sendall(data)
 
+    def send_slowly(self, data, delay):
+        """Sends one byte at a time, with TCP_NODELAY, so each is its own segment."""
+        for i in range(len(data)):
+            self.sock.sendall(data[i:i + 1])
+            time.sleep(delay)
+
     def _fill(self, deadline):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -153,12 +159,17 @@ class Wire:
                 return msgs
 
     # -- conversations
-    def startup(self, user="agent-7", database="app", password=None, version=PROTOCOL_3_0, **params):
-        """Sends a StartupMessage, answers the authentication the server asks for
-        (none, cleartext, MD5, SCRAM-SHA-256), and reads up to ReadyForQuery."""
+    def startup(self, user="agent-7", database="app", password=None, version=PROTOCOL_3_0, dribble=None,
+                **params):
+        """Sends a StartupMessage (one byte every `dribble` seconds if given),
+        answers the authentication the server asks for (none, cleartext, MD5,
+        SCRAM-SHA-256), and reads up to ReadyForQuery."""
         p = {"user": user, "database": database}
         p.update(params)
-        self.send(startup_packet(p, version))
+        if dribble:
+            self.send_slowly(startup_packet(p, version), dribble)
+        else:
+            self.send(startup_packet(p, version))
         self.password = password
         self.user = user
         return self.read_until_ready()

@@ -181,35 +181,62 @@ def test_listen_notify(target):
     run(main())
 
 
+async def _after_cancel(conn, sql):
+    """The first statement after a cancel (see harness.retry_stray_cancel)."""
+    try:
+        return await asyncio.wait_for(conn.fetchval(sql), 10)
+    except asyncpg.QueryCanceledError:
+        return await asyncio.wait_for(conn.fetchval(sql), 10)
+
+
 def test_cancel_by_timeout_and_task_cancel(target, admin):
-    async def main():
+    # each case on its own connection, so a cancel cannot leak into the next case
+    async def by_timeout():
         conn = await connect(target)
         try:
             # asyncpg cancels the server query when its timeout expires
             with pytest.raises(asyncio.TimeoutError):
                 await conn.fetchval("SELECT pg_sleep(30)", timeout=1)
             # the server query is gone and the connection answers at once
-            assert await asyncio.wait_for(conn.fetchval("SELECT 'after timeout'"), 10) == "after timeout"
+            assert await _after_cancel(conn, "SELECT 'after timeout'") == "after timeout"
+            return await conn.fetchval("SELECT pg_backend_pid()")
+        finally:
+            await conn.close()
+
+    async def by_task_cancel():
+        conn = await connect(target)
+        try:
             pid = await conn.fetchval("SELECT pg_backend_pid()")
             # cancelling the task sends a CancelRequest too
             task = asyncio.ensure_future(conn.fetchval("SELECT pg_sleep(30)"))
-            await asyncio.sleep(0.5)
+            while not admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s AND state = 'active'",
+                                    (pid,)).fetchone():
+                await asyncio.sleep(0.05)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            assert await asyncio.wait_for(conn.fetchval("SELECT 'after cancel'"), 10) == "after cancel"
+            assert await _after_cancel(conn, "SELECT 'after cancel'") == "after cancel"
+            return pid
+        finally:
+            await conn.close()
+
+    async def by_statement_timeout():
+        conn = await connect(target)
+        try:
             # a statement_timeout on the server gives 57014 as an error
             await conn.execute("SET statement_timeout = '300ms'")
             with pytest.raises(asyncpg.QueryCanceledError) as ei:
                 await conn.fetchval("SELECT pg_sleep(30)")
             assert ei.value.sqlstate == "57014"
             await conn.execute("RESET statement_timeout")
-            return pid
         finally:
             await conn.close()
-    pid = run(main())
-    assert admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND query LIKE %s "
-                         "AND state = 'active'", (pid, "%pg_sleep(30)%")).fetchone() == (0,)
+
+    pids = [run(by_timeout()), run(by_task_cancel())]
+    run(by_statement_timeout())
+    for pid in pids:
+        assert admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND query LIKE %s "
+                             "AND state = 'active'", (pid, "%pg_sleep(30)%")).fetchone() == (0,)
 
 
 def test_executemany_pipelined(target, scratch_table):

@@ -81,7 +81,7 @@ def test_sighup_with_broken_config_keeps_old(pgveil_factory):
     session.close()
 
 
-def test_sigterm_refuses_new_and_lets_running_query_finish(pgveil_factory):
+def test_sigterm_refuses_new_and_lets_running_query_finish(pgveil_factory, admin):
     pv = pgveil_factory(shutdown_timeout="10s")
     busy = connect(pv)
     outcome = {}
@@ -94,7 +94,9 @@ def test_sigterm_refuses_new_and_lets_running_query_finish(pgveil_factory):
 
     th = threading.Thread(target=run)
     th.start()
-    time.sleep(0.5)  # let the query reach the server
+    harness.wait_until(lambda: admin.execute(
+        "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query = %s",
+        ("SELECT 'finished', pg_sleep(2)",)).fetchone(), 15, what="the query to run on the server")
     pv.proc.send_signal(signal.SIGTERM)
     harness.wait_until(lambda: not harness.port_open("127.0.0.1", pv.port), 10, what="the listener to close")
     th.join(30)

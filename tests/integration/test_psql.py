@@ -105,6 +105,21 @@ def test_copy_in_and_out(target, scratch_table, tmp_path):
     assert psql(target, "-c", f"SELECT count(*) FROM {scratch_table}").stdout == "10000\n"
 
 
+def test_large_objects_fastpath(target, tmp_path, admin):
+    """\\lo_import/\\lo_export go through libpq's fast-path function calls ('F')."""
+    src = tmp_path / "blob.bin"
+    src.write_bytes(bytes(range(256)) * 400 + b"tail")
+    out = psql(target, "-c", f"\\lo_import {src}").stdout
+    assert out.startswith("lo_import ")
+    oid = int(out.split()[1])
+    try:
+        dst = tmp_path / "back.bin"
+        psql(target, "-c", f"\\lo_export {oid} {dst}")
+        assert dst.read_bytes() == src.read_bytes()
+    finally:
+        admin.execute("SELECT lo_unlink(%s)", (oid,))
+
+
 def test_listen_notify(target):
     channel = "ch_" + uuid.uuid4().hex[:8]
     # The listener runs a second psql (through the same target) from inside its own session.

@@ -266,6 +266,28 @@ def test_client_vanishes_mid_transaction_releases_locks(target, admin, request):
         admin.execute(f"DROP TABLE {table}")
 
 
+def test_client_vanishes_mid_copy_in(target, admin, request):
+    if target.via_pgveil:
+        request.getfixturevalue("witness")
+    table = "t_" + uuid.uuid4().hex[:12]
+    admin.execute(f"CREATE TABLE {table} (id int)")
+    admin.execute(f"ALTER TABLE {table} OWNER TO {harness.APP_USER}")
+    try:
+        with raw(target) as w:
+            w.startup(user=target.user, database="app", password=target.password)
+            w.send(pgwire.query_message(f"COPY {table} FROM STDIN"))
+            assert w.read_message()[0] == b"G"
+            w.send(message(b"d", b"".join(b"%d\n" % i for i in range(1000))))
+        # gone without CopyDone: nothing may be committed, and the table is free again
+        admin.execute("SET lock_timeout = '20s'")
+        with admin.transaction():
+            admin.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
+    finally:
+        admin.execute("RESET lock_timeout")
+        admin.execute(f"DROP TABLE {table}")
+
+
 # --------------------------------------------------------------------------- limits
 
 def test_max_client_conn(pgveil_factory):
