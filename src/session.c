@@ -350,7 +350,8 @@ static void negotiate_protocol(Session *s)
 	if ((s->startup.code & 0xffff) == 0 && n == 0)
 		return;
 	pgproto_buf_init(&b);
-	pgproto_build_negotiate(&b, 0, unrec, n);
+	/* Like the server, answer with the whole newest version code (3.0), not just its minor part. */
+	pgproto_build_negotiate(&b, (int32_t)PG_PROTOCOL_3_0, unrec, n);
 	send_to_client(s, &b);
 	pgproto_buf_free(&b);
 }
@@ -388,6 +389,8 @@ static void connect_backend(Session *s)
 	const char *why;
 
 	s->state = SESS_CONNECTING;
+	/* The client has done its part; server_connect_timeout bounds the rest. */
+	event_del(s->timer);
 	stream_enable_read(s->client, false);
 	s->backend = backend_connect(s->worker->base, s->worker->dns, s->db, timeout, params, n, s->ctx, backend_ready_cb,
 				     backend_fail_cb, s, &why);
@@ -752,6 +755,29 @@ static void client_terminate(Session *s)
 	session_close(s, "client sent Terminate");
 }
 
+/*
+ * The client shut down its sending side. What it sent before is answered, as
+ * the server would: Terminate follows its last message and the session ends
+ * when the server closes.
+ */
+static void client_half_closed(Session *s)
+{
+	PgBuf b;
+
+	if (s->client_eof)
+		return;
+	if (s->client_pass > 0 || evbuffer_get_length(stream_input(s->client)) > 0) {
+		client_terminate(s); /* a message was cut off: nothing sensible to answer */
+		return;
+	}
+	s->client_eof = true;
+	pgproto_buf_init(&b);
+	pgproto_build_terminate(&b);
+	evbuffer_add(stream_output(s->server), b.data, b.len);
+	pgproto_buf_free(&b);
+	stream_flush(s->server);
+}
+
 static void relay_from_client(Session *s)
 {
 	struct evbuffer *in = stream_input(s->client);
@@ -845,7 +871,7 @@ static void session_client_cb(Stream *st, StreamEvent ev, void *arg)
 		return;
 	case STREAM_EV_EOF:
 		if (s->state == SESS_ACTIVE)
-			client_terminate(s);
+			client_half_closed(s);
 		else
 			session_close(s, s->state == SESS_STARTUP ? "incomplete startup packet" : "client closed");
 		return;
@@ -878,6 +904,10 @@ static void session_server_cb(Stream *st, StreamEvent ev, void *arg)
 	case STREAM_EV_ERROR:
 		if (s->state != SESS_ACTIVE)
 			return;
+		if (s->client_eof) {
+			session_close(s, "client half-closed and the server finished");
+			return;
+		}
 		log_write(LL_WARN, s->ctx, "server connection lost: %s", stream_error(st));
 		if (s->server_sent_fatal)
 			session_close(s, "server ended the session");

@@ -49,6 +49,7 @@ struct Stream {
 	bool tls_read_wants_write;    /* SSL_read returned WANT_WRITE */
 	bool tls_write_wants_read;    /* SSL_write returned WANT_READ */
 	bool above_hwm;               /* output passed the high-water mark */
+	bool eof;                     /* the peer closed its sending side */
 	size_t hwm;                   /* high-water mark, 0 = none */
 	char err[192];                /* last error text */
 };
@@ -179,6 +180,18 @@ static void fail_later(Stream *s, StreamEvent ev, const char *what)
 	event_active(s->deferred, 0, 0);
 }
 
+/* End of input: reading stops, writing goes on (the peer may have half-closed). */
+static void eof_later(Stream *s)
+{
+	snprintf(s->err, sizeof(s->err), "connection closed by peer");
+	s->eof = true;
+	s->read_on = false;
+	s->tls_write_wants_read = false;
+	update_events(s);
+	s->pending_ev = STREAM_EV_EOF;
+	event_active(s->deferred, 0, 0);
+}
+
 static void deferred_cb(evutil_socket_t fd, short what, void *arg)
 {
 	Stream *s = arg;
@@ -208,7 +221,7 @@ void stream_close(Stream *s)
 
 void stream_enable_read(Stream *s, bool on)
 {
-	if (s->read_on == on)
+	if (s->read_on == on || (on && s->eof))
 		return;
 	s->read_on = on;
 	update_events(s);
@@ -400,7 +413,7 @@ static void do_read(Stream *s)
 	if (got)
 		s->cb(s, STREAM_EV_READ, s->arg);
 	if (n == -1)
-		fail_later(s, STREAM_EV_EOF, "connection closed by peer");
+		eof_later(s);
 	else if (n == -2)
 		fail_later(s, STREAM_EV_ERROR, NULL);
 }
