@@ -89,7 +89,7 @@ static void apply_logging(const Config *cfg)
 
 static void warn_risky(const Config *cfg)
 {
-	if (cfg->dev_trust_auth)
+	if (cfg->dev_trust_auth && cfg->oidc_verifier == NULL)
 		log_warn("dev_trust_auth = yes: clients are let in WITHOUT authentication (development only)");
 	if (cfg->allow_plaintext_auth)
 		log_warn("allow_plaintext_auth = yes: tokens may travel without TLS");

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/un.h>
+#include <sys/time.h>
 #include <time.h>
 
 #include "pgveil/backend.h"
@@ -115,6 +116,7 @@ static void startup_timeout_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 static bool session_idle(const Session *s);
+static bool session_quiet(const Session *s);
 
 /* Forgets a token kept for a JWKS refresh, and stops waiting for it. */
 static void drop_pending_token(Session *s)
@@ -147,7 +149,8 @@ static void expiry_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	s->token_expired = true;
 	log_write(LL_INFO, s->ctx, "token expired");
-	if (s->state != SESS_ACTIVE || session_idle(s))
+	/* Even inside a transaction: the server rolls it back when the session ends. */
+	if (s->state != SESS_ACTIVE || session_quiet(s))
 		session_fail(s, SQLSTATE_INVALID_AUTHORIZATION, "the agent's token has expired; reconnect with a new token");
 }
 
@@ -211,6 +214,12 @@ Session *session_create(Worker *w, Config *cfg, int fd, const struct sockaddr *a
 	return s;
 }
 
+/* No statement is running: nothing sent that the server has not answered. */
+static bool session_quiet(const Session *s)
+{
+	return s->state == SESS_ACTIVE && s->pending_ready == 0 && s->client_pass == 0;
+}
+
 static bool session_idle(const Session *s)
 {
 	return s->state == SESS_ACTIVE && s->pending_ready == 0 && s->txn_status == 'I' && s->client_pass == 0;
@@ -247,11 +256,10 @@ static void handle_ssl_request(Session *s)
 		return;
 	}
 	send_byte(s, 'S');
-	if (stream_output_len(s->client) > 0 || !stream_start_tls(s->client, s->cfg->tls_server_ctx, true, NULL)) {
-		session_close(s, "could not start TLS");
-		return;
-	}
+	/* Before starting: a quick client can complete the handshake inside stream_start_tls(). */
 	s->state = SESS_TLS;
+	if (stream_output_len(s->client) > 0 || !stream_start_tls(s->client, s->cfg->tls_server_ctx, true, NULL))
+		session_close(s, "could not start TLS");
 }
 
 static void handle_cancel_request(Session *s, const PgStartup *p)
@@ -472,11 +480,14 @@ static void request_token(Session *s)
 /* Refuses the token, later when this address keeps failing. */
 static void auth_refuse(Session *s, JwtResult rc, const char *why)
 {
-	uint32_t delay = jwtauth_throttle_delay((struct sockaddr *)&s->peer);
-	struct timeval tv = { (time_t)(delay / 1000), (suseconds_t)(delay % 1000) * 1000 };
+	uint32_t delay;
+	struct timeval tv;
 
 	log_write(LL_WARN, s->ctx, "token refused: %s", why);
 	jwtauth_throttle_record((struct sockaddr *)&s->peer, false);
+	delay = jwtauth_throttle_delay((struct sockaddr *)&s->peer);
+	tv.tv_sec = (time_t)(delay / 1000);
+	tv.tv_usec = (suseconds_t)(delay % 1000) * 1000;
 	s->deferred_state = rc == JWT_FORBIDDEN ? SQLSTATE_INVALID_AUTHORIZATION : SQLSTATE_INVALID_PASSWORD;
 	if (delay == 0) {
 		expiry_cb(-1, 0, s);
@@ -488,16 +499,22 @@ static void auth_refuse(Session *s, JwtResult rc, const char *why)
 
 static void auth_accept(Session *s)
 {
-	time_t now = time(NULL);
-	int64_t left = s->identity.expires_at + (int64_t)s->cfg->oidc_clock_skew - (int64_t)now;
-	struct timeval tv = { (time_t)(left > 0 ? left : 0), 0 };
+	struct timeval now, tv = { 0, 0 };
+	int64_t left_us;
 
+	gettimeofday(&now, NULL);
+	left_us = (s->identity.expires_at + (int64_t)s->cfg->oidc_clock_skew - (int64_t)now.tv_sec) * 1000000 -
+		  (int64_t)now.tv_usec;
+	if (left_us > 0) {
+		tv.tv_sec = (time_t)(left_us / 1000000);
+		tv.tv_usec = (suseconds_t)(left_us % 1000000);
+	}
 	jwtauth_throttle_record((struct sockaddr *)&s->peer, true);
 	snprintf(s->app_name, sizeof(s->app_name), "pgveil:%s", s->identity.subject);
 	snprintf(s->ctx, sizeof(s->ctx), "c%llu %s@%s %s", (unsigned long long)s->id, s->identity.subject,
 		 s->database, s->addr);
 	log_write(LL_INFO, s->ctx, "token accepted (%d group%s, expires in %llds)", s->identity.n_groups,
-		  s->identity.n_groups == 1 ? "" : "s", (long long)left);
+		  s->identity.n_groups == 1 ? "" : "s", (long long)(tv.tv_sec));
 	evtimer_add(s->expiry, &tv);
 	connect_backend(s);
 }
@@ -842,7 +859,7 @@ static void relay_from_server(Session *s)
 		stream_enable_read(s->server, false);
 	if (s->shutdown_pending && session_idle(s))
 		session_shutdown(s, false);
-	else if (s->token_expired && session_idle(s))
+	else if (s->token_expired && session_quiet(s))
 		session_fail(s, SQLSTATE_INVALID_AUTHORIZATION, "the agent's token has expired; reconnect with a new token");
 }
 

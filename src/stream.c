@@ -226,7 +226,7 @@ void stream_enable_read(Stream *s, bool on)
 	s->read_on = on;
 	update_events(s);
 	/* TLS may hold decrypted bytes the socket will not signal again. */
-	if (on && s->ssl != NULL && s->state == ST_OPEN && SSL_pending(s->ssl) > 0)
+	if (on && s->ssl != NULL && s->state == ST_OPEN && SSL_has_pending(s->ssl))
 		event_active(s->rev, EV_READ, 0);
 }
 
@@ -280,6 +280,9 @@ static void handshake_step(Stream *s)
 		s->state = ST_OPEN;
 		s->hs_wants_write = false;
 		update_events(s);
+		/* Records that came with the handshake's last flight sit inside OpenSSL: no socket event will tell. */
+		if (SSL_has_pending(s->ssl))
+			event_active(s->rev, EV_READ, 0);
 		s->cb(s, STREAM_EV_TLS_DONE, s->arg);
 		return;
 	}
@@ -407,7 +410,7 @@ static void do_read(Stream *s)
 		if (s->ssl == NULL && (size_t)n < sizeof(scratch))
 			break;
 	}
-	if (n > 0 && s->ssl != NULL && SSL_pending(s->ssl) > 0)
+	if (n > 0 && s->ssl != NULL && SSL_has_pending(s->ssl))
 		event_active(s->rev, EV_READ, 0);
 	update_events(s);
 	if (got)
