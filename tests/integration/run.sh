@@ -40,9 +40,14 @@ trap 'rm -rf "$tmp"' EXIT
 trap 'exit 130' INT TERM
 
 cd "$PGVEIL_SRCDIR" || exit 1
+# The whole suite, unless the arguments name test files or directories.
+suite="$PGVEIL_SRCDIR/tests/integration"
+for arg in "$@"; do
+	case $arg in -*) ;; *) [ -e "${arg%%::*}" ] && suite= ;; esac
+done
 {
 	/usr/bin/python3 -m pytest -q -p no:cacheprovider -o console_output_style=classic \
-		"$PGVEIL_SRCDIR/tests/integration" "$@"
+		$suite "$@"
 	echo $? >"$tmp/rc"
 } 2>&1 | tee "$tmp/log"
 
