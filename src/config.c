@@ -17,8 +17,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <netdb.h>
+#include <sys/un.h>
 #include <unistd.h>
 
+#include "pgveil/jwtauth.h"
 #include "pgveil/log.h"
 #include "pgveil/tls.h"
 
@@ -72,6 +75,8 @@ static const KeyDef key_defs[] = {
 	{ "oidc", "audience", K_STR, F(oidc_audience), 0, 0, NULL },
 	{ "oidc", "jwks_file", K_STR, F(oidc_jwks_file), 0, 0, NULL },
 	{ "oidc", "jwks_uri", K_STR, F(oidc_jwks_uri), 0, 0, NULL },
+	{ "oidc", "jwks_ca_file", K_STR, F(oidc_jwks_ca_file), 0, 0, NULL },
+	{ "oidc", "jwks_min_refresh", K_SECONDS, F(oidc_jwks_min_refresh), 0, 0, NULL },
 	{ "oidc", "algorithms", K_LIST, F(oidc_algorithms), 0, 0, NULL },
 	{ "oidc", "subject_claim", K_STR, F(oidc_subject_claim), 0, 0, NULL },
 	{ "oidc", "groups_claim", K_STR, F(oidc_groups_claim), 0, 0, NULL },
@@ -81,6 +86,15 @@ static const KeyDef key_defs[] = {
 #undef F
 #define N_KEYS PGV_ARRAY_LEN(key_defs)
 
+/* How inih reads a line (its rules, mirrored so the handler knows too). */
+typedef enum { LINE_BLANK, LINE_COMMENT, LINE_CONTINUATION, LINE_SECTION, LINE_KEY } LineKind;
+
+/* Where something was set in the file; line 0 = not set (a default). */
+typedef struct KeyPos {
+	int line; /* 1-based line */
+	int col;  /* 1-based column of the value (of the name for databases) */
+} KeyPos;
+
 /* State of one load: the file being read, the line being parsed, errors. */
 typedef struct LoadState {
 	Config *cfg;          /* being filled */
@@ -88,9 +102,11 @@ typedef struct LoadState {
 	FILE *fp;             /* the file */
 	int lineno;           /* line last handed to inih */
 	char line[512];       /* raw copy of that line, for columns */
-	bool line_indented;   /* it starts with whitespace: a continuation */
-	char *last_db;        /* last [databases] key, for continuations */
-	bool seen[N_KEYS];    /* keys already set */
+	LineKind line_kind;   /* what inih will make of it */
+	bool key_seen;        /* a key since the last section header: indented lines continue it */
+	int cont_db;          /* the [databases] entry continuation lines extend, -1 = none */
+	KeyPos key_pos[N_KEYS]; /* where each key was set */
+	KeyPos *db_pos;       /* where each [databases] entry starts, parallel to cfg->databases */
 	char *errs;           /* accumulated messages */
 	size_t errs_len;      /* bytes in errs */
 	int nerrors;          /* count */
@@ -103,7 +119,11 @@ static void PGV_PRINTF(3, 4) load_error(LoadState *st, int col, const char *fmt,
 	va_list ap;
 	char *p;
 
+	/* Counted even when the message cannot be stored: the file stays invalid. */
+	st->nerrors++;
 	n = snprintf(msg, sizeof(msg), "%s:%d:%d: ", st->path, st->lineno, col);
+	if (n < 0 || (size_t)n >= sizeof(msg))
+		n = (int)sizeof(msg) - 1; /* a path longer than msg: the message is cut */
 	va_start(ap, fmt);
 	vsnprintf(msg + n, sizeof(msg) - (size_t)n, fmt, ap);
 	va_end(ap);
@@ -116,7 +136,6 @@ static void PGV_PRINTF(3, 4) load_error(LoadState *st, int col, const char *fmt,
 	st->errs_len += (size_t)n;
 	st->errs[st->errs_len++] = '\n';
 	st->errs[st->errs_len] = '\0';
-	st->nerrors++;
 }
 
 /* 1-based column of `needle` in the current raw line, 1 if not found. */
@@ -127,23 +146,22 @@ static int col_of(const LoadState *st, const char *needle)
 	return p ? (int)(p - st->line) + 1 : 1;
 }
 
-/* Column of the value: the first occurrence after the '='. */
+/* Column of the value: the first occurrence after the '=' (anywhere on a continuation line). */
 static int value_col(const LoadState *st, const char *value)
 {
-	const char *eq = strchr(st->line, '=');
+	const char *eq = (st->line_kind == LINE_CONTINUATION) ? st->line : strchr(st->line, '=');
 	const char *p = (eq != NULL && *value != '\0') ? strstr(eq, value) : NULL;
 
 	return p ? (int)(p - st->line) + 1 : (eq ? (int)(eq - st->line) + 2 : 1);
 }
 
-/* libinih reader: one line per call; detects overlong and indented lines. */
-static char *reader_cb(char *str, int num, void *stream)
+/* Reads the next raw line into st->line; false at the end of the file. */
+static bool read_raw_line(LoadState *st)
 {
-	LoadState *st = stream;
 	size_t n;
 
 	if (fgets(st->line, sizeof(st->line), st->fp) == NULL)
-		return NULL;
+		return false;
 	st->lineno++;
 	n = strlen(st->line);
 	if (n == sizeof(st->line) - 1 && st->line[n - 1] != '\n') {
@@ -154,33 +172,97 @@ static char *reader_cb(char *str, int num, void *stream)
 			;
 		st->line[0] = '\0';
 	}
-	st->line_indented = (st->line[0] == ' ' || st->line[0] == '\t');
-	if (strlen(st->line) >= (size_t)num) {
-		/* inih's own buffer is smaller: hand it a placeholder and keep the real
-		 * line for the handler, which reads st->line directly. */
-		snprintf(str, (size_t)num, "%s", st->line_indented ? " \x01\n" : "\x01=\x01\n");
-		return str;
-	}
-	memcpy(str, st->line, strlen(st->line) + 1);
+	return true;
+}
+
+static bool section_known(const char *name, size_t len)
+{
+	static const char *const known[] = { "pgveil", "oidc", "databases" };
+
+	for (size_t i = 0; i < PGV_ARRAY_LEN(known); i++)
+		if (strlen(known[i]) == len && memcmp(known[i], name, len) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * Decides what inih will make of st->line, by inih's rules: comments first,
+ * then an indented line after a key of the same section continues that key,
+ * then "[section]", then key = value. Reports unknown sections at their header.
+ */
+static void classify_line(LoadState *st)
+{
+	const char *s = st->line, *close;
+
+	if (st->lineno == 1 && strncmp(s, "\xEF\xBB\xBF", 3) == 0)
+		s += 3; /* UTF-8 byte order mark, skipped by inih too */
+	s += strspn(s, " \t\r\n\v\f");
+	if (*s == '\0')
+		st->line_kind = LINE_BLANK;
+	else if (*s == ';' || *s == '#')
+		st->line_kind = LINE_COMMENT;
+	else if (st->key_seen && s > st->line)
+		st->line_kind = LINE_CONTINUATION;
+	else if (*s == '[' && (close = strchr(s, ']')) != NULL)
+		st->line_kind = LINE_SECTION;
+	else
+		st->line_kind = LINE_KEY;
+	if (st->line_kind != LINE_SECTION)
+		return;
+	st->key_seen = false;
+	if (!section_known(s + 1, (size_t)(close - s - 1)))
+		load_error(st, (int)(s - st->line) + 1, "unknown section [%.*s]", (int)(close - s - 1), s + 1);
+}
+
+/*
+ * libinih reader: one line per call. Keeps the raw line for columns and for
+ * the handler, and hands inih a placeholder of the same kind when the line is
+ * longer than inih's own buffer; the handler then reads st->line directly.
+ */
+static char *reader_cb(char *str, int num, void *stream)
+{
+	static const char *const placeholder[] = {
+		[LINE_BLANK] = "\n",
+		[LINE_COMMENT] = ";\n",
+		[LINE_CONTINUATION] = " \x01\n",
+		[LINE_SECTION] = "[\x01]\n",
+		[LINE_KEY] = "\x01=\x01\n",
+	};
+	LoadState *st = stream;
+
+	if (!read_raw_line(st))
+		return NULL;
+	classify_line(st);
+	if (strlen(st->line) >= (size_t)num)
+		snprintf(str, (size_t)num, "%s", placeholder[st->line_kind]);
+	else
+		memcpy(str, st->line, strlen(st->line) + 1);
 	return str;
 }
 
-/* When inih got a placeholder, recover name and value from the raw line. */
+/*
+ * Recovers name and value from the raw line, for long lines inih only saw as
+ * a placeholder and for continuation lines (inih leaves their ';' comments).
+ * A continuation has no name (*name = NULL).
+ */
 static bool raw_key_value(LoadState *st, char **name, char **value)
 {
 	char *s = st->line, *eq, *end;
+	bool continuation = (st->line_kind == LINE_CONTINUATION);
 
+	*name = NULL;
+	*value = NULL;
 	while (isspace((unsigned char)*s))
 		s++;
-	eq = st->line_indented ? s - 1 : strchr(s, '='); /* continuation: all of it is value */
+	eq = continuation ? s - 1 : strchr(s, '='); /* continuation: all of it is value */
 	if (eq == NULL)
 		return false;
 	if (eq >= s) {
 		for (end = eq; end > s && isspace((unsigned char)end[-1]); end--)
 			;
 		*name = strndup(s, (size_t)(end - s));
-	} else {
-		*name = NULL;
+		if (*name == NULL)
+			return false;
 	}
 	s = eq + 1;
 	while (isspace((unsigned char)*s))
@@ -194,7 +276,7 @@ static bool raw_key_value(LoadState *st, char **name, char **value)
 	while (end > s && isspace((unsigned char)end[-1]))
 		end--;
 	*value = strndup(s, (size_t)(end - s));
-	return true;
+	return *value != NULL;
 }
 
 static bool parse_bool(const char *v, bool *out)
@@ -258,7 +340,7 @@ static bool parse_size(const char *s, uint32_t *out)
 		if (strcmp(end, units[i].unit) == 0) {
 			uint64_t bytes = v * units[i].mult;
 
-			if (v > UINT32_MAX || bytes > 0x3fffffffu || bytes < 1024)
+			if (v > UINT32_MAX || bytes > (1u << 30) || bytes < 1024)
 				return false;
 			*out = (uint32_t)bytes;
 			return true;
@@ -378,100 +460,118 @@ static bool set_value(LoadState *st, const KeyDef *k, const char *value)
 	return false;
 }
 
-static int handle_database(LoadState *st, const char *name, const char *value)
+/* Appends db (moved into cfg) and where its entry starts. */
+static bool db_append(LoadState *st, const DbEntry *db, KeyPos pos)
 {
-	DbEntry db = { 0 }, *arr;
+	Config *cfg = st->cfg;
+	size_t n = (size_t)cfg->n_databases + 1;
+	DbEntry *arr = realloc(cfg->databases, sizeof(DbEntry) * n);
+	KeyPos *pos_arr;
+
+	if (arr == NULL)
+		return false;
+	cfg->databases = arr;
+	pos_arr = realloc(st->db_pos, sizeof(KeyPos) * n);
+	if (pos_arr == NULL)
+		return false;
+	st->db_pos = pos_arr;
+	cfg->databases[cfg->n_databases] = *db;
+	st->db_pos[cfg->n_databases] = pos;
+	cfg->n_databases++;
+	return true;
+}
+
+/* A [databases] entry: name = connection string. */
+static void handle_database(LoadState *st, const char *name, const char *value)
+{
+	DbEntry db = { 0 };
 	const char *why = NULL;
 	size_t off = 0;
-	Config *cfg = st->cfg;
+	KeyPos pos = { st->lineno, col_of(st, name) };
 
+	st->cont_db = -1;
 	if (!config_parse_conninfo(value, &db, &why, &off)) {
 		load_error(st, value_col(st, value) + (int)off, "database \"%s\": %s", name, why);
-		config_free_db(&db);
-		return 1;
+		goto fail;
 	}
-	for (int i = 0; i < cfg->n_databases; i++)
-		if (strcmp(cfg->databases[i].name, name) == 0) {
-			load_error(st, col_of(st, name), "database \"%s\" is defined twice", name);
-			config_free_db(&db);
-			return 1;
-		}
+	if (config_find_db(st->cfg, name) != NULL) {
+		load_error(st, pos.col, "database \"%s\" is defined twice", name);
+		goto fail;
+	}
 	db.name = strdup(name);
 	if (db.dbname == NULL)
 		db.dbname = strdup(name);
-	arr = realloc(cfg->databases, sizeof(DbEntry) * (size_t)(cfg->n_databases + 1));
-	if (arr == NULL || db.name == NULL) {
+	if (db.name == NULL || db.dbname == NULL || !db_append(st, &db, pos)) {
 		load_error(st, 1, "out of memory");
-		config_free_db(&db);
-		return 1;
+		goto fail;
 	}
-	cfg->databases = arr;
-	cfg->databases[cfg->n_databases++] = db;
-	free(st->last_db);
-	st->last_db = strdup(name);
-	return 1;
+	st->cont_db = st->cfg->n_databases - 1;
+	return;
+fail:
+	config_free_db(&db);
 }
 
-/* A continuation line in [databases]: more key=value pairs for the previous entry. */
-static int continue_database(LoadState *st, const char *value)
+/* A continuation line in [databases]: more key=value pairs for the entry above. */
+static void continue_database(LoadState *st, const char *value)
 {
-	Config *cfg = st->cfg;
 	const char *why = NULL;
 	size_t off = 0;
-	DbEntry *prev;
+	DbEntry *db;
 
-	if (st->last_db == NULL || cfg->n_databases == 0) {
-		load_error(st, 1, "continuation line without a database entry before it");
-		return 1;
+	if (st->cont_db < 0)
+		return; /* the entry's first line had an error, reported there */
+	db = &st->cfg->databases[st->cont_db];
+	if (!config_parse_conninfo(value, db, &why, &off))
+		load_error(st, value_col(st, value) + (int)off, "database \"%s\": %s", db->name, why);
+}
+
+/* A key of [pgveil] or [oidc]. */
+static void handle_key(LoadState *st, const char *section, const char *name, const char *value)
+{
+	for (size_t i = 0; i < N_KEYS; i++) {
+		const KeyDef *k = &key_defs[i];
+
+		if (strcmp(k->section, section) != 0 || strcmp(k->name, name) != 0)
+			continue;
+		if (st->key_pos[i].line != 0)
+			load_error(st, col_of(st, name), "%s is set twice", name);
+		st->key_pos[i] = (KeyPos){ st->lineno, value_col(st, value) };
+		set_value(st, k, value);
+		return;
 	}
-	prev = &cfg->databases[cfg->n_databases - 1];
-	if (!config_parse_conninfo(value, prev, &why, &off))
-		load_error(st, value_col(st, value) + (int)off, "database \"%s\": %s", prev->name, why);
-	return 1;
+	load_error(st, col_of(st, name), "unknown key '%s' in [%s]", name, section);
 }
 
 static int ini_handler_cb(void *user, const char *section, const char *name, const char *value)
 {
 	LoadState *st = user;
 	char *raw_name = NULL, *raw_value = NULL;
-	int rc = 1;
+	bool continuation = (st->line_kind == LINE_CONTINUATION);
 
-	if (strcmp(name, "\x01") == 0 || strcmp(value, "\x01") == 0) {
+	st->key_seen = true;
+	if (continuation || strcmp(name, "\x01") == 0 || strcmp(value, "\x01") == 0) {
 		if (!raw_key_value(st, &raw_name, &raw_value)) {
 			load_error(st, 1, "syntax error: expected key = value");
-			return 1;
+			goto out;
 		}
 		name = raw_name ? raw_name : name;
 		value = raw_value;
 	}
-	if (strcmp(section, "databases") == 0) {
-		rc = st->line_indented ? continue_database(st, value) : handle_database(st, name, value);
-		goto out;
-	}
-	if (st->line_indented) {
+	if (section[0] == '\0')
+		load_error(st, 1, "key outside of any section: [pgveil], [oidc] or [databases] must come first");
+	else if (strcmp(section, "databases") == 0 && continuation)
+		continue_database(st, value);
+	else if (strcmp(section, "databases") == 0)
+		handle_database(st, name, value);
+	else if (continuation)
 		load_error(st, 1, "continuation lines are only allowed in [databases]");
-		goto out;
-	}
-	if (strcmp(section, "pgveil") != 0 && strcmp(section, "oidc") != 0) {
-		load_error(st, 1, "unknown section [%s]", section);
-		goto out;
-	}
-	for (size_t i = 0; i < N_KEYS; i++) {
-		const KeyDef *k = &key_defs[i];
-
-		if (strcmp(k->section, section) != 0 || strcmp(k->name, name) != 0)
-			continue;
-		if (st->seen[i])
-			load_error(st, col_of(st, name), "%s is set twice", name);
-		st->seen[i] = true;
-		set_value(st, k, value);
-		goto out;
-	}
-	load_error(st, col_of(st, name), "unknown key '%s' in [%s]", name, section);
+	else if (section_known(section, strlen(section)))
+		handle_key(st, section, name, value);
+	/* else: a key of an unknown section, reported once at the section header */
 out:
 	free(raw_name);
 	free(raw_value);
-	return rc;
+	return 1;
 }
 
 static Config *config_new_defaults(const char *path)
@@ -502,6 +602,7 @@ static Config *config_new_defaults(const char *path)
 	cfg->oidc_subject_claim = strdup("sub");
 	cfg->oidc_groups_claim = strdup("groups");
 	cfg->oidc_clock_skew = 60;
+	cfg->oidc_jwks_min_refresh = 60;
 	return cfg;
 }
 
@@ -519,6 +620,7 @@ static void config_free(Config *cfg)
 		config_free_db(&cfg->databases[i]);
 	free(cfg->databases);
 	tls_ctx_free(cfg->tls_server_ctx);
+	jwtauth_free(cfg->oidc_verifier);
 	free(cfg->path);
 	free(cfg);
 }
@@ -536,29 +638,104 @@ bool config_listeners_loopback(const Config *cfg)
 	return true;
 }
 
+/*
+ * Fills db->addr for Unix sockets and numeric addresses. Host names are left
+ * with addr.len == 0 and resolved (asynchronously) for each connection, so a
+ * DNS change or outage never needs a reload.
+ */
+static bool resolve_db(DbEntry *db, const char **why)
+{
+	static __thread char msg[256];
+	struct addrinfo hints = { 0 }, *res = NULL;
+	char port[16];
+	int rc;
+
+	if (db->host[0] == '/') {
+		struct sockaddr_un *un = (struct sockaddr_un *)&db->addr.sa;
+
+		un->sun_family = AF_UNIX;
+		if ((size_t)snprintf(un->sun_path, sizeof(un->sun_path), "%s/.s.PGSQL.%d", db->host, db->port) >=
+		    sizeof(un->sun_path)) {
+			*why = "Unix-socket path too long";
+			return false;
+		}
+		db->addr.len = sizeof(*un);
+		snprintf(db->addr.display, sizeof(db->addr.display), "%s", un->sun_path);
+		return true;
+	}
+	snprintf(port, sizeof(port), "%d", db->port);
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+	rc = getaddrinfo(db->host, port, &hints, &res);
+	if (rc == EAI_NONAME) {
+		db->addr.len = 0;
+		snprintf(db->addr.display, sizeof(db->addr.display), "%s:%d", db->host, db->port);
+		return true;
+	}
+	if (rc != 0 || res == NULL) {
+		snprintf(msg, sizeof(msg), "cannot resolve host \"%s\": %s", db->host, gai_strerror(rc));
+		*why = msg;
+		return false;
+	}
+	memcpy(&db->addr.sa, res->ai_addr, res->ai_addrlen);
+	db->addr.len = res->ai_addrlen;
+	snprintf(db->addr.display, sizeof(db->addr.display), "%s%s%s:%d", strchr(db->host, ':') ? "[" : "",
+		 db->host, strchr(db->host, ':') ? "]" : "", db->port);
+	freeaddrinfo(res);
+	return true;
+}
+
+/* Points the next error at the line where key `name` was set; returns the column of its value. */
+static int at_key(LoadState *st, const char *name)
+{
+	for (size_t i = 0; i < N_KEYS; i++)
+		if (strcmp(key_defs[i].name, name) == 0 && st->key_pos[i].line != 0) {
+			st->lineno = st->key_pos[i].line;
+			return st->key_pos[i].col;
+		}
+	st->lineno = 0;
+	return 1;
+}
+
+static void validate_databases(LoadState *st)
+{
+	Config *cfg = st->cfg;
+	const char *errmsg;
+
+	for (int i = 0; i < cfg->n_databases; i++) {
+		const DbEntry *db = &cfg->databases[i];
+
+		st->lineno = st->db_pos[i].line;
+		if (db->user == NULL)
+			load_error(st, st->db_pos[i].col, "database \"%s\": user is required", db->name);
+		else if (!resolve_db(&cfg->databases[i], &errmsg))
+			load_error(st, st->db_pos[i].col, "database \"%s\": %s", db->name, errmsg);
+		else if (db->sslmode >= SSLMODE_VERIFY_CA && db->sslrootcert == NULL)
+			load_error(st, st->db_pos[i].col,
+				   "database \"%s\": sslmode verify-ca and verify-full need sslrootcert", db->name);
+	}
+}
+
 /* Checks that need the whole file: pairs of keys, files that must exist. */
 static void validate_whole(LoadState *st)
 {
 	Config *cfg = st->cfg;
 
-	st->lineno = 0;
 	if ((cfg->tls_cert_file == NULL) != (cfg->tls_key_file == NULL))
-		load_error(st, 1, "tls_cert_file and tls_key_file must be set together");
+		load_error(st, at_key(st, cfg->tls_cert_file ? "tls_cert_file" : "tls_key_file"),
+			   "tls_cert_file and tls_key_file must be set together");
 	if (cfg->dev_trust_auth && !config_listeners_loopback(cfg))
-		load_error(st, 1, "dev_trust_auth = yes is for development only and needs loopback listen_addr");
+		load_error(st, at_key(st, "dev_trust_auth"),
+			   "dev_trust_auth = yes is for development only and needs loopback listen_addr");
 	if (cfg->listen_addr.n == 0)
-		load_error(st, 1, "listen_addr is empty");
+		load_error(st, at_key(st, "listen_addr"), "listen_addr is empty");
 	if (cfg->listen_addr.n > CONFIG_MAX_LISTEN)
-		load_error(st, 1, "listen_addr has more than %d addresses", CONFIG_MAX_LISTEN);
+		load_error(st, at_key(st, "listen_addr"), "listen_addr has more than %d addresses", CONFIG_MAX_LISTEN);
 	for (int i = 0; i < cfg->oidc_algorithms.n; i++)
 		if (strcasecmp(cfg->oidc_algorithms.items[i], "none") == 0)
-			load_error(st, 1, "[oidc] algorithms: \"none\" is never accepted");
-	for (int i = 0; i < cfg->n_databases; i++)
-		if (cfg->databases[i].user == NULL)
-			load_error(st, 1, "database \"%s\": user is required", cfg->databases[i].name);
-		else if (cfg->databases[i].sslmode >= SSLMODE_VERIFY_CA && cfg->databases[i].sslrootcert == NULL)
-			load_error(st, 1, "database \"%s\": sslmode verify-ca and verify-full need sslrootcert",
-				   cfg->databases[i].name);
+			load_error(st, at_key(st, "algorithms"), "[oidc] algorithms: \"none\" is never accepted");
+	validate_databases(st);
 	if (cfg->workers == 0) {
 		long n = sysconf(_SC_NPROCESSORS_ONLN);
 
@@ -574,6 +751,7 @@ Config *config_load(const char *path, char **errout, int *nerrors)
 	*errout = NULL;
 	*nerrors = 0;
 	st.path = path;
+	st.cont_db = -1;
 	st.cfg = config_new_defaults(path);
 	if (st.cfg == NULL)
 		return NULL;
@@ -595,10 +773,10 @@ Config *config_load(const char *path, char **errout, int *nerrors)
 	validate_whole(&st);
 	if (st.nerrors > 0)
 		goto fail;
-	free(st.last_db);
+	free(st.db_pos);
 	return st.cfg;
 fail:
-	free(st.last_db);
+	free(st.db_pos);
 	*errout = st.errs;
 	*nerrors = st.nerrors;
 	config_free(st.cfg);

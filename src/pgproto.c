@@ -15,7 +15,8 @@
 
 void pgproto_reader_init(PgReader *r, const void *data, size_t len)
 {
-	r->data = data;
+	/* An empty body may come as NULL: never do pointer arithmetic or memchr() on NULL. */
+	r->data = (data != NULL) ? data : (const void *)"";
 	r->len = len;
 	r->pos = 0;
 }

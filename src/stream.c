@@ -14,6 +14,8 @@
 #include <event2/event.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <openssl/x509v3.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <stdio.h>
@@ -47,6 +49,7 @@ struct Stream {
 	bool tls_read_wants_write;    /* SSL_read returned WANT_WRITE */
 	bool tls_write_wants_read;    /* SSL_write returned WANT_READ */
 	bool above_hwm;               /* output passed the high-water mark */
+	bool eof;                     /* the peer closed its sending side */
 	size_t hwm;                   /* high-water mark, 0 = none */
 	char err[192];                /* last error text */
 };
@@ -177,6 +180,18 @@ static void fail_later(Stream *s, StreamEvent ev, const char *what)
 	event_active(s->deferred, 0, 0);
 }
 
+/* End of input: reading stops, writing goes on (the peer may have half-closed). */
+static void eof_later(Stream *s)
+{
+	snprintf(s->err, sizeof(s->err), "connection closed by peer");
+	s->eof = true;
+	s->read_on = false;
+	s->tls_write_wants_read = false;
+	update_events(s);
+	s->pending_ev = STREAM_EV_EOF;
+	event_active(s->deferred, 0, 0);
+}
+
 static void deferred_cb(evutil_socket_t fd, short what, void *arg)
 {
 	Stream *s = arg;
@@ -206,12 +221,12 @@ void stream_close(Stream *s)
 
 void stream_enable_read(Stream *s, bool on)
 {
-	if (s->read_on == on)
+	if (s->read_on == on || (on && s->eof))
 		return;
 	s->read_on = on;
 	update_events(s);
 	/* TLS may hold decrypted bytes the socket will not signal again. */
-	if (on && s->ssl != NULL && s->state == ST_OPEN && SSL_pending(s->ssl) > 0)
+	if (on && s->ssl != NULL && s->state == ST_OPEN && SSL_has_pending(s->ssl))
 		event_active(s->rev, EV_READ, 0);
 }
 
@@ -265,6 +280,9 @@ static void handshake_step(Stream *s)
 		s->state = ST_OPEN;
 		s->hs_wants_write = false;
 		update_events(s);
+		/* Records that came with the handshake's last flight sit inside OpenSSL: no socket event will tell. */
+		if (SSL_has_pending(s->ssl))
+			event_active(s->rev, EV_READ, 0);
 		s->cb(s, STREAM_EV_TLS_DONE, s->arg);
 		return;
 	}
@@ -292,6 +310,24 @@ static void handshake_step(Stream *s)
 	}
 }
 
+/* Client side: SNI for names, and the name or IP address the certificate must carry. */
+static bool set_verify_host(Stream *s, const char *host)
+{
+	unsigned char ip[16];
+	bool is_ip = inet_pton(AF_INET, host, ip) == 1 || inet_pton(AF_INET6, host, ip) == 1;
+	int ok;
+
+	if (is_ip)
+		ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s->ssl), host);
+	else
+		ok = SSL_set_tlsext_host_name(s->ssl, host) == 1 && SSL_set1_host(s->ssl, host) == 1;
+	if (ok != 1) {
+		set_tls_error(s, "TLS setup failed");
+		return false;
+	}
+	return true;
+}
+
 bool stream_start_tls(Stream *s, SSL_CTX *ctx, bool server, const char *verify_host)
 {
 	s->ssl = SSL_new(ctx);
@@ -304,13 +340,8 @@ bool stream_start_tls(Stream *s, SSL_CTX *ctx, bool server, const char *verify_h
 		SSL_set_accept_state(s->ssl);
 	} else {
 		SSL_set_connect_state(s->ssl);
-		if (verify_host != NULL && verify_host[0] != '/') {
-			SSL_set_tlsext_host_name(s->ssl, verify_host);
-			if (SSL_CTX_get_verify_mode(ctx) != SSL_VERIFY_NONE && SSL_set1_host(s->ssl, verify_host) != 1) {
-				set_tls_error(s, "TLS setup failed");
-				return false;
-			}
-		}
+		if (verify_host != NULL && !set_verify_host(s, verify_host))
+			return false;
 	}
 	s->state = ST_HANDSHAKE;
 	s->hs_wants_write = !server;
@@ -379,13 +410,13 @@ static void do_read(Stream *s)
 		if (s->ssl == NULL && (size_t)n < sizeof(scratch))
 			break;
 	}
-	if (n > 0 && s->ssl != NULL && SSL_pending(s->ssl) > 0)
+	if (n > 0 && s->ssl != NULL && SSL_has_pending(s->ssl))
 		event_active(s->rev, EV_READ, 0);
 	update_events(s);
 	if (got)
 		s->cb(s, STREAM_EV_READ, s->arg);
 	if (n == -1)
-		fail_later(s, STREAM_EV_EOF, "connection closed by peer");
+		eof_later(s);
 	else if (n == -2)
 		fail_later(s, STREAM_EV_ERROR, NULL);
 }

@@ -38,6 +38,7 @@ static SSL_CTX *server_ctx_new(const char *cert, const char *key, char *err, siz
 	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
 	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS); /* idle sessions keep no record buffers */
 	if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
 		tls_errmsg(err, errlen, "cannot load tls_cert_file", cert);
 		goto fail;
@@ -66,6 +67,7 @@ static SSL_CTX *client_ctx_new(const DbEntry *db, char *err, size_t errlen)
 	}
 	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
 	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
+	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
 	if (db->sslmode >= SSLMODE_VERIFY_CA) {
 		if (SSL_CTX_load_verify_locations(ctx, db->sslrootcert, NULL) != 1) {
 			tls_errmsg(err, errlen, "cannot load sslrootcert", db->sslrootcert);

@@ -22,6 +22,7 @@ typedef struct Session Session;
 typedef struct Worker Worker;
 typedef struct Stream Stream;
 typedef struct Backend Backend;
+typedef struct JwtVerifier JwtVerifier;
 
 /* SQLSTATE codes pgveil raises itself. */
 #define SQLSTATE_PROTOCOL_VIOLATION "08P01"

@@ -8,6 +8,8 @@
 #ifndef PGVEIL_CONFIG_H
 #define PGVEIL_CONFIG_H
 
+#include <sys/socket.h>
+
 #include "pgveil/common.h"
 
 #define CONFIG_MAX_LISTEN 16
@@ -16,6 +18,13 @@ typedef enum { SSLMODE_DISABLE, SSLMODE_PREFER, SSLMODE_REQUIRE, SSLMODE_VERIFY_
 typedef enum { ACTION_ALLOW, ACTION_BLOCK, ACTION_HOLD } DefaultAction;
 typedef enum { AUDIT_ASYNC, AUDIT_STRICT } AuditMode;
 typedef enum { LOGFMT_TEXT, LOGFMT_JSON } LogFormat;
+
+/* Where a server is reached: resolved once when the Config loads. */
+typedef struct BackendAddr {
+	struct sockaddr_storage sa; /* address */
+	socklen_t len;              /* its length; 0 = a host name, resolved per connection */
+	char display[160];          /* "127.0.0.1:5432" or "/run/postgresql/.s.PGSQL.5432" */
+} BackendAddr;
 
 /* One [databases] entry: the real server behind a database name. */
 struct DbEntry {
@@ -28,6 +37,7 @@ struct DbEntry {
 	SslMode sslmode;     /* TLS toward the server */
 	char *sslrootcert;   /* CA bundle for verify-ca / verify-full, or NULL */
 	int connect_timeout; /* seconds; 0 = server_connect_timeout */
+	BackendAddr addr;    /* resolved address */
 	void *tls_ctx;       /* SSL_CTX toward this server (tls module), NULL when not TLS */
 };
 
@@ -76,11 +86,14 @@ struct Config {
 	char *oidc_audience;
 	char *oidc_jwks_file;
 	char *oidc_jwks_uri;
+	char *oidc_jwks_ca_file;     /* CA bundle for jwks_uri, NULL = system CAs */
+	uint64_t oidc_jwks_min_refresh; /* seconds between refreshes caused by unknown kids */
 	NameList oidc_algorithms;
 	char *oidc_subject_claim;
 	char *oidc_groups_claim;
 	uint64_t oidc_clock_skew;    /* seconds */
 	bool oidc_match_user;
+	JwtVerifier *oidc_verifier;  /* built from the above by jwtauth, NULL when [oidc] is not set */
 
 	/* [databases] */
 	int n_databases;

@@ -48,4 +48,15 @@ bool pgauth_scram_verify_server(ScramClient *sc, const uint8_t *server_final, si
  */
 void pgauth_md5_response(const char *user, const char *password, const uint8_t salt[4], char out[36]);
 
+/* ---- testing only ------------------------------------------------------------ */
+
+/*
+ * pgauth_scram_new_with_nonce() with a SCRAM user name in the
+ * client-first-message ("n=<user>"). PostgreSQL ignores that name and pgveil
+ * always sends it empty; this exists so the RFC 7677 test vector, which uses
+ * "n=user", can be checked. `user` must not contain ',' or '='. Returns NULL
+ * on a bad nonce or user, or on allocation failure.
+ */
+ScramClient *pgauth_scram_new_full(const char *password, const char *nonce, const char *user) PGV_WARN_UNUSED;
+
 #endif

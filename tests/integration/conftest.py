@@ -15,7 +15,7 @@ import pytest
 import harness
 from harness import Certs, Cluster, Pgveil
 
-NODE_DIR = os.path.join(harness.SRCDIR, "tests", "drivers", "node")
+NODE_DIR = os.environ.get("PGVEIL_NODE_DIR") or os.path.join(harness.SRCDIR, "tests", "drivers", "node")
 JAVA_DIR = os.path.join(harness.SRCDIR, "tests", "drivers", "java")
 JDBC_JAR = os.environ.get("PGJDBC_JAR", "/usr/share/java/postgresql.jar")
 

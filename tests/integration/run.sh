@@ -14,6 +14,14 @@ PGVEIL_BUILDDIR=${PGVEIL_BUILDDIR:-$PGVEIL_SRCDIR}
 export PGVEIL_SRCDIR PGVEIL_BUILDDIR
 
 nodedir="$PGVEIL_SRCDIR/tests/drivers/node"
+if [ ! -d "$nodedir/node_modules/pg" ] && [ ! -w "$nodedir" ]; then
+	# A read-only source tree (make distcheck): install into a copy in the build tree.
+	copy="$PGVEIL_BUILDDIR/tests/drivers/node"
+	mkdir -p "$copy" && cp "$nodedir"/*.js "$nodedir"/package*.json "$copy"/ && chmod -R u+w "$copy" || exit 1
+	nodedir=$copy
+fi
+export PGVEIL_NODE_DIR="$nodedir"
+export PYTHONDONTWRITEBYTECODE=1
 if [ ! -d "$nodedir/node_modules/pg" ]; then
 	echo "run.sh: installing the node-postgres modules in $nodedir"
 	if [ -f "$nodedir/package-lock.json" ]; then

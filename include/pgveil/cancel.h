@@ -1,0 +1,37 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The cancel-key registry. Every client session gets a BackendKeyData of
+ * pgveil's own (process id, secret key); a CancelRequest arriving on any
+ * worker is matched here (secret compared in constant time) and mapped to
+ * the server connection it must be forwarded to. Unknown keys match nothing.
+ */
+#ifndef PGVEIL_CANCEL_H
+#define PGVEIL_CANCEL_H
+
+#include "pgveil/common.h"
+#include "pgveil/config.h"
+
+/* One registered session; embedded in the Session, linked while registered. */
+typedef struct CancelEntry {
+	uint32_t pid;              /* key id handed to the client */
+	uint32_t key;              /* secret handed to the client */
+	bool has_backend;          /* the fields below are valid */
+	BackendAddr addr;          /* where the server connection goes */
+	uint32_t be_pid;           /* server's BackendKeyData */
+	uint32_t be_key;
+	struct CancelEntry *next;  /* hash chain */
+} CancelEntry;
+
+/* Assigns a fresh pid/secret and registers e. Returns false if no random bytes could be had. */
+bool cancel_register(CancelEntry *e) PGV_WARN_UNUSED;
+/* Records the server connection a registered entry forwards to. */
+void cancel_set_backend(CancelEntry *e, const BackendAddr *addr, uint32_t be_pid, uint32_t be_key);
+/* Removes e (no-op if not registered). */
+void cancel_unregister(CancelEntry *e);
+/*
+ * Looks up (pid, key). On a match with a server connection, copies its
+ * address and key to the out parameters and returns true.
+ */
+bool cancel_lookup(uint32_t pid, uint32_t key, BackendAddr *addr, uint32_t *be_pid, uint32_t *be_key);
+
+#endif

@@ -1,0 +1,937 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The per-client state machine. session_client_cb() and session_server_cb()
+ * receive stream events and dispatch on the session state: the startup phase
+ * reads untyped packets (SSLRequest, GSSENCRequest, CancelRequest,
+ * StartupMessage), the query phase relays typed messages through the codec's
+ * framing checks. Relaying moves evbuffer chains without copying and stops
+ * reading one side while the other side's output is above its high-water
+ * mark, so memory per session stays bounded whatever the result size.
+ */
+#include "pgveil/session.h"
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/un.h>
+#include <sys/time.h>
+#include <time.h>
+
+#include "pgveil/backend.h"
+#include "pgveil/jwks.h"
+#include "pgveil/log.h"
+#include "pgveil/server.h"
+#include "pgveil/stream.h"
+
+#define SESSION_HIGH_WATER (256 * 1024)
+
+static uint64_t next_session_id = 1;
+
+static void session_client_cb(Stream *st, StreamEvent ev, void *arg);
+static void session_server_cb(Stream *st, StreamEvent ev, void *arg);
+static void relay_from_client(Session *s);
+static void relay_from_server(Session *s);
+static void request_token(Session *s);
+static void drop_pending_token(Session *s);
+
+/* ---- lifecycle ---------------------------------------------------------------- */
+
+static void session_free_cb(evutil_socket_t fd, short what, void *arg)
+{
+	Session *s = arg;
+
+	worker_remove_session(s->worker, s);
+	cancel_unregister(&s->cancel);
+	stream_free(s->client);
+	backend_free(s->backend); /* frees s->server too */
+	event_free(s->timer);
+	event_free(s->expiry);
+	event_free(s->free_ev);
+	jwtauth_identity_clear(&s->identity);
+	drop_pending_token(s);
+	free(s->startup_pkt);
+	config_unref(s->cfg);
+	server_conn_closed();
+	free(s);
+}
+
+void session_close(Session *s, const char *reason)
+{
+	if (s->state == SESS_CLOSING)
+		return;
+	log_write(LL_DEBUG, s->ctx, "closing: %s", reason);
+	s->state = SESS_CLOSING;
+	stream_flush(s->client);
+	stream_close(s->client);
+	if (s->server != NULL)
+		stream_flush(s->server);
+	if (s->backend != NULL)
+		stream_close(backend_stream(s->backend));
+	event_del(s->timer);
+	event_del(s->expiry);
+	if (s->jwks_wake != NULL)
+		jwks_cancel_wait(s->cfg->oidc_verifier, s->jwks_wake);
+	cancel_unregister(&s->cancel);
+	event_active(s->free_ev, 0, 0);
+}
+
+/* Appends a message built in b to the client's output and writes it. */
+static void send_to_client(Session *s, PgBuf *b)
+{
+	if (pgproto_buf_ok(b))
+		evbuffer_add(stream_output(s->client), b->data, b->len);
+	stream_flush(s->client);
+}
+
+void session_fail(Session *s, const char *sqlstate, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	PgBuf b;
+
+	if (s->state == SESS_CLOSING)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	log_write(LL_INFO, s->ctx, "FATAL %s: %s", sqlstate, msg);
+	pgproto_buf_init(&b);
+	pgproto_build_error(&b, false, "FATAL", sqlstate, msg, NULL, NULL);
+	send_to_client(s, &b);
+	pgproto_buf_free(&b);
+	session_close(s, msg);
+}
+
+static void startup_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+	Session *s = arg;
+
+	session_fail(s, SQLSTATE_QUERY_CANCELED, "canceling authentication due to timeout");
+}
+
+static bool session_idle(const Session *s);
+static bool session_quiet(const Session *s);
+
+/* Forgets a token kept for a JWKS refresh, and stops waiting for it. */
+static void drop_pending_token(Session *s)
+{
+	if (s->jwks_wake != NULL) {
+		jwks_cancel_wait(s->cfg->oidc_verifier, s->jwks_wake);
+		event_free(s->jwks_wake);
+		s->jwks_wake = NULL;
+	}
+	if (s->pending_token != NULL) {
+		explicit_bzero(s->pending_token, strlen(s->pending_token));
+		free(s->pending_token);
+		s->pending_token = NULL;
+	}
+}
+
+/*
+ * The session's second timer: during SESS_AUTH it delivers a delayed
+ * authentication failure (throttling); afterwards it marks the token expired.
+ */
+static void expiry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	Session *s = arg;
+
+	if (s->state == SESS_AUTH) {
+		session_fail(s, s->deferred_state, "%s",
+			     strcmp(s->deferred_state, SQLSTATE_INVALID_PASSWORD) == 0 ? "invalid token"
+											: "token not allowed");
+		return;
+	}
+	s->token_expired = true;
+	log_write(LL_INFO, s->ctx, "token expired");
+	/* Even inside a transaction: the server rolls it back when the session ends. */
+	if (s->state != SESS_ACTIVE || session_quiet(s))
+		session_fail(s, SQLSTATE_INVALID_AUTHORIZATION, "the agent's token has expired; reconnect with a new token");
+}
+
+static void format_addr(const struct sockaddr *sa, char *out, size_t len)
+{
+	char host[INET6_ADDRSTRLEN] = "?";
+
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+
+		inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+		snprintf(out, len, "%s:%u", host, ntohs(in->sin_port));
+	} else if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+
+		inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+		snprintf(out, len, "[%s]:%u", host, ntohs(in6->sin6_port));
+	} else {
+		snprintf(out, len, "unix");
+	}
+}
+
+Session *session_create(Worker *w, Config *cfg, int fd, const struct sockaddr *addr, socklen_t addrlen,
+			bool over_limit)
+{
+	Session *s = calloc(1, sizeof(Session));
+	struct timeval tv;
+
+	if (s == NULL)
+		return NULL;
+	s->id = __atomic_fetch_add(&next_session_id, 1, __ATOMIC_RELAXED);
+	s->worker = w;
+	s->over_limit = over_limit;
+	s->txn_status = 'I';
+	format_addr(addr, s->addr, sizeof(s->addr));
+	snprintf(s->ctx, sizeof(s->ctx), "c%llu %s", (unsigned long long)s->id, s->addr);
+	memcpy(&s->peer, addr, addrlen < sizeof(s->peer) ? addrlen : sizeof(s->peer));
+	s->timer = evtimer_new(w->base, startup_timeout_cb, s);
+	s->expiry = evtimer_new(w->base, expiry_cb, s);
+	s->free_ev = event_new(w->base, -1, 0, session_free_cb, s);
+	if (s->timer == NULL || s->expiry == NULL || s->free_ev == NULL ||
+	    (s->client = stream_new(w->base, fd, session_client_cb, s)) == NULL) {
+		if (s->timer)
+			event_free(s->timer);
+		if (s->expiry)
+			event_free(s->expiry);
+		if (s->free_ev)
+			event_free(s->free_ev);
+		free(s);
+		return NULL;
+	}
+	s->cfg = config_ref(cfg);
+	stream_set_high_water(s->client, SESSION_HIGH_WATER);
+	tv.tv_sec = (time_t)(cfg->startup_timeout / 1000);
+	tv.tv_usec = (suseconds_t)(cfg->startup_timeout % 1000) * 1000;
+	if (cfg->startup_timeout > 0)
+		evtimer_add(s->timer, &tv);
+	worker_add_session(w, s);
+	stream_enable_read(s->client, true);
+	log_write(LL_DEBUG, s->ctx, "connection accepted");
+	return s;
+}
+
+/* No statement is running: nothing sent that the server has not answered. */
+static bool session_quiet(const Session *s)
+{
+	return s->state == SESS_ACTIVE && s->pending_ready == 0 && s->client_pass == 0;
+}
+
+static bool session_idle(const Session *s)
+{
+	return s->state == SESS_ACTIVE && s->pending_ready == 0 && s->txn_status == 'I' && s->client_pass == 0;
+}
+
+void session_shutdown(Session *s, bool force)
+{
+	s->shutdown_pending = true;
+	if (force || s->state != SESS_ACTIVE || session_idle(s))
+		session_fail(s, SQLSTATE_ADMIN_SHUTDOWN, "terminating connection because pgveil is shutting down");
+}
+
+/* ---- startup phase -------------------------------------------------------------- */
+
+static void send_byte(Session *s, char c)
+{
+	evbuffer_add(stream_output(s->client), &c, 1);
+	stream_flush(s->client);
+}
+
+static void handle_ssl_request(Session *s)
+{
+	if (s->tls_done) {
+		session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "SSL request on an already encrypted connection");
+		return;
+	}
+	if (evbuffer_get_length(stream_input(s->client)) > 0) {
+		/* Bytes sent before our answer could be injected by a man in the middle. */
+		session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "received unencrypted data after SSL request");
+		return;
+	}
+	if (s->cfg->tls_server_ctx == NULL) {
+		send_byte(s, 'N');
+		return;
+	}
+	send_byte(s, 'S');
+	/* Before starting: a quick client can complete the handshake inside stream_start_tls(). */
+	s->state = SESS_TLS;
+	if (stream_output_len(s->client) > 0 || !stream_start_tls(s->client, s->cfg->tls_server_ctx, true, NULL))
+		session_close(s, "could not start TLS");
+}
+
+static void handle_cancel_request(Session *s, const PgStartup *p)
+{
+	BackendAddr addr;
+	uint32_t pid, key;
+
+	if (cancel_lookup(p->cancel_pid, p->cancel_key, &addr, &pid, &key)) {
+		log_write(LL_INFO, s->ctx, "forwarding cancel request for key %u", p->cancel_pid);
+		backend_send_cancel(s->worker->base, &addr, pid, key);
+	} else {
+		log_write(LL_INFO, s->ctx, "cancel request with an unknown key ignored");
+	}
+	session_close(s, "cancel request served");
+}
+
+/* Startup parameters that must never reach the server from a client. */
+static const char *forbidden_param(const PgStartup *p)
+{
+	static const char *const names[] = { "role", "session_authorization", "replication" };
+
+	for (int i = 0; i < p->n_params; i++)
+		for (size_t j = 0; j < PGV_ARRAY_LEN(names); j++)
+			if (strcasecmp(p->params[i].name, names[j]) == 0)
+				return names[j];
+	return NULL;
+}
+
+/* True when a setting name (as in "-c name=value") changes who the session is. */
+static bool identity_setting(const char *name, size_t len)
+{
+	static const char *const names[] = { "role", "session_authorization" };
+	char norm[32];
+
+	if (len == 0 || len >= sizeof(norm))
+		return false;
+	for (size_t i = 0; i < len; i++)
+		norm[i] = (name[i] == '-') ? '_' : name[i];
+	norm[len] = '\0';
+	for (size_t i = 0; i < PGV_ARRAY_LEN(names); i++)
+		if (strcasecmp(norm, names[i]) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * "options" holds server command-line switches: "-c name=value", "-cname=value"
+ * or "--name=value", separated by spaces (backslash escapes a space). Returns
+ * the first that would change the session's role, or NULL.
+ */
+static bool options_change_identity(const char *opts)
+{
+	const char *p = opts;
+	bool expect_value = false;
+
+	while (p != NULL && *p) {
+		const char *tok, *name;
+		size_t toklen;
+
+		while (*p == ' ' || *p == '\t')
+			p++;
+		tok = p;
+		while (*p && *p != ' ' && *p != '\t')
+			p += (*p == '\\' && p[1]) ? 2 : 1;
+		toklen = (size_t)(p - tok);
+		if (toklen == 0)
+			break;
+		if (expect_value) {
+			name = tok;
+			expect_value = false;
+		} else if (strncmp(tok, "--", 2) == 0 || strncmp(tok, "-c", 2) == 0) {
+			name = tok + 2;
+			if (toklen == 2 && tok[1] == 'c') {
+				expect_value = true;
+				continue;
+			}
+		} else {
+			continue;
+		}
+		if (identity_setting(name, strcspn(name, "= \t")))
+			return true;
+	}
+	return false;
+}
+
+/* Sends NegotiateProtocolVersion when the client asked for more than 3.0. */
+static void negotiate_protocol(Session *s)
+{
+	const char *unrec[PG_STARTUP_MAX_PARAMS];
+	int n = 0;
+	PgBuf b;
+
+	for (int i = 0; i < s->startup.n_params; i++)
+		if (strncmp(s->startup.params[i].name, "_pq_.", 5) == 0)
+			unrec[n++] = s->startup.params[i].name;
+	if ((s->startup.code & 0xffff) == 0 && n == 0)
+		return;
+	pgproto_buf_init(&b);
+	/* Like the server, answer with the whole newest version code (3.0), not just its minor part. */
+	pgproto_build_negotiate(&b, (int32_t)PG_PROTOCOL_3_0, unrec, n);
+	send_to_client(s, &b);
+	pgproto_buf_free(&b);
+}
+
+static void backend_ready_cb(Backend *be, void *arg);
+static void backend_fail_cb(Backend *be, const char *sqlstate, const char *message, void *arg);
+
+/* The client's settings that pass through to the server. */
+static int passthrough_params(const Session *s, PgStartupParam *out)
+{
+	int n = 0;
+
+	for (int i = 0; i < s->startup.n_params; i++) {
+		const char *name = s->startup.params[i].name;
+
+		if (strcmp(name, "user") == 0 || strcmp(name, "database") == 0 || strncmp(name, "_pq_.", 5) == 0)
+			continue;
+		if (s->app_name[0] != '\0' && strcmp(name, "application_name") == 0)
+			continue;
+		out[n++] = s->startup.params[i];
+	}
+	if (s->app_name[0] != '\0') {
+		out[n].name = "application_name";
+		out[n++].value = s->app_name;
+	}
+	return n;
+}
+
+static void connect_backend(Session *s)
+{
+	PgStartupParam params[PG_STARTUP_MAX_PARAMS + 1];
+	int n = passthrough_params(s, params);
+	uint64_t timeout = s->db->connect_timeout > 0 ? (uint64_t)s->db->connect_timeout * 1000
+						      : s->cfg->server_connect_timeout;
+	const char *why;
+
+	s->state = SESS_CONNECTING;
+	/* The client has done its part; server_connect_timeout bounds the rest. */
+	event_del(s->timer);
+	stream_enable_read(s->client, false);
+	s->backend = backend_connect(s->worker->base, s->worker->dns, s->db, timeout, params, n, s->ctx, backend_ready_cb,
+				     backend_fail_cb, s, &why);
+	if (s->backend == NULL)
+		session_fail(s, SQLSTATE_CANNOT_CONNECT, "%s", why);
+}
+
+static bool check_startup(Session *s)
+{
+	const char *bad;
+
+	if (s->over_limit) {
+		session_fail(s, SQLSTATE_TOO_MANY_CONNECTIONS, "sorry, too many clients already");
+		return false;
+	}
+	if (s->user == NULL || s->user[0] == '\0') {
+		session_fail(s, SQLSTATE_INVALID_AUTHORIZATION, "no PostgreSQL user name specified in startup packet");
+		return false;
+	}
+	if ((bad = forbidden_param(&s->startup)) != NULL) {
+		session_fail(s, SQLSTATE_FEATURE_NOT_SUPPORTED, "startup parameter \"%s\" is not allowed through pgveil",
+			     bad);
+		return false;
+	}
+	if (options_change_identity(pgproto_startup_get(&s->startup, "options"))) {
+		session_fail(s, SQLSTATE_INSUFFICIENT_PRIVILEGE,
+			     "startup options may not set role or session_authorization through pgveil");
+		return false;
+	}
+	s->db = config_find_db(s->cfg, s->database);
+	if (s->db == NULL) {
+		session_fail(s, SQLSTATE_INVALID_CATALOG_NAME, "database \"%s\" does not exist", s->database);
+		return false;
+	}
+	return true;
+}
+
+static void handle_startup_message(Session *s, uint8_t *pkt)
+{
+	s->startup_pkt = pkt;
+	s->user = pgproto_startup_get(&s->startup, "user");
+	s->database = pgproto_startup_get(&s->startup, "database");
+	if (s->database == NULL || s->database[0] == '\0')
+		s->database = s->user;
+	snprintf(s->ctx, sizeof(s->ctx), "c%llu %s@%s %s", (unsigned long long)s->id, s->user ? s->user : "?",
+		 s->database ? s->database : "?", s->addr);
+	if (!check_startup(s))
+		return;
+	negotiate_protocol(s);
+	if (s->cfg->oidc_verifier != NULL) {
+		request_token(s);
+		return;
+	}
+	if (!s->cfg->dev_trust_auth) {
+		session_fail(s, SQLSTATE_INVALID_AUTHORIZATION, "no client authentication method is configured");
+		return;
+	}
+	connect_backend(s);
+}
+
+/* ---- authentication: the password is an OIDC JWT ------------------------------------ */
+
+static void request_token(Session *s)
+{
+	PgBuf b;
+
+	if (!s->tls_done && !s->cfg->allow_plaintext_auth) {
+		session_fail(s, SQLSTATE_INVALID_AUTHORIZATION,
+			     "pgveil accepts tokens only over TLS: connect with sslmode=require");
+		return;
+	}
+	pgproto_buf_init(&b);
+	pgproto_build_auth(&b, PG_AUTH_CLEARTEXT, NULL, 0);
+	send_to_client(s, &b);
+	pgproto_buf_free(&b);
+	s->state = SESS_AUTH;
+}
+
+/* Refuses the token, later when this address keeps failing. */
+static void auth_refuse(Session *s, JwtResult rc, const char *why)
+{
+	uint32_t delay;
+	struct timeval tv;
+
+	log_write(LL_WARN, s->ctx, "token refused: %s", why);
+	jwtauth_throttle_record((struct sockaddr *)&s->peer, false);
+	delay = jwtauth_throttle_delay((struct sockaddr *)&s->peer);
+	tv.tv_sec = (time_t)(delay / 1000);
+	tv.tv_usec = (suseconds_t)(delay % 1000) * 1000;
+	s->deferred_state = rc == JWT_FORBIDDEN ? SQLSTATE_INVALID_AUTHORIZATION : SQLSTATE_INVALID_PASSWORD;
+	if (delay == 0) {
+		expiry_cb(-1, 0, s);
+		return;
+	}
+	stream_enable_read(s->client, false);
+	evtimer_add(s->expiry, &tv);
+}
+
+static void auth_accept(Session *s)
+{
+	struct timeval now, tv = { 0, 0 };
+	int64_t left_us;
+
+	gettimeofday(&now, NULL);
+	left_us = (s->identity.expires_at + (int64_t)s->cfg->oidc_clock_skew - (int64_t)now.tv_sec) * 1000000 -
+		  (int64_t)now.tv_usec;
+	if (left_us > 0) {
+		tv.tv_sec = (time_t)(left_us / 1000000);
+		tv.tv_usec = (suseconds_t)(left_us % 1000000);
+	}
+	jwtauth_throttle_record((struct sockaddr *)&s->peer, true);
+	snprintf(s->app_name, sizeof(s->app_name), "pgveil:%s", s->identity.subject);
+	snprintf(s->ctx, sizeof(s->ctx), "c%llu %s@%s %s", (unsigned long long)s->id, s->identity.subject,
+		 s->database, s->addr);
+	log_write(LL_INFO, s->ctx, "token accepted (%d group%s, expires in %llds)", s->identity.n_groups,
+		  s->identity.n_groups == 1 ? "" : "s", (long long)(tv.tv_sec));
+	evtimer_add(s->expiry, &tv);
+	connect_backend(s);
+}
+
+static void verify_token(Session *s, const char *token, bool may_refresh);
+
+/* The JWKS refresh this session waited for has ended: try the kept token again. */
+static void jwks_wake_cb(evutil_socket_t fd, short what, void *arg)
+{
+	Session *s = arg;
+	char *token = s->pending_token;
+
+	s->pending_token = NULL;
+	event_free(s->jwks_wake);
+	s->jwks_wake = NULL;
+	if (s->state == SESS_AUTH && token != NULL)
+		verify_token(s, token, false);
+	if (token != NULL) {
+		explicit_bzero(token, strlen(token));
+		free(token);
+	}
+}
+
+/* Unknown kid: wait for a JWKS refresh when one may run now. */
+static bool wait_for_keys(Session *s, const char *token)
+{
+	s->pending_token = strdup(token);
+	s->jwks_wake = event_new(s->worker->base, -1, 0, jwks_wake_cb, s);
+	if (s->pending_token != NULL && s->jwks_wake != NULL &&
+	    jwks_wait_refresh(s->cfg->oidc_verifier, s->jwks_wake)) {
+		log_write(LL_INFO, s->ctx, "token names an unknown key: refreshing the JWKS");
+		stream_enable_read(s->client, false);
+		return true;
+	}
+	if (s->jwks_wake != NULL)
+		event_free(s->jwks_wake);
+	s->jwks_wake = NULL;
+	drop_pending_token(s);
+	return false;
+}
+
+static void verify_token(Session *s, const char *token, bool may_refresh)
+{
+	char why[256] = "";
+	JwtResult rc = jwtauth_verify(s->cfg->oidc_verifier, token, time(NULL), s->user, &s->identity, why,
+				      sizeof(why));
+
+	if (rc == JWT_OK)
+		auth_accept(s);
+	else if (rc != JWT_UNKNOWN_KID || !may_refresh || !wait_for_keys(s, token))
+		auth_refuse(s, rc, why);
+}
+
+static void handle_auth_input(Session *s)
+{
+	struct evbuffer *in = stream_input(s->client);
+	uint8_t hdr[PG_HEADER_LEN];
+	const char *err;
+	PgHeader h;
+	char *token;
+
+	if (evbuffer_copyout(in, hdr, sizeof(hdr)) < (ssize_t)sizeof(hdr))
+		return;
+	if (pgproto_check_frontend_header(hdr, JWT_MAX_TOKEN_LEN + 5, &h, &err) != PGP_FRAME_OK || h.type != 'p') {
+		session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "expected a password message with the token%s%s",
+			     h.type == 'p' ? ": " : "", h.type == 'p' ? err : "");
+		return;
+	}
+	if (evbuffer_get_length(in) < (size_t)h.len + 1)
+		return;
+	token = (char *)evbuffer_pullup(in, (ssize_t)h.len + 1) + PG_HEADER_LEN;
+	if (h.len < 5 || memchr(token, '\0', h.len - 4) != token + h.len - 5) {
+		session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "invalid password message");
+		return;
+	}
+	verify_token(s, token, true);
+	explicit_bzero(token, h.len - 4);
+	evbuffer_drain(in, (size_t)h.len + 1);
+}
+
+/* Reads one whole startup-phase packet; returns it (malloc'd) or NULL if incomplete or bad. */
+static uint8_t *read_startup_packet(Session *s, uint32_t *len_out)
+{
+	struct evbuffer *in = stream_input(s->client);
+	uint8_t lenbuf[4], *pkt;
+	const char *why;
+	uint32_t len;
+
+	if (evbuffer_copyout(in, lenbuf, 4) < 4)
+		return NULL;
+	if (!pgproto_check_startup_length(lenbuf, &len, &why)) {
+		session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "%s", why);
+		return NULL;
+	}
+	if (evbuffer_get_length(in) < len)
+		return NULL;
+	pkt = malloc(len);
+	if (pkt == NULL) {
+		session_fail(s, SQLSTATE_OUT_OF_MEMORY, "out of memory");
+		return NULL;
+	}
+	evbuffer_remove(in, pkt, len);
+	*len_out = len;
+	return pkt;
+}
+
+static void handle_startup_input(Session *s)
+{
+	while (s->state == SESS_STARTUP) {
+		const char *why;
+		uint32_t len;
+		uint8_t *pkt = read_startup_packet(s, &len);
+
+		if (pkt == NULL)
+			return;
+		if (!pgproto_parse_startup(pkt, len, &s->startup, &why)) {
+			free(pkt);
+			session_fail(s, (strncmp(why, "unsupported", 11) == 0) ? SQLSTATE_FEATURE_NOT_SUPPORTED
+										: SQLSTATE_PROTOCOL_VIOLATION,
+				     "%s", why);
+			return;
+		}
+		switch (s->startup.code) {
+		case PG_SSL_REQUEST_CODE:
+			free(pkt);
+			handle_ssl_request(s);
+			break;
+		case PG_GSSENC_REQUEST_CODE:
+			free(pkt);
+			send_byte(s, 'N');
+			break;
+		case PG_CANCEL_REQUEST_CODE:
+			handle_cancel_request(s, &s->startup);
+			free(pkt);
+			return;
+		default:
+			handle_startup_message(s, pkt);
+			return;
+		}
+	}
+}
+
+/* ---- server login done ---------------------------------------------------------- */
+
+static void backend_ready_cb(Backend *be, void *arg)
+{
+	Session *s = arg;
+	const uint8_t *msgs;
+	size_t len;
+	uint32_t pid, key;
+	PgBuf b;
+
+	if (!cancel_register(&s->cancel)) {
+		session_fail(s, SQLSTATE_INTERNAL_ERROR, "could not generate a cancel key");
+		return;
+	}
+	backend_get_key(be, &pid, &key);
+	cancel_set_backend(&s->cancel, backend_get_addr(be), pid, key);
+	pgproto_buf_init(&b);
+	pgproto_build_auth(&b, PG_AUTH_OK, NULL, 0);
+	msgs = backend_startup_messages(be, &len);
+	pgproto_put_bytes(&b, msgs, len);
+	pgproto_build_backend_key(&b, s->cancel.pid, s->cancel.key);
+	pgproto_build_ready(&b, 'I');
+	send_to_client(s, &b);
+	pgproto_buf_free(&b);
+
+	s->state = SESS_ACTIVE;
+	event_del(s->timer);
+	s->server = backend_stream(be);
+	stream_set_cb(s->server, session_server_cb, s);
+	stream_set_high_water(s->server, SESSION_HIGH_WATER);
+	stream_enable_read(s->server, true);
+	stream_enable_read(s->client, true);
+	log_write(LL_INFO, s->ctx, "session started on server %s (%s)", s->db->name, backend_get_addr(be)->display);
+	if (evbuffer_get_length(stream_input(s->client)) > 0)
+		relay_from_client(s);
+}
+
+static void backend_fail_cb(Backend *be, const char *sqlstate, const char *message, void *arg)
+{
+	session_fail(arg, sqlstate, "%s", message);
+}
+
+/* ---- query phase relay ---------------------------------------------------------- */
+
+/*
+ * Scans whole messages from the front of `in` (after a partly passed one)
+ * and returns how many bytes may move to the other side. `pass` carries the
+ * remainder of a message whose tail has not arrived yet. `inspect` sees each
+ * header first; it returns false to stop the scan (the session failed or a
+ * message must wait until it is complete).
+ */
+typedef bool (*InspectFn)(Session *s, struct evbuffer *in, const struct evbuffer_ptr *at,
+			  const uint8_t hdr[PG_HEADER_LEN], size_t avail, PgHeader *h);
+
+static size_t scan_messages(Session *s, struct evbuffer *in, uint32_t *pass, InspectFn inspect)
+{
+	size_t avail = evbuffer_get_length(in), run;
+	struct evbuffer_ptr pos;
+
+	run = (*pass < avail) ? *pass : avail;
+	*pass -= (uint32_t)run;
+	while (*pass == 0 && avail - run >= PG_HEADER_LEN) {
+		uint8_t hdr[PG_HEADER_LEN];
+		PgHeader h;
+
+		evbuffer_ptr_set(in, &pos, run, EVBUFFER_PTR_SET);
+		evbuffer_copyout_from(in, &pos, hdr, sizeof(hdr));
+		if (!inspect(s, in, &pos, hdr, avail - run, &h))
+			break;
+		if (avail - run < (size_t)h.len + 1) {
+			*pass = (uint32_t)((size_t)h.len + 1 - (avail - run));
+			run = avail;
+			break;
+		}
+		run += (size_t)h.len + 1;
+	}
+	return run;
+}
+
+static bool inspect_client(Session *s, struct evbuffer *in, const struct evbuffer_ptr *at,
+			   const uint8_t hdr[PG_HEADER_LEN], size_t avail, PgHeader *h)
+{
+	const char *why;
+
+	if (pgproto_check_frontend_header(hdr, s->cfg->max_packet_size, h, &why) != PGP_FRAME_OK) {
+		session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "%s (type 0x%02x, length %u)", why, h->type, h->len);
+		return false;
+	}
+	switch (h->type) {
+	case 'p':
+		session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "unexpected password message in the query phase");
+		return false;
+	case 'X':
+		return false; /* handled by the caller */
+	case 'Q':
+	case 'S':
+	case 'F':
+		s->pending_ready++;
+		return true;
+	default:
+		return true;
+	}
+}
+
+static void client_terminate(Session *s)
+{
+	PgBuf b;
+
+	pgproto_buf_init(&b);
+	pgproto_build_terminate(&b);
+	evbuffer_add(stream_output(s->server), b.data, b.len);
+	pgproto_buf_free(&b);
+	session_close(s, "client sent Terminate");
+}
+
+/*
+ * The client shut down its sending side. What it sent before is answered, as
+ * the server would: Terminate follows its last message and the session ends
+ * when the server closes.
+ */
+static void client_half_closed(Session *s)
+{
+	PgBuf b;
+
+	if (s->client_eof)
+		return;
+	if (s->client_pass > 0 || evbuffer_get_length(stream_input(s->client)) > 0) {
+		client_terminate(s); /* a message was cut off: nothing sensible to answer */
+		return;
+	}
+	s->client_eof = true;
+	pgproto_buf_init(&b);
+	pgproto_build_terminate(&b);
+	evbuffer_add(stream_output(s->server), b.data, b.len);
+	pgproto_buf_free(&b);
+	stream_flush(s->server);
+}
+
+static void relay_from_client(Session *s)
+{
+	struct evbuffer *in = stream_input(s->client);
+	size_t run;
+	uint8_t type;
+
+	if (s->token_expired && s->client_pass == 0) {
+		session_fail(s, SQLSTATE_INVALID_AUTHORIZATION, "the agent's token has expired; reconnect with a new token");
+		return;
+	}
+	run = scan_messages(s, in, &s->client_pass, inspect_client);
+	if (s->state != SESS_ACTIVE)
+		return;
+	if (run > 0)
+		evbuffer_remove_buffer(in, stream_output(s->server), run);
+	stream_flush(s->server);
+	if (s->client_pass == 0 && evbuffer_copyout(in, &type, 1) == 1 && type == 'X') {
+		client_terminate(s);
+		return;
+	}
+	if (stream_output_full(s->server))
+		stream_enable_read(s->client, false);
+}
+
+static bool inspect_server(Session *s, struct evbuffer *in, const struct evbuffer_ptr *at,
+			   const uint8_t hdr[PG_HEADER_LEN], size_t avail, PgHeader *h)
+{
+	uint8_t buf[PG_HEADER_LEN + 8];
+	const char *why;
+
+	if (pgproto_check_backend_header(hdr, 0x7fffffff, h, &why) != PGP_FRAME_OK) {
+		log_write(LL_ERROR, s->ctx, "server sent an invalid message: %s (type 0x%02x)", why, h->type);
+		session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "invalid message from the server");
+		return false;
+	}
+	if (h->type == 'Z') {
+		if (avail < PG_HEADER_LEN + 1)
+			return false; /* wait for the status byte */
+		evbuffer_copyout_from(in, at, buf, PG_HEADER_LEN + 1);
+		s->txn_status = (char)buf[PG_HEADER_LEN];
+		if (s->pending_ready > 0)
+			s->pending_ready--;
+	} else if (h->type == 'E' && avail >= PG_HEADER_LEN + 7) {
+		evbuffer_copyout_from(in, at, buf, PG_HEADER_LEN + 7);
+		if (memcmp(buf + PG_HEADER_LEN, "SFATAL", 6) == 0 || memcmp(buf + PG_HEADER_LEN, "SPANIC", 6) == 0)
+			s->server_sent_fatal = true;
+	}
+	return true;
+}
+
+static void relay_from_server(Session *s)
+{
+	struct evbuffer *in = stream_input(s->server);
+	size_t run = scan_messages(s, in, &s->server_pass, inspect_server);
+
+	if (s->state != SESS_ACTIVE)
+		return;
+	if (run > 0)
+		evbuffer_remove_buffer(in, stream_output(s->client), run);
+	stream_flush(s->client);
+	if (stream_output_full(s->client))
+		stream_enable_read(s->server, false);
+	if (s->shutdown_pending && session_idle(s))
+		session_shutdown(s, false);
+	else if (s->token_expired && session_quiet(s))
+		session_fail(s, SQLSTATE_INVALID_AUTHORIZATION, "the agent's token has expired; reconnect with a new token");
+}
+
+/* ---- stream events ------------------------------------------------------------------ */
+
+static void session_client_cb(Stream *st, StreamEvent ev, void *arg)
+{
+	Session *s = arg;
+
+	switch (ev) {
+	case STREAM_EV_READ:
+		if (s->state == SESS_STARTUP)
+			handle_startup_input(s);
+		else if (s->state == SESS_AUTH)
+			handle_auth_input(s);
+		else if (s->state == SESS_ACTIVE)
+			relay_from_client(s);
+		return;
+	case STREAM_EV_TLS_DONE:
+		s->tls_done = true;
+		s->state = SESS_STARTUP;
+		return;
+	case STREAM_EV_DRAINED:
+		if (s->state == SESS_ACTIVE && s->server != NULL)
+			stream_enable_read(s->server, true);
+		return;
+	case STREAM_EV_EOF:
+		if (s->state == SESS_ACTIVE)
+			client_half_closed(s);
+		else
+			session_close(s, s->state == SESS_STARTUP ? "incomplete startup packet" : "client closed");
+		return;
+	case STREAM_EV_ERROR:
+		log_write(LL_INFO, s->ctx, "client connection: %s", stream_error(st));
+		if (s->state == SESS_ACTIVE)
+			client_terminate(s);
+		else
+			session_close(s, stream_error(st));
+		return;
+	case STREAM_EV_CONNECTED:
+		return;
+	}
+}
+
+static void session_server_cb(Stream *st, StreamEvent ev, void *arg)
+{
+	Session *s = arg;
+
+	switch (ev) {
+	case STREAM_EV_READ:
+		if (s->state == SESS_ACTIVE)
+			relay_from_server(s);
+		return;
+	case STREAM_EV_DRAINED:
+		if (s->state == SESS_ACTIVE)
+			stream_enable_read(s->client, true);
+		return;
+	case STREAM_EV_EOF:
+	case STREAM_EV_ERROR:
+		if (s->state != SESS_ACTIVE)
+			return;
+		if (s->client_eof) {
+			session_close(s, "client half-closed and the server finished");
+			return;
+		}
+		log_write(LL_WARN, s->ctx, "server connection lost: %s", stream_error(st));
+		if (s->server_sent_fatal)
+			session_close(s, "server ended the session");
+		else
+			session_fail(s, SQLSTATE_CONNECTION_FAILURE, "server closed the connection unexpectedly");
+		return;
+	default:
+		return;
+	}
+}
