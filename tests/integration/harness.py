@@ -364,7 +364,9 @@ class Pgveil:
             "max_client_conn": "50",
             "dev_trust_auth": "yes",
             "default_action": "allow",
-            "startup_timeout": "2s",
+            # generous: under load a TLS handshake plus the server login can take
+            # seconds; tests of stalled clients start a pgveil with 2s
+            "startup_timeout": "10s",
             "shutdown_timeout": "5s",
             "log_level": "debug",
         }

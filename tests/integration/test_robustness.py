@@ -2,6 +2,7 @@
 a normal session opened before it must still answer, and pgveil must still run.
 Where PostgreSQL behaves the same the test also runs directly against it."""
 
+import contextlib
 import socket
 import struct
 import threading
@@ -16,10 +17,11 @@ import pgwire
 from pgwire import Wire, message, parse_fields
 
 
-@pytest.fixture
-def witness(proxy):
-    """A normal session through pgveil that must survive whatever the test does."""
-    conn = psycopg.connect(proxy.conninfo(), autocommit=True)
+@contextlib.contextmanager
+def witnessed(target):
+    """A normal session through pgveil that must survive whatever happens
+    inside the block; pgveil must still run and accept a new session after."""
+    conn = psycopg.connect(target.conninfo(), autocommit=True)
     assert conn.execute("SELECT 1").fetchone() == (1,)
     yield conn
     try:
@@ -27,9 +29,24 @@ def witness(proxy):
             "the normal session stopped working"
     finally:
         conn.close()
-    assert proxy.pgveil.alive(), "pgveil is no longer running"
-    with psycopg.connect(proxy.conninfo(), autocommit=True) as fresh:
+    assert target.pgveil.alive(), "pgveil is no longer running"
+    with psycopg.connect(target.conninfo(), autocommit=True) as fresh:
         assert fresh.execute("SELECT 2").fetchone() == (2,)
+
+
+@pytest.fixture
+def witness(proxy):
+    with witnessed(proxy) as conn:
+        yield conn
+
+
+@pytest.fixture
+def quick(pgveil_factory):
+    """A pgveil of its own with startup_timeout = 2s (the shared one has 10s),
+    for clients that stall during startup; a normal session must survive."""
+    target = harness.pgveil_target(pgveil_factory(startup_timeout="2s"))
+    with witnessed(target):
+        yield target
 
 
 def raw(target):
@@ -112,18 +129,18 @@ def test_truncated_startup_then_close(proxy, witness):
         assert w.peer_closed(10), "pgveil kept a half-closed connection open"
 
 
-def test_silent_client_closed_after_startup_timeout(proxy, witness):
-    with raw(proxy) as silent, raw(proxy) as partial:
+def test_silent_client_closed_after_startup_timeout(quick):
+    with raw(quick) as silent, raw(quick) as partial:
         partial.send(struct.pack("!I", 64))  # four bytes of a startup packet, then nothing
         t0 = time.monotonic()
-        # startup_timeout is 2s in the test configuration; allow a lot more
+        # startup_timeout is 2s here; allow a lot more
         assert silent.peer_closed(15), "a client that sent nothing was not closed"
         assert partial.peer_closed(15), "a client stuck in its startup packet was not closed"
         assert time.monotonic() - t0 < 15
 
 
-def test_silent_client_after_ssl_request(proxy, witness):
-    with raw(proxy) as w:
+def test_silent_client_after_ssl_request(quick):
+    with raw(quick) as w:
         w.send(struct.pack("!II", 8, pgwire.SSL_REQUEST_CODE))
         assert w.read_bytes(1) == b"N"
         assert w.peer_closed(15), "a client that stopped after SSLRequest was not closed"
@@ -140,10 +157,10 @@ def test_ssl_and_gssenc_requests_answered_n(proxy, witness):
         assert rows == [[harness.APP_USER.encode()]] and err is None
 
 
-def test_repeated_ssl_requests_do_not_extend_startup(proxy, witness):
+def test_repeated_ssl_requests_do_not_extend_startup(quick):
     """A client that keeps sending SSLRequest is refused or answered 'N' each
-    time, but it cannot hold the connection past startup_timeout."""
-    with raw(proxy) as w:
+    time, but it cannot hold the connection past startup_timeout (2s)."""
+    with raw(quick) as w:
         t0 = time.monotonic()
         closed = False
         while time.monotonic() - t0 < 20:

@@ -167,7 +167,7 @@ def test_garbage_instead_of_client_hello(tls_target):
 
 
 def test_stalled_tls_handshake_closed(pgveil_factory):
-    pv = pgveil_factory(tls=True)
+    pv = pgveil_factory(tls=True, startup_timeout="2s")
     with pgwire.Wire("127.0.0.1", pv.port) as w:
         w.send(struct.pack("!II", 8, pgwire.SSL_REQUEST_CODE))
         assert w.read_bytes(1) == b"S"
