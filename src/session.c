@@ -585,7 +585,12 @@ static void handle_auth_input(Session *s)
 	}
 	if (evbuffer_get_length(in) < (size_t)h.len + 1)
 		return;
-	token = (char *)evbuffer_pullup(in, (ssize_t)h.len + 1) + PG_HEADER_LEN;
+	token = (char *)evbuffer_pullup(in, (ssize_t)h.len + 1);
+	if (token == NULL) {
+		session_fail(s, SQLSTATE_OUT_OF_MEMORY, "out of memory");
+		return;
+	}
+	token += PG_HEADER_LEN;
 	if (h.len < 5 || memchr(token, '\0', h.len - 4) != token + h.len - 5) {
 		session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "invalid password message");
 		return;
