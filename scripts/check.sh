@@ -145,6 +145,35 @@ else
 	skipped=$(count_of SKIP)
 fi
 
+# The closing line counts test cases, not programs: cmocka's "[  PASSED  ] N test(s)."
+# and the integration runner's "integration: N passed, M failed, K skipped".
+programs_failed=$failed
+case_counts() {
+	local p=0 f=0 n log
+	for log in tests/unit/*.log; do
+		[ -f "$log" ] || continue
+		n=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$log" | tail -n 1)
+		p=$((p + ${n:-0}))
+		n=$(sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' "$log" | tail -n 1)
+		f=$((f + ${n:-0}))
+	done
+	if [ -f tests/integration/run.sh.log ]; then
+		n=$(sed -n 's/^integration: \([0-9]*\) passed, \([0-9]*\) failed.*/\1 \2/p' tests/integration/run.sh.log | tail -n 1)
+		if [ -n "$n" ]; then
+			p=$((p + ${n%% *}))
+			f=$((f + ${n##* }))
+		fi
+	fi
+	echo "$p $f"
+}
+read -r case_passed case_failed < <(case_counts)
+if [ "$case_passed" -gt 0 ]; then
+	echo "test programs: $passed passed, $programs_failed failed"
+	passed=$case_passed
+	# A program that died before reporting counts as one failure.
+	failed=$((case_failed > 0 ? case_failed : programs_failed))
+fi
+
 if [ "$check_rc" -ne 0 ] || [ "$failed" -gt 0 ]; then
 	if [ -f test-suite.log ]; then
 		section "test-suite.log (failing tests)"
