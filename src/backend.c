@@ -521,15 +521,27 @@ typedef struct CancelJob {
 	struct event *timer;    /* gives up after a few seconds */
 	struct event *free_ev;  /* deferred free */
 	PgBuf pkt;              /* the 16-byte request */
+	struct CancelJob *next, *prev; /* this thread's jobs */
 } CancelJob;
+
+/* Jobs of this worker thread, so that a worker that stops frees what is still in flight. */
+static __thread CancelJob *cancel_jobs;
 
 static void cancel_job_free_cb(evutil_socket_t fd, short what, void *arg)
 {
 	CancelJob *job = arg;
 
+	if (job->prev != NULL)
+		job->prev->next = job->next;
+	else
+		cancel_jobs = job->next;
+	if (job->next != NULL)
+		job->next->prev = job->prev;
 	stream_free(job->stream);
-	event_free(job->timer);
-	event_free(job->free_ev);
+	if (job->timer != NULL)
+		event_free(job->timer);
+	if (job->free_ev != NULL)
+		event_free(job->free_ev);
 	pgproto_buf_free(&job->pkt);
 	free(job);
 }
@@ -576,6 +588,10 @@ void backend_send_cancel(struct event_base *base, const BackendAddr *addr, uint3
 
 	if (job == NULL)
 		return;
+	job->next = cancel_jobs;
+	if (cancel_jobs != NULL)
+		cancel_jobs->prev = job;
+	cancel_jobs = job;
 	pgproto_buf_init(&job->pkt);
 	pgproto_build_cancel(&job->pkt, pid, key);
 	fd = socket(addr->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -588,18 +604,14 @@ void backend_send_cancel(struct event_base *base, const BackendAddr *addr, uint3
 			 job->stream ? stream_error(job->stream) : "cannot create socket");
 		if (job->stream == NULL && fd >= 0)
 			close(fd);
-		if (job->free_ev != NULL && job->timer != NULL) {
-			cancel_job_done(job);
-			return;
-		}
-		stream_free(job->stream);
-		if (job->timer)
-			event_free(job->timer);
-		if (job->free_ev)
-			event_free(job->free_ev);
-		pgproto_buf_free(&job->pkt);
-		free(job);
+		cancel_job_free_cb(-1, 0, job);
 		return;
 	}
 	evtimer_add(job->timer, &tv);
+}
+
+void backend_free_cancel_jobs(void)
+{
+	while (cancel_jobs != NULL)
+		cancel_job_free_cb(-1, 0, cancel_jobs);
 }

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "pgveil/backend.h"
 #include "pgveil/log.h"
 #include "pgveil/session.h"
 
@@ -132,6 +133,7 @@ static void *worker_main(void *arg)
 	Worker *w = arg;
 
 	event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
+	backend_free_cancel_jobs();
 	if (__atomic_sub_fetch(&srv.workers_running, 1, __ATOMIC_ACQ_REL) == 0)
 		event_active(srv.all_done, 0, 0);
 	return NULL;

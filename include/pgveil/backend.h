@@ -51,5 +51,7 @@ void backend_free(Backend *be);
  * connection frees itself when the server closes it or after a few seconds.
  */
 void backend_send_cancel(struct event_base *base, const BackendAddr *addr, uint32_t pid, uint32_t key);
+/* Frees the cancel requests still in flight on this thread (a worker that stops). */
+void backend_free_cancel_jobs(void);
 
 #endif
