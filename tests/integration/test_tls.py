@@ -7,13 +7,11 @@ prefer falls back to plaintext."""
 import asyncio
 import json
 import os
-import signal
 import socket
 import ssl
 import struct
 import subprocess
 import threading
-import time
 import uuid
 
 import asyncpg
