@@ -213,6 +213,14 @@ def pytest_runtest_call(item):
         signal.signal(signal.SIGALRM, old)
 
 
+def pytest_configure(config):
+    """SIGTERM (a CI time limit, kill) ends the run like Ctrl-C: fixtures tear
+    down, so no cluster or pgveil is left running."""
+    def on_term(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+    signal.signal(signal.SIGTERM, on_term)
+
+
 @atexit.register
 def _kill_leftovers():
     """If the run is interrupted, do not leave pgveil or PostgreSQL running."""

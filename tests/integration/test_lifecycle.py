@@ -1,7 +1,6 @@
 """The pgveil process: --check/--version, SIGHUP reload (good and broken
 configuration), SIGTERM graceful shutdown with sessions open."""
 
-import os
 import signal
 import subprocess
 import threading

@@ -32,6 +32,10 @@ def test_basic_and_prepared(node_driver, target):
     assert out == {"current_user": harness.APP_USER, "session_user": harness.APP_USER, "paid": 334}
 
 
+def test_pool(node_driver, target):
+    assert node(node_driver, "pool.js", target) == {"queries": 40, "sessions": True}
+
+
 def test_transactions(node_driver, target, scratch_table, admin):
     out = node(node_driver, "transaction.js", target, ITEST_TABLE=scratch_table)
     assert out == {"ids": [1, 4]}

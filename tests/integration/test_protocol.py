@@ -4,7 +4,6 @@ formats), pipelining, cancel keys, large messages."""
 
 import socket
 import struct
-import threading
 import time
 import uuid
 

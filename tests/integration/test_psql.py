@@ -1,6 +1,5 @@
 """psql (libpq, simple query protocol, COPY, \\commands) directly and through pgveil."""
 
-import os
 import signal
 import subprocess
 import time

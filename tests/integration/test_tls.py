@@ -7,12 +7,11 @@ prefer falls back to plaintext."""
 import asyncio
 import json
 import os
-import signal
+import socket
 import ssl
 import struct
 import subprocess
 import threading
-import time
 import uuid
 
 import asyncpg
@@ -149,6 +148,28 @@ def test_raw_ssl_request_then_startup_inside_tls(tls_target, certs):
         w.startup(user=tls_target.user, database="app", password=tls_target.password)
         rows, _, err = w.simple_query("SELECT 'inside tls'")
         assert rows == [[b"inside tls"]] and err is None
+
+
+def test_many_tls_sessions_in_a_row(tls_target, certs):
+    """200 TLS sessions, each sending its StartupMessage right after the
+    handshake, with a bare TCP connect-and-close (a load balancer's health
+    check) before each: every one must open. (pgveil once lost, now and then,
+    a StartupMessage that arrived right after the handshake.)"""
+    failures = []
+    for i in range(200):
+        socket.create_connection((tls_target.host, tls_target.port), timeout=5).close()
+        try:
+            with pgwire.Wire(tls_target.host, tls_target.port, timeout=10) as w:
+                w.send(struct.pack("!II", 8, pgwire.SSL_REQUEST_CODE))
+                assert w.read_bytes(1) == b"S"
+                w.wrap_tls(certs.ca_crt)
+                w.startup(user=tls_target.user, database="app", password=tls_target.password)
+                assert w.simple_query(f"SELECT {i}")[0] == [[str(i).encode()]]
+        except (TimeoutError, pgwire.Closed, pgwire.PgError, OSError) as e:
+            failures.append(f"session {i}: {e!r}")
+            if len(failures) == 3:
+                break
+    assert not failures, failures
 
 
 def test_garbage_instead_of_client_hello(tls_target):

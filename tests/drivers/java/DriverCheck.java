@@ -126,6 +126,17 @@ public final class DriverCheck {
                 check(ps.unwrap(PGStatement.class).isUseServerPrepare(), "not server-prepared");
             }
             long named = scalarLong(c, "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE 'SELECT name, email FROM users%'");
+            // catalog metadata, as ORMs and IDEs read it
+            java.sql.DatabaseMetaData md = c.getMetaData();
+            check(md.getDatabaseProductVersion().startsWith("15"), "product version " + md.getDatabaseProductVersion());
+            try (ResultSet rs = md.getColumns(null, "public", "users", "email")) {
+                check(rs.next(), "metadata for users.email");
+                checkEq("text", rs.getString("TYPE_NAME"), "users.email type");
+            }
+            try (ResultSet rs = md.getPrimaryKeys(null, "public", "orders")) {
+                check(rs.next(), "primary key of orders");
+                checkEq("id", rs.getString("COLUMN_NAME"), "orders primary key");
+            }
             checkEq(1L, named, "server-side prepared statement");
             try (Statement s = c.createStatement()) {
                 check(s.execute("SELECT 1; SELECT 2"), "multi");
