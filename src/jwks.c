@@ -216,9 +216,13 @@ static void request_done_cb(struct evhttp_request *req, void *arg)
 	} else {
 		body = evhttp_request_get_input_buffer(req);
 		len = evbuffer_get_length(body);
-		ok = jwtauth_set_jwks(cfg->oidc_verifier, (const char *)evbuffer_pullup(body, (ssize_t)len), len, err,
-				      sizeof(err));
-		snprintf(what, sizeof(what), "%s", err);
+		if (len == 0) {
+			snprintf(what, sizeof(what), "empty response body");
+		} else {
+			ok = jwtauth_set_jwks(cfg->oidc_verifier, (const char *)evbuffer_pullup(body, (ssize_t)len),
+					      len, err, sizeof(err));
+			snprintf(what, sizeof(what), "%s", err);
+		}
 	}
 	fetch_finish(cfg, ok, what);
 	/* The connection may not be freed inside its own callback. */
