@@ -1,0 +1,59 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The admin console: the virtual database `admin_db`, reached with a JWT
+ * whose groups include an admin, approver or auditor group. It speaks the
+ * simple query protocol: SHOW HELD / GRANTS / SESSIONS / RULES / STATS,
+ * APPROVE, DENY, REVOKE GRANT, KILL SESSION, BLOCK / UNBLOCK AGENT, RELOAD.
+ * Each group may run only its own commands. Results are proper result sets
+ * (RowDescription, DataRow, CommandComplete) so psql shows them as tables.
+ * Also keeps the process-wide statement counters shown by SHOW STATS.
+ */
+#ifndef PGVEIL_ADMIN_H
+#define PGVEIL_ADMIN_H
+
+#include "pgveil/common.h"
+#include "pgveil/config.h"
+#include "pgveil/jwtauth.h"
+#include "pgveil/pgproto.h"
+
+/* Roles a caller has on the console (bits). */
+#define ADMIN_ROLE_ADMIN 1
+#define ADMIN_ROLE_APPROVER 2
+#define ADMIN_ROLE_AUDITOR 4
+
+/* Counters for SHOW STATS (atomic, any thread). */
+typedef enum {
+	STAT_STATEMENTS,   /* statements analysed */
+	STAT_ALLOWED,
+	STAT_BLOCKED,
+	STAT_HELD,
+	STAT_APPROVED,
+	STAT_DENIED,
+	STAT_TIMED_OUT,    /* hold_timeout or client cancel */
+	STAT_GRANTED,      /* held statements allowed by a grant */
+	STAT_CACHE_HITS,   /* statement analyses served from the cache */
+	STAT_N
+} AdminStat;
+
+void admin_stat_add(AdminStat which, uint64_t n);
+uint64_t admin_stat_get(AdminStat which);
+
+/* The caller's roles on the console under cfg (0 = none: refuse the login). */
+int admin_roles(const Config *cfg, const Identity *id);
+
+typedef struct AdminConsole AdminConsole;
+
+/* Opens a console for an authenticated caller; the identity is copied. NULL on allocation failure. */
+AdminConsole *admin_open(const Identity *id, int roles, uint64_t session_id);
+void admin_close(AdminConsole *ac);
+
+/*
+ * Runs one Query message's text (one or more commands separated by ';').
+ * Appends the whole response to `out` except ReadyForQuery: per command a
+ * result set or CommandComplete, or an ErrorResponse (42501 for a command
+ * the caller's groups may not run, 42601 for a syntax error with its
+ * position) which ends the string as in PostgreSQL.
+ */
+void admin_query(AdminConsole *ac, const char *sql, PgBuf *out);
+
+#endif

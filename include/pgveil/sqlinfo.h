@@ -1,0 +1,127 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Statement analysis: SQL text -> StmtInfo, from libpg_query's parse tree
+ * (the real PostgreSQL parser). A StmtInfo lists the top-level statements
+ * of the text and their "parts": every command that runs (a top-level
+ * statement, a data-modifying CTE, the target of EXPLAIN ANALYZE, the body
+ * of PREPARE / DECLARE CURSOR / CREATE TABLE AS / COPY (query)), each with
+ * its statement classes, the tables it reads and writes and the functions it
+ * calls. Results are cached per thread by the statement's normalized form
+ * (literals taken out, computed from the real lexer's tokens). This is the
+ * only module that includes pg_query.h.
+ */
+#ifndef PGVEIL_SQLINFO_H
+#define PGVEIL_SQLINFO_H
+
+#include "pgveil/common.h"
+
+/* Statement classes (INTERFACE §4), one bit each. */
+typedef enum {
+	SC_SELECT = 1u << 0,
+	SC_INSERT = 1u << 1,
+	SC_UPDATE = 1u << 2,
+	SC_DELETE = 1u << 3,
+	SC_MERGE = 1u << 4,
+	SC_TRUNCATE = 1u << 5,
+	SC_COPY = 1u << 6,
+	SC_READ = 1u << 7,
+	SC_WRITE = 1u << 8,
+	SC_DDL = 1u << 9,
+	SC_DROP = 1u << 10,
+	SC_DESTRUCTIVE = 1u << 11,
+	SC_PRIVILEGE = 1u << 12,
+	SC_ADMIN = 1u << 13,
+	SC_SESSION = 1u << 14,
+	SC_TRANSACTION = 1u << 15,
+	SC_PROCEDURAL = 1u << 16,
+} StmtClass;
+
+#define SC_ALL ((1u << 17) - 1)
+
+/* How a part touches a table. */
+#define SQL_ACCESS_READ 1
+#define SQL_ACCESS_WRITE 2
+
+typedef struct SqlTable {
+	char *schema;    /* as written (already case-folded by the parser), NULL when unqualified */
+	char *name;      /* relation name */
+	int access;      /* SQL_ACCESS_* bits */
+} SqlTable;
+
+/* One command that runs. */
+typedef struct SqlPart {
+	uint32_t classes;   /* StmtClass bits of this command */
+	int stmt;           /* index of the top-level statement it belongs to */
+	int n_tables;
+	SqlTable *tables;   /* deduplicated (schema, name); access bits merged */
+	int n_functions;
+	char **functions;   /* functions called anywhere in the part: "name" or "schema.name", lower case as resolved by the parser */
+} SqlPart;
+
+/* One top-level statement of the text. */
+typedef struct SqlStmt {
+	int offset;         /* byte offset of the statement in the text */
+	int len;            /* its length in bytes (0 = to the end) */
+	uint32_t classes;   /* union of its parts' classes */
+} SqlStmt;
+
+/* SQL-level prepared-statement operations the session must track. */
+typedef enum {
+	SQL_PREP_PREPARE,        /* PREPARE name AS body: parts [first, first+n) are the body */
+	SQL_PREP_EXECUTE,        /* EXECUTE name: the session adds the body's parts */
+	SQL_PREP_DEALLOCATE,     /* DEALLOCATE name */
+	SQL_PREP_DEALLOCATE_ALL, /* DEALLOCATE ALL (and DISCARD ALL) */
+} SqlPrepOp;
+
+typedef struct SqlPrepRef {
+	SqlPrepOp op;
+	char *name;          /* prepared statement name (NULL for DEALLOCATE ALL) */
+	int part_first;      /* PREPARE: first part of the body */
+	int n_parts;         /* PREPARE: number of body parts */
+} SqlPrepRef;
+
+typedef struct StmtInfo {
+	int refcount;            /* owned by the thread's cache and by each holder; see sqlinfo_ref/unref (not atomic: one thread) */
+	char *error;             /* non-NULL: the text does not parse; the parser's message */
+	int error_pos;           /* 1-based character position of the error, 0 when unknown */
+	uint32_t classes;        /* union over all parts */
+	int n_stmts;
+	SqlStmt *stmts;
+	int n_parts;
+	SqlPart *parts;
+	int n_prep;
+	SqlPrepRef *prep;
+	bool literal_sensitive;  /* the analysis looked at a literal's value: cached by exact text only */
+	uint64_t fingerprint;    /* hash of the normalized form: equal for statements differing only in literals */
+} StmtInfo;
+
+/*
+ * Analyses `len` bytes of SQL text (need not be NUL-terminated). Returns a
+ * StmtInfo with a reference for the caller (release with sqlinfo_unref), or
+ * NULL when out of memory. A text that does not parse gives a StmtInfo with
+ * `error` set and no parts. The result may come from this thread's cache.
+ */
+StmtInfo *sqlinfo_analyze(const char *sql, size_t len) PGV_WARN_UNUSED;
+
+StmtInfo *sqlinfo_ref(StmtInfo *info);
+void sqlinfo_unref(StmtInfo *info);
+
+/*
+ * Writes the normalized text (literals replaced by $n) of `sql` to a new
+ * string, or NULL when it does not parse / out of memory. For audit.
+ */
+char *sqlinfo_normalize(const char *sql, size_t len);
+
+/* Comma-separated class names ("READ,SELECT") into buf; returns buf. */
+const char *sqlinfo_class_names(uint32_t classes, char *buf, size_t buflen);
+
+/* Parses a class name (case-insensitive, "ALL" included); returns 0 when unknown. */
+uint32_t sqlinfo_class_from_name(const char *name, size_t len);
+
+/* True when `name` ("name" or "pg_catalog.name") is a function built into PostgreSQL 15. */
+bool sqlinfo_is_builtin_function(const char *name);
+
+/* Drops this thread's cache (called when a worker exits). */
+void sqlinfo_thread_cleanup(void);
+
+#endif

@@ -1,0 +1,3 @@
+/* SPDX-License-Identifier: MIT */
+/* admin: placeholder, implemented in its own change. */
+#include "pgveil/admin.h"

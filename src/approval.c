@@ -1,0 +1,3 @@
+/* SPDX-License-Identifier: MIT */
+/* approval: placeholder, implemented in its own change. */
+#include "pgveil/approval.h"

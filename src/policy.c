@@ -1,0 +1,3 @@
+/* SPDX-License-Identifier: MIT */
+/* policy: placeholder, implemented in its own change. */
+#include "pgveil/policy.h"

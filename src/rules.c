@@ -1,0 +1,3 @@
+/* SPDX-License-Identifier: MIT */
+/* rules: placeholder, implemented in its own change. */
+#include "pgveil/rules.h"

@@ -1,0 +1,3 @@
+/* SPDX-License-Identifier: MIT */
+/* sqlinfo: placeholder, implemented in its own change. */
+#include "pgveil/sqlinfo.h"
