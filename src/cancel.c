@@ -6,6 +6,8 @@
  */
 #include "pgveil/cancel.h"
 
+#include <event2/event.h>
+
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include <pthread.h>
@@ -76,7 +78,13 @@ bool cancel_lookup(uint32_t pid, uint32_t key, BackendAddr *addr, uint32_t *be_p
 	for (CancelEntry *e = *bucket_of(pid); e != NULL; e = e->next) {
 		if (e->pid != pid)
 			continue;
-		if (CRYPTO_memcmp(&e->key, &key, sizeof(key)) == 0 && e->has_backend) {
+		if (CRYPTO_memcmp(&e->key, &key, sizeof(key)) != 0)
+			break;
+		if (e->watch != NULL) {
+			e->canceled = true;
+			event_active(e->watch, 0, 0);
+		}
+		if (e->has_backend) {
 			*addr = e->addr;
 			*be_pid = e->be_pid;
 			*be_key = e->be_key;
@@ -86,4 +94,23 @@ bool cancel_lookup(uint32_t pid, uint32_t key, BackendAddr *addr, uint32_t *be_p
 	}
 	pthread_mutex_unlock(&cancel_lock);
 	return found;
+}
+
+void cancel_watch(CancelEntry *e, struct event *ev)
+{
+	pthread_mutex_lock(&cancel_lock);
+	e->watch = ev;
+	e->canceled = false;
+	pthread_mutex_unlock(&cancel_lock);
+}
+
+bool cancel_take(CancelEntry *e)
+{
+	bool hit;
+
+	pthread_mutex_lock(&cancel_lock);
+	hit = e->canceled;
+	e->canceled = false;
+	pthread_mutex_unlock(&cancel_lock);
+	return hit;
 }

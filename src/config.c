@@ -807,6 +807,12 @@ const DbEntry *config_find_db(const Config *cfg, const char *name)
 
 static pthread_mutex_t current_lock = PTHREAD_MUTEX_INITIALIZER;
 static Config *current_cfg;
+static uint64_t current_generation;
+
+uint64_t config_generation(void)
+{
+	return __atomic_load_n(&current_generation, __ATOMIC_ACQUIRE);
+}
 
 Config *config_current(void)
 {
@@ -825,6 +831,7 @@ void config_set_current(Config *cfg)
 	pthread_mutex_lock(&current_lock);
 	old = current_cfg;
 	current_cfg = cfg;
+	__atomic_add_fetch(&current_generation, 1, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&current_lock);
 	config_unref(old);
 }

@@ -8,6 +8,7 @@
 #include "pgveil/pgproto.h"
 
 #include <arpa/inet.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -393,9 +394,11 @@ void pgproto_end(PgBuf *b)
 	memcpy(b->data + b->msg_start, &n, 4);
 }
 
-void pgproto_build_error(PgBuf *b, bool notice, const char *severity, const char *sqlstate,
-			 const char *message, const char *detail, const char *hint)
+void pgproto_build_error_at(PgBuf *b, bool notice, const char *severity, const char *sqlstate,
+			    const char *message, const char *detail, const char *hint, int position)
 {
+	char pos[16];
+
 	pgproto_begin(b, notice ? 'N' : 'E');
 	pgproto_put_byte(b, 'S');
 	pgproto_put_string(b, severity);
@@ -413,7 +416,34 @@ void pgproto_build_error(PgBuf *b, bool notice, const char *severity, const char
 		pgproto_put_byte(b, 'H');
 		pgproto_put_string(b, hint);
 	}
+	if (position > 0) {
+		snprintf(pos, sizeof(pos), "%d", position);
+		pgproto_put_byte(b, 'P');
+		pgproto_put_string(b, pos);
+	}
 	pgproto_put_byte(b, 0);
+	pgproto_end(b);
+}
+
+void pgproto_build_error(PgBuf *b, bool notice, const char *severity, const char *sqlstate,
+			 const char *message, const char *detail, const char *hint)
+{
+	pgproto_build_error_at(b, notice, severity, sqlstate, message, detail, hint, 0);
+}
+
+void pgproto_build_query(PgBuf *b, const char *sql)
+{
+	pgproto_begin(b, 'Q');
+	pgproto_put_string(b, sql);
+	pgproto_end(b);
+}
+
+void pgproto_build_parse(PgBuf *b, const char *name, const char *sql)
+{
+	pgproto_begin(b, 'P');
+	pgproto_put_string(b, name);
+	pgproto_put_string(b, sql);
+	pgproto_put_int16(b, 0);
 	pgproto_end(b);
 }
 

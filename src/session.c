@@ -3,10 +3,10 @@
  * The per-client state machine. session_client_cb() and session_server_cb()
  * receive stream events and dispatch on the session state: the startup phase
  * reads untyped packets (SSLRequest, GSSENCRequest, CancelRequest,
- * StartupMessage), the query phase relays typed messages through the codec's
- * framing checks. Relaying moves evbuffer chains without copying and stops
- * reading one side while the other side's output is above its high-water
- * mark, so memory per session stays bounded whatever the result size.
+ * StartupMessage), authentication with the agent's token, and logging in to
+ * the server. The query phase, with every statement checked, is the relay
+ * module's; this file hands it the stream events and ends the session when
+ * a shutdown or the token's expiry says so.
  */
 #include "pgveil/session.h"
 
@@ -26,6 +26,7 @@
 #include "pgveil/backend.h"
 #include "pgveil/jwks.h"
 #include "pgveil/log.h"
+#include "pgveil/relay.h"
 #include "pgveil/server.h"
 #include "pgveil/stream.h"
 
@@ -35,8 +36,6 @@ static uint64_t next_session_id = 1;
 
 static void session_client_cb(Stream *st, StreamEvent ev, void *arg);
 static void session_server_cb(Stream *st, StreamEvent ev, void *arg);
-static void relay_from_client(Session *s);
-static void relay_from_server(Session *s);
 static void request_token(Session *s);
 static void drop_pending_token(Session *s);
 
@@ -49,6 +48,7 @@ static void session_free_cb(evutil_socket_t fd, short what, void *arg)
 	worker_remove_session(s->worker, s);
 	cancel_unregister(&s->cancel);
 	stream_free(s->client);
+	relay_free(s);
 	backend_free(s->backend); /* frees s->server too */
 	event_free(s->timer);
 	event_free(s->expiry);
@@ -77,6 +77,7 @@ void session_close(Session *s, const char *reason)
 	event_del(s->expiry);
 	if (s->jwks_wake != NULL)
 		jwks_cancel_wait(s->cfg->oidc_verifier, s->jwks_wake);
+	relay_stop(s);
 	cancel_unregister(&s->cancel);
 	event_active(s->free_ev, 0, 0);
 }
@@ -687,6 +688,10 @@ static void backend_ready_cb(Backend *be, void *arg)
 	send_to_client(s, &b);
 	pgproto_buf_free(&b);
 
+	if (!relay_start(s)) {
+		session_fail(s, SQLSTATE_OUT_OF_MEMORY, "out of memory");
+		return;
+	}
 	s->state = SESS_ACTIVE;
 	event_del(s->timer);
 	s->server = backend_stream(be);
@@ -696,176 +701,12 @@ static void backend_ready_cb(Backend *be, void *arg)
 	stream_enable_read(s->client, true);
 	log_write(LL_INFO, s->ctx, "session started on server %s (%s)", s->db->name, backend_get_addr(be)->display);
 	if (evbuffer_get_length(stream_input(s->client)) > 0)
-		relay_from_client(s);
+		relay_client_input(s);
 }
 
 static void backend_fail_cb(Backend *be, const char *sqlstate, const char *message, void *arg)
 {
 	session_fail(arg, sqlstate, "%s", message);
-}
-
-/* ---- query phase relay ---------------------------------------------------------- */
-
-/*
- * Scans whole messages from the front of `in` (after a partly passed one)
- * and returns how many bytes may move to the other side. `pass` carries the
- * remainder of a message whose tail has not arrived yet. `inspect` sees each
- * header first; it returns false to stop the scan (the session failed or a
- * message must wait until it is complete).
- */
-typedef bool (*InspectFn)(Session *s, struct evbuffer *in, const struct evbuffer_ptr *at,
-			  const uint8_t hdr[PG_HEADER_LEN], size_t avail, PgHeader *h);
-
-static size_t scan_messages(Session *s, struct evbuffer *in, uint32_t *pass, InspectFn inspect)
-{
-	size_t avail = evbuffer_get_length(in), run;
-	struct evbuffer_ptr pos;
-
-	run = (*pass < avail) ? *pass : avail;
-	*pass -= (uint32_t)run;
-	while (*pass == 0 && avail - run >= PG_HEADER_LEN) {
-		uint8_t hdr[PG_HEADER_LEN];
-		PgHeader h;
-
-		evbuffer_ptr_set(in, &pos, run, EVBUFFER_PTR_SET);
-		evbuffer_copyout_from(in, &pos, hdr, sizeof(hdr));
-		if (!inspect(s, in, &pos, hdr, avail - run, &h))
-			break;
-		if (avail - run < (size_t)h.len + 1) {
-			*pass = (uint32_t)((size_t)h.len + 1 - (avail - run));
-			run = avail;
-			break;
-		}
-		run += (size_t)h.len + 1;
-	}
-	return run;
-}
-
-static bool inspect_client(Session *s, struct evbuffer *in, const struct evbuffer_ptr *at,
-			   const uint8_t hdr[PG_HEADER_LEN], size_t avail, PgHeader *h)
-{
-	const char *why;
-
-	if (pgproto_check_frontend_header(hdr, s->cfg->max_packet_size, h, &why) != PGP_FRAME_OK) {
-		session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "%s (type 0x%02x, length %u)", why, h->type, h->len);
-		return false;
-	}
-	switch (h->type) {
-	case 'p':
-		session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "unexpected password message in the query phase");
-		return false;
-	case 'X':
-		return false; /* handled by the caller */
-	case 'Q':
-	case 'S':
-	case 'F':
-		s->pending_ready++;
-		return true;
-	default:
-		return true;
-	}
-}
-
-static void client_terminate(Session *s)
-{
-	PgBuf b;
-
-	pgproto_buf_init(&b);
-	pgproto_build_terminate(&b);
-	evbuffer_add(stream_output(s->server), b.data, b.len);
-	pgproto_buf_free(&b);
-	session_close(s, "client sent Terminate");
-}
-
-/*
- * The client shut down its sending side. What it sent before is answered, as
- * the server would: Terminate follows its last message and the session ends
- * when the server closes.
- */
-static void client_half_closed(Session *s)
-{
-	PgBuf b;
-
-	if (s->client_eof)
-		return;
-	if (s->client_pass > 0 || evbuffer_get_length(stream_input(s->client)) > 0) {
-		client_terminate(s); /* a message was cut off: nothing sensible to answer */
-		return;
-	}
-	s->client_eof = true;
-	pgproto_buf_init(&b);
-	pgproto_build_terminate(&b);
-	evbuffer_add(stream_output(s->server), b.data, b.len);
-	pgproto_buf_free(&b);
-	stream_flush(s->server);
-}
-
-static void relay_from_client(Session *s)
-{
-	struct evbuffer *in = stream_input(s->client);
-	size_t run;
-	uint8_t type;
-
-	if (s->token_expired && s->client_pass == 0) {
-		session_fail(s, SQLSTATE_INVALID_AUTHORIZATION, "the agent's token has expired; reconnect with a new token");
-		return;
-	}
-	run = scan_messages(s, in, &s->client_pass, inspect_client);
-	if (s->state != SESS_ACTIVE)
-		return;
-	if (run > 0)
-		evbuffer_remove_buffer(in, stream_output(s->server), run);
-	stream_flush(s->server);
-	if (s->client_pass == 0 && evbuffer_copyout(in, &type, 1) == 1 && type == 'X') {
-		client_terminate(s);
-		return;
-	}
-	if (stream_output_full(s->server))
-		stream_enable_read(s->client, false);
-}
-
-static bool inspect_server(Session *s, struct evbuffer *in, const struct evbuffer_ptr *at,
-			   const uint8_t hdr[PG_HEADER_LEN], size_t avail, PgHeader *h)
-{
-	uint8_t buf[PG_HEADER_LEN + 8];
-	const char *why;
-
-	if (pgproto_check_backend_header(hdr, 0x7fffffff, h, &why) != PGP_FRAME_OK) {
-		log_write(LL_ERROR, s->ctx, "server sent an invalid message: %s (type 0x%02x)", why, h->type);
-		session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "invalid message from the server");
-		return false;
-	}
-	if (h->type == 'Z') {
-		if (avail < PG_HEADER_LEN + 1)
-			return false; /* wait for the status byte */
-		evbuffer_copyout_from(in, at, buf, PG_HEADER_LEN + 1);
-		s->txn_status = (char)buf[PG_HEADER_LEN];
-		if (s->pending_ready > 0)
-			s->pending_ready--;
-	} else if (h->type == 'E' && avail >= PG_HEADER_LEN + 7) {
-		evbuffer_copyout_from(in, at, buf, PG_HEADER_LEN + 7);
-		if (memcmp(buf + PG_HEADER_LEN, "SFATAL", 6) == 0 || memcmp(buf + PG_HEADER_LEN, "SPANIC", 6) == 0)
-			s->server_sent_fatal = true;
-	}
-	return true;
-}
-
-static void relay_from_server(Session *s)
-{
-	struct evbuffer *in = stream_input(s->server);
-	size_t run = scan_messages(s, in, &s->server_pass, inspect_server);
-
-	if (s->state != SESS_ACTIVE)
-		return;
-	if (run > 0)
-		evbuffer_remove_buffer(in, stream_output(s->client), run);
-	stream_flush(s->client);
-	if (stream_output_full(s->client))
-		stream_enable_read(s->server, false);
-	if (s->shutdown_pending && session_idle(s))
-		session_shutdown(s, false);
-	else if (s->token_expired && session_quiet(s))
-		session_fail(s, SQLSTATE_INVALID_AUTHORIZATION, "the agent's token has expired; reconnect with a new token");
 }
 
 /* ---- stream events ------------------------------------------------------------------ */
@@ -881,7 +722,7 @@ static void session_client_cb(Stream *st, StreamEvent ev, void *arg)
 		else if (s->state == SESS_AUTH)
 			handle_auth_input(s);
 		else if (s->state == SESS_ACTIVE)
-			relay_from_client(s);
+			relay_client_input(s);
 		return;
 	case STREAM_EV_TLS_DONE:
 		s->tls_done = true;
@@ -893,14 +734,14 @@ static void session_client_cb(Stream *st, StreamEvent ev, void *arg)
 		return;
 	case STREAM_EV_EOF:
 		if (s->state == SESS_ACTIVE)
-			client_half_closed(s);
+			relay_client_eof(s);
 		else
 			session_close(s, s->state == SESS_STARTUP ? "incomplete startup packet" : "client closed");
 		return;
 	case STREAM_EV_ERROR:
 		log_write(LL_INFO, s->ctx, "client connection: %s", stream_error(st));
 		if (s->state == SESS_ACTIVE)
-			client_terminate(s);
+			relay_client_terminate(s);
 		else
 			session_close(s, stream_error(st));
 		return;
@@ -915,8 +756,16 @@ static void session_server_cb(Stream *st, StreamEvent ev, void *arg)
 
 	switch (ev) {
 	case STREAM_EV_READ:
-		if (s->state == SESS_ACTIVE)
-			relay_from_server(s);
+		if (s->state != SESS_ACTIVE)
+			return;
+		relay_server_input(s);
+		if (s->state != SESS_ACTIVE)
+			return;
+		if (s->shutdown_pending && session_idle(s))
+			session_shutdown(s, false);
+		else if (s->token_expired && session_quiet(s))
+			session_fail(s, SQLSTATE_INVALID_AUTHORIZATION,
+				     "the agent's token has expired; reconnect with a new token");
 		return;
 	case STREAM_EV_DRAINED:
 		if (s->state == SESS_ACTIVE)

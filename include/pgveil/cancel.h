@@ -11,6 +11,8 @@
 #include "pgveil/common.h"
 #include "pgveil/config.h"
 
+struct event;
+
 /* One registered session; embedded in the Session, linked while registered. */
 typedef struct CancelEntry {
 	uint32_t pid;              /* key id handed to the client */
@@ -19,6 +21,8 @@ typedef struct CancelEntry {
 	BackendAddr addr;          /* where the server connection goes */
 	uint32_t be_pid;           /* server's BackendKeyData */
 	uint32_t be_key;
+	struct event *watch;       /* activated by a matching CancelRequest (see cancel_watch) */
+	bool canceled;             /* a CancelRequest matched while watched */
 	struct CancelEntry *next;  /* hash chain */
 } CancelEntry;
 
@@ -33,5 +37,14 @@ void cancel_unregister(CancelEntry *e);
  * address and key to the out parameters and returns true.
  */
 bool cancel_lookup(uint32_t pid, uint32_t key, BackendAddr *addr, uint32_t *be_pid, uint32_t *be_key);
+
+/*
+ * While a statement is held inside pgveil, a CancelRequest for e must reach
+ * the session: ev (an event of the session's base) is activated when one
+ * matches. ev = NULL stops watching. Safe from any thread.
+ */
+void cancel_watch(CancelEntry *e, struct event *ev);
+/* True (once) when a CancelRequest matched e since the last call. */
+bool cancel_take(CancelEntry *e);
 
 #endif

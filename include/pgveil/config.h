@@ -62,6 +62,7 @@ struct Config {
 	bool allow_plaintext_auth;
 	bool dev_trust_auth;         /* development only: no authentication, loopback listeners only */
 	char *rules;
+	RuleSet *ruleset;              /* rules loaded from `rules`, NULL when unset */
 	DefaultAction default_action;
 	char *audit_db;
 	AuditMode audit_mode;
@@ -131,5 +132,7 @@ bool config_parse_duration(const char *s, uint64_t *ms_out) PGV_WARN_UNUSED;
 /* The process-wide current snapshot: set by main, read by everyone. */
 Config *config_current(void);          /* returns a new reference */
 void config_set_current(Config *cfg);  /* takes the caller's reference */
+/* Increases every time config_set_current() installs a snapshot: a cheap "did it change?" check. */
+uint64_t config_generation(void);
 
 #endif

@@ -128,6 +128,12 @@ void pgproto_end(PgBuf *b);
 /* Whole messages, appended to b. */
 void pgproto_build_error(PgBuf *b, bool notice, const char *severity, const char *sqlstate,
 			 const char *message, const char *detail, const char *hint);
+/* The same with a Position field (1-based character index into the query; 0 = none). */
+void pgproto_build_error_at(PgBuf *b, bool notice, const char *severity, const char *sqlstate,
+			    const char *message, const char *detail, const char *hint, int position);
+/* Query (simple protocol) and Parse with no parameter types. */
+void pgproto_build_query(PgBuf *b, const char *sql);
+void pgproto_build_parse(PgBuf *b, const char *name, const char *sql);
 void pgproto_build_auth(PgBuf *b, int32_t code, const void *extra, size_t extra_len);
 void pgproto_build_parameter_status(PgBuf *b, const char *name, const char *value);
 void pgproto_build_backend_key(PgBuf *b, uint32_t pid, uint32_t key);

@@ -15,6 +15,7 @@
 #include "pgveil/config.h"
 #include "pgveil/jwtauth.h"
 #include "pgveil/pgproto.h"
+#include "pgveil/relay.h"
 
 struct event;
 
@@ -35,6 +36,7 @@ struct Session {
 	Stream *client;              /* the client socket */
 	Backend *backend;            /* the server connection, once started */
 	Stream *server;              /* backend's stream once SESS_ACTIVE */
+	Relay *relay;                /* query-phase state, once SESS_ACTIVE */
 	struct event *timer;         /* startup_timeout until SESS_ACTIVE */
 	struct event *free_ev;       /* deferred free */
 	CancelEntry cancel;          /* our BackendKeyData, registered */

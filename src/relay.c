@@ -1,0 +1,1142 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The query-phase relay of a session, with the statement guard. Client
+ * messages are framed and checked; Query, Parse, Bind, Close and
+ * FunctionCall are read whole and decided before anything of them moves.
+ *
+ * Refusing without desynchronising the client: a refused message is
+ * replaced by a statement the server's parser rejects (REFUSAL_SQL). The
+ * server then does what PostgreSQL does after any error: it aborts the
+ * transaction block or the implicit transaction, skips the rest of an
+ * extended-protocol pipeline up to Sync, and sends ReadyForQuery with the
+ * true transaction status. The ErrorResponse it sends for that statement
+ * (always 42601) is replaced on the way back by pgveil's own message. A
+ * replacement waits in a FIFO tagged with the number of the batch (Query
+ * or Sync) it belongs to; each ReadyForQuery closes a batch.
+ *
+ * Holding: the held message stays at the front of the client's input, so
+ * the bytes that run on approval are the bytes that were shown to the
+ * approver. Later messages queue behind it.
+ */
+#include "pgveil/relay.h"
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pgveil/approval.h"
+#include "pgveil/log.h"
+#include "pgveil/pgproto.h"
+#include "pgveil/policy.h"
+#include "pgveil/rules.h"
+#include "pgveil/server.h"
+#include "pgveil/session.h"
+#include "pgveil/sqlinfo.h"
+#include "pgveil/stream.h"
+
+/* The statement sent in place of a refused one: the server's parser rejects it with 42601. */
+#define REFUSAL_SQL "pgveil: statement refused by policy"
+#define SQLSTATE_SYNTAX_ERROR "42601"
+#define MAX_PARTS 64
+#define MAX_HOLD_TABLES 64
+
+/* A prepared statement the server may hold under one name. */
+typedef struct Prepared {
+	char *name;              /* "" = the unnamed statement */
+	char *sql;               /* text shown to approvers */
+	int n_infos;
+	StmtInfo **infos;        /* every body the server may hold under this name (see prepared_add) */
+	struct Prepared *next;   /* hash chain */
+} Prepared;
+
+/* An ErrorResponse waiting to replace the server's answer to a refusal. */
+typedef struct Substitute {
+	uint64_t batch;          /* batch (Query or Sync) the refusal belongs to */
+	PgBuf msg;               /* the ErrorResponse the client gets */
+	struct Substitute *next;
+} Substitute;
+
+typedef enum { GUARD_FORWARD, GUARD_REFUSE, GUARD_HOLD } GuardAction;
+
+struct Relay {
+	Config *cfg;                 /* snapshot rules come from; follows reloads */
+	uint64_t cfg_gen;            /* config_generation() it was taken at */
+	Prepared **buckets;          /* prepared statements by name */
+	size_t n_buckets, n_prepared;
+	uint64_t batches_sent;       /* Query/Sync/FunctionCall forwarded */
+	uint64_t batches_done;       /* ReadyForQuery received */
+	Substitute *subst_head, *subst_tail;
+	struct evbuffer *inject;     /* messages for the client, waiting for a message boundary */
+	uint8_t *scratch;            /* copy of the message being decided */
+	size_t scratch_cap;
+	PgBuf refusal;               /* ErrorResponse for the message being refused */
+	/* the held message, if any */
+	uint64_t hold_id;            /* approval id, 0 = nothing held */
+	uint8_t hold_type;           /* 'Q' or 'B' */
+	size_t hold_len;             /* its length on the wire */
+	bool released;               /* the message at the front was approved: forward it unchanged */
+	struct event *hold_wake;     /* a decision arrived */
+	struct event *hold_timer;    /* hold_timeout */
+	struct event *hold_cancel;   /* a CancelRequest matched */
+};
+
+/* ---- prepared statements -------------------------------------------------------- */
+
+static size_t name_hash(const char *name)
+{
+	size_t h = 1469598103934665603ull;
+
+	for (; *name; name++)
+		h = (h ^ (unsigned char)*name) * 1099511628211ull;
+	return h;
+}
+
+static Prepared **prepared_slot(Relay *r, const char *name)
+{
+	Prepared **p = &r->buckets[name_hash(name) & (r->n_buckets - 1)];
+
+	while (*p != NULL && strcmp((*p)->name, name) != 0)
+		p = &(*p)->next;
+	return p;
+}
+
+static Prepared *prepared_find(Relay *r, const char *name)
+{
+	return *prepared_slot(r, name);
+}
+
+static void prepared_free(Prepared *p)
+{
+	for (int i = 0; i < p->n_infos; i++)
+		sqlinfo_unref(p->infos[i]);
+	free(p->infos);
+	free(p->name);
+	free(p->sql);
+	free(p);
+}
+
+static void prepared_remove(Relay *r, const char *name)
+{
+	Prepared **slot = prepared_slot(r, name), *p = *slot;
+
+	if (p == NULL)
+		return;
+	*slot = p->next;
+	prepared_free(p);
+	r->n_prepared--;
+}
+
+static void prepared_clear(Relay *r)
+{
+	for (size_t i = 0; i < r->n_buckets; i++) {
+		while (r->buckets[i] != NULL) {
+			Prepared *p = r->buckets[i];
+
+			r->buckets[i] = p->next;
+			prepared_free(p);
+		}
+	}
+	r->n_prepared = 0;
+}
+
+static bool prepared_grow(Relay *r)
+{
+	size_t n = r->n_buckets * 2;
+	Prepared **nb = calloc(n, sizeof(*nb));
+
+	if (nb == NULL)
+		return false;
+	for (size_t i = 0; i < r->n_buckets; i++) {
+		while (r->buckets[i] != NULL) {
+			Prepared *p = r->buckets[i];
+
+			r->buckets[i] = p->next;
+			p->next = nb[name_hash(p->name) & (n - 1)];
+			nb[name_hash(p->name) & (n - 1)] = p;
+		}
+	}
+	free(r->buckets);
+	r->buckets = nb;
+	r->n_buckets = n;
+	return true;
+}
+
+/*
+ * Records that the server may now hold `info` under `name`. The unnamed
+ * statement is replaced (the server drops it before parsing a new one). A
+ * named one that exists already keeps its old body too: the server refuses
+ * a duplicate name, but if pgveil's picture were ever stale the union still
+ * decides on everything the name could run.
+ */
+static bool prepared_add(Relay *r, const char *name, const char *sql, StmtInfo *info)
+{
+	Prepared *p;
+	StmtInfo **ni;
+
+	if (name[0] == '\0')
+		prepared_remove(r, name);
+	p = prepared_find(r, name);
+	if (p == NULL) {
+		if (r->n_prepared >= r->n_buckets && !prepared_grow(r))
+			return false;
+		p = calloc(1, sizeof(*p));
+		if (p == NULL || (p->name = strdup(name)) == NULL || (p->sql = strdup(sql)) == NULL) {
+			if (p != NULL)
+				free(p->name);
+			free(p);
+			return false;
+		}
+		Prepared **slot = prepared_slot(r, name);
+		p->next = *slot;
+		*slot = p;
+		r->n_prepared++;
+	}
+	ni = realloc(p->infos, (size_t)(p->n_infos + 1) * sizeof(*ni));
+	if (ni == NULL)
+		return false;
+	p->infos = ni;
+	p->infos[p->n_infos++] = sqlinfo_ref(info);
+	return true;
+}
+
+/* Applies a forwarded statement's PREPARE / DEALLOCATE to the picture of the server. */
+static void prepared_track(Relay *r, const StmtInfo *info, const char *sql)
+{
+	for (int i = 0; i < info->n_prep; i++) {
+		const SqlPrepRef *ref = &info->prep[i];
+
+		switch (ref->op) {
+		case SQL_PREP_PREPARE:
+			/* The body parts are found again through the PREPARE ref at EXECUTE. */
+			(void)prepared_add(r, ref->name, sql, (StmtInfo *)info);
+			break;
+		case SQL_PREP_DEALLOCATE:
+			prepared_remove(r, ref->name);
+			break;
+		case SQL_PREP_DEALLOCATE_ALL:
+			prepared_clear(r);
+			break;
+		case SQL_PREP_EXECUTE:
+			break;
+		}
+	}
+}
+
+/* ---- deciding ------------------------------------------------------------------------ */
+
+typedef struct PartList {
+	const SqlPart *parts[MAX_PARTS];
+	int n;
+	bool overflow;
+} PartList;
+
+static void parts_add(PartList *pl, const SqlPart *p)
+{
+	if (pl->n < MAX_PARTS)
+		pl->parts[pl->n++] = p;
+	else
+		pl->overflow = true;
+}
+
+/*
+ * The parts a prepared statement's body runs. For a name PREPAREd in SQL
+ * that is the body of the PREPARE ref; for a protocol-level Parse the whole
+ * statement.
+ */
+static void parts_of_prepared(PartList *pl, const Prepared *p)
+{
+	for (int i = 0; i < p->n_infos; i++) {
+		const StmtInfo *info = p->infos[i];
+		bool via_sql = false;
+
+		for (int k = 0; k < info->n_prep; k++) {
+			const SqlPrepRef *ref = &info->prep[k];
+
+			if (ref->op != SQL_PREP_PREPARE || strcmp(ref->name, p->name) != 0)
+				continue;
+			via_sql = true;
+			for (int j = 0; j < ref->n_parts; j++)
+				parts_add(pl, &info->parts[ref->part_first + j]);
+		}
+		if (!via_sql)
+			for (int j = 0; j < info->n_parts; j++)
+				parts_add(pl, &info->parts[j]);
+	}
+}
+
+static void refuse(Session *s, const char *sqlstate, const char *msg, const char *detail, const char *hint,
+		   int position)
+{
+	Relay *r = s->relay;
+
+	pgproto_buf_reset(&r->refusal);
+	pgproto_build_error_at(&r->refusal, false, "ERROR", sqlstate, msg, detail, hint, position);
+}
+
+/* Follows a reload: the next statement is decided under the new rules. */
+static Config *relay_config(Relay *r)
+{
+	uint64_t gen = config_generation();
+
+	if (gen != r->cfg_gen) {
+		Config *cfg = config_current();
+
+		if (cfg != NULL) {
+			config_unref(r->cfg);
+			r->cfg = cfg;
+		}
+		r->cfg_gen = gen;
+	}
+	return r->cfg;
+}
+
+/*
+ * Collects the parts of `info` plus the bodies of the prepared statements
+ * it EXECUTEs. Returns false (refusal built) for an EXECUTE of a name this
+ * session has no record of: pgveil cannot tell what it would run.
+ */
+static bool collect_parts(Session *s, const StmtInfo *info, PartList *pl)
+{
+	for (int j = 0; j < info->n_parts; j++)
+		parts_add(pl, &info->parts[j]);
+	for (int i = 0; i < info->n_prep; i++) {
+		const SqlPrepRef *ref = &info->prep[i];
+		const Prepared *p;
+		char msg[256];
+
+		if (ref->op != SQL_PREP_EXECUTE)
+			continue;
+		p = prepared_find(s->relay, ref->name);
+		if (p == NULL) {
+			snprintf(msg, sizeof(msg), "EXECUTE of \"%s\", a prepared statement pgveil has no record of",
+				 ref->name);
+			refuse(s, SQLSTATE_INSUFFICIENT_PRIVILEGE, msg, NULL,
+			       "PREPARE it in this session through pgveil first", 0);
+			return false;
+		}
+		parts_of_prepared(pl, p);
+	}
+	if (pl->overflow) {
+		refuse(s, SQLSTATE_INSUFFICIENT_PRIVILEGE, "statement has too many parts to check", NULL, NULL, 0);
+		return false;
+	}
+	return true;
+}
+
+/* A statement that does not parse: the parser's message and position, as the server would. */
+static void refuse_unparsable(Session *s, const StmtInfo *info)
+{
+	refuse(s, SQLSTATE_SYNTAX_ERROR, info->error, "pgveil refuses statements it cannot parse.", NULL,
+	       info->error_pos);
+	log_write(LL_INFO, s->ctx, "refused unparsable statement: %s", info->error);
+}
+
+/* Builds the refusal for a blocked decision. */
+static void refuse_blocked(Session *s, const Decision *d)
+{
+	char msg[512], detail[256];
+
+	policy_message(d, msg, sizeof(msg));
+	if (d->rule != NULL)
+		snprintf(detail, sizeof(detail), "Blocked by rule %s.", d->rule->where);
+	else
+		snprintf(detail, sizeof(detail), "No rule matched; default_action = block.");
+	refuse(s, SQLSTATE_INSUFFICIENT_PRIVILEGE, msg, detail, NULL, 0);
+	log_write(LL_INFO, s->ctx, "blocked: %s", msg);
+}
+
+static Decision decide(Session *s, const PartList *pl)
+{
+	Config *cfg = relay_config(s->relay);
+
+	return policy_decide(cfg->ruleset, cfg->default_action, &s->identity, pl->parts, pl->n);
+}
+
+/* ---- holding ---------------------------------------------------------------------- */
+
+static void table_name(const SqlTable *t, char *buf, size_t len)
+{
+	if (t->schema != NULL)
+		snprintf(buf, len, "%s.%s", t->schema, t->name);
+	else
+		snprintf(buf, len, "%s", t->name);
+}
+
+/* "schema.name" of every table the parts touch (deduplicated), for grants. */
+static int hold_tables(const PartList *pl, char names[][128], const char **ptrs)
+{
+	int n = 0;
+
+	for (int i = 0; i < pl->n; i++) {
+		for (int j = 0; j < pl->parts[i]->n_tables && n < MAX_HOLD_TABLES; j++) {
+			char buf[128];
+			bool dup = false;
+
+			table_name(&pl->parts[i]->tables[j], buf, sizeof(buf));
+			for (int k = 0; k < n && !dup; k++)
+				dup = strcmp(names[k], buf) == 0;
+			if (!dup) {
+				memcpy(names[n], buf, sizeof(buf));
+				ptrs[n] = names[n];
+				n++;
+			}
+		}
+	}
+	return n;
+}
+
+static void send_to_client(Session *s, PgBuf *b);
+
+/*
+ * Starts holding the message at the front of the client's input. Returns
+ * GUARD_FORWARD when a grant covers it, GUARD_HOLD when it waits, or
+ * GUARD_REFUSE when the hold cannot be registered.
+ */
+static GuardAction hold_start(Session *s, uint8_t type, size_t msglen, const char *sql, const Decision *d,
+			      const PartList *pl)
+{
+	Relay *r = s->relay;
+	Config *cfg = r->cfg;
+	static __thread char names[MAX_HOLD_TABLES][128];
+	const char *ptrs[MAX_HOLD_TABLES];
+	const char *rule = d->rule != NULL ? d->rule->where : NULL;
+	const char *subject = s->identity.subject != NULL ? s->identity.subject : "";
+	int n_tables = hold_tables(pl, names, ptrs);
+	uint64_t grant;
+	HoldSpec spec;
+	char msg[128], detail[512];
+	PgBuf b;
+
+	if (approval_grant_covers(subject, rule, n_tables, ptrs, &grant)) {
+		log_write(LL_INFO, s->ctx, "allowed by grant %llu", (unsigned long long)grant);
+		return GUARD_FORWARD;
+	}
+	memset(&spec, 0, sizeof(spec));
+	spec.session_id = s->id;
+	spec.subject = subject;
+	spec.database = s->database;
+	spec.sql = sql;
+	spec.rule = rule;
+	spec.rule_text = d->rule != NULL ? d->rule->text : NULL;
+	spec.n_tables = n_tables;
+	spec.tables = ptrs;
+	r->hold_id = approval_submit(&spec, r->hold_wake);
+	if (r->hold_id == 0) {
+		refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory while holding the statement", NULL, NULL, 0);
+		return GUARD_REFUSE;
+	}
+	r->hold_type = type;
+	r->hold_len = msglen;
+	if (cfg->hold_timeout > 0) {
+		struct timeval tv = { .tv_sec = (time_t)(cfg->hold_timeout / 1000),
+				      .tv_usec = (suseconds_t)(cfg->hold_timeout % 1000) * 1000 };
+
+		evtimer_add(r->hold_timer, &tv);
+	}
+	cancel_watch(&s->cancel, r->hold_cancel);
+	snprintf(msg, sizeof(msg), "held for approval: id %llu", (unsigned long long)r->hold_id);
+	policy_message(d, detail, sizeof(detail));
+	pgproto_buf_init(&b);
+	pgproto_build_error(&b, true, "NOTICE", "01000", msg, detail,
+			    "An approver decides with APPROVE or DENY on the pgveil admin console.");
+	send_to_client(s, &b);
+	pgproto_buf_free(&b);
+	log_write(LL_INFO, s->ctx, "statement held as %llu (%s)", (unsigned long long)r->hold_id,
+		  rule != NULL ? rule : "default_action");
+	return GUARD_HOLD;
+}
+
+/* ---- the guard, per message ---------------------------------------------------------- */
+
+/* Query: the whole string is decided; its parts are every statement in it. */
+static GuardAction guard_query(Session *s, const char *sql, size_t msglen)
+{
+	StmtInfo *info = sqlinfo_analyze(sql, strlen(sql));
+	PartList pl = { .n = 0 };
+	GuardAction act = GUARD_REFUSE;
+	Decision d;
+
+	if (info == NULL) {
+		refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory while analysing the statement", NULL, NULL, 0);
+		return GUARD_REFUSE;
+	}
+	if (info->error != NULL) {
+		refuse_unparsable(s, info);
+		goto done;
+	}
+	if (!collect_parts(s, info, &pl))
+		goto done;
+	d = decide(s, &pl);
+	if (d.action == DECISION_BLOCK)
+		refuse_blocked(s, &d);
+	else if (d.action == DECISION_HOLD)
+		act = hold_start(s, 'Q', msglen, sql, &d, &pl);
+	else
+		act = GUARD_FORWARD;
+	if (act == GUARD_FORWARD)
+		prepared_track(s->relay, info, sql);
+done:
+	sqlinfo_unref(info);
+	return act;
+}
+
+/*
+ * Parse: refused when the statement is blocked; otherwise forwarded (a
+ * Parse runs nothing) and recorded, so its Bind is decided later.
+ */
+static GuardAction guard_parse(Session *s, PgReader *rd)
+{
+	const char *name, *sql;
+	StmtInfo *info;
+	PartList pl = { .n = 0 };
+	GuardAction act = GUARD_REFUSE;
+	Decision d;
+
+	if (!pgproto_get_string(rd, &name) || !pgproto_get_string(rd, &sql)) {
+		session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "invalid Parse message");
+		return GUARD_HOLD;
+	}
+	info = sqlinfo_analyze(sql, strlen(sql));
+	if (info == NULL) {
+		refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory while analysing the statement", NULL, NULL, 0);
+		return GUARD_REFUSE;
+	}
+	if (info->error != NULL) {
+		refuse_unparsable(s, info);
+	} else if (collect_parts(s, info, &pl)) {
+		d = decide(s, &pl);
+		if (d.action == DECISION_BLOCK)
+			refuse_blocked(s, &d);
+		else if (!prepared_add(s->relay, name, sql, info))
+			refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory", NULL, NULL, 0);
+		else
+			act = GUARD_FORWARD;
+	}
+	if (act == GUARD_REFUSE && name[0] == '\0')
+		prepared_remove(s->relay, name); /* the server drops its unnamed statement first */
+	sqlinfo_unref(info);
+	return act;
+}
+
+/* Appends a readable rendering of one Bind parameter to the approver's text. */
+static void describe_param(char *out, size_t cap, size_t *len, int i, bool binary, const uint8_t *v, int32_t vlen)
+{
+	int n;
+
+	if (*len >= cap)
+		return;
+	if (vlen < 0)
+		n = snprintf(out + *len, cap - *len, "\n-- $%d = NULL", i + 1);
+	else if (binary) {
+		n = snprintf(out + *len, cap - *len, "\n-- $%d = (binary, %d bytes) '\\x", i + 1, vlen);
+		for (int32_t k = 0; k < vlen && *len + (size_t)n + 4 < cap; k++)
+			n += snprintf(out + *len + n, cap - *len - (size_t)n, "%02x", v[k]);
+		n += snprintf(out + *len + n, cap - *len - (size_t)n, "'");
+	} else {
+		n = snprintf(out + *len, cap - *len, "\n-- $%d = '", i + 1);
+		for (int32_t k = 0; k < vlen && *len + (size_t)n + 4 < cap; k++) {
+			if (v[k] == '\'')
+				out[*len + (size_t)n++] = '\'';
+			out[*len + (size_t)n++] = (char)v[k];
+		}
+		out[*len + (size_t)n] = '\0';
+		n += snprintf(out + *len + n, cap - *len - (size_t)n, "'");
+	}
+	*len += (size_t)n < cap - *len ? (size_t)n : cap - *len - 1;
+}
+
+/* The statement text with the Bind's parameter values, as the approver sees it. */
+static char *bind_display(const Prepared *p, PgReader rd)
+{
+	size_t cap = strlen(p->sql) + 8192, len;
+	char *out = malloc(cap);
+	int16_t nfmt, nparams, fmt1 = 0;
+	const uint8_t *fmts = NULL;
+
+	if (out == NULL)
+		return NULL;
+	len = (size_t)snprintf(out, cap, "%s", p->sql);
+	if (!pgproto_get_int16(&rd, &nfmt) || nfmt < 0 || !pgproto_get_bytes(&rd, (size_t)nfmt * 2, &fmts) ||
+	    !pgproto_get_int16(&rd, &nparams))
+		return out;
+	if (nfmt == 1)
+		fmt1 = (int16_t)((fmts[0] << 8) | fmts[1]);
+	for (int i = 0; i < nparams; i++) {
+		int32_t vlen;
+		const uint8_t *v = NULL;
+		bool binary = nfmt == 1 ? fmt1 == 1 : (i < nfmt && ((fmts[2 * i] << 8) | fmts[2 * i + 1]) == 1);
+
+		if (!pgproto_get_int32(&rd, &vlen) || (vlen > 0 && !pgproto_get_bytes(&rd, (size_t)vlen, &v)))
+			break;
+		describe_param(out, cap, &len, i, binary, v, vlen);
+	}
+	return out;
+}
+
+/* Bind: decided on everything the named statement can run; held here, not at Parse. */
+static GuardAction guard_bind(Session *s, PgReader *rd, size_t msglen)
+{
+	const char *portal, *stmt;
+	const Prepared *p;
+	PartList pl = { .n = 0 };
+	Decision d;
+	char msg[256];
+	char *text;
+	GuardAction act;
+
+	if (!pgproto_get_string(rd, &portal) || !pgproto_get_string(rd, &stmt)) {
+		session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "invalid Bind message");
+		return GUARD_HOLD;
+	}
+	p = prepared_find(s->relay, stmt);
+	if (p == NULL) {
+		snprintf(msg, sizeof(msg), "prepared statement \"%s\" was refused or is unknown to pgveil", stmt);
+		refuse(s, SQLSTATE_INSUFFICIENT_PRIVILEGE, msg, NULL, NULL, 0);
+		return GUARD_REFUSE;
+	}
+	parts_of_prepared(&pl, p);
+	if (pl.overflow) {
+		refuse(s, SQLSTATE_INSUFFICIENT_PRIVILEGE, "statement has too many parts to check", NULL, NULL, 0);
+		return GUARD_REFUSE;
+	}
+	d = decide(s, &pl);
+	if (d.action == DECISION_ALLOW)
+		return GUARD_FORWARD;
+	if (d.action == DECISION_BLOCK) {
+		refuse_blocked(s, &d);
+		return GUARD_REFUSE;
+	}
+	text = bind_display(p, *rd);
+	act = hold_start(s, 'B', msglen, text != NULL ? text : p->sql, &d, &pl);
+	free(text);
+	return act;
+}
+
+/* Close of a prepared statement: forget it. */
+static GuardAction guard_close(Session *s, PgReader *rd)
+{
+	uint8_t kind;
+	const char *name;
+
+	if (!pgproto_get_byte(rd, &kind) || !pgproto_get_string(rd, &name)) {
+		session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "invalid Close message");
+		return GUARD_HOLD;
+	}
+	if (kind == 'S')
+		prepared_remove(s->relay, name);
+	return GUARD_FORWARD;
+}
+
+/*
+ * Decides the whole message of `type` whose body is in `body`. GUARD_HOLD
+ * is also returned when the session failed (check s->state).
+ */
+static GuardAction guard_message(Session *s, uint8_t type, const uint8_t *body, size_t blen, size_t msglen)
+{
+	PgReader rd;
+	const char *sql;
+
+	pgproto_reader_init(&rd, body, blen);
+	switch (type) {
+	case 'Q':
+		if (!pgproto_get_string(&rd, &sql) || pgproto_remaining(&rd) != 0) {
+			session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "invalid Query message");
+			return GUARD_HOLD;
+		}
+		return guard_query(s, sql, msglen);
+	case 'P':
+		return guard_parse(s, &rd);
+	case 'B':
+		return guard_bind(s, &rd, msglen);
+	case 'C':
+		return guard_close(s, &rd);
+	case 'F':
+		refuse(s, SQLSTATE_FEATURE_NOT_SUPPORTED, "the function call protocol is not allowed through pgveil",
+		       NULL, "Call the function in a SELECT statement.", 0);
+		return GUARD_REFUSE;
+	default:
+		return GUARD_FORWARD;
+	}
+}
+
+/* ---- client to server ------------------------------------------------------------------ */
+
+static void send_to_client(Session *s, PgBuf *b)
+{
+	Relay *r = s->relay;
+
+	if (!pgproto_buf_ok(b))
+		return;
+	if (s->server_pass == 0) {
+		evbuffer_add(stream_output(s->client), b->data, b->len);
+		stream_flush(s->client);
+	} else {
+		evbuffer_add(r->inject, b->data, b->len); /* after the message now passing */
+	}
+}
+
+/*
+ * Puts the refusal statement in the server's output in place of a message
+ * of `type`, and queues the refusal in r->refusal to replace its error.
+ */
+static void send_refusal(Session *s, uint8_t type)
+{
+	Relay *r = s->relay;
+	Substitute *sub = calloc(1, sizeof(*sub));
+	PgBuf b;
+
+	pgproto_buf_init(&b);
+	if (type == 'Q' || type == 'F')
+		pgproto_build_query(&b, REFUSAL_SQL);
+	else
+		pgproto_build_parse(&b, "", REFUSAL_SQL);
+	if (sub == NULL || !pgproto_buf_ok(&b)) {
+		free(sub);
+		pgproto_buf_free(&b);
+		session_fail(s, SQLSTATE_OUT_OF_MEMORY, "out of memory");
+		return;
+	}
+	evbuffer_add(stream_output(s->server), b.data, b.len);
+	pgproto_buf_free(&b);
+	sub->batch = r->batches_sent;
+	pgproto_buf_init(&sub->msg);
+	pgproto_put_bytes(&sub->msg, r->refusal.data, r->refusal.len);
+	if (r->subst_tail != NULL)
+		r->subst_tail->next = sub;
+	else
+		r->subst_head = sub;
+	r->subst_tail = sub;
+	if (type == 'Q' || type == 'F') {
+		r->batches_sent++;
+		s->pending_ready++;
+	}
+}
+
+/* Copies the body of the message at `off` (whole in the buffer) to scratch. */
+static const uint8_t *copy_body(Relay *r, struct evbuffer *in, size_t off, uint32_t blen)
+{
+	struct evbuffer_ptr pos;
+
+	if (blen > r->scratch_cap) {
+		uint8_t *n = realloc(r->scratch, blen);
+
+		if (n == NULL)
+			return NULL;
+		r->scratch = n;
+		r->scratch_cap = blen;
+	}
+	evbuffer_ptr_set(in, &pos, off + PG_HEADER_LEN, EVBUFFER_PTR_SET);
+	evbuffer_copyout_from(in, &pos, r->scratch, blen);
+	return r->scratch;
+}
+
+static bool needs_guard(uint8_t type)
+{
+	return type == 'Q' || type == 'P' || type == 'B' || type == 'C' || type == 'F';
+}
+
+/*
+ * Handles the whole message of `type` at offset `run` of the client input.
+ * Returns how far the forwarded run extends afterwards, or (size_t)-1 when
+ * relaying must stop (held, waiting, or the session failed).
+ */
+static size_t guard_at(Session *s, struct evbuffer *in, size_t run, const PgHeader *h)
+{
+	Relay *r = s->relay;
+	size_t msglen = (size_t)h->len + 1;
+	const uint8_t *body;
+	GuardAction act;
+
+	if (r->released) {
+		r->released = false;
+		act = GUARD_FORWARD;
+	} else {
+		body = copy_body(r, in, run, h->len - 4);
+		if (body == NULL) {
+			session_fail(s, SQLSTATE_OUT_OF_MEMORY, "out of memory");
+			return (size_t)-1;
+		}
+		act = guard_message(s, h->type, body, h->len - 4, msglen);
+		if (s->state != SESS_ACTIVE)
+			return (size_t)-1;
+	}
+	if (act == GUARD_FORWARD) {
+		if (h->type == 'Q') {
+			r->batches_sent++;
+			s->pending_ready++;
+		}
+		return run + msglen;
+	}
+	if (run > 0)
+		evbuffer_remove_buffer(in, stream_output(s->server), run);
+	if (act == GUARD_HOLD)
+		return (size_t)-1;
+	evbuffer_drain(in, msglen);
+	send_refusal(s, h->type);
+	return 0;
+}
+
+static void client_forward(Session *s, size_t run)
+{
+	if (run > 0)
+		evbuffer_remove_buffer(stream_input(s->client), stream_output(s->server), run);
+	stream_flush(s->server);
+}
+
+void relay_client_terminate(Session *s)
+{
+	PgBuf b;
+
+	pgproto_buf_init(&b);
+	pgproto_build_terminate(&b);
+	evbuffer_add(stream_output(s->server), b.data, b.len);
+	pgproto_buf_free(&b);
+	session_close(s, "client sent Terminate");
+}
+
+void relay_client_input(Session *s)
+{
+	Relay *r = s->relay;
+	struct evbuffer *in = stream_input(s->client);
+	size_t avail = evbuffer_get_length(in), run;
+	uint8_t hdr[PG_HEADER_LEN];
+	PgHeader h;
+	const char *why;
+	bool terminate = false;
+
+	if (r->hold_id != 0) {
+		if (avail > (size_t)s->cfg->max_packet_size + 65536)
+			stream_enable_read(s->client, false); /* the rest waits behind the held message */
+		return;
+	}
+	if (s->token_expired && s->client_pass == 0) {
+		session_fail(s, SQLSTATE_INVALID_AUTHORIZATION, "the agent's token has expired; reconnect with a new token");
+		return;
+	}
+	run = s->client_pass < avail ? s->client_pass : avail;
+	s->client_pass -= (uint32_t)run;
+	while (s->client_pass == 0 && avail - run >= PG_HEADER_LEN) {
+		struct evbuffer_ptr pos;
+
+		evbuffer_ptr_set(in, &pos, run, EVBUFFER_PTR_SET);
+		evbuffer_copyout_from(in, &pos, hdr, sizeof(hdr));
+		if (pgproto_check_frontend_header(hdr, s->cfg->max_packet_size, &h, &why) != PGP_FRAME_OK) {
+			session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "%s (type 0x%02x, length %u)", why, h.type, h.len);
+			return;
+		}
+		if (h.type == 'X') {
+			terminate = true;
+			break;
+		}
+		if (h.type == 'p') {
+			session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "unexpected password message in the query phase");
+			return;
+		}
+		if (needs_guard(h.type)) {
+			if (avail - run < (size_t)h.len + 1)
+				break; /* decided once it is whole */
+			run = guard_at(s, in, run, &h);
+			if (run == (size_t)-1) {
+				if (s->state == SESS_ACTIVE)
+					stream_flush(s->server);
+				return;
+			}
+			avail = evbuffer_get_length(in);
+			continue;
+		}
+		if (h.type == 'S') {
+			r->batches_sent++;
+			s->pending_ready++;
+		}
+		if (avail - run < (size_t)h.len + 1) {
+			s->client_pass = (uint32_t)((size_t)h.len + 1 - (avail - run));
+			run = avail;
+			break;
+		}
+		run += (size_t)h.len + 1;
+	}
+	client_forward(s, run);
+	if (terminate) {
+		relay_client_terminate(s);
+		return;
+	}
+	if (stream_output_full(s->server))
+		stream_enable_read(s->client, false);
+}
+
+/*
+ * The client shut down its sending side. What it sent before is answered, as
+ * the server would: Terminate follows its last message and the session ends
+ * when the server closes.
+ */
+void relay_client_eof(Session *s)
+{
+	PgBuf b;
+
+	if (s->client_eof)
+		return;
+	if (s->relay->hold_id != 0 || s->client_pass > 0 || evbuffer_get_length(stream_input(s->client)) > 0) {
+		relay_client_terminate(s); /* cut off or waiting for approval: nothing sensible to answer */
+		return;
+	}
+	s->client_eof = true;
+	pgproto_buf_init(&b);
+	pgproto_build_terminate(&b);
+	evbuffer_add(stream_output(s->server), b.data, b.len);
+	pgproto_buf_free(&b);
+	stream_flush(s->server);
+}
+
+/* ---- server to client ------------------------------------------------------------------- */
+
+static void subst_pop(Relay *r)
+{
+	Substitute *sub = r->subst_head;
+
+	r->subst_head = sub->next;
+	if (r->subst_head == NULL)
+		r->subst_tail = NULL;
+	pgproto_buf_free(&sub->msg);
+	free(sub);
+}
+
+/*
+ * An ErrorResponse arrived while a refusal of the current batch waits: if it
+ * is the server's answer to the refusal statement, replace it. Returns the
+ * new run (0) when replaced, run unchanged when not, (size_t)-1 to wait for
+ * the rest of the message.
+ */
+static size_t maybe_substitute(Session *s, struct evbuffer *in, size_t run, size_t avail, const PgHeader *h)
+{
+	Relay *r = s->relay;
+	const uint8_t *body;
+	PgErrorFields f;
+
+	if (avail - run < (size_t)h->len + 1)
+		return (size_t)-1;
+	body = copy_body(r, in, run, h->len - 4);
+	if (body == NULL || !pgproto_parse_error(body, h->len - 4, &f) || f.sqlstate == NULL ||
+	    strcmp(f.sqlstate, SQLSTATE_SYNTAX_ERROR) != 0)
+		return run;
+	if (run > 0)
+		evbuffer_remove_buffer(in, stream_output(s->client), run);
+	evbuffer_drain(in, (size_t)h->len + 1);
+	evbuffer_add(stream_output(s->client), r->subst_head->msg.data, r->subst_head->msg.len);
+	subst_pop(r);
+	return 0;
+}
+
+void relay_server_input(Session *s)
+{
+	Relay *r = s->relay;
+	struct evbuffer *in = stream_input(s->server);
+	size_t avail = evbuffer_get_length(in), run;
+	uint8_t buf[PG_HEADER_LEN + 8];
+	PgHeader h;
+	const char *why;
+
+	run = s->server_pass < avail ? s->server_pass : avail;
+	s->server_pass -= (uint32_t)run;
+	while (s->server_pass == 0 && avail - run >= PG_HEADER_LEN) {
+		struct evbuffer_ptr pos;
+
+		evbuffer_ptr_set(in, &pos, run, EVBUFFER_PTR_SET);
+		evbuffer_copyout_from(in, &pos, buf, PG_HEADER_LEN);
+		if (pgproto_check_backend_header(buf, 0x7fffffff, &h, &why) != PGP_FRAME_OK) {
+			log_write(LL_ERROR, s->ctx, "server sent an invalid message: %s (type 0x%02x)", why, h.type);
+			session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "invalid message from the server");
+			return;
+		}
+		if (h.type == 'Z') {
+			if (avail - run < PG_HEADER_LEN + 1)
+				break; /* wait for the status byte */
+			evbuffer_copyout_from(in, &pos, buf, PG_HEADER_LEN + 1);
+			s->txn_status = (char)buf[PG_HEADER_LEN];
+			if (s->pending_ready > 0)
+				s->pending_ready--;
+			r->batches_done++;
+			while (r->subst_head != NULL && r->subst_head->batch < r->batches_done)
+				subst_pop(r); /* an earlier error of that batch skipped the refusal */
+		} else if (h.type == 'E') {
+			if (r->subst_head != NULL && r->subst_head->batch == r->batches_done) {
+				size_t n = maybe_substitute(s, in, run, avail, &h);
+
+				if (n == (size_t)-1)
+					break;
+				if (n != run) {
+					run = n;
+					avail = evbuffer_get_length(in);
+					continue;
+				}
+			}
+			if (avail - run >= PG_HEADER_LEN + 7) {
+				evbuffer_copyout_from(in, &pos, buf, PG_HEADER_LEN + 7);
+				if (memcmp(buf + PG_HEADER_LEN, "SFATAL", 6) == 0 ||
+				    memcmp(buf + PG_HEADER_LEN, "SPANIC", 6) == 0)
+					s->server_sent_fatal = true;
+			}
+		}
+		if (avail - run < (size_t)h.len + 1) {
+			s->server_pass = (uint32_t)((size_t)h.len + 1 - (avail - run));
+			run = avail;
+			break;
+		}
+		run += (size_t)h.len + 1;
+	}
+	if (run > 0)
+		evbuffer_remove_buffer(in, stream_output(s->client), run);
+	if (s->server_pass == 0 && evbuffer_get_length(r->inject) > 0)
+		evbuffer_add_buffer(stream_output(s->client), r->inject);
+	stream_flush(s->client);
+	if (stream_output_full(s->client))
+		stream_enable_read(s->server, false);
+}
+
+/* ---- decisions arriving ------------------------------------------------------------------ */
+
+static void hold_end(Session *s, HoldState st, const char *reason)
+{
+	Relay *r = s->relay;
+	uint64_t id = r->hold_id;
+	char msg[512];
+	uint8_t type = r->hold_type;
+
+	evtimer_del(r->hold_timer);
+	cancel_watch(&s->cancel, NULL);
+	r->hold_id = 0;
+	if (st == HOLD_APPROVED) {
+		log_write(LL_INFO, s->ctx, "held statement %llu approved", (unsigned long long)id);
+		r->released = true;
+		stream_enable_read(s->client, true);
+		relay_client_input(s);
+		return;
+	}
+	if (st == HOLD_DENIED) {
+		snprintf(msg, sizeof(msg), "statement %llu was denied by an approver%s%s", (unsigned long long)id,
+			 reason != NULL ? ": " : "", reason != NULL ? reason : "");
+		refuse(s, SQLSTATE_INSUFFICIENT_PRIVILEGE, msg, NULL, NULL, 0);
+	} else if (st == HOLD_TIMEOUT) {
+		snprintf(msg, sizeof(msg), "canceling statement %llu: no approval within hold_timeout",
+			 (unsigned long long)id);
+		refuse(s, SQLSTATE_QUERY_CANCELED, msg, NULL, NULL, 0);
+	} else {
+		refuse(s, SQLSTATE_QUERY_CANCELED, "canceling statement due to user request", NULL, NULL, 0);
+	}
+	log_write(LL_INFO, s->ctx, "held statement %llu: %s", (unsigned long long)id, msg);
+	evbuffer_drain(stream_input(s->client), r->hold_len);
+	send_refusal(s, type);
+	stream_flush(s->server);
+	stream_enable_read(s->client, true);
+	relay_client_input(s);
+}
+
+static void hold_wake_cb(evutil_socket_t fd, short what, void *arg)
+{
+	Session *s = arg;
+	char *reason = NULL;
+	HoldState st;
+
+	if (s->state != SESS_ACTIVE || s->relay->hold_id == 0)
+		return;
+	st = approval_state(s->relay->hold_id, &reason);
+	if (st != HOLD_WAITING)
+		hold_end(s, st, reason);
+	free(reason);
+}
+
+static void hold_give_up(Session *s, HoldState why)
+{
+	char *reason = NULL;
+	HoldState st;
+
+	if (s->state != SESS_ACTIVE || s->relay->hold_id == 0)
+		return;
+	st = approval_withdraw(s->relay->hold_id, why);
+	if (st == HOLD_DENIED)
+		(void)approval_state(s->relay->hold_id, &reason);
+	hold_end(s, st, reason);
+	free(reason);
+}
+
+static void hold_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	hold_give_up(arg, HOLD_TIMEOUT);
+}
+
+static void hold_cancel_cb(evutil_socket_t fd, short what, void *arg)
+{
+	Session *s = arg;
+
+	if (cancel_take(&s->cancel))
+		hold_give_up(s, HOLD_CANCELED);
+}
+
+/* ---- lifecycle ------------------------------------------------------------------------------ */
+
+bool relay_start(Session *s)
+{
+	Relay *r = calloc(1, sizeof(*r));
+	struct event_base *base = s->worker->base;
+
+	if (r == NULL)
+		return false;
+	s->relay = r;
+	r->n_buckets = 16;
+	r->buckets = calloc(r->n_buckets, sizeof(*r->buckets));
+	r->inject = evbuffer_new();
+	r->hold_wake = event_new(base, -1, 0, hold_wake_cb, s);
+	r->hold_timer = evtimer_new(base, hold_timer_cb, s);
+	r->hold_cancel = event_new(base, -1, 0, hold_cancel_cb, s);
+	pgproto_buf_init(&r->refusal);
+	r->cfg = config_ref(s->cfg);
+	r->cfg_gen = config_generation();
+	return r->buckets != NULL && r->inject != NULL && r->hold_wake != NULL && r->hold_timer != NULL &&
+	       r->hold_cancel != NULL;
+}
+
+void relay_stop(Session *s)
+{
+	Relay *r = s->relay;
+
+	if (r == NULL || r->hold_id == 0)
+		return;
+	(void)approval_withdraw(r->hold_id, HOLD_CANCELED);
+	cancel_watch(&s->cancel, NULL);
+	evtimer_del(r->hold_timer);
+	log_write(LL_INFO, s->ctx, "held statement %llu abandoned: the session ended", (unsigned long long)r->hold_id);
+	r->hold_id = 0;
+}
+
+void relay_free(Session *s)
+{
+	Relay *r = s->relay;
+
+	if (r == NULL)
+		return;
+	relay_stop(s);
+	if (r->buckets != NULL)
+		prepared_clear(r);
+	free(r->buckets);
+	while (r->subst_head != NULL)
+		subst_pop(r);
+	if (r->inject != NULL)
+		evbuffer_free(r->inject);
+	if (r->hold_wake != NULL)
+		event_free(r->hold_wake);
+	if (r->hold_timer != NULL)
+		event_free(r->hold_timer);
+	if (r->hold_cancel != NULL)
+		event_free(r->hold_cancel);
+	pgproto_buf_free(&r->refusal);
+	free(r->scratch);
+	config_unref(r->cfg);
+	free(r);
+	s->relay = NULL;
+}
+
+bool relay_holding(const Session *s)
+{
+	return s->relay != NULL && s->relay->hold_id != 0;
+}
