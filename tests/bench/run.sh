@@ -21,6 +21,8 @@ WARMUP=${BENCH_WARMUP:-5}
 TARGETS=${BENCH_TARGETS:-direct pgbouncer pgveil}
 MODES=${BENCH_MODES:-simple prepared}
 BENCH_DIR=${BENCH_DIR:-$SRCDIR/tmp/bench}
+# pgveil checks every statement against these rules (the shipped defaults).
+PGVEIL_RULES=${PGVEIL_RULES:-$SRCDIR/rules/default.rules}
 PGVEIL_WORKERS=${BENCH_PGVEIL_WORKERS:-0}
 BUILD=yes
 KEEP=no
@@ -217,6 +219,8 @@ start_pgveil() {
 		max_client_conn = 1000
 		dev_trust_auth = yes
 		log_level = warn
+		rules = $PGVEIL_RULES
+		default_action = block
 
 		[databases]
 		bench = host=127.0.0.1 port=$PG_PORT dbname=bench user=app_agent password=secret sslmode=disable
@@ -230,7 +234,7 @@ start_pgveil() {
 		PGVEIL_PID=""
 		return 1
 	fi
-	log "pgveil $("$PGVEIL_BIN" --version 2>/dev/null | awk '{print $2; exit}') on 127.0.0.1:$PGVEIL_PORT ($PGVEIL_BIN)"
+	log "pgveil $("$PGVEIL_BIN" --version 2>/dev/null | awk '{print $2; exit}') on 127.0.0.1:$PGVEIL_PORT ($PGVEIL_BIN, rules $PGVEIL_RULES)"
 }
 
 # --------------------------------------------------------------------------

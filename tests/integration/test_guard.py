@@ -1,0 +1,401 @@
+"""Statement guardrails: statements the rules block never reach the server.
+
+Each pgveil here loads GUARD_RULES with default_action = block. A blocked
+statement must (1) give the client SQLSTATE 42501 naming the rule, (2) leave
+the database exactly as it was — checked behind the client's back on a
+superuser connection, including the server's own statement counters — and
+(3) leave the session usable, with the transaction state the client sees
+equal to the server's. The disguise corpus covers case, comments, quoting,
+Unicode escapes, dollar quoting, nested DML and multi-statement strings,
+sent through the simple and the extended protocol.
+"""
+
+import asyncio
+import os
+import time
+import uuid
+
+import asyncpg
+import psycopg
+import pytest
+
+import harness
+import pgwire
+
+GUARD_RULES = """
+-- rules for the guardrail tests
+BLOCK FUNCTION pg_read_file, pg_terminate_backend, lo_export;
+BLOCK DESTRUCTIVE MESSAGE 'destructive statements are not allowed';
+BLOCK DDL, PRIVILEGE, ADMIN;
+HOLD DELETE, UPDATE ON public.guard_orders;
+ALLOW READ, TRANSACTION, SESSION;
+ALLOW WRITE;
+"""
+
+TABLE = "guard_t"
+
+
+@pytest.fixture
+def rules_file(workroot):
+    path = os.path.join(workroot, f"guard-{uuid.uuid4().hex[:8]}.rules")
+    with open(path, "w") as f:
+        f.write(GUARD_RULES)
+    return path
+
+
+@pytest.fixture
+def guard(pgveil_factory, rules_file):
+    return pgveil_factory(rules=rules_file, default_action="block", hold_timeout="2s")
+
+
+@pytest.fixture
+def guard_target(guard):
+    return harness.pgveil_target(guard)
+
+
+@pytest.fixture
+def table(admin):
+    """A table the agent owns (so nothing but the rules stops DDL on it)."""
+    name = f"{TABLE}_{uuid.uuid4().hex[:8]}"
+    admin.execute(f"CREATE TABLE {name} (id integer PRIMARY KEY, v integer NOT NULL)")
+    admin.execute(f"INSERT INTO {name} SELECT i, i * 10 FROM generate_series(1, 20) i")
+    admin.execute(f"ALTER TABLE {name} OWNER TO {harness.APP_USER}")
+    yield name
+    admin.execute(f"DROP TABLE IF EXISTS {name}")
+    admin.execute(f"DROP TABLE IF EXISTS {name}_copy")
+
+
+def snapshot(admin, table):
+    """Everything a blocked statement could have changed about the table."""
+    rows = admin.execute(f"SELECT id, v FROM {table} ORDER BY id").fetchall()
+    cols = admin.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+                         "AND NOT attisdropped ORDER BY attnum", (table,)).fetchall()
+    acl = admin.execute("SELECT relacl::text, relowner::regrole::text FROM pg_class WHERE oid = %s::regclass",
+                        (table,)).fetchone()
+    copy = admin.execute("SELECT to_regclass(%s)", (table + "_copy",)).fetchone()
+    return rows, cols, acl, copy
+
+
+def disguises(t):
+    """Statements the rules forbid, in many spellings: (sql, expected SQLSTATE)."""
+    return [
+        (f"DROP TABLE {t}", "42501"),
+        (f"drop table {t}", "42501"),
+        (f"/* harmless */ DrOp /* really */ TaBlE {t} -- bye", "42501"),
+        (f"DROP TABLE \"{t}\"", "42501"),
+        (f"DROP TABLE U&\"{t[:-1]}\\00{ord(t[-1]):02x}\"", "42501"),
+        (f"SELECT 1; DROP TABLE {t}", "42501"),
+        (f"SELECT 1;\nDELETE FROM {t}", "42501"),
+        (f"DELETE FROM {t}", "42501"),
+        (f"DELETE FROM {t} WHERE 1 = 1", "42501"),
+        (f"DELETE FROM {t} WHERE true", "42501"),
+        (f"delete from {t} where 'a' = 'a' OR id = 3", "42501"),
+        (f"UPDATE {t} SET v = 0", "42501"),
+        (f"UPDATE {t} SET v = 0 WHERE NOT false", "42501"),
+        (f"TRUNCATE {t}", "42501"),
+        (f"TRUNCATE TABLE ONLY {t} RESTART IDENTITY", "42501"),
+        (f"WITH d AS (DELETE FROM {t} RETURNING *) SELECT count(*) FROM d", "42501"),
+        (f"WITH a AS (SELECT 1), b AS (WITH c AS (DELETE FROM {t} RETURNING 1) SELECT * FROM c) SELECT * FROM b",
+         "42501"),
+        (f"EXPLAIN ANALYZE DELETE FROM {t}", "42501"),
+        (f"EXPLAIN (ANALYZE, COSTS OFF) UPDATE {t} SET v = 1", "42501"),
+        (f"PREPARE p_{t} AS DELETE FROM {t}", "42501"),
+        (f"ALTER TABLE {t} DROP COLUMN v", "42501"),
+        (f"ALTER TABLE {t} ADD COLUMN w integer", "42501"),
+        (f"ALTER TABLE {t} RENAME TO {t}_copy", "42501"),
+        (f"CREATE TABLE {t}_copy AS SELECT * FROM {t}", "42501"),
+        (f"SELECT * INTO {t}_copy FROM {t}", "42501"),
+        (f"CREATE INDEX ON {t} (v)", "42501"),
+        (f"GRANT ALL ON {t} TO PUBLIC", "42501"),
+        ("SET ROLE postgres", "42501"),
+        ("SET SESSION AUTHORIZATION postgres", "42501"),
+        ("SELECT set_config('role', 'postgres', false)", "42501"),
+        ("SELECT set_config(lower('ROLE'), 'postgres', false)", "42501"),
+        (f"COPY {t} TO '/tmp/pgveil-guard-out'", "42501"),
+        (f"COPY {t} FROM PROGRAM 'true'", "42501"),
+        (f"VACUUM {t}", "42501"),
+        (f"LOCK TABLE {t}", "42501"),
+        (f"DO $$ BEGIN EXECUTE 'DROP TABLE {t}'; END $$", "42501"),
+        (f"DO $body$ BEGIN DELETE FROM {t}; END $body$", "42501"),
+        ("SELECT pg_read_file('/etc/passwd')", "42501"),
+        ("SELECT PG_CATALOG.pg_read_file('/etc/passwd')", "42501"),
+        ("SELECT pg_terminate_backend(pg_backend_pid())", "42501"),
+        (f"CALL some_procedure()", "42501"),
+        (f"DROP TABLE {t} /* unterminated", "42601"),
+        (f"DELET FROM {t}", "42601"),
+    ]
+
+
+def test_disguises_psycopg_simple(guard_target, table, admin):
+    before = snapshot(admin, table)
+    with psycopg.connect(guard_target.conninfo(), autocommit=True) as conn:
+        for sql, state in disguises(table):
+            # without parameters psycopg sends a simple Query
+            with pytest.raises(psycopg.Error) as exc:
+                conn.execute(sql, prepare=False)
+            assert exc.value.sqlstate == state, (sql, exc.value.sqlstate, str(exc.value))
+            assert conn.execute("SELECT 7").fetchone() == (7,), sql
+    assert snapshot(admin, table) == before
+
+
+def test_disguises_psycopg_extended(guard_target, table, admin):
+    """psycopg sends a query with parameters through Parse/Bind/Execute."""
+    before = snapshot(admin, table)
+    with psycopg.connect(guard_target.conninfo(), autocommit=True) as conn:
+        for sql, state in disguises(table):
+            if ";" in sql.replace("'", ""):
+                continue  # the extended protocol takes one statement
+            with pytest.raises(psycopg.Error) as exc:
+                conn.execute(sql, prepare=True)  # Parse of a named statement, then Bind
+            assert exc.value.sqlstate == state, (sql, exc.value.sqlstate, str(exc.value))
+            assert conn.execute("SELECT %s::int", (8,)).fetchone() == (8,), sql
+    assert snapshot(admin, table) == before
+
+
+def test_blocked_message_names_rule(guard_target, table, rules_file):
+    with psycopg.connect(guard_target.conninfo(), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as exc:
+            conn.execute(f"DELETE FROM {table}")
+        assert exc.value.diag.message_primary == "destructive statements are not allowed"
+        assert exc.value.diag.message_detail == f"Blocked by rule {rules_file}:4."
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as exc:
+            conn.execute(f"CREATE INDEX ON {table} (v)")
+        assert f"{rules_file}:5" in exc.value.diag.message_primary
+        assert "BLOCK DDL, PRIVILEGE, ADMIN" in exc.value.diag.message_primary
+
+
+def test_unparsable_gives_position(guard_target):
+    with psycopg.connect(guard_target.conninfo(), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.SyntaxError) as exc:
+            conn.execute("SELECT 1 FROM WHERE x")
+        assert exc.value.diag.statement_position == "15"
+        assert "syntax error" in exc.value.diag.message_primary
+
+
+def test_allowed_statements_run(guard_target, table, admin):
+    with psycopg.connect(guard_target.conninfo(), autocommit=True) as conn:
+        conn.execute(f"INSERT INTO {table} VALUES (100, 1)")
+        conn.execute(f"UPDATE {table} SET v = 2 WHERE id = %s", (100,))
+        conn.execute(f"DELETE FROM {table} WHERE id = 100")
+        assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (20,)
+        conn.execute("SET application_name = 'x'")
+        assert conn.execute("SHOW application_name").fetchone() == ("x",)
+
+
+def test_default_action_blocks_unmatched(guard_target):
+    with psycopg.connect(guard_target.conninfo(), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as exc:
+            conn.execute("CALL no_such_procedure()")
+        assert "default_action" in str(exc.value)
+
+
+def test_transaction_state_matches_server(guard_target, table, admin):
+    """An error inside a transaction block aborts it, as PostgreSQL does: the
+    client sees the failed state, and the earlier write is rolled back."""
+    with psycopg.connect(guard_target.conninfo()) as conn:
+        conn.execute(f"INSERT INTO {table} VALUES (200, 1)")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"DROP TABLE {table}")
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            conn.execute("SELECT 1")
+        conn.rollback()
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert conn.execute(f"SELECT count(*) FROM {table} WHERE id = 200").fetchone() == (0,)
+    assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (20,)
+
+
+def test_savepoint_recovers_after_block(guard_target, table, admin):
+    with psycopg.connect(guard_target.conninfo()) as conn:
+        conn.execute(f"INSERT INTO {table} VALUES (201, 1)")
+        conn.execute("SAVEPOINT s")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"TRUNCATE {table}")
+        conn.execute("ROLLBACK TO SAVEPOINT s")
+        conn.execute(f"INSERT INTO {table} VALUES (202, 1)")
+        conn.commit()
+    assert admin.execute(f"SELECT count(*) FROM {table} WHERE id > 200").fetchone() == (2,)
+
+
+def test_pipeline(guard_target, table, admin):
+    """In a pipeline the blocked statement fails and the rest up to Sync is
+    skipped, exactly as after a server error; the next Sync starts clean."""
+    before = snapshot(admin, table)
+    with psycopg.connect(guard_target.conninfo(), autocommit=True) as conn:
+        with conn.pipeline() as p:
+            c1 = conn.execute("SELECT 1")
+            c2 = conn.execute(f"DELETE FROM {table} WHERE v > %s OR true", (0,))
+            c3 = conn.execute(f"INSERT INTO {table} VALUES (300, 3)")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                p.sync()
+            assert c1.fetchone() == (1,)
+            del c2, c3
+        assert conn.execute("SELECT 5").fetchone() == (5,)
+    assert snapshot(admin, table) == before
+
+
+def test_raw_pipeline_messages(guard_target, table, admin):
+    """Parse/Bind/Execute of a blocked statement followed by an allowed batch:
+    one ErrorResponse, ReadyForQuery, then the allowed batch runs normally."""
+    with pgwire.connect("127.0.0.1", guard_target.port, user="agent", database="app") as c:
+        bad = f"DROP TABLE {table}".encode()
+        batch = (pgwire.message(b"P", b"\0" + bad + b"\0\0\0")
+                 + pgwire.message(b"B", b"\0\0\0\0\0\0\0\0")
+                 + pgwire.message(b"E", b"\0\0\0\0\0")
+                 + pgwire.message(b"S")
+                 + pgwire.message(b"P", b"\0SELECT 42\0\0\0")
+                 + pgwire.message(b"B", b"\0\0\0\0\0\0\0\0")
+                 + pgwire.message(b"E", b"\0\0\0\0\0")
+                 + pgwire.message(b"S"))
+        c.send(batch)
+        types = []
+        errors = []
+        rows = []
+        while types.count(b"Z") < 2:
+            t, payload = c.read_message()
+            types.append(t)
+            if t == b"E":
+                errors.append(pgwire.parse_fields(payload))
+            if t == b"D":
+                rows.append(pgwire.parse_datarow(payload))
+        assert types == [b"E", b"Z", b"1", b"2", b"D", b"C", b"Z"], types
+        assert errors[0]["C"] == "42501"
+        assert rows == [[b"42"]]
+    assert admin.execute(f"SELECT to_regclass(%s)", (table,)).fetchone()[0] is not None
+
+
+def test_function_call_protocol_refused(guard_target):
+    with pgwire.connect("127.0.0.1", guard_target.port, user="agent", database="app") as c:
+        # FunctionCall of pg_backend_pid (oid 2026), no arguments, text result
+        c.send(pgwire.message(b"F", b"\0\0\x07\xea" + b"\0\0" + b"\0\0" + b"\0\0"))
+        t, payload = c.read_message()
+        assert t == b"E"
+        assert b"function call protocol" in payload
+        assert c.read_message()[0] == b"Z"
+
+
+def test_sql_prepare_execute(guard_target, table, admin):
+    """EXECUTE is decided on the body this session PREPAREd."""
+    with psycopg.connect(guard_target.conninfo(), autocommit=True) as conn:
+        conn.execute(f"PREPARE ok_{table} AS SELECT count(*) FROM {table}", prepare=False)
+        assert conn.execute(f"EXECUTE ok_{table}", prepare=False).fetchone() == (20,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"PREPARE bad_{table} AS DELETE FROM {table}", prepare=False)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as exc:
+            conn.execute(f"EXECUTE bad_{table}", prepare=False)
+        assert "no record" in str(exc.value)
+        conn.execute(f"DEALLOCATE ok_{table}", prepare=False)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"EXECUTE ok_{table}", prepare=False)
+    assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (20,)
+
+
+def test_named_statement_reused(guard_target, table):
+    """A server-side prepared statement is decided at every Bind."""
+    with psycopg.connect(guard_target.conninfo(), autocommit=True, prepare_threshold=0) as conn:
+        for i in range(5):
+            assert conn.execute(f"SELECT v FROM {table} WHERE id = %s", (i + 1,)).fetchone() == ((i + 1) * 10,)
+
+
+def test_asyncpg(guard_target, table, admin):
+    before = snapshot(admin, table)
+
+    async def main():
+        conn = await asyncpg.connect(host="127.0.0.1", port=guard_target.port, user="agent", password="x",
+                                     database="app")
+        try:
+            with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
+                await conn.execute(f"DROP TABLE {table}")
+            with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
+                await conn.fetch(f"DELETE FROM {table} WHERE $1::bool RETURNING id", True)
+            with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
+                await conn.prepare(f"TRUNCATE {table}")
+            async with conn.transaction():
+                await conn.execute(f"INSERT INTO {table} VALUES (400, 4)")
+            with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
+                async with conn.transaction():
+                    await conn.execute(f"INSERT INTO {table} VALUES (401, 4)")
+                    await conn.execute(f"ALTER TABLE {table} DROP COLUMN v")
+            await conn.execute(f"DELETE FROM {table} WHERE id = 400")
+            return await conn.fetchval(f"SELECT count(*) FROM {table}")
+        finally:
+            await conn.close()
+
+    assert asyncio.run(main()) == 20
+    assert snapshot(admin, table) == before
+
+
+def test_psql(guard_target, table, admin):
+    before = snapshot(admin, table)
+    res = harness.run(["psql", "-X", "-v", "ON_ERROR_STOP=0", "-c", f"DROP TABLE {table}", "-c", "SELECT 'still here'"],
+                      check=False, env=guard_target.env())
+    assert "ERROR:  statement blocked by rule" in res.stderr
+    assert "still here" in res.stdout
+    assert snapshot(admin, table) == before
+
+
+# --------------------------------------------------------------------------- holds
+
+HOLD_RULES = """
+HOLD DELETE, UPDATE ON public.{table};
+ALLOW ALL;
+"""
+
+
+@pytest.fixture
+def hold_pgveil(pgveil_factory, workroot, table):
+    path = os.path.join(workroot, f"hold-{uuid.uuid4().hex[:8]}.rules")
+    with open(path, "w") as f:
+        f.write(HOLD_RULES.format(table=table))
+    return pgveil_factory(rules=path, default_action="block", hold_timeout="1500ms")
+
+
+def test_hold_times_out(hold_pgveil, table, admin):
+    t = harness.pgveil_target(hold_pgveil)
+    notices = []
+    with psycopg.connect(t.conninfo(), autocommit=True) as conn:
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary))
+        start = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled) as exc:
+            conn.execute(f"DELETE FROM {table} WHERE id = 1")
+        assert time.monotonic() - start >= 1.4
+        assert "hold_timeout" in str(exc.value)
+        assert len(notices) == 1 and notices[0].startswith("held for approval: id ")
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (20,)
+
+
+def test_hold_canceled_by_client(hold_pgveil, table, admin):
+    t = harness.pgveil_target(hold_pgveil)
+    with psycopg.connect(t.conninfo(), autocommit=True) as conn:
+        import threading
+        timer = threading.Timer(0.5, conn.cancel)
+        timer.start()
+        with pytest.raises(psycopg.errors.QueryCanceled) as exc:
+            conn.execute(f"UPDATE {table} SET v = 0 WHERE id = %s", (2,))
+        timer.join()
+        assert "user request" in str(exc.value)
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert admin.execute(f"SELECT v FROM {table} WHERE id = 2").fetchone() == (20,)
+
+
+def test_hold_does_not_block_others(hold_pgveil, table):
+    t = harness.pgveil_target(hold_pgveil)
+    import threading
+    done = []
+
+    def held():
+        with psycopg.connect(t.conninfo(), autocommit=True) as conn:
+            try:
+                conn.execute(f"DELETE FROM {table} WHERE id = 3")
+            except psycopg.errors.QueryCanceled:
+                done.append("timeout")
+
+    th = threading.Thread(target=held)
+    th.start()
+    time.sleep(0.3)
+    with psycopg.connect(t.conninfo(), autocommit=True) as conn:
+        for _ in range(20):
+            assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (20,)
+    th.join()
+    assert done == ["timeout"]
