@@ -399,3 +399,29 @@ def test_hold_does_not_block_others(hold_pgveil, table):
             assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (20,)
     th.join()
     assert done == ["timeout"]
+
+
+# --------------------------------------------------------------------------- other drivers
+
+@pytest.fixture
+def note_table(admin):
+    name = "g_" + uuid.uuid4().hex[:12]
+    admin.execute(f"CREATE TABLE {name} (id integer PRIMARY KEY, note text)")
+    admin.execute(f"ALTER TABLE {name} OWNER TO {harness.APP_USER}")
+    yield name
+    admin.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+def test_node(node_driver, guard_target, note_table, admin):
+    import test_node
+    out = test_node.node(node_driver, "guard.js", guard_target, ITEST_TABLE=note_table)
+    assert out == {"rows": 0, "ok": "usable"}
+    assert admin.execute("SELECT to_regclass(%s)", (note_table,)).fetchone()[0] is not None
+
+
+def test_jdbc(java_driver, guard_target, note_table, admin):
+    import test_jdbc
+    res = test_jdbc.run_java(java_driver, guard_target, ["guard"], ITEST_TABLE=note_table)
+    status, detail = res["guard"]
+    assert status == "PASS", detail
+    assert admin.execute("SELECT to_regclass(%s)", (note_table,)).fetchone()[0] is not None

@@ -431,6 +431,49 @@ public final class DriverCheck {
         }
     }
 
+    // Run through a pgveil with guardrail rules: blocked statements are 42501 and
+    // never run, in the simple and the extended protocol and inside transactions.
+    static String guard() throws Exception {
+        String t = env("ITEST_TABLE", "missing");
+        try (Connection c = connect()) {
+            String msg = expectSqlState("42501", () -> {
+                try (Statement s = c.createStatement()) {
+                    s.execute("DROP TABLE " + t);
+                }
+            });
+            check(msg.contains("statement blocked by rule"), "message: " + msg);
+            expectSqlState("42501", () -> {
+                try (PreparedStatement ps = c.prepareStatement("DELETE FROM " + t + " WHERE ?")) {
+                    ps.setBoolean(1, true);
+                    ps.executeUpdate();
+                }
+            });
+            c.setAutoCommit(false);
+            try (PreparedStatement ps = c.prepareStatement("INSERT INTO " + t + " VALUES (?, ?)")) {
+                ps.setInt(1, 1);
+                ps.setString(2, "rolled back");
+                ps.executeUpdate();
+            }
+            expectSqlState("42501", () -> {
+                try (Statement s = c.createStatement()) {
+                    s.execute("TRUNCATE " + t);
+                }
+            });
+            expectSqlState("25P02", () -> scalarLong(c, "SELECT 1"));
+            c.rollback();
+            c.setAutoCommit(true);
+            checkEq(0L, scalarLong(c, "SELECT count(*) FROM " + t), "rows after rollback");
+            for (int i = 0; i < 6; i++) // the same statement, server-prepared after the first use
+                try (PreparedStatement ps = c.prepareStatement("SELECT count(*) FROM " + t + " WHERE id > ?")) {
+                    ps.setInt(1, i);
+                    try (ResultSet rs = ps.executeQuery()) {
+                        check(rs.next(), "row");
+                    }
+                }
+            return "blocked";
+        }
+    }
+
     static String tls() throws Exception {
         try (Connection c = connect("ssl", "true", "sslmode", "verify-full",
                 "sslrootcert", env("ITEST_SSL_ROOTCERT", ""))) {
@@ -457,6 +500,7 @@ public final class DriverCheck {
                     case "large": detail = large(); break;
                     case "params": detail = params(); break;
                     case "tls": detail = tls(); break;
+                    case "guard": detail = guard(); break;
                     default: throw new IllegalArgumentException("unknown scenario " + name);
                 }
                 line = "RESULT " + name + " PASS " + detail;
