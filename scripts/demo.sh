@@ -218,6 +218,9 @@ step_pgveil() {
 		tls_cert_file = $JWT_DIR/server.crt
 		tls_key_file = $JWT_DIR/server.key
 		log_level = info
+		rules = $SRCDIR/rules/default.rules
+		default_action = block
+		hold_timeout = 5m
 
 		[oidc]
 		issuer = $ISS
@@ -245,6 +248,18 @@ step_query() {
 		-c 'SELECT current_user, session_user' \
 		-c 'SHOW application_name' \
 		-c 'SELECT id, name, email FROM users ORDER BY id LIMIT 5'
+}
+
+step_guard() {
+	section "Statements the rules forbid never reach the server"
+	say "pgveil parses every statement with PostgreSQL's own parser and checks it against"
+	say "rules/default.rules. The agent tries to drop a table, also in disguise:"
+	demo_psql "$AGENT_CONN" -c 'DROP TABLE users' 2>&1 || true
+	demo_psql "$AGENT_CONN" -c 'SELECT 1; /* harmless? */ DrOp TaBlE "users"' 2>&1 || true
+	demo_psql "$AGENT_CONN" -c 'WITH gone AS (DELETE FROM orders RETURNING id) SELECT count(*) FROM gone' 2>&1 || true
+	say "The table is still there, with all its rows (asked directly, not through pgveil):"
+	demo_psql "host=127.0.0.1 port=$PG_PORT dbname=app user=app_agent password=secret" \
+		-c 'SELECT count(*) AS users FROM users'
 }
 
 step_refused() {
@@ -305,6 +320,7 @@ STEPS=(
 	step_identity
 	step_pgveil
 	step_query
+	step_guard
 	step_refused
 	step_server_view
 	step_stop
