@@ -425,11 +425,11 @@ static bool at_rule_start(const Parser *p)
 	return is_kw(p, "mask") || is_kw(p, "allow") || is_kw(p, "block") || is_kw(p, "hold");
 }
 
-/* The current token as quoted in messages. */
+/* The current token as quoted in messages; a long one is cut at a character boundary. */
 static const char *tok_desc(const Parser *p, char *buf, size_t buflen)
 {
 	const char *raw = p->lex.text + p->tok.start;
-	size_t n = p->tok.end - p->tok.start;
+	size_t n = p->tok.end - p->tok.start, cut = 37;
 
 	if (p->tok.kind == T_EOF)
 		return "end of file";
@@ -438,7 +438,9 @@ static const char *tok_desc(const Parser *p, char *buf, size_t buflen)
 			return p->tok.kind == T_STRING ? "a string" : "a quoted identifier";
 		snprintf(buf, buflen, "%.*s", (int)n, raw);
 	} else if (n > 40) {
-		snprintf(buf, buflen, "'%.37s...'", raw);
+		while (cut > 0 && ((unsigned char)raw[cut] & 0xC0) == 0x80)
+			cut--;
+		snprintf(buf, buflen, "'%.*s...'", (int)cut, raw);
 	} else {
 		snprintf(buf, buflen, "'%.*s'", (int)n, raw);
 	}

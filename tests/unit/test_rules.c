@@ -597,6 +597,114 @@ static void test_many_rules_and_errors(void **state)
 	free(text);
 }
 
+/* ---- allocation failures -------------------------------------------------------------- */
+
+/*
+ * The test is linked with --wrap for the allocation functions rules.c uses:
+ * fail_countdown = k makes the k-th allocation from now fail (-1: none).
+ */
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t n, size_t size);
+void *__real_realloc(void *p, size_t n);
+char *__real_strdup(const char *s);
+char *__real_strndup(const char *s, size_t n);
+void *__wrap_malloc(size_t n);
+void *__wrap_calloc(size_t n, size_t size);
+void *__wrap_realloc(void *p, size_t n);
+char *__wrap_strdup(const char *s);
+char *__wrap_strndup(const char *s, size_t n);
+
+static int fail_countdown = -1;
+static bool fail_happened;
+
+static bool alloc_fails(void)
+{
+	if (fail_countdown < 0 || fail_countdown-- > 0)
+		return false;
+	fail_happened = true;
+	return true;
+}
+
+void *__wrap_malloc(size_t n)
+{
+	return alloc_fails() ? NULL : __real_malloc(n);
+}
+
+void *__wrap_calloc(size_t n, size_t size)
+{
+	return alloc_fails() ? NULL : __real_calloc(n, size);
+}
+
+void *__wrap_realloc(void *p, size_t n)
+{
+	return alloc_fails() ? NULL : __real_realloc(p, n);
+}
+
+char *__wrap_strdup(const char *s)
+{
+	return alloc_fails() ? NULL : __real_strdup(s);
+}
+
+char *__wrap_strndup(const char *s, size_t n)
+{
+	return alloc_fails() ? NULL : __real_strndup(s, n);
+}
+
+/*
+ * Fails each allocation of a load in turn: the load fails with at least one
+ * error counted (the message itself may be lost), never crashes, never leaks
+ * (ASan), and succeeds once every allocation is served.
+ */
+static void load_under_failures(const char *what, RuleSet *(*load)(const char *arg, char **errs, int *n),
+				const char *arg, bool valid)
+{
+	int k;
+
+	for (k = 0; k < 100000; k++) {
+		char *errs = NULL;
+		int nerrors = -1;
+		RuleSet *rs;
+
+		fail_happened = false;
+		fail_countdown = k;
+		rs = load(arg, &errs, &nerrors);
+		fail_countdown = -1;
+		if (!fail_happened) {
+			/* every allocation was served: the normal outcome */
+			assert_true(valid ? rs != NULL : rs == NULL);
+			rules_unref(rs);
+			free(errs);
+			break;
+		}
+		if (rs != NULL)
+			fail_msg("%s: allocation %d failed, yet the load succeeded", what, k);
+		assert_true(nerrors >= 1);
+		free(errs);
+	}
+	print_message("%s: %d allocations failed in turn\n", what, k);
+	assert_true(k > 10);
+}
+
+static RuleSet *parse_text_cb(const char *text, char **errs, int *n)
+{
+	return rules_parse_string("oom.rules", text, errs, n);
+}
+
+static void test_allocation_failures(void **state)
+{
+	load_under_failures("good_interface.rules", rules_load, "good_interface.rules", true);
+	load_under_failures("good_syntax.rules", rules_load, "good_syntax.rules", true);
+	load_under_failures("good_masks.rules", rules_load, "good_masks.rules", true);
+	load_under_failures("bad_several.rules", rules_load, "bad_several.rules", false);
+	load_under_failures("dir", rules_load, "dir", true);
+	load_under_failures("dir_bad", rules_load, "dir_bad", false);
+	load_under_failures("text", parse_text_cb,
+			    "MASK s.t.c USING partial(1, 'x', 2) FOR GROUP a, 'b' UNLESS AGENT 'c';\n"
+			    "HOLD WRITE ON a.*, b, c.d FOR ANYONE MESSAGE 'm';\n"
+			    "BLOCK FUNCTION f, s.g;\n",
+			    true);
+}
+
 static int group_setup(void **state)
 {
 	return chdir(DATA_DIR);
@@ -617,6 +725,7 @@ int main(void)
 		cmocka_unit_test(test_refcount_and_version),
 		cmocka_unit_test(test_who_matches),
 		cmocka_unit_test(test_many_rules_and_errors),
+		cmocka_unit_test(test_allocation_failures),
 	};
 	return cmocka_run_group_tests(tests, group_setup, NULL);
 }
