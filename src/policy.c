@@ -103,7 +103,8 @@ bool policy_rule_matches(const Rule *r, const Identity *id, const SqlPart *p)
 }
 
 /* The first rule that matches one part, or default_action. */
-static Decision decide_part(const RuleSet *rs, DefaultAction def, const Identity *id, const SqlPart *p, int index)
+static Decision decide_part(const RuleSet *rs, DefaultAction def, const Identity *id, const SqlPart *p,
+			    int index)
 {
 	if (rs != NULL)
 		for (int i = 0; i < rs->n_rules; i++)

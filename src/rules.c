@@ -36,7 +36,8 @@ typedef struct ErrSink {
 	int n;       /* errors, counted even when a message could not be stored */
 } ErrSink;
 
-static void PGV_PRINTF(5, 0) sink_vadd(ErrSink *e, const char *file, int line, int col, const char *fmt, va_list ap)
+static void PGV_PRINTF(5, 0) sink_vadd(ErrSink *e, const char *file, int line, int col, const char *fmt,
+				       va_list ap)
 {
 	char msg[1024];
 	int n;
@@ -210,7 +211,8 @@ static bool lex_quoted(Lexer *L, Token *t, char q)
 
 	for (;; i++, n++) {
 		if (i >= L->len) {
-			lex_error(L, t->line, t->col, q == '\'' ? "unterminated string" : "unterminated quoted identifier");
+			lex_error(L, t->line, t->col, "unterminated %s",
+				  q == '\'' ? "string" : "quoted identifier");
 			while (L->pos < L->len)
 				lex_step(L);
 			return false;
@@ -396,7 +398,8 @@ static void text_append(Parser *p, const char *s, size_t n, bool space)
 static void advance(Parser *p)
 {
 	if (p->in_rule)
-		text_append(p, p->lex.text + p->tok.start, p->tok.end - p->tok.start, p->tok.start > p->prev_end);
+		text_append(p, p->lex.text + p->tok.start, p->tok.end - p->tok.start,
+			    p->tok.start > p->prev_end);
 	p->prev_end = p->tok.end;
 	p->prev_line = p->tok.eline;
 	p->prev_col = p->tok.ecol;
@@ -778,28 +781,38 @@ typedef struct ArgPos {
 	int line, col;
 } ArgPos;
 
+/* Reports an error about a mask function's argument at its position. */
+static ParseResult PGV_PRINTF(4, 5) arg_error(Parser *p, const Rule *r, ArgPos at, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	return perr_at(p, at.line, at.col, "%s()%s", rules_mask_fn_name(r->mask_fn), msg);
+}
+
 static ParseResult arg_int(Parser *p, const Rule *r, int i, const ArgPos *pos, const char *what, long long min,
 			   long long max)
 {
-	const char *fn = rules_mask_fn_name(r->mask_fn);
 	long long v = r->args[i].ival;
 
 	if (r->args[i].type != MASK_ARG_INT)
-		return perr_at(p, pos[i].line, pos[i].col, "%s(): %s must be an integer", fn, what);
+		return arg_error(p, r, pos[i], ": %s must be an integer", what);
 	if (max == INT32_MAX && v < min)
-		return perr_at(p, pos[i].line, pos[i].col, "%s(): %s must be %lld or more", fn, what, min);
+		return arg_error(p, r, pos[i], ": %s must be %lld or more", what, min);
 	if (max == INT32_MAX && v > max)
-		return perr_at(p, pos[i].line, pos[i].col, "%s(): %s is too large", fn, what);
+		return arg_error(p, r, pos[i], ": %s is too large", what);
 	if (v < min || v > max)
-		return perr_at(p, pos[i].line, pos[i].col, "%s(): %s must be from %lld to %lld", fn, what, min, max);
+		return arg_error(p, r, pos[i], ": %s must be from %lld to %lld", what, min, max);
 	return PR_OK;
 }
 
 static ParseResult arg_string(Parser *p, const Rule *r, int i, const ArgPos *pos, const char *what)
 {
 	if (r->args[i].type != MASK_ARG_STRING)
-		return perr_at(p, pos[i].line, pos[i].col, "%s(): %s must be a quoted string", rules_mask_fn_name(r->mask_fn),
-			       what);
+		return arg_error(p, r, pos[i], ": %s must be a quoted string", what);
 	return PR_OK;
 }
 
@@ -807,19 +820,18 @@ static ParseResult arg_string(Parser *p, const Rule *r, int i, const ArgPos *pos
 static ParseResult arg_count(Parser *p, const Rule *r, const ArgPos *pos, int min, int max, const char *sig)
 {
 	const char *fn = rules_mask_fn_name(r->mask_fn);
-	int at = (r->n_args > max) ? max : r->n_args;
+	ArgPos at = pos[(r->n_args > max) ? max : r->n_args];
 
 	if (r->n_args >= min && r->n_args <= max)
 		return PR_OK;
 	if (max == 0)
-		return perr_at(p, pos[at].line, pos[at].col, "%s() takes no arguments", fn);
+		return arg_error(p, r, at, " takes no arguments");
 	if (min == max)
-		return perr_at(p, pos[at].line, pos[at].col, "%s() takes %d argument%s: %s(%s)", fn, min,
-			       min == 1 ? "" : "s", fn, sig);
+		return arg_error(p, r, at, " takes %d argument%s: %s(%s)", min, min == 1 ? "" : "s", fn, sig);
 	if (min == 0)
-		return perr_at(p, pos[at].line, pos[at].col, "%s() takes at most %d argument%s: %s(%s)", fn, max,
-			       max == 1 ? "" : "s", fn, sig);
-	return perr_at(p, pos[at].line, pos[at].col, "%s() takes %d to %d arguments: %s(%s)", fn, min, max, fn, sig);
+		return arg_error(p, r, at, " takes at most %d argument%s: %s(%s)", max, max == 1 ? "" : "s", fn,
+				 sig);
+	return arg_error(p, r, at, " takes %d to %d arguments: %s(%s)", min, max, fn, sig);
 }
 
 static ParseResult check_truncate_unit(Parser *p, Rule *r, const ArgPos *pos)
@@ -833,7 +845,7 @@ static ParseResult check_truncate_unit(Parser *p, Rule *r, const ArgPos *pos)
 				*c = (char)((*c >= 'A' && *c <= 'Z') ? *c - 'A' + 'a' : *c);
 			return PR_OK;
 		}
-	return perr_at(p, pos[0].line, pos[0].col, "truncate(): unit must be 'year', 'month', 'day' or 'hour'");
+	return arg_error(p, r, pos[0], ": unit must be 'year', 'month', 'day' or 'hour'");
 }
 
 /* Checks the arguments of r's mask function against what it takes. */
@@ -913,8 +925,8 @@ static ParseResult parse_mask_fn(Parser *p, Rule *r)
 		if (strcmp(p->tok.val, mask_fn_names[i]) == 0)
 			break;
 	if (i == PGV_ARRAY_LEN(mask_fn_names))
-		return perr(p, "unknown mask function %s (redact, null, constant, partial, email, hash, truncate, round)",
-			    tok_desc(p, buf, sizeof(buf)));
+		return perr(p, "unknown mask function %s (%s)", tok_desc(p, buf, sizeof(buf)),
+			    "redact, null, constant, partial, email, hash, truncate, round");
 	r->mask_fn = (MaskFn)i;
 	advance(p);
 	if (p->tok.kind != T_LPAREN)
@@ -1037,7 +1049,8 @@ static ParseResult parse_policy_clauses(Parser *p, Rule *r)
 		else if (p->tok.kind == T_EOF || at_rule_start(p))
 			pr = missing_semi(p);
 		else
-			pr = expected(p, r->kind == RULE_FUNCTION ? "FOR, MESSAGE or ';'" : "ON, FOR, MESSAGE or ';'");
+			pr = expected(p, r->kind == RULE_FUNCTION ? "FOR, MESSAGE or ';'"
+								  : "ON, FOR, MESSAGE or ';'");
 		if (pr != PR_OK)
 			return pr;
 	}
@@ -1229,7 +1242,8 @@ static void parse_file(Parser *p, const char *path, ErrSink *errs)
 			char *nb;
 
 			if (cap >= RULES_MAX_FILE_SIZE) {
-				sink_add(errs, path, 0, 0, "cannot read: file larger than %u MB", RULES_MAX_FILE_SIZE >> 20);
+				sink_add(errs, path, 0, 0, "cannot read: file larger than %u MB",
+					 RULES_MAX_FILE_SIZE >> 20);
 				goto out;
 			}
 			cap = cap ? cap * 2 : 8192;
