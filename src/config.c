@@ -23,6 +23,7 @@
 
 #include "pgveil/jwtauth.h"
 #include "pgveil/log.h"
+#include "pgveil/rules.h"
 #include "pgveil/tls.h"
 
 typedef enum { K_STR, K_INT, K_BOOL, K_MS, K_SECONDS, K_LIST, K_ENUM, K_SIZE } KeyType;
@@ -621,6 +622,7 @@ static void config_free(Config *cfg)
 	free(cfg->databases);
 	tls_ctx_free(cfg->tls_server_ctx);
 	jwtauth_free(cfg->oidc_verifier);
+	rules_unref(cfg->ruleset);
 	free(cfg->path);
 	free(cfg);
 }
@@ -743,6 +745,41 @@ static void validate_whole(LoadState *st)
 	}
 }
 
+/*
+ * Loads the rules `rules` names, as given (a relative path is relative to
+ * the working directory, like every other path of the file). Their errors
+ * ("rulesfile:line:col: message") join the file's.
+ */
+static void load_rules(LoadState *st)
+{
+	Config *cfg = st->cfg;
+	char *errs = NULL, *p;
+	int n = 0;
+	size_t len;
+
+	if (cfg->rules == NULL)
+		return;
+	cfg->ruleset = rules_load(cfg->rules, &errs, &n);
+	if (cfg->ruleset != NULL)
+		return;
+	if (errs == NULL || n == 0) {
+		st->lineno = 0;
+		load_error(st, 0, "rules %s: out of memory", cfg->rules);
+		st->nerrors += (n > 1) ? n - 1 : 0;
+		free(errs);
+		return;
+	}
+	st->nerrors += n;
+	len = strlen(errs);
+	p = realloc(st->errs, st->errs_len + len + 1);
+	if (p != NULL) {
+		st->errs = p;
+		memcpy(st->errs + st->errs_len, errs, len + 1);
+		st->errs_len += len;
+	}
+	free(errs);
+}
+
 Config *config_load(const char *path, char **errout, int *nerrors)
 {
 	LoadState st = { 0 };
@@ -771,6 +808,7 @@ Config *config_load(const char *path, char **errout, int *nerrors)
 		st.lineno = saved;
 	}
 	validate_whole(&st);
+	load_rules(&st);
 	if (st.nerrors > 0)
 		goto fail;
 	free(st.db_pos);

@@ -19,6 +19,7 @@
 #include "pgveil/jwks.h"
 #include "pgveil/jwtauth.h"
 #include "pgveil/log.h"
+#include "pgveil/rules.h"
 #include "pgveil/server.h"
 #include "pgveil/tls.h"
 
@@ -54,32 +55,74 @@ static void usage(FILE *out)
 }
 
 /*
- * Loads a configuration and everything derived from it (TLS contexts).
- * Prints every error to stderr. Returns NULL when anything is invalid.
+ * Reports errors ("file:line:col: message" lines): on stderr at startup and
+ * for --check, through the log on reload (one record per error).
  */
-static Config *load_all(const char *path)
+static void report_errors(const char *errs, bool to_log)
 {
-	char *errs = NULL, tlserr[512];
+	const char *line = errs ? errs : "out of memory\n";
+
+	if (!to_log) {
+		fputs(line, stderr);
+		return;
+	}
+	while (*line != '\0') {
+		const char *eol = strchr(line, '\n');
+		int n = eol ? (int)(eol - line) : (int)strlen(line);
+
+		log_error("%.*s", n, line);
+		line += n + (eol != NULL);
+	}
+}
+
+/*
+ * Loads a configuration, its rules and everything derived from it (TLS
+ * contexts, the token verifier). Reports every error (see report_errors).
+ * Returns NULL when anything is invalid.
+ */
+static Config *load_all(const char *path, bool to_log)
+{
+	char *errs = NULL, tlserr[512], msg[700];
 	int nerrors = 0;
 	Config *cfg = config_load(path, &errs, &nerrors);
 
 	if (cfg == NULL) {
-		fputs(errs ? errs : "out of memory\n", stderr);
+		report_errors(errs, to_log);
 		free(errs);
 		return NULL;
 	}
 	if (!tls_config_build(cfg, tlserr, sizeof(tlserr))) {
-		fprintf(stderr, "%s:0:0: %s\n", path, tlserr);
+		snprintf(msg, sizeof(msg), "%s:0:0: %s\n", path, tlserr);
+		report_errors(msg, to_log);
 		config_unref(cfg);
 		return NULL;
 	}
 	cfg->oidc_verifier = jwtauth_new(cfg, tlserr, sizeof(tlserr));
 	if (cfg->oidc_verifier == NULL && tlserr[0] != '\0') {
-		fprintf(stderr, "%s:0:0: [oidc] %s\n", path, tlserr);
+		snprintf(msg, sizeof(msg), "%s:0:0: [oidc] %s\n", path, tlserr);
+		report_errors(msg, to_log);
 		config_unref(cfg);
 		return NULL;
 	}
 	return cfg;
+}
+
+/* Says which rules are in force. */
+static void log_rules(const Config *cfg)
+{
+	static const char *const actions[] = { "allow", "block", "hold" };
+	const RuleSet *rs = cfg->ruleset;
+	int masks = 0;
+
+	if (rs == NULL) {
+		log_info("no rules: every statement gets default_action = %s", actions[cfg->default_action]);
+		return;
+	}
+	for (int i = 0; i < rs->n_rules; i++)
+		masks += (rs->rules[i].kind == RULE_MASK);
+	log_info("rules loaded from %s: %d policy rules, %d mask rules (version %llu), default_action = %s",
+		 cfg->rules, rs->n_rules - masks, masks, (unsigned long long)rs->version,
+		 actions[cfg->default_action]);
 }
 
 static void apply_logging(const Config *cfg)
@@ -105,9 +148,9 @@ static void reload(const char *path)
 	Config *cfg;
 
 	log_info("SIGHUP: reloading %s", path);
-	cfg = load_all(path);
+	cfg = load_all(path, true);
 	if (cfg == NULL) {
-		log_error("reload failed: keeping the previous configuration (errors above)");
+		log_error("reload failed: keeping the previous configuration and rules (errors above)");
 		config_unref(old);
 		return;
 	}
@@ -125,6 +168,7 @@ static void reload(const char *path)
 	}
 	apply_logging(cfg);
 	warn_risky(cfg);
+	log_rules(cfg);
 	config_set_current(cfg);
 	config_unref(old);
 	log_info("configuration reloaded");
@@ -164,13 +208,14 @@ static int run(const char *path)
 	static const int sigs[] = { SIGHUP, SIGTERM, SIGINT };
 	struct event *sigev[3] = { 0 };
 	char err[512] = "";
-	Config *cfg = load_all(path);
+	Config *cfg = load_all(path, false);
 	int rc = 1;
 
 	if (cfg == NULL)
 		return 1;
 	apply_logging(cfg);
 	warn_risky(cfg);
+	log_rules(cfg);
 	config_set_current(cfg);
 	main_base = event_base_new();
 	if (main_base == NULL) {
@@ -226,7 +271,7 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	tls_init();
 	if (check) {
-		Config *cfg = load_all(path);
+		Config *cfg = load_all(path, false);
 
 		if (cfg == NULL)
 			return 1;

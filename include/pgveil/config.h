@@ -61,8 +61,8 @@ struct Config {
 	void *tls_server_ctx;        /* SSL_CTX toward clients (tls module), NULL without a certificate */
 	bool allow_plaintext_auth;
 	bool dev_trust_auth;         /* development only: no authentication, loopback listeners only */
-	char *rules;
-	RuleSet *ruleset;              /* rules loaded from `rules`, NULL when unset */
+	char *rules;                 /* rules file or directory, NULL = no rules */
+	RuleSet *ruleset;            /* loaded from `rules` by config_load; NULL without rules */
 	DefaultAction default_action;
 	char *audit_db;
 	AuditMode audit_mode;
@@ -102,9 +102,12 @@ struct Config {
 };
 
 /*
- * Reads and validates `path`. Returns a new Config (refcount 1), or NULL
- * when the file has errors; then every error has been written to `errout`
- * (one "file:line:col: message" per line) and *nerrors counts them.
+ * Reads and validates `path`, and loads the rules `rules` names (relative
+ * paths are taken from the working directory, like every path in the file).
+ * Returns a new Config (refcount 1), or NULL when the file or the rules have
+ * errors; then every error has been written to `errout` (one
+ * "file:line:col: message" per line, the rules' after the file's) and
+ * *nerrors counts them.
  */
 Config *config_load(const char *path, char **errout, int *nerrors) PGV_WARN_UNUSED;
 
@@ -132,7 +135,5 @@ bool config_parse_duration(const char *s, uint64_t *ms_out) PGV_WARN_UNUSED;
 /* The process-wide current snapshot: set by main, read by everyone. */
 Config *config_current(void);          /* returns a new reference */
 void config_set_current(Config *cfg);  /* takes the caller's reference */
-/* Increases every time config_set_current() installs a snapshot: a cheap "did it change?" check. */
-uint64_t config_generation(void);
 
 #endif

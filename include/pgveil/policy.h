@@ -27,7 +27,8 @@ typedef struct Decision {
 /*
  * Decides `n_parts` parts (a statement's parts, plus the bodies of the
  * prepared statements it EXECUTEs). rs may be NULL (no rules: every part
- * gets def). A statement with no parts at all (empty query) is allowed.
+ * gets def). A statement with no parts at all (empty query) is allowed
+ * (rule NULL, part -1). No allocation.
  */
 Decision policy_decide(const RuleSet *rs, DefaultAction def, const Identity *id,
 		       const SqlPart *const *parts, int n_parts);
@@ -35,11 +36,25 @@ Decision policy_decide(const RuleSet *rs, DefaultAction def, const Identity *id,
 /*
  * The message a blocked or held statement is reported with, written to buf:
  * the rule's MESSAGE, or a default naming the rule ("statement blocked by
- * rule rules/default.rules:12 (BLOCK DDL, PRIVILEGE)") or default_action.
+ * rule rules/default.rules:12: BLOCK DDL, PRIVILEGE") or default_action
+ * ("statement blocked by default_action = block"). Returns buf.
  */
 const char *policy_message(const Decision *d, char *buf, size_t buflen);
 
-/* True when a table of the part is named by the rule's ON list (for grants: same tables). */
-bool policy_table_matches(const RuleTable *rt, const SqlTable *t);
+/*
+ * True when the policy or function rule `r` applies to part `p` of a
+ * statement of caller `id` (FOR, classes and ON; or one of its functions).
+ * Mask rules never match. This is the test policy_decide makes for each rule.
+ */
+bool policy_rule_matches(const Rule *r, const Identity *id, const SqlPart *p);
+
+/*
+ * True when table t of a statement is named by the ON entry rt of a rule
+ * with `action`. Names compare exactly; "*" names every table of its schema.
+ * A table written without schema may be in any schema of the search_path:
+ * for BLOCK and HOLD it matches an entry of any schema (fail closed), for
+ * ALLOW only entries of schema "public".
+ */
+bool policy_table_matches(const RuleTable *rt, const SqlTable *t, RuleAction action);
 
 #endif

@@ -50,7 +50,7 @@ typedef struct Rule {
 	char *file;            /* file it came from */
 	int line, col;         /* where its first keyword is (1-based) */
 	char *where;           /* "file:line", how the rule is named to users and in the audit log */
-	char *text;            /* the rule as written, whitespace collapsed, for SHOW RULES */
+	char *text;            /* the rule as written without its ';', comments out, whitespace collapsed, for SHOW RULES */
 	uint32_t classes;      /* RULE_POLICY: StmtClass bits */
 	int n_tables;          /* RULE_POLICY: ON list, 0 = any table */
 	RuleTable *tables;
@@ -78,7 +78,9 @@ typedef struct RuleSet {
 
 /*
  * Loads `path`: a *.rules file, or a directory whose *.rules files are read
- * in name order. Returns a new RuleSet (refcount 1), or NULL when there are
+ * in name order (byte order; names starting with '.' and entries that are
+ * not regular files are skipped; a directory without any gives an empty
+ * set). An unreadable path is the error "path:0:0: cannot read: reason". Returns a new RuleSet (refcount 1), or NULL when there are
  * errors; then every error has been appended to *errout (malloc'd, one
  * "file:line:col: message\n" each) and *nerrors counts them.
  */
@@ -87,10 +89,19 @@ RuleSet *rules_load(const char *path, char **errout, int *nerrors) PGV_WARN_UNUS
 /* The same for text in memory; `name` is used as the file name in errors. */
 RuleSet *rules_parse_string(const char *name, const char *text, char **errout, int *nerrors) PGV_WARN_UNUSED;
 
+/* The same for `len` bytes that need not be NUL-terminated (a NUL byte is an error). */
+RuleSet *rules_parse_buffer(const char *name, const char *text, size_t len, char **errout,
+			    int *nerrors) PGV_WARN_UNUSED;
+
+/* Reference counting of a set; safe from any thread; NULL is ignored. */
 RuleSet *rules_ref(RuleSet *rs);
 void rules_unref(RuleSet *rs);
 
-/* True when the caller is among `who` (ANYONE matches everyone). */
+/*
+ * True when the caller is among `who`: ANYONE matches everyone, GROUP any of
+ * the caller's groups, AGENT the caller's subject (exact comparisons). A NULL
+ * identity matches only ANYONE.
+ */
 bool rules_who_matches(const RuleWho *who, const Identity *id);
 
 /* The mask function's name as written in rules ("partial"). */

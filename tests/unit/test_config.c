@@ -19,6 +19,7 @@
 #include <cmocka.h>
 
 #include "pgveil/config.h"
+#include "pgveil/rules.h"
 
 static char tmpdir[] = "/tmp/pgveil-test-config-XXXXXX";
 
@@ -59,6 +60,19 @@ static Config *load_ok(const char *path)
 		fail_msg("%s did not load (%d errors):\n%s", path, nerrors, errs ? errs : "");
 	assert_null(errs);
 	assert_int_equal(nerrors, 0);
+	return cfg;
+}
+
+/* Loads path with the source tree as working directory (where rules/ is). */
+static Config *load_ok_in_srcdir(const char *path)
+{
+	char cwd[4096];
+	Config *cfg;
+
+	assert_non_null(getcwd(cwd, sizeof(cwd)));
+	assert_int_equal(chdir(TEST_SRCDIR "/../.."), 0);
+	cfg = load_ok(path);
+	assert_int_equal(chdir(cwd), 0);
 	return cfg;
 }
 
@@ -128,7 +142,7 @@ static void expect_error(const char *text, int line, int col, const char *msg)
 
 static void test_load_sample(void **state)
 {
-	Config *cfg = load_ok(TEST_SRCDIR "/data/sample.ini");
+	Config *cfg = load_ok_in_srcdir(TEST_SRCDIR "/data/sample.ini");
 	const DbEntry *db;
 
 	assert_int_equal(cfg->refcount, 1);
@@ -142,6 +156,8 @@ static void test_load_sample(void **state)
 	assert_false(cfg->allow_plaintext_auth);
 	assert_false(cfg->dev_trust_auth);
 	assert_string_equal(cfg->rules, "rules/");
+	assert_non_null(cfg->ruleset); /* the shipped default rules, relative to the working directory */
+	assert_true(cfg->ruleset->n_rules > 0);
 	assert_int_equal(cfg->default_action, ACTION_BLOCK);
 	assert_string_equal(cfg->audit_db, "audit.db");
 	assert_int_equal(cfg->audit_mode, AUDIT_ASYNC);
@@ -197,7 +213,7 @@ static void test_load_sample(void **state)
 
 static void test_load_every_key(void **state)
 {
-	Config *cfg = load_ok(TEST_SRCDIR "/data/full.ini");
+	Config *cfg = load_ok_in_srcdir(TEST_SRCDIR "/data/full.ini");
 	const DbEntry *app, *local;
 
 	assert_int_equal(cfg->listen_addr.n, 3);
@@ -212,7 +228,9 @@ static void test_load_every_key(void **state)
 	assert_null(cfg->tls_server_ctx); /* built later by the tls module */
 	assert_true(cfg->allow_plaintext_auth);
 	assert_true(cfg->dev_trust_auth);
-	assert_string_equal(cfg->rules, "/etc/pgveil/rules.d");
+	assert_string_equal(cfg->rules, "rules/default.rules");
+	assert_non_null(cfg->ruleset);
+	assert_string_equal(cfg->ruleset->rules[0].file, "rules/default.rules");
 	assert_int_equal(cfg->default_action, ACTION_HOLD);
 	assert_string_equal(cfg->audit_db, "/var/lib/pgveil/audit.db");
 	assert_int_equal(cfg->audit_mode, AUDIT_STRICT);
@@ -559,6 +577,60 @@ static void test_error_long_path(void **state)
 	free(errs);
 }
 
+/* The rules key: no rules, good rules, and rules errors joining the file's. */
+static void test_rules_key(void **state)
+{
+	char rules_path[300], text[1024], want[1200], *errs = NULL;
+	const char *path;
+	int nerrors = -1;
+	Config *cfg;
+	FILE *fp;
+
+	cfg = load_text_ok("[pgveil]\nlisten_port = 7000\n");
+	assert_null(cfg->rules);
+	assert_null(cfg->ruleset);
+	config_unref(cfg);
+
+	snprintf(rules_path, sizeof(rules_path), "%s/good.rules", tmpdir);
+	fp = fopen(rules_path, "w");
+	assert_non_null(fp);
+	fputs("BLOCK DDL;\nALLOW READ;\n", fp);
+	assert_int_equal(fclose(fp), 0);
+	snprintf(text, sizeof(text), "[pgveil]\nrules = %s\n", rules_path);
+	cfg = load_text_ok(text);
+	assert_non_null(cfg->ruleset);
+	assert_int_equal(cfg->ruleset->n_rules, 2);
+	assert_int_equal(cfg->ruleset->refcount, 1);
+	config_unref(cfg); /* releases the rules too (ASan would see a leak) */
+
+	/* INI errors first, then every rules error, all counted */
+	snprintf(rules_path, sizeof(rules_path), "%s/bad.rules", tmpdir);
+	fp = fopen(rules_path, "w");
+	assert_non_null(fp);
+	fputs("BLOCK DDL\n-- comment\n  ON x.;\nHOLD NOPE;\n", fp);
+	assert_int_equal(fclose(fp), 0);
+	snprintf(text, sizeof(text), "[pgveil]\nrules = %s\nbogus = 1\n", rules_path);
+	path = write_file("rules-bad.ini", text);
+	assert_null(config_load(path, &errs, &nerrors));
+	assert_int_equal(nerrors, 3);
+	snprintf(want, sizeof(want),
+		 "%s:3:1: unknown key 'bogus' in [pgveil]\n"
+		 "%s:3:8: expected a table name or * after '.', not ';'\n"
+		 "%s:4:6: unknown statement class 'NOPE'\n",
+		 path, rules_path, rules_path);
+	assert_string_equal(errs, want);
+	free(errs);
+
+	/* rules that cannot be read */
+	snprintf(text, sizeof(text), "[pgveil]\nrules = %s/none\n", tmpdir);
+	path = write_file("rules-missing.ini", text);
+	assert_null(config_load(path, &errs, &nerrors));
+	assert_int_equal(nerrors, 1);
+	snprintf(want, sizeof(want), "%s/none:0:0: cannot read: No such file or directory\n", tmpdir);
+	assert_string_equal(errs, want);
+	free(errs);
+}
+
 /* ---- parsers on their own ------------------------------------------------------- */
 
 static void test_parse_duration(void **state)
@@ -705,6 +777,7 @@ int main(void)
 		cmocka_unit_test(test_errors_long_lines),
 		cmocka_unit_test(test_error_unreadable_file),
 		cmocka_unit_test(test_error_long_path),
+		cmocka_unit_test(test_rules_key),
 		cmocka_unit_test(test_parse_duration),
 		cmocka_unit_test(test_parse_conninfo),
 		cmocka_unit_test(test_parse_conninfo_errors),
