@@ -23,6 +23,7 @@ typedef struct Worker Worker;
 typedef struct Stream Stream;
 typedef struct Backend Backend;
 typedef struct JwtVerifier JwtVerifier;
+typedef struct RuleSet RuleSet;
 
 /* SQLSTATE codes pgveil raises itself. */
 #define SQLSTATE_PROTOCOL_VIOLATION "08P01"

@@ -62,6 +62,7 @@ struct Config {
 	bool allow_plaintext_auth;
 	bool dev_trust_auth;         /* development only: no authentication, loopback listeners only */
 	char *rules;
+	RuleSet *ruleset;  /* rules loaded from `rules`, NULL when unset */
 	DefaultAction default_action;
 	char *audit_db;
 	AuditMode audit_mode;
