@@ -749,6 +749,8 @@ static void backend_ready_cb(Backend *be, void *arg)
 	uint32_t pid, key;
 	PgBuf b;
 
+	if (!session_publish(s))
+		return;
 	if (!cancel_register(&s->cancel)) {
 		session_fail(s, SQLSTATE_INTERNAL_ERROR, "could not generate a cancel key");
 		return;
@@ -766,8 +768,6 @@ static void backend_ready_cb(Backend *be, void *arg)
 
 	s->state = SESS_ACTIVE;
 	event_del(s->timer);
-	if (!session_publish(s))
-		return;
 	s->server = backend_stream(be);
 	stream_set_cb(s->server, session_server_cb, s);
 	stream_set_high_water(s->server, SESSION_HIGH_WATER);
@@ -1065,6 +1065,8 @@ static void console_login(Session *s)
 		session_fail(s, SQLSTATE_INVALID_AUTHORIZATION, "not a member of an admin, approver or auditor group");
 		return;
 	}
+	if (!session_publish(s))
+		return;
 	s->console = admin_open(&s->identity, roles, s->id);
 	if (s->console == NULL || !cancel_register(&s->cancel)) {
 		session_fail(s, SQLSTATE_OUT_OF_MEMORY, "could not open the admin console");
@@ -1081,10 +1083,8 @@ static void console_login(Session *s)
 	pgproto_buf_free(&b);
 	s->state = SESS_ADMIN;
 	event_del(s->timer);
-	if (!session_publish(s))
-		return;
-	log_write(LL_INFO, s->ctx, "admin console opened (%s%s%s)", (roles & ADMIN_ROLE_ADMIN) ? "admin " : "",
-		  (roles & ADMIN_ROLE_APPROVER) ? "approver " : "", (roles & ADMIN_ROLE_AUDITOR) ? "auditor" : "");
+	log_write(LL_INFO, s->ctx, "admin console opened (roles:%s%s%s)", (roles & ADMIN_ROLE_ADMIN) ? " admin" : "",
+		  (roles & ADMIN_ROLE_APPROVER) ? " approver" : "", (roles & ADMIN_ROLE_AUDITOR) ? " auditor" : "");
 	stream_enable_read(s->client, true);
 }
 
