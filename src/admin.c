@@ -366,7 +366,8 @@ static const struct {
 	[CMD_SHOW_HELD] = { "SHOW HELD", ROLES_ALL, "statements waiting for approval" },
 	[CMD_SHOW_GRANTS] = { "SHOW GRANTS", ROLES_ALL, "active grants made by APPROVE n FOR ..." },
 	[CMD_SHOW_SESSIONS] = { "SHOW SESSIONS", ROLES_AUDIT, "every logged-in session" },
-	[CMD_SHOW_SESSION] = { "SHOW SESSION", ROLES_AUDIT, "SHOW SESSION n: the transcript of session n (needs the audit log)" },
+	[CMD_SHOW_SESSION] = { "SHOW SESSION", ROLES_AUDIT,
+			       "SHOW SESSION n: the transcript of session n (needs the audit log)" },
 	[CMD_SHOW_RULES] = { "SHOW RULES", ROLES_ALL, "the rules in force, in order" },
 	[CMD_SHOW_STATS] = { "SHOW STATS", ROLES_ALL, "statement counters" },
 	[CMD_SHOW_BLOCKED] = { "SHOW BLOCKED", ROLES_ALL, "blocked agents" },
@@ -379,13 +380,14 @@ static const struct {
 			      "BLOCK AGENT 'subject' [FOR k HOURS]: end its sessions, refuse its logins" },
 	[CMD_UNBLOCK_AGENT] = { "UNBLOCK AGENT", ADMIN_ROLE_ADMIN, "UNBLOCK AGENT 'subject'" },
 	[CMD_RELOAD] = { "RELOAD", ADMIN_ROLE_ADMIN, "reload the configuration and rules (as SIGHUP)" },
-	[CMD_AUDIT_SQL] = { "SELECT", ROLES_AUDIT, "SELECT ...: read-only SQL over the audit log (needs the audit log)" },
+	[CMD_AUDIT_SQL] = { "SELECT", ROLES_AUDIT,
+			    "SELECT ...: read-only SQL over the audit log (needs the audit log)" },
 	[CMD_TRANSACTION] = { "BEGIN", ROLES_ALL, NULL },
 };
 
 typedef struct AdminCmd {
 	CmdKind kind;
-	const char *name;     /* as written for CMD_AUDIT_SQL / CMD_TRANSACTION ("WITH", "COMMIT"), else cmd_info */
+	const char *name;     /* SQL and transaction commands: the word written ("WITH"); else NULL */
 	size_t name_len;
 	uint64_t n;           /* the id */
 	uint64_t seconds;     /* FOR ...; 0 = none */
@@ -409,7 +411,8 @@ static bool parse_duration(Lexer *lx, uint64_t *seconds)
 		if (!tok_is(lx, units[i].one) && !tok_is(lx, units[i].many))
 			continue;
 		if (k == 0 || k > MAX_DURATION_SECONDS / units[i].mult) {
-			lex_fail(lx, SQLSTATE_INVALID_PARAMETER, at, "a duration must be between 1 second and 365 days");
+			lex_fail(lx, SQLSTATE_INVALID_PARAMETER, at,
+				 "a duration must be between 1 second and 365 days");
 			return false;
 		}
 		*seconds = k * units[i].mult;
@@ -424,8 +427,8 @@ static bool parse_show(Lexer *lx, AdminCmd *c)
 	static const struct {
 		const char *word;
 		CmdKind kind;
-	} targets[] = { { "HELD", CMD_SHOW_HELD },     { "GRANTS", CMD_SHOW_GRANTS }, { "SESSIONS", CMD_SHOW_SESSIONS },
-			{ "RULES", CMD_SHOW_RULES },   { "STATS", CMD_SHOW_STATS },   { "BLOCKED", CMD_SHOW_BLOCKED },
+	} targets[] = { { "HELD", CMD_SHOW_HELD },   { "GRANTS", CMD_SHOW_GRANTS },   { "SESSIONS", CMD_SHOW_SESSIONS },
+			{ "RULES", CMD_SHOW_RULES }, { "STATS", CMD_SHOW_STATS },     { "BLOCKED", CMD_SHOW_BLOCKED },
 			{ "HELP", CMD_SHOW_HELP } };
 
 	if (tok_is(lx, "SESSION")) {
@@ -1053,8 +1056,9 @@ static bool run_block(AdminConsole *ac, const AdminCmd *c, PgBuf *out)
 	ended = server_kill_sessions_of(c->text);
 	log_write(LL_INFO, ac->ctx, "BLOCK AGENT %s until %s: ending %d session%s", c->text,
 		  until ? fmt_time(until, when, sizeof(when)) : "UNBLOCK AGENT", ended, ended == 1 ? "" : "s");
-	put_notice(out, "agent %s is blocked %s%s; %d session%s ended", c->text, until ? "until " : "until UNBLOCK AGENT",
-		   until ? fmt_time(until, when, sizeof(when)) : "", ended, ended == 1 ? " is being" : "s are being");
+	put_notice(out, "agent %s is blocked until %s; %d session%s ended", c->text,
+		   until ? fmt_time(until, when, sizeof(when)) : "UNBLOCK AGENT", ended,
+		   ended == 1 ? " is being" : "s are being");
 	put_complete(out, "BLOCK AGENT");
 	return true;
 }
@@ -1089,7 +1093,8 @@ static bool run_reload(AdminConsole *ac, const AdminCmd *c, PgBuf *out)
 static bool run_audit_log(AdminConsole *ac, const AdminCmd *c, PgBuf *out)
 {
 	put_error(out, SQLSTATE_FEATURE_NOT_SUPPORTED, "the audit log is not available yet",
-		  "SHOW SESSION and SQL queries read the audit log (audit_db), which this build does not write yet", 0);
+		  "SHOW SESSION and SQL queries read the audit log (audit_db), which this build does not write yet",
+		  0);
 	return false;
 }
 
@@ -1121,8 +1126,8 @@ static bool run_command(AdminConsole *ac, const AdminCmd *c, PgBuf *out)
 		char msg[160];
 
 		if (c->name != NULL)
-			snprintf(msg, sizeof(msg), "%.*s needs the %s group", (int)(c->name_len > 32 ? 32 : c->name_len),
-				 c->name, roles_text(need));
+			snprintf(msg, sizeof(msg), "%.*s needs the %s group",
+				 (int)(c->name_len > 32 ? 32 : c->name_len), c->name, roles_text(need));
 		else
 			snprintf(msg, sizeof(msg), "%s needs the %s group", cmd_info[c->kind].name, roles_text(need));
 		log_write(LL_INFO, ac->ctx, "refused: %s", msg);
