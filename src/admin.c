@@ -257,6 +257,17 @@ static bool lex_next(Lexer *lx)
 	return true;
 }
 
+/* How much of a token an error message quotes: at most 64 bytes, never half a UTF-8 character. */
+static int quoted_len(const char *p, size_t len)
+{
+	if (len <= 64)
+		return (int)len;
+	len = 64;
+	while (len > 0 && ((unsigned char)p[len] & 0xC0) == 0x80)
+		len--;
+	return (int)len;
+}
+
 static bool tok_is(const Lexer *lx, const char *kw)
 {
 	return lx->tok.kind == TOK_WORD && lx->tok.len == strlen(kw) &&
@@ -272,7 +283,7 @@ static void syntax_error(Lexer *lx)
 		lex_fail(lx, SQLSTATE_SYNTAX_ERROR, t->off, "syntax error at end of input");
 	else
 		lex_fail(lx, SQLSTATE_SYNTAX_ERROR, t->off, "syntax error at or near \"%.*s\"",
-			 (int)(t->len > 64 ? 64 : t->len), lx->src + t->off);
+			 quoted_len(lx->src + t->off, t->len), lx->src + t->off);
 }
 
 /* Requires keyword kw and moves past it. */
@@ -299,7 +310,7 @@ static bool expect_uint(Lexer *lx, uint64_t *out)
 
 		if (v > (UINT64_MAX - d) / 10) {
 			lex_fail(lx, SQLSTATE_OUT_OF_RANGE, lx->tok.off, "value \"%.*s\" is out of range",
-				 (int)(lx->tok.len > 64 ? 64 : lx->tok.len), lx->src + lx->tok.off);
+				 quoted_len(lx->src + lx->tok.off, lx->tok.len), lx->src + lx->tok.off);
 			return false;
 		}
 		v = v * 10 + d;

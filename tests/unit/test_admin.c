@@ -591,6 +591,17 @@ static void syntax_errors_have_positions(void **state)
 		     "value \"99999999999999999999999\" is out of range", 9);
 	/* positions count characters, not bytes */
 	expect_error(ac, "DENY 1 REASON 'größer' x", "42601", "syntax error at or near \"x\"", 24);
+	/* a long token is quoted in part, never cutting a character in two */
+	{
+		char sql[128] = "SHOW x", want[128] = "syntax error at or near \"x";
+
+		for (int i = 0; i < 40; i++)
+			strcat(sql, "é");
+		for (int i = 0; i < 31; i++)
+			strcat(want, "é");
+		strcat(want, "\"");
+		expect_error(ac, sql, "42601", want, 6);
+	}
 	/* a syntax error anywhere runs nothing, as in the server */
 	expect_error(ac, "BLOCK AGENT 'never'; SHOW BOGUS", "42601", "syntax error at or near \"BOGUS\"", 27);
 	assert_false(approval_agent_blocked("never"));
