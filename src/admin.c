@@ -963,8 +963,8 @@ static bool decision_allowed(AdminConsole *ac, const AdminCmd *c, PgBuf *out, He
 		return false;
 	}
 	if ((*h)->state != HOLD_WAITING) {
-		snprintf(msg, sizeof(msg), "statement %llu is no longer waiting: it was %s%s%s",
-			 (unsigned long long)c->n, approval_state_name((*h)->state),
+		snprintf(msg, sizeof(msg), "statement %llu %s %s%s%s", (unsigned long long)c->n,
+			 (*h)->state == HOLD_TIMEOUT ? "already" : "was already", approval_state_name((*h)->state),
 			 (*h)->decided_by ? " by " : "", (*h)->decided_by ? (*h)->decided_by : "");
 		put_error(out, SQLSTATE_NOT_IN_STATE, msg, NULL, 0);
 		return false;

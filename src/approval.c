@@ -397,8 +397,8 @@ static bool decide_refused(const HeldEntry *e, uint64_t id, bool approve, const 
 		return true;
 	}
 	if (e->state != HOLD_WAITING) {
-		snprintf(err, errlen, "statement %llu is no longer waiting: it was %s", (unsigned long long)id,
-			 approval_state_name(e->state));
+		snprintf(err, errlen, "statement %llu %s %s", (unsigned long long)id,
+			 e->state == HOLD_TIMEOUT ? "already" : "was already", approval_state_name(e->state));
 		return true;
 	}
 	if (approve && approver != NULL && strcmp(approver, e->subject) == 0) {

@@ -103,7 +103,7 @@ static void approve_wakes_the_session(void **state)
 	approval_free_held(h, 1);
 	/* a second decision is refused and does not wake anyone again */
 	assert_false(approval_decide(id, false, "carol", NULL, 0, err, sizeof(err)));
-	assert_non_null(strstr(err, "is no longer waiting: it was approved"));
+	assert_non_null(strstr(err, " was already approved"));
 	deliver();
 	assert_int_equal(w.fired, 1);
 	event_free(w.ev);
@@ -162,7 +162,7 @@ static void withdraw(void **state)
 	assert_int_equal(approval_withdraw(a, HOLD_TIMEOUT), HOLD_TIMEOUT);
 	assert_int_equal(approval_state(a, NULL), HOLD_TIMEOUT);
 	assert_false(approval_decide(a, true, "alice", NULL, 0, err, sizeof(err)));
-	assert_non_null(strstr(err, "it was timed out"));
+	assert_non_null(strstr(err, " already timed out"));
 	/* withdrawing twice keeps the first outcome */
 	assert_int_equal(approval_withdraw(a, HOLD_CANCELED), HOLD_TIMEOUT);
 	/* a decision that arrived first wins */
@@ -180,7 +180,7 @@ static void withdraw(void **state)
 
 		assert_int_equal(approval_withdraw(c, HOLD_APPROVED), HOLD_CANCELED);
 		assert_false(approval_decide(c, false, "alice", NULL, 0, err, sizeof(err)));
-		assert_non_null(strstr(err, "it was canceled"));
+		assert_non_null(strstr(err, " was already canceled"));
 		event_free(w3.ev);
 	}
 }
