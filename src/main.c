@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "pgveil/approval.h"
 #include "pgveil/config.h"
 #include "pgveil/jwks.h"
 #include "pgveil/jwtauth.h"
@@ -226,6 +227,7 @@ static int run(const char *path)
 		sigev[i] = evsignal_new(main_base, sigs[i], signal_cb, (void *)path);
 		evsignal_add(sigev[i], NULL);
 	}
+	approval_init();
 	if (!start_config(cfg) || !server_start(main_base, cfg, err, sizeof(err))) {
 		if (err[0] != '\0')
 			log_error("%s", err);
@@ -235,6 +237,7 @@ static int run(const char *path)
 	}
 	event_base_dispatch(main_base);
 	server_free();
+	approval_shutdown();
 	for (int i = 0; i < 3; i++)
 		event_free(sigev[i]);
 	event_base_free(main_base);

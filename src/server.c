@@ -2,7 +2,9 @@
 /*
  * Listeners (evconnlistener on the main loop), worker threads with one
  * event base each, the hand-off queue between them, the global connection
- * count behind max_client_conn, and the shutdown sequence.
+ * count behind max_client_conn, the shutdown sequence, and the admin
+ * console's cross-worker view: listing every worker's sessions under its
+ * lock and asking a worker to end some of them on its own thread.
  */
 #include "pgveil/server.h"
 
@@ -53,16 +55,19 @@ int server_conn_count(void)
 
 void worker_add_session(Worker *w, Session *s)
 {
+	pthread_mutex_lock(&w->lock);
 	s->wnext = w->sessions;
 	s->wprev = NULL;
 	if (w->sessions != NULL)
 		w->sessions->wprev = s;
 	w->sessions = s;
 	w->n_sessions++;
+	pthread_mutex_unlock(&w->lock);
 }
 
 void worker_remove_session(Worker *w, Session *s)
 {
+	pthread_mutex_lock(&w->lock);
 	if (s->wprev != NULL)
 		s->wprev->wnext = s->wnext;
 	else
@@ -70,8 +75,32 @@ void worker_remove_session(Worker *w, Session *s)
 	if (s->wnext != NULL)
 		s->wnext->wprev = s->wprev;
 	w->n_sessions--;
+	s->listed = false;
+	pthread_mutex_unlock(&w->lock);
 	if (w->shutting_down && w->n_sessions == 0)
 		event_base_loopexit(w->base, NULL);
+}
+
+void worker_publish_session(Worker *w, Session *s)
+{
+	pthread_mutex_lock(&w->lock);
+	s->listed = true;
+	pthread_mutex_unlock(&w->lock);
+}
+
+/* Ends the sessions the admin console asked this worker to end (its own thread). */
+static void worker_run_kills(Worker *w)
+{
+	for (Session *s = w->sessions; s != NULL; s = s->wnext) {
+		bool kill;
+
+		pthread_mutex_lock(&w->lock);
+		kill = s->kill_requested;
+		s->kill_requested = false;
+		pthread_mutex_unlock(&w->lock);
+		if (kill)
+			session_kill(s); /* frees s on a later loop turn: s->wnext stays valid */
+	}
 }
 
 static void shutdown_timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -106,13 +135,17 @@ static void worker_wakeup_cb(evutil_socket_t fd, short what, void *arg)
 {
 	Worker *w = arg;
 	PendingConn *list;
-	bool stop;
+	bool stop, kills;
 
 	pthread_mutex_lock(&w->lock);
 	list = w->pending;
 	w->pending = NULL;
 	stop = w->shutdown_requested;
+	kills = w->kill_pending;
+	w->kill_pending = false;
 	pthread_mutex_unlock(&w->lock);
+	if (kills)
+		worker_run_kills(w);
 	while (list != NULL) {
 		PendingConn *pc = list;
 		Config *cfg = config_current();
@@ -139,6 +172,130 @@ static void *worker_main(void *arg)
 	if (__atomic_sub_fetch(&srv.workers_running, 1, __ATOMIC_ACQ_REL) == 0)
 		event_active(srv.all_done, 0, 0);
 	return NULL;
+}
+
+/* ---- the admin console's view (any thread) ------------------------------------------------ */
+
+void server_free_sessions(SessionSummary *list, int n)
+{
+	if (list == NULL)
+		return;
+	for (int i = 0; i < n; i++) {
+		free(list[i].subject);
+		free(list[i].database);
+	}
+	free(list);
+}
+
+/* Appends a summary of s to *list; false without memory. Under the worker's lock. */
+static bool summarize(const Worker *w, const Session *s, SessionSummary **list, int *n, int *cap)
+{
+	SessionSummary *sum;
+
+	if (*n == *cap) {
+		int ncap = *cap ? *cap * 2 : 16;
+		SessionSummary *grown = realloc(*list, (size_t)ncap * sizeof(SessionSummary));
+
+		if (grown == NULL)
+			return false;
+		*list = grown;
+		*cap = ncap;
+	}
+	sum = &(*list)[*n];
+	memset(sum, 0, sizeof(*sum));
+	sum->id = s->id;
+	sum->worker = w->id;
+	sum->started_at = s->started_at;
+	sum->state = session_state_text(s);
+	snprintf(sum->addr, sizeof(sum->addr), "%s", s->addr);
+	sum->subject = strdup(s->identity.subject != NULL ? s->identity.subject : "");
+	sum->database = strdup(s->database != NULL ? s->database : "");
+	(*n)++;
+	return sum->subject != NULL && sum->database != NULL;
+}
+
+static int summary_cmp(const void *a, const void *b)
+{
+	const SessionSummary *x = a, *y = b;
+
+	return x->id < y->id ? -1 : x->id > y->id;
+}
+
+int server_list_sessions(SessionSummary **out)
+{
+	SessionSummary *list = NULL;
+	int n = 0, cap = 0;
+	bool ok = true;
+
+	*out = NULL;
+	for (int i = 0; i < srv.n_workers && ok; i++) {
+		Worker *w = &srv.workers[i];
+
+		pthread_mutex_lock(&w->lock);
+		for (Session *s = w->sessions; s != NULL && ok; s = s->wnext)
+			if (s->listed)
+				ok = summarize(w, s, &list, &n, &cap);
+		pthread_mutex_unlock(&w->lock);
+	}
+	if (!ok) {
+		server_free_sessions(list, n);
+		return -1;
+	}
+	if (n > 1)
+		qsort(list, (size_t)n, sizeof(SessionSummary), summary_cmp);
+	*out = list;
+	return n;
+}
+
+/*
+ * Marks for killing the logged-in sessions of every worker that `match`
+ * accepts, wakes the workers concerned, and returns how many were marked.
+ */
+static int kill_matching(bool (*match)(const Session *s, const void *arg), const void *arg)
+{
+	int total = 0;
+
+	for (int i = 0; i < srv.n_workers; i++) {
+		Worker *w = &srv.workers[i];
+		int here = 0;
+
+		pthread_mutex_lock(&w->lock);
+		for (Session *s = w->sessions; s != NULL; s = s->wnext) {
+			if (!s->listed || !match(s, arg))
+				continue;
+			s->kill_requested = true;
+			here++;
+		}
+		if (here > 0)
+			w->kill_pending = true;
+		pthread_mutex_unlock(&w->lock);
+		if (here > 0)
+			event_active(w->wakeup, EV_READ, 0);
+		total += here;
+	}
+	return total;
+}
+
+static bool match_id(const Session *s, const void *arg)
+{
+	return s->id == *(const uint64_t *)arg;
+}
+
+static bool match_subject(const Session *s, const void *arg)
+{
+	return s->identity.subject != NULL && strcmp(s->identity.subject, arg) == 0;
+}
+
+bool server_kill_session(uint64_t id)
+{
+	return kill_matching(match_id, &id) > 0;
+}
+
+int server_kill_sessions_of(const char *subject)
+{
+	if (subject == NULL || subject[0] == '\0')
+		return 0;
+	return kill_matching(match_subject, subject);
 }
 
 /* ---- main side ----------------------------------------------------------------- */

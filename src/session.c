@@ -23,6 +23,8 @@
 #include <sys/time.h>
 #include <time.h>
 
+#include "pgveil/admin.h"
+#include "pgveil/approval.h"
 #include "pgveil/backend.h"
 #include "pgveil/jwks.h"
 #include "pgveil/log.h"
@@ -38,6 +40,9 @@ static void session_client_cb(Stream *st, StreamEvent ev, void *arg);
 static void session_server_cb(Stream *st, StreamEvent ev, void *arg);
 static void request_token(Session *s);
 static void drop_pending_token(Session *s);
+static bool wants_console(const Session *s);
+static void console_login(Session *s);
+static void console_input(Session *s);
 
 /* ---- lifecycle ---------------------------------------------------------------- */
 
@@ -53,6 +58,7 @@ static void session_free_cb(evutil_socket_t fd, short what, void *arg)
 	event_free(s->timer);
 	event_free(s->expiry);
 	event_free(s->free_ev);
+	admin_close(s->console);
 	jwtauth_identity_clear(&s->identity);
 	drop_pending_token(s);
 	free(s->startup_pkt);
@@ -186,6 +192,7 @@ Session *session_create(Worker *w, Config *cfg, int fd, const struct sockaddr *a
 	s->worker = w;
 	s->over_limit = over_limit;
 	s->txn_status = 'I';
+	s->started_at = time(NULL);
 	format_addr(addr, s->addr, sizeof(s->addr));
 	snprintf(s->ctx, sizeof(s->ctx), "c%llu %s", (unsigned long long)s->id, s->addr);
 	memcpy(&s->peer, addr, addrlen < sizeof(s->peer) ? addrlen : sizeof(s->peer));
@@ -231,6 +238,40 @@ void session_shutdown(Session *s, bool force)
 	s->shutdown_pending = true;
 	if (force || s->state != SESS_ACTIVE || session_idle(s))
 		session_fail(s, SQLSTATE_ADMIN_SHUTDOWN, "terminating connection because pgveil is shutting down");
+}
+
+void session_kill(Session *s)
+{
+	if (s->state == SESS_CLOSING)
+		return;
+	log_write(LL_INFO, s->ctx, "ended by the admin console");
+	/* A statement still running on the server would go on after the socket closes: cancel it. */
+	if (s->state == SESS_ACTIVE && !session_quiet(s) && s->cancel.has_backend)
+		backend_send_cancel(s->worker->base, &s->cancel.addr, s->cancel.be_pid, s->cancel.be_key);
+	session_fail(s, SQLSTATE_ADMIN_SHUTDOWN, "terminated by administrator command");
+}
+
+const char *session_state_text(const Session *s)
+{
+	SessionState st = __atomic_load_n(&s->state, __ATOMIC_RELAXED);
+
+	switch (st) {
+	case SESS_STARTUP:
+	case SESS_TLS: return "startup";
+	case SESS_AUTH: return "authenticating";
+	case SESS_CONNECTING: return "connecting";
+	case SESS_ADMIN: return "admin";
+	case SESS_CLOSING: return "closing";
+	case SESS_ACTIVE: break;
+	}
+	if (__atomic_load_n(&s->pending_ready, __ATOMIC_RELAXED) > 0 ||
+	    __atomic_load_n(&s->client_pass, __ATOMIC_RELAXED) > 0)
+		return "active";
+	switch (__atomic_load_n(&s->txn_status, __ATOMIC_RELAXED)) {
+	case 'T': return "idle in transaction";
+	case 'E': return "idle in transaction (aborted)";
+	default: return "idle";
+	}
 }
 
 /* ---- startup phase -------------------------------------------------------------- */
@@ -429,6 +470,8 @@ static bool check_startup(Session *s)
 			     "startup options may not set role or session_authorization through pgveil");
 		return false;
 	}
+	if (wants_console(s))
+		return true; /* the admin console has no [databases] entry */
 	s->db = config_find_db(s->cfg, s->database);
 	if (s->db == NULL) {
 		session_fail(s, SQLSTATE_INVALID_CATALOG_NAME, "database \"%s\" does not exist", s->database);
@@ -455,6 +498,12 @@ static void handle_startup_message(Session *s, uint8_t *pkt)
 	}
 	if (!s->cfg->dev_trust_auth) {
 		session_fail(s, SQLSTATE_INVALID_AUTHORIZATION, "no client authentication method is configured");
+		return;
+	}
+	if (wants_console(s)) {
+		/* Without a token nobody can be told apart: no admin, approver or auditor. */
+		session_fail(s, SQLSTATE_INVALID_AUTHORIZATION,
+			     "the admin console needs token authentication ([oidc]); dev_trust_auth cannot reach it");
 		return;
 	}
 	connect_backend(s);
@@ -516,8 +565,16 @@ static void auth_accept(Session *s)
 		 s->database, s->addr);
 	log_write(LL_INFO, s->ctx, "token accepted (%d group%s, expires in %llds)", s->identity.n_groups,
 		  s->identity.n_groups == 1 ? "" : "s", (long long)(tv.tv_sec));
+	if (approval_agent_blocked(s->identity.subject)) {
+		session_fail(s, SQLSTATE_INVALID_AUTHORIZATION, "agent %s is blocked by an administrator",
+			     s->identity.subject);
+		return;
+	}
 	evtimer_add(s->expiry, &tv);
-	connect_backend(s);
+	if (wants_console(s))
+		console_login(s);
+	else
+		connect_backend(s);
 }
 
 static void verify_token(Session *s, const char *token, bool may_refresh);
@@ -533,6 +590,8 @@ static void jwks_wake_cb(evutil_socket_t fd, short what, void *arg)
 	s->jwks_wake = NULL;
 	if (s->state == SESS_AUTH && token != NULL)
 		verify_token(s, token, false);
+	if (s->state == SESS_ADMIN)
+		console_input(s); /* what the client sent after its token */
 	if (token != NULL) {
 		explicit_bzero(token, strlen(token));
 		free(token);
@@ -599,6 +658,8 @@ static void handle_auth_input(Session *s)
 	verify_token(s, token, true);
 	explicit_bzero(token, h.len - 4);
 	evbuffer_drain(in, (size_t)h.len + 1);
+	if (s->state == SESS_ADMIN)
+		console_input(s); /* what the client sent after its token */
 }
 
 /* Reads one whole startup-phase packet; returns it (malloc'd) or NULL if incomplete or bad. */
@@ -665,6 +726,22 @@ static void handle_startup_input(Session *s)
 
 /* ---- server login done ---------------------------------------------------------- */
 
+/*
+ * Makes a logged-in session visible to the admin console. An agent blocked
+ * while this session was logging in is refused here: BLOCK AGENT records
+ * the block before it looks for sessions to end, so one of the two sees it.
+ */
+static bool session_publish(Session *s)
+{
+	worker_publish_session(s->worker, s);
+	if (approval_agent_blocked(s->identity.subject)) {
+		session_fail(s, SQLSTATE_INVALID_AUTHORIZATION, "agent %s is blocked by an administrator",
+			     s->identity.subject);
+		return false;
+	}
+	return true;
+}
+
 static void backend_ready_cb(Backend *be, void *arg)
 {
 	Session *s = arg;
@@ -673,6 +750,8 @@ static void backend_ready_cb(Backend *be, void *arg)
 	uint32_t pid, key;
 	PgBuf b;
 
+	if (!session_publish(s))
+		return;
 	if (!cancel_register(&s->cancel)) {
 		session_fail(s, SQLSTATE_INTERNAL_ERROR, "could not generate a cancel key");
 		return;
@@ -723,6 +802,8 @@ static void session_client_cb(Stream *st, StreamEvent ev, void *arg)
 			handle_auth_input(s);
 		else if (s->state == SESS_ACTIVE)
 			relay_client_input(s);
+		else if (s->state == SESS_ADMIN)
+			console_input(s);
 		return;
 	case STREAM_EV_TLS_DONE:
 		s->tls_done = true;
@@ -731,6 +812,8 @@ static void session_client_cb(Stream *st, StreamEvent ev, void *arg)
 	case STREAM_EV_DRAINED:
 		if (s->state == SESS_ACTIVE && s->server != NULL)
 			stream_enable_read(s->server, true);
+		else if (s->state == SESS_ADMIN)
+			console_input(s);
 		return;
 	case STREAM_EV_EOF:
 		if (s->state == SESS_ACTIVE)
@@ -788,4 +871,172 @@ static void session_server_cb(Stream *st, StreamEvent ev, void *arg)
 	default:
 		return;
 	}
+}
+
+/* ---- the admin console ------------------------------------------------------------------ */
+
+#define CONSOLE_MAX_MESSAGE (1u << 20) /* no console command is anywhere near this */
+
+/* The client asked for the admin console's virtual database. */
+static bool wants_console(const Session *s)
+{
+	return s->cfg->admin_db != NULL && s->database != NULL && strcmp(s->database, s->cfg->admin_db) == 0;
+}
+
+/* What a console tells the client at login, so that psql and drivers are content. */
+static void console_greeting(Session *s, PgBuf *b)
+{
+	const char *app = pgproto_startup_get(&s->startup, "application_name");
+
+	pgproto_build_auth(b, PG_AUTH_OK, NULL, 0);
+	pgproto_build_parameter_status(b, "server_version", "15.0 (pgveil admin console)");
+	pgproto_build_parameter_status(b, "server_encoding", "UTF8");
+	pgproto_build_parameter_status(b, "client_encoding", "UTF8");
+	pgproto_build_parameter_status(b, "DateStyle", "ISO, MDY");
+	pgproto_build_parameter_status(b, "IntervalStyle", "postgres");
+	pgproto_build_parameter_status(b, "TimeZone", "UTC");
+	pgproto_build_parameter_status(b, "integer_datetimes", "on");
+	pgproto_build_parameter_status(b, "standard_conforming_strings", "on");
+	pgproto_build_parameter_status(b, "is_superuser", "off");
+	pgproto_build_parameter_status(b, "session_authorization", s->identity.subject);
+	pgproto_build_parameter_status(b, "application_name", app != NULL ? app : "");
+	pgproto_build_backend_key(b, s->cancel.pid, s->cancel.key);
+	pgproto_build_ready(b, 'I');
+}
+
+/* The token is verified and not blocked: open the console instead of a server connection. */
+static void console_login(Session *s)
+{
+	int roles = admin_roles(s->cfg, &s->identity);
+	PgBuf b;
+
+	if (roles == 0) {
+		session_fail(s, SQLSTATE_INVALID_AUTHORIZATION, "not a member of an admin, approver or auditor group");
+		return;
+	}
+	if (!session_publish(s))
+		return;
+	s->console = admin_open(&s->identity, roles, s->id);
+	if (s->console == NULL || !cancel_register(&s->cancel)) {
+		session_fail(s, SQLSTATE_OUT_OF_MEMORY, "could not open the admin console");
+		return;
+	}
+	pgproto_buf_init(&b);
+	console_greeting(s, &b);
+	if (!pgproto_buf_ok(&b)) {
+		pgproto_buf_free(&b);
+		session_fail(s, SQLSTATE_OUT_OF_MEMORY, "out of memory");
+		return;
+	}
+	send_to_client(s, &b);
+	pgproto_buf_free(&b);
+	s->state = SESS_ADMIN;
+	event_del(s->timer);
+	log_write(LL_INFO, s->ctx, "admin console opened (roles:%s%s%s)", (roles & ADMIN_ROLE_ADMIN) ? " admin" : "",
+		  (roles & ADMIN_ROLE_APPROVER) ? " approver" : "", (roles & ADMIN_ROLE_AUDITOR) ? " auditor" : "");
+	stream_enable_read(s->client, true);
+}
+
+/* Runs one Query message and answers it, ReadyForQuery included. */
+static void console_query(Session *s, const uint8_t *body, uint32_t len)
+{
+	PgBuf b;
+
+	if (len == 0 || memchr(body, '\0', len) != body + len - 1) {
+		session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "invalid Query message");
+		return;
+	}
+	pgproto_buf_init(&b);
+	admin_query(s->console, (const char *)body, &b);
+	pgproto_build_ready(&b, 'I');
+	if (!pgproto_buf_ok(&b)) {
+		pgproto_buf_free(&b);
+		session_fail(s, SQLSTATE_OUT_OF_MEMORY, "out of memory");
+		return;
+	}
+	evbuffer_add(stream_output(s->client), b.data, b.len);
+	pgproto_buf_free(&b);
+}
+
+/* Appends an ErrorResponse (and ReadyForQuery when `ready`) to the client's output. */
+static void console_error(Session *s, const char *sqlstate, const char *msg, bool ready)
+{
+	PgBuf b;
+
+	pgproto_buf_init(&b);
+	pgproto_build_error(&b, false, "ERROR", sqlstate, msg, NULL, NULL);
+	if (ready)
+		pgproto_build_ready(&b, 'I');
+	if (pgproto_buf_ok(&b))
+		evbuffer_add(stream_output(s->client), b.data, b.len);
+	pgproto_buf_free(&b);
+}
+
+static void console_ready(Session *s)
+{
+	static const uint8_t ready[] = { 'Z', 0, 0, 0, 5, 'I' };
+
+	evbuffer_add(stream_output(s->client), ready, sizeof(ready));
+}
+
+/*
+ * One whole client message on the console. The extended protocol is
+ * refused the way the server refuses a failed Parse: one error, then
+ * everything up to Sync is skipped.
+ */
+static void console_message(Session *s, uint8_t type, const uint8_t *body, uint32_t len)
+{
+	static const char extended[] = "the admin console speaks the simple query protocol";
+
+	if (type == 'X') {
+		session_close(s, "client sent Terminate");
+	} else if (type == 'S') {
+		s->admin_skip = false;
+		console_ready(s);
+	} else if (type == 'p') {
+		session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "unexpected password message in the query phase");
+	} else if (s->admin_skip) {
+		return;
+	} else if (type == 'Q') {
+		console_query(s, body, len);
+	} else if (type == 'F') {
+		console_error(s, SQLSTATE_FEATURE_NOT_SUPPORTED, extended, true);
+	} else if (type == 'P' || type == 'B' || type == 'D' || type == 'E' || type == 'C') {
+		console_error(s, SQLSTATE_FEATURE_NOT_SUPPORTED, extended, false);
+		s->admin_skip = true;
+	}
+	/* Flush ('H') has nothing to flush; stray CopyData/CopyDone/CopyFail are ignored as by the server. */
+}
+
+/* Reads whole messages while the client's output has room. */
+static void console_input(Session *s)
+{
+	struct evbuffer *in = stream_input(s->client);
+	uint32_t max = s->cfg->max_packet_size < CONSOLE_MAX_MESSAGE ? s->cfg->max_packet_size : CONSOLE_MAX_MESSAGE;
+
+	while (s->state == SESS_ADMIN && !stream_output_full(s->client)) {
+		uint8_t hdr[PG_HEADER_LEN], *msg;
+		const char *why;
+		PgHeader h;
+
+		if (evbuffer_copyout(in, hdr, sizeof(hdr)) < (ssize_t)sizeof(hdr))
+			break;
+		if (pgproto_check_frontend_header(hdr, max, &h, &why) != PGP_FRAME_OK) {
+			session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "%s (type 0x%02x, length %u)", why, h.type, h.len);
+			return;
+		}
+		if (evbuffer_get_length(in) < (size_t)h.len + 1)
+			break;
+		msg = evbuffer_pullup(in, (ssize_t)h.len + 1);
+		if (msg == NULL) {
+			session_fail(s, SQLSTATE_OUT_OF_MEMORY, "out of memory");
+			return;
+		}
+		console_message(s, h.type, msg + PG_HEADER_LEN, h.len - 4);
+		evbuffer_drain(in, (size_t)h.len + 1);
+	}
+	if (s->state != SESS_ADMIN)
+		return;
+	stream_flush(s->client);
+	stream_enable_read(s->client, !stream_output_full(s->client));
 }

@@ -21,7 +21,11 @@
 #define ADMIN_ROLE_APPROVER 2
 #define ADMIN_ROLE_AUDITOR 4
 
-/* Counters for SHOW STATS (atomic, any thread). */
+/*
+ * Counters for SHOW STATS (atomic, any thread). The statement relay counts
+ * them where it decides; the approval registry and the console count
+ * nothing themselves, so each event is counted once.
+ */
 typedef enum {
 	STAT_STATEMENTS,   /* statements analysed */
 	STAT_ALLOWED,

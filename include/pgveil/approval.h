@@ -47,6 +47,9 @@ typedef struct HeldInfo {
 	char *decided_by;         /* approver subject, NULL while waiting */
 	char *reason;             /* DENY ... REASON, or NULL */
 	time_t decided_at;
+	char *rule_text;          /* the rule as written, or NULL */
+	char *tables;             /* comma-separated "schema.name" list, "" when none */
+	time_t grant_until;       /* APPROVE ... FOR: when the grant it made expires; 0 = none */
 } HeldInfo;
 
 /* A time-boxed grant from APPROVE n FOR ... . */
@@ -71,8 +74,24 @@ void approval_shutdown(void);
  */
 uint64_t approval_submit(const HoldSpec *spec, struct event *wake) PGV_WARN_UNUSED;
 
-/* The current state of `id`; *reason (malloc'd or NULL) gets a denial reason. */
+/*
+ * The current state of `id`; *reason (malloc'd or NULL; reason itself may be
+ * NULL) gets a denial reason. An id the registry no longer knows (never
+ * submitted, or forgotten long after its decision) reads HOLD_CANCELED, so
+ * what cannot be proven approved never runs.
+ */
 HoldState approval_state(uint64_t id, char **reason);
+
+/*
+ * A copy of one entry, waiting or decided (decided ones are kept for the
+ * last APPROVAL_KEEP_DECIDED decisions). Returns 1 and sets *out (free with
+ * approval_free_held(*out, 1)), 0 for an unknown id, -1 on allocation failure.
+ */
+#define APPROVAL_KEEP_DECIDED 1000
+int approval_get(uint64_t id, HeldInfo **out) PGV_WARN_UNUSED;
+
+/* The name of a state as the console shows it: "waiting", "approved", "denied", "timed out", "canceled". */
+const char *approval_state_name(HoldState st);
 
 /*
  * The session gives up waiting (HOLD_TIMEOUT or HOLD_CANCELED). Returns the
@@ -85,8 +104,10 @@ HoldState approval_withdraw(uint64_t id, HoldState why);
 /*
  * An approver's decision. approve = false denies (reason may be NULL).
  * grant_seconds > 0 (approve only) also creates a grant. Returns true, or
- * false with a message in err: unknown id, not waiting any more, or the
- * approver is the subject who sent it.
+ * false with a message in err: unknown id, not waiting any more, the
+ * approver is the subject who sent it (approving only; denying one's own
+ * statement is allowed), or no memory for the grant (then nothing is
+ * decided). Every decision is logged at info level.
  */
 bool approval_decide(uint64_t id, bool approve, const char *approver, const char *reason,
 		     uint64_t grant_seconds, char *err, size_t errlen) PGV_WARN_UNUSED;
@@ -99,19 +120,32 @@ bool approval_decide(uint64_t id, bool approve, const char *approver, const char
 bool approval_grant_covers(const char *subject, const char *rule, int n_tables, const char *const *tables,
 			   uint64_t *grant_id);
 
-/* Snapshots for the admin console; free with the matching free function. */
+/*
+ * Snapshots for the admin console; free with the matching free function.
+ * The list functions return the count, or -1 on allocation failure.
+ */
 int approval_list_held(HeldInfo **out);          /* waiting ones, oldest first */
 void approval_free_held(HeldInfo *list, int n);
 int approval_list_grants(GrantInfo **out);       /* unexpired ones */
 void approval_free_grants(GrantInfo *list, int n);
-bool approval_revoke_grant(uint64_t grant_id);
+bool approval_revoke_grant(uint64_t grant_id);   /* false: no such unexpired grant */
+
+/* A blocked subject, for SHOW BLOCKED. */
+typedef struct BlockedInfo {
+	char *subject;
+	time_t until;             /* 0 = until UNBLOCK AGENT */
+} BlockedInfo;
 
 /*
- * Blocked agents: `until` = 0 means until UNBLOCK AGENT. Blocking does not
- * end sessions by itself; the caller does (server_kill_sessions_of).
+ * Blocked agents: `until` = 0 means until UNBLOCK AGENT; blocking again
+ * replaces the end. Blocking does not end sessions by itself; the caller
+ * does (server_kill_sessions_of). approval_block_agent returns false only
+ * when there was no memory to record the block. Expired blocks vanish.
  */
-void approval_block_agent(const char *subject, time_t until);
-bool approval_unblock_agent(const char *subject);
-bool approval_agent_blocked(const char *subject);
+bool approval_block_agent(const char *subject, time_t until);
+bool approval_unblock_agent(const char *subject);  /* false: it was not blocked */
+bool approval_agent_blocked(const char *subject);  /* NULL or "" is never blocked */
+int approval_list_blocked(BlockedInfo **out);      /* unexpired ones; -1 on allocation failure */
+void approval_free_blocked(BlockedInfo *list, int n);
 
 #endif

@@ -10,6 +10,7 @@
 
 #include <pthread.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include "pgveil/common.h"
 #include "pgveil/config.h"
@@ -32,10 +33,12 @@ struct Worker {
 	pthread_t thread;                /* the thread running base */
 	struct event_base *base;         /* this worker's loop */
 	struct evdns_base *dns;          /* resolver for server host names */
-	struct event *wakeup;            /* activated by other threads: new sockets, shutdown */
-	pthread_mutex_t lock;            /* guards `pending` and `shutdown_requested` */
+	struct event *wakeup;            /* activated by other threads: new sockets, shutdown, kills */
+	pthread_mutex_t lock;            /* guards `pending`, `shutdown_requested`, `kill_pending`, the
+					    session list's links and the sessions' published fields */
 	PendingConn *pending;            /* sockets handed over, not yet picked up */
 	bool shutdown_requested;         /* set by the main thread */
+	bool kill_pending;               /* a session here has kill_requested set (admin console) */
 	bool shutting_down;              /* seen by the worker */
 	struct event *shutdown_timer;    /* forces remaining sessions out */
 	Session *sessions;               /* every session of this worker */
@@ -58,8 +61,45 @@ void server_conn_closed(void);
 /* Current number of client connections. */
 int server_conn_count(void);
 
-/* Worker-side session bookkeeping (called on the worker thread). */
+/*
+ * Worker-side session bookkeeping (called on the worker thread). The list
+ * is changed under the worker's lock, so other threads may walk it under
+ * that lock. worker_publish_session() marks a session as logged in: from
+ * then on it is listed and may be killed from the admin console; its
+ * identity and database must not change any more.
+ */
 void worker_add_session(Worker *w, Session *s);
 void worker_remove_session(Worker *w, Session *s);
+void worker_publish_session(Worker *w, Session *s);
+
+/* ---- the admin console's view of every worker's sessions --------------------------- */
+
+/* One logged-in session as SHOW SESSIONS lists it. */
+typedef struct SessionSummary {
+	uint64_t id;                     /* session id */
+	char *subject;                   /* agent subject, "" under dev_trust_auth */
+	char *database;                  /* the database the client asked for */
+	char addr[64];                   /* client address */
+	time_t started_at;               /* wall clock at accept */
+	const char *state;               /* static text: "active", "idle", "idle in transaction", "admin", ... */
+	int worker;                      /* owning worker id */
+} SessionSummary;
+
+/*
+ * Copies a summary of every logged-in session of every worker, ordered by
+ * id, into *out (free with server_free_sessions). Returns the count, or -1
+ * on allocation failure. Any thread.
+ */
+int server_list_sessions(SessionSummary **out);
+void server_free_sessions(SessionSummary *list, int n);
+
+/*
+ * Asks the worker owning session `id` to end it with FATAL 57P01
+ * "terminated by administrator command" on its own thread, soon after this
+ * returns. False when no logged-in session has that id. Any thread.
+ */
+bool server_kill_session(uint64_t id);
+/* The same for every logged-in session of `subject`; returns how many. */
+int server_kill_sessions_of(const char *subject);
 
 #endif

@@ -9,6 +9,7 @@
 #define PGVEIL_SESSION_H
 
 #include <sys/socket.h>
+#include <time.h>
 
 #include "pgveil/cancel.h"
 #include "pgveil/common.h"
@@ -18,6 +19,7 @@
 #include "pgveil/relay.h"
 
 struct event;
+typedef struct AdminConsole AdminConsole;
 
 typedef enum {
 	SESS_STARTUP,    /* reading SSLRequest / GSSENCRequest / StartupMessage / CancelRequest */
@@ -25,6 +27,7 @@ typedef enum {
 	SESS_AUTH,       /* waiting for the client's token (cleartext password message) */
 	SESS_CONNECTING, /* logging in to the server */
 	SESS_ACTIVE,     /* query phase: relaying */
+	SESS_ADMIN,      /* the admin console: no server, queries answered by admin_query() */
 	SESS_CLOSING,    /* torn down; freed on the next loop turn */
 } SessionState;
 
@@ -64,6 +67,12 @@ struct Session {
 	char addr[64];               /* client address as text */
 	struct sockaddr_storage peer;/* client address */
 	char ctx[192];               /* log context */
+	time_t started_at;           /* wall clock at accept, for SHOW SESSIONS */
+	AdminConsole *console;       /* SESS_ADMIN: the console's state */
+	bool admin_skip;             /* SESS_ADMIN: skipping extended-protocol messages until Sync */
+	/* Published to other threads (under the worker's lock): */
+	bool listed;                 /* logged in: shown by SHOW SESSIONS, may be killed */
+	bool kill_requested;         /* KILL SESSION / BLOCK AGENT asked the worker to end it */
 	Session *wnext, *wprev;      /* worker's session list */
 };
 
@@ -88,5 +97,16 @@ void session_close(Session *s, const char *reason);
  * its work finishes. force = true ends it now regardless.
  */
 void session_shutdown(Session *s, bool force);
+
+/* Ends the session now with FATAL 57P01 "terminated by administrator command" (its worker's thread). */
+void session_kill(Session *s);
+
+/*
+ * What the session is doing, as SHOW SESSIONS says it: "idle", "active",
+ * "idle in transaction", "idle in transaction (aborted)", "admin", or the
+ * login phase. Called from other threads under the worker's lock: it reads
+ * only small fields, so the answer may be a moment old.
+ */
+const char *session_state_text(const Session *s);
 
 #endif
