@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pgveil/admin.h"
 #include "pgveil/approval.h"
 #include "pgveil/log.h"
 #include "pgveil/pgproto.h"
@@ -350,8 +351,11 @@ static void refuse_blocked(Session *s, const Decision *d)
 static Decision decide(Session *s, const PartList *pl)
 {
 	Config *cfg = relay_config(s->relay);
+	Decision d = policy_decide(cfg->ruleset, cfg->default_action, &s->identity, pl->parts, pl->n);
 
-	return policy_decide(cfg->ruleset, cfg->default_action, &s->identity, pl->parts, pl->n);
+	admin_stat_add(d.action == DECISION_ALLOW ? STAT_ALLOWED : d.action == DECISION_BLOCK ? STAT_BLOCKED : STAT_HELD,
+		       1);
+	return d;
 }
 
 /* ---- holding ---------------------------------------------------------------------- */
@@ -411,6 +415,7 @@ static GuardAction hold_start(Session *s, uint8_t type, size_t msglen, const cha
 
 	if (approval_grant_covers(subject, rule, n_tables, ptrs, &grant)) {
 		log_write(LL_INFO, s->ctx, "allowed by grant %llu", (unsigned long long)grant);
+		admin_stat_add(STAT_GRANTED, 1);
 		return GUARD_FORWARD;
 	}
 	memset(&spec, 0, sizeof(spec));
@@ -458,6 +463,7 @@ static GuardAction guard_query(Session *s, const char *sql, size_t msglen)
 	GuardAction act = GUARD_REFUSE;
 	Decision d;
 
+	admin_stat_add(STAT_STATEMENTS, 1);
 	if (info == NULL) {
 		refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory while analysing the statement", NULL, NULL, 0);
 		return GUARD_REFUSE;
@@ -499,6 +505,7 @@ static GuardAction guard_parse(Session *s, PgReader *rd)
 		return GUARD_HOLD;
 	}
 	info = sqlinfo_analyze(sql, strlen(sql));
+	admin_stat_add(STAT_STATEMENTS, 1);
 	if (info == NULL) {
 		refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory while analysing the statement", NULL, NULL, 0);
 		return GUARD_REFUSE;
@@ -1006,6 +1013,7 @@ static void hold_end(Session *s, HoldState st, const char *reason)
 	evtimer_del(r->hold_timer);
 	cancel_watch(&s->cancel, NULL);
 	r->hold_id = 0;
+	admin_stat_add(st == HOLD_APPROVED ? STAT_APPROVED : st == HOLD_DENIED ? STAT_DENIED : STAT_TIMED_OUT, 1);
 	if (st == HOLD_APPROVED) {
 		log_write(LL_INFO, s->ctx, "held statement %llu approved", (unsigned long long)id);
 		r->released = true;
