@@ -973,5 +973,6 @@ void sqlinfo_thread_cleanup(void)
 	free(t->key);
 	free(t);
 	sql_thread = NULL;
-	pg_query_exit();
+	/* Not pg_query_exit(): libpg_query cannot start again in this thread after it;
+	 * its memory goes when the thread exits. */
 }

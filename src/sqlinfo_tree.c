@@ -1237,9 +1237,9 @@ static void stmt_update(Walk *w, const JNode *s)
 	const JNode *rel = j_get(w, s, "relation");
 	const char *schema = j_str(w, rel, "schemaname");
 
-	/* pg_settings can be updated to change any setting, the role included. */
+	/* Updating pg_settings runs set_config(): client_encoding and the like included. */
 	if (str_eq(j_str(w, rel, "relname"), "pg_settings") && (schema == NULL || strcmp(schema, "pg_catalog") == 0))
-		part_add(w, SC_SESSION | SC_PRIVILEGE);
+		part_add(w, SC_SESSION | SC_ADMIN);
 	if (!w->explain_only && where_all_rows(w, j_get(w, s, "whereClause")))
 		part_add(w, SC_DESTRUCTIVE);
 	walk_fields(w, s, dml_skip);
