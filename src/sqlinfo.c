@@ -68,6 +68,7 @@ typedef struct CacheEnt {
 	int space;               /* SPACE_* */
 	StmtInfo *info;          /* one reference */
 	int next;                /* hash chain, -1 = end */
+	uint64_t last_text;      /* shape entries: hash of the last text that hit it */
 } CacheEnt;
 
 typedef struct Cache {
@@ -573,10 +574,14 @@ static char *reloc(const void *p, const char *from, char *to)
 	return p != NULL ? to + ((const char *)p - from) : NULL;
 }
 
-/* A private copy of a block (all its inner pointers moved along); not cached. */
-static StmtInfo *block_clone(const InfoBlock *src)
+/*
+ * A private copy of a block (all its inner pointers moved along), with
+ * `text` (len bytes) appended as its exact-text key when given.
+ */
+static StmtInfo *block_clone(const InfoBlock *src, const char *text, size_t len)
 {
-	InfoBlock *blk = malloc(src->size);
+	size_t size = src->size + (text != NULL ? len + 1 : 0);
+	InfoBlock *blk = malloc(size);
 	const char *from = (const char *)src;
 	char *to = (char *)blk;
 	StmtInfo *info;
@@ -585,11 +590,17 @@ static StmtInfo *block_clone(const InfoBlock *src)
 	if (blk == NULL)
 		return NULL;
 	memcpy(blk, src, src->size);
+	blk->size = size;
 	info = &blk->info;
 	info->refcount = 1;
 	blk->anchors = (int *)(void *)reloc(src->anchors, from, to);
 	blk->shape = NULL;
 	blk->text = NULL;
+	if (text != NULL) {
+		blk->text = memcpy(to + src->size, text, len);
+		to[src->size + len] = '\0';
+		blk->text_len = len;
+	}
 	info->error = reloc(info->error, from, to);
 	info->stmts = (SqlStmt *)(void *)reloc(info->stmts, from, to);
 	info->parts = (SqlPart *)(void *)reloc(info->parts, from, to);
@@ -631,7 +642,7 @@ static StmtInfo *respan(StmtInfo *cached, const SqlThread *t)
 	}
 	if (same)
 		return sqlinfo_ref(cached);
-	if ((info = block_clone(blk)) == NULL)
+	if ((info = block_clone(blk, NULL, 0)) == NULL)
 		return NULL;
 	for (i = 0; i < info->n_stmts; i++) {
 		a = blk->anchors[2 * i];
@@ -667,17 +678,17 @@ static bool cache_init(Cache *c, int cap)
 	return true;
 }
 
-static StmtInfo *cache_find(Cache *c, int space, uint64_t hash, const void *key, size_t len)
+static CacheEnt *cache_find(Cache *c, int space, uint64_t hash, const void *key, size_t len)
 {
 	int i;
 
 	if (c->cap == 0)
 		return NULL;
 	for (i = c->buckets[hash & (uint64_t)(c->nbuckets - 1)]; i >= 0; i = c->ents[i].next) {
-		const CacheEnt *e = &c->ents[i];
+		CacheEnt *e = &c->ents[i];
 
 		if (e->hash == hash && e->space == space && e->key_len == len && memcmp(e->key, key, len) == 0)
-			return e->info;
+			return e;
 	}
 	return NULL;
 }
@@ -715,6 +726,7 @@ static void cache_insert(Cache *c, int space, uint64_t hash, const void *key, si
 	e->key_len = len;
 	e->space = space;
 	e->info = sqlinfo_ref(info);
+	e->last_text = 0;
 	e->next = c->buckets[hash & (uint64_t)(c->nbuckets - 1)];
 	c->buckets[hash & (uint64_t)(c->nbuckets - 1)] = slot;
 	c->bytes += size;
@@ -792,6 +804,38 @@ static const char *text_refusal(const char *sql, size_t *len)
 	return NULL;
 }
 
+/*
+ * A shape hit: this text's analysis from the shape's. A text that hits the
+ * same shape twice in a row gets an exact-text entry of its own, so that
+ * repeated texts skip the lexer; texts that keep changing do not fill the
+ * cache.
+ */
+static StmtInfo *shape_hit(SqlThread *t, CacheEnt *e, const char *sql, size_t len, uint64_t hx)
+{
+	StmtInfo *info = respan(e->info, t), *copy;
+
+	if (info == NULL || e->last_text != hx) {
+		e->last_text = hx;
+		return info;
+	}
+	if ((copy = block_clone(block_of(info), sql, len)) == NULL)
+		return info;
+	sqlinfo_unref(info);
+	cache_insert(&t->cache, SPACE_EXACT, hx, block_of(copy)->text, len, copy);
+	return copy;
+}
+
+/* Caches a fresh analysis by its exact text, and by its shape when no literal decided it. */
+static void cache_fresh(SqlThread *t, StmtInfo *info, size_t len, uint64_t hx, uint64_t hs)
+{
+	InfoBlock *blk = block_of(info);
+
+	if (blk->text != NULL)
+		cache_insert(&t->cache, SPACE_EXACT, hx, blk->text, len, info);
+	if (blk->shape != NULL && !info->literal_sensitive && info->error == NULL)
+		cache_insert(&t->cache, SPACE_SHAPE, hs, blk->shape, blk->shape_len, info);
+}
+
 StmtInfo *sqlinfo_analyze(const char *sql, size_t len)
 {
 	SqlThread *t = thread_get();
@@ -799,6 +843,7 @@ StmtInfo *sqlinfo_analyze(const char *sql, size_t len)
 	bool cacheable = len <= CACHE_MAX_TEXT, shape_ok = false;
 	uint64_t hx, hs = 0, fp;
 	StmtInfo *info;
+	CacheEnt *e;
 	int scanned;
 
 	if (t == NULL)
@@ -809,9 +854,9 @@ StmtInfo *sqlinfo_analyze(const char *sql, size_t len)
 	if (refusal != NULL)
 		return info_error(refusal, 0, hx, NULL, 0);
 	cache_ready(t);
-	if (cacheable && (info = cache_find(&t->cache, SPACE_EXACT, hx, sql, len)) != NULL) {
+	if (cacheable && (e = cache_find(&t->cache, SPACE_EXACT, hx, sql, len)) != NULL) {
 		t->hits++;
-		return sqlinfo_ref(info);
+		return sqlinfo_ref(e->info);
 	}
 	if (!text_copy(t, sql, len) || (scanned = scan_text(t, len)) < 0)
 		return NULL;
@@ -820,19 +865,15 @@ StmtInfo *sqlinfo_analyze(const char *sql, size_t len)
 		fp = hash_bytes(SEED_FINGERPRINT, t->key, t->key_len);
 		hs = hash_bytes(SEED_SHAPE, t->key, t->key_len);
 		shape_ok = cacheable && t->cache.cap > 0;
-		if (shape_ok && (info = cache_find(&t->cache, SPACE_SHAPE, hs, t->key, t->key_len)) != NULL) {
+		if (shape_ok && (e = cache_find(&t->cache, SPACE_SHAPE, hs, t->key, t->key_len)) != NULL) {
 			t->hits++;
-			return respan(info, t);
+			return shape_hit(t, e, sql, len, hx);
 		}
 	}
 	t->misses++;
 	info = analyze_text(t, len, cacheable && t->cache.cap > 0, shape_ok, fp);
-	if (info == NULL || !cacheable || t->cache.cap == 0)
-		return info;
-	if (block_of(info)->text != NULL)
-		cache_insert(&t->cache, SPACE_EXACT, hx, block_of(info)->text, len, info);
-	if (block_of(info)->shape != NULL && !info->literal_sensitive && info->error == NULL)
-		cache_insert(&t->cache, SPACE_SHAPE, hs, block_of(info)->shape, block_of(info)->shape_len, info);
+	if (info != NULL && cacheable && t->cache.cap > 0)
+		cache_fresh(t, info, len, hx, hs);
 	return info;
 }
 

@@ -464,6 +464,15 @@ static void test_cache_shape_hits(void **state)
 	assert_ptr_equal(a, b);
 	sqlinfo_unref(b);
 	sqlinfo_unref(a);
+	/* A text seen twice through its shape gets an exact entry: the third answer is the second. */
+	a = analyze("SELECT abalance FROM pgbench_accounts WHERE aid = 777;");
+	sqlinfo_unref(a);
+	a = analyze("SELECT abalance FROM pgbench_accounts WHERE aid = 777;");
+	b = analyze("SELECT abalance FROM pgbench_accounts WHERE aid = 777;");
+	assert_ptr_equal(a, b);
+	assert_int_equal(b->stmts[0].len, 53);
+	sqlinfo_unref(a);
+	sqlinfo_unref(b);
 }
 
 /* Shape hits of multi-statement text get the spans of the text at hand. */
