@@ -107,12 +107,20 @@ StmtInfo *sqlinfo_ref(StmtInfo *info);
 void sqlinfo_unref(StmtInfo *info);
 
 /*
- * Writes the normalized text (literals replaced by $n) of `sql` to a new
- * string, or NULL when it does not parse / out of memory. For audit.
+ * Writes the normalized text (every literal replaced by $n, numbered after
+ * the highest $n the text already uses) of `sql` to a new string the caller
+ * frees with free(), or NULL when the lexer rejects the text (an unclosed
+ * quote, a zero byte) / out of memory. Literals come from the real lexer, so
+ * the result never carries a literal, also for text that does not parse.
+ * For audit.
  */
 char *sqlinfo_normalize(const char *sql, size_t len);
 
-/* Comma-separated class names ("READ,SELECT") into buf; returns buf. */
+/*
+ * Comma-separated class names in the order of the enum ("SELECT,READ"), no
+ * spaces, into buf (NUL-terminated; names that do not fit are left out);
+ * returns buf.
+ */
 const char *sqlinfo_class_names(uint32_t classes, char *buf, size_t buflen);
 
 /* Parses a class name (case-insensitive, "ALL" included); returns 0 when unknown. */
@@ -123,5 +131,16 @@ bool sqlinfo_is_builtin_function(const char *name);
 
 /* Drops this thread's cache (called when a worker exits). */
 void sqlinfo_thread_cleanup(void);
+
+/* Analyses of this thread answered from its cache / computed (for SHOW STATS and tests). */
+uint64_t sqlinfo_cache_hits(void);
+uint64_t sqlinfo_cache_misses(void);
+
+/*
+ * Sets how many entries this thread's cache holds (default 4096; 0 turns it
+ * off). Takes effect at the next analysis, which starts from an empty cache
+ * when the size changed.
+ */
+void sqlinfo_set_cache_capacity(int entries);
 
 #endif

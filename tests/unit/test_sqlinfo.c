@@ -1,13 +1,790 @@
 /* SPDX-License-Identifier: MIT */
+/*
+ * Unit tests of the sqlinfo module. The corpus tests/unit/data/sqlinfo.corpus
+ * holds statements beside their expected classes, parts, tables, functions,
+ * prepared-statement operations and parse errors (its header describes the
+ * format); each record is one test, run with the cache off and then twice
+ * with it on. The other tests cover the cache (literals that decide the
+ * classes, shapes shared across literals, statement spans of shape hits,
+ * eviction), normalization, class names, built-in functions and refusals.
+ */
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
-#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
 #include <cmocka.h>
 
-static void placeholder(void **state) { (void)state; }
+#include "pgveil/sqlinfo.h"
+
+/* ---- the corpus --------------------------------------------------------------- */
+
+typedef struct Record {
+	int line;                /* of its "sql" line */
+	char *sql;
+	char *expect[64];        /* "key: value" lines, in order */
+	int n_expect;
+} Record;
+
+static Record *records;
+static int n_records;
+
+static char *xstrdup(const char *s)
+{
+	char *r = strdup(s);
+
+	if (r == NULL)
+		abort();
+	return r;
+}
+
+static void chomp(char *s)
+{
+	size_t n = strlen(s);
+
+	while (n > 0 && (s[n - 1] == '\n' || s[n - 1] == '\r'))
+		s[--n] = '\0';
+}
+
+static Record *record_new(int line)
+{
+	Record *r;
+
+	records = realloc(records, (size_t)(n_records + 1) * sizeof(*records));
+	if (records == NULL)
+		abort();
+	r = &records[n_records++];
+	memset(r, 0, sizeof(*r));
+	r->line = line;
+	return r;
+}
+
+/* Reads a "sql<<" block up to ">>"; newlines kept, the last one not. */
+static char *read_block(FILE *fp, int *lineno)
+{
+	char buf[4096], *acc = xstrdup("");
+	bool first = true;
+	size_t n;
+
+	while (fgets(buf, sizeof(buf), fp) != NULL) {
+		(*lineno)++;
+		chomp(buf);
+		if (strcmp(buf, ">>") == 0)
+			break;
+		n = strlen(acc);
+		acc = realloc(acc, n + strlen(buf) + 2);
+		if (acc == NULL)
+			abort();
+		sprintf(acc + n, "%s%s", first ? "" : "\n", buf);
+		first = false;
+	}
+	return acc;
+}
+
+static void corpus_load(const char *path)
+{
+	FILE *fp = fopen(path, "r");
+	char buf[4096];
+	int lineno = 0;
+	Record *cur = NULL;
+
+	if (fp == NULL) {
+		fprintf(stderr, "cannot open %s\n", path);
+		abort();
+	}
+	while (fgets(buf, sizeof(buf), fp) != NULL) {
+		lineno++;
+		chomp(buf);
+		if (buf[0] == '#' || buf[0] == '\0')
+			continue;
+		if (strncmp(buf, "sql:", 4) == 0) {
+			cur = record_new(lineno);
+			cur->sql = xstrdup(buf[4] == ' ' ? buf + 5 : buf + 4);
+		} else if (strcmp(buf, "sql<<") == 0) {
+			cur = record_new(lineno);
+			cur->sql = read_block(fp, &lineno);
+		} else if (cur != NULL && cur->n_expect < 64) {
+			cur->expect[cur->n_expect++] = xstrdup(buf);
+		} else {
+			fprintf(stderr, "%s:%d: expectation outside a record\n", path, lineno);
+			abort();
+		}
+	}
+	fclose(fp);
+}
+
+/* ---- checking one analysis --------------------------------------------------- */
+
+static uint32_t parse_classes(const char *s, const Record *r)
+{
+	uint32_t all = 0, c;
+	const char *p = s;
+	size_t n;
+
+	while (*p == ' ')
+		p++;
+	if (strcmp(p, "NONE") == 0 || *p == '\0')
+		return 0;
+	while (*p != '\0') {
+		n = strcspn(p, ", ");
+		c = sqlinfo_class_from_name(p, n);
+		if (c == 0)
+			fail_msg("corpus line %d: unknown class '%.*s'", r->line, (int)n, p);
+		all |= c;
+		p += n;
+		while (*p == ',' || *p == ' ')
+			p++;
+	}
+	return all;
+}
+
+/* "name:r" / "schema.name:rw" -> schema (or ""), name, access. */
+static void parse_table(const char *tok, char *schema, char *name, int *access, const Record *r)
+{
+	const char *colon = strrchr(tok, ':'), *dot;
+
+	if (colon == NULL)
+		fail_msg("corpus line %d: table '%s' needs :r/:w/:rw", r->line, tok);
+	*access = (strchr(colon, 'r') ? SQL_ACCESS_READ : 0) | (strchr(colon, 'w') ? SQL_ACCESS_WRITE : 0);
+	dot = memchr(tok, '.', (size_t)(colon - tok));
+	if (dot != NULL) {
+		snprintf(schema, 128, "%.*s", (int)(dot - tok), tok);
+		snprintf(name, 128, "%.*s", (int)(colon - dot - 1), dot + 1);
+	} else {
+		schema[0] = '\0';
+		snprintf(name, 128, "%.*s", (int)(colon - tok), tok);
+	}
+}
+
+static bool table_eq(const SqlTable *t, const char *schema, const char *name)
+{
+	return strcmp(t->name, name) == 0 && strcmp(t->schema != NULL ? t->schema : "", schema) == 0;
+}
+
+/* Checks a space-separated table list against the tables of parts [first, last). */
+static void check_tables(const char *spec, const StmtInfo *info, int first, int last, const Record *r,
+			 const char *what)
+{
+	char copy[1024], schema[128], name[128], *tok, *save = NULL;
+	int expected = 0, actual = 0, access, got, p, i;
+
+	snprintf(copy, sizeof(copy), "%s", spec);
+	for (p = first; p < last; p++)
+		actual += info->parts[p].n_tables;
+	for (tok = strtok_r(copy, " ,", &save); tok != NULL; tok = strtok_r(NULL, " ,", &save)) {
+		parse_table(tok, schema, name, &access, r);
+		expected++;
+		got = -1;
+		for (p = first; p < last; p++)
+			for (i = 0; i < info->parts[p].n_tables; i++)
+				if (table_eq(&info->parts[p].tables[i], schema, name))
+					got = (got < 0 ? 0 : got) | info->parts[p].tables[i].access;
+		if (got < 0)
+			fail_msg("corpus line %d: %s: table %s missing", r->line, what, tok);
+		if (got != access)
+			fail_msg("corpus line %d: %s: table %s has access %d, expected %d", r->line, what, tok, got,
+				 access);
+	}
+	if (first + 1 == last && expected != actual)
+		fail_msg("corpus line %d: %s: %d tables, expected %d", r->line, what, actual, expected);
+}
+
+static void check_functions(const char *spec, const StmtInfo *info, int first, int last, const Record *r,
+			    const char *what)
+{
+	char copy[1024], *tok, *save = NULL;
+	int expected = 0, actual = 0, p, i;
+	bool found;
+
+	snprintf(copy, sizeof(copy), "%s", spec);
+	for (p = first; p < last; p++)
+		actual += info->parts[p].n_functions;
+	for (tok = strtok_r(copy, " ,", &save); tok != NULL; tok = strtok_r(NULL, " ,", &save)) {
+		expected++;
+		found = false;
+		for (p = first; p < last; p++)
+			for (i = 0; i < info->parts[p].n_functions; i++)
+				found = found || strcmp(info->parts[p].functions[i], tok) == 0;
+		if (!found)
+			fail_msg("corpus line %d: %s: function %s missing", r->line, what, tok);
+	}
+	if (first + 1 == last && expected != actual)
+		fail_msg("corpus line %d: %s: %d functions, expected %d", r->line, what, actual, expected);
+}
+
+static void check_part(const char *spec, const StmtInfo *info, int idx, const Record *r)
+{
+	char copy[1024], what[32], buf[256], *bar1, *bar2;
+	uint32_t classes;
+
+	snprintf(copy, sizeof(copy), "%s", spec);
+	snprintf(what, sizeof(what), "part %d", idx);
+	if (idx >= info->n_parts)
+		fail_msg("corpus line %d: %s missing (%d parts)", r->line, what, info->n_parts);
+	bar1 = strchr(copy, '|');
+	bar2 = bar1 != NULL ? strchr(bar1 + 1, '|') : NULL;
+	if (bar2 == NULL)
+		fail_msg("corpus line %d: part needs CLASSES | TABLES | FUNCTIONS", r->line);
+	*bar1 = *bar2 = '\0';
+	classes = parse_classes(copy, r);
+	if (info->parts[idx].classes != classes)
+		fail_msg("corpus line %d: %s: classes %s, expected %s", r->line, what,
+			 sqlinfo_class_names(info->parts[idx].classes, buf, sizeof(buf)), copy);
+	check_tables(bar1 + 1, info, idx, idx + 1, r, what);
+	check_functions(bar2 + 1, info, idx, idx + 1, r, what);
+}
+
+static void check_prep(const char *spec, const StmtInfo *info, int idx, const Record *r)
+{
+	static const char *const ops[] = { "PREPARE", "EXECUTE", "DEALLOCATE", "DEALLOCATE_ALL" };
+	char op[32] = "", name[128] = "";
+	int first = -1, n = -1, k;
+	const SqlPrepRef *p;
+
+	k = sscanf(spec, "%31s %127s %d %d", op, name, &first, &n);
+	if (idx >= info->n_prep)
+		fail_msg("corpus line %d: prep %d missing (%d)", r->line, idx, info->n_prep);
+	p = &info->prep[idx];
+	if (strcmp(ops[p->op], op) != 0)
+		fail_msg("corpus line %d: prep %d is %s, expected %s", r->line, idx, ops[p->op], op);
+	if (k >= 2 && (p->name == NULL || strcmp(p->name, name) != 0))
+		fail_msg("corpus line %d: prep %d name %s, expected %s", r->line, idx, p->name ? p->name : "(null)",
+			 name);
+	if (k < 2 && p->name != NULL)
+		fail_msg("corpus line %d: prep %d has a name", r->line, idx);
+	if (k == 4 && (p->part_first != first || p->n_parts != n))
+		fail_msg("corpus line %d: prep %d parts %d+%d, expected %d+%d", r->line, idx, p->part_first,
+			 p->n_parts, first, n);
+}
+
+static void check_spans(const char *spec, const StmtInfo *info, const Record *r)
+{
+	const char *p = spec;
+	int i = 0, off, len, used;
+
+	while (sscanf(p, " %d/%d%n", &off, &len, &used) == 2) {
+		if (i >= info->n_stmts)
+			fail_msg("corpus line %d: span %d missing", r->line, i);
+		if (info->stmts[i].offset != off || info->stmts[i].len != len)
+			fail_msg("corpus line %d: statement %d spans %d/%d, expected %d/%d", r->line, i,
+				 info->stmts[i].offset, info->stmts[i].len, off, len);
+		i++;
+		p += used;
+	}
+	if (i != info->n_stmts)
+		fail_msg("corpus line %d: %d spans, expected %d", r->line, info->n_stmts, i);
+}
+
+static void check_error(const char *spec, const StmtInfo *info, const Record *r)
+{
+	int pos = 0, used = 0;
+
+	if (info->error == NULL)
+		fail_msg("corpus line %d: parsed, expected an error", r->line);
+	if (sscanf(spec, " %d %n", &pos, &used) >= 1 && info->error_pos != pos)
+		fail_msg("corpus line %d: error at %d, expected %d (%s)", r->line, info->error_pos, pos, info->error);
+	if (used > 0 && spec[used] != '\0' && strstr(info->error, spec + used) == NULL)
+		fail_msg("corpus line %d: error '%s' lacks '%s'", r->line, info->error, spec + used);
+	if (info->n_parts != 0 || info->n_stmts != 0 || info->classes != 0)
+		fail_msg("corpus line %d: an error has parts", r->line);
+}
+
+static void check_record(const Record *r, const StmtInfo *info)
+{
+	char buf[256];
+	int i, n_parts = 0, n_prep = 0;
+	uint32_t u = 0;
+	bool expect_error = false;
+
+	for (i = 0; i < r->n_expect; i++) {
+		const char *e = r->expect[i], *v = strchr(e, ':');
+
+		v = v != NULL ? v + 1 : "";
+		while (*v == ' ')
+			v++;
+		if (strncmp(e, "error:", 6) == 0) {
+			expect_error = true;
+			check_error(v, info, r);
+		} else if (strncmp(e, "classes:", 8) == 0) {
+			if (info->classes != parse_classes(v, r))
+				fail_msg("corpus line %d: classes %s, expected %s", r->line,
+					 sqlinfo_class_names(info->classes, buf, sizeof(buf)), v);
+		} else if (strncmp(e, "stmts:", 6) == 0) {
+			if (info->n_stmts != atoi(v))
+				fail_msg("corpus line %d: %d statements, expected %s", r->line, info->n_stmts, v);
+		} else if (strncmp(e, "spans:", 6) == 0) {
+			check_spans(v, info, r);
+		} else if (strncmp(e, "part:", 5) == 0) {
+			check_part(v, info, n_parts++, r);
+		} else if (strncmp(e, "tables:", 7) == 0) {
+			check_tables(v, info, 0, info->n_parts, r, "tables");
+		} else if (strncmp(e, "functions:", 10) == 0) {
+			check_functions(v, info, 0, info->n_parts, r, "functions");
+		} else if (strncmp(e, "prep:", 5) == 0) {
+			check_prep(v, info, n_prep++, r);
+		} else if (strncmp(e, "sensitive:", 10) == 0) {
+			if (info->literal_sensitive != (strcmp(v, "yes") == 0))
+				fail_msg("corpus line %d: literal_sensitive %d, expected %s", r->line,
+					 info->literal_sensitive, v);
+		} else {
+			fail_msg("corpus line %d: unknown expectation '%s'", r->line, e);
+		}
+	}
+	if (!expect_error && info->error != NULL)
+		fail_msg("corpus line %d: unexpected error '%s' at %d", r->line, info->error, info->error_pos);
+	if (n_parts > 0 && n_parts != info->n_parts)
+		fail_msg("corpus line %d: %d parts, expected %d", r->line, info->n_parts, n_parts);
+	if (n_prep != info->n_prep)
+		fail_msg("corpus line %d: %d prepared-statement operations, expected %d", r->line, info->n_prep,
+			 n_prep);
+	for (i = 0; i < info->n_parts; i++)
+		u |= info->parts[i].classes;
+	if (u != info->classes)
+		fail_msg("corpus line %d: classes are not the union of the parts", r->line);
+	for (i = 0, u = 0; i < info->n_stmts; i++)
+		u |= info->stmts[i].classes;
+	if (u != info->classes)
+		fail_msg("corpus line %d: statement classes do not add up", r->line);
+}
+
+static void corpus_case(void **state)
+{
+	const Record *r = *state;
+	StmtInfo *info;
+	int round;
+
+	for (round = 0; round < 3; round++) {
+		sqlinfo_set_cache_capacity(round == 0 ? 0 : 4096);
+		info = sqlinfo_analyze(r->sql, strlen(r->sql));
+		assert_non_null(info);
+		check_record(r, info);
+		sqlinfo_unref(info);
+	}
+}
+
+/* ---- the cache --------------------------------------------------------------- */
+
+static StmtInfo *analyze(const char *sql)
+{
+	StmtInfo *info = sqlinfo_analyze(sql, strlen(sql));
+
+	assert_non_null(info);
+	return info;
+}
+
+static uint32_t classes_of(const char *sql)
+{
+	StmtInfo *info = analyze(sql);
+	uint32_t c = info->classes;
+
+	sqlinfo_unref(info);
+	return c;
+}
+
+static void cache_on(void **state)
+{
+	(void)state;
+	sqlinfo_thread_cleanup();
+	sqlinfo_set_cache_capacity(4096);
+}
+
+/* Literals that decide the classes never share a cached answer. */
+static void test_cache_literal_sensitive(void **state)
+{
+	int i;
+
+	cache_on(state);
+	for (i = 0; i < 3; i++) {
+		assert_true(classes_of("DELETE FROM t WHERE 1=1") & SC_DESTRUCTIVE);
+		assert_false(classes_of("DELETE FROM t WHERE 1=2") & SC_DESTRUCTIVE);
+		assert_true(classes_of("DELETE FROM t WHERE 1=1") & SC_DESTRUCTIVE);
+		assert_true(classes_of("DELETE FROM t WHERE 2=2") & SC_DESTRUCTIVE);
+		assert_false(classes_of("DELETE FROM t WHERE 2=1") & SC_DESTRUCTIVE);
+	}
+	for (i = 0; i < 3; i++) {
+		assert_int_equal(classes_of("SELECT set_config('role','x',false)"), SC_SELECT | SC_PRIVILEGE);
+		assert_int_equal(classes_of("SELECT set_config('application_name','x',false)"), SC_SELECT | SC_SESSION);
+		assert_int_equal(classes_of("SELECT set_config('role','y',false)"), SC_SELECT | SC_PRIVILEGE);
+		assert_int_equal(classes_of("SELECT set_config('search_path','y',false)"), SC_SELECT | SC_SESSION);
+	}
+	/* The other order: the harmless literal first. */
+	cache_on(state);
+	assert_false(classes_of("DELETE FROM t WHERE 'a'='b'") & SC_DESTRUCTIVE);
+	assert_true(classes_of("DELETE FROM t WHERE 'a'='a'") & SC_DESTRUCTIVE);
+	assert_int_equal(classes_of("SELECT set_config('application_name','x',false)"), SC_SELECT | SC_SESSION);
+	assert_int_equal(classes_of("SELECT set_config('role','x',false)"), SC_SELECT | SC_PRIVILEGE);
+	assert_int_equal(classes_of("EXPLAIN (ANALYZE 'off') DELETE FROM t"), SC_READ);
+	assert_int_equal(classes_of("EXPLAIN (ANALYZE 'on') DELETE FROM t"),
+			 SC_READ | SC_DELETE | SC_WRITE | SC_DESTRUCTIVE);
+	assert_int_equal(classes_of("SET client_encoding = 'UTF8'"), SC_SESSION);
+	assert_int_equal(classes_of("SET client_encoding = 'SJIS'"), SC_SESSION | SC_ADMIN);
+}
+
+/* Statements differing only in literals share one analysis; their spans are their own. */
+static void test_cache_shape_hits(void **state)
+{
+	char sql[128];
+	StmtInfo *a, *b;
+	uint64_t hits;
+	int aid;
+
+	cache_on(state);
+	a = analyze("SELECT abalance FROM pgbench_accounts WHERE aid = 1;");
+	hits = sqlinfo_cache_hits();
+	for (aid = 10; aid < 100000; aid *= 10) {
+		snprintf(sql, sizeof(sql), "SELECT abalance FROM pgbench_accounts WHERE aid = %d;", aid);
+		b = analyze(sql);
+		assert_int_equal(b->classes, SC_SELECT | SC_READ);
+		assert_int_equal(b->fingerprint, a->fingerprint);
+		assert_int_equal(b->n_stmts, 1);
+		assert_int_equal(b->stmts[0].offset, 0);
+		assert_int_equal(b->stmts[0].len, (int)strlen(sql) - 1);
+		assert_string_equal(b->parts[0].tables[0].name, "pgbench_accounts");
+		sqlinfo_unref(b);
+	}
+	assert_int_equal(sqlinfo_cache_hits(), hits + 4);
+	/* Case of keywords, spaces and comments do not change the shape. */
+	snprintf(sql, sizeof(sql), "select abalance\n FROM pgbench_accounts /* x */ where aid=7 ;");
+	b = analyze(sql);
+	assert_int_equal(sqlinfo_cache_hits(), hits + 5);
+	assert_int_equal(b->fingerprint, a->fingerprint);
+	assert_int_equal(b->stmts[0].len, (int)strlen(sql) - 1);
+	sqlinfo_unref(b);
+	/* Another identifier is another shape. */
+	b = analyze("SELECT abalance FROM pgbench_tellers WHERE aid = 1;");
+	assert_int_not_equal(b->fingerprint, a->fingerprint);
+	assert_string_equal(b->parts[0].tables[0].name, "pgbench_tellers");
+	sqlinfo_unref(b);
+	/* The same text again: an exact hit. */
+	b = analyze("SELECT abalance FROM pgbench_accounts WHERE aid = 1;");
+	assert_ptr_equal(a, b);
+	sqlinfo_unref(b);
+	sqlinfo_unref(a);
+	/* A text seen twice through its shape gets an exact entry: the third answer is the second. */
+	a = analyze("SELECT abalance FROM pgbench_accounts WHERE aid = 777;");
+	sqlinfo_unref(a);
+	a = analyze("SELECT abalance FROM pgbench_accounts WHERE aid = 777;");
+	b = analyze("SELECT abalance FROM pgbench_accounts WHERE aid = 777;");
+	assert_ptr_equal(a, b);
+	assert_int_equal(b->stmts[0].len, 53);
+	sqlinfo_unref(a);
+	sqlinfo_unref(b);
+}
+
+/* Shape hits of multi-statement text get the spans of the text at hand. */
+static void test_cache_shape_spans(void **state)
+{
+	StmtInfo *a, *b;
+	uint64_t hits;
+
+	cache_on(state);
+	a = analyze("SELECT 1; UPDATE t SET a = 2 WHERE b = 3; SELECT 4");
+	hits = sqlinfo_cache_hits();
+	b = analyze("SELECT 1000;   UPDATE t SET a = 222 WHERE b = 33333; SELECT 4444");
+	assert_int_equal(sqlinfo_cache_hits(), hits + 1);
+	assert_ptr_not_equal(a, b);
+	assert_int_equal(b->n_stmts, 3);
+	assert_int_equal(b->stmts[0].offset, 0);
+	assert_int_equal(b->stmts[0].len, 11);
+	assert_int_equal(b->stmts[1].offset, 12);
+	assert_int_equal(b->stmts[1].len, 39);
+	assert_int_equal(b->stmts[2].offset, 52);
+	assert_int_equal(b->stmts[2].len, 0);
+	assert_int_equal(a->stmts[1].offset, 9);
+	assert_int_equal(b->parts[1].classes, SC_UPDATE | SC_WRITE);
+	assert_string_equal(b->parts[1].tables[0].name, "t");
+	assert_int_equal(b->stmts[1].classes, SC_UPDATE | SC_WRITE);
+	sqlinfo_unref(a);
+	sqlinfo_unref(b);
+}
+
+/* UESCAPE's literal changes an identifier: it stays in the shape. */
+static void test_cache_uescape(void **state)
+{
+	StmtInfo *a, *b;
+
+	cache_on(state);
+	a = analyze("DELETE FROM U&\"x!0041\" UESCAPE '!' WHERE id = 1");
+	b = analyze("DELETE FROM U&\"x!0041\" UESCAPE '#' WHERE id = 1");
+	assert_string_equal(a->parts[0].tables[0].name, "xA");
+	assert_string_equal(b->parts[0].tables[0].name, "x!0041");
+	sqlinfo_unref(a);
+	sqlinfo_unref(b);
+	a = analyze("DELETE FROM U&\"\\0074\" WHERE id = 1");
+	b = analyze("DELETE FROM U&\"\\0075\" WHERE id = 1");
+	assert_string_equal(a->parts[0].tables[0].name, "t");
+	assert_string_equal(b->parts[0].tables[0].name, "u");
+	sqlinfo_unref(a);
+	sqlinfo_unref(b);
+}
+
+/* A small cache evicts; answers stay right and nothing leaks (ASan). */
+static void test_cache_eviction(void **state)
+{
+	char sql[128];
+	StmtInfo *held, *info;
+	int i, round;
+
+	(void)state;
+	sqlinfo_thread_cleanup();
+	sqlinfo_set_cache_capacity(8);
+	held = analyze("SELECT * FROM kept WHERE id = 1");
+	for (round = 0; round < 3; round++) {
+		for (i = 0; i < 50; i++) {
+			snprintf(sql, sizeof(sql), "%s FROM t%d WHERE id = %d", i % 2 ? "DELETE" : "SELECT * ", i,
+				 round);
+			info = analyze(sql);
+			assert_int_equal(info->parts[0].classes & (SC_SELECT | SC_DELETE), i % 2 ? SC_DELETE : SC_SELECT);
+			snprintf(sql, sizeof(sql), "t%d", i);
+			assert_string_equal(info->parts[0].tables[0].name, sql);
+			sqlinfo_unref(info);
+		}
+	}
+	/* The held analysis outlives its cache entries and the cache itself. */
+	sqlinfo_thread_cleanup();
+	assert_string_equal(held->parts[0].tables[0].name, "kept");
+	sqlinfo_unref(held);
+	sqlinfo_set_cache_capacity(4096);
+}
+
+/* Texts too long to cache are still analysed, every time. */
+static void test_cache_long_text(void **state)
+{
+	size_t n = 40000, i;
+	char *sql = malloc(n + 64);
+	StmtInfo *info;
+	uint64_t misses;
+
+	cache_on(state);
+	assert_non_null(sql);
+	strcpy(sql, "DELETE FROM t WHERE id IN (1");
+	for (i = strlen(sql); i < n; i += 2)
+		memcpy(sql + i, ",1", 2);
+	strcpy(sql + i, ")");
+	misses = sqlinfo_cache_misses();
+	info = analyze(sql);
+	assert_int_equal(info->classes, SC_DELETE | SC_WRITE);
+	sqlinfo_unref(info);
+	info = analyze(sql);
+	assert_int_equal(info->classes, SC_DELETE | SC_WRITE);
+	sqlinfo_unref(info);
+	assert_int_equal(sqlinfo_cache_misses(), misses + 2);
+	free(sql);
+}
+
+/* ---- the rest of the API --------------------------------------------------------- */
+
+static void test_per_part_lists(void **state)
+{
+	StmtInfo *info;
+
+	(void)state;
+	info = analyze("WITH moved AS (DELETE FROM queue q WHERE q.id < 10 RETURNING q.*) "
+		       "INSERT INTO archive SELECT m.*, now() FROM moved m JOIN s.meta USING (id) "
+		       "WHERE lower(m.kind) = 'x'; SELECT count(*) FROM archive");
+	assert_int_equal(info->n_stmts, 2);
+	assert_int_equal(info->n_parts, 3);
+	assert_int_equal(info->parts[0].classes, SC_INSERT | SC_WRITE);
+	assert_int_equal(info->parts[0].stmt, 0);
+	assert_int_equal(info->parts[0].n_tables, 2);
+	assert_string_equal(info->parts[0].tables[0].name, "archive");
+	assert_null(info->parts[0].tables[0].schema);
+	assert_int_equal(info->parts[0].tables[0].access, SQL_ACCESS_WRITE);
+	assert_string_equal(info->parts[0].tables[1].schema, "s");
+	assert_string_equal(info->parts[0].tables[1].name, "meta");
+	assert_int_equal(info->parts[0].tables[1].access, SQL_ACCESS_READ);
+	assert_int_equal(info->parts[0].n_functions, 2);
+	assert_string_equal(info->parts[0].functions[0], "now");
+	assert_string_equal(info->parts[0].functions[1], "lower");
+	assert_int_equal(info->parts[1].classes, SC_DELETE | SC_WRITE);
+	assert_int_equal(info->parts[1].stmt, 0);
+	assert_int_equal(info->parts[1].n_tables, 1);
+	assert_string_equal(info->parts[1].tables[0].name, "queue");
+	assert_int_equal(info->parts[1].n_functions, 0);
+	assert_int_equal(info->parts[2].classes, SC_SELECT | SC_READ);
+	assert_int_equal(info->parts[2].stmt, 1);
+	assert_string_equal(info->parts[2].functions[0], "count");
+	assert_int_equal(info->stmts[0].classes, SC_INSERT | SC_DELETE | SC_WRITE);
+	assert_int_equal(info->stmts[1].classes, SC_SELECT | SC_READ);
+	sqlinfo_unref(info);
+}
+
+static void expect_normalized(const char *sql, const char *want)
+{
+	char *got = sqlinfo_normalize(sql, strlen(sql));
+
+	assert_non_null(got);
+	assert_string_equal(got, want);
+	free(got);
+}
+
+static void test_normalize(void **state)
+{
+	(void)state;
+	expect_normalized("SELECT * FROM t WHERE a = 'x' AND b = 5 AND c = $1",
+			  "SELECT * FROM t WHERE a = $2 AND b = $3 AND c = $1");
+	expect_normalized("ALTER USER bob PASSWORD 'secret' /* keep */", "ALTER USER bob PASSWORD $1 /* keep */");
+	expect_normalized("SELECT E'a\\'b', $tag$ x $tag$, 1.5e3, x'ff', B'01', U&'\\0061'",
+			  "SELECT $1, $2, $3, $4, $5, $6");
+	expect_normalized("SELECT 'a'\n'b' -- c", "SELECT $1 -- c"); /* one literal, continued */
+	expect_normalized("SELECT 'a' /* c */ 'b'", "SELECT $1 /* c */ $2");
+	expect_normalized("SELECT * FROM U&\"x!0041\" UESCAPE '!' WHERE a = 'v'",
+			  "SELECT * FROM U&\"x!0041\" UESCAPE '!' WHERE a = $1");
+	expect_normalized("", "");
+	expect_normalized("SELECT 1 FROM", "SELECT $1 FROM"); /* lexes, does not parse */
+	assert_null(sqlinfo_normalize("SELECT 'open", 12));
+	assert_null(sqlinfo_normalize("SELECT 1\0x", 10));
+}
+
+static void test_class_names(void **state)
+{
+	static const char *const names[] = { "SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "TRUNCATE",
+					     "COPY", "READ", "WRITE", "DDL", "DROP", "DESTRUCTIVE", "PRIVILEGE",
+					     "ADMIN", "SESSION", "TRANSACTION", "PROCEDURAL" };
+	char buf[512];
+	unsigned i;
+
+	(void)state;
+	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		assert_int_equal(sqlinfo_class_from_name(names[i], strlen(names[i])), 1u << i);
+		assert_string_equal(sqlinfo_class_names(1u << i, buf, sizeof(buf)), names[i]);
+	}
+	assert_string_equal(sqlinfo_class_names(SC_READ | SC_SELECT, buf, sizeof(buf)), "SELECT,READ");
+	assert_string_equal(sqlinfo_class_names(0, buf, sizeof(buf)), "");
+	assert_string_equal(sqlinfo_class_names(SC_ALL, buf, sizeof(buf)),
+			    "SELECT,INSERT,UPDATE,DELETE,MERGE,TRUNCATE,COPY,READ,WRITE,DDL,DROP,DESTRUCTIVE,"
+			    "PRIVILEGE,ADMIN,SESSION,TRANSACTION,PROCEDURAL");
+	assert_string_equal(sqlinfo_class_names(SC_SELECT | SC_READ | SC_WRITE, buf, 12), "SELECT,READ");
+	assert_string_equal(sqlinfo_class_names(SC_SELECT, buf, 6), "");
+	assert_int_equal(sqlinfo_class_from_name("all", 3), SC_ALL);
+	assert_int_equal(sqlinfo_class_from_name("Destructive", 11), SC_DESTRUCTIVE);
+	assert_int_equal(sqlinfo_class_from_name("READX", 5), 0);
+	assert_int_equal(sqlinfo_class_from_name("READX", 4), SC_READ);
+	assert_int_equal(sqlinfo_class_from_name("", 0), 0);
+}
+
+static void test_builtin_functions(void **state)
+{
+	(void)state;
+	assert_true(sqlinfo_is_builtin_function("now"));
+	assert_true(sqlinfo_is_builtin_function("pg_catalog.now"));
+	assert_true(sqlinfo_is_builtin_function("set_config"));
+	assert_true(sqlinfo_is_builtin_function("pg_read_file"));
+	assert_true(sqlinfo_is_builtin_function("RI_FKey_check_ins"));
+	assert_true(sqlinfo_is_builtin_function("abbrev"));
+	assert_true(sqlinfo_is_builtin_function("xpath_exists"));
+	assert_false(sqlinfo_is_builtin_function("NOW"));
+	assert_false(sqlinfo_is_builtin_function("public.now"));
+	assert_false(sqlinfo_is_builtin_function("x.pg_catalog.now"));
+	assert_false(sqlinfo_is_builtin_function("dblink"));
+	assert_false(sqlinfo_is_builtin_function(""));
+	assert_false(sqlinfo_is_builtin_function(NULL));
+}
+
+static void test_refusals(void **state)
+{
+	StmtInfo *info;
+	char *deep;
+	size_t i, n = 30000;
+
+	(void)state;
+	info = sqlinfo_analyze("SELECT 1\0; DROP TABLE t", 23);
+	assert_non_null(info);
+	assert_non_null(info->error);
+	assert_int_equal(info->n_parts, 0);
+	sqlinfo_unref(info);
+	info = sqlinfo_analyze("SELECT 1\0\0", 10); /* a trailing terminator is no part of the text */
+	assert_non_null(info);
+	assert_null(info->error);
+	assert_int_equal(info->classes, SC_SELECT | SC_READ);
+	sqlinfo_unref(info);
+	info = sqlinfo_analyze(NULL, 0);
+	assert_non_null(info);
+	assert_int_equal(info->n_stmts, 0);
+	sqlinfo_unref(info);
+	/* Nesting deeper than the walker takes is refused, not crashed on. */
+	deep = malloc(n * 2 + 16);
+	assert_non_null(deep);
+	strcpy(deep, "SELECT 1");
+	for (i = 0; i < n; i++)
+		memcpy(deep + 8 + 2 * i, "+1", 2);
+	deep[8 + 2 * n] = '\0';
+	info = analyze(deep);
+	assert_non_null(info->error);
+	assert_int_equal(info->n_parts, 0);
+	sqlinfo_unref(info);
+	free(deep);
+	assert_null(sqlinfo_ref(NULL));
+	sqlinfo_unref(NULL);
+}
+
+static void test_ref_unref(void **state)
+{
+	StmtInfo *a, *b;
+
+	cache_on(state);
+	a = analyze("SELECT 1");
+	assert_int_equal(a->refcount, 3); /* the caller, the exact entry, the shape entry */
+	b = sqlinfo_ref(a);
+	assert_int_equal(a->refcount, 4);
+	sqlinfo_unref(b);
+	sqlinfo_thread_cleanup();
+	assert_int_equal(a->refcount, 1);
+	sqlinfo_unref(a);
+	a = analyze("SELECT 1"); /* works again after a cleanup */
+	assert_int_equal(a->classes, SC_SELECT | SC_READ);
+	sqlinfo_unref(a);
+}
 
 int main(void)
 {
-	const struct CMUnitTest tests[] = { cmocka_unit_test(placeholder) };
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	static const struct CMUnitTest unit[] = {
+		cmocka_unit_test(test_cache_literal_sensitive),
+		cmocka_unit_test(test_cache_shape_hits),
+		cmocka_unit_test(test_cache_shape_spans),
+		cmocka_unit_test(test_cache_uescape),
+		cmocka_unit_test(test_cache_eviction),
+		cmocka_unit_test(test_cache_long_text),
+		cmocka_unit_test(test_per_part_lists),
+		cmocka_unit_test(test_normalize),
+		cmocka_unit_test(test_class_names),
+		cmocka_unit_test(test_builtin_functions),
+		cmocka_unit_test(test_refusals),
+		cmocka_unit_test(test_ref_unref),
+	};
+	struct CMUnitTest *tests;
+	int i, rc;
+
+	corpus_load(TEST_SRCDIR "/data/sqlinfo.corpus");
+	tests = calloc((size_t)n_records, sizeof(*tests));
+	if (tests == NULL)
+		return 1;
+	for (i = 0; i < n_records; i++) {
+		char *name = malloc(32);
+
+		if (name == NULL)
+			return 1;
+		snprintf(name, 32, "corpus line %d", records[i].line);
+		tests[i].name = name;
+		tests[i].test_func = corpus_case;
+		tests[i].initial_state = &records[i];
+	}
+	rc = _cmocka_run_group_tests("sqlinfo_corpus", tests, (size_t)n_records, NULL, NULL);
+	rc |= cmocka_run_group_tests_name("sqlinfo", unit, NULL, NULL);
+	sqlinfo_thread_cleanup();
+	for (i = 0; i < n_records; i++) {
+		int k;
+
+		free((char *)tests[i].name);
+		free(records[i].sql);
+		for (k = 0; k < records[i].n_expect; k++)
+			free(records[i].expect[k]);
+	}
+	free(tests);
+	free(records);
+	return rc;
 }

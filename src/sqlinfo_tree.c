@@ -1,0 +1,1811 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The statement classifier of the sqlinfo module: reads libpg_query's JSON
+ * parse tree into a compact in-place tree, then walks it to find every
+ * command that runs (a "part"), its statement classes (INTERFACE §4), the
+ * tables it reads and writes and the functions it calls. It owns the rules
+ * of classification, the constant-WHERE evaluator behind DESTRUCTIVE, and
+ * the tables of PostgreSQL's built-in functions and operators. It sees no
+ * libpg_query header: only the JSON text.
+ *
+ * Fail-closed conventions: a statement type this file does not know is
+ * DDL|ADMIN; a column-free WHERE it cannot evaluate counts as constant true;
+ * a set_config() whose setting name is not a plain literal is PRIVILEGE.
+ */
+#include "sqlinfo_int.h"
+
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+/* Deeper JSON than this is refused (the walker recurses along it). */
+#define SQLINFO_MAX_DEPTH 4000
+
+/* ---- built-in functions and operators ------------------------------------ */
+
+#define BUILTIN_VOLATILE 1u
+
+typedef struct SqlBuiltin {
+	const char *name;
+	unsigned flags;          /* BUILTIN_* */
+} SqlBuiltin;
+
+#include "sqlinfo_builtins.inc"
+
+static int builtin_cmp(const void *key, const void *elem)
+{
+	return strcmp(key, ((const SqlBuiltin *)elem)->name);
+}
+
+static const SqlBuiltin *builtin_find(const char *name)
+{
+	return bsearch(name, sqlinfo_builtin_functions, PGV_ARRAY_LEN(sqlinfo_builtin_functions),
+		       sizeof(sqlinfo_builtin_functions[0]), builtin_cmp);
+}
+
+bool sqlinfo_is_builtin_function(const char *name)
+{
+	if (name == NULL)
+		return false;
+	if (strncmp(name, "pg_catalog.", 11) == 0)
+		name += 11;
+	if (strchr(name, '.') != NULL)
+		return false;
+	return builtin_find(name) != NULL;
+}
+
+static int operator_cmp(const void *key, const void *elem)
+{
+	return strcmp(key, *(const char *const *)elem);
+}
+
+static bool builtin_operator(const char *name)
+{
+	return bsearch(name, sqlinfo_builtin_operators, PGV_ARRAY_LEN(sqlinfo_builtin_operators),
+		       sizeof(sqlinfo_builtin_operators[0]), operator_cmp) != NULL;
+}
+
+/*
+ * Built-in functions with effects beyond computing a value. FX_SIDE keeps a
+ * SELECT from being READ; FX_ADMIN adds ADMIN (server files, other backends,
+ * server state); FX_SESSION adds SESSION; FX_SETCONFIG is set_config().
+ */
+#define FX_SIDE 1u
+#define FX_ADMIN 2u
+#define FX_SESSION 4u
+#define FX_SETCONFIG 8u
+
+typedef struct SqlEffect {
+	const char *name;
+	bool prefix;             /* name is a prefix */
+	unsigned fx;
+} SqlEffect;
+
+static const SqlEffect sql_effects[] = {
+	{ "nextval", false, FX_SIDE },
+	{ "setval", false, FX_SIDE },
+	{ "setseed", false, FX_SIDE },
+	{ "set_config", false, FX_SIDE | FX_SETCONFIG },
+	{ "pg_advisory_", true, FX_SIDE },
+	{ "pg_try_advisory_", true, FX_SIDE },
+	{ "pg_notify", false, FX_SIDE | FX_SESSION },
+	{ "lo_import", false, FX_SIDE | FX_ADMIN },
+	{ "lo_export", false, FX_SIDE | FX_ADMIN },
+	{ "lo_", true, FX_SIDE },
+	{ "lowrite", false, FX_SIDE },
+	{ "pg_read_file", false, FX_ADMIN },
+	{ "pg_read_binary_file", false, FX_ADMIN },
+	{ "pg_stat_file", false, FX_ADMIN },
+	{ "pg_ls_", true, FX_ADMIN },
+	{ "pg_terminate_backend", false, FX_SIDE | FX_ADMIN },
+	{ "pg_cancel_backend", false, FX_SIDE | FX_ADMIN },
+	{ "pg_reload_conf", false, FX_SIDE | FX_ADMIN },
+	{ "pg_rotate_logfile", false, FX_SIDE | FX_ADMIN },
+	{ "pg_switch_wal", false, FX_SIDE | FX_ADMIN },
+	{ "pg_create_restore_point", false, FX_SIDE | FX_ADMIN },
+	{ "pg_promote", false, FX_SIDE | FX_ADMIN },
+	{ "pg_backup_", true, FX_SIDE | FX_ADMIN },
+	{ "pg_wal_replay_", true, FX_SIDE | FX_ADMIN },
+	{ "pg_log_backend_memory_contexts", false, FX_SIDE | FX_ADMIN },
+	{ "pg_stat_reset", true, FX_SIDE | FX_ADMIN },
+	{ "pg_create_physical_replication_slot", false, FX_SIDE | FX_ADMIN },
+	{ "pg_create_logical_replication_slot", false, FX_SIDE | FX_ADMIN },
+	{ "pg_drop_replication_slot", false, FX_SIDE | FX_ADMIN },
+	{ "pg_copy_", true, FX_SIDE | FX_ADMIN },
+	{ "pg_replication_slot_advance", false, FX_SIDE | FX_ADMIN },
+	{ "pg_replication_origin_", true, FX_SIDE | FX_ADMIN },
+	{ "pg_logical_slot_", true, FX_SIDE | FX_ADMIN },
+	{ "pg_logical_emit_message", false, FX_SIDE | FX_ADMIN },
+	{ "pg_import_system_collations", false, FX_SIDE | FX_ADMIN },
+};
+
+static unsigned builtin_effects(const char *name)
+{
+	size_t i, n;
+
+	for (i = 0; i < PGV_ARRAY_LEN(sql_effects); i++) {
+		n = strlen(sql_effects[i].name);
+		if (sql_effects[i].prefix ? strncmp(name, sql_effects[i].name, n) == 0
+					  : strcmp(name, sql_effects[i].name) == 0)
+			return sql_effects[i].fx;
+	}
+	return 0;
+}
+
+/* ---- the JSON tree -------------------------------------------------------- */
+
+enum { J_NULL, J_FALSE, J_TRUE, J_NUM, J_STR, J_OBJ, J_ARR };
+
+typedef struct JNode {
+	const char *key;         /* member name in an object, NULL in an array */
+	const char *str;         /* J_STR: decoded, NUL-terminated in place */
+	long long num;           /* J_NUM */
+	int32_t child;           /* first member or element, -1 = none */
+	int32_t next;            /* next sibling, -1 = none */
+	uint8_t type;
+} JNode;
+
+typedef struct JParser {
+	SqlBuild *b;
+	char *p;
+	bool too_deep;
+} JParser;
+
+static int jnode_new(JParser *jp, uint8_t type)
+{
+	SqlBuild *b = jp->b;
+	JNode *n;
+
+	if (b->n_nodes == b->cap_nodes) {
+		int cap = b->cap_nodes ? b->cap_nodes * 2 : 256;
+
+		if (b->cap_nodes > INT_MAX / 4 || (n = realloc(b->nodes, (size_t)cap * sizeof(*n))) == NULL) {
+			b->oom = true;
+			return -1;
+		}
+		b->nodes = n;
+		b->cap_nodes = cap;
+	}
+	n = &b->nodes[b->n_nodes];
+	n->key = NULL;
+	n->str = NULL;
+	n->num = 0;
+	n->child = -1;
+	n->next = -1;
+	n->type = type;
+	return b->n_nodes++;
+}
+
+static void jp_ws(JParser *jp)
+{
+	while (*jp->p == ' ' || *jp->p == '\n' || *jp->p == '\t' || *jp->p == '\r')
+		jp->p++;
+}
+
+static bool hex4(const char *s, unsigned *out)
+{
+	unsigned v = 0;
+	int i;
+
+	for (i = 0; i < 4; i++) {
+		char c = s[i];
+
+		v <<= 4;
+		if (c >= '0' && c <= '9')
+			v |= (unsigned)(c - '0');
+		else if (c >= 'a' && c <= 'f')
+			v |= (unsigned)(c - 'a' + 10);
+		else if (c >= 'A' && c <= 'F')
+			v |= (unsigned)(c - 'A' + 10);
+		else
+			return false;
+	}
+	*out = v;
+	return true;
+}
+
+static char *utf8_put(char *out, unsigned cp)
+{
+	if (cp < 0x80) {
+		*out++ = (char)cp;
+	} else if (cp < 0x800) {
+		*out++ = (char)(0xC0 | (cp >> 6));
+		*out++ = (char)(0x80 | (cp & 0x3F));
+	} else if (cp < 0x10000) {
+		*out++ = (char)(0xE0 | (cp >> 12));
+		*out++ = (char)(0x80 | ((cp >> 6) & 0x3F));
+		*out++ = (char)(0x80 | (cp & 0x3F));
+	} else {
+		*out++ = (char)(0xF0 | (cp >> 18));
+		*out++ = (char)(0x80 | ((cp >> 12) & 0x3F));
+		*out++ = (char)(0x80 | ((cp >> 6) & 0x3F));
+		*out++ = (char)(0x80 | (cp & 0x3F));
+	}
+	return out;
+}
+
+/* Decodes the \u escape at `in` (pointing at 'u'); returns the input after it, or NULL. */
+static char *jp_unicode(char *in, char **outp)
+{
+	unsigned cp, lo;
+
+	if (!hex4(in + 1, &cp))
+		return NULL;
+	in += 5;
+	if (cp >= 0xD800 && cp <= 0xDBFF && in[0] == '\\' && in[1] == 'u' && hex4(in + 2, &lo) &&
+	    lo >= 0xDC00 && lo <= 0xDFFF) {
+		cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+		in += 6;
+	}
+	if (cp == 0)
+		return NULL; /* would cut the string short */
+	*outp = utf8_put(*outp, cp);
+	return in;
+}
+
+/* Decodes the string at jp->p (its opening quote) in place; returns it NUL-terminated, or NULL. */
+static char *jp_string(JParser *jp)
+{
+	char *start = jp->p + 1, *in = start, *out = start;
+	const char *simple = "\"\"\\\\//b\bf\fn\nr\rt\t";
+	const char *m;
+
+	for (;;) {
+		if (*in == '"')
+			break;
+		if (*in == '\0')
+			return NULL;
+		if (*in != '\\') {
+			*out++ = *in++;
+			continue;
+		}
+		in++;
+		if (*in == 'u') {
+			if ((in = jp_unicode(in, &out)) == NULL)
+				return NULL;
+			continue;
+		}
+		for (m = simple; *m != '\0' && *m != *in; m += 2)
+			;
+		if (*m == '\0')
+			return NULL;
+		*out++ = m[1];
+		in++;
+	}
+	jp->p = in + 1;
+	*out = '\0';
+	return start;
+}
+
+static int jp_value(JParser *jp, int depth);
+
+/* Parses the members ('{') or elements ('[') of a container into node `self`. */
+static int jp_container(JParser *jp, int depth, bool object)
+{
+	char close = object ? '}' : ']';
+	int self = jnode_new(jp, object ? J_OBJ : J_ARR), last = -1, kid;
+	char *key = NULL;
+
+	if (self < 0)
+		return -1;
+	jp->p++;
+	jp_ws(jp);
+	if (*jp->p == close) {
+		jp->p++;
+		return self;
+	}
+	for (;;) {
+		jp_ws(jp);
+		if (object) {
+			if (*jp->p != '"' || (key = jp_string(jp)) == NULL)
+				return -1;
+			jp_ws(jp);
+			if (*jp->p++ != ':')
+				return -1;
+		}
+		if ((kid = jp_value(jp, depth + 1)) < 0)
+			return -1;
+		jp->b->nodes[kid].key = key;
+		if (last < 0)
+			jp->b->nodes[self].child = kid;
+		else
+			jp->b->nodes[last].next = kid;
+		last = kid;
+		jp_ws(jp);
+		if (*jp->p == ',') {
+			jp->p++;
+			continue;
+		}
+		if (*jp->p++ != close)
+			return -1;
+		return self;
+	}
+}
+
+static int jp_literal(JParser *jp, const char *word, uint8_t type)
+{
+	size_t n = strlen(word);
+
+	if (strncmp(jp->p, word, n) != 0)
+		return -1;
+	jp->p += n;
+	return jnode_new(jp, type);
+}
+
+static int jp_number(JParser *jp)
+{
+	char *end;
+	long long v = strtoll(jp->p, &end, 10);
+	int i;
+
+	if (end == jp->p)
+		return -1;
+	while (*end == '.' || *end == 'e' || *end == 'E' || *end == '+' || *end == '-' ||
+	       (*end >= '0' && *end <= '9'))
+		end++; /* a fraction or exponent: the integer part is enough here */
+	jp->p = end;
+	if ((i = jnode_new(jp, J_NUM)) >= 0)
+		jp->b->nodes[i].num = v;
+	return i;
+}
+
+static int jp_value(JParser *jp, int depth)
+{
+	int i;
+	char *s;
+
+	if (depth > SQLINFO_MAX_DEPTH) {
+		jp->too_deep = true;
+		return -1;
+	}
+	jp_ws(jp);
+	switch (*jp->p) {
+	case '{': return jp_container(jp, depth, true);
+	case '[': return jp_container(jp, depth, false);
+	case 't': return jp_literal(jp, "true", J_TRUE);
+	case 'f': return jp_literal(jp, "false", J_FALSE);
+	case 'n': return jp_literal(jp, "null", J_NULL);
+	case '"':
+		if ((i = jnode_new(jp, J_STR)) < 0 || (s = jp_string(jp)) == NULL)
+			return -1;
+		jp->b->nodes[i].str = s;
+		return i;
+	default: return jp_number(jp);
+	}
+}
+
+/* ---- the walker's context and tree accessors ------------------------------ */
+
+typedef struct Walk {
+	SqlBuild *b;
+	const JNode *nodes;
+	int part;                /* the part being filled, -1 = none */
+	int stmt;                /* top-level statement index */
+	int access;              /* SQL_ACCESS_* for tables found by the generic walk */
+	bool explain_only;       /* inside EXPLAIN without ANALYZE: nothing runs */
+} Walk;
+
+static const JNode *j_first(const Walk *w, const JNode *n)
+{
+	return (n != NULL && n->child >= 0) ? &w->nodes[n->child] : NULL;
+}
+
+static const JNode *j_next(const Walk *w, const JNode *n)
+{
+	return n->next >= 0 ? &w->nodes[n->next] : NULL;
+}
+
+static const JNode *j_get(const Walk *w, const JNode *obj, const char *key)
+{
+	const JNode *m;
+
+	if (obj == NULL || obj->type != J_OBJ)
+		return NULL;
+	for (m = j_first(w, obj); m != NULL; m = j_next(w, m))
+		if (strcmp(m->key, key) == 0)
+			return m;
+	return NULL;
+}
+
+static const char *j_str(const Walk *w, const JNode *obj, const char *key)
+{
+	const JNode *m = j_get(w, obj, key);
+
+	return (m != NULL && m->type == J_STR) ? m->str : NULL;
+}
+
+static long long j_num(const Walk *w, const JNode *obj, const char *key)
+{
+	const JNode *m = j_get(w, obj, key);
+
+	return (m != NULL && m->type == J_NUM) ? m->num : 0;
+}
+
+static bool j_true(const Walk *w, const JNode *obj, const char *key)
+{
+	const JNode *m = j_get(w, obj, key);
+
+	return m != NULL && m->type == J_TRUE;
+}
+
+static bool j_is(const JNode *n, const char *s)
+{
+	return n != NULL && n->type == J_STR && strcmp(n->str, s) == 0;
+}
+
+/* Number of elements of an array node (0 for anything else). */
+static int j_len(const Walk *w, const JNode *arr)
+{
+	const JNode *e;
+	int n = 0;
+
+	if (arr == NULL || arr->type != J_ARR)
+		return 0;
+	for (e = j_first(w, arr); e != NULL; e = j_next(w, e))
+		n++;
+	return n;
+}
+
+/*
+ * A typed node is an object with one member named after the node type
+ * ({"FuncCall": {...}}); returns the type name and sets *body, or NULL for a
+ * plain struct (a field whose C type is fixed, like "relation").
+ */
+static const char *j_type(const Walk *w, const JNode *n, const JNode **body)
+{
+	const JNode *m = j_first(w, n);
+
+	if (n == NULL || n->type != J_OBJ || m == NULL || m->next >= 0 || m->type != J_OBJ ||
+	    m->key[0] < 'A' || m->key[0] > 'Z')
+		return NULL;
+	*body = m;
+	return m->key;
+}
+
+/* The text of a String node ({"String": {"sval": "x"}}), or NULL. */
+static const char *j_string_node(const Walk *w, const JNode *n)
+{
+	const JNode *body;
+	const char *t = j_type(w, n, &body);
+
+	if (t == NULL || strcmp(t, "String") != 0)
+		return NULL;
+	t = j_str(w, body, "sval");
+	return t != NULL ? t : "";
+}
+
+/* ---- building parts ------------------------------------------------------ */
+
+#define GROW(b, arr, n, cap)                                                                       \
+	((n) < (cap) || grow((void **)&(arr), &(cap), sizeof(*(arr))) || ((b)->oom = true, false))
+
+static bool grow(void **arr, int *cap, size_t elem)
+{
+	int ncap = *cap ? *cap * 2 : 16;
+	void *p;
+
+	if (*cap > INT_MAX / 4)
+		return false;
+	p = realloc(*arr, (size_t)ncap * elem);
+	if (p == NULL)
+		return false;
+	*arr = p;
+	*cap = ncap;
+	return true;
+}
+
+static SqlPartB *cur_part(Walk *w)
+{
+	return w->part >= 0 ? &w->b->parts[w->part] : NULL;
+}
+
+static void part_add(Walk *w, uint32_t classes)
+{
+	if (!w->explain_only && w->part >= 0)
+		w->b->parts[w->part].classes |= classes;
+}
+
+/* Something in the part has effects: a SELECT or EXPLAIN holding it is not READ. */
+static void part_side_effect(Walk *w)
+{
+	if (!w->explain_only && w->part >= 0)
+		w->b->parts[w->part].side_effect = true;
+}
+
+/* The part is READ when nothing in it has side effects (SELECT, EXPLAIN). */
+static void part_want_read(Walk *w)
+{
+	if (!w->explain_only && w->part >= 0)
+		w->b->parts[w->part].want_read = true;
+}
+
+/* Opens a new part and makes it current; returns the previous one (to give to part_end). */
+static int part_begin(Walk *w)
+{
+	SqlBuild *b = w->b;
+	int prev = w->part;
+	SqlPartB *p;
+
+	if (w->explain_only)
+		return prev;
+	if (!GROW(b, b->parts, b->n_parts, b->cap_parts))
+		return prev;
+	p = &b->parts[b->n_parts];
+	memset(p, 0, sizeof(*p));
+	p->stmt = w->stmt;
+	w->part = b->n_parts++;
+	return prev;
+}
+
+static void part_end(Walk *w, int prev)
+{
+	SqlPartB *p = cur_part(w);
+
+	if (w->explain_only)
+		return;
+	if (p != NULL && p->want_read && !p->side_effect)
+		p->classes |= SC_READ;
+	w->part = prev;
+}
+
+static uint32_t hash_str(uint32_t h, const char *s)
+{
+	for (; s != NULL && *s != '\0'; s++)
+		h = (h ^ (unsigned char)*s) * 16777619u;
+	return (h ^ 0xff) * 16777619u;
+}
+
+static bool str_eq(const char *a, const char *b)
+{
+	return (a == NULL || b == NULL) ? a == b : strcmp(a, b) == 0;
+}
+
+static uint32_t set_hash(const SqlBuild *b, uint32_t ent)
+{
+	uint32_t i = (ent - 1) >> 1;
+
+	if ((ent - 1) & 1)
+		return hash_str(((uint32_t)b->funcs[i].part + 1) * 2654435761u, b->pool + b->funcs[i].name);
+	return hash_str(hash_str((uint32_t)b->tables[i].part * 2654435761u, b->tables[i].schema),
+			b->tables[i].name);
+}
+
+static bool set_grow(SqlBuild *b)
+{
+	size_t ncap = b->set_cap ? b->set_cap * 2 : 64, i, j;
+	uint32_t *old = b->set, *ns = calloc(ncap, sizeof(*ns));
+
+	if (ns == NULL)
+		return false;
+	for (i = 0; i < b->set_cap; i++) {
+		if (old[i] == 0)
+			continue;
+		for (j = set_hash(b, old[i]) & (ncap - 1); ns[j] != 0; j = (j + 1) & (ncap - 1))
+			;
+		ns[j] = old[i];
+	}
+	free(old);
+	b->set = ns;
+	b->set_cap = ncap;
+	return true;
+}
+
+/* Finds the slot of an entry equal to `ent` (which is not stored yet), or the empty slot for it. */
+static size_t set_slot(const SqlBuild *b, uint32_t ent)
+{
+	size_t j = set_hash(b, ent) & (b->set_cap - 1);
+	uint32_t e, i = (ent - 1) >> 1;
+
+	for (; (e = b->set[j]) != 0; j = (j + 1) & (b->set_cap - 1)) {
+		uint32_t k = (e - 1) >> 1;
+
+		if (((e ^ ent) & 1) != 0)
+			continue;
+		if ((ent - 1) & 1) {
+			if (b->funcs[k].part == b->funcs[i].part &&
+			    strcmp(b->pool + b->funcs[k].name, b->pool + b->funcs[i].name) == 0)
+				return j;
+		} else if (b->tables[k].part == b->tables[i].part &&
+			   str_eq(b->tables[k].schema, b->tables[i].schema) &&
+			   strcmp(b->tables[k].name, b->tables[i].name) == 0) {
+			return j;
+		}
+	}
+	return j;
+}
+
+/* Adds the candidate entry just written past the end of tables/funcs; returns the existing one or -1. */
+static long set_add(SqlBuild *b, uint32_t ent)
+{
+	size_t j;
+
+	if ((b->set_used + 1) * 2 > b->set_cap && !set_grow(b)) {
+		b->oom = true;
+		return -2;
+	}
+	j = set_slot(b, ent);
+	if (b->set[j] != 0)
+		return (long)((b->set[j] - 1) >> 1);
+	b->set[j] = ent;
+	b->set_used++;
+	return -1;
+}
+
+static void table_add(Walk *w, const char *schema, const char *name, int access)
+{
+	SqlBuild *b = w->b;
+	SqlTableB *t;
+	long dup;
+
+	if (w->part < 0 || name == NULL || !GROW(b, b->tables, b->n_tables, b->cap_tables))
+		return;
+	if (w->explain_only)
+		access = SQL_ACCESS_READ;
+	t = &b->tables[b->n_tables];
+	t->part = w->part;
+	t->schema = schema;
+	t->name = name;
+	t->access = access;
+	dup = set_add(b, ((uint32_t)b->n_tables << 1) + 1);
+	if (dup >= 0) {
+		b->tables[dup].access |= access;
+	} else if (dup == -1) {
+		b->n_tables++;
+		b->parts[w->part].n_tables++;
+	}
+}
+
+static bool cte_in_scope(const SqlBuild *b, const char *name)
+{
+	int i;
+
+	for (i = b->n_ctes - 1; i >= 0; i--)
+		if (strcmp(b->ctes[i], name) == 0)
+			return true;
+	return false;
+}
+
+/* A RangeVar (its fields); a name in CTE scope is not a table when `cte_ok`. */
+static void rangevar_add(Walk *w, const JNode *rv, int access, bool cte_ok)
+{
+	const char *schema = j_str(w, rv, "schemaname"), *name = j_str(w, rv, "relname");
+
+	if (name == NULL || (cte_ok && schema == NULL && cte_in_scope(w->b, name)))
+		return;
+	table_add(w, schema, name, access);
+}
+
+static void cte_push(Walk *w, const char *name)
+{
+	SqlBuild *b = w->b;
+
+	if (name != NULL && GROW(b, b->ctes, b->n_ctes, b->cap_ctes))
+		b->ctes[b->n_ctes++] = name;
+}
+
+/* Appends "a.b.c" from a list of String nodes to the pool; returns its offset or UINT32_MAX. */
+static uint32_t pool_add_name(Walk *w, const JNode *list)
+{
+	SqlBuild *b = w->b;
+	size_t start = b->pool_len, need = 0;
+	const JNode *e;
+	const char *s;
+	char *np;
+
+	for (e = j_first(w, list); e != NULL; e = j_next(w, e))
+		need += strlen((s = j_string_node(w, e)) != NULL ? s : "") + 1;
+	if (need == 0 || need > UINT32_MAX / 2 || b->pool_len + need > UINT32_MAX / 2)
+		return UINT32_MAX;
+	if (b->pool_len + need > b->pool_cap) {
+		size_t ncap = (b->pool_len + need) * 2;
+
+		if ((np = realloc(b->pool, ncap)) == NULL) {
+			b->oom = true;
+			return UINT32_MAX;
+		}
+		b->pool = np;
+		b->pool_cap = ncap;
+	}
+	for (e = j_first(w, list); e != NULL; e = j_next(w, e)) {
+		s = j_string_node(w, e);
+		if (b->pool_len > start)
+			b->pool[b->pool_len++] = '.';
+		memcpy(b->pool + b->pool_len, s != NULL ? s : "", strlen(s != NULL ? s : ""));
+		b->pool_len += strlen(s != NULL ? s : "");
+	}
+	b->pool[b->pool_len++] = '\0';
+	return (uint32_t)start;
+}
+
+static void function_add(Walk *w, const JNode *namelist)
+{
+	SqlBuild *b = w->b;
+	uint32_t off;
+	long dup;
+
+	if (w->part < 0 || !GROW(b, b->funcs, b->n_funcs, b->cap_funcs))
+		return;
+	if ((off = pool_add_name(w, namelist)) == UINT32_MAX)
+		return;
+	b->funcs[b->n_funcs].part = w->part;
+	b->funcs[b->n_funcs].name = off;
+	dup = set_add(b, ((uint32_t)b->n_funcs << 1) + 2);
+	if (dup == -1) {
+		b->n_funcs++;
+		b->parts[w->part].n_functions++;
+	} else {
+		b->pool_len = off; /* already listed: drop the copy */
+	}
+}
+
+static void prep_add(Walk *w, SqlPrepOp op, const char *name, int first, int n)
+{
+	SqlBuild *b = w->b;
+
+	if (w->explain_only || !GROW(b, b->preps, b->n_preps, b->cap_preps))
+		return;
+	b->preps[b->n_preps].op = op;
+	b->preps[b->n_preps].name = name;
+	b->preps[b->n_preps].part_first = first;
+	b->preps[b->n_preps].n_parts = n;
+	b->n_preps++;
+}
+
+/* ---- the generic walk ----------------------------------------------------- */
+
+static void walk_value(Walk *w, const JNode *n);
+static void walk_typed(Walk *w, const char *type, const JNode *body);
+static void walk_select(Walk *w, const JNode *sel, bool skip_into);
+static void dispatch_stmt(Walk *w, const char *type, const JNode *body);
+
+/* Walks the members of a struct, skipping the NULL-terminated list of names in `skip`. */
+static void walk_fields(Walk *w, const JNode *obj, const char *const *skip)
+{
+	const JNode *m;
+	const char *const *s;
+
+	for (m = j_first(w, obj); m != NULL; m = j_next(w, m)) {
+		if (m->type != J_OBJ && m->type != J_ARR)
+			continue;
+		for (s = skip; s != NULL && *s != NULL && strcmp(*s, m->key) != 0; s++)
+			;
+		if (s == NULL || *s == NULL)
+			walk_value(w, m);
+	}
+}
+
+/* A plain struct: a RangeVar when it has a relname, otherwise its fields. */
+static void walk_struct(Walk *w, const JNode *obj)
+{
+	int saved = w->access;
+	const JNode *m;
+
+	if (j_get(w, obj, "relname") != NULL) {
+		rangevar_add(w, obj, w->access, true);
+		return;
+	}
+	for (m = j_first(w, obj); m != NULL; m = j_next(w, m)) {
+		if (m->type != J_OBJ && m->type != J_ARR)
+			continue;
+		if (strcmp(m->key, "pktable") == 0) /* REFERENCES t: read, not written */
+			w->access = SQL_ACCESS_READ;
+		walk_value(w, m);
+		w->access = saved;
+	}
+}
+
+static void walk_value(Walk *w, const JNode *n)
+{
+	const JNode *e, *body;
+	const char *type;
+
+	if (n == NULL)
+		return;
+	if (n->type == J_ARR) {
+		for (e = j_first(w, n); e != NULL; e = j_next(w, e))
+			walk_value(w, e);
+	} else if (n->type == J_OBJ) {
+		if ((type = j_type(w, n, &body)) != NULL)
+			walk_typed(w, type, body);
+		else
+			walk_struct(w, n);
+	}
+}
+
+/* ---- functions, operators, set_config -------------------------------------- */
+
+static bool setting_is_privilege(const char *name)
+{
+	return strcasecmp(name, "role") == 0 || strcasecmp(name, "session_authorization") == 0;
+}
+
+/*
+ * Settings that change how the server reads statement text: once they
+ * differ from what the analysis assumes (UTF-8, standard-conforming
+ * strings), the server and pgveil no longer see the same statements.
+ */
+static bool setting_is_lexical(const char *name)
+{
+	return strcasecmp(name, "client_encoding") == 0 || strcasecmp(name, "standard_conforming_strings") == 0;
+}
+
+/* set_config(name, value, is_local): PRIVILEGE for role names or a name that is not a literal. */
+static void fn_set_config(Walk *w, const JNode *call)
+{
+	const JNode *arg = j_first(w, j_get(w, call, "args")), *body, *sv;
+	const char *type = j_type(w, arg, &body), *name = NULL;
+
+	if (type != NULL && strcmp(type, "A_Const") == 0 && (sv = j_get(w, body, "sval")) != NULL)
+		name = j_str(w, sv, "sval") != NULL ? j_str(w, sv, "sval") : "";
+	if (name == NULL || setting_is_privilege(name)) {
+		part_add(w, SC_PRIVILEGE);
+	} else {
+		part_add(w, SC_SESSION);
+		if (setting_is_lexical(name))
+			part_add(w, SC_ADMIN);
+	}
+	if (name != NULL)
+		w->b->literal_sensitive = true;
+}
+
+/* A FuncCall's bare name when it calls pg_catalog (unqualified or qualified so), else NULL. */
+static const char *fn_catalog_name(const Walk *w, const JNode *namelist)
+{
+	const JNode *a = j_first(w, namelist), *c;
+	const char *s;
+
+	if (a == NULL)
+		return NULL;
+	if ((c = j_next(w, a)) == NULL)
+		return j_string_node(w, a);
+	s = j_string_node(w, a);
+	if (c->next >= 0 || s == NULL || strcmp(s, "pg_catalog") != 0)
+		return NULL;
+	return j_string_node(w, c);
+}
+
+static void walk_funccall(Walk *w, const JNode *call)
+{
+	static const char *const skip[] = { "funcname", NULL };
+	const JNode *names = j_get(w, call, "funcname");
+	const char *bare = fn_catalog_name(w, names);
+	unsigned fx;
+
+	function_add(w, names);
+	if (bare == NULL || builtin_find(bare) == NULL) {
+		/* May run at plan time even under EXPLAIN (constant folding). */
+		if (w->part >= 0) {
+			w->b->parts[w->part].classes |= SC_PROCEDURAL;
+			w->b->parts[w->part].side_effect = true;
+		}
+	} else if ((fx = builtin_effects(bare)) != 0 && !w->explain_only) {
+		if (fx & FX_SIDE)
+			part_side_effect(w);
+		if (fx & FX_ADMIN)
+			part_add(w, SC_ADMIN);
+		if (fx & FX_SESSION)
+			part_add(w, SC_SESSION);
+		if (fx & FX_SETCONFIG)
+			fn_set_config(w, call);
+	}
+	walk_fields(w, call, skip);
+}
+
+/* A_Expr: an operator that is not built in runs a function that is not either. */
+static void walk_aexpr(Walk *w, const JNode *e)
+{
+	static const char *const skip[] = { "name", NULL };
+	const char *kind = j_str(w, e, "kind"), *op;
+
+	if (kind != NULL && strstr(kind, "BETWEEN") == NULL) {
+		op = fn_catalog_name(w, j_get(w, e, "name"));
+		if ((op == NULL || !builtin_operator(op)) && w->part >= 0) {
+			w->b->parts[w->part].classes |= SC_PROCEDURAL;
+			w->b->parts[w->part].side_effect = true;
+		}
+	}
+	walk_fields(w, e, skip);
+}
+
+/* ---- the constant-WHERE evaluator ---------------------------------------- */
+
+/* Truth of a column-free expression: true, false, null, row-dependent, or not evaluated. */
+typedef enum { CV_TRUE, CV_FALSE, CV_NULL, CV_ROW, CV_UNKNOWN, CV_INT, CV_STR } CvKind;
+
+typedef struct CVal {
+	CvKind kind;
+	long long i;             /* CV_INT */
+	const char *s;           /* CV_STR */
+} CVal;
+
+static CVal cv_make(CvKind k)
+{
+	CVal v = { k, 0, NULL };
+
+	return v;
+}
+
+static CVal cv_bool(bool b)
+{
+	return cv_make(b ? CV_TRUE : CV_FALSE);
+}
+
+static bool is_volatile_builtin(const Walk *w, const JNode *call)
+{
+	const char *bare = fn_catalog_name(w, j_get(w, call, "funcname"));
+	const SqlBuiltin *fn = bare != NULL ? builtin_find(bare) : NULL;
+
+	return fn != NULL && (fn->flags & BUILTIN_VOLATILE);
+}
+
+/* True when the subtree depends on the row: a column, a subquery, CURRENT OF, a volatile built-in. */
+static bool row_dependent(const Walk *w, const JNode *n)
+{
+	const JNode *e, *body;
+	const char *type;
+
+	if (n == NULL || (n->type != J_OBJ && n->type != J_ARR))
+		return false;
+	if ((type = j_type(w, n, &body)) != NULL) {
+		if (strcmp(type, "ColumnRef") == 0 || strcmp(type, "SubLink") == 0 ||
+		    strcmp(type, "CurrentOfExpr") == 0)
+			return true;
+		if (strcmp(type, "FuncCall") == 0 && is_volatile_builtin(w, body))
+			return true;
+	}
+	for (e = j_first(w, n); e != NULL; e = j_next(w, e))
+		if (row_dependent(w, e))
+			return true;
+	return false;
+}
+
+static CVal cv_eval(Walk *w, const JNode *n);
+
+static CVal cv_const(const Walk *w, const JNode *c)
+{
+	const JNode *v;
+	CVal r = cv_make(CV_UNKNOWN);
+
+	if (j_true(w, c, "isnull"))
+		return cv_make(CV_NULL);
+	if ((v = j_get(w, c, "boolval")) != NULL)
+		return cv_bool(j_true(w, v, "boolval"));
+	if ((v = j_get(w, c, "ival")) != NULL) {
+		r.kind = CV_INT;
+		r.i = j_num(w, v, "ival");
+	} else if ((v = j_get(w, c, "sval")) != NULL) {
+		r.kind = CV_STR;
+		r.s = j_str(w, v, "sval") != NULL ? j_str(w, v, "sval") : "";
+	}
+	return r;
+}
+
+static bool cv_is_value(CVal v)
+{
+	return v.kind == CV_TRUE || v.kind == CV_FALSE || v.kind == CV_INT || v.kind == CV_STR;
+}
+
+/* Compares two constants with a comparison operator; CV_UNKNOWN when that needs more than bytes. */
+static CVal cv_compare(Walk *w, const char *op, CVal a, CVal b)
+{
+	int c;
+
+	if (a.kind == CV_NULL || b.kind == CV_NULL)
+		return cv_make(CV_NULL);
+	if (a.kind == CV_ROW || b.kind == CV_ROW)
+		return cv_make(CV_ROW);
+	if (!cv_is_value(a) || !cv_is_value(b))
+		return cv_make(CV_UNKNOWN);
+	if (a.kind == CV_INT && b.kind == CV_INT)
+		c = (a.i > b.i) - (a.i < b.i);
+	else if (a.kind == CV_STR && b.kind == CV_STR && (strcmp(op, "=") == 0 || strcmp(op, "<>") == 0))
+		c = strcmp(a.s, b.s) != 0; /* order depends on the collation: only equality */
+	else if ((a.kind == CV_TRUE || a.kind == CV_FALSE) && (b.kind == CV_TRUE || b.kind == CV_FALSE))
+		c = (a.kind == CV_TRUE) - (b.kind == CV_TRUE);
+	else
+		return cv_make(CV_UNKNOWN);
+	w->b->literal_sensitive = true;
+	if (strcmp(op, "=") == 0)
+		return cv_bool(c == 0);
+	if (strcmp(op, "<>") == 0)
+		return cv_bool(c != 0);
+	if (strcmp(op, "<") == 0)
+		return cv_bool(c < 0);
+	if (strcmp(op, "<=") == 0)
+		return cv_bool(c <= 0);
+	if (strcmp(op, ">") == 0)
+		return cv_bool(c > 0);
+	if (strcmp(op, ">=") == 0)
+		return cv_bool(c >= 0);
+	return cv_make(CV_UNKNOWN);
+}
+
+/* Truth kinds only: values that are not booleans count as not evaluated. */
+static CvKind cv_truth(CVal v)
+{
+	return (v.kind == CV_INT || v.kind == CV_STR) ? CV_UNKNOWN : v.kind;
+}
+
+static CVal cv_bool_expr(Walk *w, const JNode *e)
+{
+	const char *op = j_str(w, e, "boolop");
+	const JNode *a;
+	bool any[CV_STR + 1] = { false };
+	bool is_and = op != NULL && strcmp(op, "AND_EXPR") == 0, is_or = op != NULL && strcmp(op, "OR_EXPR") == 0;
+	CvKind k;
+
+	for (a = j_first(w, j_get(w, e, "args")); a != NULL; a = j_next(w, a))
+		any[cv_truth(cv_eval(w, a))] = true;
+	if (is_and) {
+		k = any[CV_FALSE] ? CV_FALSE : any[CV_NULL] ? CV_NULL : any[CV_ROW] ? CV_ROW
+			: any[CV_UNKNOWN] ? CV_UNKNOWN : CV_TRUE;
+	} else if (is_or) {
+		k = any[CV_TRUE] ? CV_TRUE : any[CV_UNKNOWN] ? CV_UNKNOWN : any[CV_ROW] ? CV_ROW
+			: any[CV_NULL] ? CV_NULL : CV_FALSE;
+	} else { /* NOT: one argument */
+		k = any[CV_TRUE] ? CV_FALSE : any[CV_FALSE] ? CV_TRUE : any[CV_NULL] ? CV_NULL
+			: any[CV_ROW] ? CV_ROW : CV_UNKNOWN;
+	}
+	return cv_make(k);
+}
+
+static CVal cv_aexpr(Walk *w, const JNode *e)
+{
+	const char *kind = j_str(w, e, "kind");
+	const JNode *name = j_get(w, e, "name");
+	const char *op = j_first(w, name) != NULL && j_first(w, name)->next < 0
+				 ? j_string_node(w, j_first(w, name)) : NULL;
+	CVal l, r;
+
+	if (kind == NULL || strcmp(kind, "AEXPR_OP") != 0 || op == NULL || j_get(w, e, "lexpr") == NULL)
+		return cv_make(row_dependent(w, e) ? CV_ROW : CV_UNKNOWN);
+	l = cv_eval(w, j_get(w, e, "lexpr"));
+	r = cv_eval(w, j_get(w, e, "rexpr"));
+	return cv_compare(w, op, l, r);
+}
+
+static CVal cv_nulltest(Walk *w, const JNode *e)
+{
+	bool is_null = j_is(j_get(w, e, "nulltesttype"), "IS_NULL");
+	CVal a = cv_eval(w, j_get(w, e, "arg"));
+
+	if (a.kind == CV_NULL)
+		return cv_bool(is_null);
+	if (cv_is_value(a))
+		return cv_bool(!is_null);
+	return a;
+}
+
+static CVal cv_booltest(Walk *w, const JNode *e)
+{
+	const char *t = j_str(w, e, "booltesttype");
+	CVal a = cv_eval(w, j_get(w, e, "arg"));
+	bool r;
+
+	if (t == NULL || (a.kind != CV_TRUE && a.kind != CV_FALSE && a.kind != CV_NULL))
+		return a.kind == CV_ROW ? a : cv_make(CV_UNKNOWN);
+	if (strcmp(t, "IS_TRUE") == 0)
+		r = a.kind == CV_TRUE;
+	else if (strcmp(t, "IS_NOT_TRUE") == 0)
+		r = a.kind != CV_TRUE;
+	else if (strcmp(t, "IS_FALSE") == 0)
+		r = a.kind == CV_FALSE;
+	else if (strcmp(t, "IS_NOT_FALSE") == 0)
+		r = a.kind != CV_FALSE;
+	else if (strcmp(t, "IS_UNKNOWN") == 0)
+		r = a.kind == CV_NULL;
+	else
+		r = a.kind != CV_NULL;
+	return cv_bool(r);
+}
+
+static CVal cv_eval(Walk *w, const JNode *n)
+{
+	const JNode *body;
+	const char *type = j_type(w, n, &body);
+
+	if (type == NULL)
+		return cv_make(row_dependent(w, n) ? CV_ROW : CV_UNKNOWN);
+	if (strcmp(type, "A_Const") == 0)
+		return cv_const(w, body);
+	if (strcmp(type, "BoolExpr") == 0)
+		return cv_bool_expr(w, body);
+	if (strcmp(type, "A_Expr") == 0)
+		return cv_aexpr(w, body);
+	if (strcmp(type, "NullTest") == 0)
+		return cv_nulltest(w, body);
+	if (strcmp(type, "BooleanTest") == 0)
+		return cv_booltest(w, body);
+	return cv_make(row_dependent(w, n) ? CV_ROW : CV_UNKNOWN);
+}
+
+/* A WHERE clause that lets every row through: absent, constant true, or column-free and unknown. */
+static bool where_all_rows(Walk *w, const JNode *where)
+{
+	CvKind k;
+
+	if (where == NULL)
+		return true;
+	k = cv_truth(cv_eval(w, where));
+	return k == CV_TRUE || k == CV_UNKNOWN;
+}
+
+/* ---- SELECT, WITH and the data-modifying commands ------------------------- */
+
+/* The CTEs of a WITH clause: data-modifying ones are parts of their own. */
+static void walk_with(Walk *w, const JNode *with)
+{
+	bool recursive = j_true(w, with, "recursive");
+	const JNode *ctes = j_get(w, with, "ctes"), *c, *body, *qbody;
+	const char *type;
+
+	if (recursive)
+		for (c = j_first(w, ctes); c != NULL; c = j_next(w, c))
+			if (j_type(w, c, &body) != NULL)
+				cte_push(w, j_str(w, body, "ctename"));
+	for (c = j_first(w, ctes); c != NULL; c = j_next(w, c)) {
+		if ((type = j_type(w, c, &body)) == NULL)
+			continue;
+		type = j_type(w, j_get(w, body, "ctequery"), &qbody);
+		if (type != NULL && strcmp(type, "SelectStmt") == 0)
+			walk_select(w, qbody, false);
+		else if (type != NULL)
+			dispatch_stmt(w, type, qbody);
+		if (!recursive)
+			cte_push(w, j_str(w, body, "ctename"));
+	}
+}
+
+/* A SELECT (or VALUES, TABLE) inside the current part. */
+static void walk_select(Walk *w, const JNode *sel, bool skip_into)
+{
+	static const char *const skip[] = { "withClause", "intoClause", "lockingClause", "larg", "rarg", NULL };
+	int saved_access = w->access, saved_ctes = w->b->n_ctes;
+	const JNode *into = j_get(w, sel, "intoClause"), *arm;
+
+	w->access = SQL_ACCESS_READ;
+	if (j_get(w, sel, "withClause") != NULL)
+		walk_with(w, j_get(w, sel, "withClause"));
+	if (j_len(w, j_get(w, sel, "lockingClause")) > 0) {
+		part_add(w, SC_WRITE);
+		part_side_effect(w);
+	}
+	if (into != NULL && !skip_into) { /* SELECT INTO below the top: not valid, fail closed */
+		part_add(w, SC_DDL);
+		part_side_effect(w);
+		rangevar_add(w, j_get(w, into, "rel"), SQL_ACCESS_WRITE, false);
+	}
+	if ((arm = j_get(w, sel, "larg")) != NULL)
+		walk_select(w, arm, false);
+	if ((arm = j_get(w, sel, "rarg")) != NULL)
+		walk_select(w, arm, false);
+	walk_fields(w, sel, skip);
+	w->b->n_ctes = saved_ctes;
+	w->access = saved_access;
+}
+
+static void stmt_select(Walk *w, const JNode *sel)
+{
+	const JNode *into = j_get(w, sel, "intoClause");
+	int prev;
+
+	if (into == NULL) {
+		part_add(w, SC_SELECT);
+		part_want_read(w);
+		walk_select(w, sel, false);
+		return;
+	}
+	/* SELECT INTO: creating the table is DDL, the query is a part of its own. */
+	part_add(w, SC_DDL);
+	rangevar_add(w, j_get(w, into, "rel"), SQL_ACCESS_WRITE, false);
+	prev = part_begin(w);
+	part_add(w, SC_SELECT);
+	part_want_read(w);
+	walk_select(w, sel, true);
+	part_end(w, prev);
+}
+
+/* The WITH clause and target of INSERT/UPDATE/DELETE/MERGE; returns the CTE mark to restore. */
+static int dml_begin(Walk *w, const JNode *stmt, uint32_t classes)
+{
+	int mark = w->b->n_ctes;
+
+	part_add(w, classes | SC_WRITE);
+	if (j_get(w, stmt, "withClause") != NULL)
+		walk_with(w, j_get(w, stmt, "withClause"));
+	rangevar_add(w, j_get(w, stmt, "relation"), SQL_ACCESS_WRITE, false);
+	w->access = SQL_ACCESS_READ;
+	return mark;
+}
+
+static const char *const dml_skip[] = { "withClause", "relation", NULL };
+
+static void stmt_insert(Walk *w, const JNode *s)
+{
+	int mark = dml_begin(w, s, SC_INSERT);
+
+	if (j_is(j_get(w, j_get(w, s, "onConflictClause"), "action"), "ONCONFLICT_UPDATE"))
+		part_add(w, SC_UPDATE);
+	walk_fields(w, s, dml_skip);
+	w->b->n_ctes = mark;
+}
+
+static void stmt_update(Walk *w, const JNode *s)
+{
+	int mark = dml_begin(w, s, SC_UPDATE);
+	const JNode *rel = j_get(w, s, "relation");
+	const char *schema = j_str(w, rel, "schemaname");
+
+	/* Updating pg_settings runs set_config(): client_encoding and the like included. */
+	if (str_eq(j_str(w, rel, "relname"), "pg_settings") && (schema == NULL || strcmp(schema, "pg_catalog") == 0))
+		part_add(w, SC_SESSION | SC_ADMIN);
+	if (!w->explain_only && where_all_rows(w, j_get(w, s, "whereClause")))
+		part_add(w, SC_DESTRUCTIVE);
+	walk_fields(w, s, dml_skip);
+	w->b->n_ctes = mark;
+}
+
+static void stmt_delete(Walk *w, const JNode *s)
+{
+	int mark = dml_begin(w, s, SC_DELETE);
+
+	if (!w->explain_only && where_all_rows(w, j_get(w, s, "whereClause")))
+		part_add(w, SC_DESTRUCTIVE);
+	walk_fields(w, s, dml_skip);
+	w->b->n_ctes = mark;
+}
+
+static void stmt_merge(Walk *w, const JNode *s)
+{
+	int mark = dml_begin(w, s, SC_MERGE);
+	const JNode *c, *body;
+	const char *cmd;
+	bool all_rows = false;
+
+	for (c = j_first(w, j_get(w, s, "mergeWhenClauses")); c != NULL; c = j_next(w, c)) {
+		if (j_type(w, c, &body) == NULL || (cmd = j_str(w, body, "commandType")) == NULL)
+			continue;
+		if (strcmp(cmd, "CMD_INSERT") == 0)
+			part_add(w, SC_INSERT);
+		else if (strcmp(cmd, "CMD_UPDATE") == 0)
+			part_add(w, SC_UPDATE);
+		else if (strcmp(cmd, "CMD_DELETE") == 0)
+			part_add(w, SC_DELETE);
+		if (strcmp(cmd, "CMD_INSERT") != 0 && j_true(w, body, "matched") &&
+		    j_get(w, body, "condition") == NULL)
+			all_rows = true;
+	}
+	if (all_rows && !w->explain_only && where_all_rows(w, j_get(w, s, "joinCondition")))
+		part_add(w, SC_DESTRUCTIVE);
+	walk_fields(w, s, dml_skip);
+	w->b->n_ctes = mark;
+}
+
+/* ---- statements that hold other commands ----------------------------------- */
+
+/* Runs `query` (a typed node) as a part of its own; returns the number of parts it made. */
+static int sub_part(Walk *w, const JNode *query)
+{
+	const JNode *body;
+	const char *type = j_type(w, query, &body);
+	int before = w->b->n_parts;
+
+	if (type != NULL)
+		dispatch_stmt(w, type, body);
+	return w->b->n_parts - before;
+}
+
+/* defGetBoolean(): no argument, or anything but false/off/0, is true. */
+static bool explain_option_true(Walk *w, const JNode *def)
+{
+	const JNode *arg = j_get(w, def, "arg"), *body;
+	const char *type = j_type(w, arg, &body), *s;
+
+	if (arg == NULL)
+		return true;
+	w->b->literal_sensitive = true; /* EXPLAIN (ANALYZE 'off') */
+	if (type == NULL)
+		return true;
+	if (strcmp(type, "String") == 0) {
+		s = j_str(w, body, "sval");
+		return s == NULL || (strcasecmp(s, "false") != 0 && strcasecmp(s, "off") != 0);
+	}
+	if (strcmp(type, "Integer") == 0)
+		return j_num(w, body, "ival") != 0;
+	if (strcmp(type, "Boolean") == 0)
+		return j_true(w, body, "boolval");
+	return true;
+}
+
+static void stmt_explain(Walk *w, const JNode *s)
+{
+	const JNode *o, *body;
+	bool analyze = false, saved = w->explain_only;
+	int saved_access = w->access;
+
+	for (o = j_first(w, j_get(w, s, "options")); o != NULL; o = j_next(w, o))
+		if (j_type(w, o, &body) != NULL && j_is(j_get(w, body, "defname"), "analyze") &&
+		    explain_option_true(w, body))
+			analyze = true;
+	part_want_read(w);
+	if (analyze) {
+		(void)sub_part(w, j_get(w, s, "query"));
+		return;
+	}
+	/* Only planned: its tables are read, nothing in it runs (but plan-time folding of functions). */
+	w->explain_only = true;
+	w->access = SQL_ACCESS_READ;
+	(void)sub_part(w, j_get(w, s, "query"));
+	w->explain_only = saved;
+	w->access = saved_access;
+}
+
+static void stmt_prepare(Walk *w, const JNode *s)
+{
+	int first = w->b->n_parts, n;
+
+	part_add(w, SC_SESSION);
+	n = sub_part(w, j_get(w, s, "query"));
+	prep_add(w, SQL_PREP_PREPARE, j_str(w, s, "name"), first, n);
+}
+
+static void stmt_execute(Walk *w, const JNode *s)
+{
+	part_add(w, SC_SESSION);
+	prep_add(w, SQL_PREP_EXECUTE, j_str(w, s, "name"), 0, 0);
+	walk_value(w, j_get(w, s, "params"));
+}
+
+static void stmt_deallocate(Walk *w, const JNode *s)
+{
+	const char *name = j_str(w, s, "name");
+
+	part_add(w, SC_SESSION);
+	prep_add(w, name != NULL ? SQL_PREP_DEALLOCATE : SQL_PREP_DEALLOCATE_ALL, name, 0, 0);
+}
+
+static void stmt_discard(Walk *w, const JNode *s)
+{
+	part_add(w, SC_SESSION);
+	if (j_is(j_get(w, s, "target"), "DISCARD_ALL"))
+		prep_add(w, SQL_PREP_DEALLOCATE_ALL, NULL, 0, 0);
+}
+
+static void stmt_declare(Walk *w, const JNode *s)
+{
+	part_add(w, SC_SESSION);
+	(void)sub_part(w, j_get(w, s, "query"));
+}
+
+static void stmt_create_table_as(Walk *w, const JNode *s)
+{
+	part_add(w, SC_DDL);
+	rangevar_add(w, j_get(w, j_get(w, s, "into"), "rel"), SQL_ACCESS_WRITE, false);
+	(void)sub_part(w, j_get(w, s, "query"));
+}
+
+static void stmt_copy(Walk *w, const JNode *s)
+{
+	static const char *const skip[] = { "relation", "query", NULL };
+	bool from = j_true(w, s, "is_from");
+
+	part_add(w, SC_COPY);
+	if (from)
+		part_add(w, SC_WRITE);
+	if (j_get(w, s, "filename") != NULL) /* a server file or PROGRAM */
+		part_add(w, SC_ADMIN);
+	else if (!from)
+		part_add(w, SC_READ);
+	rangevar_add(w, j_get(w, s, "relation"), from ? SQL_ACCESS_WRITE : SQL_ACCESS_READ, false);
+	w->access = SQL_ACCESS_READ;
+	walk_fields(w, s, skip);
+	(void)sub_part(w, j_get(w, s, "query"));
+}
+
+/* The value of SET name = value when it is one literal; NULL otherwise. */
+static const char *set_literal(Walk *w, const JNode *s, long long *ival, bool *is_int)
+{
+	const JNode *args = j_get(w, s, "args"), *body, *v;
+	const char *type;
+
+	if (!j_is(j_get(w, s, "kind"), "VAR_SET_VALUE") || j_len(w, args) != 1)
+		return NULL;
+	type = j_type(w, j_first(w, args), &body);
+	if (type == NULL || strcmp(type, "A_Const") != 0)
+		return NULL;
+	w->b->literal_sensitive = true;
+	*is_int = false;
+	if ((v = j_get(w, body, "ival")) != NULL) {
+		*is_int = true;
+		*ival = j_num(w, v, "ival");
+		return "";
+	}
+	if ((v = j_get(w, body, "sval")) != NULL)
+		return j_str(w, v, "sval") != NULL ? j_str(w, v, "sval") : "";
+	return NULL;
+}
+
+/* SET client_encoding / standard_conforming_strings to what the analysis assumes. */
+static bool set_lexical_safe(Walk *w, const JNode *s, const char *name)
+{
+	static const char *const utf8[] = { "utf8", "utf-8", "unicode", NULL };
+	static const char *const on[] = { "on", "true", "yes", "t", "tr", "tru", "y", "ye", NULL };
+	long long ival = 0;
+	bool is_int = false;
+	const char *v = set_literal(w, s, &ival, &is_int);
+	const char *const *ok = strcasecmp(name, "client_encoding") == 0 ? utf8 : on;
+
+	if (v == NULL)
+		return false;
+	if (is_int)
+		return ok == on && ival == 1;
+	for (; *ok != NULL; ok++)
+		if (strcasecmp(v, *ok) == 0)
+			return true;
+	return false;
+}
+
+static void stmt_set(Walk *w, const JNode *s)
+{
+	const char *name = j_str(w, s, "name");
+
+	if (name != NULL && setting_is_privilege(name)) {
+		part_add(w, SC_PRIVILEGE);
+	} else if (name != NULL && (strncmp(name, "TRANSACTION", 11) == 0 || strncmp(name, "transaction_", 12) == 0)) {
+		part_add(w, SC_TRANSACTION);
+	} else {
+		part_add(w, SC_SESSION);
+		if (name != NULL && setting_is_lexical(name) && !set_lexical_safe(w, s, name))
+			part_add(w, SC_ADMIN);
+	}
+	walk_value(w, j_get(w, s, "args"));
+}
+
+/* ALTER TABLE: every DROP subcommand drops; OWNER TO changes privileges. */
+static void stmt_alter_table(Walk *w, const JNode *s)
+{
+	static const char *const skip[] = { "relation", NULL };
+	const JNode *c, *body;
+	const char *sub;
+
+	part_add(w, SC_DDL);
+	rangevar_add(w, j_get(w, s, "relation"), SQL_ACCESS_WRITE, false);
+	for (c = j_first(w, j_get(w, s, "cmds")); c != NULL; c = j_next(w, c)) {
+		if (j_type(w, c, &body) == NULL || (sub = j_str(w, body, "subtype")) == NULL)
+			continue;
+		if (strncmp(sub, "AT_Drop", 7) == 0)
+			part_add(w, SC_DROP | SC_DESTRUCTIVE);
+		else if (strcmp(sub, "AT_ChangeOwner") == 0)
+			part_add(w, SC_PRIVILEGE);
+	}
+	w->access = SQL_ACCESS_WRITE;
+	walk_fields(w, s, skip);
+}
+
+static void stmt_drop(Walk *w, const JNode *s)
+{
+	const char *type = j_str(w, s, "removeType");
+	const JNode *o, *names, *a, *last;
+
+	part_add(w, SC_DDL | SC_DROP | SC_DESTRUCTIVE);
+	if (type == NULL || (strcmp(type, "OBJECT_TABLE") != 0 && strcmp(type, "OBJECT_VIEW") != 0 &&
+			     strcmp(type, "OBJECT_MATVIEW") != 0 && strcmp(type, "OBJECT_FOREIGN_TABLE") != 0))
+		return;
+	for (o = j_first(w, j_get(w, s, "objects")); o != NULL; o = j_next(w, o)) {
+		if (j_type(w, o, &names) == NULL)
+			continue;
+		a = NULL;
+		for (last = j_first(w, j_get(w, names, "items")); last != NULL && last->next >= 0;
+		     last = j_next(w, last))
+			a = last;
+		if (last != NULL && j_string_node(w, last) != NULL)
+			table_add(w, a != NULL ? j_string_node(w, a) : NULL, j_string_node(w, last),
+				  SQL_ACCESS_WRITE);
+	}
+}
+
+static void stmt_call(Walk *w, const JNode *s)
+{
+	part_add(w, SC_PROCEDURAL);
+	part_side_effect(w);
+	if (j_get(w, s, "funccall") != NULL)
+		walk_funccall(w, j_get(w, s, "funccall"));
+}
+
+/* CREATE FUNCTION, CREATE RULE, CREATE TRIGGER: what they hold runs later, not now. */
+static void stmt_ddl_opaque(Walk *w, const JNode *s)
+{
+	part_add(w, SC_DDL);
+	rangevar_add(w, j_get(w, s, "relation"), SQL_ACCESS_WRITE, false);
+}
+
+static void stmt_nowalk(Walk *w, const JNode *s)
+{
+	(void)w;
+	(void)s;
+}
+
+/* ---- the statement table --------------------------------------------------- */
+
+typedef void (*StmtFn)(Walk *w, const JNode *body);
+
+typedef struct StmtKind {
+	const char *name;        /* parse-tree node type */
+	uint32_t classes;        /* classes the statement always has */
+	StmtFn fn;               /* NULL: walk its fields, tables found are written */
+} StmtKind;
+
+#define DDL SC_DDL
+#define PRIV SC_PRIVILEGE
+#define ADM SC_ADMIN
+#define DROPS (SC_DDL | SC_DROP | SC_DESTRUCTIVE)
+
+/* Sorted by name (strcmp) for bsearch. */
+static const StmtKind stmt_kinds[] = {
+	{ "AlterCollationStmt", DDL, NULL },
+	{ "AlterDatabaseRefreshCollStmt", DDL | ADM, NULL },
+	{ "AlterDatabaseSetStmt", DDL | ADM, NULL },
+	{ "AlterDatabaseStmt", DDL | ADM, NULL },
+	{ "AlterDefaultPrivilegesStmt", PRIV, NULL },
+	{ "AlterDomainStmt", DDL, NULL },
+	{ "AlterEnumStmt", DDL, NULL },
+	{ "AlterEventTrigStmt", DDL, NULL },
+	{ "AlterExtensionContentsStmt", DDL, NULL },
+	{ "AlterExtensionStmt", DDL, NULL },
+	{ "AlterFdwStmt", DDL, NULL },
+	{ "AlterForeignServerStmt", DDL, NULL },
+	{ "AlterFunctionStmt", DDL, NULL },
+	{ "AlterObjectDependsStmt", DDL, NULL },
+	{ "AlterObjectSchemaStmt", DDL, NULL },
+	{ "AlterOpFamilyStmt", DDL, NULL },
+	{ "AlterOperatorStmt", DDL, NULL },
+	{ "AlterOwnerStmt", DDL | PRIV, NULL },
+	{ "AlterPolicyStmt", DDL, NULL },
+	{ "AlterPublicationStmt", DDL, NULL },
+	{ "AlterRoleSetStmt", DDL | PRIV, NULL },
+	{ "AlterRoleStmt", DDL | PRIV, NULL },
+	{ "AlterSeqStmt", DDL, NULL },
+	{ "AlterStatsStmt", DDL, NULL },
+	{ "AlterSubscriptionStmt", DDL, NULL },
+	{ "AlterSystemStmt", ADM, NULL },
+	{ "AlterTSConfigurationStmt", DDL, NULL },
+	{ "AlterTSDictionaryStmt", DDL, NULL },
+	{ "AlterTableMoveAllStmt", DDL | ADM, NULL },
+	{ "AlterTableSpaceOptionsStmt", DDL | ADM, NULL },
+	{ "AlterTableStmt", 0, stmt_alter_table },
+	{ "AlterTypeStmt", DDL, NULL },
+	{ "AlterUserMappingStmt", DDL, NULL },
+	{ "CallStmt", 0, stmt_call },
+	{ "CheckPointStmt", ADM, NULL },
+	{ "ClosePortalStmt", SC_SESSION, NULL },
+	{ "ClusterStmt", ADM, NULL },
+	{ "CommentStmt", DDL, NULL },
+	{ "CompositeTypeStmt", DDL, NULL },
+	{ "ConstraintsSetStmt", SC_TRANSACTION, NULL },
+	{ "CopyStmt", 0, stmt_copy },
+	{ "CreateAmStmt", DDL, NULL },
+	{ "CreateCastStmt", DDL, NULL },
+	{ "CreateConversionStmt", DDL, NULL },
+	{ "CreateDomainStmt", DDL, NULL },
+	{ "CreateEnumStmt", DDL, NULL },
+	{ "CreateEventTrigStmt", DDL, stmt_nowalk },
+	{ "CreateExtensionStmt", DDL, NULL },
+	{ "CreateFdwStmt", DDL, NULL },
+	{ "CreateForeignServerStmt", DDL, NULL },
+	{ "CreateForeignTableStmt", DDL, NULL },
+	{ "CreateFunctionStmt", DDL, stmt_nowalk },
+	{ "CreateOpClassStmt", DDL, NULL },
+	{ "CreateOpFamilyStmt", DDL, NULL },
+	{ "CreatePLangStmt", DDL, NULL },
+	{ "CreatePolicyStmt", DDL, NULL },
+	{ "CreatePublicationStmt", DDL, NULL },
+	{ "CreateRangeStmt", DDL, NULL },
+	{ "CreateRoleStmt", DDL | PRIV, NULL },
+	{ "CreateSchemaStmt", DDL, NULL },
+	{ "CreateSeqStmt", DDL, NULL },
+	{ "CreateStatsStmt", DDL, NULL },
+	{ "CreateStmt", DDL, NULL },
+	{ "CreateSubscriptionStmt", DDL, NULL },
+	{ "CreateTableAsStmt", 0, stmt_create_table_as },
+	{ "CreateTableSpaceStmt", DDL | ADM, NULL },
+	{ "CreateTransformStmt", DDL, NULL },
+	{ "CreateTrigStmt", 0, stmt_ddl_opaque },
+	{ "CreateUserMappingStmt", DDL, NULL },
+	{ "CreatedbStmt", DDL | ADM, NULL },
+	{ "DeallocateStmt", 0, stmt_deallocate },
+	{ "DeclareCursorStmt", 0, stmt_declare },
+	{ "DefineStmt", DDL, NULL },
+	{ "DeleteStmt", 0, stmt_delete },
+	{ "DiscardStmt", 0, stmt_discard },
+	{ "DoStmt", SC_PROCEDURAL, stmt_nowalk },
+	{ "DropOwnedStmt", DROPS | PRIV, NULL },
+	{ "DropRoleStmt", DROPS | PRIV, NULL },
+	{ "DropStmt", 0, stmt_drop },
+	{ "DropSubscriptionStmt", DROPS, NULL },
+	{ "DropTableSpaceStmt", DROPS | ADM, NULL },
+	{ "DropUserMappingStmt", DROPS, NULL },
+	{ "DropdbStmt", DROPS | ADM, NULL },
+	{ "ExecuteStmt", 0, stmt_execute },
+	{ "ExplainStmt", 0, stmt_explain },
+	{ "FetchStmt", SC_SESSION | SC_READ, NULL },
+	{ "GrantRoleStmt", PRIV, NULL },
+	{ "GrantStmt", PRIV, NULL },
+	{ "ImportForeignSchemaStmt", DDL, NULL },
+	{ "IndexStmt", DDL, NULL },
+	{ "InsertStmt", 0, stmt_insert },
+	{ "ListenStmt", SC_SESSION, NULL },
+	{ "LoadStmt", ADM, NULL },
+	{ "LockStmt", ADM, NULL },
+	{ "MergeStmt", 0, stmt_merge },
+	{ "NotifyStmt", SC_SESSION, NULL },
+	{ "PrepareStmt", 0, stmt_prepare },
+	{ "ReassignOwnedStmt", DDL | PRIV, NULL },
+	{ "RefreshMatViewStmt", DDL | SC_WRITE, NULL },
+	{ "ReindexStmt", ADM, NULL },
+	{ "RenameStmt", DDL, NULL },
+	{ "ReplicaIdentityStmt", DDL, NULL },
+	{ "RuleStmt", 0, stmt_ddl_opaque },
+	{ "SecLabelStmt", DDL, NULL },
+	{ "SelectStmt", 0, stmt_select },
+	{ "TransactionStmt", SC_TRANSACTION, NULL },
+	{ "TruncateStmt", SC_TRUNCATE | SC_WRITE | SC_DESTRUCTIVE, NULL },
+	{ "UnlistenStmt", SC_SESSION, NULL },
+	{ "UpdateStmt", 0, stmt_update },
+	{ "VacuumStmt", ADM, NULL },
+	{ "VariableSetStmt", 0, stmt_set },
+	{ "VariableShowStmt", SC_SESSION | SC_READ, NULL },
+	{ "ViewStmt", DDL, NULL },
+};
+
+/* Anything else that is a statement: unknown here, so it gets classes that rules treat with care. */
+static const StmtKind stmt_unknown = { "?", SC_DDL | SC_ADMIN, NULL };
+
+static int stmt_kind_cmp(const void *key, const void *elem)
+{
+	return strcmp(key, ((const StmtKind *)elem)->name);
+}
+
+static const StmtKind *stmt_kind_find(const char *type)
+{
+	return bsearch(type, stmt_kinds, PGV_ARRAY_LEN(stmt_kinds), sizeof(stmt_kinds[0]), stmt_kind_cmp);
+}
+
+static bool is_stmt_type(const char *type)
+{
+	size_t n = strlen(type);
+
+	return n > 4 && strcmp(type + n - 4, "Stmt") == 0 && strcmp(type, "SetOperationStmt") != 0;
+}
+
+/* Runs a statement node as a part of its own (inside EXPLAIN: in the EXPLAIN's part). */
+static void dispatch_stmt(Walk *w, const char *type, const JNode *body)
+{
+	const StmtKind *k = stmt_kind_find(type);
+	int prev = part_begin(w), saved_access = w->access;
+
+	if (k == NULL)
+		k = &stmt_unknown;
+	part_add(w, k->classes);
+	w->access = SQL_ACCESS_WRITE;
+	if (k->fn != NULL)
+		k->fn(w, body);
+	else
+		walk_fields(w, body, NULL);
+	w->access = saved_access;
+	part_end(w, prev);
+}
+
+/* Node types with nothing inside that matters: skipped without a look. */
+static bool is_leaf_type(const char *t)
+{
+	switch (t[0]) {
+	case 'S': return strcmp(t, "String") == 0;
+	case 'I': return strcmp(t, "Integer") == 0;
+	case 'A': return strcmp(t, "A_Const") == 0 || strcmp(t, "A_Star") == 0;
+	case 'C': return strcmp(t, "ColumnRef") == 0;
+	case 'P': return strcmp(t, "ParamRef") == 0;
+	case 'F': return strcmp(t, "Float") == 0;
+	case 'B': return strcmp(t, "Boolean") == 0 || strcmp(t, "BitString") == 0;
+	default: return false;
+	}
+}
+
+static void walk_typed(Walk *w, const char *type, const JNode *body)
+{
+	int saved;
+
+	if (is_leaf_type(type))
+		return;
+	if (strcmp(type, "FuncCall") == 0) {
+		walk_funccall(w, body);
+	} else if (strcmp(type, "A_Expr") == 0) {
+		walk_aexpr(w, body);
+	} else if (strcmp(type, "RangeVar") == 0) {
+		rangevar_add(w, body, w->access, true);
+	} else if (strcmp(type, "SelectStmt") == 0) {
+		walk_select(w, body, false);
+	} else if (strcmp(type, "TableLikeClause") == 0) {
+		saved = w->access;
+		w->access = SQL_ACCESS_READ;
+		walk_fields(w, body, NULL);
+		w->access = saved;
+	} else if (is_stmt_type(type)) {
+		dispatch_stmt(w, type, body);
+	} else {
+		walk_struct(w, body);
+	}
+}
+
+/* ---- entry points ------------------------------------------------------------ */
+
+void sqlinfo_build_reset(SqlBuild *b)
+{
+	if (b->cap_nodes > 65536) {
+		free(b->nodes);
+		b->nodes = NULL;
+		b->cap_nodes = 0;
+	}
+	if (b->set_cap > 4096) {
+		free(b->set);
+		b->set = NULL;
+		b->set_cap = 0;
+	} else if (b->set != NULL) {
+		memset(b->set, 0, b->set_cap * sizeof(*b->set));
+	}
+	b->n_nodes = b->n_parts = b->n_tables = b->n_funcs = b->n_stmts = b->n_preps = b->n_ctes = 0;
+	b->pool_len = 0;
+	b->set_used = 0;
+	b->literal_sensitive = false;
+	b->oom = false;
+	b->error = NULL;
+}
+
+void sqlinfo_build_free(SqlBuild *b)
+{
+	free(b->nodes);
+	free(b->parts);
+	free(b->tables);
+	free(b->funcs);
+	free(b->stmts);
+	free(b->preps);
+	free(b->pool);
+	free(b->set);
+	free(b->ctes);
+	memset(b, 0, sizeof(*b));
+}
+
+static bool walk_stmts(SqlBuild *b, const JNode *root)
+{
+	Walk w = { b, b->nodes, -1, 0, SQL_ACCESS_READ, false };
+	const JNode *raw, *body;
+	const char *type;
+
+	for (raw = j_first(&w, j_get(&w, root, "stmts")); raw != NULL && !b->oom; raw = j_next(&w, raw)) {
+		if (!GROW(b, b->stmts, b->n_stmts, b->cap_stmts))
+			break;
+		b->stmts[b->n_stmts].offset = (int)j_num(&w, raw, "stmt_location");
+		b->stmts[b->n_stmts].len = (int)j_num(&w, raw, "stmt_len");
+		w.stmt = b->n_stmts++;
+		w.part = -1;
+		b->n_ctes = 0;
+		if ((type = j_type(&w, j_get(&w, raw, "stmt"), &body)) != NULL)
+			dispatch_stmt(&w, type, body);
+	}
+	return !b->oom;
+}
+
+bool sqlinfo_tree_analyze(SqlBuild *b, char *json)
+{
+	JParser jp = { b, json, false };
+	int root;
+
+	root = jp_value(&jp, 0);
+	if (root < 0 || b->nodes[root].type != J_OBJ) {
+		if (!b->oom)
+			b->error = jp.too_deep ? "statement too deeply nested to analyse"
+					       : "statement could not be analysed";
+		return false;
+	}
+	return walk_stmts(b, &b->nodes[root]);
+}
