@@ -135,5 +135,7 @@ bool config_parse_duration(const char *s, uint64_t *ms_out) PGV_WARN_UNUSED;
 /* The process-wide current snapshot: set by main, read by everyone. */
 Config *config_current(void);          /* returns a new reference */
 void config_set_current(Config *cfg);  /* takes the caller's reference */
+/* Increases every time config_set_current() installs a snapshot: a cheap "did it change?" check. */
+uint64_t config_generation(void);
 
 #endif
