@@ -198,7 +198,7 @@ static void check_decision(EvalCtx *ctx, const Decision *d, char *expect)
 
 static void run_case(EvalCtx *ctx, char *line)
 {
-	char *sides[2], *chunks[16];
+	char *sides[2] = { NULL, NULL }, *chunks[16];
 	int n_sides = split(line, " => ", sides, 2), n_chunks;
 	SqlPart parts[16];
 	const SqlPart *ptrs[16];
