@@ -910,29 +910,32 @@ static void subst_pop(Relay *r)
 }
 
 /*
- * An ErrorResponse arrived while a refusal of the current batch waits: if it
- * is the server's answer to the refusal statement, replace it. Returns the
- * new run (0) when replaced, run unchanged when not, (size_t)-1 to wait for
- * the rest of the message.
+ * An ErrorResponse (header h at offset run) arrived while a refusal of the
+ * current batch waits. If it is the server's answer to the refusal
+ * statement, the forwarded run before it moves on, the error is dropped and
+ * the refusal takes its place: returns SUBST_REPLACED. SUBST_KEEP: an error
+ * of the client's own statement. SUBST_WAIT: the message is not whole yet.
  */
-static size_t maybe_substitute(Session *s, struct evbuffer *in, size_t run, size_t avail, const PgHeader *h)
+typedef enum { SUBST_KEEP, SUBST_REPLACED, SUBST_WAIT } SubstResult;
+
+static SubstResult maybe_substitute(Session *s, struct evbuffer *in, size_t run, size_t avail, const PgHeader *h)
 {
 	Relay *r = s->relay;
 	const uint8_t *body;
 	PgErrorFields f;
 
 	if (avail - run < (size_t)h->len + 1)
-		return (size_t)-1;
+		return SUBST_WAIT;
 	body = copy_body(r, in, run, h->len - 4);
 	if (body == NULL || !pgproto_parse_error(body, h->len - 4, &f) || f.sqlstate == NULL ||
 	    strcmp(f.sqlstate, SQLSTATE_SYNTAX_ERROR) != 0)
-		return run;
+		return SUBST_KEEP;
 	if (run > 0)
 		evbuffer_remove_buffer(in, stream_output(s->client), run);
 	evbuffer_drain(in, (size_t)h->len + 1);
 	evbuffer_add(stream_output(s->client), r->subst_head->msg.data, r->subst_head->msg.len);
 	subst_pop(r);
-	return 0;
+	return SUBST_REPLACED;
 }
 
 void relay_server_input(Session *s)
@@ -968,12 +971,12 @@ void relay_server_input(Session *s)
 				subst_pop(r); /* an earlier error of that batch skipped the refusal */
 		} else if (h.type == 'E') {
 			if (r->subst_head != NULL && r->subst_head->batch == r->batches_done) {
-				size_t n = maybe_substitute(s, in, run, avail, &h);
+				SubstResult sr = maybe_substitute(s, in, run, avail, &h);
 
-				if (n == (size_t)-1)
+				if (sr == SUBST_WAIT)
 					break;
-				if (n != run) {
-					run = n;
+				if (sr == SUBST_REPLACED) {
+					run = 0;
 					avail = evbuffer_get_length(in);
 					continue;
 				}

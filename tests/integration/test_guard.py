@@ -329,7 +329,8 @@ def test_psql(guard_target, table, admin):
     before = snapshot(admin, table)
     res = harness.run(["psql", "-X", "-v", "ON_ERROR_STOP=0", "-c", f"DROP TABLE {table}", "-c", "SELECT 'still here'"],
                       check=False, env=guard_target.env())
-    assert "ERROR:  statement blocked by rule" in res.stderr
+    assert "ERROR:  destructive statements are not allowed" in res.stderr
+    assert "DETAIL:  Blocked by rule " in res.stderr
     assert "still here" in res.stdout
     assert snapshot(admin, table) == before
 

@@ -441,7 +441,7 @@ public final class DriverCheck {
                     s.execute("DROP TABLE " + t);
                 }
             });
-            check(msg.contains("statement blocked by rule"), "message: " + msg);
+            check(msg.contains("destructive statements are not allowed"), "message: " + msg);
             expectSqlState("42501", () -> {
                 try (PreparedStatement ps = c.prepareStatement("DELETE FROM " + t + " WHERE ?")) {
                     ps.setBoolean(1, true);
