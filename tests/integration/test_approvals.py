@@ -1,0 +1,198 @@
+"""Held statements end to end: an agent's statement waits, an approver on the
+admin console (a second psql) approves or denies it, or hold_timeout passes.
+
+Every pgveil here has [oidc], rules holding DELETE/UPDATE on one table, and
+the default approver group "dba". What runs is checked behind the agent's
+back on a superuser connection: exactly once on approval, never on denial or
+timeout.
+"""
+
+import os
+import re
+import subprocess
+import threading
+import time
+import uuid
+
+import psycopg
+import pytest
+
+import harness
+from test_admin import Console, idp  # noqa: F401 (fixture)
+from test_jwt import start_oidc
+
+RULES = """
+HOLD DELETE, UPDATE ON public.{table} FOR GROUP agents;
+BLOCK DESTRUCTIVE;
+ALLOW ALL;
+"""
+
+
+@pytest.fixture
+def table(admin):
+    name = "held_" + uuid.uuid4().hex[:10]
+    admin.execute(f"CREATE TABLE {name} (id integer PRIMARY KEY, v integer NOT NULL)")
+    admin.execute(f"INSERT INTO {name} SELECT i, i FROM generate_series(1, 10) i")
+    admin.execute(f"ALTER TABLE {name} OWNER TO {harness.APP_USER}")
+    yield name
+    admin.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+@pytest.fixture
+def hc(pgveil_factory, idp, certs, workroot, table):  # noqa: F811
+    path = os.path.join(workroot, f"held-{uuid.uuid4().hex[:8]}.rules")
+    with open(path, "w") as f:
+        f.write(RULES.format(table=table))
+    pv = start_oidc(pgveil_factory, idp, rules=path, default_action="block", hold_timeout="20s")
+    c = Console(pv, idp, certs)
+    c.rules_path = path
+    return c
+
+
+class Agent(threading.Thread):
+    """Runs one statement as the agent in the background and keeps the outcome."""
+
+    def __init__(self, c, sql, params=None, token=None):
+        super().__init__(daemon=True)
+        self.c, self.sql, self.params = c, sql, params
+        self.token = token or c.agent
+        self.notices, self.error, self.rows = [], None, None
+
+    def run(self):
+        try:
+            with self.c.connect(self.token, dbname="app") as conn:
+                conn.add_notice_handler(lambda d: self.notices.append(d.message_primary))
+                cur = conn.execute(self.sql, self.params)
+                self.rows = cur.rowcount
+        except psycopg.Error as e:
+            self.error = e
+
+
+def wait_held(c, sql_part, timeout=15):
+    def find():
+        _, rows = c.query(c.approver, "SHOW HELD")
+        return [r for r in rows if sql_part in r[3]]
+    found = harness.wait_until(find, timeout, what="the statement to be held")
+    return found[0]
+
+
+def test_approve_runs_once(hc, table, admin):
+    a = Agent(hc, f"DELETE FROM {table} WHERE id = 3")
+    a.start()
+    held = wait_held(hc, f"DELETE FROM {table}")
+    hid, subject, database, sql, rule = held[0], held[1], held[2], held[3], held[4]
+    assert subject == hc.agent_sub and database == "app" and sql == f"DELETE FROM {table} WHERE id = 3"
+    assert rule == f"{hc.rules_path}:2"
+    assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (10,)  # not yet
+    res = hc.psql(hc.approver, "-c", f"APPROVE {hid}")
+    assert res.returncode == 0, res.stderr
+    a.join(15)
+    assert not a.is_alive() and a.error is None, a.error
+    assert a.notices == [f"held for approval: id {hid}"]
+    assert a.rows == 1
+    assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (9,)
+    _, rows = hc.query(hc.approver, "SHOW HELD")
+    assert rows == []
+    res = hc.psql(hc.approver, "-c", f"APPROVE {hid}")  # a second approval runs nothing
+    assert res.returncode != 0 and "already approved" in res.stderr
+    assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (9,)
+
+
+def test_deny(hc, table, admin):
+    # extended protocol: held at Bind; the approver sees the parameters (%t: text format, %b: binary)
+    a = Agent(hc, f"UPDATE {table} SET v = %b WHERE id = %t", (0, 4))
+    a.start()
+    held = wait_held(hc, f"UPDATE {table}")
+    assert held[3] == (f"UPDATE {table} SET v = $1 WHERE id = $2\n"
+                       "-- $1 = (binary, 2 bytes) '\\x0000'\n-- $2 = '4'"), held[3]
+    res = hc.psql(hc.approver, "-c", f"DENY {held[0]} REASON 'not during business hours'")
+    assert res.returncode == 0, res.stderr
+    a.join(15)
+    assert isinstance(a.error, psycopg.errors.InsufficientPrivilege), a.error
+    assert "not during business hours" in str(a.error)
+    assert admin.execute(f"SELECT v FROM {table} WHERE id = 4").fetchone() == (4,)
+
+
+def test_timeout(pgveil_factory, idp, certs, workroot, table, admin):  # noqa: F811
+    path = os.path.join(workroot, f"held-{uuid.uuid4().hex[:8]}.rules")
+    with open(path, "w") as f:
+        f.write(RULES.format(table=table))
+    pv = start_oidc(pgveil_factory, idp, rules=path, default_action="block", hold_timeout="1s")
+    c = Console(pv, idp, certs)
+    a = Agent(c, f"DELETE FROM {table} WHERE id = 5")
+    a.start()
+    a.join(15)
+    assert isinstance(a.error, psycopg.errors.QueryCanceled), a.error
+    _, rows = c.query(c.approver, "SHOW HELD")
+    assert rows == []
+    res = c.psql(c.approver, "-c", "APPROVE 1")
+    assert res.returncode != 0 and "timed out" in res.stderr
+    assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (10,)
+
+
+def test_agent_cannot_approve_itself(hc, table, admin, idp):  # noqa: F811
+    """An agent that is also an approver still cannot release its own statement."""
+    both = idp.mint("rsa", "rsa-1", "dual-" + uuid.uuid4().hex[:6], groups="agents,dba")
+    a = Agent(hc, f"DELETE FROM {table} WHERE id = 6", token=both)
+    a.start()
+    held = wait_held(hc, f"DELETE FROM {table} WHERE id = 6")
+    res = hc.psql(both, "-c", f"APPROVE {held[0]}")
+    assert res.returncode != 0 and "own statements" in res.stderr
+    hc.psql(hc.approver, "-c", f"DENY {held[0]}")
+    a.join(15)
+    assert isinstance(a.error, psycopg.errors.InsufficientPrivilege)
+    assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (10,)
+
+
+def test_grant_covers_same_rule_and_tables(hc, table, admin):
+    a = Agent(hc, f"DELETE FROM {table} WHERE id = 7")
+    a.start()
+    held = wait_held(hc, f"DELETE FROM {table}")
+    assert hc.psql(hc.approver, "-c", f"APPROVE {held[0]} FOR 10 MINUTES").returncode == 0
+    a.join(15)
+    assert a.error is None
+    cols, rows = hc.query(hc.approver, "SHOW GRANTS")
+    assert len(rows) == 1 and rows[0][cols.index("subject")] == hc.agent_sub
+    # the same agent, the same rule, the same table: runs at once
+    with hc.connect(hc.agent, dbname="app") as conn:
+        conn.execute(f"UPDATE {table} SET v = 100 WHERE id = 8")
+    assert admin.execute(f"SELECT v FROM {table} WHERE id = 8").fetchone() == (100,)
+    # another agent is not covered
+    b = Agent(hc, f"DELETE FROM {table} WHERE id = 9", token=hc.other)
+    b.start()
+    held = wait_held(hc, f"DELETE FROM {table} WHERE id = 9")
+    assert held[1] == hc.other_sub
+    assert hc.psql(hc.approver, "-c", f"REVOKE GRANT {rows[0][0]}; DENY {held[0]}").returncode == 0
+    b.join(15)
+    assert isinstance(b.error, psycopg.errors.InsufficientPrivilege)
+    # after REVOKE GRANT the first agent waits again
+    c2 = Agent(hc, f"DELETE FROM {table} WHERE id = 10")
+    c2.start()
+    held = wait_held(hc, f"DELETE FROM {table} WHERE id = 10")
+    hc.psql(hc.approver, "-c", f"DENY {held[0]}")
+    c2.join(15)
+    assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (9,)
+
+
+def test_held_transaction_state(hc, table, admin):
+    """Denied inside a transaction block: the block is aborted, like any error."""
+    done = {}
+
+    def run():
+        with psycopg.connect(hc.conninfo(hc.agent, dbname="app")) as conn:
+            conn.execute(f"INSERT INTO {table} VALUES (50, 50)")
+            try:
+                conn.execute(f"DELETE FROM {table} WHERE id = 1")
+            except psycopg.Error as e:
+                done["error"] = e
+            done["status"] = conn.info.transaction_status
+            conn.rollback()
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    held = wait_held(hc, f"DELETE FROM {table} WHERE id = 1")
+    hc.psql(hc.approver, "-c", f"DENY {held[0]}")
+    th.join(15)
+    assert isinstance(done["error"], psycopg.errors.InsufficientPrivilege)
+    assert done["status"] == psycopg.pq.TransactionStatus.INERROR
+    assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (10,)
