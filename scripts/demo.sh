@@ -262,6 +262,29 @@ step_guard() {
 		-c 'SELECT count(*) AS users FROM users'
 }
 
+step_approval() {
+	section "Writes wait for a human approver"
+	local approver console held_id agent_pid
+	say "The default rules hold every write. The agent updates one row; psql waits, with a notice:"
+	demo_psql "$AGENT_CONN" -c "UPDATE users SET email = 'new@example.com' WHERE id = 3" \
+		>"$DEMO/held.out" 2>&1 &
+	agent_pid=$!
+	approver=$("$TOKEN_BIN" --key "$JWT_DIR/signing.pem" --kid demo-1 --sub alice --groups dba \
+		--aud pgveil --iss "$ISS" --ttl 600)
+	console="host=127.0.0.1 port=$PGVEIL_PORT dbname=pgveil user=alice password=$approver sslmode=require"
+	for _ in $(seq 50); do
+		held_id=$(psql -X -A -t "$console connect_timeout=10" -c 'SHOW HELD' 2>/dev/null | cut -d'|' -f1 | head -n 1)
+		[ -n "$held_id" ] && break
+		sleep 0.2
+	done
+	[ -n "$held_id" ] || die "the update was not held"
+	say "alice (group dba) sees it on the admin console, the virtual database 'pgveil', and approves it:"
+	demo_psql "$console" -c 'SHOW HELD' -c "APPROVE $held_id"
+	wait "$agent_pid" || die "the approved update failed: $(cat "$DEMO/held.out")"
+	say "The agent's psql got its answer:"
+	sed 's/^/    /' "$DEMO/held.out"
+}
+
 step_refused() {
 	section "Tokens that prove nothing are refused"
 	local forged
@@ -321,6 +344,7 @@ STEPS=(
 	step_pgveil
 	step_query
 	step_guard
+	step_approval
 	step_refused
 	step_server_view
 	step_stop
