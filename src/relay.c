@@ -49,6 +49,9 @@ typedef struct Prepared {
 	char *sql;               /* text shown to approvers */
 	int n_infos;
 	StmtInfo **infos;        /* every body the server may hold under this name (see prepared_add) */
+	bool decided;            /* `decision` is valid for configuration generation `decided_gen` */
+	uint64_t decided_gen;
+	Decision decision;       /* cached: the same statement, caller and rules decide the same */
 	struct Prepared *next;   /* hash chain */
 } Prepared;
 
@@ -199,6 +202,7 @@ static bool prepared_add(Relay *r, const char *name, const char *sql, StmtInfo *
 		return false;
 	p->infos = ni;
 	p->infos[p->n_infos++] = sqlinfo_ref(info);
+	p->decided = false;
 	return true;
 }
 
@@ -294,14 +298,12 @@ static Config *relay_config(Relay *r)
 }
 
 /*
- * Collects the parts of `info` plus the bodies of the prepared statements
- * it EXECUTEs. Returns false (refusal built) for an EXECUTE of a name this
- * session has no record of: pgveil cannot tell what it would run.
+ * Adds the bodies of the prepared statements `info` EXECUTEs. Returns false
+ * (refusal built) for an EXECUTE of a name this session has no record of:
+ * pgveil cannot tell what it would run.
  */
-static bool collect_parts(Session *s, const StmtInfo *info, PartList *pl)
+static bool add_executed(Session *s, const StmtInfo *info, PartList *pl)
 {
-	for (int j = 0; j < info->n_parts; j++)
-		parts_add(pl, &info->parts[j]);
 	for (int i = 0; i < info->n_prep; i++) {
 		const SqlPrepRef *ref = &info->prep[i];
 		const Prepared *p;
@@ -319,11 +321,41 @@ static bool collect_parts(Session *s, const StmtInfo *info, PartList *pl)
 		}
 		parts_of_prepared(pl, p);
 	}
-	if (pl->overflow) {
-		refuse(s, SQLSTATE_INSUFFICIENT_PRIVILEGE, "statement has too many parts to check", NULL, NULL, 0);
-		return false;
-	}
 	return true;
+}
+
+static bool check_overflow(Session *s, const PartList *pl)
+{
+	if (!pl->overflow)
+		return true;
+	refuse(s, SQLSTATE_INSUFFICIENT_PRIVILEGE, "statement has too many parts to check", NULL, NULL, 0);
+	return false;
+}
+
+/* The parts of `info` plus the bodies of the prepared statements it EXECUTEs. */
+static bool collect_parts(Session *s, const StmtInfo *info, PartList *pl)
+{
+	for (int j = 0; j < info->n_parts; j++)
+		parts_add(pl, &info->parts[j]);
+	return add_executed(s, info, pl) && check_overflow(s, pl);
+}
+
+/*
+ * What Bind of prepared statement p runs. *cacheable is false when that
+ * depends on other prepared statements (p's text is itself an EXECUTE).
+ */
+static bool collect_prepared(Session *s, const Prepared *p, PartList *pl, bool *cacheable)
+{
+	*cacheable = true;
+	parts_of_prepared(pl, p);
+	for (int i = 0; i < p->n_infos; i++) {
+		if (p->infos[i]->n_prep == 0)
+			continue;
+		*cacheable = false;
+		if (!add_executed(s, p->infos[i], pl))
+			return false;
+	}
+	return check_overflow(s, pl);
 }
 
 /* A statement that does not parse: the parser's message and position, as the server would. */
@@ -586,12 +618,13 @@ static char *bind_display(const Prepared *p, PgReader rd)
 static GuardAction guard_bind(Session *s, PgReader *rd, size_t msglen)
 {
 	const char *portal, *stmt;
-	const Prepared *p;
+	Prepared *p;
 	PartList pl = { .n = 0 };
 	Decision d;
 	char msg[256];
 	char *text;
 	GuardAction act;
+	bool cacheable;
 
 	if (!pgproto_get_string(rd, &portal) || !pgproto_get_string(rd, &stmt)) {
 		session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "invalid Bind message");
@@ -603,12 +636,17 @@ static GuardAction guard_bind(Session *s, PgReader *rd, size_t msglen)
 		refuse(s, SQLSTATE_INSUFFICIENT_PRIVILEGE, msg, NULL, NULL, 0);
 		return GUARD_REFUSE;
 	}
-	parts_of_prepared(&pl, p);
-	if (pl.overflow) {
-		refuse(s, SQLSTATE_INSUFFICIENT_PRIVILEGE, "statement has too many parts to check", NULL, NULL, 0);
-		return GUARD_REFUSE;
+	(void)relay_config(s->relay);
+	if (p->decided && p->decided_gen == s->relay->cfg_gen && p->decision.action == DECISION_ALLOW) {
+		admin_stat_add(STAT_ALLOWED, 1);
+		return GUARD_FORWARD; /* the common case: a prepared statement run again */
 	}
+	if (!collect_prepared(s, p, &pl, &cacheable))
+		return GUARD_REFUSE;
 	d = decide(s, &pl);
+	p->decision = d;
+	p->decided_gen = s->relay->cfg_gen;
+	p->decided = cacheable;
 	if (d.action == DECISION_ALLOW)
 		return GUARD_FORWARD;
 	if (d.action == DECISION_BLOCK) {

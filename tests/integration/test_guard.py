@@ -426,3 +426,16 @@ def test_jdbc(java_driver, guard_target, note_table, admin):
     status, detail = res["guard"]
     assert status == "PASS", detail
     assert admin.execute("SELECT to_regclass(%s)", (note_table,)).fetchone()[0] is not None
+
+
+def test_protocol_statement_that_executes(guard_target, table, admin):
+    """A protocol-level prepared statement whose text is EXECUTE is decided, at
+    every Bind, on the SQL-level statement it runs now."""
+    with psycopg.connect(guard_target.conninfo(), autocommit=True) as conn:
+        conn.execute(f"PREPARE body_{table} AS SELECT count(*) FROM {table}", prepare=False)
+        for _ in range(3):  # Parse once, then Bind of the same server-side statement
+            assert conn.execute(f"EXECUTE body_{table}", prepare=True).fetchone() == (20,)
+        conn.execute(f"DEALLOCATE body_{table}", prepare=False)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"EXECUTE body_{table}", prepare=True)
+    assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (20,)
