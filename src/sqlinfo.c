@@ -119,7 +119,8 @@ static uint64_t hash_bytes(uint64_t seed, const void *data, size_t len)
 		h = mix64(h ^ w, 0xA0761D6478BD642Full);
 	}
 	w = 0;
-	memcpy(&w, p, len);
+	if (len > 0)
+		memcpy(&w, p, len);
 	h = mix64(h ^ w ^ ((uint64_t)len << 56), 0xE7037ED1A0B428DBull);
 	return mix64(h, 0x8EBC6AF09C88C6E3ull);
 }
@@ -337,6 +338,8 @@ static bool key_build(SqlThread *t)
 	size_t n;
 
 	t->key_len = 0;
+	if (!ensure((void **)&t->key, &t->key_cap, 20, 1)) /* never NULL, also without tokens */
+		return false;
 	for (i = 0; i < t->n_toks; i++) {
 		const ScanTok *k = &t->toks[i];
 		size_t tl = tok_has_text(t, i) ? (size_t)(k->end - k->start) : 0;
