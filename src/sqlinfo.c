@@ -22,8 +22,9 @@
 #include "sqlinfo_int.h"
 
 #define SQLINFO_MAX_TEXT (64u << 20)    /* longer texts are refused (fail closed) */
-#define CACHE_MAX_TEXT 16384            /* longer texts are analysed but not cached */
+#define CACHE_MAX_TEXT 65536            /* longer texts are analysed but not cached */
 #define CACHE_DEFAULT_ENTRIES 4096
+#define CACHE_MAX_ENTRIES (1 << 20)
 #define CACHE_MAX_BYTES (16u << 20)     /* per thread, counted per entry */
 
 /* Token numbers of libpg_query's scanner (pg_query.proto, enum Token). */
@@ -1001,7 +1002,7 @@ void sqlinfo_set_cache_capacity(int entries)
 	SqlThread *t = thread_get();
 
 	if (t != NULL)
-		t->capacity = entries > 0 ? entries : 0;
+		t->capacity = entries <= 0 ? 0 : entries > CACHE_MAX_ENTRIES ? CACHE_MAX_ENTRIES : entries;
 }
 
 void sqlinfo_thread_cleanup(void)
