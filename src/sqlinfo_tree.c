@@ -1,12 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The statement classifier of the sqlinfo module: reads libpg_query's JSON
- * parse tree into a compact in-place tree, then walks it to find every
- * command that runs (a "part"), its statement classes (INTERFACE §4), the
- * tables it reads and writes and the functions it calls. It owns the rules
- * of classification, the constant-WHERE evaluator behind DESTRUCTIVE, and
- * the tables of PostgreSQL's built-in functions and operators. It sees no
- * libpg_query header: only the JSON text.
+ * The statement classifier of the sqlinfo module: walks libpg_query's parse
+ * tree (as sqlinfo_json.c reads it) to find every command that runs (a
+ * "part"), its statement classes (INTERFACE §4), the tables it reads and
+ * writes and the functions it calls. It owns the rules of classification,
+ * the constant-WHERE evaluator behind DESTRUCTIVE, and the tables of
+ * PostgreSQL's built-in functions and operators. It sees no libpg_query
+ * header: only the tree.
  *
  * Fail-closed conventions: a statement type this file does not know is
  * DDL|ADMIN; a column-free WHERE it cannot evaluate counts as constant true;
