@@ -1127,7 +1127,10 @@ static void stmt_set(Walk *w, const JNode *s)
 	walk_value(w, j_get(s, "args"));
 }
 
-/* ALTER TABLE: every DROP subcommand drops; OWNER TO changes privileges. */
+/*
+ * ALTER TABLE: every ... DROP subcommand is DROP, and DESTRUCTIVE when it
+ * drops a column (data) or a constraint; OWNER TO changes privileges.
+ */
 static void stmt_alter_table(Walk *w, const JNode *s)
 {
 	static const char *const skip[] = { "relation", NULL };
@@ -1139,8 +1142,11 @@ static void stmt_alter_table(Walk *w, const JNode *s)
 	for (c = j_first(j_get(s, "cmds")); c != NULL; c = j_next(c)) {
 		if (j_type(c, &body) == NULL || (sub = j_str(body, "subtype")) == NULL)
 			continue;
-		if (strncmp(sub, "AT_Drop", 7) == 0)
+		if (strcmp(sub, "AT_DropColumn") == 0 || strcmp(sub, "AT_DropConstraint") == 0)
 			part_add(w, SC_DROP | SC_DESTRUCTIVE);
+		else if (strncmp(sub, "AT_Drop", 7) == 0 ||
+			 (strcmp(sub, "AT_ColumnDefault") == 0 && j_get(body, "def") == NULL))
+			part_add(w, SC_DROP);
 		else if (strcmp(sub, "AT_ChangeOwner") == 0)
 			part_add(w, SC_PRIVILEGE);
 	}
