@@ -66,12 +66,15 @@ static bool builtin_operator(const char *name)
 /*
  * Built-in functions with effects beyond computing a value. FX_SIDE keeps a
  * SELECT from being READ; FX_ADMIN adds ADMIN (server files, other backends,
- * server state); FX_SESSION adds SESSION; FX_SETCONFIG is set_config().
+ * server state); FX_SESSION adds SESSION; FX_SETCONFIG is set_config();
+ * FX_RUNS_SQL runs SQL this analysis does not see (a query given as text, or
+ * every table of a schema): PROCEDURAL, like a function that is not built in.
  */
 #define FX_SIDE 1u
 #define FX_ADMIN 2u
 #define FX_SESSION 4u
 #define FX_SETCONFIG 8u
+#define FX_RUNS_SQL 16u
 
 typedef struct SqlEffect {
 	const char *name;
@@ -115,6 +118,12 @@ static const SqlEffect sql_effects[] = {
 	{ "pg_logical_slot_", true, FX_SIDE | FX_ADMIN },
 	{ "pg_logical_emit_message", false, FX_SIDE | FX_ADMIN },
 	{ "pg_import_system_collations", false, FX_SIDE | FX_ADMIN },
+	{ "query_to_xml", true, FX_RUNS_SQL },
+	{ "table_to_xml", true, FX_RUNS_SQL },
+	{ "schema_to_xml", true, FX_RUNS_SQL },
+	{ "database_to_xml", true, FX_RUNS_SQL },
+	{ "ts_stat", false, FX_RUNS_SQL },
+	{ "ts_rewrite", false, FX_RUNS_SQL }, /* ts_rewrite(query, 'SELECT ...') */
 };
 
 static unsigned builtin_effects(const char *name)
@@ -535,16 +544,18 @@ static void walk_funccall(Walk *w, const JNode *call)
 	static const char *const skip[] = { "funcname", NULL };
 	const JNode *names = j_get(call, "funcname");
 	const char *bare = fn_catalog_name(names);
-	unsigned fx;
+	unsigned fx = bare != NULL ? builtin_effects(bare) : 0;
 
+	if ((fx & FX_RUNS_SQL) && strcmp(bare, "ts_rewrite") == 0 && j_len(j_get(call, "args")) == 3)
+		fx = 0; /* ts_rewrite(query, target, substitute): no SQL text */
 	function_add(w, names);
-	if (bare == NULL || builtin_find(bare) == NULL) {
+	if (bare == NULL || builtin_find(bare) == NULL || (fx & FX_RUNS_SQL)) {
 		/* May run at plan time even under EXPLAIN (constant folding). */
 		if (w->part >= 0) {
 			w->b->parts[w->part].classes |= SC_PROCEDURAL;
 			w->b->parts[w->part].side_effect = true;
 		}
-	} else if ((fx = builtin_effects(bare)) != 0 && !w->explain_only) {
+	} else if (fx != 0 && !w->explain_only) {
 		if (fx & FX_SIDE)
 			part_side_effect(w);
 		if (fx & FX_ADMIN)
