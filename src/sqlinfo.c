@@ -22,9 +22,11 @@
 #include "sqlinfo_int.h"
 
 #define SQLINFO_MAX_TEXT (64u << 20)    /* longer texts are refused (fail closed) */
-#define CACHE_MAX_TEXT 16384            /* longer texts are analysed but not cached */
+#define CACHE_MAX_TEXT 65536            /* longer texts are analysed but not cached */
 #define CACHE_DEFAULT_ENTRIES 4096
+#define CACHE_MAX_ENTRIES (1 << 20)
 #define CACHE_MAX_BYTES (16u << 20)     /* per thread, counted per entry */
+#define SCRATCH_KEEP (1u << 20)         /* scratch buffers larger than this are freed after use */
 
 /* Token numbers of libpg_query's scanner (pg_query.proto, enum Token). */
 #define TOK_FCONST 260
@@ -119,7 +121,8 @@ static uint64_t hash_bytes(uint64_t seed, const void *data, size_t len)
 		h = mix64(h ^ w, 0xA0761D6478BD642Full);
 	}
 	w = 0;
-	memcpy(&w, p, len);
+	if (len > 0)
+		memcpy(&w, p, len);
 	h = mix64(h ^ w ^ ((uint64_t)len << 56), 0xE7037ED1A0B428DBull);
 	return mix64(h, 0x8EBC6AF09C88C6E3ull);
 }
@@ -337,6 +340,8 @@ static bool key_build(SqlThread *t)
 	size_t n;
 
 	t->key_len = 0;
+	if (!ensure((void **)&t->key, &t->key_cap, 20, 1)) /* never NULL, also without tokens */
+		return false;
 	for (i = 0; i < t->n_toks; i++) {
 		const ScanTok *k = &t->toks[i];
 		size_t tl = tok_has_text(t, i) ? (size_t)(k->end - k->start) : 0;
@@ -836,6 +841,26 @@ static void cache_fresh(SqlThread *t, StmtInfo *info, size_t len, uint64_t hx, u
 		cache_insert(&t->cache, SPACE_SHAPE, hs, blk->shape, blk->shape_len, info);
 }
 
+/* Gives back scratch memory that one very large statement made grow. */
+static void scratch_trim(SqlThread *t)
+{
+	if (t->text_cap > SCRATCH_KEEP) {
+		free(t->text);
+		t->text = NULL;
+		t->text_cap = 0;
+	}
+	if (t->key_cap > SCRATCH_KEEP) {
+		free(t->key);
+		t->key = NULL;
+		t->key_cap = 0;
+	}
+	if (t->cap_toks * sizeof(ScanTok) > SCRATCH_KEEP) {
+		free(t->toks);
+		t->toks = NULL;
+		t->cap_toks = 0;
+	}
+}
+
 StmtInfo *sqlinfo_analyze(const char *sql, size_t len)
 {
 	SqlThread *t = thread_get();
@@ -858,8 +883,10 @@ StmtInfo *sqlinfo_analyze(const char *sql, size_t len)
 		t->hits++;
 		return sqlinfo_ref(e->info);
 	}
-	if (!text_copy(t, sql, len) || (scanned = scan_text(t, len)) < 0)
+	if (!text_copy(t, sql, len) || (scanned = scan_text(t, len)) < 0) {
+		scratch_trim(t);
 		return NULL;
+	}
 	fp = hx;
 	if (scanned > 0 && key_build(t)) {
 		fp = hash_bytes(SEED_FINGERPRINT, t->key, t->key_len);
@@ -874,6 +901,7 @@ StmtInfo *sqlinfo_analyze(const char *sql, size_t len)
 	info = analyze_text(t, len, cacheable && t->cache.cap > 0, shape_ok, fp);
 	if (info != NULL && cacheable && t->cache.cap > 0)
 		cache_fresh(t, info, len, hx, hs);
+	scratch_trim(t);
 	return info;
 }
 
@@ -895,16 +923,17 @@ void sqlinfo_unref(StmtInfo *info)
 /* The highest $n the text already uses. */
 static int max_param(const SqlThread *t)
 {
-	int i, n, max = 0;
+	long n, max = 0;
+	int i;
 
 	for (i = 0; i < t->n_toks; i++) {
 		if (t->toks[i].token != TOK_PARAM)
 			continue;
-		n = atoi(t->text + t->toks[i].start + 1);
+		n = strtol(t->text + t->toks[i].start + 1, NULL, 10);
 		if (n > max)
 			max = n;
 	}
-	return max;
+	return max < 1000000000L ? (int)max : 1000000000; /* $n above that does not parse anyway */
 }
 
 char *sqlinfo_normalize(const char *sql, size_t len)
@@ -914,9 +943,12 @@ char *sqlinfo_normalize(const char *sql, size_t len)
 	char *out;
 	int i, n;
 
-	if (t == NULL || sql == NULL || text_refusal(sql, &len) != NULL || !text_copy(t, sql, len) ||
-	    scan_text(t, len) <= 0)
+	if (t == NULL || sql == NULL || text_refusal(sql, &len) != NULL)
 		return NULL;
+	if (!text_copy(t, sql, len) || scan_text(t, len) <= 0) {
+		scratch_trim(t);
+		return NULL;
+	}
 	n = max_param(t);
 	cap = len + 1;
 	for (i = 0; i < t->n_toks; i++)
@@ -935,6 +967,7 @@ char *sqlinfo_normalize(const char *sql, size_t len)
 	}
 	memcpy(out + out_len, sql + pos, len - pos);
 	out[out_len + len - pos] = '\0';
+	scratch_trim(t);
 	return out;
 }
 
@@ -998,7 +1031,7 @@ void sqlinfo_set_cache_capacity(int entries)
 	SqlThread *t = thread_get();
 
 	if (t != NULL)
-		t->capacity = entries > 0 ? entries : 0;
+		t->capacity = entries <= 0 ? 0 : entries > CACHE_MAX_ENTRIES ? CACHE_MAX_ENTRIES : entries;
 }
 
 void sqlinfo_thread_cleanup(void)

@@ -9,6 +9,8 @@
 #ifndef PGVEIL_SQLINFO_INT_H
 #define PGVEIL_SQLINFO_INT_H
 
+#include <string.h>
+
 #include "pgveil/sqlinfo.h"
 
 /* A part being built. */
@@ -49,11 +51,11 @@ typedef struct SqlPrepB {
  * Growable arrays, kept across analyses by the thread (reset, not freed).
  * `oom` is sticky: once an append failed, the result is discarded.
  */
-struct JNode;
+typedef struct JChunk JChunk;
 
 typedef struct SqlBuild {
-	struct JNode *nodes;     /* the JSON tree */
-	int n_nodes, cap_nodes;
+	JChunk *jchunks;         /* arena of JSON nodes (sqlinfo_json.c) */
+	JChunk *jcur;            /* chunk being filled */
 	SqlPartB *parts;
 	int n_parts, cap_parts;
 	SqlTableB *tables;
@@ -74,6 +76,129 @@ typedef struct SqlBuild {
 	bool oom;
 	const char *error;       /* static message when the tree could not be walked (too deep, malformed) */
 } SqlBuild;
+
+/* ---- the JSON tree (sqlinfo_json.c) ---- */
+
+/*
+ * Deeper JSON than this is refused as "too deeply nested" (the parser and
+ * the walker recurse along it). 4000 levels (some 800 nested subqueries, or
+ * 1600 chained operators) stay within 2 MB of stack even under ASan.
+ */
+#define SQLINFO_MAX_DEPTH 4000
+
+enum { J_NULL, J_FALSE, J_TRUE, J_NUM, J_STR, J_OBJ, J_ARR };
+
+typedef struct JNode {
+	const char *key;         /* member name in an object, NULL in an array */
+	const char *str;         /* J_STR: decoded, NUL-terminated in place */
+	long long num;           /* J_NUM */
+	struct JNode *child;     /* first member or element */
+	struct JNode *next;      /* next sibling */
+	uint8_t type;            /* J_* */
+} JNode;
+
+/*
+ * Parses `text` (decoding strings in place) into nodes from b's arena;
+ * returns the root, or NULL with b->oom or b->error (malformed, too deep).
+ */
+JNode *sqlinfo_json_parse(SqlBuild *b, char *text);
+
+/* Makes the arena's nodes free for the next parse (keeps some of its memory). */
+void sqlinfo_json_reset(SqlBuild *b);
+void sqlinfo_json_free(SqlBuild *b);
+
+static inline const JNode *j_first(const JNode *n)
+{
+	return n != NULL ? n->child : NULL;
+}
+
+static inline const JNode *j_next(const JNode *n)
+{
+	return n->next;
+}
+
+/* The member `key` of an object, or NULL. */
+static inline const JNode *j_get(const JNode *obj, const char *key)
+{
+	const JNode *m;
+
+	if (obj == NULL || obj->type != J_OBJ)
+		return NULL;
+	for (m = obj->child; m != NULL; m = m->next)
+		if (strcmp(m->key, key) == 0)
+			return m;
+	return NULL;
+}
+
+static inline const char *j_str(const JNode *obj, const char *key)
+{
+	const JNode *m = j_get(obj, key);
+
+	return (m != NULL && m->type == J_STR) ? m->str : NULL;
+}
+
+static inline long long j_num(const JNode *obj, const char *key)
+{
+	const JNode *m = j_get(obj, key);
+
+	return (m != NULL && m->type == J_NUM) ? m->num : 0;
+}
+
+static inline bool j_true(const JNode *obj, const char *key)
+{
+	const JNode *m = j_get(obj, key);
+
+	return m != NULL && m->type == J_TRUE;
+}
+
+/* True when `n` is the string `s`. */
+static inline bool j_is(const JNode *n, const char *s)
+{
+	return n != NULL && n->type == J_STR && strcmp(n->str, s) == 0;
+}
+
+/* Number of elements of an array node (0 for anything else). */
+static inline int j_len(const JNode *arr)
+{
+	const JNode *e;
+	int n = 0;
+
+	if (arr == NULL || arr->type != J_ARR)
+		return 0;
+	for (e = arr->child; e != NULL; e = e->next)
+		n++;
+	return n;
+}
+
+/*
+ * A typed node is an object with one member named after the node type
+ * ({"FuncCall": {...}}); returns the type name and sets *body, or NULL for a
+ * plain struct (a field whose C type is fixed, like "relation").
+ */
+static inline const char *j_type(const JNode *n, const JNode **body)
+{
+	const JNode *m = n != NULL ? n->child : NULL;
+
+	if (n == NULL || n->type != J_OBJ || m == NULL || m->next != NULL || m->type != J_OBJ ||
+	    m->key[0] < 'A' || m->key[0] > 'Z')
+		return NULL;
+	*body = m;
+	return m->key;
+}
+
+/* The text of a String node ({"String": {"sval": "x"}}), or NULL. */
+static inline const char *j_string_node(const JNode *n)
+{
+	const JNode *body;
+	const char *t = j_type(n, &body);
+
+	if (t == NULL || strcmp(t, "String") != 0)
+		return NULL;
+	t = j_str(body, "sval");
+	return t != NULL ? t : "";
+}
+
+/* ---- the builder ---- */
 
 /* Empties the builder for a new analysis (keeps its memory, trims what grew very large). */
 void sqlinfo_build_reset(SqlBuild *b);

@@ -1,12 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The statement classifier of the sqlinfo module: reads libpg_query's JSON
- * parse tree into a compact in-place tree, then walks it to find every
- * command that runs (a "part"), its statement classes (INTERFACE §4), the
- * tables it reads and writes and the functions it calls. It owns the rules
- * of classification, the constant-WHERE evaluator behind DESTRUCTIVE, and
- * the tables of PostgreSQL's built-in functions and operators. It sees no
- * libpg_query header: only the JSON text.
+ * The statement classifier of the sqlinfo module: walks libpg_query's parse
+ * tree (as sqlinfo_json.c reads it) to find every command that runs (a
+ * "part"), its statement classes (INTERFACE §4), the tables it reads and
+ * writes and the functions it calls. It owns the rules of classification,
+ * the constant-WHERE evaluator behind DESTRUCTIVE, and the tables of
+ * PostgreSQL's built-in functions and operators. It sees no libpg_query
+ * header: only the tree.
  *
  * Fail-closed conventions: a statement type this file does not know is
  * DDL|ADMIN; a column-free WHERE it cannot evaluate counts as constant true;
@@ -18,9 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-
-/* Deeper JSON than this is refused (the walker recurses along it). */
-#define SQLINFO_MAX_DEPTH 4000
 
 /* ---- built-in functions and operators ------------------------------------ */
 
@@ -69,12 +66,15 @@ static bool builtin_operator(const char *name)
 /*
  * Built-in functions with effects beyond computing a value. FX_SIDE keeps a
  * SELECT from being READ; FX_ADMIN adds ADMIN (server files, other backends,
- * server state); FX_SESSION adds SESSION; FX_SETCONFIG is set_config().
+ * server state); FX_SESSION adds SESSION; FX_SETCONFIG is set_config();
+ * FX_RUNS_SQL runs SQL this analysis does not see (a query given as text, or
+ * every table of a schema): PROCEDURAL, like a function that is not built in.
  */
 #define FX_SIDE 1u
 #define FX_ADMIN 2u
 #define FX_SESSION 4u
 #define FX_SETCONFIG 8u
+#define FX_RUNS_SQL 16u
 
 typedef struct SqlEffect {
 	const char *name;
@@ -118,6 +118,12 @@ static const SqlEffect sql_effects[] = {
 	{ "pg_logical_slot_", true, FX_SIDE | FX_ADMIN },
 	{ "pg_logical_emit_message", false, FX_SIDE | FX_ADMIN },
 	{ "pg_import_system_collations", false, FX_SIDE | FX_ADMIN },
+	{ "query_to_xml", true, FX_RUNS_SQL },
+	{ "table_to_xml", true, FX_RUNS_SQL },
+	{ "schema_to_xml", true, FX_RUNS_SQL },
+	{ "database_to_xml", true, FX_RUNS_SQL },
+	{ "ts_stat", false, FX_RUNS_SQL },
+	{ "ts_rewrite", false, FX_RUNS_SQL }, /* ts_rewrite(query, 'SELECT ...') */
 };
 
 static unsigned builtin_effects(const char *name)
@@ -133,347 +139,15 @@ static unsigned builtin_effects(const char *name)
 	return 0;
 }
 
-/* ---- the JSON tree -------------------------------------------------------- */
-
-enum { J_NULL, J_FALSE, J_TRUE, J_NUM, J_STR, J_OBJ, J_ARR };
-
-typedef struct JNode {
-	const char *key;         /* member name in an object, NULL in an array */
-	const char *str;         /* J_STR: decoded, NUL-terminated in place */
-	long long num;           /* J_NUM */
-	int32_t child;           /* first member or element, -1 = none */
-	int32_t next;            /* next sibling, -1 = none */
-	uint8_t type;
-} JNode;
-
-typedef struct JParser {
-	SqlBuild *b;
-	char *p;
-	bool too_deep;
-} JParser;
-
-static int jnode_new(JParser *jp, uint8_t type)
-{
-	SqlBuild *b = jp->b;
-	JNode *n;
-
-	if (b->n_nodes == b->cap_nodes) {
-		int cap = b->cap_nodes ? b->cap_nodes * 2 : 256;
-
-		if (b->cap_nodes > INT_MAX / 4 || (n = realloc(b->nodes, (size_t)cap * sizeof(*n))) == NULL) {
-			b->oom = true;
-			return -1;
-		}
-		b->nodes = n;
-		b->cap_nodes = cap;
-	}
-	n = &b->nodes[b->n_nodes];
-	n->key = NULL;
-	n->str = NULL;
-	n->num = 0;
-	n->child = -1;
-	n->next = -1;
-	n->type = type;
-	return b->n_nodes++;
-}
-
-static void jp_ws(JParser *jp)
-{
-	while (*jp->p == ' ' || *jp->p == '\n' || *jp->p == '\t' || *jp->p == '\r')
-		jp->p++;
-}
-
-static bool hex4(const char *s, unsigned *out)
-{
-	unsigned v = 0;
-	int i;
-
-	for (i = 0; i < 4; i++) {
-		char c = s[i];
-
-		v <<= 4;
-		if (c >= '0' && c <= '9')
-			v |= (unsigned)(c - '0');
-		else if (c >= 'a' && c <= 'f')
-			v |= (unsigned)(c - 'a' + 10);
-		else if (c >= 'A' && c <= 'F')
-			v |= (unsigned)(c - 'A' + 10);
-		else
-			return false;
-	}
-	*out = v;
-	return true;
-}
-
-static char *utf8_put(char *out, unsigned cp)
-{
-	if (cp < 0x80) {
-		*out++ = (char)cp;
-	} else if (cp < 0x800) {
-		*out++ = (char)(0xC0 | (cp >> 6));
-		*out++ = (char)(0x80 | (cp & 0x3F));
-	} else if (cp < 0x10000) {
-		*out++ = (char)(0xE0 | (cp >> 12));
-		*out++ = (char)(0x80 | ((cp >> 6) & 0x3F));
-		*out++ = (char)(0x80 | (cp & 0x3F));
-	} else {
-		*out++ = (char)(0xF0 | (cp >> 18));
-		*out++ = (char)(0x80 | ((cp >> 12) & 0x3F));
-		*out++ = (char)(0x80 | ((cp >> 6) & 0x3F));
-		*out++ = (char)(0x80 | (cp & 0x3F));
-	}
-	return out;
-}
-
-/* Decodes the \u escape at `in` (pointing at 'u'); returns the input after it, or NULL. */
-static char *jp_unicode(char *in, char **outp)
-{
-	unsigned cp, lo;
-
-	if (!hex4(in + 1, &cp))
-		return NULL;
-	in += 5;
-	if (cp >= 0xD800 && cp <= 0xDBFF && in[0] == '\\' && in[1] == 'u' && hex4(in + 2, &lo) &&
-	    lo >= 0xDC00 && lo <= 0xDFFF) {
-		cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-		in += 6;
-	}
-	if (cp == 0)
-		return NULL; /* would cut the string short */
-	*outp = utf8_put(*outp, cp);
-	return in;
-}
-
-/* Decodes the string at jp->p (its opening quote) in place; returns it NUL-terminated, or NULL. */
-static char *jp_string(JParser *jp)
-{
-	char *start = jp->p + 1, *in = start, *out = start;
-	const char *simple = "\"\"\\\\//b\bf\fn\nr\rt\t";
-	const char *m;
-
-	for (;;) {
-		if (*in == '"')
-			break;
-		if (*in == '\0')
-			return NULL;
-		if (*in != '\\') {
-			*out++ = *in++;
-			continue;
-		}
-		in++;
-		if (*in == 'u') {
-			if ((in = jp_unicode(in, &out)) == NULL)
-				return NULL;
-			continue;
-		}
-		for (m = simple; *m != '\0' && *m != *in; m += 2)
-			;
-		if (*m == '\0')
-			return NULL;
-		*out++ = m[1];
-		in++;
-	}
-	jp->p = in + 1;
-	*out = '\0';
-	return start;
-}
-
-static int jp_value(JParser *jp, int depth);
-
-/* Parses the members ('{') or elements ('[') of a container into node `self`. */
-static int jp_container(JParser *jp, int depth, bool object)
-{
-	char close = object ? '}' : ']';
-	int self = jnode_new(jp, object ? J_OBJ : J_ARR), last = -1, kid;
-	char *key = NULL;
-
-	if (self < 0)
-		return -1;
-	jp->p++;
-	jp_ws(jp);
-	if (*jp->p == close) {
-		jp->p++;
-		return self;
-	}
-	for (;;) {
-		jp_ws(jp);
-		if (object) {
-			if (*jp->p != '"' || (key = jp_string(jp)) == NULL)
-				return -1;
-			jp_ws(jp);
-			if (*jp->p++ != ':')
-				return -1;
-		}
-		if ((kid = jp_value(jp, depth + 1)) < 0)
-			return -1;
-		jp->b->nodes[kid].key = key;
-		if (last < 0)
-			jp->b->nodes[self].child = kid;
-		else
-			jp->b->nodes[last].next = kid;
-		last = kid;
-		jp_ws(jp);
-		if (*jp->p == ',') {
-			jp->p++;
-			continue;
-		}
-		if (*jp->p++ != close)
-			return -1;
-		return self;
-	}
-}
-
-static int jp_literal(JParser *jp, const char *word, uint8_t type)
-{
-	size_t n = strlen(word);
-
-	if (strncmp(jp->p, word, n) != 0)
-		return -1;
-	jp->p += n;
-	return jnode_new(jp, type);
-}
-
-static int jp_number(JParser *jp)
-{
-	char *end;
-	long long v = strtoll(jp->p, &end, 10);
-	int i;
-
-	if (end == jp->p)
-		return -1;
-	while (*end == '.' || *end == 'e' || *end == 'E' || *end == '+' || *end == '-' ||
-	       (*end >= '0' && *end <= '9'))
-		end++; /* a fraction or exponent: the integer part is enough here */
-	jp->p = end;
-	if ((i = jnode_new(jp, J_NUM)) >= 0)
-		jp->b->nodes[i].num = v;
-	return i;
-}
-
-static int jp_value(JParser *jp, int depth)
-{
-	int i;
-	char *s;
-
-	if (depth > SQLINFO_MAX_DEPTH) {
-		jp->too_deep = true;
-		return -1;
-	}
-	jp_ws(jp);
-	switch (*jp->p) {
-	case '{': return jp_container(jp, depth, true);
-	case '[': return jp_container(jp, depth, false);
-	case 't': return jp_literal(jp, "true", J_TRUE);
-	case 'f': return jp_literal(jp, "false", J_FALSE);
-	case 'n': return jp_literal(jp, "null", J_NULL);
-	case '"':
-		if ((i = jnode_new(jp, J_STR)) < 0 || (s = jp_string(jp)) == NULL)
-			return -1;
-		jp->b->nodes[i].str = s;
-		return i;
-	default: return jp_number(jp);
-	}
-}
-
-/* ---- the walker's context and tree accessors ------------------------------ */
+/* ---- the walker's context ------------------------------------------------ */
 
 typedef struct Walk {
 	SqlBuild *b;
-	const JNode *nodes;
 	int part;                /* the part being filled, -1 = none */
 	int stmt;                /* top-level statement index */
 	int access;              /* SQL_ACCESS_* for tables found by the generic walk */
 	bool explain_only;       /* inside EXPLAIN without ANALYZE: nothing runs */
 } Walk;
-
-static const JNode *j_first(const Walk *w, const JNode *n)
-{
-	return (n != NULL && n->child >= 0) ? &w->nodes[n->child] : NULL;
-}
-
-static const JNode *j_next(const Walk *w, const JNode *n)
-{
-	return n->next >= 0 ? &w->nodes[n->next] : NULL;
-}
-
-static const JNode *j_get(const Walk *w, const JNode *obj, const char *key)
-{
-	const JNode *m;
-
-	if (obj == NULL || obj->type != J_OBJ)
-		return NULL;
-	for (m = j_first(w, obj); m != NULL; m = j_next(w, m))
-		if (strcmp(m->key, key) == 0)
-			return m;
-	return NULL;
-}
-
-static const char *j_str(const Walk *w, const JNode *obj, const char *key)
-{
-	const JNode *m = j_get(w, obj, key);
-
-	return (m != NULL && m->type == J_STR) ? m->str : NULL;
-}
-
-static long long j_num(const Walk *w, const JNode *obj, const char *key)
-{
-	const JNode *m = j_get(w, obj, key);
-
-	return (m != NULL && m->type == J_NUM) ? m->num : 0;
-}
-
-static bool j_true(const Walk *w, const JNode *obj, const char *key)
-{
-	const JNode *m = j_get(w, obj, key);
-
-	return m != NULL && m->type == J_TRUE;
-}
-
-static bool j_is(const JNode *n, const char *s)
-{
-	return n != NULL && n->type == J_STR && strcmp(n->str, s) == 0;
-}
-
-/* Number of elements of an array node (0 for anything else). */
-static int j_len(const Walk *w, const JNode *arr)
-{
-	const JNode *e;
-	int n = 0;
-
-	if (arr == NULL || arr->type != J_ARR)
-		return 0;
-	for (e = j_first(w, arr); e != NULL; e = j_next(w, e))
-		n++;
-	return n;
-}
-
-/*
- * A typed node is an object with one member named after the node type
- * ({"FuncCall": {...}}); returns the type name and sets *body, or NULL for a
- * plain struct (a field whose C type is fixed, like "relation").
- */
-static const char *j_type(const Walk *w, const JNode *n, const JNode **body)
-{
-	const JNode *m = j_first(w, n);
-
-	if (n == NULL || n->type != J_OBJ || m == NULL || m->next >= 0 || m->type != J_OBJ ||
-	    m->key[0] < 'A' || m->key[0] > 'Z')
-		return NULL;
-	*body = m;
-	return m->key;
-}
-
-/* The text of a String node ({"String": {"sval": "x"}}), or NULL. */
-static const char *j_string_node(const Walk *w, const JNode *n)
-{
-	const JNode *body;
-	const char *t = j_type(w, n, &body);
-
-	if (t == NULL || strcmp(t, "String") != 0)
-		return NULL;
-	t = j_str(w, body, "sval");
-	return t != NULL ? t : "";
-}
 
 /* ---- building parts ------------------------------------------------------ */
 
@@ -669,7 +343,7 @@ static bool cte_in_scope(const SqlBuild *b, const char *name)
 /* A RangeVar (its fields); a name in CTE scope is not a table when `cte_ok`. */
 static void rangevar_add(Walk *w, const JNode *rv, int access, bool cte_ok)
 {
-	const char *schema = j_str(w, rv, "schemaname"), *name = j_str(w, rv, "relname");
+	const char *schema = j_str(rv, "schemaname"), *name = j_str(rv, "relname");
 
 	if (name == NULL || (cte_ok && schema == NULL && cte_in_scope(w->b, name)))
 		return;
@@ -693,8 +367,8 @@ static uint32_t pool_add_name(Walk *w, const JNode *list)
 	const char *s;
 	char *np;
 
-	for (e = j_first(w, list); e != NULL; e = j_next(w, e))
-		need += strlen((s = j_string_node(w, e)) != NULL ? s : "") + 1;
+	for (e = j_first(list); e != NULL; e = j_next(e))
+		need += strlen((s = j_string_node(e)) != NULL ? s : "") + 1;
 	if (need == 0 || need > UINT32_MAX / 2 || b->pool_len + need > UINT32_MAX / 2)
 		return UINT32_MAX;
 	if (b->pool_len + need > b->pool_cap) {
@@ -707,8 +381,8 @@ static uint32_t pool_add_name(Walk *w, const JNode *list)
 		b->pool = np;
 		b->pool_cap = ncap;
 	}
-	for (e = j_first(w, list); e != NULL; e = j_next(w, e)) {
-		s = j_string_node(w, e);
+	for (e = j_first(list); e != NULL; e = j_next(e)) {
+		s = j_string_node(e);
 		if (b->pool_len > start)
 			b->pool[b->pool_len++] = '.';
 		memcpy(b->pool + b->pool_len, s != NULL ? s : "", strlen(s != NULL ? s : ""));
@@ -765,7 +439,7 @@ static void walk_fields(Walk *w, const JNode *obj, const char *const *skip)
 	const JNode *m;
 	const char *const *s;
 
-	for (m = j_first(w, obj); m != NULL; m = j_next(w, m)) {
+	for (m = j_first(obj); m != NULL; m = j_next(m)) {
 		if (m->type != J_OBJ && m->type != J_ARR)
 			continue;
 		for (s = skip; s != NULL && *s != NULL && strcmp(*s, m->key) != 0; s++)
@@ -781,11 +455,11 @@ static void walk_struct(Walk *w, const JNode *obj)
 	int saved = w->access;
 	const JNode *m;
 
-	if (j_get(w, obj, "relname") != NULL) {
+	if (j_get(obj, "relname") != NULL) {
 		rangevar_add(w, obj, w->access, true);
 		return;
 	}
-	for (m = j_first(w, obj); m != NULL; m = j_next(w, m)) {
+	for (m = j_first(obj); m != NULL; m = j_next(m)) {
 		if (m->type != J_OBJ && m->type != J_ARR)
 			continue;
 		if (strcmp(m->key, "pktable") == 0) /* REFERENCES t: read, not written */
@@ -803,10 +477,10 @@ static void walk_value(Walk *w, const JNode *n)
 	if (n == NULL)
 		return;
 	if (n->type == J_ARR) {
-		for (e = j_first(w, n); e != NULL; e = j_next(w, e))
+		for (e = j_first(n); e != NULL; e = j_next(e))
 			walk_value(w, e);
 	} else if (n->type == J_OBJ) {
-		if ((type = j_type(w, n, &body)) != NULL)
+		if ((type = j_type(n, &body)) != NULL)
 			walk_typed(w, type, body);
 		else
 			walk_struct(w, n);
@@ -833,11 +507,11 @@ static bool setting_is_lexical(const char *name)
 /* set_config(name, value, is_local): PRIVILEGE for role names or a name that is not a literal. */
 static void fn_set_config(Walk *w, const JNode *call)
 {
-	const JNode *arg = j_first(w, j_get(w, call, "args")), *body, *sv;
-	const char *type = j_type(w, arg, &body), *name = NULL;
+	const JNode *arg = j_first(j_get(call, "args")), *body, *sv;
+	const char *type = j_type(arg, &body), *name = NULL;
 
-	if (type != NULL && strcmp(type, "A_Const") == 0 && (sv = j_get(w, body, "sval")) != NULL)
-		name = j_str(w, sv, "sval") != NULL ? j_str(w, sv, "sval") : "";
+	if (type != NULL && strcmp(type, "A_Const") == 0 && (sv = j_get(body, "sval")) != NULL)
+		name = j_str(sv, "sval") != NULL ? j_str(sv, "sval") : "";
 	if (name == NULL || setting_is_privilege(name)) {
 		part_add(w, SC_PRIVILEGE);
 	} else {
@@ -850,36 +524,38 @@ static void fn_set_config(Walk *w, const JNode *call)
 }
 
 /* A FuncCall's bare name when it calls pg_catalog (unqualified or qualified so), else NULL. */
-static const char *fn_catalog_name(const Walk *w, const JNode *namelist)
+static const char *fn_catalog_name(const JNode *namelist)
 {
-	const JNode *a = j_first(w, namelist), *c;
+	const JNode *a = j_first(namelist), *c;
 	const char *s;
 
 	if (a == NULL)
 		return NULL;
-	if ((c = j_next(w, a)) == NULL)
-		return j_string_node(w, a);
-	s = j_string_node(w, a);
-	if (c->next >= 0 || s == NULL || strcmp(s, "pg_catalog") != 0)
+	if ((c = j_next(a)) == NULL)
+		return j_string_node(a);
+	s = j_string_node(a);
+	if (c->next != NULL || s == NULL || strcmp(s, "pg_catalog") != 0)
 		return NULL;
-	return j_string_node(w, c);
+	return j_string_node(c);
 }
 
 static void walk_funccall(Walk *w, const JNode *call)
 {
 	static const char *const skip[] = { "funcname", NULL };
-	const JNode *names = j_get(w, call, "funcname");
-	const char *bare = fn_catalog_name(w, names);
-	unsigned fx;
+	const JNode *names = j_get(call, "funcname");
+	const char *bare = fn_catalog_name(names);
+	unsigned fx = bare != NULL ? builtin_effects(bare) : 0;
 
+	if ((fx & FX_RUNS_SQL) && strcmp(bare, "ts_rewrite") == 0 && j_len(j_get(call, "args")) == 3)
+		fx = 0; /* ts_rewrite(query, target, substitute): no SQL text */
 	function_add(w, names);
-	if (bare == NULL || builtin_find(bare) == NULL) {
+	if (bare == NULL || builtin_find(bare) == NULL || (fx & FX_RUNS_SQL)) {
 		/* May run at plan time even under EXPLAIN (constant folding). */
 		if (w->part >= 0) {
 			w->b->parts[w->part].classes |= SC_PROCEDURAL;
 			w->b->parts[w->part].side_effect = true;
 		}
-	} else if ((fx = builtin_effects(bare)) != 0 && !w->explain_only) {
+	} else if (fx != 0 && !w->explain_only) {
 		if (fx & FX_SIDE)
 			part_side_effect(w);
 		if (fx & FX_ADMIN)
@@ -896,10 +572,10 @@ static void walk_funccall(Walk *w, const JNode *call)
 static void walk_aexpr(Walk *w, const JNode *e)
 {
 	static const char *const skip[] = { "name", NULL };
-	const char *kind = j_str(w, e, "kind"), *op;
+	const char *kind = j_str(e, "kind"), *op;
 
 	if (kind != NULL && strstr(kind, "BETWEEN") == NULL) {
-		op = fn_catalog_name(w, j_get(w, e, "name"));
+		op = fn_catalog_name(j_get(e, "name"));
 		if ((op == NULL || !builtin_operator(op)) && w->part >= 0) {
 			w->b->parts[w->part].classes |= SC_PROCEDURAL;
 			w->b->parts[w->part].side_effect = true;
@@ -931,52 +607,52 @@ static CVal cv_bool(bool b)
 	return cv_make(b ? CV_TRUE : CV_FALSE);
 }
 
-static bool is_volatile_builtin(const Walk *w, const JNode *call)
+static bool is_volatile_builtin(const JNode *call)
 {
-	const char *bare = fn_catalog_name(w, j_get(w, call, "funcname"));
+	const char *bare = fn_catalog_name(j_get(call, "funcname"));
 	const SqlBuiltin *fn = bare != NULL ? builtin_find(bare) : NULL;
 
 	return fn != NULL && (fn->flags & BUILTIN_VOLATILE);
 }
 
 /* True when the subtree depends on the row: a column, a subquery, CURRENT OF, a volatile built-in. */
-static bool row_dependent(const Walk *w, const JNode *n)
+static bool row_dependent(const JNode *n)
 {
 	const JNode *e, *body;
 	const char *type;
 
 	if (n == NULL || (n->type != J_OBJ && n->type != J_ARR))
 		return false;
-	if ((type = j_type(w, n, &body)) != NULL) {
+	if ((type = j_type(n, &body)) != NULL) {
 		if (strcmp(type, "ColumnRef") == 0 || strcmp(type, "SubLink") == 0 ||
 		    strcmp(type, "CurrentOfExpr") == 0)
 			return true;
-		if (strcmp(type, "FuncCall") == 0 && is_volatile_builtin(w, body))
+		if (strcmp(type, "FuncCall") == 0 && is_volatile_builtin(body))
 			return true;
 	}
-	for (e = j_first(w, n); e != NULL; e = j_next(w, e))
-		if (row_dependent(w, e))
+	for (e = j_first(n); e != NULL; e = j_next(e))
+		if (row_dependent(e))
 			return true;
 	return false;
 }
 
 static CVal cv_eval(Walk *w, const JNode *n);
 
-static CVal cv_const(const Walk *w, const JNode *c)
+static CVal cv_const(const JNode *c)
 {
 	const JNode *v;
 	CVal r = cv_make(CV_UNKNOWN);
 
-	if (j_true(w, c, "isnull"))
+	if (j_true(c, "isnull"))
 		return cv_make(CV_NULL);
-	if ((v = j_get(w, c, "boolval")) != NULL)
-		return cv_bool(j_true(w, v, "boolval"));
-	if ((v = j_get(w, c, "ival")) != NULL) {
+	if ((v = j_get(c, "boolval")) != NULL)
+		return cv_bool(j_true(v, "boolval"));
+	if ((v = j_get(c, "ival")) != NULL) {
 		r.kind = CV_INT;
-		r.i = j_num(w, v, "ival");
-	} else if ((v = j_get(w, c, "sval")) != NULL) {
+		r.i = j_num(v, "ival");
+	} else if ((v = j_get(c, "sval")) != NULL) {
 		r.kind = CV_STR;
-		r.s = j_str(w, v, "sval") != NULL ? j_str(w, v, "sval") : "";
+		r.s = j_str(v, "sval") != NULL ? j_str(v, "sval") : "";
 	}
 	return r;
 }
@@ -1029,13 +705,13 @@ static CvKind cv_truth(CVal v)
 
 static CVal cv_bool_expr(Walk *w, const JNode *e)
 {
-	const char *op = j_str(w, e, "boolop");
+	const char *op = j_str(e, "boolop");
 	const JNode *a;
 	bool any[CV_STR + 1] = { false };
 	bool is_and = op != NULL && strcmp(op, "AND_EXPR") == 0, is_or = op != NULL && strcmp(op, "OR_EXPR") == 0;
 	CvKind k;
 
-	for (a = j_first(w, j_get(w, e, "args")); a != NULL; a = j_next(w, a))
+	for (a = j_first(j_get(e, "args")); a != NULL; a = j_next(a))
 		any[cv_truth(cv_eval(w, a))] = true;
 	if (is_and) {
 		k = any[CV_FALSE] ? CV_FALSE : any[CV_NULL] ? CV_NULL : any[CV_ROW] ? CV_ROW
@@ -1052,23 +728,23 @@ static CVal cv_bool_expr(Walk *w, const JNode *e)
 
 static CVal cv_aexpr(Walk *w, const JNode *e)
 {
-	const char *kind = j_str(w, e, "kind");
-	const JNode *name = j_get(w, e, "name");
-	const char *op = j_first(w, name) != NULL && j_first(w, name)->next < 0
-				 ? j_string_node(w, j_first(w, name)) : NULL;
+	const char *kind = j_str(e, "kind");
+	const JNode *name = j_get(e, "name");
+	const char *op = j_first(name) != NULL && j_first(name)->next == NULL
+				 ? j_string_node(j_first(name)) : NULL;
 	CVal l, r;
 
-	if (kind == NULL || strcmp(kind, "AEXPR_OP") != 0 || op == NULL || j_get(w, e, "lexpr") == NULL)
-		return cv_make(row_dependent(w, e) ? CV_ROW : CV_UNKNOWN);
-	l = cv_eval(w, j_get(w, e, "lexpr"));
-	r = cv_eval(w, j_get(w, e, "rexpr"));
+	if (kind == NULL || strcmp(kind, "AEXPR_OP") != 0 || op == NULL || j_get(e, "lexpr") == NULL)
+		return cv_make(row_dependent(e) ? CV_ROW : CV_UNKNOWN);
+	l = cv_eval(w, j_get(e, "lexpr"));
+	r = cv_eval(w, j_get(e, "rexpr"));
 	return cv_compare(w, op, l, r);
 }
 
 static CVal cv_nulltest(Walk *w, const JNode *e)
 {
-	bool is_null = j_is(j_get(w, e, "nulltesttype"), "IS_NULL");
-	CVal a = cv_eval(w, j_get(w, e, "arg"));
+	bool is_null = j_is(j_get(e, "nulltesttype"), "IS_NULL");
+	CVal a = cv_eval(w, j_get(e, "arg"));
 
 	if (a.kind == CV_NULL)
 		return cv_bool(is_null);
@@ -1079,8 +755,8 @@ static CVal cv_nulltest(Walk *w, const JNode *e)
 
 static CVal cv_booltest(Walk *w, const JNode *e)
 {
-	const char *t = j_str(w, e, "booltesttype");
-	CVal a = cv_eval(w, j_get(w, e, "arg"));
+	const char *t = j_str(e, "booltesttype");
+	CVal a = cv_eval(w, j_get(e, "arg"));
 	bool r;
 
 	if (t == NULL || (a.kind != CV_TRUE && a.kind != CV_FALSE && a.kind != CV_NULL))
@@ -1103,12 +779,12 @@ static CVal cv_booltest(Walk *w, const JNode *e)
 static CVal cv_eval(Walk *w, const JNode *n)
 {
 	const JNode *body;
-	const char *type = j_type(w, n, &body);
+	const char *type = j_type(n, &body);
 
 	if (type == NULL)
-		return cv_make(row_dependent(w, n) ? CV_ROW : CV_UNKNOWN);
+		return cv_make(row_dependent(n) ? CV_ROW : CV_UNKNOWN);
 	if (strcmp(type, "A_Const") == 0)
-		return cv_const(w, body);
+		return cv_const(body);
 	if (strcmp(type, "BoolExpr") == 0)
 		return cv_bool_expr(w, body);
 	if (strcmp(type, "A_Expr") == 0)
@@ -1117,7 +793,7 @@ static CVal cv_eval(Walk *w, const JNode *n)
 		return cv_nulltest(w, body);
 	if (strcmp(type, "BooleanTest") == 0)
 		return cv_booltest(w, body);
-	return cv_make(row_dependent(w, n) ? CV_ROW : CV_UNKNOWN);
+	return cv_make(row_dependent(n) ? CV_ROW : CV_UNKNOWN);
 }
 
 /* A WHERE clause that lets every row through: absent, constant true, or column-free and unknown. */
@@ -1136,24 +812,24 @@ static bool where_all_rows(Walk *w, const JNode *where)
 /* The CTEs of a WITH clause: data-modifying ones are parts of their own. */
 static void walk_with(Walk *w, const JNode *with)
 {
-	bool recursive = j_true(w, with, "recursive");
-	const JNode *ctes = j_get(w, with, "ctes"), *c, *body, *qbody;
+	bool recursive = j_true(with, "recursive");
+	const JNode *ctes = j_get(with, "ctes"), *c, *body, *qbody;
 	const char *type;
 
 	if (recursive)
-		for (c = j_first(w, ctes); c != NULL; c = j_next(w, c))
-			if (j_type(w, c, &body) != NULL)
-				cte_push(w, j_str(w, body, "ctename"));
-	for (c = j_first(w, ctes); c != NULL; c = j_next(w, c)) {
-		if ((type = j_type(w, c, &body)) == NULL)
+		for (c = j_first(ctes); c != NULL; c = j_next(c))
+			if (j_type(c, &body) != NULL)
+				cte_push(w, j_str(body, "ctename"));
+	for (c = j_first(ctes); c != NULL; c = j_next(c)) {
+		if ((type = j_type(c, &body)) == NULL)
 			continue;
-		type = j_type(w, j_get(w, body, "ctequery"), &qbody);
+		type = j_type(j_get(body, "ctequery"), &qbody);
 		if (type != NULL && strcmp(type, "SelectStmt") == 0)
 			walk_select(w, qbody, false);
 		else if (type != NULL)
 			dispatch_stmt(w, type, qbody);
 		if (!recursive)
-			cte_push(w, j_str(w, body, "ctename"));
+			cte_push(w, j_str(body, "ctename"));
 	}
 }
 
@@ -1162,23 +838,23 @@ static void walk_select(Walk *w, const JNode *sel, bool skip_into)
 {
 	static const char *const skip[] = { "withClause", "intoClause", "lockingClause", "larg", "rarg", NULL };
 	int saved_access = w->access, saved_ctes = w->b->n_ctes;
-	const JNode *into = j_get(w, sel, "intoClause"), *arm;
+	const JNode *into = j_get(sel, "intoClause"), *arm;
 
 	w->access = SQL_ACCESS_READ;
-	if (j_get(w, sel, "withClause") != NULL)
-		walk_with(w, j_get(w, sel, "withClause"));
-	if (j_len(w, j_get(w, sel, "lockingClause")) > 0) {
+	if (j_get(sel, "withClause") != NULL)
+		walk_with(w, j_get(sel, "withClause"));
+	if (j_len(j_get(sel, "lockingClause")) > 0) {
 		part_add(w, SC_WRITE);
 		part_side_effect(w);
 	}
 	if (into != NULL && !skip_into) { /* SELECT INTO below the top: not valid, fail closed */
 		part_add(w, SC_DDL);
 		part_side_effect(w);
-		rangevar_add(w, j_get(w, into, "rel"), SQL_ACCESS_WRITE, false);
+		rangevar_add(w, j_get(into, "rel"), SQL_ACCESS_WRITE, false);
 	}
-	if ((arm = j_get(w, sel, "larg")) != NULL)
+	if ((arm = j_get(sel, "larg")) != NULL)
 		walk_select(w, arm, false);
-	if ((arm = j_get(w, sel, "rarg")) != NULL)
+	if ((arm = j_get(sel, "rarg")) != NULL)
 		walk_select(w, arm, false);
 	walk_fields(w, sel, skip);
 	w->b->n_ctes = saved_ctes;
@@ -1187,7 +863,7 @@ static void walk_select(Walk *w, const JNode *sel, bool skip_into)
 
 static void stmt_select(Walk *w, const JNode *sel)
 {
-	const JNode *into = j_get(w, sel, "intoClause");
+	const JNode *into = j_get(sel, "intoClause");
 	int prev;
 
 	if (into == NULL) {
@@ -1198,7 +874,7 @@ static void stmt_select(Walk *w, const JNode *sel)
 	}
 	/* SELECT INTO: creating the table is DDL, the query is a part of its own. */
 	part_add(w, SC_DDL);
-	rangevar_add(w, j_get(w, into, "rel"), SQL_ACCESS_WRITE, false);
+	rangevar_add(w, j_get(into, "rel"), SQL_ACCESS_WRITE, false);
 	prev = part_begin(w);
 	part_add(w, SC_SELECT);
 	part_want_read(w);
@@ -1212,9 +888,9 @@ static int dml_begin(Walk *w, const JNode *stmt, uint32_t classes)
 	int mark = w->b->n_ctes;
 
 	part_add(w, classes | SC_WRITE);
-	if (j_get(w, stmt, "withClause") != NULL)
-		walk_with(w, j_get(w, stmt, "withClause"));
-	rangevar_add(w, j_get(w, stmt, "relation"), SQL_ACCESS_WRITE, false);
+	if (j_get(stmt, "withClause") != NULL)
+		walk_with(w, j_get(stmt, "withClause"));
+	rangevar_add(w, j_get(stmt, "relation"), SQL_ACCESS_WRITE, false);
 	w->access = SQL_ACCESS_READ;
 	return mark;
 }
@@ -1225,7 +901,7 @@ static void stmt_insert(Walk *w, const JNode *s)
 {
 	int mark = dml_begin(w, s, SC_INSERT);
 
-	if (j_is(j_get(w, j_get(w, s, "onConflictClause"), "action"), "ONCONFLICT_UPDATE"))
+	if (j_is(j_get(j_get(s, "onConflictClause"), "action"), "ONCONFLICT_UPDATE"))
 		part_add(w, SC_UPDATE);
 	walk_fields(w, s, dml_skip);
 	w->b->n_ctes = mark;
@@ -1234,13 +910,13 @@ static void stmt_insert(Walk *w, const JNode *s)
 static void stmt_update(Walk *w, const JNode *s)
 {
 	int mark = dml_begin(w, s, SC_UPDATE);
-	const JNode *rel = j_get(w, s, "relation");
-	const char *schema = j_str(w, rel, "schemaname");
+	const JNode *rel = j_get(s, "relation");
+	const char *schema = j_str(rel, "schemaname");
 
 	/* Updating pg_settings runs set_config(): client_encoding and the like included. */
-	if (str_eq(j_str(w, rel, "relname"), "pg_settings") && (schema == NULL || strcmp(schema, "pg_catalog") == 0))
+	if (str_eq(j_str(rel, "relname"), "pg_settings") && (schema == NULL || strcmp(schema, "pg_catalog") == 0))
 		part_add(w, SC_SESSION | SC_ADMIN);
-	if (!w->explain_only && where_all_rows(w, j_get(w, s, "whereClause")))
+	if (!w->explain_only && where_all_rows(w, j_get(s, "whereClause")))
 		part_add(w, SC_DESTRUCTIVE);
 	walk_fields(w, s, dml_skip);
 	w->b->n_ctes = mark;
@@ -1250,7 +926,7 @@ static void stmt_delete(Walk *w, const JNode *s)
 {
 	int mark = dml_begin(w, s, SC_DELETE);
 
-	if (!w->explain_only && where_all_rows(w, j_get(w, s, "whereClause")))
+	if (!w->explain_only && where_all_rows(w, j_get(s, "whereClause")))
 		part_add(w, SC_DESTRUCTIVE);
 	walk_fields(w, s, dml_skip);
 	w->b->n_ctes = mark;
@@ -1263,8 +939,8 @@ static void stmt_merge(Walk *w, const JNode *s)
 	const char *cmd;
 	bool all_rows = false;
 
-	for (c = j_first(w, j_get(w, s, "mergeWhenClauses")); c != NULL; c = j_next(w, c)) {
-		if (j_type(w, c, &body) == NULL || (cmd = j_str(w, body, "commandType")) == NULL)
+	for (c = j_first(j_get(s, "mergeWhenClauses")); c != NULL; c = j_next(c)) {
+		if (j_type(c, &body) == NULL || (cmd = j_str(body, "commandType")) == NULL)
 			continue;
 		if (strcmp(cmd, "CMD_INSERT") == 0)
 			part_add(w, SC_INSERT);
@@ -1272,11 +948,11 @@ static void stmt_merge(Walk *w, const JNode *s)
 			part_add(w, SC_UPDATE);
 		else if (strcmp(cmd, "CMD_DELETE") == 0)
 			part_add(w, SC_DELETE);
-		if (strcmp(cmd, "CMD_INSERT") != 0 && j_true(w, body, "matched") &&
-		    j_get(w, body, "condition") == NULL)
+		if (strcmp(cmd, "CMD_INSERT") != 0 && j_true(body, "matched") &&
+		    j_get(body, "condition") == NULL)
 			all_rows = true;
 	}
-	if (all_rows && !w->explain_only && where_all_rows(w, j_get(w, s, "joinCondition")))
+	if (all_rows && !w->explain_only && where_all_rows(w, j_get(s, "joinCondition")))
 		part_add(w, SC_DESTRUCTIVE);
 	walk_fields(w, s, dml_skip);
 	w->b->n_ctes = mark;
@@ -1288,7 +964,7 @@ static void stmt_merge(Walk *w, const JNode *s)
 static int sub_part(Walk *w, const JNode *query)
 {
 	const JNode *body;
-	const char *type = j_type(w, query, &body);
+	const char *type = j_type(query, &body);
 	int before = w->b->n_parts;
 
 	if (type != NULL)
@@ -1299,8 +975,8 @@ static int sub_part(Walk *w, const JNode *query)
 /* defGetBoolean(): no argument, or anything but false/off/0, is true. */
 static bool explain_option_true(Walk *w, const JNode *def)
 {
-	const JNode *arg = j_get(w, def, "arg"), *body;
-	const char *type = j_type(w, arg, &body), *s;
+	const JNode *arg = j_get(def, "arg"), *body;
+	const char *type = j_type(arg, &body), *s;
 
 	if (arg == NULL)
 		return true;
@@ -1308,13 +984,13 @@ static bool explain_option_true(Walk *w, const JNode *def)
 	if (type == NULL)
 		return true;
 	if (strcmp(type, "String") == 0) {
-		s = j_str(w, body, "sval");
+		s = j_str(body, "sval");
 		return s == NULL || (strcasecmp(s, "false") != 0 && strcasecmp(s, "off") != 0);
 	}
 	if (strcmp(type, "Integer") == 0)
-		return j_num(w, body, "ival") != 0;
+		return j_num(body, "ival") != 0;
 	if (strcmp(type, "Boolean") == 0)
-		return j_true(w, body, "boolval");
+		return j_true(body, "boolval");
 	return true;
 }
 
@@ -1324,19 +1000,19 @@ static void stmt_explain(Walk *w, const JNode *s)
 	bool analyze = false, saved = w->explain_only;
 	int saved_access = w->access;
 
-	for (o = j_first(w, j_get(w, s, "options")); o != NULL; o = j_next(w, o))
-		if (j_type(w, o, &body) != NULL && j_is(j_get(w, body, "defname"), "analyze") &&
+	for (o = j_first(j_get(s, "options")); o != NULL; o = j_next(o))
+		if (j_type(o, &body) != NULL && j_is(j_get(body, "defname"), "analyze") &&
 		    explain_option_true(w, body))
 			analyze = true;
 	part_want_read(w);
 	if (analyze) {
-		(void)sub_part(w, j_get(w, s, "query"));
+		(void)sub_part(w, j_get(s, "query"));
 		return;
 	}
 	/* Only planned: its tables are read, nothing in it runs (but plan-time folding of functions). */
 	w->explain_only = true;
 	w->access = SQL_ACCESS_READ;
-	(void)sub_part(w, j_get(w, s, "query"));
+	(void)sub_part(w, j_get(s, "query"));
 	w->explain_only = saved;
 	w->access = saved_access;
 }
@@ -1346,20 +1022,20 @@ static void stmt_prepare(Walk *w, const JNode *s)
 	int first = w->b->n_parts, n;
 
 	part_add(w, SC_SESSION);
-	n = sub_part(w, j_get(w, s, "query"));
-	prep_add(w, SQL_PREP_PREPARE, j_str(w, s, "name"), first, n);
+	n = sub_part(w, j_get(s, "query"));
+	prep_add(w, SQL_PREP_PREPARE, j_str(s, "name"), first, n);
 }
 
 static void stmt_execute(Walk *w, const JNode *s)
 {
 	part_add(w, SC_SESSION);
-	prep_add(w, SQL_PREP_EXECUTE, j_str(w, s, "name"), 0, 0);
-	walk_value(w, j_get(w, s, "params"));
+	prep_add(w, SQL_PREP_EXECUTE, j_str(s, "name"), 0, 0);
+	walk_value(w, j_get(s, "params"));
 }
 
 static void stmt_deallocate(Walk *w, const JNode *s)
 {
-	const char *name = j_str(w, s, "name");
+	const char *name = j_str(s, "name");
 
 	part_add(w, SC_SESSION);
 	prep_add(w, name != NULL ? SQL_PREP_DEALLOCATE : SQL_PREP_DEALLOCATE_ALL, name, 0, 0);
@@ -1368,61 +1044,61 @@ static void stmt_deallocate(Walk *w, const JNode *s)
 static void stmt_discard(Walk *w, const JNode *s)
 {
 	part_add(w, SC_SESSION);
-	if (j_is(j_get(w, s, "target"), "DISCARD_ALL"))
+	if (j_is(j_get(s, "target"), "DISCARD_ALL"))
 		prep_add(w, SQL_PREP_DEALLOCATE_ALL, NULL, 0, 0);
 }
 
 static void stmt_declare(Walk *w, const JNode *s)
 {
 	part_add(w, SC_SESSION);
-	(void)sub_part(w, j_get(w, s, "query"));
+	(void)sub_part(w, j_get(s, "query"));
 }
 
 static void stmt_create_table_as(Walk *w, const JNode *s)
 {
 	part_add(w, SC_DDL);
-	rangevar_add(w, j_get(w, j_get(w, s, "into"), "rel"), SQL_ACCESS_WRITE, false);
-	(void)sub_part(w, j_get(w, s, "query"));
+	rangevar_add(w, j_get(j_get(s, "into"), "rel"), SQL_ACCESS_WRITE, false);
+	(void)sub_part(w, j_get(s, "query"));
 }
 
 static void stmt_copy(Walk *w, const JNode *s)
 {
 	static const char *const skip[] = { "relation", "query", NULL };
-	bool from = j_true(w, s, "is_from");
+	bool from = j_true(s, "is_from");
 
 	part_add(w, SC_COPY);
 	if (from)
 		part_add(w, SC_WRITE);
-	if (j_get(w, s, "filename") != NULL) /* a server file or PROGRAM */
+	if (j_get(s, "filename") != NULL) /* a server file or PROGRAM */
 		part_add(w, SC_ADMIN);
 	else if (!from)
 		part_add(w, SC_READ);
-	rangevar_add(w, j_get(w, s, "relation"), from ? SQL_ACCESS_WRITE : SQL_ACCESS_READ, false);
+	rangevar_add(w, j_get(s, "relation"), from ? SQL_ACCESS_WRITE : SQL_ACCESS_READ, false);
 	w->access = SQL_ACCESS_READ;
 	walk_fields(w, s, skip);
-	(void)sub_part(w, j_get(w, s, "query"));
+	(void)sub_part(w, j_get(s, "query"));
 }
 
 /* The value of SET name = value when it is one literal; NULL otherwise. */
 static const char *set_literal(Walk *w, const JNode *s, long long *ival, bool *is_int)
 {
-	const JNode *args = j_get(w, s, "args"), *body, *v;
+	const JNode *args = j_get(s, "args"), *body, *v;
 	const char *type;
 
-	if (!j_is(j_get(w, s, "kind"), "VAR_SET_VALUE") || j_len(w, args) != 1)
+	if (!j_is(j_get(s, "kind"), "VAR_SET_VALUE") || j_len(args) != 1)
 		return NULL;
-	type = j_type(w, j_first(w, args), &body);
+	type = j_type(j_first(args), &body);
 	if (type == NULL || strcmp(type, "A_Const") != 0)
 		return NULL;
 	w->b->literal_sensitive = true;
 	*is_int = false;
-	if ((v = j_get(w, body, "ival")) != NULL) {
+	if ((v = j_get(body, "ival")) != NULL) {
 		*is_int = true;
-		*ival = j_num(w, v, "ival");
+		*ival = j_num(v, "ival");
 		return "";
 	}
-	if ((v = j_get(w, body, "sval")) != NULL)
-		return j_str(w, v, "sval") != NULL ? j_str(w, v, "sval") : "";
+	if ((v = j_get(body, "sval")) != NULL)
+		return j_str(v, "sval") != NULL ? j_str(v, "sval") : "";
 	return NULL;
 }
 
@@ -1448,7 +1124,7 @@ static bool set_lexical_safe(Walk *w, const JNode *s, const char *name)
 
 static void stmt_set(Walk *w, const JNode *s)
 {
-	const char *name = j_str(w, s, "name");
+	const char *name = j_str(s, "name");
 
 	if (name != NULL && setting_is_privilege(name)) {
 		part_add(w, SC_PRIVILEGE);
@@ -1459,10 +1135,13 @@ static void stmt_set(Walk *w, const JNode *s)
 		if (name != NULL && setting_is_lexical(name) && !set_lexical_safe(w, s, name))
 			part_add(w, SC_ADMIN);
 	}
-	walk_value(w, j_get(w, s, "args"));
+	walk_value(w, j_get(s, "args"));
 }
 
-/* ALTER TABLE: every DROP subcommand drops; OWNER TO changes privileges. */
+/*
+ * ALTER TABLE: every ... DROP subcommand is DROP, and DESTRUCTIVE when it
+ * drops a column (data) or a constraint; OWNER TO changes privileges.
+ */
 static void stmt_alter_table(Walk *w, const JNode *s)
 {
 	static const char *const skip[] = { "relation", NULL };
@@ -1470,12 +1149,15 @@ static void stmt_alter_table(Walk *w, const JNode *s)
 	const char *sub;
 
 	part_add(w, SC_DDL);
-	rangevar_add(w, j_get(w, s, "relation"), SQL_ACCESS_WRITE, false);
-	for (c = j_first(w, j_get(w, s, "cmds")); c != NULL; c = j_next(w, c)) {
-		if (j_type(w, c, &body) == NULL || (sub = j_str(w, body, "subtype")) == NULL)
+	rangevar_add(w, j_get(s, "relation"), SQL_ACCESS_WRITE, false);
+	for (c = j_first(j_get(s, "cmds")); c != NULL; c = j_next(c)) {
+		if (j_type(c, &body) == NULL || (sub = j_str(body, "subtype")) == NULL)
 			continue;
-		if (strncmp(sub, "AT_Drop", 7) == 0)
+		if (strcmp(sub, "AT_DropColumn") == 0 || strcmp(sub, "AT_DropConstraint") == 0)
 			part_add(w, SC_DROP | SC_DESTRUCTIVE);
+		else if (strncmp(sub, "AT_Drop", 7) == 0 ||
+			 (strcmp(sub, "AT_ColumnDefault") == 0 && j_get(body, "def") == NULL))
+			part_add(w, SC_DROP);
 		else if (strcmp(sub, "AT_ChangeOwner") == 0)
 			part_add(w, SC_PRIVILEGE);
 	}
@@ -1485,22 +1167,22 @@ static void stmt_alter_table(Walk *w, const JNode *s)
 
 static void stmt_drop(Walk *w, const JNode *s)
 {
-	const char *type = j_str(w, s, "removeType");
+	const char *type = j_str(s, "removeType");
 	const JNode *o, *names, *a, *last;
 
 	part_add(w, SC_DDL | SC_DROP | SC_DESTRUCTIVE);
 	if (type == NULL || (strcmp(type, "OBJECT_TABLE") != 0 && strcmp(type, "OBJECT_VIEW") != 0 &&
 			     strcmp(type, "OBJECT_MATVIEW") != 0 && strcmp(type, "OBJECT_FOREIGN_TABLE") != 0))
 		return;
-	for (o = j_first(w, j_get(w, s, "objects")); o != NULL; o = j_next(w, o)) {
-		if (j_type(w, o, &names) == NULL)
+	for (o = j_first(j_get(s, "objects")); o != NULL; o = j_next(o)) {
+		if (j_type(o, &names) == NULL)
 			continue;
 		a = NULL;
-		for (last = j_first(w, j_get(w, names, "items")); last != NULL && last->next >= 0;
-		     last = j_next(w, last))
+		for (last = j_first(j_get(names, "items")); last != NULL && last->next != NULL;
+		     last = j_next(last))
 			a = last;
-		if (last != NULL && j_string_node(w, last) != NULL)
-			table_add(w, a != NULL ? j_string_node(w, a) : NULL, j_string_node(w, last),
+		if (last != NULL && j_string_node(last) != NULL)
+			table_add(w, a != NULL ? j_string_node(a) : NULL, j_string_node(last),
 				  SQL_ACCESS_WRITE);
 	}
 }
@@ -1509,15 +1191,15 @@ static void stmt_call(Walk *w, const JNode *s)
 {
 	part_add(w, SC_PROCEDURAL);
 	part_side_effect(w);
-	if (j_get(w, s, "funccall") != NULL)
-		walk_funccall(w, j_get(w, s, "funccall"));
+	if (j_get(s, "funccall") != NULL)
+		walk_funccall(w, j_get(s, "funccall"));
 }
 
 /* CREATE FUNCTION, CREATE RULE, CREATE TRIGGER: what they hold runs later, not now. */
 static void stmt_ddl_opaque(Walk *w, const JNode *s)
 {
 	part_add(w, SC_DDL);
-	rangevar_add(w, j_get(w, s, "relation"), SQL_ACCESS_WRITE, false);
+	rangevar_add(w, j_get(s, "relation"), SQL_ACCESS_WRITE, false);
 }
 
 static void stmt_nowalk(Walk *w, const JNode *s)
@@ -1741,11 +1423,7 @@ static void walk_typed(Walk *w, const char *type, const JNode *body)
 
 void sqlinfo_build_reset(SqlBuild *b)
 {
-	if (b->cap_nodes > 65536) {
-		free(b->nodes);
-		b->nodes = NULL;
-		b->cap_nodes = 0;
-	}
+	sqlinfo_json_reset(b);
 	if (b->set_cap > 4096) {
 		free(b->set);
 		b->set = NULL;
@@ -1753,7 +1431,7 @@ void sqlinfo_build_reset(SqlBuild *b)
 	} else if (b->set != NULL) {
 		memset(b->set, 0, b->set_cap * sizeof(*b->set));
 	}
-	b->n_nodes = b->n_parts = b->n_tables = b->n_funcs = b->n_stmts = b->n_preps = b->n_ctes = 0;
+	b->n_parts = b->n_tables = b->n_funcs = b->n_stmts = b->n_preps = b->n_ctes = 0;
 	b->pool_len = 0;
 	b->set_used = 0;
 	b->literal_sensitive = false;
@@ -1763,7 +1441,7 @@ void sqlinfo_build_reset(SqlBuild *b)
 
 void sqlinfo_build_free(SqlBuild *b)
 {
-	free(b->nodes);
+	sqlinfo_json_free(b);
 	free(b->parts);
 	free(b->tables);
 	free(b->funcs);
@@ -1777,19 +1455,19 @@ void sqlinfo_build_free(SqlBuild *b)
 
 static bool walk_stmts(SqlBuild *b, const JNode *root)
 {
-	Walk w = { b, b->nodes, -1, 0, SQL_ACCESS_READ, false };
+	Walk w = { b, -1, 0, SQL_ACCESS_READ, false };
 	const JNode *raw, *body;
 	const char *type;
 
-	for (raw = j_first(&w, j_get(&w, root, "stmts")); raw != NULL && !b->oom; raw = j_next(&w, raw)) {
+	for (raw = j_first(j_get(root, "stmts")); raw != NULL && !b->oom; raw = j_next(raw)) {
 		if (!GROW(b, b->stmts, b->n_stmts, b->cap_stmts))
 			break;
-		b->stmts[b->n_stmts].offset = (int)j_num(&w, raw, "stmt_location");
-		b->stmts[b->n_stmts].len = (int)j_num(&w, raw, "stmt_len");
+		b->stmts[b->n_stmts].offset = (int)j_num(raw, "stmt_location");
+		b->stmts[b->n_stmts].len = (int)j_num(raw, "stmt_len");
 		w.stmt = b->n_stmts++;
 		w.part = -1;
 		b->n_ctes = 0;
-		if ((type = j_type(&w, j_get(&w, raw, "stmt"), &body)) != NULL)
+		if ((type = j_type(j_get(raw, "stmt"), &body)) != NULL)
 			dispatch_stmt(&w, type, body);
 	}
 	return !b->oom;
@@ -1797,15 +1475,13 @@ static bool walk_stmts(SqlBuild *b, const JNode *root)
 
 bool sqlinfo_tree_analyze(SqlBuild *b, char *json)
 {
-	JParser jp = { b, json, false };
-	int root;
+	const JNode *root = sqlinfo_json_parse(b, json);
 
-	root = jp_value(&jp, 0);
-	if (root < 0 || b->nodes[root].type != J_OBJ) {
-		if (!b->oom)
-			b->error = jp.too_deep ? "statement too deeply nested to analyse"
-					       : "statement could not be analysed";
+	if (root == NULL)
+		return false;
+	if (root->type != J_OBJ) {
+		b->error = "statement could not be analysed";
 		return false;
 	}
-	return walk_stmts(b, &b->nodes[root]);
+	return walk_stmts(b, root);
 }

@@ -96,10 +96,14 @@ typedef struct StmtInfo {
 } StmtInfo;
 
 /*
- * Analyses `len` bytes of SQL text (need not be NUL-terminated). Returns a
- * StmtInfo with a reference for the caller (release with sqlinfo_unref), or
- * NULL when out of memory. A text that does not parse gives a StmtInfo with
- * `error` set and no parts. The result may come from this thread's cache.
+ * Analyses `len` bytes of SQL text (need not be NUL-terminated; trailing
+ * zero bytes are ignored). Returns a StmtInfo with a reference for the
+ * caller (release with sqlinfo_unref), or NULL when out of memory. A text
+ * that does not parse gives a StmtInfo with `error` set and no parts; so
+ * does one that is not analysed at all (error_pos 0): a zero byte inside
+ * it, more than 64 MiB, or nesting deeper than the analysis follows. The
+ * result may come from this thread's cache; its statement spans are always
+ * those of this text.
  */
 StmtInfo *sqlinfo_analyze(const char *sql, size_t len) PGV_WARN_UNUSED;
 
@@ -111,8 +115,8 @@ void sqlinfo_unref(StmtInfo *info);
  * the highest $n the text already uses) of `sql` to a new string the caller
  * frees with free(), or NULL when the lexer rejects the text (an unclosed
  * quote, a zero byte) / out of memory. Literals come from the real lexer, so
- * the result never carries a literal, also for text that does not parse.
- * For audit.
+ * the result carries no literal (but the escape character after UESCAPE),
+ * also for text that does not parse. For audit.
  */
 char *sqlinfo_normalize(const char *sql, size_t len);
 

@@ -554,7 +554,7 @@ static void test_cache_eviction(void **state)
 /* Texts too long to cache are still analysed, every time. */
 static void test_cache_long_text(void **state)
 {
-	size_t n = 40000, i;
+	size_t n = 70000, i;
 	char *sql = malloc(n + 64);
 	StmtInfo *info;
 	uint64_t misses;

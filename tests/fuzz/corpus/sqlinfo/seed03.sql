@@ -1,0 +1,1 @@
+SELECT CAST(1 AS text), 1::int, coalesce(a, b), greatest(a, b), nullif(a, b) FROM t

@@ -1,0 +1,1 @@
+DELETE FROM U&"\0075sers"

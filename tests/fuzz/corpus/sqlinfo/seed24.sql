@@ -1,0 +1,1 @@
+WITH orders AS (DELETE FROM orders WHERE id = 1 RETURNING *) SELECT * FROM orders

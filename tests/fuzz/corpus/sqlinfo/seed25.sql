@@ -1,0 +1,1 @@
+explain analyse delete from t

@@ -1,0 +1,1 @@
+SELECT * INTO new_t FROM t
