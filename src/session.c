@@ -319,21 +319,55 @@ static void handle_cancel_request(Session *s, const PgStartup *p)
 }
 
 /* Startup parameters that must never reach the server from a client. */
+/*
+ * Client encodings whose multibyte characters can contain the bytes of a
+ * quote or a backslash: under them pgveil's parser (which reads UTF-8) and
+ * the server could see different statements in the same bytes.
+ */
+static bool unsafe_client_encoding(const char *enc)
+{
+	static const char *const names[] = { "SJIS", "SHIFT_JIS", "SHIFTJIS", "MSKANJI", "WIN932", "CP932", "BIG5",
+					     "WIN950", "CP950", "GBK", "WIN936", "CP936", "UHC", "WIN949", "CP949",
+					     "GB18030", "JOHAB" };
+	char norm[32];
+	size_t n = 0;
+
+	for (; *enc && n + 1 < sizeof(norm); enc++)
+		if (*enc != '-' && *enc != ' ')
+			norm[n++] = *enc;
+	norm[n] = '\0';
+	for (size_t i = 0; i < PGV_ARRAY_LEN(names); i++)
+		if (strcasecmp(norm, names[i]) == 0)
+			return true;
+	return false;
+}
+
 static const char *forbidden_param(const PgStartup *p)
 {
 	static const char *const names[] = { "role", "session_authorization", "replication" };
 
-	for (int i = 0; i < p->n_params; i++)
+	for (int i = 0; i < p->n_params; i++) {
 		for (size_t j = 0; j < PGV_ARRAY_LEN(names); j++)
 			if (strcasecmp(p->params[i].name, names[j]) == 0)
 				return names[j];
+		if (strcasecmp(p->params[i].name, "client_encoding") == 0 && unsafe_client_encoding(p->params[i].value))
+			return "client_encoding";
+		if (strcasecmp(p->params[i].name, "standard_conforming_strings") == 0 &&
+		    strcasecmp(p->params[i].value, "on") != 0)
+			return "standard_conforming_strings";
+	}
 	return NULL;
 }
 
-/* True when a setting name (as in "-c name=value") changes who the session is. */
+/*
+ * True when a setting name (as in "-c name=value") changes who the session
+ * is, or how the server reads statement text (which pgveil must read the
+ * same way).
+ */
 static bool identity_setting(const char *name, size_t len)
 {
-	static const char *const names[] = { "role", "session_authorization" };
+	static const char *const names[] = { "role", "session_authorization", "client_encoding",
+					      "standard_conforming_strings" };
 	char norm[32];
 
 	if (len == 0 || len >= sizeof(norm))
@@ -461,13 +495,14 @@ static bool check_startup(Session *s)
 		return false;
 	}
 	if ((bad = forbidden_param(&s->startup)) != NULL) {
-		session_fail(s, SQLSTATE_FEATURE_NOT_SUPPORTED, "startup parameter \"%s\" is not allowed through pgveil",
-			     bad);
+		session_fail(s, SQLSTATE_FEATURE_NOT_SUPPORTED,
+			     "startup parameter \"%s\" is not allowed through pgveil with this value", bad);
 		return false;
 	}
 	if (options_change_identity(pgproto_startup_get(&s->startup, "options"))) {
 		session_fail(s, SQLSTATE_INSUFFICIENT_PRIVILEGE,
-			     "startup options may not set role or session_authorization through pgveil");
+			     "startup options may not set role, session_authorization, client_encoding or "
+			     "standard_conforming_strings through pgveil");
 		return false;
 	}
 	if (wants_console(s))

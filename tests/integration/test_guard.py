@@ -439,3 +439,30 @@ def test_protocol_statement_that_executes(guard_target, table, admin):
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(f"EXECUTE body_{table}", prepare=True)
     assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (20,)
+
+
+@pytest.mark.parametrize("params", [{"client_encoding": "SJIS"}, {"client_encoding": "big5"},
+                                    {"standard_conforming_strings": "off"},
+                                    {"options": "-c client_encoding=GBK"}])
+def test_encodings_pgveil_cannot_read_refused(guard_target, params):
+    """pgveil parses statements as the server will only when both read the text
+    the same way: multibyte encodings that hide quotes are refused at login."""
+    with pytest.raises(pgwire.PgError) as exc:
+        pgwire.connect("127.0.0.1", guard_target.port, user="agent", database="app", **params)
+    assert exc.value.sqlstate in ("0A000", "42501"), exc.value.fields
+
+
+def test_safe_client_encoding_accepted(guard_target):
+    with pgwire.connect("127.0.0.1", guard_target.port, user="agent", database="app",
+                        client_encoding="LATIN1") as c:
+        rows, _, err = c.simple_query("SELECT 'ok'")
+        assert err is None and rows == [[b"ok"]]
+
+
+def test_set_client_encoding_blocked(guard_target):
+    with psycopg.connect(guard_target.conninfo(), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SET client_encoding = 'SJIS'")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SET standard_conforming_strings = off")
+        assert conn.execute("SELECT 1").fetchone() == (1,)
