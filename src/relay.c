@@ -78,7 +78,7 @@ struct Relay {
 	PgBuf refusal;               /* ErrorResponse for the message being refused */
 	/* the held message, if any */
 	uint64_t hold_id;            /* approval id, 0 = nothing held */
-	uint8_t hold_type;           /* 'Q' or 'B' */
+	uint8_t hold_type;           /* 'Q', 'B' or 'F' */
 	size_t hold_len;             /* its length on the wire */
 	bool released;               /* the message at the front was approved: forward it unchanged */
 	struct event *hold_wake;     /* a decision arrived */
@@ -632,8 +632,9 @@ static GuardAction guard_bind(Session *s, PgReader *rd, size_t msglen)
 	}
 	p = prepared_find(s->relay, stmt);
 	if (p == NULL) {
-		snprintf(msg, sizeof(msg), "prepared statement \"%s\" was refused or is unknown to pgveil", stmt);
-		refuse(s, SQLSTATE_INSUFFICIENT_PRIVILEGE, msg, NULL, NULL, 0);
+		/* Never prepared, refused at Parse, or closed: the server has nothing pgveil could check. */
+		snprintf(msg, sizeof(msg), "prepared statement \"%s\" does not exist", stmt);
+		refuse(s, SQLSTATE_INVALID_STATEMENT_NAME, msg, "pgveil has no record of it in this session.", NULL, 0);
 		return GUARD_REFUSE;
 	}
 	(void)relay_config(s->relay);
@@ -675,6 +676,38 @@ static GuardAction guard_close(Session *s, PgReader *rd)
 }
 
 /*
+ * FunctionCall (the fast-path protocol, used for large objects) names a
+ * function by OID, which pgveil cannot resolve: it is decided as a
+ * PROCEDURAL statement calling an unknown function.
+ */
+static GuardAction guard_function_call(Session *s, PgReader *rd, size_t msglen)
+{
+	static char unknown[] = "function called by oid";
+	char *functions[1] = { unknown };
+	SqlPart part = { .classes = SC_PROCEDURAL, .n_functions = 1, .functions = functions };
+	PartList pl = { .n = 0 };
+	uint32_t oid;
+	char text[96];
+	Decision d;
+
+	if (!pgproto_get_uint32(rd, &oid)) {
+		session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "invalid FunctionCall message");
+		return GUARD_HOLD;
+	}
+	admin_stat_add(STAT_STATEMENTS, 1);
+	parts_add(&pl, &part);
+	d = decide(s, &pl);
+	if (d.action == DECISION_ALLOW)
+		return GUARD_FORWARD;
+	if (d.action == DECISION_BLOCK) {
+		refuse_blocked(s, &d);
+		return GUARD_REFUSE;
+	}
+	snprintf(text, sizeof(text), "-- FunctionCall (fast-path protocol) of the function with oid %u", oid);
+	return hold_start(s, 'F', msglen, text, &d, &pl);
+}
+
+/*
  * Decides the whole message of `type` whose body is in `body`. GUARD_HOLD
  * is also returned when the session failed (check s->state).
  */
@@ -698,9 +731,7 @@ static GuardAction guard_message(Session *s, uint8_t type, const uint8_t *body, 
 	case 'C':
 		return guard_close(s, &rd);
 	case 'F':
-		refuse(s, SQLSTATE_FEATURE_NOT_SUPPORTED, "the function call protocol is not allowed through pgveil",
-		       NULL, "Call the function in a SELECT statement.", 0);
-		return GUARD_REFUSE;
+		return guard_function_call(s, &rd, msglen);
 	default:
 		return GUARD_FORWARD;
 	}
@@ -808,7 +839,7 @@ static size_t guard_at(Session *s, struct evbuffer *in, size_t run, const PgHead
 			return (size_t)-1;
 	}
 	if (act == GUARD_FORWARD) {
-		if (h->type == 'Q') {
+		if (h->type == 'Q' || h->type == 'F') {
 			r->batches_sent++;
 			s->pending_ready++;
 		}

@@ -21,7 +21,7 @@
 
 #include "sqlinfo_int.h"
 
-#define SQLINFO_MAX_TEXT (64u << 20)    /* longer texts are refused (fail closed) */
+#define SQLINFO_MAX_TEXT (256u << 20)   /* longer texts are refused (fail closed) */
 #define CACHE_MAX_TEXT 65536            /* longer texts are analysed but not cached */
 #define CACHE_DEFAULT_ENTRIES 4096
 #define CACHE_MAX_ENTRIES (1 << 20)

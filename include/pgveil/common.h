@@ -39,6 +39,7 @@ typedef struct RuleSet RuleSet;
 #define SQLSTATE_OUT_OF_MEMORY "53200"
 #define SQLSTATE_INTERNAL_ERROR "XX000"
 #define SQLSTATE_INSUFFICIENT_PRIVILEGE "42501"
+#define SQLSTATE_INVALID_STATEMENT_NAME "26000"
 #define SQLSTATE_CONFIG_FILE_ERROR "F0000"
 
 /* Monotonic clock in microseconds. */

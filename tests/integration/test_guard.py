@@ -264,14 +264,19 @@ def test_raw_pipeline_messages(guard_target, table, admin):
     assert admin.execute(f"SELECT to_regclass(%s)", (table,)).fetchone()[0] is not None
 
 
-def test_function_call_protocol_refused(guard_target):
+def test_function_call_protocol_is_procedural(guard_target):
+    """A FunctionCall names its function by OID: it is decided as PROCEDURAL,
+    which these rules do not allow (default_action = block)."""
     with pgwire.connect("127.0.0.1", guard_target.port, user="agent", database="app") as c:
         # FunctionCall of pg_backend_pid (oid 2026), no arguments, text result
         c.send(pgwire.message(b"F", b"\0\0\x07\xea" + b"\0\0" + b"\0\0" + b"\0\0"))
         t, payload = c.read_message()
         assert t == b"E"
-        assert b"function call protocol" in payload
+        assert pgwire.parse_fields(payload)["C"] == "42501"
+        assert "default_action" in pgwire.parse_fields(payload)["M"]
         assert c.read_message()[0] == b"Z"
+        rows, _, err = c.simple_query("SELECT 3")
+        assert err is None and rows == [[b"3"]]
 
 
 def test_sql_prepare_execute(guard_target, table, admin):
