@@ -487,15 +487,26 @@ static GuardAction hold_start(Session *s, uint8_t type, size_t msglen, const cha
 
 /* ---- the guard, per message ---------------------------------------------------------- */
 
+/* sqlinfo_analyze, counted for SHOW STATS. */
+static StmtInfo *analyze(const char *sql)
+{
+	uint64_t hits = sqlinfo_cache_hits();
+	StmtInfo *info = sqlinfo_analyze(sql, strlen(sql));
+
+	admin_stat_add(STAT_STATEMENTS, 1);
+	if (sqlinfo_cache_hits() != hits)
+		admin_stat_add(STAT_CACHE_HITS, 1);
+	return info;
+}
+
 /* Query: the whole string is decided; its parts are every statement in it. */
 static GuardAction guard_query(Session *s, const char *sql, size_t msglen)
 {
-	StmtInfo *info = sqlinfo_analyze(sql, strlen(sql));
+	StmtInfo *info = analyze(sql);
 	PartList pl = { .n = 0 };
 	GuardAction act = GUARD_REFUSE;
 	Decision d;
 
-	admin_stat_add(STAT_STATEMENTS, 1);
 	if (info == NULL) {
 		refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory while analysing the statement", NULL, NULL, 0);
 		return GUARD_REFUSE;
@@ -536,8 +547,7 @@ static GuardAction guard_parse(Session *s, PgReader *rd)
 		session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "invalid Parse message");
 		return GUARD_HOLD;
 	}
-	info = sqlinfo_analyze(sql, strlen(sql));
-	admin_stat_add(STAT_STATEMENTS, 1);
+	info = analyze(sql);
 	if (info == NULL) {
 		refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory while analysing the statement", NULL, NULL, 0);
 		return GUARD_REFUSE;
