@@ -586,28 +586,7 @@ fail:
 
 static void put_error(PgBuf *out, const char *sqlstate, const char *msg, const char *hint, int position)
 {
-	char pos[16];
-
-	pgproto_begin(out, 'E');
-	pgproto_put_byte(out, 'S');
-	pgproto_put_string(out, "ERROR");
-	pgproto_put_byte(out, 'V');
-	pgproto_put_string(out, "ERROR");
-	pgproto_put_byte(out, 'C');
-	pgproto_put_string(out, sqlstate);
-	pgproto_put_byte(out, 'M');
-	pgproto_put_string(out, msg);
-	if (hint != NULL) {
-		pgproto_put_byte(out, 'H');
-		pgproto_put_string(out, hint);
-	}
-	if (position > 0) {
-		snprintf(pos, sizeof(pos), "%d", position);
-		pgproto_put_byte(out, 'P');
-		pgproto_put_string(out, pos);
-	}
-	pgproto_put_byte(out, 0);
-	pgproto_end(out);
+	pgproto_build_error_at(out, false, "ERROR", sqlstate, msg, NULL, hint, position);
 }
 
 static void put_notice(PgBuf *out, const char *fmt, ...) PGV_PRINTF(2, 3);
