@@ -471,3 +471,29 @@ def test_set_client_encoding_blocked(guard_target):
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SET standard_conforming_strings = off")
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_reload_applies_to_open_sessions(pgveil_factory, workroot, table, admin):
+    """After SIGHUP with valid rules the next statement of an open session is
+    decided under them; a broken file keeps the rules in force."""
+    path = os.path.join(workroot, f"reload-{uuid.uuid4().hex[:8]}.rules")
+    with open(path, "w") as f:
+        f.write("ALLOW ALL;\n")
+    pv = pgveil_factory(rules=path, default_action="block")
+    with psycopg.connect(harness.pgveil_target(pv).conninfo(), autocommit=True) as conn:
+        assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (20,)
+        with open(path, "w") as f:
+            f.write("BLOCK READ MESSAGE 'reads are off';\nALLOW ALL;\n")
+        mark = pv.log_size()
+        pv.reload()
+        harness.wait_until(lambda: "rules loaded" in pv.log_text(mark), 10, what="the reload")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as exc:
+            conn.execute(f"SELECT count(*) FROM {table}")
+        assert "reads are off" in str(exc.value)
+        with open(path, "w") as f:
+            f.write("ALLOW ALL\n")  # no ';': an error, the old rules stay
+        mark = pv.log_size()
+        pv.reload()
+        harness.wait_until(lambda: "reload failed" in pv.log_text(mark), 10, what="the failed reload")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"SELECT count(*) FROM {table}")
