@@ -716,6 +716,9 @@ static void validate_databases(LoadState *st)
 		else if (db->sslmode >= SSLMODE_VERIFY_CA && db->sslrootcert == NULL)
 			load_error(st, st->db_pos[i].col,
 				   "database \"%s\": sslmode verify-ca and verify-full need sslrootcert", db->name);
+		else if (cfg->admin_db != NULL && strcmp(db->name, cfg->admin_db) == 0)
+			load_error(st, st->db_pos[i].col,
+				   "database \"%s\" is the admin console's name (admin_db): choose another", db->name);
 	}
 }
 

@@ -463,6 +463,9 @@ static void test_errors_whole_file(void **state)
 		{ "empty listen_addr", "[pgveil]\nlisten_addr = , ,\n", { 2, 15, "listen_addr is empty" } },
 		{ "too many listen addresses",
 		  "[pgveil]\nlisten_addr = a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q\n", { 2, 15, "more than 16 addresses" } },
+		{ "a database named like the admin console",
+		  "[pgveil]\nadmin_db = app\n[databases]\napp = host=/tmp user=u\n",
+		  { 4, 1, "database \"app\" is the admin console's name (admin_db): choose another" } },
 	};
 
 	run_error_cases(cases, PGV_ARRAY_LEN(cases));
