@@ -114,7 +114,7 @@ const char *mask_type_name(uint32_t type_oid, char *buf, size_t buflen)
 
 	if (i >= 0)
 		return known_types[i].name;
-	snprintf(buf, buflen, "type OID %u", type_oid);
+	snprintf(buf, buflen, "OID %u", type_oid);
 	return buf;
 }
 
@@ -1058,8 +1058,14 @@ static int trunc_text(const uint8_t *s, size_t len, bool ts, bool tz, TruncUnit 
 	}
 	if (!iso_parse(s, len, ts, tz, &t))
 		return MASK_EVALUE;
+	if (u == TRUNC_YEAR)
+		t.month = 1;
+	if (u <= TRUNC_MONTH)
+		t.day = 1;
+	if (date2j(t.bc ? 1 - t.year : t.year, t.month, t.day) < 0)
+		return MASK_EVALUE; /* before 4714-11-24 BC */
 	out_put(o, s, t.year_len);
-	snprintf(buf, sizeof(buf), "-%02d-%02d", u == TRUNC_YEAR ? 1 : t.month, u <= TRUNC_MONTH ? 1 : t.day);
+	snprintf(buf, sizeof(buf), "-%02d-%02d", t.month, t.day);
 	out_puts(o, buf);
 	if (ts) {
 		snprintf(buf, sizeof(buf), " %02d:00:00", u == TRUNC_HOUR ? t.hour : 0);

@@ -103,7 +103,7 @@ int mask_apply(const Rule *r, const MaskKey *key, uint32_t type_oid, int16_t for
 /* Frees what a masked value allocated; *out may be used again. */
 void mask_out_release(MaskOut *out);
 
-/* The type's name for messages ("int4", "type OID 16384" for others). */
+/* The type's name for messages ("int4", "OID 16384" for others). */
 const char *mask_type_name(uint32_t type_oid, char *buf, size_t buflen);
 
 #endif
