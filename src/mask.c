@@ -1229,6 +1229,38 @@ static bool fn_applies(MaskFn fn, TypeClass tc)
 	return false;
 }
 
+/* The arguments rules_load() guarantees, checked again for rules built otherwise. */
+static bool args_ok(const Rule *r)
+{
+	static const char want[][4] = {
+		[MASK_REDACT] = "", [MASK_NULL] = "", [MASK_CONSTANT] = "s", [MASK_PARTIAL] = "isi",
+		[MASK_EMAIL] = "", [MASK_HASH] = "", [MASK_TRUNCATE] = "s", [MASK_ROUND] = "i",
+	};
+	const char *w;
+	int n;
+
+	if (r->kind != RULE_MASK || (size_t)r->mask_fn >= PGV_ARRAY_LEN(want))
+		return false;
+	w = want[r->mask_fn];
+	n = (int)strlen(w);
+	if (r->mask_fn == MASK_HASH && r->n_args == 1)
+		return r->args[0].type == MASK_ARG_INT && r->args[0].ival >= 1 && r->args[0].ival <= MASK_HASH_HEX;
+	if (r->n_args != n)
+		return false;
+	for (int i = 0; i < n; i++) {
+		const MaskArg *a = &r->args[i];
+
+		if (w[i] == 's' ? a->type != MASK_ARG_STRING || a->sval == NULL
+				: a->type != MASK_ARG_INT || a->ival < 0 || a->ival > INT32_MAX)
+			return false;
+	}
+	if (r->mask_fn == MASK_ROUND && (r->args[0].ival < 1 || r->args[0].ival > 38))
+		return false;
+	return r->mask_fn != MASK_TRUNCATE || strcmp(r->args[0].sval, "year") == 0 ||
+	       strcmp(r->args[0].sval, "month") == 0 || strcmp(r->args[0].sval, "day") == 0 ||
+	       strcmp(r->args[0].sval, "hour") == 0;
+}
+
 static const char *fn_types(MaskFn fn)
 {
 	switch (fn) {
@@ -1251,6 +1283,10 @@ bool mask_check_type(const Rule *r, uint32_t type_oid, char *why, size_t whylen)
 	char tbuf[32];
 	const char *tname = mask_type_name(type_oid, tbuf, sizeof(tbuf));
 
+	if (!args_ok(r)) {
+		snprintf(why, whylen, "%s(): the arguments are not valid", fn);
+		return false;
+	}
 	if (!fn_applies(r->mask_fn, tc)) {
 		snprintf(why, whylen, "%s() cannot mask a column of type %s: %s", fn, tname,
 			 tc == TC_UNKNOWN ? fn_types(MASK_NULL) : fn_types(r->mask_fn));
@@ -1298,6 +1334,8 @@ int mask_apply(const Rule *r, const MaskKey *key, uint32_t type_oid, int16_t for
 	int rc;
 
 	out_start(out);
+	if (!args_ok(r))
+		return out_fail(out, MASK_EARGS);
 	if (!fn_applies(r->mask_fn, type_class(type_oid)))
 		return out_fail(out, MASK_ETYPE);
 	if (format != 0 && format != 1)

@@ -53,6 +53,7 @@ typedef enum {
 	MASK_ETYPE = -2,        /* the function does not apply to the type (see mask_check_type) */
 	MASK_ENOKEY = -3,       /* hash() without a loaded key */
 	MASK_ENOMEM = -4,       /* the result did not fit the inline buffer and malloc failed */
+	MASK_EARGS = -5,        /* not a mask rule, or arguments rules_load() would have refused */
 } MaskResult;
 
 /* One masked value: len bytes at data, or NULL (len -1). */

@@ -513,6 +513,45 @@ static void test_bad_format_and_args(void **state)
 	rules_unref(rs);
 }
 
+/* Rules not from rules_load(): wrong argument counts, types and values are refused, never used. */
+static void test_bad_rules(void **state)
+{
+	MaskArg a3[3] = { { MASK_ARG_INT, 1, NULL }, { MASK_ARG_INT, 2, NULL }, { MASK_ARG_INT, 1, NULL } };
+	MaskArg s1 = { MASK_ARG_STRING, 0, (char *)"week" }, i1 = { MASK_ARG_INT, 0, NULL };
+	Rule r = { .kind = RULE_MASK, .mask_fn = MASK_PARTIAL, .n_args = 3, .args = a3 };
+	char why[128];
+	MaskOut out;
+
+	(void)state;
+	assert_int_equal(mask_apply(&r, NULL, MASK_OID_TEXT, T, (const uint8_t *)"abcdef", 6, &out), MASK_EARGS);
+	assert_int_equal(out.len, -1);
+	assert_false(mask_check_type(&r, MASK_OID_TEXT, why, sizeof(why)));
+	assert_string_equal(why, "partial(): the arguments are not valid");
+	r.n_args = 2;
+	assert_int_equal(mask_apply(&r, NULL, MASK_OID_TEXT, T, (const uint8_t *)"abcdef", 6, &out), MASK_EARGS);
+	r.mask_fn = MASK_TRUNCATE;
+	r.n_args = 1;
+	r.args = &s1;
+	assert_int_equal(mask_apply(&r, NULL, MASK_OID_DATE, T, (const uint8_t *)"2024-02-29", 10, &out),
+			 MASK_EARGS);
+	r.mask_fn = MASK_ROUND;
+	r.args = &i1;
+	assert_int_equal(mask_apply(&r, NULL, MASK_OID_INT4, T, (const uint8_t *)"12", 2, &out), MASK_EARGS);
+	r.mask_fn = MASK_HASH;
+	assert_int_equal(mask_apply(&r, test_key(), MASK_OID_TEXT, T, (const uint8_t *)"12", 2, &out),
+			 MASK_EARGS);
+	r.n_args = 0;
+	assert_int_equal(mask_apply(&r, test_key(), MASK_OID_TEXT, T, (const uint8_t *)"12", 2, &out), MASK_OK);
+	mask_out_release(&out);
+	r.kind = RULE_POLICY;
+	assert_int_equal(mask_apply(&r, test_key(), MASK_OID_TEXT, T, (const uint8_t *)"12", 2, &out),
+			 MASK_EARGS);
+	r.kind = RULE_MASK;
+	r.mask_fn = (MaskFn)99;
+	assert_int_equal(mask_apply(&r, test_key(), MASK_OID_TEXT, T, (const uint8_t *)"12", 2, &out),
+			 MASK_EARGS);
+}
+
 /* ---- mask_check_type ------------------------------------------------------------------ */
 
 typedef struct TypeCase {
@@ -692,6 +731,7 @@ int main(void)
 		cmocka_unit_test(test_large_values),
 		cmocka_unit_test(test_text_properties),
 		cmocka_unit_test(test_bad_format_and_args),
+		cmocka_unit_test(test_bad_rules),
 		cmocka_unit_test(test_check_type),
 		cmocka_unit_test(test_check_type_agrees),
 		cmocka_unit_test(test_type_name),
