@@ -56,10 +56,13 @@ typedef enum {
 	MASK_EARGS = -5,        /* not a mask rule, or arguments rules_load() would have refused */
 } MaskResult;
 
-/* One masked value: len bytes at data, or NULL (len -1). */
+/*
+ * One masked value: len bytes at data, or NULL (len -1). data may point into
+ * the struct itself: do not copy a MaskOut while its value is in use.
+ */
 typedef struct MaskOut {
 	int32_t len;                    /* -1 = NULL */
-	const uint8_t *data;            /* into buf, heap or the rule's argument; NULL when len is -1 */
+	const uint8_t *data;            /* into buf or heap; NULL when len is -1 */
 	uint8_t *heap;                  /* malloc'd when the value is larger than buf; see mask_out_release */
 	size_t cap;                     /* bytes usable at the current buffer */
 	bool failed;                    /* an allocation failed while building */
