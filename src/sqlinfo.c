@@ -60,6 +60,8 @@ typedef struct InfoBlock {
 	size_t shape_len;
 	const char *text;        /* exact text, NULL when not cached by it */
 	size_t text_len;
+	SqlColumn *cols;         /* the lineage's source columns (what outputs and uses point to) */
+	int n_cols;
 	StmtInfo info;
 } InfoBlock;
 
@@ -393,15 +395,39 @@ static size_t build_strings(const SqlBuild *b)
 		n += strsize(b->pool + b->funcs[i].name);
 	for (i = 0; i < b->n_preps; i++)
 		n += strsize(b->preps[i].name);
+	for (i = 0; i < b->n_lcols; i++)
+		if (b->lcols[i].table != NULL)
+			n += strsize(b->lcols[i].schema) + strsize(b->lcols[i].table) + strsize(b->lcols[i].column);
 	return n;
 }
 
+/* Sizes of the lineage arrays of a block. */
+typedef struct LinCounts {
+	int cols, outs, srcs, uses;
+} LinCounts;
+
+static LinCounts lin_counts(const SqlBuild *b)
+{
+	LinCounts c = { 0, 0, 0, 0 };
+	int i;
+
+	if (b == NULL || b->n_luses == 0)
+		return c;
+	c.cols = b->n_lcols;
+	c.outs = b->n_louts;
+	for (i = 0; i < b->n_louts; i++)
+		c.srcs += b->louts[i].n;
+	for (i = 0; i < b->n_luses; i++)
+		c.uses += b->lcols[b->luses[i].col].table != NULL;
+	return c;
+}
+
 typedef struct Layout {
-	size_t stmts, parts, tables, funcs, preps, anchors, strings, size;
+	size_t stmts, parts, tables, funcs, preps, anchors, cols, outs, srcs, uses, strings, size;
 } Layout;
 
 static void layout_compute(Layout *l, int n_stmts, int n_parts, int n_tables, int n_funcs, int n_preps,
-			   size_t strings)
+			   const LinCounts *lc, size_t strings)
 {
 	size_t o = ALIGN8(sizeof(InfoBlock));
 
@@ -417,6 +443,14 @@ static void layout_compute(Layout *l, int n_stmts, int n_parts, int n_tables, in
 	o = ALIGN8(o + (size_t)n_preps * sizeof(SqlPrepRef));
 	l->anchors = o;
 	o = ALIGN8(o + (size_t)n_stmts * 2 * sizeof(int));
+	l->cols = o;
+	o = ALIGN8(o + (size_t)lc->cols * sizeof(SqlColumn));
+	l->outs = o;
+	o = ALIGN8(o + (size_t)lc->outs * sizeof(SqlOutput));
+	l->srcs = o;
+	o = ALIGN8(o + (size_t)lc->srcs * sizeof(SqlColumn *));
+	l->uses = o;
+	o = ALIGN8(o + (size_t)lc->uses * sizeof(SqlColumnUse));
 	l->strings = o;
 	l->size = o + strings;
 }
@@ -440,7 +474,9 @@ static StmtInfo *info_error(const char *message, int pos, uint64_t fingerprint, 
 	InfoBlock *blk;
 	char *sp;
 
-	layout_compute(&l, 0, 0, 0, 0, 0, strlen(message) + 1 + (text != NULL ? len + 1 : 0));
+	LinCounts none = { 0, 0, 0, 0 };
+
+	layout_compute(&l, 0, 0, 0, 0, 0, &none, strlen(message) + 1 + (text != NULL ? len + 1 : 0));
 	if ((blk = block_new(&l)) == NULL)
 		return NULL;
 	sp = (char *)blk + l.strings;
@@ -491,6 +527,49 @@ static void block_fill_parts(InfoBlock *blk, const Layout *l, const SqlBuild *b,
 	}
 }
 
+/* Fills the lineage: source columns, then each statement's outputs and column uses. */
+static void block_fill_lineage(InfoBlock *blk, const Layout *l, const LinCounts *lc, const SqlBuild *b, char **sp)
+{
+	StmtInfo *info = &blk->info;
+	SqlOutput *outs = (SqlOutput *)(void *)((char *)blk + l->outs);
+	SqlColumn **srcs = (SqlColumn **)(void *)((char *)blk + l->srcs);
+	SqlColumnUse *uses = (SqlColumnUse *)(void *)((char *)blk + l->uses);
+	SqlStmt *st;
+	int i, k, nu = 0;
+
+	if (lc->uses == 0)
+		return;
+	blk->cols = (SqlColumn *)(void *)((char *)blk + l->cols);
+	blk->n_cols = lc->cols;
+	for (i = 0; i < b->n_lcols; i++) {
+		const SqlColB *c = &b->lcols[i];
+
+		blk->cols[i].schema = c->table != NULL ? strput(sp, c->schema) : NULL;
+		blk->cols[i].table = c->table != NULL ? strput(sp, c->table) : NULL;
+		blk->cols[i].column = c->table != NULL ? strput(sp, c->column) : NULL;
+	}
+	for (i = 0; i < b->n_louts; i++) {
+		st = &info->stmts[b->louts[i].stmt];
+		if (st->n_outputs++ == 0)
+			st->outputs = &outs[i];
+		outs[i].kind = b->louts[i].derived ? SQL_OUT_DERIVED : SQL_OUT_DIRECT;
+		outs[i].star = b->louts[i].star;
+		outs[i].n_sources = b->louts[i].n;
+		outs[i].sources = srcs;
+		for (k = 0; k < b->louts[i].n; k++)
+			*srcs++ = &blk->cols[b->lsrc[b->louts[i].first + k]];
+	}
+	for (i = 0; i < b->n_luses; i++) {
+		if (b->lcols[b->luses[i].col].table == NULL)
+			continue; /* a placeholder */
+		st = &info->stmts[b->luses[i].stmt];
+		if (st->n_columns++ == 0)
+			st->columns = &uses[nu];
+		uses[nu].column = &blk->cols[b->luses[i].col];
+		uses[nu++].contexts = b->luses[i].contexts;
+	}
+}
+
 /* Finds the ';' token that starts at byte `pos`; -1 when there is none. */
 static int anchor_find(const SqlThread *t, int pos)
 {
@@ -530,28 +609,30 @@ static StmtInfo *block_build(SqlThread *t, size_t len, bool cache_text, bool sha
 {
 	const SqlBuild *b = &t->build;
 	size_t extra = (cache_text ? len + 1 : 0) + (shape_ok ? t->key_len : 0);
+	LinCounts lc = lin_counts(b);
 	Layout l;
 	InfoBlock *blk;
 	StmtInfo *info;
 	char *sp;
 	int i;
 
-	layout_compute(&l, b->n_stmts, b->n_parts, b->n_tables, b->n_funcs, b->n_preps, build_strings(b) + extra);
+	layout_compute(&l, b->n_stmts, b->n_parts, b->n_tables, b->n_funcs, b->n_preps, &lc, build_strings(b) + extra);
 	if ((blk = block_new(&l)) == NULL)
 		return NULL;
 	info = &blk->info;
 	sp = (char *)blk + l.strings;
 	info->n_stmts = b->n_stmts;
 	info->stmts = (SqlStmt *)(void *)((char *)blk + l.stmts);
+	memset(info->stmts, 0, (size_t)b->n_stmts * sizeof(SqlStmt));
 	for (i = 0; i < b->n_stmts; i++) {
 		info->stmts[i].offset = b->stmts[i].offset;
 		info->stmts[i].len = b->stmts[i].len;
-		info->stmts[i].classes = 0;
 	}
 	info->n_parts = b->n_parts;
 	info->parts = (SqlPart *)(void *)((char *)blk + l.parts);
 	memset(info->parts, 0, (size_t)b->n_parts * sizeof(SqlPart));
 	block_fill_parts(blk, &l, b, &sp);
+	block_fill_lineage(blk, &l, &lc, b, &sp);
 	info->n_prep = b->n_preps;
 	info->prep = (SqlPrepRef *)(void *)((char *)blk + l.preps);
 	for (i = 0; i < b->n_preps; i++) {
@@ -577,6 +658,35 @@ static StmtInfo *block_build(SqlThread *t, size_t len, bool cache_text, bool sha
 static char *reloc(const void *p, const char *from, char *to)
 {
 	return p != NULL ? to + ((const char *)p - from) : NULL;
+}
+
+/* Moves the lineage's inner pointers of a copied block from `from` to `to`. */
+static void block_reloc_lineage(InfoBlock *blk, const char *from, char *to)
+{
+	StmtInfo *info = &blk->info;
+	int i, j, k;
+
+	blk->cols = (SqlColumn *)(void *)reloc(blk->cols, from, to);
+	for (i = 0; i < blk->n_cols; i++) {
+		blk->cols[i].schema = reloc(blk->cols[i].schema, from, to);
+		blk->cols[i].table = reloc(blk->cols[i].table, from, to);
+		blk->cols[i].column = reloc(blk->cols[i].column, from, to);
+	}
+	for (i = 0; i < info->n_stmts; i++) {
+		SqlStmt *s = &info->stmts[i];
+
+		s->outputs = (SqlOutput *)(void *)reloc(s->outputs, from, to);
+		s->columns = (SqlColumnUse *)(void *)reloc(s->columns, from, to);
+		for (j = 0; j < s->n_outputs; j++) {
+			SqlOutput *o = &s->outputs[j];
+
+			o->sources = (SqlColumn **)(void *)reloc(o->sources, from, to);
+			for (k = 0; k < o->n_sources; k++)
+				o->sources[k] = (SqlColumn *)(void *)reloc(o->sources[k], from, to);
+		}
+		for (j = 0; j < s->n_columns; j++)
+			s->columns[j].column = (SqlColumn *)(void *)reloc(s->columns[j].column, from, to);
+	}
 }
 
 /*
@@ -624,6 +734,7 @@ static StmtInfo *block_clone(const InfoBlock *src, const char *text, size_t len)
 		for (j = 0; j < p->n_functions; j++)
 			p->functions[j] = reloc(p->functions[j], from, to);
 	}
+	block_reloc_lineage(blk, from, to);
 	return info;
 }
 

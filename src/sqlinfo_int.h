@@ -47,6 +47,30 @@ typedef struct SqlPrepB {
 	int n_parts;
 } SqlPrepB;
 
+/* A source column (interned per analysis); `table` NULL marks a placeholder never reported. */
+typedef struct SqlColB {
+	const char *schema;      /* NULL when unqualified */
+	const char *table;
+	const char *column;      /* name or "*" */
+	int use_stmt;            /* statement of `use`, -1 = none yet */
+	int use;                 /* its entry in SqlBuild.luses for that statement */
+} SqlColB;
+
+typedef struct SqlUseB {
+	int stmt;
+	int col;                 /* index in lcols */
+	unsigned contexts;       /* SQL_USE_* */
+} SqlUseB;
+
+typedef struct SqlOutB {
+	int stmt;
+	int first, n;            /* sources: column indexes lsrc[first .. first+n) */
+	bool derived;
+	bool star;
+} SqlOutB;
+
+typedef struct LinWork LinWork;
+
 /*
  * Growable arrays, kept across analyses by the thread (reset, not freed).
  * `oom` is sticky: once an append failed, the result is discarded.
@@ -72,6 +96,15 @@ typedef struct SqlBuild {
 	size_t set_cap, set_used;
 	const char **ctes;       /* CTE names in scope while walking */
 	int n_ctes, cap_ctes;
+	SqlColB *lcols;          /* lineage (sqlinfo_lineage.c): interned source columns */
+	int n_lcols, cap_lcols;
+	SqlUseB *luses;          /* column uses, grouped by statement */
+	int n_luses, cap_luses;
+	SqlOutB *louts;          /* output columns, grouped by statement */
+	int n_louts, cap_louts;
+	int *lsrc;               /* source lists (column indexes) */
+	int n_lsrc, cap_lsrc;
+	LinWork *lin;            /* the lineage walker's scratch */
 	bool literal_sensitive;  /* the result depends on a literal's value */
 	bool oom;
 	const char *error;       /* static message when the tree could not be walked (too deep, malformed) */
@@ -214,5 +247,17 @@ void sqlinfo_build_free(SqlBuild *b);
  * could not be walked (b->error, a static string).
  */
 bool sqlinfo_tree_analyze(SqlBuild *b, char *json);
+
+/* ---- column lineage (sqlinfo_lineage.c) ---- */
+
+/*
+ * Adds the lineage of top-level statement `stmt` (its parse-tree node
+ * `type`/`body`) to b: outputs, column uses. Sets b->oom when out of memory.
+ */
+void sqlinfo_lineage_stmt(SqlBuild *b, int stmt, const char *type, const JNode *body);
+
+/* Empties the lineage arrays for a new analysis; frees them. */
+void sqlinfo_lineage_reset(SqlBuild *b);
+void sqlinfo_lineage_free(SqlBuild *b);
 
 #endif

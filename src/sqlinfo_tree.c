@@ -1434,6 +1434,7 @@ void sqlinfo_build_reset(SqlBuild *b)
 	b->n_parts = b->n_tables = b->n_funcs = b->n_stmts = b->n_preps = b->n_ctes = 0;
 	b->pool_len = 0;
 	b->set_used = 0;
+	sqlinfo_lineage_reset(b);
 	b->literal_sensitive = false;
 	b->oom = false;
 	b->error = NULL;
@@ -1450,6 +1451,7 @@ void sqlinfo_build_free(SqlBuild *b)
 	free(b->pool);
 	free(b->set);
 	free(b->ctes);
+	sqlinfo_lineage_free(b);
 	memset(b, 0, sizeof(*b));
 }
 
@@ -1467,8 +1469,10 @@ static bool walk_stmts(SqlBuild *b, const JNode *root)
 		w.stmt = b->n_stmts++;
 		w.part = -1;
 		b->n_ctes = 0;
-		if ((type = j_type(j_get(raw, "stmt"), &body)) != NULL)
+		if ((type = j_type(j_get(raw, "stmt"), &body)) != NULL) {
 			dispatch_stmt(&w, type, body);
+			sqlinfo_lineage_stmt(b, w.stmt, type, body);
+		}
 	}
 	return !b->oom;
 }

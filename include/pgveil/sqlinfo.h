@@ -58,11 +58,67 @@ typedef struct SqlPart {
 	char **functions;   /* functions called anywhere in the part: "name" or "schema.name", lower case as resolved by the parser */
 } SqlPart;
 
+/*
+ * Column lineage (computed without the catalog; src/sqlinfo_lineage.c has
+ * the model). A source column is named as written: `schema` NULL when the
+ * table was unqualified, `table` the relation's name (never an alias or a
+ * CTE: those are resolved to what they read), `column` a column name or
+ * SQL_COLUMN_ALL ("*"): every column of the table (a star, a whole-row
+ * reference, or a column the analysis cannot name, like one renamed by a
+ * column alias list). A column the analysis cannot tie to one relation is
+ * listed against every relation it may come from.
+ */
+#define SQL_COLUMN_ALL "*"
+
+typedef struct SqlColumn {
+	char *schema;       /* NULL when unqualified */
+	char *table;        /* relation name, case-folded by the parser */
+	char *column;       /* column name, or "*" (SQL_COLUMN_ALL) */
+} SqlColumn;
+
+typedef enum {
+	SQL_OUT_DIRECT,     /* the output is one of its sources, unchanged (a plain reference, maybe through subqueries and CTEs) */
+	SQL_OUT_DERIVED,    /* computed from its sources: any expression, cast, function, aggregate, whole row, set operation */
+} SqlOutputKind;
+
+/*
+ * One output column of a statement's result, or, when `star` is set, an
+ * unknown number (zero or more) of consecutive output columns: a `*` or
+ * `t.*` the analysis cannot count. Once a star output is met, positions of
+ * the following outputs are no longer known: a consumer must treat every
+ * result column from there on as possibly coming from any source of any
+ * later output (or block). A DIRECT star stands for columns of its one
+ * source table, each unchanged.
+ */
+typedef struct SqlOutput {
+	SqlOutputKind kind;
+	bool star;             /* zero or more columns, see above */
+	int n_sources;
+	SqlColumn **sources;   /* deduplicated; may be empty (a constant) */
+} SqlOutput;
+
+/* How a statement reads a column (SqlColumnUse.contexts bits). */
+#define SQL_USE_OUTPUT 1u       /* flows into an output column the statement returns */
+#define SQL_USE_PREDICATE 2u    /* decides which rows or in what order: WHERE, JOIN ON/USING, HAVING, CASE WHEN, ORDER BY, GROUP BY, DISTINCT, window PARTITION/ORDER BY, FILTER, UNION/INTERSECT/EXCEPT, IN/ANY, LIMIT; also any use the analysis does not model */
+#define SQL_USE_WRITE_SOURCE 4u /* flows into stored data: INSERT ... SELECT/VALUES, UPDATE SET, MERGE, CREATE TABLE AS, SELECT INTO, COPY TO a file or program */
+#define SQL_USE_FUNCTION_ARG 8u /* passed to a function call (aggregates and window functions included; operators are not function calls here) */
+#define SQL_USE_WHOLE_ROW 16u   /* read as part of a whole-row reference: `t` as a value, `t.*` inside an expression, row_to_json(t) */
+
+/* A column a statement reads, anywhere in it. */
+typedef struct SqlColumnUse {
+	SqlColumn *column;
+	unsigned contexts;     /* SQL_USE_* bits; 0 = read where it flows nowhere (a subquery column no one uses) */
+} SqlColumnUse;
+
 /* One top-level statement of the text. */
 typedef struct SqlStmt {
 	int offset;         /* byte offset of the statement in the text */
 	int len;            /* its length in bytes (0 = to the end) */
 	uint32_t classes;   /* union of its parts' classes */
+	int n_outputs;      /* output columns described (see SqlOutput); 0 when the statement reads no column or returns no rows */
+	SqlOutput *outputs; /* SELECT / VALUES / TABLE, RETURNING, COPY (query) TO STDOUT, COPY t TO STDOUT, DECLARE CURSOR's query, PREPARE's body; in order */
+	int n_columns;
+	SqlColumnUse *columns; /* every column the statement reads (data-modifying CTEs, EXPLAIN's and PREPARE's bodies included), deduplicated */
 } SqlStmt;
 
 /* SQL-level prepared-statement operations the session must track. */

@@ -25,6 +25,7 @@
 
 typedef struct Record {
 	int line;                /* of its "sql" line */
+	bool lineage;            /* from the lineage corpus */
 	char *sql;
 	char *expect[64];        /* "key: value" lines, in order */
 	int n_expect;
@@ -85,7 +86,7 @@ static char *read_block(FILE *fp, int *lineno)
 	return acc;
 }
 
-static void corpus_load(const char *path)
+static void corpus_load(const char *path, bool lineage)
 {
 	FILE *fp = fopen(path, "r");
 	char buf[4096];
@@ -103,9 +104,11 @@ static void corpus_load(const char *path)
 			continue;
 		if (strncmp(buf, "sql:", 4) == 0) {
 			cur = record_new(lineno);
+			cur->lineage = lineage;
 			cur->sql = xstrdup(buf[4] == ' ' ? buf + 5 : buf + 4);
 		} else if (strcmp(buf, "sql<<") == 0) {
 			cur = record_new(lineno);
+			cur->lineage = lineage;
 			cur->sql = read_block(fp, &lineno);
 		} else if (cur != NULL && cur->n_expect < 64) {
 			cur->expect[cur->n_expect++] = xstrdup(buf);
@@ -351,6 +354,165 @@ static void check_record(const Record *r, const StmtInfo *info)
 		fail_msg("corpus line %d: statement classes do not add up", r->line);
 }
 
+/* ---- the lineage corpus ---------------------------------------------------------- */
+
+static const char *const use_names[] = { "OUTPUT", "PREDICATE", "WRITE_SOURCE", "FUNCTION_ARG", "WHOLE_ROW" };
+
+static void column_text(const SqlColumn *c, char *buf, size_t len)
+{
+	if (c->schema != NULL)
+		snprintf(buf, len, "%s.%s.%s", c->schema, c->table, c->column);
+	else
+		snprintf(buf, len, "%s.%s", c->table, c->column);
+}
+
+static unsigned parse_contexts(const char *s, const Record *r)
+{
+	unsigned all = 0, i;
+	size_t n;
+
+	while (*s == ' ')
+		s++;
+	if (strcmp(s, "NONE") == 0)
+		return 0;
+	while (*s != '\0') {
+		n = strcspn(s, ", ");
+		for (i = 0; i < 5; i++)
+			if (strlen(use_names[i]) == n && strncmp(s, use_names[i], n) == 0)
+				break;
+		if (i == 5)
+			fail_msg("lineage corpus line %d: unknown context '%.*s'", r->line, (int)n, s);
+		all |= 1u << i;
+		s += n;
+		while (*s == ',' || *s == ' ')
+			s++;
+	}
+	return all;
+}
+
+static const char *contexts_text(unsigned ctx, char *buf, size_t len)
+{
+	unsigned i;
+
+	buf[0] = '\0';
+	for (i = 0; i < 5; i++)
+		if (ctx & (1u << i))
+			snprintf(buf + strlen(buf), len - strlen(buf), "%s%s", buf[0] ? "," : "", use_names[i]);
+	if (buf[0] == '\0')
+		snprintf(buf, len, "NONE");
+	return buf;
+}
+
+/* "direct[*] src src ..." / "derived[*] ...": kind, star and the exact set of sources of output `idx`. */
+static void check_output(const char *spec, const SqlStmt *st, int idx, const Record *r)
+{
+	char copy[1024], name[256], *tok, *save = NULL;
+	const SqlOutput *o;
+	int expected = 0, k;
+	bool found;
+
+	snprintf(copy, sizeof(copy), "%s", spec);
+	if (idx >= st->n_outputs)
+		fail_msg("lineage corpus line %d: output %d missing (%d outputs)", r->line, idx, st->n_outputs);
+	o = &st->outputs[idx];
+	tok = strtok_r(copy, " ", &save);
+	if (tok == NULL)
+		fail_msg("lineage corpus line %d: empty output", r->line);
+	if ((strncmp(tok, "direct", 6) == 0) != (o->kind == SQL_OUT_DIRECT) ||
+	    (strncmp(tok, "derived", 7) != 0 && strncmp(tok, "direct", 6) != 0))
+		fail_msg("lineage corpus line %d: output %d is %s, expected %s", r->line, idx,
+			 o->kind == SQL_OUT_DIRECT ? "direct" : "derived", tok);
+	if ((strchr(tok, '*') != NULL) != o->star)
+		fail_msg("lineage corpus line %d: output %d star %d, expected %s", r->line, idx, o->star, tok);
+	for (tok = strtok_r(NULL, " ", &save); tok != NULL; tok = strtok_r(NULL, " ", &save)) {
+		expected++;
+		found = false;
+		for (k = 0; k < o->n_sources && !found; k++) {
+			column_text(o->sources[k], name, sizeof(name));
+			found = strcmp(name, tok) == 0;
+		}
+		if (!found)
+			fail_msg("lineage corpus line %d: output %d lacks source %s", r->line, idx, tok);
+	}
+	if (expected != o->n_sources) {
+		snprintf(name, sizeof(name), "none");
+		if (o->n_sources > 0)
+			column_text(o->sources[0], name, sizeof(name));
+		fail_msg("lineage corpus line %d: output %d has %d sources (first %s), expected %d", r->line, idx,
+			 o->n_sources, name, expected);
+	}
+}
+
+/* "table.col CONTEXTS" / "schema.table.col CONTEXTS". */
+static void check_use(const char *spec, const SqlStmt *st, const Record *r)
+{
+	char col[256], name[256], buf[128];
+	int used = 0, k;
+	unsigned want;
+
+	if (sscanf(spec, "%255s %n", col, &used) < 1)
+		fail_msg("lineage corpus line %d: use needs COLUMN CONTEXTS", r->line);
+	want = parse_contexts(spec + used, r);
+	for (k = 0; k < st->n_columns; k++) {
+		column_text(st->columns[k].column, name, sizeof(name));
+		if (strcmp(name, col) != 0)
+			continue;
+		if (st->columns[k].contexts != want)
+			fail_msg("lineage corpus line %d: %s has contexts %s, expected %s", r->line, col,
+				 contexts_text(st->columns[k].contexts, buf, sizeof(buf)), spec + used);
+		return;
+	}
+	fail_msg("lineage corpus line %d: no use of %s (%d uses)", r->line, col, st->n_columns);
+}
+
+static void check_lineage(const Record *r, const StmtInfo *info)
+{
+	char name[256], buf[128];
+	int i, stmt = 0, n_out = 0, n_use = 0, want_outs = -1;
+
+	if (info->error != NULL)
+		fail_msg("lineage corpus line %d: does not parse: %s", r->line, info->error);
+	for (i = 0; i <= r->n_expect; i++) {
+		const char *e = i < r->n_expect ? r->expect[i] : "stmt: -1", *v = strchr(e, ':');
+
+		v = v != NULL ? v + 1 : "";
+		while (*v == ' ')
+			v++;
+		if (strncmp(e, "stmt:", 5) == 0) {
+			if ((n_out > 0 || want_outs >= 0) && info->stmts[stmt].n_outputs != (want_outs >= 0 ? want_outs : n_out))
+				fail_msg("lineage corpus line %d: statement %d has %d outputs, expected %d", r->line, stmt,
+					 info->stmts[stmt].n_outputs, want_outs >= 0 ? want_outs : n_out);
+			if (n_use > 0 && info->stmts[stmt].n_columns != n_use) {
+				for (n_use = 0; n_use < info->stmts[stmt].n_columns; n_use++) {
+					column_text(info->stmts[stmt].columns[n_use].column, name, sizeof(name));
+					print_message("  use: %s %s\n", name,
+						      contexts_text(info->stmts[stmt].columns[n_use].contexts, buf, sizeof(buf)));
+				}
+				fail_msg("lineage corpus line %d: statement %d has %d uses, expected %d", r->line, stmt,
+					 info->stmts[stmt].n_columns, n_use);
+			}
+			stmt = atoi(v);
+			n_out = n_use = 0;
+			want_outs = -1;
+			if (stmt >= info->n_stmts)
+				fail_msg("lineage corpus line %d: no statement %d", r->line, stmt);
+		} else if (strncmp(e, "out:", 4) == 0) {
+			check_output(v, &info->stmts[stmt], n_out++, r);
+		} else if (strncmp(e, "outs:", 5) == 0) {
+			want_outs = atoi(v);
+		} else if (strncmp(e, "use:", 4) == 0) {
+			check_use(v, &info->stmts[stmt], r);
+			n_use++;
+		} else if (strcmp(e, "uses: 0") == 0) {
+			if (info->stmts[stmt].n_columns != 0)
+				fail_msg("lineage corpus line %d: statement %d has %d uses, expected none", r->line, stmt,
+					 info->stmts[stmt].n_columns);
+		} else {
+			fail_msg("lineage corpus line %d: unknown expectation '%s'", r->line, e);
+		}
+	}
+}
+
 static void corpus_case(void **state)
 {
 	const Record *r = *state;
@@ -361,7 +523,10 @@ static void corpus_case(void **state)
 		sqlinfo_set_cache_capacity(round == 0 ? 0 : 4096);
 		info = sqlinfo_analyze(r->sql, strlen(r->sql));
 		assert_non_null(info);
-		check_record(r, info);
+		if (r->lineage)
+			check_lineage(r, info);
+		else
+			check_record(r, info);
 		sqlinfo_unref(info);
 	}
 }
@@ -759,7 +924,8 @@ int main(void)
 	struct CMUnitTest *tests;
 	int i, rc;
 
-	corpus_load(TEST_SRCDIR "/data/sqlinfo.corpus");
+	corpus_load(TEST_SRCDIR "/data/sqlinfo.corpus", false);
+	corpus_load(TEST_SRCDIR "/data/sqlinfo_lineage.corpus", true);
 	tests = calloc((size_t)n_records, sizeof(*tests));
 	if (tests == NULL)
 		return 1;
@@ -768,7 +934,7 @@ int main(void)
 
 		if (name == NULL)
 			return 1;
-		snprintf(name, 32, "corpus line %d", records[i].line);
+		snprintf(name, 32, "%s line %d", records[i].lineage ? "lineage" : "corpus", records[i].line);
 		tests[i].name = name;
 		tests[i].test_func = corpus_case;
 		tests[i].initial_state = &records[i];

@@ -1,0 +1,1704 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Column lineage for the sqlinfo module: walks each top-level statement's
+ * parse tree (as sqlinfo_json.c reads it) to find, without the catalog,
+ * which source columns flow into each output column and which columns the
+ * statement reads anywhere, and how. It owns the FROM-clause scopes (tables,
+ * aliases, joins, subqueries, CTEs, LATERAL, outer references), the rules
+ * that resolve a column reference to the relations it may come from, and the
+ * per-statement outputs and column uses that sqlinfo.c copies into StmtInfo.
+ *
+ * The model (fail closed: when in doubt, more sources and more contexts):
+ *
+ * - A column reference resolves through the scopes from the innermost
+ *   query outwards. `t.c` / `s.t.c` names its relation (an alias hides the
+ *   table's own name); a name that is no relation in scope is taken as a
+ *   composite column `t` (DERIVED). An unqualified `c` is recorded against
+ *   every relation of the innermost scope that may hold it; a base table
+ *   may always hold it (the analysis does not know its columns), so the
+ *   search goes on outwards and every table of every enclosing scope is a
+ *   candidate too. It stops at a scope where a subquery, CTE or function in
+ *   FROM has a column of that name for sure. A name nothing may hold falls
+ *   back to whole rows of every relation in scope. A bare name that is also
+ *   a relation in scope counts as that relation's whole row as well.
+ * - A subquery, CTE or function in FROM is a derived relation whose columns
+ *   carry their own lineage: a reference to one of them is a reference to
+ *   its sources. Its column names are the server's (FigureColname rules,
+ *   aliases, column alias lists); a column without a known name matches
+ *   every name; an alias list the analysis cannot line up (after a `*`)
+ *   makes every reference to the relation read all its sources, DERIVED.
+ *   A base table with a column alias list: a renamed column is "*".
+ * - Recursive CTEs: references inside a WITH RECURSIVE go to one
+ *   placeholder column; once the clause is done, the placeholder stands for
+ *   every source of every CTE of the clause, and its uses' contexts go to
+ *   all of them.
+ * - An output is DIRECT only when it is a plain column reference (through
+ *   subqueries, CTEs, joins and aliases) to columns that are themselves
+ *   DIRECT: what the server's RowDescription names. Casts, COLLATE,
+ *   functions, operators, whole rows, VALUES, functions in FROM, merged
+ *   columns of FULL JOIN USING / NATURAL FULL JOIN and every set operation
+ *   (UNION, INTERSECT, EXCEPT, whatever their branches) are DERIVED: the
+ *   server gives such results no origin. Output i of a set operation merges
+ *   output i of every branch; when a branch has a star or the branches'
+ *   counts differ, the result is one DERIVED star reading all their sources.
+ * - `*` and `t.*` in a select list expand to the columns of each relation:
+ *   a derived relation's known columns, a base table's one DIRECT star
+ *   output (t, "*").
+ * - Contexts: see SQL_USE_* in sqlinfo.h. A derived relation's select list
+ *   is recorded when it is walked (with the contexts of its expression, 0
+ *   for a plain reference) and again, with the outer contexts, wherever the
+ *   outer query reads its columns. ORDER BY, GROUP BY and DISTINCT ON
+ *   items that name an output column or give a position are PREDICATE for
+ *   that output's sources and are also resolved as input expressions.
+ * - Bodies that only run later or not at all (EXPLAIN without ANALYZE,
+ *   CREATE VIEW) are walked without OUTPUT. A statement the walker does not
+ *   model has its column references resolved against its `relation` and
+ *   recorded as PREDICATE | WRITE_SOURCE.
+ */
+#include "sqlinfo_int.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_SPLIT_VALUES 64      /* VALUES wider than this: every column reads every source */
+
+static const char col_all[] = SQL_COLUMN_ALL;
+
+/* A column of a query's result or of a derived relation. */
+typedef struct LCol {
+	const char *name;        /* NULL: unknown, matches every name */
+	int first, n;            /* sources: b->lsrc[first .. first+n) */
+	bool derived;
+	bool star;               /* zero or more columns */
+} LCol;
+
+/* A relation in a FROM scope. */
+typedef struct LRel {
+	const char *name;        /* reference name (alias, table, CTE, function); NULL: an unaliased join */
+	const char *schema;      /* base table */
+	const char *table;       /* base table; NULL for derived relations and joins */
+	const JNode *colaliases; /* base table: its column alias list */
+	int cfirst, ncols;       /* derived: columns in w->cols */
+	int kfirst, klast;       /* join: its members, rels [kfirst, klast) */
+	int level;               /* query nesting level of its scope */
+	bool hidden;             /* a sibling of a non-LATERAL subquery being walked */
+	bool uncertain;          /* derived: column names unknown, every reference reads everything */
+	bool is_join;
+	bool merged;             /* member of a FULL JOIN USING / NATURAL: unqualified references are derived */
+} LRel;
+
+typedef struct LCte {
+	const char *name;
+	int cfirst, ncols;       /* columns in w->cols */
+	bool uncertain;
+} LCte;
+
+struct LinWork {
+	LCol *cols;              /* columns of derived relations and query results */
+	int n_cols, cap_cols;
+	LCol *pend;              /* outputs of the queries being walked (a stack) */
+	int n_pend, cap_pend;
+	LRel *rels;              /* scopes (a stack) */
+	int n_rels, cap_rels;
+	LCte *ctes;              /* CTEs in scope (a stack) */
+	int n_ctes, cap_ctes;
+	int *coll;               /* sources being collected (a stack of collections) */
+	int n_coll, cap_coll;
+	uint32_t *mark;          /* per column: last deduplication epoch */
+	int cap_mark;
+	uint32_t epoch;
+	uint32_t *hash;          /* interned columns: index+1, open addressing */
+	size_t hash_cap, hash_used;
+};
+
+/* The walk of one statement. */
+typedef struct Lin {
+	SqlBuild *b;
+	LinWork *w;
+	int stmt;
+	int level;               /* current query nesting level */
+	int stmt_uses;           /* real column uses recorded for the statement */
+	const JNode *windows;    /* WINDOW clause of the current query */
+} Lin;
+
+typedef struct LRange {
+	int first, n;
+} LRange;
+
+/* ---- storage ------------------------------------------------------------------ */
+
+static bool lgrow(SqlBuild *b, void **arr, int *cap, int need, size_t elem)
+{
+	int ncap;
+	void *p;
+
+	if (need <= *cap)
+		return true;
+	if (*cap > INT_MAX / 4) {
+		b->oom = true;
+		return false;
+	}
+	ncap = *cap ? *cap * 2 : 32;
+	if (ncap < need)
+		ncap = need;
+	if ((p = realloc(*arr, (size_t)ncap * elem)) == NULL) {
+		b->oom = true;
+		return false;
+	}
+	*arr = p;
+	*cap = ncap;
+	return true;
+}
+
+#define LGROW(l, arr, n, cap) lgrow((l)->b, (void **)&(arr), &(cap), (n) + 1, sizeof(*(arr)))
+
+static uint32_t lhash(const char *schema, const char *table, const char *column)
+{
+	const char *parts[3] = { schema, table, column };
+	uint32_t h = 2166136261u;
+	const char *s;
+	int i;
+
+	for (i = 0; i < 3; i++) {
+		for (s = parts[i]; s != NULL && *s != '\0'; s++)
+			h = (h ^ (unsigned char)*s) * 16777619u;
+		h = (h ^ (uint32_t)(parts[i] != NULL ? 0xfe : 0xff)) * 16777619u;
+	}
+	return h;
+}
+
+static bool lstr_eq(const char *a, const char *b)
+{
+	return (a == NULL || b == NULL) ? a == b : strcmp(a, b) == 0;
+}
+
+static bool hash_grow(Lin *l)
+{
+	LinWork *w = l->w;
+	size_t ncap = w->hash_cap ? w->hash_cap * 2 : 64, i, j;
+	uint32_t *ns = calloc(ncap, sizeof(*ns));
+	const SqlColB *c;
+
+	if (ns == NULL) {
+		l->b->oom = true;
+		return false;
+	}
+	for (i = 0; i < w->hash_cap; i++) {
+		if (w->hash[i] == 0)
+			continue;
+		c = &l->b->lcols[w->hash[i] - 1];
+		for (j = lhash(c->schema, c->table, c->column) & (ncap - 1); ns[j] != 0; j = (j + 1) & (ncap - 1))
+			;
+		ns[j] = w->hash[i];
+	}
+	free(w->hash);
+	w->hash = ns;
+	w->hash_cap = ncap;
+	return true;
+}
+
+static int col_append(Lin *l, const char *schema, const char *table, const char *column)
+{
+	SqlBuild *b = l->b;
+	SqlColB *c;
+
+	if (!LGROW(l, b->lcols, b->n_lcols, b->cap_lcols) ||
+	    !lgrow(b, (void **)&l->w->mark, &l->w->cap_mark, b->n_lcols + 1, sizeof(uint32_t)))
+		return -1;
+	c = &b->lcols[b->n_lcols];
+	c->schema = schema;
+	c->table = table;
+	c->column = column;
+	c->use_stmt = -1;
+	c->use = -1;
+	l->w->mark[b->n_lcols] = 0;
+	return b->n_lcols++;
+}
+
+/* The index of column (schema, table, column), interned; -1 when out of memory. */
+static int col_intern(Lin *l, const char *schema, const char *table, const char *column)
+{
+	LinWork *w = l->w;
+	const SqlColB *c;
+	size_t j;
+	int id;
+
+	if ((w->hash_used + 1) * 2 > w->hash_cap && !hash_grow(l))
+		return -1;
+	for (j = lhash(schema, table, column) & (w->hash_cap - 1); w->hash[j] != 0; j = (j + 1) & (w->hash_cap - 1)) {
+		c = &l->b->lcols[w->hash[j] - 1];
+		if (lstr_eq(c->schema, schema) && strcmp(c->table, table) == 0 && strcmp(c->column, column) == 0)
+			return (int)w->hash[j] - 1;
+	}
+	if ((id = col_append(l, schema, table, column)) < 0)
+		return -1;
+	w->hash[j] = (uint32_t)id + 1;
+	w->hash_used++;
+	return id;
+}
+
+/* Records that the statement reads column `col` in contexts `ctx`. */
+static void use_add(Lin *l, int col, unsigned ctx)
+{
+	SqlBuild *b = l->b;
+	SqlColB *c = &b->lcols[col];
+
+	if (c->use_stmt == l->stmt) {
+		b->luses[c->use].contexts |= ctx;
+		return;
+	}
+	if (!LGROW(l, b->luses, b->n_luses, b->cap_luses))
+		return;
+	b->luses[b->n_luses].stmt = l->stmt;
+	b->luses[b->n_luses].col = col;
+	b->luses[b->n_luses].contexts = ctx;
+	c->use_stmt = l->stmt;
+	c->use = b->n_luses++;
+	if (c->table != NULL)
+		l->stmt_uses++;
+}
+
+/* ---- collecting sources ---------------------------------------------------------- */
+
+/* A source flows into the expression being collected, in contexts `ctx`. */
+static void src_add(Lin *l, int col, unsigned ctx)
+{
+	LinWork *w = l->w;
+
+	if (col < 0)
+		return;
+	use_add(l, col, ctx);
+	if (LGROW(l, w->coll, w->n_coll, w->cap_coll))
+		w->coll[w->n_coll++] = col;
+}
+
+static void flow_range(Lin *l, int first, int n, unsigned ctx)
+{
+	int i;
+
+	for (i = 0; i < n; i++)
+		src_add(l, l->b->lsrc[first + i], ctx);
+}
+
+static void flow_cols(Lin *l, const LCol *cols, int n, unsigned ctx)
+{
+	int i;
+
+	for (i = 0; i < n; i++)
+		flow_range(l, cols[i].first, cols[i].n, ctx);
+}
+
+/* Ends the collection begun at `mark`: its sources, deduplicated, become a range of b->lsrc. */
+static LRange coll_commit(Lin *l, int mark)
+{
+	LinWork *w = l->w;
+	SqlBuild *b = l->b;
+	LRange r = { b->n_lsrc, 0 };
+	int i, c;
+
+	if (++w->epoch == 0) {
+		memset(w->mark, 0, (size_t)w->cap_mark * sizeof(*w->mark));
+		w->epoch = 1;
+	}
+	for (i = mark; i < w->n_coll; i++) {
+		c = w->coll[i];
+		if (w->mark[c] == w->epoch)
+			continue;
+		w->mark[c] = w->epoch;
+		if (!LGROW(l, b->lsrc, b->n_lsrc, b->cap_lsrc))
+			break;
+		b->lsrc[b->n_lsrc++] = c;
+		r.n++;
+	}
+	w->n_coll = mark;
+	return r;
+}
+
+static void pend_push(Lin *l, const char *name, LRange r, bool derived, bool star)
+{
+	LinWork *w = l->w;
+	LCol *c;
+
+	if (!LGROW(l, w->pend, w->n_pend, w->cap_pend))
+		return;
+	c = &w->pend[w->n_pend++];
+	c->name = name;
+	c->first = r.first;
+	c->n = r.n;
+	c->derived = derived;
+	c->star = star;
+}
+
+/* Moves the pending outputs above `mark` into w->cols; returns their range there. */
+static LRange pend_flush(Lin *l, int mark)
+{
+	LinWork *w = l->w;
+	LRange r = { w->n_cols, 0 };
+	int n = w->n_pend - mark;
+
+	if (n > 0 && lgrow(l->b, (void **)&w->cols, &w->cap_cols, w->n_cols + n, sizeof(LCol))) {
+		memcpy(w->cols + w->n_cols, w->pend + mark, (size_t)n * sizeof(LCol));
+		w->n_cols += n;
+		r.n = n;
+	}
+	w->n_pend = mark;
+	return r;
+}
+
+/* ---- scopes ---------------------------------------------------------------------- */
+
+static LRel *rel_push(Lin *l, const char *name)
+{
+	LinWork *w = l->w;
+	LRel *r;
+
+	if (!LGROW(l, w->rels, w->n_rels, w->cap_rels))
+		return NULL;
+	r = &w->rels[w->n_rels++];
+	memset(r, 0, sizeof(*r));
+	r->name = name;
+	r->level = l->level;
+	return r;
+}
+
+static bool name_in_list(const JNode *list, const char *name)
+{
+	const JNode *e;
+	const char *s;
+
+	for (e = j_first(list); e != NULL; e = j_next(e))
+		if ((s = j_string_node(e)) != NULL && strcmp(s, name) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * Copies columns [first, first+n) of w->cols renamed by the String list
+ * `aliases`; returns the copy's first index. Sets *uncertain when the names
+ * cannot be lined up with the columns (a star among the renamed ones).
+ */
+static int cols_rename(Lin *l, int first, int n, const JNode *aliases, bool *uncertain)
+{
+	LinWork *w = l->w;
+	const JNode *a = j_first(aliases);
+	int start = w->n_cols, i;
+	LCol c;
+
+	if (a == NULL)
+		return first;
+	for (i = 0; i < n; i++) {
+		if (!LGROW(l, w->cols, w->n_cols, w->cap_cols))
+			return first;
+		c = w->cols[first + i];
+		if (c.star && a != NULL)
+			*uncertain = true;
+		if (a != NULL && !c.star) {
+			c.name = j_string_node(a);
+			a = j_next(a);
+		}
+		w->cols[w->n_cols++] = c;
+	}
+	if (a != NULL)
+		*uncertain = true; /* more names than known columns */
+	return start;
+}
+
+/* A derived relation over columns [first, first+n), renamed by `alias`'s colnames. */
+static void rel_push_derived(Lin *l, const char *name, int first, int n, const JNode *alias, bool uncertain)
+{
+	LRel *r;
+
+	first = cols_rename(l, first, n, j_get(alias, "colnames"), &uncertain);
+	if ((r = rel_push(l, name)) == NULL)
+		return;
+	r->cfirst = first;
+	r->ncols = n;
+	r->uncertain = uncertain;
+}
+
+/* The relation named `name` (and, for a base table, in `schema`), innermost first; NULL when none. */
+static LRel *rel_find(Lin *l, const char *schema, const char *name)
+{
+	LinWork *w = l->w;
+	LRel *r;
+	int i;
+
+	for (i = w->n_rels - 1; i >= 0; i--) {
+		r = &w->rels[i];
+		if (r->hidden || r->name == NULL || strcmp(r->name, name) != 0)
+			continue;
+		if (schema == NULL)
+			return r;
+		/* s.t: a table named t not renamed by an alias, in schema s or unqualified (search_path) */
+		if (r->table != NULL && strcmp(r->table, name) == 0 && (r->schema == NULL || strcmp(r->schema, schema) == 0))
+			return r;
+	}
+	return NULL;
+}
+
+/* ---- resolving column references -------------------------------------------------- */
+
+static void rel_whole_row(Lin *l, const LRel *r, unsigned ctx);
+
+/* Reads column `name` of base table r. */
+static void base_column(Lin *l, const LRel *r, const char *name, unsigned ctx)
+{
+	const char *col = (r->colaliases != NULL && name_in_list(r->colaliases, name)) ? col_all : name;
+
+	src_add(l, col_intern(l, r->schema, r->table, col), ctx);
+}
+
+/*
+ * Reads column `name` of derived relation r. Returns 1 when a column of that
+ * name was found for sure, 0 when only stars or unnamed columns matched, -1
+ * when nothing did; *derived is set when what was read is not DIRECT.
+ */
+static int derived_column(Lin *l, const LRel *r, const char *name, unsigned ctx, bool *derived)
+{
+	const LCol *c;
+	int i, found = -1, id;
+
+	if (r->uncertain) {
+		flow_cols(l, l->w->cols + r->cfirst, r->ncols, ctx);
+		*derived = true;
+		return 0;
+	}
+	for (i = 0; i < r->ncols; i++) {
+		c = &l->w->cols[r->cfirst + i];
+		if (!c->star && c->name != NULL && strcmp(c->name, name) == 0) {
+			flow_range(l, c->first, c->n, ctx);
+			*derived |= c->derived;
+			found = 1;
+		} else if (c->star || c->name == NULL) {
+			/* a DIRECT star of one table: that table's column `name` */
+			if (c->star && !c->derived && c->n == 1 &&
+			    strcmp(l->b->lcols[l->b->lsrc[c->first]].column, col_all) == 0) {
+				id = l->b->lsrc[c->first];
+				src_add(l, col_intern(l, l->b->lcols[id].schema, l->b->lcols[id].table, name), ctx);
+			} else {
+				flow_range(l, c->first, c->n, ctx);
+				*derived = true;
+			}
+			if (found < 0)
+				found = 0;
+		}
+	}
+	return found;
+}
+
+/* Column `name` of relation r; returns as derived_column (a base table: 0). */
+static int rel_column(Lin *l, const LRel *r, const char *name, unsigned ctx, bool *derived)
+{
+	int i, best = -1, f;
+
+	if (r->table != NULL) {
+		base_column(l, r, name, ctx);
+		if (r->merged)
+			*derived = true;
+		return 0;
+	}
+	if (!r->is_join)
+		return derived_column(l, r, name, ctx, derived);
+	for (i = r->kfirst; i < r->klast; i++) {
+		if (l->w->rels[i].is_join)
+			continue;
+		f = rel_column(l, &l->w->rels[i], name, ctx, derived);
+		best = f > best ? f : best;
+	}
+	return best;
+}
+
+/* `t.c`: column `name` of relation r; nothing matched reads all of r, DERIVED. */
+static bool qualified_column(Lin *l, const LRel *r, const char *name, unsigned ctx)
+{
+	bool derived = false;
+
+	if (rel_column(l, r, name, ctx, &derived) < 0) {
+		rel_whole_row(l, r, ctx);
+		derived = true;
+	}
+	return derived;
+}
+
+/* Whole rows of every visible relation (the last resort of a name nothing holds). */
+static void all_whole_rows(Lin *l, unsigned ctx)
+{
+	int i;
+
+	for (i = 0; i < l->w->n_rels; i++)
+		if (!l->w->rels[i].hidden && !l->w->rels[i].is_join)
+			rel_whole_row(l, &l->w->rels[i], ctx);
+}
+
+/* Unqualified `name`: every relation that may hold it, innermost scope outwards. */
+static bool unqualified_column(Lin *l, const char *name, unsigned ctx)
+{
+	LinWork *w = l->w;
+	bool derived = false, any = false, sure = false;
+	int i, level = INT_MAX, f;
+	LRel *r;
+
+	for (i = w->n_rels - 1; i >= 0; i--) {
+		r = &w->rels[i];
+		if (r->level != level) {
+			if (sure)
+				break;
+			level = r->level;
+		}
+		if (r->hidden || r->is_join)
+			continue;
+		f = rel_column(l, r, name, ctx, &derived);
+		if (f >= 0)
+			any = true;
+		if (f > 0)
+			sure = true;
+	}
+	if (!any) {
+		all_whole_rows(l, ctx | SQL_USE_WHOLE_ROW);
+		derived = true;
+	}
+	return derived;
+}
+
+static void rel_whole_row(Lin *l, const LRel *r, unsigned ctx)
+{
+	int i;
+
+	ctx |= SQL_USE_WHOLE_ROW;
+	if (r->table != NULL) {
+		src_add(l, col_intern(l, r->schema, r->table, col_all), ctx);
+	} else if (r->is_join) {
+		for (i = r->kfirst; i < r->klast; i++)
+			if (!l->w->rels[i].is_join)
+				rel_whole_row(l, &l->w->rels[i], ctx);
+	} else {
+		flow_cols(l, l->w->cols + r->cfirst, r->ncols, ctx);
+	}
+}
+
+static int fields_count(const JNode *fields, const char **f, bool *star)
+{
+	const JNode *e, *body;
+	int n = 0;
+
+	*star = false;
+	for (e = j_first(fields); e != NULL; e = j_next(e)) {
+		const char *t = j_type(e, &body);
+
+		if (t != NULL && strcmp(t, "A_Star") == 0) {
+			*star = true;
+			break;
+		}
+		if (n < 4)
+			f[n] = j_string_node(e);
+		n++;
+	}
+	return n;
+}
+
+/* A ColumnRef inside an expression; returns true when what it reads is not DIRECT. */
+static bool expr_colref(Lin *l, const JNode *ref, unsigned ctx)
+{
+	const char *f[4] = { NULL, NULL, NULL, NULL };
+	bool star, derived;
+	int n = fields_count(j_get(ref, "fields"), f, &star);
+	const LRel *r;
+
+	if (n > 4 || (n > 0 && (f[0] == NULL || f[n - 1] == NULL))) {
+		all_whole_rows(l, ctx);
+		return true;
+	}
+	if (star) { /* t.* (or *) inside an expression: a whole row */
+		if (n == 0)
+			all_whole_rows(l, ctx);
+		else if ((r = rel_find(l, n >= 2 ? f[n - 2] : NULL, f[n - 1])) != NULL)
+			rel_whole_row(l, r, ctx);
+		else
+			(void)unqualified_column(l, f[0], ctx);
+		return true;
+	}
+	if (n == 4) { /* database.schema.table.column */
+		f[0] = f[1];
+		f[1] = f[2];
+		f[2] = f[3];
+	}
+	if (n == 1) {
+		derived = unqualified_column(l, f[0], ctx);
+		if ((r = rel_find(l, NULL, f[0])) != NULL) {
+			rel_whole_row(l, r, ctx); /* `t` as a value */
+			derived = true;
+		}
+		return derived;
+	}
+	if (n == 2) {
+		if ((r = rel_find(l, NULL, f[0])) != NULL)
+			return qualified_column(l, r, f[1], ctx);
+		(void)unqualified_column(l, f[0], ctx); /* a composite column's field */
+		return true;
+	}
+	if ((r = rel_find(l, f[0], f[1])) != NULL)
+		return qualified_column(l, r, f[2], ctx);
+	if ((r = rel_find(l, NULL, f[0])) != NULL) /* t.composite.field */
+		(void)qualified_column(l, r, f[1], ctx);
+	else
+		(void)unqualified_column(l, f[0], ctx);
+	return true;
+}
+
+/* ---- expressions ------------------------------------------------------------------ */
+
+static LRange q_select(Lin *l, const JNode *sel, unsigned out_ctx);
+static LRange q_stmt(Lin *l, const char *type, const JNode *body, unsigned out_ctx);
+static void expr(Lin *l, const JNode *n, unsigned ctx);
+
+static bool is_leaf(const char *t)
+{
+	switch (t[0]) {
+	case 'S': return strcmp(t, "String") == 0 || strcmp(t, "SQLValueFunction") == 0;
+	case 'I': return strcmp(t, "Integer") == 0;
+	case 'A': return strcmp(t, "A_Const") == 0 || strcmp(t, "A_Star") == 0;
+	case 'P': return strcmp(t, "ParamRef") == 0;
+	case 'F': return strcmp(t, "Float") == 0;
+	case 'B': return strcmp(t, "Boolean") == 0 || strcmp(t, "BitString") == 0;
+	case 'T': return strcmp(t, "TypeName") == 0;
+	default: return false;
+	}
+}
+
+/* A WindowDef: PARTITION BY / ORDER BY decide the result; `OVER w` brings in w. */
+static void expr_window(Lin *l, const JNode *def, unsigned ctx)
+{
+	const char *ref = j_str(def, "refname") != NULL ? j_str(def, "refname") : j_str(def, "name");
+	const JNode *w, *body;
+
+	expr(l, j_get(def, "partitionClause"), ctx | SQL_USE_PREDICATE);
+	expr(l, j_get(def, "orderClause"), ctx | SQL_USE_PREDICATE);
+	expr(l, j_get(def, "startOffset"), ctx | SQL_USE_PREDICATE);
+	expr(l, j_get(def, "endOffset"), ctx | SQL_USE_PREDICATE);
+	if (ref == NULL)
+		return;
+	for (w = j_first(l->windows); w != NULL; w = j_next(w))
+		if (j_type(w, &body) != NULL && lstr_eq(j_str(body, "name"), ref) && body != def) {
+			expr(l, j_get(body, "partitionClause"), ctx | SQL_USE_PREDICATE);
+			expr(l, j_get(body, "orderClause"), ctx | SQL_USE_PREDICATE);
+		}
+}
+
+static void expr_funccall(Lin *l, const JNode *call, unsigned ctx)
+{
+	expr(l, j_get(call, "args"), ctx | SQL_USE_FUNCTION_ARG);
+	expr(l, j_get(call, "agg_order"), ctx | SQL_USE_FUNCTION_ARG | SQL_USE_PREDICATE);
+	expr(l, j_get(call, "agg_filter"), ctx | SQL_USE_PREDICATE);
+	if (j_get(call, "over") != NULL)
+		expr_window(l, j_get(call, "over"), ctx);
+}
+
+static void expr_case(Lin *l, const JNode *c, unsigned ctx)
+{
+	const JNode *w, *body;
+
+	expr(l, j_get(c, "arg"), ctx | SQL_USE_PREDICATE);
+	for (w = j_first(j_get(c, "args")); w != NULL; w = j_next(w)) {
+		if (j_type(w, &body) == NULL)
+			continue;
+		expr(l, j_get(body, "expr"), ctx | SQL_USE_PREDICATE);
+		expr(l, j_get(body, "result"), ctx);
+	}
+	expr(l, j_get(c, "defresult"), ctx);
+}
+
+/* A subquery in an expression: its outputs flow into the expression (not for EXISTS). */
+static void expr_sublink(Lin *l, const JNode *s, unsigned ctx)
+{
+	const char *kind = j_str(s, "subLinkType");
+	const JNode *body;
+	const char *type = j_type(j_get(s, "subselect"), &body);
+	bool exists = kind != NULL && strcmp(kind, "EXISTS_SUBLINK") == 0;
+	bool compare = kind == NULL || strcmp(kind, "ANY_SUBLINK") == 0 || strcmp(kind, "ALL_SUBLINK") == 0 ||
+		       strcmp(kind, "ROWCOMPARE_SUBLINK") == 0;
+	unsigned sub = compare ? ctx | SQL_USE_PREDICATE : ctx;
+	LRange r;
+
+	expr(l, j_get(s, "testexpr"), sub);
+	if (type == NULL)
+		return;
+	r = q_stmt(l, type, body, 0);
+	if (exists)
+		return;
+	flow_cols(l, l->w->cols + r.first, r.n, sub);
+}
+
+/* A query met as a value: its outputs flow into the expression. */
+static void expr_query(Lin *l, const JNode *sel, unsigned ctx)
+{
+	LRange r = q_select(l, sel, 0);
+
+	flow_cols(l, l->w->cols + r.first, r.n, ctx);
+}
+
+static void expr_members(Lin *l, const JNode *obj, unsigned ctx)
+{
+	const JNode *m;
+
+	for (m = j_first(obj); m != NULL; m = j_next(m))
+		if (m->type == J_OBJ || m->type == J_ARR)
+			expr(l, m, ctx);
+}
+
+/* Walks an expression: its column references flow into the current collection with `ctx`. */
+static void expr(Lin *l, const JNode *n, unsigned ctx)
+{
+	const JNode *body;
+	const char *type;
+
+	if (n == NULL || l->b->oom)
+		return;
+	if (n->type == J_ARR) {
+		expr_members(l, n, ctx);
+		return;
+	}
+	if (n->type != J_OBJ)
+		return;
+	if ((type = j_type(n, &body)) == NULL) {
+		expr_members(l, n, ctx);
+		return;
+	}
+	if (is_leaf(type))
+		return;
+	if (strcmp(type, "ColumnRef") == 0)
+		(void)expr_colref(l, body, ctx);
+	else if (strcmp(type, "FuncCall") == 0)
+		expr_funccall(l, body, ctx);
+	else if (strcmp(type, "CaseExpr") == 0)
+		expr_case(l, body, ctx);
+	else if (strcmp(type, "SubLink") == 0)
+		expr_sublink(l, body, ctx);
+	else if (strcmp(type, "SelectStmt") == 0)
+		expr_query(l, body, ctx);
+	else
+		expr_members(l, body, ctx);
+}
+
+/* Walks `n` for its uses only: nothing flows on. */
+static void expr_discard(Lin *l, const JNode *n, unsigned ctx)
+{
+	int mark = l->w->n_coll;
+
+	expr(l, n, ctx);
+	l->w->n_coll = mark;
+}
+
+/* ---- output names (the server's FigureColname) ------------------------------------ */
+
+static const char *last_string(const JNode *list)
+{
+	const JNode *e, *last = NULL;
+
+	for (e = j_first(list); e != NULL; e = j_next(e))
+		last = e;
+	return last != NULL ? j_string_node(last) : NULL;
+}
+
+/* The name the server gives an output column computed by `n`; NULL for "?column?" or unknown. */
+static const char *figure_name(const JNode *n)
+{
+	const JNode *body, *tl, *rt;
+	const char *type = j_type(n, &body), *s;
+
+	if (type == NULL)
+		return NULL;
+	if (strcmp(type, "ColumnRef") == 0)
+		return last_string(j_get(body, "fields"));
+	if (strcmp(type, "FuncCall") == 0)
+		return last_string(j_get(body, "funcname"));
+	if (strcmp(type, "TypeCast") == 0) {
+		if ((s = figure_name(j_get(body, "arg"))) != NULL)
+			return s;
+		return last_string(j_get(j_get(body, "typeName"), "names"));
+	}
+	if (strcmp(type, "A_Indirection") == 0) {
+		if ((s = last_string(j_get(body, "indirection"))) != NULL)
+			return s;
+		return figure_name(j_get(body, "arg"));
+	}
+	if (strcmp(type, "CollateClause") == 0)
+		return figure_name(j_get(body, "arg"));
+	if (strcmp(type, "CaseExpr") == 0)
+		return "case";
+	if (strcmp(type, "CoalesceExpr") == 0)
+		return "coalesce";
+	if (strcmp(type, "A_ArrayExpr") == 0)
+		return "array";
+	if (strcmp(type, "RowExpr") == 0)
+		return "row";
+	if (strcmp(type, "SubLink") == 0) {
+		s = j_str(body, "subLinkType");
+		if (s != NULL && strcmp(s, "EXISTS_SUBLINK") == 0)
+			return "exists";
+		if (s != NULL && strcmp(s, "ARRAY_SUBLINK") == 0)
+			return "array";
+		if (s == NULL || strcmp(s, "EXPR_SUBLINK") != 0 || j_type(j_get(body, "subselect"), &tl) == NULL)
+			return NULL;
+		if (j_type(j_first(j_get(tl, "targetList")), &rt) == NULL)
+			return NULL;
+		return j_str(rt, "name") != NULL ? j_str(rt, "name") : figure_name(j_get(rt, "val"));
+	}
+	return NULL; /* MinMaxExpr, XmlExpr and the like: not named here, they match every name */
+}
+
+/* ---- select lists, ORDER BY, GROUP BY, DISTINCT ------------------------------------ */
+
+/* Expands `*` / `t.*` of a select list for relation r. */
+static void expand_rel(Lin *l, const LRel *r, unsigned ctx)
+{
+	int i, mark;
+	LCol c;
+
+	if (r->table != NULL) {
+		mark = l->w->n_coll;
+		src_add(l, col_intern(l, r->schema, r->table, col_all), ctx);
+		pend_push(l, NULL, coll_commit(l, mark), r->merged, true);
+	} else if (r->is_join) {
+		for (i = r->kfirst; i < r->klast; i++)
+			if (!l->w->rels[i].is_join && !l->w->rels[i].hidden)
+				expand_rel(l, &l->w->rels[i], ctx);
+	} else {
+		for (i = 0; i < r->ncols; i++) {
+			c = l->w->cols[r->cfirst + i];
+			mark = l->w->n_coll;
+			flow_range(l, c.first, c.n, ctx);
+			l->w->n_coll = mark;
+			pend_push(l, c.name, (LRange){ c.first, c.n }, c.derived || r->uncertain, c.star);
+		}
+	}
+}
+
+static void expand_star(Lin *l, const char *const *f, int n, unsigned ctx)
+{
+	const LRel *r;
+	int i;
+
+	if (n == 0) {
+		for (i = 0; i < l->w->n_rels; i++) {
+			r = &l->w->rels[i];
+			if (r->level == l->level && !r->hidden && !r->is_join)
+				expand_rel(l, r, ctx);
+		}
+		return;
+	}
+	if ((r = rel_find(l, n >= 2 ? f[n - 2] : NULL, f[n - 1])) != NULL) {
+		expand_rel(l, r, ctx);
+		return;
+	}
+	/* not a relation: the server refuses it; read whole rows to be safe */
+	i = l->w->n_coll;
+	all_whole_rows(l, ctx);
+	pend_push(l, NULL, coll_commit(l, i), true, true);
+}
+
+/* One select-list (or RETURNING) item. */
+static void target(Lin *l, const JNode *rt, unsigned ctx)
+{
+	const JNode *val = j_get(rt, "val"), *body;
+	const char *type = j_type(val, &body), *f[4] = { NULL, NULL, NULL, NULL };
+	bool star = false, derived;
+	int mark = l->w->n_coll, n = 0;
+
+	if (type != NULL && strcmp(type, "ColumnRef") == 0) {
+		n = fields_count(j_get(body, "fields"), f, &star);
+		if (star && n <= 3) {
+			expand_star(l, f, n, ctx);
+			return;
+		}
+		derived = expr_colref(l, body, ctx);
+	} else {
+		expr(l, val, ctx);
+		derived = true;
+	}
+	pend_push(l, j_str(rt, "name") != NULL ? j_str(rt, "name") : figure_name(val), coll_commit(l, mark),
+		  derived, false);
+}
+
+static void targets(Lin *l, const JNode *list, unsigned ctx)
+{
+	const JNode *e, *body;
+
+	for (e = j_first(list); e != NULL && !l->b->oom; e = j_next(e))
+		if (j_type(e, &body) != NULL)
+			target(l, body, ctx);
+}
+
+/* Every source of the pending outputs above `mark` gets `ctx`. */
+static void outputs_use(Lin *l, int mark, unsigned ctx)
+{
+	int i, cm = l->w->n_coll;
+
+	for (i = mark; i < l->w->n_pend; i++)
+		flow_range(l, l->w->pend[i].first, l->w->pend[i].n, ctx);
+	l->w->n_coll = cm;
+}
+
+/*
+ * An ORDER BY / GROUP BY / DISTINCT ON item: a position or an output name
+ * makes that output's sources PREDICATE; the item is also resolved as an
+ * input expression.
+ */
+static void sort_item(Lin *l, const JNode *n, int mark)
+{
+	const JNode *body, *v;
+	const char *type = j_type(n, &body), *name;
+	LinWork *w = l->w;
+	long long k;
+	int i, cm = w->n_coll;
+
+	if (type != NULL && strcmp(type, "SortBy") == 0) {
+		sort_item(l, j_get(body, "node"), mark);
+		return;
+	}
+	if (type != NULL && strcmp(type, "GroupingSet") == 0) {
+		for (v = j_first(j_get(body, "content")); v != NULL; v = j_next(v))
+			sort_item(l, v, mark);
+		return;
+	}
+	if (type != NULL && strcmp(type, "A_Const") == 0 && (v = j_get(body, "ival")) != NULL) {
+		k = j_num(v, "ival");
+		for (i = mark; i < w->n_pend && i - mark < k - 1 && !w->pend[i].star; i++)
+			;
+		if (i < w->n_pend && i - mark == k - 1 && !w->pend[i].star)
+			flow_range(l, w->pend[i].first, w->pend[i].n, SQL_USE_PREDICATE);
+		else
+			outputs_use(l, mark, SQL_USE_PREDICATE);
+		w->n_coll = cm;
+		return;
+	}
+	if (type != NULL && strcmp(type, "ColumnRef") == 0 && j_len(j_get(body, "fields")) == 1 &&
+	    (name = j_string_node(j_first(j_get(body, "fields")))) != NULL)
+		for (i = mark; i < w->n_pend; i++)
+			if (w->pend[i].name != NULL && strcmp(w->pend[i].name, name) == 0)
+				flow_range(l, w->pend[i].first, w->pend[i].n, SQL_USE_PREDICATE);
+	w->n_coll = cm;
+	expr_discard(l, n, SQL_USE_PREDICATE);
+}
+
+static void sort_list(Lin *l, const JNode *list, int mark)
+{
+	const JNode *e;
+
+	for (e = j_first(list); e != NULL; e = j_next(e))
+		sort_item(l, e, mark);
+}
+
+/* DISTINCT compares every output; DISTINCT ON its items. */
+static void distinct(Lin *l, const JNode *list, int mark)
+{
+	const JNode *first = j_first(list);
+
+	if (first == NULL)
+		return;
+	if (first->type == J_OBJ && first->child == NULL)
+		outputs_use(l, mark, SQL_USE_PREDICATE);
+	else
+		sort_list(l, list, mark);
+}
+
+/* ---- FROM --------------------------------------------------------------------------- */
+
+static void from_item(Lin *l, const JNode *n);
+
+static const LCte *cte_find(Lin *l, const char *name)
+{
+	int i;
+
+	for (i = l->w->n_ctes - 1; i >= 0; i--)
+		if (strcmp(l->w->ctes[i].name, name) == 0)
+			return &l->w->ctes[i];
+	return NULL;
+}
+
+static void from_rangevar(Lin *l, const JNode *rv)
+{
+	const char *schema = j_str(rv, "schemaname"), *name = j_str(rv, "relname");
+	const JNode *alias = j_get(rv, "alias");
+	const char *ref = j_str(alias, "aliasname");
+	const LCte *cte;
+	LRel *r;
+
+	if (name == NULL)
+		return;
+	if (schema == NULL && (cte = cte_find(l, name)) != NULL) {
+		rel_push_derived(l, ref != NULL ? ref : name, cte->cfirst, cte->ncols, alias, cte->uncertain);
+		return;
+	}
+	if ((r = rel_push(l, ref != NULL ? ref : name)) == NULL)
+		return;
+	r->schema = schema;
+	r->table = name;
+	r->colaliases = j_get(alias, "colnames");
+}
+
+/* Hides (or shows again) the relations of the current scope: a non-LATERAL subquery does not see them. */
+static void scope_hide(Lin *l, int from, bool hide)
+{
+	int i;
+
+	for (i = from; i < l->w->n_rels; i++)
+		if (l->w->rels[i].level == l->level)
+			l->w->rels[i].hidden = hide;
+}
+
+static void from_subselect(Lin *l, const JNode *s)
+{
+	const JNode *alias = j_get(s, "alias"), *body;
+	const char *type = j_type(j_get(s, "subquery"), &body);
+	bool lateral = j_true(s, "lateral");
+	int scope_first = 0, n = l->w->n_rels;
+	LRange r = { 0, 0 };
+
+	while (scope_first < n && l->w->rels[scope_first].level != l->level)
+		scope_first++;
+	if (!lateral)
+		scope_hide(l, scope_first, true);
+	if (type != NULL)
+		r = q_stmt(l, type, body, 0);
+	if (!lateral)
+		scope_hide(l, scope_first, false);
+	rel_push_derived(l, j_str(alias, "aliasname"), r.first, r.n, alias, false);
+}
+
+/*
+ * A relation computed from arguments (a function in FROM, ROWS FROM,
+ * XMLTABLE): columns named by `names` (String list) or by `defs` (nodes with
+ * "colname") and a trailing star, all DERIVED from every argument.
+ */
+static void from_computed(Lin *l, const char *name, LRange src, const JNode *names, const JNode *defs)
+{
+	LinWork *w = l->w;
+	const JNode *e, *body;
+	int mark = w->n_pend;
+	LRange cols;
+	LRel *r;
+
+	for (e = j_first(names); e != NULL; e = j_next(e))
+		pend_push(l, j_string_node(e), src, true, false);
+	for (e = j_first(defs); e != NULL; e = j_next(e))
+		if (j_type(e, &body) != NULL)
+			pend_push(l, j_str(body, "colname"), src, true, false);
+	pend_push(l, NULL, src, true, true);
+	cols = pend_flush(l, mark);
+	if ((r = rel_push(l, name)) != NULL) {
+		r->cfirst = cols.first;
+		r->ncols = cols.n;
+	}
+}
+
+static void from_function(Lin *l, const JNode *f)
+{
+	const JNode *alias = j_get(f, "alias"), *fn, *items, *body;
+	const char *name = j_str(alias, "aliasname");
+	int mark = l->w->n_coll;
+
+	for (fn = j_first(j_get(f, "functions")); fn != NULL; fn = j_next(fn)) {
+		if (j_type(fn, &body) == NULL || (items = j_first(j_get(body, "items"))) == NULL)
+			continue;
+		if (name == NULL && j_type(items, &body) != NULL && strcmp(j_type(items, &body), "FuncCall") == 0)
+			name = last_string(j_get(body, "funcname"));
+		expr(l, items, SQL_USE_FUNCTION_ARG);
+		expr(l, j_next(items), SQL_USE_FUNCTION_ARG);
+	}
+	from_computed(l, name, coll_commit(l, mark), j_get(alias, "colnames"), j_get(f, "coldeflist"));
+}
+
+static void from_tablefunc(Lin *l, const JNode *f)
+{
+	static const char *const keys[] = { "docexpr", "rowexpr", "namespaces", "columns", NULL };
+	const JNode *alias = j_get(f, "alias");
+	int mark = l->w->n_coll, i;
+
+	for (i = 0; keys[i] != NULL; i++)
+		expr(l, j_get(f, keys[i]), SQL_USE_FUNCTION_ARG);
+	from_computed(l, j_str(alias, "aliasname"), coll_commit(l, mark), j_get(alias, "colnames"),
+		      j_get(f, "columns"));
+}
+
+static void from_join(Lin *l, const JNode *j)
+{
+	const JNode *alias = j_get(j, "alias"), *u;
+	const char *type = j_str(j, "jointype"), *name;
+	bool natural = j_true(j, "isNatural"), full = type != NULL && strcmp(type, "JOIN_FULL") == 0;
+	int first = l->w->n_rels, last, i, cm;
+	bool derived = false;
+	LRel *r;
+
+	from_item(l, j_get(j, "larg"));
+	from_item(l, j_get(j, "rarg"));
+	last = l->w->n_rels;
+	cm = l->w->n_coll;
+	for (u = j_first(j_get(j, "usingClause")); u != NULL; u = j_next(u))
+		if ((name = j_string_node(u)) != NULL)
+			for (i = first; i < last; i++)
+				if (!l->w->rels[i].is_join)
+					(void)rel_column(l, &l->w->rels[i], name, SQL_USE_PREDICATE, &derived);
+	for (i = first; natural && i < last; i++)
+		if (!l->w->rels[i].is_join)
+			rel_whole_row(l, &l->w->rels[i], SQL_USE_PREDICATE);
+	l->w->n_coll = cm;
+	for (i = first; full && (natural || j_get(j, "usingClause") != NULL) && i < last; i++)
+		l->w->rels[i].merged = true;
+	expr_discard(l, j_get(j, "quals"), SQL_USE_PREDICATE);
+	if (j_str(alias, "aliasname") != NULL && (r = rel_push(l, j_str(alias, "aliasname"))) != NULL) {
+		r->is_join = true;
+		r->kfirst = first;
+		r->klast = last;
+		r->uncertain = j_get(alias, "colnames") != NULL;
+	}
+}
+
+static void from_item(Lin *l, const JNode *n)
+{
+	const JNode *body;
+	const char *type = j_type(n, &body);
+
+	if (type == NULL || l->b->oom)
+		return;
+	if (strcmp(type, "RangeVar") == 0)
+		from_rangevar(l, body);
+	else if (strcmp(type, "JoinExpr") == 0)
+		from_join(l, body);
+	else if (strcmp(type, "RangeSubselect") == 0)
+		from_subselect(l, body);
+	else if (strcmp(type, "RangeFunction") == 0)
+		from_function(l, body);
+	else if (strcmp(type, "RangeTableFunc") == 0)
+		from_tablefunc(l, body);
+	else if (strcmp(type, "RangeTableSample") == 0) {
+		from_item(l, j_get(body, "relation"));
+		expr_discard(l, j_get(body, "args"), SQL_USE_PREDICATE);
+		expr_discard(l, j_get(body, "repeatable"), SQL_USE_PREDICATE);
+	} else {
+		expr_discard(l, body, SQL_USE_PREDICATE);
+	}
+}
+
+static void from_list(Lin *l, const JNode *list)
+{
+	const JNode *e;
+
+	for (e = j_first(list); e != NULL; e = j_next(e))
+		from_item(l, e);
+}
+
+/* ---- WITH ------------------------------------------------------------------------------ */
+
+static void cte_push(Lin *l, const char *name, LRange cols, const JNode *aliases, bool uncertain)
+{
+	LinWork *w = l->w;
+	LCte *c;
+
+	if (name == NULL || !LGROW(l, w->ctes, w->n_ctes, w->cap_ctes))
+		return;
+	c = &w->ctes[w->n_ctes++];
+	c->name = name;
+	c->cfirst = cols_rename(l, cols.first, cols.n, aliases, &uncertain);
+	c->ncols = cols.n;
+	c->uncertain = uncertain;
+}
+
+/*
+ * WITH RECURSIVE, once every CTE of it is walked: the placeholder stands for
+ * every source of those CTEs; its uses' contexts go to all of them, and each
+ * CTE column that read it reads them all.
+ */
+static void recursive_close(Lin *l, int cte_first, int self)
+{
+	LinWork *w = l->w;
+	SqlBuild *b = l->b;
+	unsigned ctx = b->lcols[self].use_stmt == l->stmt ? b->luses[b->lcols[self].use].contexts : 0;
+	int i, k, mark = w->n_coll, umark;
+	LRange all, r;
+	LCol *c;
+
+	for (i = cte_first; i < w->n_ctes; i++)
+		for (k = 0; k < w->ctes[i].ncols; k++) {
+			c = &w->cols[w->ctes[i].cfirst + k];
+			flow_range(l, c->first, c->n, 0);
+		}
+	for (i = mark, k = mark; i < w->n_coll; i++) /* placeholders stand for nothing themselves */
+		if (b->lcols[w->coll[i]].table != NULL)
+			w->coll[k++] = w->coll[i];
+	w->n_coll = k;
+	all = coll_commit(l, mark);
+	flow_range(l, all.first, all.n, ctx); /* the placeholder's contexts go to every source */
+	w->n_coll = mark;
+	for (i = cte_first; i < w->n_ctes; i++) {
+		for (k = 0; k < w->ctes[i].ncols; k++) {
+			c = &w->cols[w->ctes[i].cfirst + k];
+			umark = w->n_coll;
+			flow_range(l, c->first, c->n, 0);
+			flow_range(l, all.first, all.n, 0);
+			r = coll_commit(l, umark);
+			c->first = r.first;
+			c->n = r.n;
+			c->derived = true;
+		}
+	}
+}
+
+static void lin_with(Lin *l, const JNode *with)
+{
+	bool recursive = j_true(with, "recursive");
+	const JNode *c, *body, *qbody;
+	const char *type;
+	int first = l->w->n_ctes, self = -1, mark, n_ph = 0;
+	LRange r = { 0, 0 };
+
+	if (recursive) {
+		/* every CTE of the clause first reads the placeholder, as one DERIVED star */
+		if ((self = col_append(l, NULL, NULL, col_all)) < 0 ||
+		    !LGROW(l, l->b->lsrc, l->b->n_lsrc, l->b->cap_lsrc))
+			return;
+		l->b->lsrc[l->b->n_lsrc++] = self;
+		mark = l->w->n_pend;
+		pend_push(l, NULL, (LRange){ l->b->n_lsrc - 1, 1 }, true, true);
+		r = pend_flush(l, mark);
+		for (c = j_first(j_get(with, "ctes")); c != NULL; c = j_next(c))
+			if (j_type(c, &body) != NULL)
+				cte_push(l, j_str(body, "ctename"), r, NULL, false);
+		n_ph = l->w->n_ctes - first;
+	}
+	for (c = j_first(j_get(with, "ctes")); c != NULL && !l->b->oom; c = j_next(c)) {
+		if (j_type(c, &body) == NULL || (type = j_type(j_get(body, "ctequery"), &qbody)) == NULL)
+			continue;
+		r = q_stmt(l, type, qbody, 0);
+		cte_push(l, j_str(body, "ctename"), r, j_get(body, "aliascolnames"), false);
+	}
+	if (recursive && !l->b->oom) {
+		/* drop the placeholder entries: the CTEs as walked are above them */
+		memmove(l->w->ctes + first, l->w->ctes + first + n_ph,
+			(size_t)(l->w->n_ctes - first - n_ph) * sizeof(LCte));
+		l->w->n_ctes -= n_ph;
+		recursive_close(l, first, self);
+	}
+}
+
+/* ---- queries ------------------------------------------------------------------------------ */
+
+/* Merges the branches of a set operation column by column. */
+static void setop_merge(Lin *l, LRange a, LRange b)
+{
+	LinWork *w = l->w;
+	bool star = a.n != b.n;
+	int i, mark;
+
+	for (i = 0; i < a.n && !star; i++)
+		star = w->cols[a.first + i].star;
+	for (i = 0; i < b.n && !star; i++)
+		star = w->cols[b.first + i].star;
+	if (star) {
+		mark = w->n_coll;
+		flow_cols(l, w->cols + a.first, a.n, 0);
+		flow_cols(l, w->cols + b.first, b.n, 0);
+		pend_push(l, NULL, coll_commit(l, mark), true, true);
+		return;
+	}
+	for (i = 0; i < a.n; i++) {
+		mark = w->n_coll;
+		flow_range(l, w->cols[a.first + i].first, w->cols[a.first + i].n, 0);
+		flow_range(l, w->cols[b.first + i].first, w->cols[b.first + i].n, 0);
+		pend_push(l, w->cols[a.first + i].name, coll_commit(l, mark), true, false);
+	}
+}
+
+static void q_setop(Lin *l, const JNode *sel, unsigned out_ctx)
+{
+	const char *op = j_str(sel, "op");
+	LRange a = q_select(l, j_get(sel, "larg"), out_ctx);
+	LRange b = q_select(l, j_get(sel, "rarg"), out_ctx);
+	int mark = l->w->n_coll;
+
+	if (!j_true(sel, "all") || (op != NULL && strcmp(op, "SETOP_UNION") != 0)) {
+		flow_cols(l, l->w->cols + a.first, a.n, SQL_USE_PREDICATE); /* duplicates compared */
+		flow_cols(l, l->w->cols + b.first, b.n, SQL_USE_PREDICATE);
+		l->w->n_coll = mark;
+	}
+	setop_merge(l, a, b);
+}
+
+static void q_values(Lin *l, const JNode *rows, unsigned ctx)
+{
+	static const char *const names[] = { "column1", "column2", "column3", "column4", "column5", "column6",
+					     "column7", "column8", "column9", "column10", "column11", "column12" };
+	const JNode *row, *body, *item;
+	int n = 0, i, k, mark;
+
+	if (j_type(j_first(rows), &body) != NULL)
+		n = j_len(j_get(body, "items"));
+	if (n > MAX_SPLIT_VALUES) {
+		mark = l->w->n_coll;
+		expr(l, rows, ctx);
+		pend_push(l, NULL, coll_commit(l, mark), true, true);
+		return;
+	}
+	for (i = 0; i < n; i++) {
+		mark = l->w->n_coll;
+		for (row = j_first(rows); row != NULL; row = j_next(row)) {
+			if (j_type(row, &body) == NULL)
+				continue;
+			for (k = 0, item = j_first(j_get(body, "items")); item != NULL && k < i; k++)
+				item = j_next(item);
+			expr(l, item, ctx);
+		}
+		pend_push(l, i < (int)PGV_ARRAY_LEN(names) ? names[i] : NULL, coll_commit(l, mark), true, false);
+	}
+}
+
+/* A SELECT (VALUES, TABLE, set operation): returns its output columns (in w->cols). */
+static LRange q_select(Lin *l, const JNode *sel, unsigned out_ctx)
+{
+	LinWork *w = l->w;
+	int rels = w->n_rels, ctes = w->n_ctes, mark = w->n_pend;
+	const JNode *saved_windows = l->windows;
+	LRange r;
+
+	l->level++;
+	if (j_get(sel, "withClause") != NULL)
+		lin_with(l, j_get(sel, "withClause"));
+	if (j_get(sel, "larg") != NULL) {
+		q_setop(l, sel, out_ctx);
+	} else if (j_get(sel, "valuesLists") != NULL) {
+		q_values(l, j_get(sel, "valuesLists"), out_ctx);
+	} else {
+		l->windows = j_get(sel, "windowClause");
+		from_list(l, j_get(sel, "fromClause"));
+		expr_discard(l, j_get(sel, "whereClause"), SQL_USE_PREDICATE);
+		targets(l, j_get(sel, "targetList"), out_ctx);
+		sort_list(l, j_get(sel, "groupClause"), mark);
+		expr_discard(l, j_get(sel, "havingClause"), SQL_USE_PREDICATE);
+		expr_discard(l, j_get(sel, "windowClause"), SQL_USE_PREDICATE);
+		distinct(l, j_get(sel, "distinctClause"), mark);
+	}
+	sort_list(l, j_get(sel, "sortClause"), mark);
+	expr_discard(l, j_get(sel, "limitCount"), SQL_USE_PREDICATE);
+	expr_discard(l, j_get(sel, "limitOffset"), SQL_USE_PREDICATE);
+	r = pend_flush(l, mark);
+	l->windows = saved_windows;
+	w->n_rels = rels;
+	w->n_ctes = ctes;
+	l->level--;
+	return r;
+}
+
+/* The target of INSERT/UPDATE/DELETE/MERGE as a relation in the current scope. */
+static void dml_target(Lin *l, const JNode *s)
+{
+	from_rangevar(l, j_get(s, "relation"));
+}
+
+static LRange dml_returning(Lin *l, const JNode *s, unsigned out_ctx)
+{
+	int mark = l->w->n_pend;
+
+	targets(l, j_get(s, "returningList"), out_ctx);
+	return pend_flush(l, mark);
+}
+
+/* SET / ON CONFLICT DO UPDATE SET items: their values are written. */
+static void dml_set(Lin *l, const JNode *list)
+{
+	const JNode *e, *body, *v, *mb;
+
+	for (e = j_first(list); e != NULL; e = j_next(e)) {
+		if (j_type(e, &body) == NULL)
+			continue;
+		v = j_get(body, "val");
+		if (j_type(v, &mb) != NULL && strcmp(j_type(v, &mb), "MultiAssignRef") == 0 && j_num(mb, "colno") > 1)
+			continue; /* (a, b) = (SELECT ...): the source is walked once, with the first */
+		expr_discard(l, v, SQL_USE_WRITE_SOURCE);
+	}
+}
+
+static LRange q_insert(Lin *l, const JNode *s, unsigned out_ctx)
+{
+	const JNode *oc = j_get(s, "onConflictClause"), *body, *cols, *e;
+	const char *type = j_type(j_get(s, "selectStmt"), &body);
+	LRange src = { 0, 0 };
+	bool uncertain;
+	LRel *r;
+	int i = 0;
+
+	if (type != NULL)
+		src = q_stmt(l, type, body, SQL_USE_WRITE_SOURCE);
+	dml_target(l, s);
+	if (oc != NULL) {
+		/* excluded: the row proposed for insertion, named by the column list */
+		cols = j_get(s, "cols");
+		uncertain = cols == NULL;
+		for (e = j_first(cols); e != NULL && i < src.n; e = j_next(e), i++)
+			if (j_type(e, &body) != NULL && !l->w->cols[src.first + i].star)
+				l->w->cols[src.first + i].name = j_str(body, "name");
+			else
+				uncertain = true;
+		if ((r = rel_push(l, "excluded")) != NULL) {
+			r->cfirst = src.first;
+			r->ncols = src.n;
+			r->uncertain = uncertain || i < src.n;
+		}
+		expr_discard(l, j_get(j_get(oc, "infer"), "whereClause"), SQL_USE_PREDICATE);
+		dml_set(l, j_get(oc, "targetList"));
+		expr_discard(l, j_get(oc, "whereClause"), SQL_USE_PREDICATE);
+	}
+	return dml_returning(l, s, out_ctx);
+}
+
+static LRange q_update(Lin *l, const JNode *s, unsigned out_ctx)
+{
+	dml_target(l, s);
+	from_list(l, j_get(s, "fromClause"));
+	dml_set(l, j_get(s, "targetList"));
+	expr_discard(l, j_get(s, "whereClause"), SQL_USE_PREDICATE);
+	return dml_returning(l, s, out_ctx);
+}
+
+static LRange q_delete(Lin *l, const JNode *s, unsigned out_ctx)
+{
+	dml_target(l, s);
+	from_list(l, j_get(s, "usingClause"));
+	expr_discard(l, j_get(s, "whereClause"), SQL_USE_PREDICATE);
+	return dml_returning(l, s, out_ctx);
+}
+
+static LRange q_merge(Lin *l, const JNode *s)
+{
+	const JNode *c, *body;
+	LRange none = { 0, 0 };
+
+	dml_target(l, s);
+	from_item(l, j_get(s, "sourceRelation"));
+	expr_discard(l, j_get(s, "joinCondition"), SQL_USE_PREDICATE);
+	for (c = j_first(j_get(s, "mergeWhenClauses")); c != NULL; c = j_next(c)) {
+		if (j_type(c, &body) == NULL)
+			continue;
+		expr_discard(l, j_get(body, "condition"), SQL_USE_PREDICATE);
+		dml_set(l, j_get(body, "targetList"));
+		expr_discard(l, j_get(body, "values"), SQL_USE_WRITE_SOURCE);
+	}
+	return none;
+}
+
+/* INSERT / UPDATE / DELETE / MERGE in a scope of their own, WITH first. */
+static LRange q_dml(Lin *l, const char *type, const JNode *s, unsigned out_ctx)
+{
+	LinWork *w = l->w;
+	int rels = w->n_rels, ctes = w->n_ctes;
+	LRange r;
+
+	l->level++;
+	if (j_get(s, "withClause") != NULL)
+		lin_with(l, j_get(s, "withClause"));
+	if (strcmp(type, "InsertStmt") == 0)
+		r = q_insert(l, s, out_ctx);
+	else if (strcmp(type, "UpdateStmt") == 0)
+		r = q_update(l, s, out_ctx);
+	else if (strcmp(type, "DeleteStmt") == 0)
+		r = q_delete(l, s, out_ctx);
+	else
+		r = q_merge(l, s);
+	w->n_rels = rels;
+	w->n_ctes = ctes;
+	l->level--;
+	return r;
+}
+
+/* COPY t [(cols)] TO ...: the table's columns, DIRECT. */
+static LRange q_copy_table(Lin *l, const JNode *s, unsigned ctx)
+{
+	const JNode *rv = j_get(s, "relation"), *a;
+	const char *schema = j_str(rv, "schemaname"), *name = j_str(rv, "relname"), *col;
+	int mark = l->w->n_pend, cm;
+
+	if (name == NULL)
+		return pend_flush(l, mark);
+	if (j_get(s, "attlist") == NULL) {
+		cm = l->w->n_coll;
+		src_add(l, col_intern(l, schema, name, col_all), ctx);
+		pend_push(l, NULL, coll_commit(l, cm), false, true);
+	}
+	for (a = j_first(j_get(s, "attlist")); a != NULL; a = j_next(a)) {
+		if ((col = j_string_node(a)) == NULL)
+			continue;
+		cm = l->w->n_coll;
+		src_add(l, col_intern(l, schema, name, col), ctx);
+		pend_push(l, col, coll_commit(l, cm), false, false);
+	}
+	return pend_flush(l, mark);
+}
+
+/* A statement the walker does not model: references against its `relation`, PREDICATE | WRITE_SOURCE. */
+static void q_other(Lin *l, const JNode *s)
+{
+	LinWork *w = l->w;
+	int rels = w->n_rels;
+
+	l->level++;
+	if (j_get(j_get(s, "relation"), "relname") != NULL)
+		from_rangevar(l, j_get(s, "relation"));
+	expr_discard(l, s, SQL_USE_PREDICATE | SQL_USE_WRITE_SOURCE);
+	w->n_rels = rels;
+	l->level--;
+}
+
+/*
+ * A statement as a query: its result columns (in w->cols; none for
+ * statements without rows), with `out_ctx` for what flows into them.
+ */
+static LRange q_stmt(Lin *l, const char *type, const JNode *body, unsigned out_ctx)
+{
+	LRange none = { 0, 0 };
+
+	if (strcmp(type, "SelectStmt") == 0)
+		return q_select(l, body, j_get(body, "intoClause") != NULL ? SQL_USE_WRITE_SOURCE : out_ctx);
+	if (strcmp(type, "InsertStmt") == 0 || strcmp(type, "UpdateStmt") == 0 || strcmp(type, "DeleteStmt") == 0 ||
+	    strcmp(type, "MergeStmt") == 0)
+		return q_dml(l, type, body, out_ctx);
+	q_other(l, body);
+	return none;
+}
+
+/* ---- top-level statements ---------------------------------------------------------------- */
+
+/* Copies the statement's outputs (columns [first, first+n) of w->cols) into b->louts. */
+static void outputs_record(Lin *l, LRange r)
+{
+	SqlBuild *b = l->b;
+	const LCol *c;
+	SqlOutB *o;
+	LRange rr;
+	int i, k, mark;
+
+	for (i = 0; i < r.n && !b->oom; i++) {
+		c = &l->w->cols[r.first + i];
+		mark = l->w->n_coll;
+		for (k = 0; k < c->n; k++)
+			if (b->lcols[b->lsrc[c->first + k]].table != NULL && LGROW(l, l->w->coll, l->w->n_coll, l->w->cap_coll))
+				l->w->coll[l->w->n_coll++] = b->lsrc[c->first + k];
+		if (!LGROW(l, b->louts, b->n_louts, b->cap_louts))
+			return;
+		o = &b->louts[b->n_louts++];
+		rr = coll_commit(l, mark);
+		o->first = rr.first;
+		o->n = rr.n;
+		o->stmt = l->stmt;
+		o->derived = c->derived;
+		o->star = c->star;
+	}
+}
+
+static const JNode *typed_member(const JNode *s, const char *key, const char **type)
+{
+	const JNode *body;
+
+	*type = j_type(j_get(s, key), &body);
+	return *type != NULL ? body : NULL;
+}
+
+/* Walks statement `type`; returns its outputs (none when it returns no rows). */
+static LRange lin_top(Lin *l, const char *type, const JNode *s)
+{
+	LRange none = { 0, 0 }, r;
+	const JNode *q;
+	const char *qt;
+	bool to_file;
+
+	if (strcmp(type, "SelectStmt") == 0) {
+		r = q_stmt(l, type, s, SQL_USE_OUTPUT);
+		return j_get(s, "intoClause") != NULL ? none : r;
+	}
+	if (strcmp(type, "InsertStmt") == 0 || strcmp(type, "UpdateStmt") == 0 || strcmp(type, "DeleteStmt") == 0 ||
+	    strcmp(type, "MergeStmt") == 0)
+		return q_stmt(l, type, s, SQL_USE_OUTPUT);
+	if (strcmp(type, "CopyStmt") == 0) {
+		to_file = j_get(s, "filename") != NULL;
+		if ((q = typed_member(s, "query", &qt)) != NULL)
+			r = q_stmt(l, qt, q, to_file ? SQL_USE_WRITE_SOURCE : SQL_USE_OUTPUT);
+		else if (!j_true(s, "is_from"))
+			r = q_copy_table(l, s, to_file ? SQL_USE_WRITE_SOURCE : SQL_USE_OUTPUT);
+		else
+			r = none;
+		return to_file ? none : r;
+	}
+	if (strcmp(type, "DeclareCursorStmt") == 0 || strcmp(type, "PrepareStmt") == 0) {
+		q = typed_member(s, "query", &qt);
+		return q != NULL ? lin_top(l, qt, q) : none;
+	}
+	if (strcmp(type, "ExplainStmt") == 0 || strcmp(type, "ViewStmt") == 0) {
+		if ((q = typed_member(s, "query", &qt)) != NULL)
+			(void)q_stmt(l, qt, q, 0);
+		return none;
+	}
+	if (strcmp(type, "CreateTableAsStmt") == 0) {
+		if ((q = typed_member(s, "query", &qt)) != NULL)
+			(void)q_stmt(l, qt, q, SQL_USE_WRITE_SOURCE);
+		return none;
+	}
+	q_other(l, s);
+	return none;
+}
+
+void sqlinfo_lineage_stmt(SqlBuild *b, int stmt, const char *type, const JNode *body)
+{
+	Lin l = { b, b->lin, stmt, 0, 0, NULL };
+	int outs = b->n_louts;
+	LRange r;
+
+	if (l.w == NULL) {
+		if ((b->lin = l.w = calloc(1, sizeof(*l.w))) == NULL) {
+			b->oom = true;
+			return;
+		}
+	}
+	l.w->n_cols = l.w->n_pend = l.w->n_rels = l.w->n_ctes = l.w->n_coll = 0;
+	r = lin_top(&l, type, body);
+	if (l.stmt_uses > 0)
+		outputs_record(&l, r);
+	if (l.stmt_uses == 0)
+		b->n_louts = outs;
+}
+
+void sqlinfo_lineage_reset(SqlBuild *b)
+{
+	LinWork *w = b->lin;
+
+	b->n_lcols = b->n_luses = b->n_louts = b->n_lsrc = 0;
+	if (w == NULL)
+		return;
+	if (w->hash_cap > 4096) {
+		free(w->hash);
+		w->hash = NULL;
+		w->hash_cap = 0;
+	} else if (w->hash != NULL) {
+		memset(w->hash, 0, w->hash_cap * sizeof(*w->hash));
+	}
+	w->hash_used = 0;
+}
+
+void sqlinfo_lineage_free(SqlBuild *b)
+{
+	LinWork *w = b->lin;
+
+	free(b->lcols);
+	free(b->luses);
+	free(b->louts);
+	free(b->lsrc);
+	if (w != NULL) {
+		free(w->cols);
+		free(w->pend);
+		free(w->rels);
+		free(w->ctes);
+		free(w->coll);
+		free(w->mark);
+		free(w->hash);
+		free(w);
+	}
+	b->lin = NULL;
+}
