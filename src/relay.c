@@ -62,6 +62,19 @@ typedef struct Substitute {
 	struct Substitute *next;
 } Substitute;
 
+/*
+ * A Parse forwarded to the server and not answered yet. It is installed in
+ * the picture of the server only on its ParseComplete: a Parse the server
+ * skips (after an earlier error of its batch) changes nothing there.
+ */
+typedef struct PendingParse {
+	uint64_t batch;              /* batch it was sent in */
+	char *name;                  /* statement name, "" = unnamed */
+	char *sql;                   /* its text */
+	StmtInfo *info;              /* its analysis (a reference) */
+	struct PendingParse *next;
+} PendingParse;
+
 typedef enum { GUARD_FORWARD, GUARD_REFUSE, GUARD_HOLD } GuardAction;
 
 struct Relay {
@@ -72,6 +85,7 @@ struct Relay {
 	uint64_t batches_sent;       /* Query/Sync/FunctionCall forwarded */
 	uint64_t batches_done;       /* ReadyForQuery received */
 	Substitute *subst_head, *subst_tail;
+	PendingParse *pend_head, *pend_tail; /* Parses awaiting ParseComplete, in order */
 	struct evbuffer *inject;     /* messages for the client, waiting for a message boundary */
 	uint8_t *scratch;            /* copy of the message being decided */
 	size_t scratch_cap;
@@ -229,6 +243,60 @@ static void prepared_track(Relay *r, const StmtInfo *info, const char *sql)
 	}
 }
 
+static bool pending_push(Relay *r, const char *name, const char *sql, StmtInfo *info)
+{
+	PendingParse *q = calloc(1, sizeof(*q));
+
+	if (q == NULL || (q->name = strdup(name)) == NULL || (q->sql = strdup(sql)) == NULL) {
+		if (q != NULL)
+			free(q->name);
+		free(q);
+		return false;
+	}
+	q->batch = r->batches_sent;
+	q->info = sqlinfo_ref(info);
+	if (r->pend_tail != NULL)
+		r->pend_tail->next = q;
+	else
+		r->pend_head = q;
+	r->pend_tail = q;
+	return true;
+}
+
+static void pending_pop(Relay *r)
+{
+	PendingParse *q = r->pend_head;
+
+	r->pend_head = q->next;
+	if (r->pend_head == NULL)
+		r->pend_tail = NULL;
+	sqlinfo_unref(q->info);
+	free(q->name);
+	free(q->sql);
+	free(q);
+}
+
+/* Forgets the Parses of finished batches that never completed: the server skipped them. */
+static void pending_drop_done(Relay *r)
+{
+	while (r->pend_head != NULL && r->pend_head->batch < r->batches_done)
+		pending_pop(r);
+}
+
+/*
+ * ParseComplete: the oldest unanswered Parse of the open batches is now the
+ * server's. If it cannot be recorded (out of memory) the name stays unknown
+ * and its Bind is refused.
+ */
+static void pending_complete(Relay *r)
+{
+	pending_drop_done(r);
+	if (r->pend_head == NULL)
+		return;
+	(void)prepared_add(r, r->pend_head->name, r->pend_head->sql, r->pend_head->info);
+	pending_pop(r);
+}
+
 /* ---- deciding ------------------------------------------------------------------------ */
 
 typedef struct PartList {
@@ -246,29 +314,26 @@ static void parts_add(PartList *pl, const SqlPart *p)
 }
 
 /*
- * The parts a prepared statement's body runs. For a name PREPAREd in SQL
- * that is the body of the PREPARE ref; for a protocol-level Parse the whole
- * statement.
+ * The parts statement `info`, prepared under `name`, runs. For a name
+ * PREPAREd in SQL that is the body of the PREPARE ref; for a protocol-level
+ * Parse the whole statement.
  */
-static void parts_of_prepared(PartList *pl, const Prepared *p)
+static void parts_of_body(PartList *pl, const char *name, const StmtInfo *info)
 {
-	for (int i = 0; i < p->n_infos; i++) {
-		const StmtInfo *info = p->infos[i];
-		bool via_sql = false;
+	bool via_sql = false;
 
-		for (int k = 0; k < info->n_prep; k++) {
-			const SqlPrepRef *ref = &info->prep[k];
+	for (int k = 0; k < info->n_prep; k++) {
+		const SqlPrepRef *ref = &info->prep[k];
 
-			if (ref->op != SQL_PREP_PREPARE || strcmp(ref->name, p->name) != 0)
-				continue;
-			via_sql = true;
-			for (int j = 0; j < ref->n_parts; j++)
-				parts_add(pl, &info->parts[ref->part_first + j]);
-		}
-		if (!via_sql)
-			for (int j = 0; j < info->n_parts; j++)
-				parts_add(pl, &info->parts[j]);
+		if (ref->op != SQL_PREP_PREPARE || strcmp(ref->name, name) != 0)
+			continue;
+		via_sql = true;
+		for (int j = 0; j < ref->n_parts; j++)
+			parts_add(pl, &info->parts[ref->part_first + j]);
 	}
+	if (!via_sql)
+		for (int j = 0; j < info->n_parts; j++)
+			parts_add(pl, &info->parts[j]);
 }
 
 static void refuse(Session *s, const char *sqlstate, const char *msg, const char *detail, const char *hint,
@@ -297,29 +362,42 @@ static Config *relay_config(Relay *r)
 	return r->cfg;
 }
 
+/* Prepared statements that EXECUTE prepared statements: how deep pgveil follows. */
+#define MAX_EXECUTE_DEPTH 4
+
+typedef enum { NAMED_OK, NAMED_UNKNOWN, NAMED_REFUSED } NamedResult;
+
+static NamedResult add_named(Session *s, const char *name, PartList *pl, int depth, bool *settled,
+			     const char **sql);
+
 /*
  * Adds the bodies of the prepared statements `info` EXECUTEs. Returns false
  * (refusal built) for an EXECUTE of a name this session has no record of:
  * pgveil cannot tell what it would run.
  */
-static bool add_executed(Session *s, const StmtInfo *info, PartList *pl)
+static bool add_executed(Session *s, const StmtInfo *info, PartList *pl, int depth, bool *settled)
 {
 	for (int i = 0; i < info->n_prep; i++) {
 		const SqlPrepRef *ref = &info->prep[i];
-		const Prepared *p;
+		const char *sql;
 		char msg[256];
+		bool sub_settled;
 
 		if (ref->op != SQL_PREP_EXECUTE)
 			continue;
-		p = prepared_find(s->relay, ref->name);
-		if (p == NULL) {
+		*settled = false; /* depends on another name's state */
+		switch (add_named(s, ref->name, pl, depth + 1, &sub_settled, &sql)) {
+		case NAMED_OK:
+			break;
+		case NAMED_REFUSED:
+			return false;
+		case NAMED_UNKNOWN:
 			snprintf(msg, sizeof(msg), "EXECUTE of \"%s\", a prepared statement pgveil has no record of",
 				 ref->name);
 			refuse(s, SQLSTATE_INSUFFICIENT_PRIVILEGE, msg, NULL,
 			       "PREPARE it in this session through pgveil first", 0);
 			return false;
 		}
-		parts_of_prepared(pl, p);
 	}
 	return true;
 }
@@ -335,27 +413,71 @@ static bool check_overflow(Session *s, const PartList *pl)
 /* The parts of `info` plus the bodies of the prepared statements it EXECUTEs. */
 static bool collect_parts(Session *s, const StmtInfo *info, PartList *pl)
 {
+	bool settled;
+
 	for (int j = 0; j < info->n_parts; j++)
 		parts_add(pl, &info->parts[j]);
-	return add_executed(s, info, pl) && check_overflow(s, pl);
+	return add_executed(s, info, pl, 0, &settled) && check_overflow(s, pl);
+}
+
+/* Adds one body of prepared statement `name` and whatever it EXECUTEs. */
+static bool add_body(Session *s, const char *name, const StmtInfo *info, PartList *pl, int depth, bool *settled)
+{
+	parts_of_body(pl, name, info);
+	return info->n_prep == 0 || add_executed(s, info, pl, depth, settled);
 }
 
 /*
- * What Bind of prepared statement p runs. *cacheable is false when that
- * depends on other prepared statements (p's text is itself an EXECUTE).
+ * Adds what prepared statement `name` can run when the server reaches the
+ * message being decided. A Parse of the name earlier in the open batch
+ * decides it alone: if that Parse fails, the server skips the rest of the
+ * batch. Otherwise every body it may hold: the one pgveil saw completed, and
+ * each Parse of the name the server has not answered yet. *settled is false
+ * when the answer depends on unanswered Parses or other names (not to be
+ * cached); *sql is the text to show an approver.
  */
-static bool collect_prepared(Session *s, const Prepared *p, PartList *pl, bool *cacheable)
+static NamedResult add_named(Session *s, const char *name, PartList *pl, int depth, bool *settled,
+			     const char **sql)
 {
-	*cacheable = true;
-	parts_of_prepared(pl, p);
-	for (int i = 0; i < p->n_infos; i++) {
-		if (p->infos[i]->n_prep == 0)
-			continue;
-		*cacheable = false;
-		if (!add_executed(s, p->infos[i], pl))
-			return false;
+	Relay *r = s->relay;
+	const PendingParse *current = NULL;
+	const Prepared *p = prepared_find(r, name);
+	bool found = false;
+
+	*settled = true;
+	if (depth > MAX_EXECUTE_DEPTH) {
+		refuse(s, SQLSTATE_INSUFFICIENT_PRIVILEGE, "prepared statements EXECUTE each other too deeply to check",
+		       NULL, NULL, 0);
+		return NAMED_REFUSED;
 	}
-	return check_overflow(s, pl);
+	for (const PendingParse *q = r->pend_head; q != NULL; q = q->next) {
+		if (strcmp(q->name, name) != 0)
+			continue;
+		*settled = false;
+		if (q->batch == r->batches_sent)
+			current = q;
+	}
+	if (current != NULL) {
+		*sql = current->sql;
+		return add_body(s, name, current->info, pl, depth, settled) ? NAMED_OK : NAMED_REFUSED;
+	}
+	for (int i = 0; p != NULL && i < p->n_infos; i++)
+		if (!add_body(s, name, p->infos[i], pl, depth, settled))
+			return NAMED_REFUSED;
+	if (p != NULL) {
+		*sql = p->sql;
+		found = true;
+	}
+	for (const PendingParse *q = r->pend_head; q != NULL; q = q->next) {
+		if (strcmp(q->name, name) != 0)
+			continue;
+		if (!add_body(s, name, q->info, pl, depth, settled))
+			return NAMED_REFUSED;
+		if (!found)
+			*sql = q->sql;
+		found = true;
+	}
+	return found ? NAMED_OK : NAMED_UNKNOWN;
 }
 
 /* A statement that does not parse: the parser's message and position, as the server would. */
@@ -533,7 +655,7 @@ done:
 
 /*
  * Parse: refused when the statement is blocked; otherwise forwarded (a
- * Parse runs nothing) and recorded, so its Bind is decided later.
+ * Parse runs nothing) and recorded as pending, so its Bind is decided later.
  */
 static GuardAction guard_parse(Session *s, PgReader *rd)
 {
@@ -558,7 +680,7 @@ static GuardAction guard_parse(Session *s, PgReader *rd)
 		d = decide(s, &pl);
 		if (d.action == DECISION_BLOCK)
 			refuse_blocked(s, &d);
-		else if (!prepared_add(s->relay, name, sql, info))
+		else if (!pending_push(s->relay, name, sql, info))
 			refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory", NULL, NULL, 0);
 		else
 			act = GUARD_FORWARD;
@@ -597,16 +719,16 @@ static void describe_param(char *out, size_t cap, size_t *len, int i, bool binar
 }
 
 /* The statement text with the Bind's parameter values, as the approver sees it. */
-static char *bind_display(const Prepared *p, PgReader rd)
+static char *bind_display(const char *sql, PgReader rd)
 {
-	size_t cap = strlen(p->sql) + 8192, len;
+	size_t cap = strlen(sql) + 8192, len;
 	char *out = malloc(cap);
 	int16_t nfmt, nparams, fmt1 = 0;
 	const uint8_t *fmts = NULL;
 
 	if (out == NULL)
 		return NULL;
-	len = (size_t)snprintf(out, cap, "%s", p->sql);
+	len = (size_t)snprintf(out, cap, "%s", sql);
 	if (!pgproto_get_int16(&rd, &nfmt) || nfmt < 0 || !pgproto_get_bytes(&rd, (size_t)nfmt * 2, &fmts) ||
 	    !pgproto_get_int16(&rd, &nparams))
 		return out;
@@ -627,45 +749,54 @@ static char *bind_display(const Prepared *p, PgReader rd)
 /* Bind: decided on everything the named statement can run; held here, not at Parse. */
 static GuardAction guard_bind(Session *s, PgReader *rd, size_t msglen)
 {
-	const char *portal, *stmt;
+	Relay *r = s->relay;
+	const char *portal, *stmt, *sql = NULL;
 	Prepared *p;
 	PartList pl = { .n = 0 };
 	Decision d;
 	char msg[256];
 	char *text;
 	GuardAction act;
-	bool cacheable;
+	bool settled;
 
 	if (!pgproto_get_string(rd, &portal) || !pgproto_get_string(rd, &stmt)) {
 		session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "invalid Bind message");
 		return GUARD_HOLD;
 	}
-	p = prepared_find(s->relay, stmt);
-	if (p == NULL) {
+	(void)relay_config(r);
+	p = prepared_find(r, stmt);
+	if (p != NULL && p->decided && p->decided_gen == r->cfg_gen && p->decision.action == DECISION_ALLOW &&
+	    r->pend_head == NULL) {
+		admin_stat_add(STAT_ALLOWED, 1);
+		return GUARD_FORWARD; /* the common case: a prepared statement run again */
+	}
+	switch (add_named(s, stmt, &pl, 0, &settled, &sql)) {
+	case NAMED_OK:
+		break;
+	case NAMED_REFUSED:
+		return GUARD_REFUSE;
+	case NAMED_UNKNOWN:
 		/* Never prepared, refused at Parse, or closed: the server has nothing pgveil could check. */
 		snprintf(msg, sizeof(msg), "prepared statement \"%s\" does not exist", stmt);
 		refuse(s, SQLSTATE_INVALID_STATEMENT_NAME, msg, "pgveil has no record of it in this session.", NULL, 0);
 		return GUARD_REFUSE;
 	}
-	(void)relay_config(s->relay);
-	if (p->decided && p->decided_gen == s->relay->cfg_gen && p->decision.action == DECISION_ALLOW) {
-		admin_stat_add(STAT_ALLOWED, 1);
-		return GUARD_FORWARD; /* the common case: a prepared statement run again */
-	}
-	if (!collect_prepared(s, p, &pl, &cacheable))
+	if (!check_overflow(s, &pl))
 		return GUARD_REFUSE;
 	d = decide(s, &pl);
-	p->decision = d;
-	p->decided_gen = s->relay->cfg_gen;
-	p->decided = cacheable;
+	if (p != NULL && settled) {
+		p->decision = d;
+		p->decided_gen = r->cfg_gen;
+		p->decided = true;
+	}
 	if (d.action == DECISION_ALLOW)
 		return GUARD_FORWARD;
 	if (d.action == DECISION_BLOCK) {
 		refuse_blocked(s, &d);
 		return GUARD_REFUSE;
 	}
-	text = bind_display(p, *rd);
-	act = hold_start(s, 'B', msglen, text != NULL ? text : p->sql, &d, &pl);
+	text = bind_display(sql, *rd);
+	act = hold_start(s, 'B', msglen, text != NULL ? text : sql, &d, &pl);
 	free(text);
 	return act;
 }
@@ -1046,8 +1177,11 @@ void relay_server_input(Session *s)
 			if (s->pending_ready > 0)
 				s->pending_ready--;
 			r->batches_done++;
+			pending_drop_done(r);
 			while (r->subst_head != NULL && r->subst_head->batch < r->batches_done)
 				subst_pop(r); /* an earlier error of that batch skipped the refusal */
+		} else if (h.type == '1') {
+			pending_complete(r);
 		} else if (h.type == 'E') {
 			if (r->subst_head != NULL && r->subst_head->batch == r->batches_done) {
 				SubstResult sr = maybe_substitute(s, in, run, avail, &h);
@@ -1211,6 +1345,8 @@ void relay_free(Session *s)
 	free(r->buckets);
 	while (r->subst_head != NULL)
 		subst_pop(r);
+	while (r->pend_head != NULL)
+		pending_pop(r);
 	if (r->inject != NULL)
 		evbuffer_free(r->inject);
 	if (r->hold_wake != NULL)

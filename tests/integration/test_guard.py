@@ -497,3 +497,27 @@ def test_reload_applies_to_open_sessions(pgveil_factory, workroot, table, admin)
         harness.wait_until(lambda: "reload failed" in pv.log_text(mark), 10, what="the failed reload")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(f"SELECT count(*) FROM {table}")
+
+
+def test_skipped_parse_does_not_replace_the_statement(hold_pgveil, table, admin):
+    """A Parse the server skips (after an error earlier in its batch) leaves
+    the old unnamed statement in place; a later Bind of it is decided on that
+    old statement, not on the skipped text."""
+    from test_protocol import SYNC, bind_msg, execute_msg, parse_msg, read_types
+    t = harness.pgveil_target(hold_pgveil)
+    with pgwire.connect("127.0.0.1", t.port, user="agent", database="app") as w:
+        # batch 1: the server's unnamed statement becomes a DELETE (a Parse runs nothing)
+        w.send(parse_msg("", f"DELETE FROM {table} WHERE id = 1") + SYNC)
+        assert [m for m, _ in read_types(w)] == [b"1", b"Z"]
+        # batch 2: an error first, so the server skips the Parse of a harmless SELECT
+        w.send(execute_msg("no_such_portal") + parse_msg("", "SELECT 1") + SYNC)
+        msgs = read_types(w)
+        assert [m for m, _ in msgs] == [b"E", b"Z"]
+        assert pgwire.parse_fields(msgs[0][1])["C"] == "34000"
+        # batch 3: Bind of the unnamed statement runs the DELETE: it must be held, then time out
+        w.send(bind_msg("", "") + execute_msg("") + SYNC)
+        msgs = read_types(w, timeout=10)
+        kinds = [m for m, _ in msgs]
+        assert kinds[0] == b"N" and kinds[-2:] == [b"E", b"Z"], kinds
+        assert pgwire.parse_fields(msgs[-2][1])["C"] == "57014"
+    assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (20,)
