@@ -42,6 +42,8 @@
 #define SQLSTATE_SYNTAX_ERROR "42601"
 #define MAX_PARTS 64
 #define MAX_HOLD_TABLES 64
+/* What a session with a held message still reads (and buffers) behind it. */
+#define HOLD_READ_AHEAD (256 * 1024)
 
 /* A prepared statement the server may hold under one name. */
 typedef struct Prepared {
@@ -1024,8 +1026,8 @@ void relay_client_input(Session *s)
 	bool terminate = false;
 
 	if (r->hold_id != 0) {
-		if (avail > (size_t)s->cfg->max_packet_size + 65536)
-			stream_enable_read(s->client, false); /* the rest waits behind the held message */
+		if (avail > r->hold_len + HOLD_READ_AHEAD)
+			stream_enable_read(s->client, false); /* the rest waits in the kernel behind the held message */
 		return;
 	}
 	if (s->token_expired && s->client_pass == 0) {
