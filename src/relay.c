@@ -482,12 +482,20 @@ static NamedResult add_named(Session *s, const char *name, PartList *pl, int dep
 	return found ? NAMED_OK : NAMED_UNKNOWN;
 }
 
-/* A statement that does not parse: the parser's message and position, as the server would. */
+/*
+ * A statement pgveil could not analyse: the parser's message and position
+ * (42601, as the server would say), or why it was not analysed at all (too
+ * long, too deeply nested, too complex: 54001).
+ */
 static void refuse_unparsable(Session *s, const StmtInfo *info)
 {
-	refuse(s, SQLSTATE_SYNTAX_ERROR, info->error, "pgveil refuses statements it cannot parse.", NULL,
-	       info->error_pos);
-	log_write(LL_INFO, s->ctx, "refused unparsable statement: %s", info->error);
+	if (info->error_is_syntax)
+		refuse(s, SQLSTATE_SYNTAX_ERROR, info->error, "pgveil refuses statements it cannot parse.", NULL,
+		       info->error_pos);
+	else
+		refuse(s, SQLSTATE_STATEMENT_TOO_COMPLEX, info->error, "pgveil refuses statements it cannot analyse.",
+		       NULL, 0);
+	log_write(LL_INFO, s->ctx, "refused a statement it could not analyse: %s", info->error);
 }
 
 /* Builds the refusal for a blocked decision. */

@@ -468,7 +468,8 @@ static InfoBlock *block_new(const Layout *l)
 }
 
 /* A StmtInfo for text that does not parse; `text` (len bytes) is kept as its cache key when given. */
-static StmtInfo *info_error(const char *message, int pos, uint64_t fingerprint, const char *text, size_t len)
+static StmtInfo *info_error(const char *message, bool syntax, int pos, uint64_t fingerprint, const char *text,
+			    size_t len)
 {
 	Layout l;
 	InfoBlock *blk;
@@ -482,6 +483,7 @@ static StmtInfo *info_error(const char *message, int pos, uint64_t fingerprint, 
 	sp = (char *)blk + l.strings;
 	blk->info.error = strput(&sp, message);
 	blk->info.error_pos = pos;
+	blk->info.error_is_syntax = syntax;
 	blk->info.fingerprint = fingerprint;
 	if (text != NULL) {
 		blk->text = memcpy(sp, text, len);
@@ -883,14 +885,14 @@ static StmtInfo *analyze_text(SqlThread *t, size_t len, bool cache_text, bool sh
 	const char *keep = cache_text ? t->text : NULL;
 
 	if (r.error != NULL) {
-		info = info_error(r.error->message != NULL ? r.error->message : "syntax error", r.error->cursorpos,
+		info = info_error(r.error->message != NULL ? r.error->message : "syntax error", true, r.error->cursorpos,
 				  fp, keep, len);
 	} else {
 		sqlinfo_build_reset(&t->build);
 		if (sqlinfo_tree_analyze(&t->build, r.parse_tree))
 			info = block_build(t, len, cache_text, shape_ok);
-		else if (!t->build.oom)
-			info = info_error(t->build.error, 0, fp, keep, len);
+		else if (!t->build.oom || t->build.error != NULL)
+			info = info_error(t->build.error, false, 0, fp, keep, len);
 		if (info != NULL)
 			info->fingerprint = fp;
 	}
@@ -988,7 +990,7 @@ StmtInfo *sqlinfo_analyze(const char *sql, size_t len)
 		sql = "";
 	hx = hash_bytes(SEED_EXACT, sql, len);
 	if (refusal != NULL)
-		return info_error(refusal, 0, hx, NULL, 0);
+		return info_error(refusal, false, 0, hx, NULL, 0);
 	cache_ready(t);
 	if (cacheable && (e = cache_find(&t->cache, SPACE_EXACT, hx, sql, len)) != NULL) {
 		t->hits++;

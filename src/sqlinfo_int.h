@@ -248,6 +248,12 @@ void sqlinfo_build_free(SqlBuild *b);
  */
 bool sqlinfo_tree_analyze(SqlBuild *b, char *json);
 
+/*
+ * True when built-in function `name` can be called with one argument of a
+ * row type, so that `t.name` may be attribute notation for name(t).
+ */
+bool sqlinfo_takes_whole_row(const char *name);
+
 /* ---- column lineage (sqlinfo_lineage.c) ---- */
 
 /*

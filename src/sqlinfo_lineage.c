@@ -129,6 +129,14 @@ typedef struct LRange {
 
 /* ---- storage ------------------------------------------------------------------ */
 
+/*
+ * No lineage array grows past this many entries. Unqualified columns count
+ * against every table in scope, so columns x tables can grow quadratically
+ * with the text; past the budget the statement is refused (fail closed)
+ * rather than costing a worker seconds and gigabytes.
+ */
+#define LIN_MAX_ENTRIES (256 * 1024)
+
 static bool lgrow(SqlBuild *b, void **arr, int *cap, int need, size_t elem)
 {
 	int ncap;
@@ -136,8 +144,9 @@ static bool lgrow(SqlBuild *b, void **arr, int *cap, int need, size_t elem)
 
 	if (need <= *cap)
 		return true;
-	if (*cap > INT_MAX / 4) {
-		b->oom = true;
+	if (need > LIN_MAX_ENTRIES) {
+		b->error = "statement too complex to analyse";
+		b->oom = true; /* stops every walk; sqlinfo refuses the statement with b->error */
 		return false;
 	}
 	ncap = *cap ? *cap * 2 : 32;
@@ -599,6 +608,22 @@ static int fields_count(const JNode *fields, const char **f, bool *star)
 }
 
 /* A ColumnRef inside an expression; returns true when what it reads is not DIRECT. */
+/*
+ * `t.f` is also PostgreSQL's notation for f(t) when t has no column f, so
+ * `u.row_to_json` returns the whole row. Without the catalog pgveil cannot
+ * tell a column from such a call: when f is a built-in that takes a whole
+ * row, the reference counts as the column and as the whole row (DERIVED).
+ * (A user function taking the row type needs the catalog to be seen.)
+ */
+static bool attribute_call(Lin *l, const LRel *r, const char *name, unsigned ctx)
+{
+	if (!sqlinfo_takes_whole_row(name))
+		return false;
+	(void)qualified_column(l, r, name, ctx);
+	rel_whole_row(l, r, ctx);
+	return true;
+}
+
 static bool expr_colref(Lin *l, const JNode *ref, unsigned ctx)
 {
 	const char *f[4] = { NULL, NULL, NULL, NULL };
@@ -634,12 +659,12 @@ static bool expr_colref(Lin *l, const JNode *ref, unsigned ctx)
 	}
 	if (n == 2) {
 		if ((r = rel_find(l, NULL, f[0])) != NULL)
-			return qualified_column(l, r, f[1], ctx);
+			return attribute_call(l, r, f[1], ctx) || qualified_column(l, r, f[1], ctx);
 		(void)unqualified_column(l, f[0], ctx); /* a composite column's field */
 		return true;
 	}
 	if ((r = rel_find(l, f[0], f[1])) != NULL)
-		return qualified_column(l, r, f[2], ctx);
+		return attribute_call(l, r, f[2], ctx) || qualified_column(l, r, f[2], ctx);
 	if ((r = rel_find(l, NULL, f[0])) != NULL) /* t.composite.field */
 		(void)qualified_column(l, r, f[1], ctx);
 	else
@@ -963,6 +988,7 @@ static void sort_item(Lin *l, const JNode *n, int mark)
 		return;
 	}
 	if (type != NULL && strcmp(type, "A_Const") == 0 && (v = j_get(body, "ival")) != NULL) {
+		l->b->literal_sensitive = true; /* ORDER BY 1 and ORDER BY 2 read different columns */
 		k = j_num(v, "ival");
 		for (i = mark; i < w->n_pend && i - mark < k - 1 && !w->pend[i].star; i++)
 			;

@@ -41,6 +41,30 @@ static const SqlBuiltin *builtin_find(const char *name)
 		       sizeof(sqlinfo_builtin_functions[0]), builtin_cmp);
 }
 
+/*
+ * Built-in functions callable with one argument of any row type (record,
+ * "any" or a polymorphic type), from pg_proc of PostgreSQL 15: these are
+ * what attribute notation `t.f` can call on a whole row. Sorted.
+ */
+static const char *const whole_row_functions[] = {
+	"any_out", "anycompatible_out", "anycompatiblenonarray_out", "anyelement_out", "anynonarray_out",
+	"concat", "hash_record", "json_build_array", "json_build_object", "jsonb_build_array",
+	"jsonb_build_object", "num_nonnulls", "num_nulls", "pg_collation_for", "pg_column_compression",
+	"pg_column_size", "pg_typeof", "quote_literal", "quote_nullable", "record_out", "record_send",
+	"row_to_json", "to_json", "to_jsonb",
+};
+
+static int str_cmp(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+bool sqlinfo_takes_whole_row(const char *name)
+{
+	return bsearch(&name, whole_row_functions, PGV_ARRAY_LEN(whole_row_functions), sizeof(whole_row_functions[0]),
+		       str_cmp) != NULL;
+}
+
 bool sqlinfo_is_builtin_function(const char *name)
 {
 	if (name == NULL)
@@ -75,6 +99,7 @@ static bool builtin_operator(const char *name)
 #define FX_SESSION 4u
 #define FX_SETCONFIG 8u
 #define FX_RUNS_SQL 16u
+#define FX_WRITE 32u     /* changes stored data: the part is WRITE too */
 
 typedef struct SqlEffect {
 	const char *name;
@@ -83,8 +108,8 @@ typedef struct SqlEffect {
 } SqlEffect;
 
 static const SqlEffect sql_effects[] = {
-	{ "nextval", false, FX_SIDE },
-	{ "setval", false, FX_SIDE },
+	{ "nextval", false, FX_SIDE | FX_WRITE },
+	{ "setval", false, FX_SIDE | FX_WRITE },
 	{ "setseed", false, FX_SIDE },
 	{ "set_config", false, FX_SIDE | FX_SETCONFIG },
 	{ "pg_advisory_", true, FX_SIDE },
@@ -92,8 +117,17 @@ static const SqlEffect sql_effects[] = {
 	{ "pg_notify", false, FX_SIDE | FX_SESSION },
 	{ "lo_import", false, FX_SIDE | FX_ADMIN },
 	{ "lo_export", false, FX_SIDE | FX_ADMIN },
+	{ "lo_unlink", false, FX_SIDE | FX_WRITE },
+	{ "lo_put", false, FX_SIDE | FX_WRITE },
+	{ "lo_from_bytea", false, FX_SIDE | FX_WRITE },
+	{ "lo_create", false, FX_SIDE | FX_WRITE },
+	{ "lo_creat", false, FX_SIDE | FX_WRITE },
+	{ "lo_truncate", true, FX_SIDE | FX_WRITE },
 	{ "lo_", true, FX_SIDE },
-	{ "lowrite", false, FX_SIDE },
+	{ "lowrite", false, FX_SIDE | FX_WRITE },
+	{ "brin_summarize_", true, FX_SIDE | FX_ADMIN },
+	{ "brin_desummarize_range", false, FX_SIDE | FX_ADMIN },
+	{ "gin_clean_pending_list", false, FX_SIDE | FX_ADMIN },
 	{ "pg_read_file", false, FX_ADMIN },
 	{ "pg_read_binary_file", false, FX_ADMIN },
 	{ "pg_stat_file", false, FX_ADMIN },
@@ -358,8 +392,11 @@ static void cte_push(Walk *w, const char *name)
 		b->ctes[b->n_ctes++] = name;
 }
 
-/* Appends "a.b.c" from a list of String nodes to the pool; returns its offset or UINT32_MAX. */
-static uint32_t pool_add_name(Walk *w, const JNode *list)
+/*
+ * Appends "a.b.c" from String nodes (`first` and those after it in its
+ * list) to the pool; returns its offset or UINT32_MAX.
+ */
+static uint32_t pool_add_name(Walk *w, const JNode *first)
 {
 	SqlBuild *b = w->b;
 	size_t start = b->pool_len, need = 0;
@@ -367,7 +404,7 @@ static uint32_t pool_add_name(Walk *w, const JNode *list)
 	const char *s;
 	char *np;
 
-	for (e = j_first(list); e != NULL; e = j_next(e))
+	for (e = first; e != NULL; e = j_next(e))
 		need += strlen((s = j_string_node(e)) != NULL ? s : "") + 1;
 	if (need == 0 || need > UINT32_MAX / 2 || b->pool_len + need > UINT32_MAX / 2)
 		return UINT32_MAX;
@@ -381,7 +418,7 @@ static uint32_t pool_add_name(Walk *w, const JNode *list)
 		b->pool = np;
 		b->pool_cap = ncap;
 	}
-	for (e = j_first(list); e != NULL; e = j_next(e)) {
+	for (e = first; e != NULL; e = j_next(e)) {
 		s = j_string_node(e);
 		if (b->pool_len > start)
 			b->pool[b->pool_len++] = '.';
@@ -392,7 +429,8 @@ static uint32_t pool_add_name(Walk *w, const JNode *list)
 	return (uint32_t)start;
 }
 
-static void function_add(Walk *w, const JNode *namelist)
+/* Lists the function named by `first` and the names after it (schema, name). */
+static void function_add(Walk *w, const JNode *first)
 {
 	SqlBuild *b = w->b;
 	uint32_t off;
@@ -400,7 +438,7 @@ static void function_add(Walk *w, const JNode *namelist)
 
 	if (w->part < 0 || !GROW(b, b->funcs, b->n_funcs, b->cap_funcs))
 		return;
-	if ((off = pool_add_name(w, namelist)) == UINT32_MAX)
+	if ((off = pool_add_name(w, first)) == UINT32_MAX)
 		return;
 	b->funcs[b->n_funcs].part = w->part;
 	b->funcs[b->n_funcs].name = off;
@@ -539,16 +577,18 @@ static const char *fn_catalog_name(const JNode *namelist)
 	return j_string_node(c);
 }
 
-static void walk_funccall(Walk *w, const JNode *call)
+/*
+ * What calling function `bare` (NULL when it is not a plain or pg_catalog
+ * name) does to the part. `call` is the FuncCall, or NULL for attribute
+ * notation (`t.f`), which passes no arguments to look at.
+ */
+static void function_effects(Walk *w, const char *bare, const JNode *call)
 {
-	static const char *const skip[] = { "funcname", NULL };
-	const JNode *names = j_get(call, "funcname");
-	const char *bare = fn_catalog_name(names);
 	unsigned fx = bare != NULL ? builtin_effects(bare) : 0;
 
-	if ((fx & FX_RUNS_SQL) && strcmp(bare, "ts_rewrite") == 0 && j_len(j_get(call, "args")) == 3)
+	if ((fx & FX_RUNS_SQL) && strcmp(bare, "ts_rewrite") == 0 && call != NULL &&
+	    j_len(j_get(call, "args")) == 3)
 		fx = 0; /* ts_rewrite(query, target, substitute): no SQL text */
-	function_add(w, names);
 	if (bare == NULL || builtin_find(bare) == NULL || (fx & FX_RUNS_SQL)) {
 		/* May run at plan time even under EXPLAIN (constant folding). */
 		if (w->part >= 0) {
@@ -560,12 +600,44 @@ static void walk_funccall(Walk *w, const JNode *call)
 			part_side_effect(w);
 		if (fx & FX_ADMIN)
 			part_add(w, SC_ADMIN);
+		if (fx & FX_WRITE)
+			part_add(w, SC_WRITE);
 		if (fx & FX_SESSION)
 			part_add(w, SC_SESSION);
-		if (fx & FX_SETCONFIG)
+		if ((fx & FX_SETCONFIG) && call != NULL)
 			fn_set_config(w, call);
 	}
+}
+
+static void walk_funccall(Walk *w, const JNode *call)
+{
+	static const char *const skip[] = { "funcname", NULL };
+	const JNode *names = j_get(call, "funcname");
+
+	function_add(w, j_first(names));
+	function_effects(w, fn_catalog_name(names), call);
 	walk_fields(w, call, skip);
+}
+
+/*
+ * `t.f` is also PostgreSQL's attribute notation for the call f(t) when t has
+ * no column f. Without the catalog a column cannot be told from a call, so
+ * when f is a built-in that takes a whole row it counts as called.
+ */
+static void walk_columnref(Walk *w, const JNode *ref)
+{
+	const JNode *e, *last = NULL;
+	const char *name;
+	int n = 0;
+
+	for (e = j_first(j_get(ref, "fields")); e != NULL; e = j_next(e)) {
+		last = e;
+		n++;
+	}
+	if (n < 2 || (name = j_string_node(last)) == NULL || !sqlinfo_takes_whole_row(name))
+		return;
+	function_add(w, last);
+	function_effects(w, name, NULL);
 }
 
 /* A_Expr: an operator that is not built in runs a function that is not either. */
@@ -615,7 +687,12 @@ static bool is_volatile_builtin(const JNode *call)
 	return fn != NULL && (fn->flags & BUILTIN_VOLATILE);
 }
 
-/* True when the subtree depends on the row: a column, a subquery, CURRENT OF, a volatile built-in. */
+/*
+ * True when the subtree depends on the row: a column (also inside a
+ * subquery, which may be correlated), CURRENT OF, a volatile built-in. A
+ * subquery without columns (WHERE EXISTS (SELECT 1)) is as constant as the
+ * rest: the caller treats what it cannot evaluate as true.
+ */
 static bool row_dependent(const JNode *n)
 {
 	const JNode *e, *body;
@@ -624,8 +701,7 @@ static bool row_dependent(const JNode *n)
 	if (n == NULL || (n->type != J_OBJ && n->type != J_ARR))
 		return false;
 	if ((type = j_type(n, &body)) != NULL) {
-		if (strcmp(type, "ColumnRef") == 0 || strcmp(type, "SubLink") == 0 ||
-		    strcmp(type, "CurrentOfExpr") == 0)
+		if (strcmp(type, "ColumnRef") == 0 || strcmp(type, "CurrentOfExpr") == 0)
 			return true;
 		if (strcmp(type, "FuncCall") == 0 && is_volatile_builtin(body))
 			return true;
@@ -1385,7 +1461,6 @@ static bool is_leaf_type(const char *t)
 	case 'S': return strcmp(t, "String") == 0;
 	case 'I': return strcmp(t, "Integer") == 0;
 	case 'A': return strcmp(t, "A_Const") == 0 || strcmp(t, "A_Star") == 0;
-	case 'C': return strcmp(t, "ColumnRef") == 0;
 	case 'P': return strcmp(t, "ParamRef") == 0;
 	case 'F': return strcmp(t, "Float") == 0;
 	case 'B': return strcmp(t, "Boolean") == 0 || strcmp(t, "BitString") == 0;
@@ -1399,6 +1474,10 @@ static void walk_typed(Walk *w, const char *type, const JNode *body)
 
 	if (is_leaf_type(type))
 		return;
+	if (strcmp(type, "ColumnRef") == 0) {
+		walk_columnref(w, body);
+		return;
+	}
 	if (strcmp(type, "FuncCall") == 0) {
 		walk_funccall(w, body);
 	} else if (strcmp(type, "A_Expr") == 0) {

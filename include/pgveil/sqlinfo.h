@@ -140,6 +140,7 @@ typedef struct StmtInfo {
 	int refcount;            /* owned by the thread's cache and by each holder; see sqlinfo_ref/unref (not atomic: one thread) */
 	char *error;             /* non-NULL: the text does not parse; the parser's message */
 	int error_pos;           /* 1-based character position of the error, 0 when unknown */
+	bool error_is_syntax;    /* `error` is the parser's (42601); false: refused for size, depth or complexity (54001) */
 	uint32_t classes;        /* union over all parts */
 	int n_stmts;
 	SqlStmt *stmts;
@@ -157,7 +158,7 @@ typedef struct StmtInfo {
  * caller (release with sqlinfo_unref), or NULL when out of memory. A text
  * that does not parse gives a StmtInfo with `error` set and no parts; so
  * does one that is not analysed at all (error_pos 0): a zero byte inside
- * it, more than 64 MiB, or nesting deeper than the analysis follows. The
+ * it, more than 256 MiB, or nesting deeper than the analysis follows. The
  * result may come from this thread's cache; its statement spans are always
  * those of this text.
  */

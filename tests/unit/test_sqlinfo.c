@@ -589,6 +589,60 @@ static void test_cache_literal_sensitive(void **state)
 	assert_int_equal(classes_of("SET client_encoding = 'SJIS'"), SC_SESSION | SC_ADMIN);
 }
 
+/* The contexts statement 0 reads `column` in, or -1 when it does not. */
+static int use_of(const char *sql, const char *column)
+{
+	StmtInfo *info = analyze(sql);
+	int ctx = -1;
+
+	for (int k = 0; k < info->stmts[0].n_columns; k++)
+		if (strcmp(info->stmts[0].columns[k].column->column, column) == 0)
+			ctx = (int)info->stmts[0].columns[k].contexts;
+	sqlinfo_unref(info);
+	return ctx;
+}
+
+/* ORDER BY / GROUP BY by position: the literal says which column is sorted on. */
+static void test_cache_sort_position(void **state)
+{
+	cache_on(state);
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(use_of("SELECT email, id FROM users ORDER BY 2", "email"), SQL_USE_OUTPUT);
+		assert_int_equal(use_of("SELECT email, id FROM users ORDER BY 1", "email"),
+				 SQL_USE_OUTPUT | SQL_USE_PREDICATE);
+		assert_int_equal(use_of("SELECT email, count(*) FROM users GROUP BY 1", "email"),
+				 SQL_USE_OUTPUT | SQL_USE_PREDICATE);
+	}
+}
+
+/*
+ * Unqualified columns count against every table in scope: columns x tables
+ * past the lineage budget is refused as too complex, not a syntax error.
+ */
+static void test_too_complex(void **state)
+{
+	size_t cap = 64 * 1024, len = 0;
+	char *sql = malloc(cap);
+	StmtInfo *info;
+
+	(void)state;
+	assert_non_null(sql);
+	len += (size_t)snprintf(sql + len, cap - len, "SELECT c0");
+	for (int i = 1; i < 700; i++)
+		len += (size_t)snprintf(sql + len, cap - len, ", c%d", i);
+	len += (size_t)snprintf(sql + len, cap - len, " FROM t0");
+	for (int i = 1; i < 700; i++)
+		len += (size_t)snprintf(sql + len, cap - len, ", t%d", i);
+	info = sqlinfo_analyze(sql, len);
+	assert_non_null(info);
+	assert_non_null(info->error);
+	assert_false(info->error_is_syntax);
+	assert_string_equal(info->error, "statement too complex to analyse");
+	assert_int_equal(info->n_parts, 0);
+	sqlinfo_unref(info);
+	free(sql);
+}
+
 /* Statements differing only in literals share one analysis; their spans are their own. */
 static void test_cache_shape_hits(void **state)
 {
@@ -909,6 +963,8 @@ int main(void)
 {
 	static const struct CMUnitTest unit[] = {
 		cmocka_unit_test(test_cache_literal_sensitive),
+		cmocka_unit_test(test_cache_sort_position),
+		cmocka_unit_test(test_too_complex),
 		cmocka_unit_test(test_cache_shape_hits),
 		cmocka_unit_test(test_cache_shape_spans),
 		cmocka_unit_test(test_cache_uescape),
