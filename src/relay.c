@@ -42,6 +42,10 @@
 #define SQLSTATE_SYNTAX_ERROR "42601"
 #define MAX_PARTS 64
 #define MAX_HOLD_TABLES 64
+/* Bytes of a Bind read to find its names; the parameters are read only when it is held. */
+#define BIND_PEEK 256
+/* A copy buffer larger than this is freed after use. */
+#define SCRATCH_KEEP (1024 * 1024)
 /* What a session with a held message still reads (and buffers) behind it. */
 #define HOLD_READ_AHEAD (256 * 1024)
 
@@ -65,17 +69,28 @@ typedef struct Substitute {
 } Substitute;
 
 /*
- * A Parse forwarded to the server and not answered yet. It is installed in
- * the picture of the server only on its ParseComplete: a Parse the server
- * skips (after an earlier error of its batch) changes nothing there.
+ * A change to the server's prepared statements that pgveil forwarded and
+ * the server has not confirmed yet. It changes pgveil's picture of the
+ * server only on its confirmation, in its own batch: ParseComplete for a
+ * Parse, CloseComplete for a Close, CommandComplete DEALLOCATE / DISCARD ALL
+ * for SQL. One the server skipped (after an earlier error of its batch, or
+ * inside a failed transaction) is forgotten at that batch's ReadyForQuery.
  */
-typedef struct PendingParse {
+typedef enum {
+	PEND_PARSE,      /* name, sql, info: install on ParseComplete */
+	PEND_CLOSE,      /* name (NULL for a portal): forget on CloseComplete */
+	PEND_PREPARE,    /* name, sql, info: install on CommandComplete PREPARE */
+	PEND_DEALLOCATE, /* name (NULL = all): forget on CommandComplete DEALLOCATE / DISCARD ALL */
+} PendKind;
+
+typedef struct Pending {
+	PendKind kind;
 	uint64_t batch;              /* batch it was sent in */
 	char *name;                  /* statement name, "" = unnamed */
-	char *sql;                   /* its text */
-	StmtInfo *info;              /* its analysis (a reference) */
-	struct PendingParse *next;
-} PendingParse;
+	char *sql;                   /* PEND_PARSE, PEND_PREPARE: the statement's text */
+	StmtInfo *info;              /* PEND_PARSE, PEND_PREPARE: its analysis (a reference) */
+	struct Pending *next;
+} Pending;
 
 typedef enum { GUARD_FORWARD, GUARD_REFUSE, GUARD_HOLD } GuardAction;
 
@@ -87,16 +102,25 @@ struct Relay {
 	uint64_t batches_sent;       /* Query/Sync/FunctionCall forwarded */
 	uint64_t batches_done;       /* ReadyForQuery received */
 	Substitute *subst_head, *subst_tail;
-	PendingParse *pend_head, *pend_tail; /* Parses awaiting ParseComplete, in order */
+	Pending *pend_head, *pend_tail; /* changes awaiting the server's confirmation, in order */
+	int n_pend_sql;              /* PEND_PREPARE and PEND_DEALLOCATE entries among them */
+	char last_starter;           /* 'Q' or 'E': what started the server's latest command */
+	int syncs_since_execute;     /* Syncs forwarded since the latest Execute */
+	bool copy_in_seen;           /* the server sent CopyInResponse since */
 	struct evbuffer *inject;     /* messages for the client, waiting for a message boundary */
 	uint8_t *scratch;            /* copy of the message being decided */
 	size_t scratch_cap;
+	struct evbuffer *cur_in;     /* where the message being decided is: buffer, */
+	size_t cur_off;              /* offset of its header, */
+	uint32_t cur_blen;           /* body length */
 	PgBuf refusal;               /* ErrorResponse for the message being refused */
 	/* the held message, if any */
 	uint64_t hold_id;            /* approval id, 0 = nothing held */
 	uint8_t hold_type;           /* 'Q', 'B' or 'F' */
 	size_t hold_len;             /* its length on the wire */
 	bool released;               /* the message at the front was approved: forward it unchanged */
+	StmtInfo *hold_info;         /* a held Query's analysis when it PREPAREs or DEALLOCATEs, else NULL */
+	char *hold_sql;              /* and its text */
 	struct event *hold_wake;     /* a decision arrived */
 	struct event *hold_timer;    /* hold_timeout */
 	struct event *hold_cancel;   /* a CancelRequest matched */
@@ -222,8 +246,17 @@ static bool prepared_add(Relay *r, const char *name, const char *sql, StmtInfo *
 	return true;
 }
 
-/* Applies a forwarded statement's PREPARE / DEALLOCATE to the picture of the server. */
-static void prepared_track(Relay *r, const StmtInfo *info, const char *sql)
+/*
+ * Queues a forwarded statement's PREPAREs and DEALLOCATEs; each changes
+ * pgveil's picture of the server when the server's CommandComplete confirms
+ * it. Until then EXECUTE counts the PREPAREd body as possible too. A change
+ * that cannot be queued (out of memory) never happens in the picture: an
+ * unconfirmed PREPARE stays unknown (EXECUTE refused), an unconfirmed
+ * DEALLOCATE keeps the name known.
+ */
+static bool pending_push(Relay *r, PendKind kind, const char *name, const char *sql, StmtInfo *info);
+
+static void prepared_track(Relay *r, StmtInfo *info, const char *sql)
 {
 	for (int i = 0; i < info->n_prep; i++) {
 		const SqlPrepRef *ref = &info->prep[i];
@@ -231,13 +264,13 @@ static void prepared_track(Relay *r, const StmtInfo *info, const char *sql)
 		switch (ref->op) {
 		case SQL_PREP_PREPARE:
 			/* The body parts are found again through the PREPARE ref at EXECUTE. */
-			(void)prepared_add(r, ref->name, sql, (StmtInfo *)info);
+			(void)pending_push(r, PEND_PREPARE, ref->name, sql, info);
 			break;
 		case SQL_PREP_DEALLOCATE:
-			prepared_remove(r, ref->name);
+			(void)pending_push(r, PEND_DEALLOCATE, ref->name, NULL, NULL); /* not pushed: stays known */
 			break;
 		case SQL_PREP_DEALLOCATE_ALL:
-			prepared_clear(r);
+			(void)pending_push(r, PEND_DEALLOCATE, NULL, NULL, NULL);
 			break;
 		case SQL_PREP_EXECUTE:
 			break;
@@ -245,18 +278,22 @@ static void prepared_track(Relay *r, const StmtInfo *info, const char *sql)
 	}
 }
 
-static bool pending_push(Relay *r, const char *name, const char *sql, StmtInfo *info)
+static bool pending_push(Relay *r, PendKind kind, const char *name, const char *sql, StmtInfo *info)
 {
-	PendingParse *q = calloc(1, sizeof(*q));
+	Pending *q = calloc(1, sizeof(*q));
 
-	if (q == NULL || (q->name = strdup(name)) == NULL || (q->sql = strdup(sql)) == NULL) {
+	if (q == NULL || (name != NULL && (q->name = strdup(name)) == NULL) ||
+	    (sql != NULL && (q->sql = strdup(sql)) == NULL)) {
 		if (q != NULL)
 			free(q->name);
 		free(q);
 		return false;
 	}
+	q->kind = kind;
 	q->batch = r->batches_sent;
-	q->info = sqlinfo_ref(info);
+	q->info = info != NULL ? sqlinfo_ref(info) : NULL;
+	if (kind == PEND_PREPARE || kind == PEND_DEALLOCATE)
+		r->n_pend_sql++;
 	if (r->pend_tail != NULL)
 		r->pend_tail->next = q;
 	else
@@ -265,38 +302,54 @@ static bool pending_push(Relay *r, const char *name, const char *sql, StmtInfo *
 	return true;
 }
 
-static void pending_pop(Relay *r)
+/* Unlinks *qp (prev is its predecessor, NULL at the head) and frees it. */
+static void pending_unlink(Relay *r, Pending **qp, Pending *prev)
 {
-	PendingParse *q = r->pend_head;
+	Pending *q = *qp;
 
-	r->pend_head = q->next;
-	if (r->pend_head == NULL)
-		r->pend_tail = NULL;
-	sqlinfo_unref(q->info);
+	*qp = q->next;
+	if (r->pend_tail == q)
+		r->pend_tail = prev;
+	if (q->kind == PEND_PREPARE || q->kind == PEND_DEALLOCATE)
+		r->n_pend_sql--;
+	if (q->info != NULL)
+		sqlinfo_unref(q->info);
 	free(q->name);
 	free(q->sql);
 	free(q);
 }
 
-/* Forgets the Parses of finished batches that never completed: the server skipped them. */
+/* Forgets the changes of finished batches that were never confirmed: the server skipped them. */
 static void pending_drop_done(Relay *r)
 {
 	while (r->pend_head != NULL && r->pend_head->batch < r->batches_done)
-		pending_pop(r);
+		pending_unlink(r, &r->pend_head, NULL);
 }
 
 /*
- * ParseComplete: the oldest unanswered Parse of the open batches is now the
- * server's. If it cannot be recorded (out of memory) the name stays unknown
- * and its Bind is refused.
+ * The server confirmed the oldest unconfirmed change of `kind`: apply it.
+ * Only a change of the batch being answered can be confirmed; otherwise
+ * pgveil's count of batches is off, and it keeps its picture as it is (a
+ * name stays known or unknown: what it cannot confirm it does not install).
  */
-static void pending_complete(Relay *r)
+static void pending_confirm(Relay *r, PendKind kind)
 {
+	Pending **qp = &r->pend_head, *prev = NULL;
+
 	pending_drop_done(r);
-	if (r->pend_head == NULL)
+	while (*qp != NULL && (*qp)->kind != kind) {
+		prev = *qp;
+		qp = &(*qp)->next;
+	}
+	if (*qp == NULL || (*qp)->batch != r->batches_done)
 		return;
-	(void)prepared_add(r, r->pend_head->name, r->pend_head->sql, r->pend_head->info);
-	pending_pop(r);
+	if (kind == PEND_PARSE || kind == PEND_PREPARE)
+		(void)prepared_add(r, (*qp)->name, (*qp)->sql, (*qp)->info); /* out of memory: stays unknown */
+	else if ((*qp)->name == NULL && kind == PEND_DEALLOCATE)
+		prepared_clear(r);
+	else if ((*qp)->name != NULL)
+		prepared_remove(r, (*qp)->name);
+	pending_unlink(r, qp, prev);
 }
 
 /* ---- deciding ------------------------------------------------------------------------ */
@@ -433,8 +486,8 @@ static bool add_body(Session *s, const char *name, const StmtInfo *info, PartLis
  * Adds what prepared statement `name` can run when the server reaches the
  * message being decided. A Parse of the name earlier in the open batch
  * decides it alone: if that Parse fails, the server skips the rest of the
- * batch. Otherwise every body it may hold: the one pgveil saw completed, and
- * each Parse of the name the server has not answered yet. *settled is false
+ * batch. Otherwise every body it may hold: those the server confirmed, and
+ * each Parse or PREPARE of the name it has not answered yet. *settled is false
  * when the answer depends on unanswered Parses or other names (not to be
  * cached); *sql is the text to show an approver.
  */
@@ -442,7 +495,7 @@ static NamedResult add_named(Session *s, const char *name, PartList *pl, int dep
 			     const char **sql)
 {
 	Relay *r = s->relay;
-	const PendingParse *current = NULL;
+	const Pending *current = NULL;
 	const Prepared *p = prepared_find(r, name);
 	bool found = false;
 
@@ -452,11 +505,11 @@ static NamedResult add_named(Session *s, const char *name, PartList *pl, int dep
 		       NULL, NULL, 0);
 		return NAMED_REFUSED;
 	}
-	for (const PendingParse *q = r->pend_head; q != NULL; q = q->next) {
-		if (strcmp(q->name, name) != 0)
+	for (const Pending *q = r->pend_head; q != NULL; q = q->next) {
+		if ((q->kind != PEND_PARSE && q->kind != PEND_PREPARE) || strcmp(q->name, name) != 0)
 			continue;
 		*settled = false;
-		if (q->batch == r->batches_sent)
+		if (q->kind == PEND_PARSE && q->batch == r->batches_sent)
 			current = q;
 	}
 	if (current != NULL) {
@@ -470,8 +523,8 @@ static NamedResult add_named(Session *s, const char *name, PartList *pl, int dep
 		*sql = p->sql;
 		found = true;
 	}
-	for (const PendingParse *q = r->pend_head; q != NULL; q = q->next) {
-		if (strcmp(q->name, name) != 0)
+	for (const Pending *q = r->pend_head; q != NULL; q = q->next) {
+		if ((q->kind != PEND_PARSE && q->kind != PEND_PREPARE) || strcmp(q->name, name) != 0)
 			continue;
 		if (!add_body(s, name, q->info, pl, depth, settled))
 			return NAMED_REFUSED;
@@ -532,19 +585,27 @@ static void table_name(const SqlTable *t, char *buf, size_t len)
 		snprintf(buf, len, "%s", t->name);
 }
 
-/* "schema.name" of every table the parts touch (deduplicated), for grants. */
-static int hold_tables(const PartList *pl, char names[][128], const char **ptrs)
+/*
+ * "schema.name" of every table the parts touch (deduplicated), for grants;
+ * *all is false when there were more than MAX_HOLD_TABLES.
+ */
+static int hold_tables(const PartList *pl, char names[][128], const char **ptrs, bool *all)
 {
 	int n = 0;
 
+	*all = true;
 	for (int i = 0; i < pl->n; i++) {
-		for (int j = 0; j < pl->parts[i]->n_tables && n < MAX_HOLD_TABLES; j++) {
+		for (int j = 0; j < pl->parts[i]->n_tables; j++) {
 			char buf[128];
 			bool dup = false;
 
 			table_name(&pl->parts[i]->tables[j], buf, sizeof(buf));
 			for (int k = 0; k < n && !dup; k++)
 				dup = strcmp(names[k], buf) == 0;
+			if (!dup && n == MAX_HOLD_TABLES) {
+				*all = false; /* more than the approver's list holds */
+				return n;
+			}
 			if (!dup) {
 				memcpy(names[n], buf, sizeof(buf));
 				ptrs[n] = names[n];
@@ -571,13 +632,15 @@ static GuardAction hold_start(Session *s, uint8_t type, size_t msglen, const cha
 	const char *ptrs[MAX_HOLD_TABLES];
 	const char *rule = d->rule != NULL ? d->rule->where : NULL;
 	const char *subject = s->identity.subject != NULL ? s->identity.subject : "";
-	int n_tables = hold_tables(pl, names, ptrs);
+	bool all_tables;
+	int n_tables = hold_tables(pl, names, ptrs, &all_tables);
 	uint64_t grant;
 	HoldSpec spec;
 	char msg[128], detail[512];
 	PgBuf b;
 
-	if (approval_grant_covers(subject, rule, n_tables, ptrs, &grant)) {
+	/* A grant covers a statement only when every table it touches is listed. */
+	if (all_tables && approval_grant_covers(subject, rule, n_tables, ptrs, &grant)) {
 		log_write(LL_INFO, s->ctx, "allowed by grant %llu", (unsigned long long)grant);
 		admin_stat_add(STAT_GRANTED, 1);
 		return GUARD_FORWARD;
@@ -631,6 +694,29 @@ static StmtInfo *analyze(const char *sql)
 	return info;
 }
 
+/*
+ * A held Query keeps its analysis, so that once approved its PREPAREs and
+ * DEALLOCATEs reach pgveil's picture of the server like any forwarded one.
+ */
+static bool hold_keep_query(Relay *r, StmtInfo *info, const char *sql)
+{
+	if (info->n_prep == 0)
+		return true;
+	if ((r->hold_sql = strdup(sql)) == NULL)
+		return false;
+	r->hold_info = sqlinfo_ref(info);
+	return true;
+}
+
+static void hold_forget_query(Relay *r)
+{
+	if (r->hold_info != NULL)
+		sqlinfo_unref(r->hold_info);
+	free(r->hold_sql);
+	r->hold_info = NULL;
+	r->hold_sql = NULL;
+}
+
 /* Query: the whole string is decided; its parts are every statement in it. */
 static GuardAction guard_query(Session *s, const char *sql, size_t msglen)
 {
@@ -652,9 +738,11 @@ static GuardAction guard_query(Session *s, const char *sql, size_t msglen)
 	d = decide(s, &pl);
 	if (d.action == DECISION_BLOCK)
 		refuse_blocked(s, &d);
-	else if (d.action == DECISION_HOLD)
-		act = hold_start(s, 'Q', msglen, sql, &d, &pl);
-	else
+	else if (d.action == DECISION_HOLD && !hold_keep_query(s->relay, info, sql))
+		refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory while holding the statement", NULL, NULL, 0);
+	else if (d.action == DECISION_HOLD && (act = hold_start(s, 'Q', msglen, sql, &d, &pl)) != GUARD_HOLD)
+		hold_forget_query(s->relay);
+	else if (d.action == DECISION_ALLOW)
 		act = GUARD_FORWARD;
 	if (act == GUARD_FORWARD)
 		prepared_track(s->relay, info, sql);
@@ -690,7 +778,7 @@ static GuardAction guard_parse(Session *s, PgReader *rd)
 		d = decide(s, &pl);
 		if (d.action == DECISION_BLOCK)
 			refuse_blocked(s, &d);
-		else if (!pending_push(s->relay, name, sql, info))
+		else if (!pending_push(s->relay, PEND_PARSE, name, sql, info))
 			refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory", NULL, NULL, 0);
 		else
 			act = GUARD_FORWARD;
@@ -701,59 +789,86 @@ static GuardAction guard_parse(Session *s, PgReader *rd)
 	return act;
 }
 
-/* Appends a readable rendering of one Bind parameter to the approver's text. */
-static void describe_param(char *out, size_t cap, size_t *len, int i, bool binary, const uint8_t *v, int32_t vlen)
-{
-	int n;
+/* What of one parameter value the approver is shown; the rest is counted, not shown. */
+#define PARAM_SHOWN_BYTES 4096
 
-	if (*len >= cap)
+/* Appends a readable rendering of one Bind parameter to the approver's text. */
+static void describe_param(struct evbuffer *out, int i, bool binary, const uint8_t *v, int32_t vlen)
+{
+	int32_t shown = vlen < PARAM_SHOWN_BYTES ? vlen : PARAM_SHOWN_BYTES;
+
+	if (vlen < 0) {
+		evbuffer_add_printf(out, "\n-- $%d = NULL", i + 1);
 		return;
-	if (vlen < 0)
-		n = snprintf(out + *len, cap - *len, "\n-- $%d = NULL", i + 1);
-	else if (binary) {
-		n = snprintf(out + *len, cap - *len, "\n-- $%d = (binary, %d bytes) '\\x", i + 1, vlen);
-		for (int32_t k = 0; k < vlen && *len + (size_t)n + 4 < cap; k++)
-			n += snprintf(out + *len + n, cap - *len - (size_t)n, "%02x", v[k]);
-		n += snprintf(out + *len + n, cap - *len - (size_t)n, "'");
-	} else {
-		n = snprintf(out + *len, cap - *len, "\n-- $%d = '", i + 1);
-		for (int32_t k = 0; k < vlen && *len + (size_t)n + 4 < cap; k++) {
-			if (v[k] == '\'')
-				out[*len + (size_t)n++] = '\'';
-			out[*len + (size_t)n++] = (char)v[k];
-		}
-		out[*len + (size_t)n] = '\0';
-		n += snprintf(out + *len + n, cap - *len - (size_t)n, "'");
 	}
-	*len += (size_t)n < cap - *len ? (size_t)n : cap - *len - 1;
+	if (binary) {
+		evbuffer_add_printf(out, "\n-- $%d = (binary, %d bytes) '\\x", i + 1, vlen);
+		for (int32_t k = 0; k < shown; k++)
+			evbuffer_add_printf(out, "%02x", v[k]);
+	} else {
+		evbuffer_add_printf(out, "\n-- $%d = '", i + 1);
+		for (int32_t k = 0; k < shown; k++)
+			evbuffer_add(out, v[k] == '\'' ? "''" : (const char *)&v[k], v[k] == '\'' ? 2 : 1);
+	}
+	evbuffer_add(out, "'", 1);
+	if (shown < vlen)
+		evbuffer_add_printf(out, " (first %d of %d bytes shown)", shown, vlen);
 }
 
-/* The statement text with the Bind's parameter values, as the approver sees it. */
+/* The statement text with the Bind's parameter values, as the approver sees it (malloc'd). */
 static char *bind_display(const char *sql, PgReader rd)
 {
-	size_t cap = strlen(sql) + 8192, len;
-	char *out = malloc(cap);
+	struct evbuffer *out = evbuffer_new();
 	int16_t nfmt, nparams, fmt1 = 0;
 	const uint8_t *fmts = NULL;
+	char *text = NULL;
+	size_t len;
 
 	if (out == NULL)
 		return NULL;
-	len = (size_t)snprintf(out, cap, "%s", sql);
-	if (!pgproto_get_int16(&rd, &nfmt) || nfmt < 0 || !pgproto_get_bytes(&rd, (size_t)nfmt * 2, &fmts) ||
-	    !pgproto_get_int16(&rd, &nparams))
-		return out;
-	if (nfmt == 1)
-		fmt1 = (int16_t)((fmts[0] << 8) | fmts[1]);
-	for (int i = 0; i < nparams; i++) {
-		int32_t vlen;
-		const uint8_t *v = NULL;
-		bool binary = nfmt == 1 ? fmt1 == 1 : (i < nfmt && ((fmts[2 * i] << 8) | fmts[2 * i + 1]) == 1);
+	evbuffer_add(out, sql, strlen(sql));
+	if (pgproto_get_int16(&rd, &nfmt) && nfmt >= 0 && pgproto_get_bytes(&rd, (size_t)nfmt * 2, &fmts) &&
+	    pgproto_get_int16(&rd, &nparams)) {
+		if (nfmt == 1)
+			fmt1 = (int16_t)((fmts[0] << 8) | fmts[1]);
+		for (int i = 0; i < nparams; i++) {
+			int32_t vlen;
+			const uint8_t *v = NULL;
+			bool binary = nfmt == 1 ? fmt1 == 1 : (i < nfmt && ((fmts[2 * i] << 8) | fmts[2 * i + 1]) == 1);
 
-		if (!pgproto_get_int32(&rd, &vlen) || (vlen > 0 && !pgproto_get_bytes(&rd, (size_t)vlen, &v)))
-			break;
-		describe_param(out, cap, &len, i, binary, v, vlen);
+			if (!pgproto_get_int32(&rd, &vlen) || (vlen > 0 && !pgproto_get_bytes(&rd, (size_t)vlen, &v)))
+				break;
+			describe_param(out, i, binary, v, vlen);
+		}
 	}
-	return out;
+	len = evbuffer_get_length(out);
+	if ((text = malloc(len + 1)) != NULL) {
+		evbuffer_remove(out, text, len);
+		text[len] = '\0';
+	}
+	evbuffer_free(out);
+	return text;
+}
+
+static const uint8_t *copy_body(Relay *r, struct evbuffer *in, size_t off, uint32_t blen);
+
+/*
+ * bind_display over the whole Bind being decided (the guard may have read
+ * only its names).
+ */
+static char *bind_display_whole(Session *s, const char *sql)
+{
+	Relay *r = s->relay;
+	const uint8_t *body = copy_body(r, r->cur_in, r->cur_off, r->cur_blen);
+	const char *name;
+	PgReader rd;
+
+	if (body == NULL)
+		return NULL;
+	pgproto_reader_init(&rd, body, r->cur_blen);
+	if (!pgproto_get_string(&rd, &name) || !pgproto_get_string(&rd, &name))
+		return NULL;
+	return bind_display(sql, rd);
 }
 
 /* Bind: decided on everything the named statement can run; held here, not at Parse. */
@@ -805,13 +920,13 @@ static GuardAction guard_bind(Session *s, PgReader *rd, size_t msglen)
 		refuse_blocked(s, &d);
 		return GUARD_REFUSE;
 	}
-	text = bind_display(sql, *rd);
+	text = bind_display_whole(s, sql);
 	act = hold_start(s, 'B', msglen, text != NULL ? text : sql, &d, &pl);
 	free(text);
 	return act;
 }
 
-/* Close of a prepared statement: forget it. */
+/* Close of a prepared statement or portal. */
 static GuardAction guard_close(Session *s, PgReader *rd)
 {
 	uint8_t kind;
@@ -821,8 +936,11 @@ static GuardAction guard_close(Session *s, PgReader *rd)
 		session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "invalid Close message");
 		return GUARD_HOLD;
 	}
-	if (kind == 'S')
-		prepared_remove(s->relay, name);
+	/* Forgotten once the server confirms; a portal's Close is queued too, to keep CloseCompletes in order. */
+	if (!pending_push(s->relay, PEND_CLOSE, kind == 'S' ? name : NULL, NULL, NULL)) {
+		refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory", NULL, NULL, 0);
+		return GUARD_REFUSE;
+	}
 	return GUARD_FORWARD;
 }
 
@@ -944,8 +1062,11 @@ static void send_refusal(Session *s, uint8_t type)
 /* Copies the body of the message at `off` (whole in the buffer) to scratch. */
 static const uint8_t *copy_body(Relay *r, struct evbuffer *in, size_t off, uint32_t blen)
 {
+	static const uint8_t empty[1];
 	struct evbuffer_ptr pos;
 
+	if (blen == 0)
+		return empty; /* an empty body: the reader finds nothing in it */
 	if (blen > r->scratch_cap) {
 		uint8_t *n = realloc(r->scratch, blen);
 
@@ -957,6 +1078,63 @@ static const uint8_t *copy_body(Relay *r, struct evbuffer *in, size_t off, uint3
 	evbuffer_ptr_set(in, &pos, off + PG_HEADER_LEN, EVBUFFER_PTR_SET);
 	evbuffer_copyout_from(in, &pos, r->scratch, blen);
 	return r->scratch;
+}
+
+/*
+ * Batch accounting for the messages that pass unread. Each Sync ends a
+ * batch, except the Syncs a client sends after an Execute that turned into
+ * COPY FROM STDIN and before its CopyDone/CopyFail: the server ignores
+ * those (libpq sends one right after the Execute), so they are taken back
+ * once the copy ends.
+ */
+static void count_client_message(Session *s, uint8_t type)
+{
+	Relay *r = s->relay;
+
+	switch (type) {
+	case 'S':
+		r->batches_sent++;
+		s->pending_ready++;
+		r->syncs_since_execute++;
+		return;
+	case 'E':
+		r->last_starter = 'E';
+		r->syncs_since_execute = 0;
+		r->copy_in_seen = false;
+		return;
+	case 'c':
+	case 'f':
+		if (r->copy_in_seen && r->last_starter == 'E') {
+			r->batches_sent -= (uint64_t)r->syncs_since_execute;
+			s->pending_ready -= r->syncs_since_execute;
+			r->syncs_since_execute = 0;
+		}
+		r->copy_in_seen = false;
+		return;
+	default:
+		return;
+	}
+}
+
+/*
+ * How much of a guarded message's body must be read to decide it: all of
+ * it, except for a Bind, whose portal and statement names at its start are
+ * enough until it is held (its parameter values can be large).
+ */
+static uint32_t guarded_length(struct evbuffer *in, size_t off, const PgHeader *h)
+{
+	uint32_t blen = h->len - 4, peek = blen < BIND_PEEK ? blen : BIND_PEEK;
+	struct evbuffer_ptr pos;
+	uint8_t head[BIND_PEEK];
+	int nuls = 0;
+
+	if (h->type != 'B' || peek == blen)
+		return blen;
+	evbuffer_ptr_set(in, &pos, off + PG_HEADER_LEN, EVBUFFER_PTR_SET);
+	evbuffer_copyout_from(in, &pos, head, peek);
+	for (uint32_t i = 0; i < peek && nuls < 2; i++)
+		nuls += head[i] == 0;
+	return nuls == 2 ? peek : blen;
 }
 
 static bool needs_guard(uint8_t type)
@@ -979,13 +1157,26 @@ static size_t guard_at(Session *s, struct evbuffer *in, size_t run, const PgHead
 	if (r->released) {
 		r->released = false;
 		act = GUARD_FORWARD;
+		if (r->hold_info != NULL)
+			prepared_track(r, r->hold_info, r->hold_sql);
+		hold_forget_query(r);
 	} else {
-		body = copy_body(r, in, run, h->len - 4);
+		uint32_t blen = guarded_length(in, run, h);
+
+		r->cur_in = in;
+		r->cur_off = run;
+		r->cur_blen = h->len - 4;
+		body = copy_body(r, in, run, blen);
 		if (body == NULL) {
 			session_fail(s, SQLSTATE_OUT_OF_MEMORY, "out of memory");
 			return (size_t)-1;
 		}
-		act = guard_message(s, h->type, body, h->len - 4, msglen);
+		act = guard_message(s, h->type, body, blen, msglen);
+		if (r->scratch_cap > SCRATCH_KEEP) { /* a huge message passed: do not keep its copy's memory */
+			free(r->scratch);
+			r->scratch = NULL;
+			r->scratch_cap = 0;
+		}
 		if (s->state != SESS_ACTIVE)
 			return (size_t)-1;
 	}
@@ -993,6 +1184,7 @@ static size_t guard_at(Session *s, struct evbuffer *in, size_t run, const PgHead
 		if (h->type == 'Q' || h->type == 'F') {
 			r->batches_sent++;
 			s->pending_ready++;
+			r->last_starter = 'Q';
 		}
 		return run + msglen;
 	}
@@ -1012,7 +1204,8 @@ static void client_forward(Session *s, size_t run)
 	stream_flush(s->server);
 }
 
-void relay_client_terminate(Session *s)
+/* Queues Terminate toward the server. */
+static void send_terminate(Session *s)
 {
 	PgBuf b;
 
@@ -1020,6 +1213,11 @@ void relay_client_terminate(Session *s)
 	pgproto_build_terminate(&b);
 	evbuffer_add(stream_output(s->server), b.data, b.len);
 	pgproto_buf_free(&b);
+}
+
+void relay_client_terminate(Session *s)
+{
+	send_terminate(s);
 	session_close(s, "client sent Terminate");
 }
 
@@ -1073,10 +1271,7 @@ void relay_client_input(Session *s)
 			avail = evbuffer_get_length(in);
 			continue;
 		}
-		if (h.type == 'S') {
-			r->batches_sent++;
-			s->pending_ready++;
-		}
+		count_client_message(s, h.type);
 		if (avail - run < (size_t)h.len + 1) {
 			s->client_pass = (uint32_t)((size_t)h.len + 1 - (avail - run));
 			run = avail;
@@ -1100,8 +1295,6 @@ void relay_client_input(Session *s)
  */
 void relay_client_eof(Session *s)
 {
-	PgBuf b;
-
 	if (s->client_eof)
 		return;
 	if (s->relay->hold_id != 0 || s->client_pass > 0 || evbuffer_get_length(stream_input(s->client)) > 0) {
@@ -1109,10 +1302,7 @@ void relay_client_eof(Session *s)
 		return;
 	}
 	s->client_eof = true;
-	pgproto_buf_init(&b);
-	pgproto_build_terminate(&b);
-	evbuffer_add(stream_output(s->server), b.data, b.len);
-	pgproto_buf_free(&b);
+	send_terminate(s);
 	stream_flush(s->server);
 }
 
@@ -1158,6 +1348,21 @@ static SubstResult maybe_substitute(Session *s, struct evbuffer *in, size_t run,
 	return SUBST_REPLACED;
 }
 
+/* CommandComplete while a PREPARE or DEALLOCATE waits: its tag confirms it. */
+static void command_complete(Session *s, struct evbuffer *in, size_t run, const PgHeader *h)
+{
+	Relay *r = s->relay;
+	const uint8_t *body = copy_body(r, in, run, h->len - 4);
+	const char *tag = (const char *)body;
+
+	if (body == NULL || h->len - 4 == 0 || body[h->len - 5] != '\0')
+		return;
+	if (strcmp(tag, "PREPARE") == 0)
+		pending_confirm(r, PEND_PREPARE);
+	else if (strncmp(tag, "DEALLOCATE", 10) == 0 || strcmp(tag, "DISCARD ALL") == 0)
+		pending_confirm(r, PEND_DEALLOCATE);
+}
+
 void relay_server_input(Session *s)
 {
 	Relay *r = s->relay;
@@ -1191,7 +1396,15 @@ void relay_server_input(Session *s)
 			while (r->subst_head != NULL && r->subst_head->batch < r->batches_done)
 				subst_pop(r); /* an earlier error of that batch skipped the refusal */
 		} else if (h.type == '1') {
-			pending_complete(r);
+			pending_confirm(r, PEND_PARSE);
+		} else if (h.type == '3') {
+			pending_confirm(r, PEND_CLOSE);
+		} else if (h.type == 'C' && r->n_pend_sql > 0) {
+			if (avail - run < (size_t)h.len + 1)
+				break; /* read the tag whole */
+			command_complete(s, in, run, &h);
+		} else if (h.type == 'G') {
+			r->copy_in_seen = true;
 		} else if (h.type == 'E') {
 			if (r->subst_head != NULL && r->subst_head->batch == r->batches_done) {
 				SubstResult sr = maybe_substitute(s, in, run, avail, &h);
@@ -1259,6 +1472,7 @@ static void hold_end(Session *s, HoldState st, const char *reason)
 		refuse(s, SQLSTATE_QUERY_CANCELED, "canceling statement due to user request", NULL, NULL, 0);
 	}
 	log_write(LL_INFO, s->ctx, "held statement %llu: %s", (unsigned long long)id, msg);
+	hold_forget_query(r);
 	evbuffer_drain(stream_input(s->client), r->hold_len);
 	send_refusal(s, type);
 	stream_flush(s->server);
@@ -1356,7 +1570,8 @@ void relay_free(Session *s)
 	while (r->subst_head != NULL)
 		subst_pop(r);
 	while (r->pend_head != NULL)
-		pending_pop(r);
+		pending_unlink(r, &r->pend_head, NULL);
+	hold_forget_query(r);
 	if (r->inject != NULL)
 		evbuffer_free(r->inject);
 	if (r->hold_wake != NULL)

@@ -196,3 +196,28 @@ def test_held_transaction_state(hc, table, admin):
     assert isinstance(done["error"], psycopg.errors.InsufficientPrivilege)
     assert done["status"] == psycopg.pq.TransactionStatus.INERROR
     assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (10,)
+
+
+def test_approved_query_prepares(hc, table, admin):
+    """An approved Query that re-PREPAREs a name counts like any forwarded one:
+    a later EXECUTE of the new body is held again, in the same session."""
+    out = {}
+
+    def run():
+        with hc.connect(hc.agent, dbname="app") as conn:
+            conn.execute("PREPARE s AS SELECT 1", prepare=False)
+            conn.execute(f"DEALLOCATE s; PREPARE s AS DELETE FROM {table} WHERE id = $1", prepare=False)
+            try:
+                conn.execute("EXECUTE s(2)", prepare=False)
+            except psycopg.Error as e:
+                out["error"] = e
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    held = wait_held(hc, "PREPARE s AS DELETE")
+    assert hc.psql(hc.approver, "-c", f"APPROVE {held[0]}").returncode == 0
+    held = wait_held(hc, "EXECUTE s(2)")
+    assert hc.psql(hc.approver, "-c", f"DENY {held[0]}").returncode == 0
+    th.join(15)
+    assert isinstance(out.get("error"), psycopg.errors.InsufficientPrivilege), out
+    assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (10,)

@@ -521,3 +521,80 @@ def test_skipped_parse_does_not_replace_the_statement(hold_pgveil, table, admin)
         assert kinds[0] == b"N" and kinds[-2:] == [b"E", b"Z"], kinds
         assert pgwire.parse_fields(msgs[-2][1])["C"] == "57014"
     assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (20,)
+
+
+def _held_then_timed_out(w, msgs_to_send):
+    """Sends a batch whose Bind must be held: a notice, then 57014 at hold_timeout."""
+    from test_protocol import read_types
+    w.send(msgs_to_send)
+    msgs = read_types(w, timeout=10)
+    kinds = [m for m, _ in msgs]
+    assert b"N" in kinds and kinds[-2:] == [b"E", b"Z"], kinds
+    assert pgwire.parse_fields(msgs[-2][1])["C"] == "57014"
+
+
+def test_skipped_close_keeps_the_statement(hold_pgveil, table, admin):
+    """A Close the server skips does not make pgveil forget the statement, so a
+    failed PREPARE of the same name cannot stand in for it."""
+    from test_protocol import SYNC, bind_msg, close_msg, execute_msg, parse_msg, read_types
+    t = harness.pgveil_target(hold_pgveil)
+    with pgwire.connect("127.0.0.1", t.port, user="agent", database="app") as w:
+        w.send(parse_msg("s3", f"DELETE FROM {table} WHERE id = 1") + SYNC)
+        assert [m for m, _ in read_types(w)] == [b"1", b"Z"]
+        w.send(execute_msg("no_such_portal") + close_msg(b"S", "s3") + SYNC)  # the Close is skipped
+        assert [m for m, _ in read_types(w)] == [b"E", b"Z"]
+        rows, _, err = w.simple_query("PREPARE s3 AS SELECT 1")
+        assert err is not None and err["C"] == "42P05"  # the server still has s3
+        _held_then_timed_out(w, bind_msg("", "s3") + execute_msg("") + SYNC)
+    assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (20,)
+
+
+@pytest.mark.parametrize("forget", ["DEALLOCATE s2", "DISCARD ALL"])
+def test_failed_deallocate_keeps_the_statement(hold_pgveil, table, admin, forget):
+    """DEALLOCATE or DISCARD ALL that fails on the server (inside a failed
+    transaction, or DISCARD ALL in a transaction block) changes nothing."""
+    from test_protocol import SYNC, parse_msg, read_types
+    t = harness.pgveil_target(hold_pgveil)
+    with pgwire.connect("127.0.0.1", t.port, user="agent", database="app") as w:
+        w.send(parse_msg("s2", f"DELETE FROM {table} WHERE id = 2") + SYNC)
+        assert [m for m, _ in read_types(w)] == [b"1", b"Z"]
+        for sql in ("BEGIN", "SELECT 1/0", forget, "ROLLBACK", "PREPARE s2 AS SELECT 1"):
+            w.simple_query(sql)
+        w.send(pgwire.query_message("EXECUTE s2"))
+        msgs = read_types(w, timeout=10)
+        kinds = [m for m, _ in msgs]
+        assert kinds[0] == b"N" and kinds[-2:] == [b"E", b"Z"], kinds
+        assert pgwire.parse_fields(msgs[-2][1])["C"] == "57014"
+    assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (20,)
+
+
+def test_long_parameter_held(hold_pgveil, table, admin):
+    """A held Bind with a long parameter: shown in part, the session survives."""
+    from test_protocol import SYNC, bind_msg, execute_msg, parse_msg, read_types
+    t = harness.pgveil_target(hold_pgveil)
+    with pgwire.connect("127.0.0.1", t.port, user="agent", database="app") as w:
+        w.send(parse_msg("h", f"UPDATE {table} SET v = 0 WHERE id::text = $1 AND $2 = $3") + SYNC)
+        assert [m for m, _ in read_types(w)] == [b"1", b"Z"]
+        _held_then_timed_out(w, bind_msg("", "h", [b"x" * 9000, b"1", b"2"]) + execute_msg("") + SYNC)
+        rows, _, err = w.simple_query("SELECT 1")
+        assert err is None and rows == [[b"1"]]
+    assert hold_pgveil.alive()
+
+
+def test_extended_copy_keeps_batches_in_step(guard_target, table, admin):
+    """COPY FROM STDIN through the extended protocol: the Sync libpq sends right
+    after Execute is ignored by the server; refusals afterwards still carry
+    pgveil's message, not the server's syntax error."""
+    from test_protocol import SYNC, bind_msg, execute_msg, parse_msg, read_types
+    with pgwire.connect("127.0.0.1", guard_target.port, user="agent", database="app") as w:
+        w.send(parse_msg("", f"COPY {table} FROM STDIN") + bind_msg("", "") + execute_msg("") + SYNC)
+        msgs = read_types(w, until=b"G")
+        assert [m for m, _ in msgs] == [b"1", b"2", b"G"]
+        w.send(pgwire.message(b"d", b"500\t5\n") + pgwire.message(b"c") + SYNC)
+        assert [m for m, _ in read_types(w)] == [b"C", b"Z"]
+        for _ in range(2):
+            rows, _, err = w.simple_query(f"DROP TABLE {table}")
+            assert err is not None and err["C"] == "42501", err
+            rows, _, err = w.simple_query("SELECT 1 FROM WHERE")
+            assert err is not None and err["C"] == "42601" and "pgveil" not in err["M"], err
+    assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (21,)
