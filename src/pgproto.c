@@ -215,6 +215,11 @@ static bool parse_startup_params(PgReader *r, PgStartup *out, const char **why)
 			*why = "too many startup parameters";
 			return false;
 		}
+		/* The server keeps the last of a repeated name, a lookup finds the first: never both. */
+		if (pgproto_startup_get(out, name) != NULL) {
+			*why = "duplicate startup parameter";
+			return false;
+		}
 		out->params[out->n_params].name = name;
 		out->params[out->n_params].value = value;
 		out->n_params++;

@@ -12,6 +12,7 @@ sent through the simple and the extended protocol.
 
 import asyncio
 import os
+import struct
 import time
 import uuid
 
@@ -598,3 +599,19 @@ def test_extended_copy_keeps_batches_in_step(guard_target, table, admin):
             rows, _, err = w.simple_query("SELECT 1 FROM WHERE")
             assert err is not None and err["C"] == "42601" and "pgveil" not in err["M"], err
     assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (21,)
+
+
+def test_repeated_startup_parameter_refused(guard_target):
+    """The server keeps the last of a repeated startup parameter: a second
+    `options` could otherwise carry a setting the first one was checked for."""
+    with pgwire.Wire("127.0.0.1", guard_target.port) as w:
+        body = struct.pack("!I", pgwire.PROTOCOL_3_0)
+        for k, v in (("user", "agent"), ("database", "app"), ("options", "-c work_mem=4MB"),
+                     ("options", "-c standard_conforming_strings=off")):
+            body += k.encode() + b"\0" + v.encode() + b"\0"
+        body += b"\0"
+        w.send(struct.pack("!I", len(body) + 4) + body)
+        t, payload = w.read_message()
+        assert t == b"E"
+        fields = pgwire.parse_fields(payload)
+        assert fields["S"] == "FATAL" and fields["C"] == "08P01" and "duplicate startup parameter" in fields["M"]

@@ -369,6 +369,7 @@ static void test_startup_malformed(void **state)
 		{ "name without NUL", { LEN0, V30, 'u', 's', 'e', 'r' }, 12, 0 },
 		{ "value without NUL", { LEN0, V30, 'u', 0, 'x', 'y' }, 12, 0 },
 		{ "bytes after terminator", { LEN0, V30, 'u', 0, 'x', 0, 0, 'z' }, 14, 0 },
+		{ "a name given twice", { LEN0, V30, 'o', 0, 'a', 0, 'o', 0, 'b', 0, 0 }, 17, 0 },
 		{ "SSLRequest with payload", { LEN0, 0x04, 0xd2, 0x16, 0x2f, 0, 0, 0, 0 }, 12, 0 },
 		{ "GSSENCRequest with payload", { LEN0, 0x04, 0xd2, 0x16, 0x30, 0 }, 9, 0 },
 		{ "CancelRequest too short", { LEN0, 0x04, 0xd2, 0x16, 0x2e, 0, 0, 0, 1 }, 12, 0 },
