@@ -30,7 +30,14 @@ bool policy_table_matches(const RuleTable *rt, const SqlTable *t, RuleAction act
 		return false;
 	if (t->schema != NULL)
 		return strcmp(rt->schema, t->schema) == 0;
-	return action != RULE_ALLOW || strcmp(rt->schema, "public") == 0;
+	if (action != RULE_ALLOW)
+		return true;
+	/*
+	 * ALLOW takes an unqualified name as public's, which is where the default
+	 * search_path finds a table, except that pg_catalog is searched first:
+	 * every relation there is named pg_*.
+	 */
+	return strcmp(rt->schema, "public") == 0 && strncmp(t->name, "pg_", 3) != 0;
 }
 
 static bool table_listed(const Rule *r, const SqlTable *t)
@@ -43,7 +50,8 @@ static bool table_listed(const Rule *r, const SqlTable *t)
 
 /*
  * The ON list: any rule matches when it has none. BLOCK and HOLD need one of
- * the part's tables listed; ALLOW needs all of them listed.
+ * the part's tables listed; ALLOW needs all of them listed, and at least one
+ * (a part that touches no table, DO or ALTER SYSTEM, is not "on" a table).
  */
 static bool on_matches(const Rule *r, const SqlPart *p)
 {
@@ -57,7 +65,7 @@ static bool on_matches(const Rule *r, const SqlPart *p)
 		if (r->action == RULE_ALLOW && !listed)
 			return false;
 	}
-	return r->action == RULE_ALLOW;
+	return r->action == RULE_ALLOW && p->n_tables > 0;
 }
 
 /*
@@ -109,23 +117,32 @@ static Decision decide_part(const RuleSet *rs, DefaultAction def, const Identity
 	if (rs != NULL)
 		for (int i = 0; i < rs->n_rules; i++)
 			if (policy_rule_matches(&rs->rules[i], id, p))
-				return (Decision){ (DecisionKind)rs->rules[i].action, &rs->rules[i], index };
-	return (Decision){ (DecisionKind)def, NULL, index };
+				return (Decision){ (DecisionKind)rs->rules[i].action, &rs->rules[i], index, false };
+	return (Decision){ (DecisionKind)def, NULL, index, false };
 }
 
 Decision policy_decide(const RuleSet *rs, DefaultAction def, const Identity *id, const SqlPart *const *parts,
 		       int n_parts)
 {
-	Decision best = { DECISION_ALLOW, NULL, -1 };
+	Decision best = { DECISION_ALLOW, NULL, -1, false };
+	const Rule *first_hold = NULL;
+	bool any_hold = false, several = false;
 
 	for (int i = 0; i < n_parts; i++) {
 		Decision d = decide_part(rs, def, id, parts[i], i);
 
+		if (d.action == DECISION_HOLD) {
+			several = several || (any_hold && d.rule != first_hold);
+			if (!any_hold)
+				first_hold = d.rule;
+			any_hold = true;
+		}
 		if (i == 0 || severity(d.action) > severity(best.action))
 			best = d;
 		if (best.action == DECISION_BLOCK)
 			break; /* nothing is more severe */
 	}
+	best.several_holds = several;
 	return best;
 }
 

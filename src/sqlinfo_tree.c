@@ -562,9 +562,21 @@ static void fn_set_config(Walk *w, const JNode *call)
 }
 
 /* A FuncCall's bare name when it calls pg_catalog (unqualified or qualified so), else NULL. */
+/*
+ * The first name of a function's name list that matters: a leading
+ * database name (database.schema.function, accepted by the server when it
+ * names the current database) is dropped, as it is for tables.
+ */
+static const JNode *fn_name_first(const JNode *namelist)
+{
+	const JNode *a = j_first(namelist), *b = a != NULL ? j_next(a) : NULL;
+
+	return b != NULL && j_next(b) != NULL ? b : a;
+}
+
 static const char *fn_catalog_name(const JNode *namelist)
 {
-	const JNode *a = j_first(namelist), *c;
+	const JNode *a = fn_name_first(namelist), *c;
 	const char *s;
 
 	if (a == NULL)
@@ -614,7 +626,7 @@ static void walk_funccall(Walk *w, const JNode *call)
 	static const char *const skip[] = { "funcname", NULL };
 	const JNode *names = j_get(call, "funcname");
 
-	function_add(w, j_first(names));
+	function_add(w, fn_name_first(names));
 	function_effects(w, fn_catalog_name(names), call);
 	walk_fields(w, call, skip);
 }

@@ -22,6 +22,8 @@ typedef struct Decision {
 	DecisionKind action;
 	const Rule *rule;      /* the deciding rule (points into the RuleSet), NULL = default_action */
 	int part;              /* index of the part that decided */
+	bool several_holds;    /* parts are held by more than one rule (or rule and default_action):
+				  a grant for one rule cannot cover the statement */
 } Decision;
 
 /*

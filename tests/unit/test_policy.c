@@ -323,16 +323,16 @@ static void test_messages(void **state)
 			    "BLOCK   DROP,\n  TRUNCATE -- comment\n  ON public.* ;\n"
 			    "HOLD WRITE;\n");
 	char buf[256], small[16];
-	Decision d = { DECISION_BLOCK, &rs->rules[0], 0 };
+	Decision d = { DECISION_BLOCK, &rs->rules[0], 0, false };
 
 	assert_string_equal(policy_message(&d, buf, sizeof(buf)), "no schema changes, ask the DBA");
 	d.rule = &rs->rules[1];
 	assert_string_equal(policy_message(&d, buf, sizeof(buf)),
 			    "statement blocked by rule rules/test.rules:3: BLOCK DROP, TRUNCATE ON public.*");
-	d = (Decision){ DECISION_HOLD, &rs->rules[2], 0 };
+	d = (Decision){ DECISION_HOLD, &rs->rules[2], 0, false };
 	assert_string_equal(policy_message(&d, buf, sizeof(buf)),
 			    "statement held for approval by rule rules/test.rules:6: HOLD WRITE");
-	d = (Decision){ DECISION_BLOCK, NULL, 0 };
+	d = (Decision){ DECISION_BLOCK, NULL, 0, false };
 	assert_string_equal(policy_message(&d, buf, sizeof(buf)), "statement blocked by default_action = block");
 	d.action = DECISION_HOLD;
 	assert_string_equal(policy_message(&d, buf, sizeof(buf)),
@@ -347,6 +347,31 @@ static void test_messages(void **state)
 }
 
 /* ---- matching on its own --------------------------------------------------------- */
+
+/* Parts held by different rules: no single grant may cover the statement. */
+static void test_several_holds(void **state)
+{
+	RuleSet *rs = parse("HOLD DELETE ON public.orders;\nHOLD WRITE;\nALLOW READ;\n");
+	SqlTable orders = { "public", "orders", SQL_ACCESS_WRITE }, other = { "public", "x", SQL_ACCESS_WRITE };
+	SqlPart del = { .classes = SC_DELETE | SC_WRITE, .n_tables = 1, .tables = &orders };
+	SqlPart del2 = del;
+	SqlPart ins = { .classes = SC_INSERT | SC_WRITE, .n_tables = 1, .tables = &other };
+	SqlPart sel = { .classes = SC_SELECT | SC_READ };
+	const SqlPart *same[] = { &del, &sel, &del2 }, *mixed[] = { &del, &ins };
+	Identity id = { 0 };
+	Decision d;
+
+	(void)state;
+	d = policy_decide(rs, ACTION_BLOCK, &id, same, 3);
+	assert_int_equal(d.action, DECISION_HOLD);
+	assert_ptr_equal(d.rule, &rs->rules[0]);
+	assert_false(d.several_holds);
+	d = policy_decide(rs, ACTION_BLOCK, &id, mixed, 2);
+	assert_int_equal(d.action, DECISION_HOLD);
+	assert_ptr_equal(d.rule, &rs->rules[0]);
+	assert_true(d.several_holds);
+	rules_unref(rs);
+}
 
 static void test_table_matches(void **state)
 {
@@ -421,6 +446,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_eval_files),
 		cmocka_unit_test(test_messages),
+		cmocka_unit_test(test_several_holds),
 		cmocka_unit_test(test_table_matches),
 		cmocka_unit_test(test_rule_matches_and_null_rules),
 	};
