@@ -29,6 +29,11 @@
 
 /* ---- errors ------------------------------------------------------------------- */
 
+/* Errors stored for one load; more are counted but not stored. */
+#define RULES_MAX_ERRORS 1000
+/* Names in one list (ON tables, FUNCTION names, GROUP / AGENT names). */
+#define RULES_MAX_LIST 1000
+
 /* Accumulated error messages of one load (several files). */
 typedef struct ErrSink {
 	char *buf;   /* "file:line:col: message\n"... */
@@ -43,11 +48,15 @@ static void PGV_PRINTF(5, 0) sink_vadd(ErrSink *e, const char *file, int line, i
 	int n;
 	char *p;
 
-	e->n++;
+	if (++e->n > RULES_MAX_ERRORS + 1)
+		return; /* counted, not stored */
 	n = snprintf(msg, sizeof(msg), "%s:%d:%d: ", file, line, col);
 	if (n < 0 || (size_t)n >= sizeof(msg))
 		n = (int)sizeof(msg) - 1;
-	vsnprintf(msg + n, sizeof(msg) - (size_t)n, fmt, ap);
+	if (e->n > RULES_MAX_ERRORS)
+		snprintf(msg + n, sizeof(msg) - (size_t)n, "too many errors; the rest are not shown");
+	else
+		vsnprintf(msg + n, sizeof(msg) - (size_t)n, fmt, ap);
 	n = (int)strlen(msg);
 	p = realloc(e->buf, e->len + (size_t)n + 2);
 	if (p == NULL)
@@ -613,6 +622,10 @@ static ParseResult parse_table(Parser *p, Rule *r)
 			perr_at(p, line, col, "table %s.%s is listed twice", a, b);
 			goto fail;
 		}
+	if (r->n_tables >= RULES_MAX_LIST) {
+		perr_at(p, line, col, "more than %d tables in one ON list", RULES_MAX_LIST);
+		goto fail;
+	}
 	arr = realloc(r->tables, sizeof(RuleTable) * (size_t)(r->n_tables + 1));
 	if (arr == NULL)
 		goto nomem;
@@ -700,8 +713,11 @@ static ParseResult parse_function_name(Parser *p, Rule *r)
 	}
 	if (full == NULL)
 		return oom(p);
-	if (namelist_has(&r->functions, full)) {
-		perr_at(p, line, col, "function %s is listed twice", full);
+	if (r->functions.n >= RULES_MAX_LIST || namelist_has(&r->functions, full)) {
+		if (r->functions.n >= RULES_MAX_LIST)
+			perr_at(p, line, col, "more than %d functions in one rule", RULES_MAX_LIST);
+		else
+			perr_at(p, line, col, "function %s is listed twice", full);
 		free(full);
 		return PR_ERROR;
 	}
@@ -762,6 +778,12 @@ static ParseResult parse_who(Parser *p, RuleWho *who, const char *clause)
 		name = take(p);
 		if (name == NULL)
 			return oom(p);
+		if (who->names.n >= RULES_MAX_LIST) {
+			perr_at(p, line, col, "more than %d names in one %s list", RULES_MAX_LIST,
+				group ? "GROUP" : "AGENT");
+			free(name);
+			return PR_ERROR;
+		}
 		if (namelist_has(&who->names, name)) {
 			perr_at(p, line, col, "%s '%s' is listed twice", group ? "group" : "agent", name);
 			free(name);
@@ -1150,8 +1172,30 @@ static void parse_rule(Parser *p)
 }
 
 /* Parses len bytes of text named `name`, appending rules to p->rules and errors to errs. */
+/* The first NUL byte of a text, reported at its place; true when there is none. */
+static bool text_has_no_nul(const char *name, const char *text, size_t len, ErrSink *errs)
+{
+	const char *nul = memchr(text, '\0', len);
+	int line = 1, col = 1;
+
+	if (nul == NULL)
+		return true;
+	for (const char *c = text; c < nul; c++) {
+		if (*c == '\n') {
+			line++;
+			col = 1;
+		} else if ((*c & 0xc0) != 0x80) {
+			col++; /* columns count characters, as the lexer does */
+		}
+	}
+	sink_add(errs, name, line, col, "unexpected byte 0x00");
+	return false;
+}
+
 static void parse_text(Parser *p, const char *name, const char *text, size_t len, ErrSink *errs)
 {
+	if (!text_has_no_nul(name, text, len, errs))
+		return; /* a string or comment would end there for some readers and not others */
 	p->lex = (Lexer){ .name = name, .text = text, .len = len, .line = 1, .col = 1, .errs = errs };
 	p->prev_end = 0;
 	p->prev_line = p->prev_col = 1;
@@ -1354,6 +1398,8 @@ RuleSet *rules_load(const char *path, char **errout, int *nerrors)
 		sink_add(&errs, path, 0, 0, "cannot read: %s", strerror(errno));
 	else if (S_ISDIR(sb.st_mode))
 		parse_dir(&p, path, &errs);
+	else if (!S_ISREG(sb.st_mode))
+		sink_add(&errs, path, 0, 0, "cannot read: not a regular file or directory");
 	else
 		parse_file(&p, path, &errs);
 	return ruleset_build(&p, &errs, errout, nerrors);

@@ -594,6 +594,17 @@ static void test_many_rules_and_errors(void **state)
 	assert_int_equal(count_lines(errs), 300);
 	assert_non_null(strstr(errs, "errs:600:7: unknown statement class 'NOPE299'\n"));
 	free(errs);
+
+	/* past 1000, errors are counted but not stored: a hostile file cannot flood memory */
+	memset(text, '@', 1500);
+	text[1500] = '\0';
+	rs = rules_parse_string("flood", text, &errs, &nerrors);
+	assert_null(rs);
+	assert_int_equal(nerrors, 1500);
+	assert_int_equal(count_lines(errs), 1001);
+	assert_non_null(strstr(errs, "flood:1:1000: unexpected character '@'\n"));
+	assert_non_null(strstr(errs, "flood:1:1001: too many errors; the rest are not shown\n"));
+	free(errs);
 	free(text);
 }
 
