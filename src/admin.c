@@ -40,7 +40,9 @@
 
 struct AdminConsole {
 	char *subject;        /* the caller, recorded as approver */
-	int roles;            /* ADMIN_ROLE_* bits */
+	int roles;            /* ADMIN_ROLE_* bits, as of configuration generation roles_gen */
+	uint64_t roles_gen;
+	const Identity *id;   /* the caller (the session's; it outlives the console) */
 	uint64_t session_id;  /* the console's own session */
 	char ctx[96];         /* log context */
 };
@@ -89,6 +91,8 @@ AdminConsole *admin_open(const Identity *id, int roles, uint64_t session_id)
 		return NULL;
 	}
 	ac->roles = roles;
+	ac->roles_gen = config_generation();
+	ac->id = id;
 	ac->session_id = session_id;
 	snprintf(ac->ctx, sizeof(ac->ctx), "c%llu admin %s", (unsigned long long)session_id, ac->subject);
 	return ac;
@@ -1127,11 +1131,27 @@ static bool run_command(AdminConsole *ac, const AdminCmd *c, PgBuf *out)
 	return runners[c->kind](ac, c, out);
 }
 
+/* After a reload the caller's groups are checked again: a group taken out of approver_groups stops approving. */
+static void refresh_roles(AdminConsole *ac)
+{
+	uint64_t gen = config_generation();
+	Config *cfg;
+
+	if (gen == ac->roles_gen || ac->id == NULL || (cfg = config_current()) == NULL)
+		return;
+	ac->roles = admin_roles(cfg, ac->id);
+	ac->roles_gen = gen;
+	config_unref(cfg);
+}
+
 void admin_query(AdminConsole *ac, const char *sql, PgBuf *out)
 {
 	Lexer lx = { .src = sql };
 	AdminCmd *cmds;
-	int n = parse_all(&lx, &cmds);
+	int n;
+
+	refresh_roles(ac);
+	n = parse_all(&lx, &cmds);
 
 	if (n < 0) {
 		bool syntax = strcmp(lx.err_state, SQLSTATE_SYNTAX_ERROR) == 0;

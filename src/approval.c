@@ -43,6 +43,7 @@ typedef struct Grant {
 	uint64_t id;
 	uint64_t approval_id;
 	char *subject, *rule, *granted_by;
+	char *rule_text;          /* the rule as written: a reload may put another rule at the same file:line */
 	int n_tables;
 	char **tables;
 	time_t until;
@@ -264,6 +265,16 @@ void approval_init(void)
 	/* The registry is statically initialised; this exists for symmetry with shutdown. */
 }
 
+static void grant_free(Grant *g)
+{
+	free(g->subject);
+	free(g->rule);
+	free(g->rule_text);
+	free(g->granted_by);
+	free_strv(g->tables, g->n_tables);
+	free(g);
+}
+
 void approval_shutdown(void)
 {
 	pthread_mutex_lock(&reg.lock);
@@ -281,11 +292,7 @@ void approval_shutdown(void)
 		Grant *g = reg.grants;
 
 		reg.grants = g->next;
-		free(g->subject);
-		free(g->rule);
-		free(g->granted_by);
-		free_strv(g->tables, g->n_tables);
-		free(g);
+		grant_free(g);
 	}
 	while (reg.blocks != NULL) {
 		Block *b = reg.blocks;
@@ -357,14 +364,6 @@ HoldState approval_withdraw(uint64_t id, HoldState why)
 
 /* ---- decisions --------------------------------------------------------------------- */
 
-static void grant_free(Grant *g)
-{
-	free(g->subject);
-	free(g->rule);
-	free(g->granted_by);
-	free_strv(g->tables, g->n_tables);
-	free(g);
-}
 
 /* A grant for the statement of `e` (not linked yet), or NULL without memory. */
 static Grant *grant_new(const HeldEntry *e, const char *approver, time_t until)
@@ -376,6 +375,7 @@ static Grant *grant_new(const HeldEntry *e, const char *approver, time_t until)
 		return NULL;
 	g->subject = dup_or_null(e->subject, &ok);
 	g->rule = dup_or_null(e->rule, &ok);
+	g->rule_text = dup_or_null(e->rule_text, &ok);
 	g->granted_by = dup_or_null(approver, &ok);
 	g->tables = dup_strv((const char *const *)e->tables, e->n_tables, &ok);
 	g->n_tables = g->tables != NULL ? e->n_tables : 0;
@@ -575,10 +575,10 @@ static bool grant_has_table(const Grant *g, const char *t)
 	return false;
 }
 
-static bool grant_matches(const Grant *g, const char *subject, const char *rule, int n_tables,
-			  const char *const *tables)
+static bool grant_matches(const Grant *g, const char *subject, const char *rule, const char *rule_text,
+			  int n_tables, const char *const *tables)
 {
-	if (strcmp(g->subject, subject) != 0 || !str_eq_null(g->rule, rule))
+	if (strcmp(g->subject, subject) != 0 || !str_eq_null(g->rule, rule) || !str_eq_null(g->rule_text, rule_text))
 		return false;
 	if (n_tables == 0)
 		return g->n_tables == 0;
@@ -588,8 +588,8 @@ static bool grant_matches(const Grant *g, const char *subject, const char *rule,
 	return true;
 }
 
-bool approval_grant_covers(const char *subject, const char *rule, int n_tables, const char *const *tables,
-			   uint64_t *grant_id)
+bool approval_grant_covers(const char *subject, const char *rule, const char *rule_text, int n_tables,
+			   const char *const *tables, uint64_t *grant_id)
 {
 	bool found = false;
 
@@ -598,7 +598,7 @@ bool approval_grant_covers(const char *subject, const char *rule, int n_tables, 
 	pthread_mutex_lock(&reg.lock);
 	prune_grants(time(NULL));
 	for (Grant *g = reg.grants; g != NULL && !found; g = g->next) {
-		if (!grant_matches(g, subject, rule, n_tables, tables))
+		if (!grant_matches(g, subject, rule, rule_text, n_tables, tables))
 			continue;
 		found = true;
 		if (grant_id != NULL)

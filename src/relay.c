@@ -640,7 +640,8 @@ static GuardAction hold_start(Session *s, uint8_t type, size_t msglen, const cha
 	PgBuf b;
 
 	/* A grant covers a statement only when every table it touches is listed and one rule holds it. */
-	if (all_tables && !d->several_holds && approval_grant_covers(subject, rule, n_tables, ptrs, &grant)) {
+	if (all_tables && !d->several_holds && approval_grant_covers(subject, rule, d->rule != NULL ? d->rule->text : NULL, n_tables, ptrs,
+									&grant)) {
 		log_write(LL_INFO, s->ctx, "allowed by grant %llu", (unsigned long long)grant);
 		admin_stat_add(STAT_GRANTED, 1);
 		return GUARD_FORWARD;

@@ -47,7 +47,11 @@ int admin_roles(const Config *cfg, const Identity *id);
 
 typedef struct AdminConsole AdminConsole;
 
-/* Opens a console for an authenticated caller; the identity is copied. NULL on allocation failure. */
+/*
+ * Opens a console for an authenticated caller. The identity is not copied:
+ * it must outlive the console (its groups are checked again after a
+ * reload). NULL on allocation failure.
+ */
 AdminConsole *admin_open(const Identity *id, int roles, uint64_t session_id);
 void admin_close(AdminConsole *ac);
 

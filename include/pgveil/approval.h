@@ -114,11 +114,12 @@ bool approval_decide(uint64_t id, bool approve, const char *approver, const char
 
 /*
  * True when an active grant covers a statement of `subject` decided HOLD by
- * `rule` (NULL = default_action) touching exactly a subset of the grant's
- * tables. Sets *grant_id.
+ * `rule` (NULL = default_action), whose text is `rule_text` (the same rule
+ * after a reload), touching exactly a subset of the grant's tables. Sets
+ * *grant_id.
  */
-bool approval_grant_covers(const char *subject, const char *rule, int n_tables, const char *const *tables,
-			   uint64_t *grant_id);
+bool approval_grant_covers(const char *subject, const char *rule, const char *rule_text, int n_tables,
+			   const char *const *tables, uint64_t *grant_id);
 
 /*
  * Snapshots for the admin console; free with the matching free function.

@@ -414,3 +414,18 @@ def test_reload(console):
     with c.connect(c.approver) as conn:
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="RELOAD needs the admin group"):
             conn.execute("RELOAD")
+
+
+def test_reload_rechecks_open_consoles(console):
+    """An open console loses a command as soon as a reload takes its group away."""
+    c = console
+    pv = c.pv
+    with c.connect(c.approver) as conn:
+        assert conn.execute("SHOW GRANTS").fetchall() == []
+        text = open(pv.conf_path).read().replace("[pgveil]\n", "[pgveil]\napprover_groups = nobody-here\n", 1)
+        pv.write_config(text)
+        mark = pv.log_size()
+        pv.reload()
+        harness.wait_until(lambda: "configuration reloaded" in pv.log_text(mark), 10, what="the reload")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="needs the"):
+            conn.execute("SHOW GRANTS")

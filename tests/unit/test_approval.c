@@ -122,7 +122,7 @@ static void deny_keeps_the_reason(void **state)
 	assert_string_equal(reason, "not during business hours");
 	free(reason);
 	/* a grant is never made by a denial */
-	assert_false(approval_grant_covers("bot", NULL, 0, NULL, NULL));
+	assert_false(approval_grant_covers("bot", NULL, NULL, 0, NULL, NULL));
 	event_free(w.ev);
 }
 
@@ -305,19 +305,21 @@ static void grants_cover_exactly(void **state)
 	HeldInfo *h;
 	int n;
 
-	assert_true(approval_grant_covers("bot", "r.rules:3", 1, a, &gid));
+	assert_true(approval_grant_covers("bot", "r.rules:3", "HOLD DELETE", 1, a, &gid));
 	assert_true(gid > 0);
-	assert_true(approval_grant_covers("bot", "r.rules:3", 2, ab, NULL));
-	assert_true(approval_grant_covers("bot", "r.rules:3", 2, ba, NULL));
-	assert_false(approval_grant_covers("bot", "r.rules:3", 1, c, NULL));
-	assert_false(approval_grant_covers("bot", "r.rules:3", 2, ac, NULL));
-	assert_false(approval_grant_covers("bot", "r.rules:3", 1, unqualified, NULL));
-	assert_false(approval_grant_covers("bot", "r.rules:3", 0, NULL, NULL)); /* no tables: not a subset here */
-	assert_false(approval_grant_covers("bot2", "r.rules:3", 1, a, NULL));
-	assert_false(approval_grant_covers("bo", "r.rules:3", 1, a, NULL));
-	assert_false(approval_grant_covers("bot", "r.rules:4", 1, a, NULL));
-	assert_false(approval_grant_covers("bot", NULL, 1, a, NULL));
-	assert_false(approval_grant_covers("", "r.rules:3", 1, a, NULL));
+	assert_true(approval_grant_covers("bot", "r.rules:3", "HOLD DELETE", 2, ab, NULL));
+	assert_true(approval_grant_covers("bot", "r.rules:3", "HOLD DELETE", 2, ba, NULL));
+	assert_false(approval_grant_covers("bot", "r.rules:3", "HOLD DELETE", 1, c, NULL));
+	assert_false(approval_grant_covers("bot", "r.rules:3", "HOLD DELETE", 2, ac, NULL));
+	assert_false(approval_grant_covers("bot", "r.rules:3", "HOLD DELETE", 1, unqualified, NULL));
+	assert_false(approval_grant_covers("bot", "r.rules:3", "HOLD DELETE", 0, NULL, NULL)); /* no tables: not a subset here */
+	assert_false(approval_grant_covers("bot2", "r.rules:3", "HOLD DELETE", 1, a, NULL));
+	assert_false(approval_grant_covers("bo", "r.rules:3", "HOLD DELETE", 1, a, NULL));
+	assert_false(approval_grant_covers("bot", "r.rules:4", "HOLD DELETE", 1, a, NULL));
+	/* a reload that puts another rule on the same line does not inherit the grant */
+	assert_false(approval_grant_covers("bot", "r.rules:3", "HOLD DDL", 1, a, NULL));
+	assert_false(approval_grant_covers("bot", NULL, NULL, 1, a, NULL));
+	assert_false(approval_grant_covers("", "r.rules:3", "HOLD DELETE", 1, a, NULL));
 
 	n = approval_list_grants(&g);
 	assert_int_equal(n, 1);
@@ -334,7 +336,7 @@ static void grants_cover_exactly(void **state)
 	approval_free_held(h, 1);
 
 	assert_true(approval_revoke_grant(gid));
-	assert_false(approval_grant_covers("bot", "r.rules:3", 1, a, NULL));
+	assert_false(approval_grant_covers("bot", "r.rules:3", "HOLD DELETE", 1, a, NULL));
 	assert_false(approval_revoke_grant(gid));
 	assert_int_equal(approval_list_grants(&g), 0);
 }
@@ -344,12 +346,12 @@ static void grants_without_tables_or_rule(void **state)
 	static const char *const a[] = { "public.a" };
 
 	approve_for("bot", NULL, 0, NULL, 600); /* default_action, no tables (e.g. SELECT 1) */
-	assert_true(approval_grant_covers("bot", NULL, 0, NULL, NULL));
-	assert_false(approval_grant_covers("bot", NULL, 1, a, NULL));
-	assert_false(approval_grant_covers("bot", "r.rules:1", 0, NULL, NULL));
+	assert_true(approval_grant_covers("bot", NULL, NULL, 0, NULL, NULL));
+	assert_false(approval_grant_covers("bot", NULL, NULL, 1, a, NULL));
+	assert_false(approval_grant_covers("bot", "r.rules:1", "HOLD DELETE", 0, NULL, NULL));
 	/* an approval without FOR makes no grant */
 	approve_for("other", NULL, 0, NULL, 0);
-	assert_false(approval_grant_covers("other", NULL, 0, NULL, NULL));
+	assert_false(approval_grant_covers("other", NULL, NULL, 0, NULL, NULL));
 }
 
 static void grants_expire(void **state)
@@ -360,10 +362,10 @@ static void grants_expire(void **state)
 
 	approve_for("bot", "r.rules:3", 1, a, 1);
 	if (time(NULL) == start) /* still inside the second it was made */
-		assert_true(approval_grant_covers("bot", "r.rules:3", 1, a, NULL));
+		assert_true(approval_grant_covers("bot", "r.rules:3", "HOLD DELETE", 1, a, NULL));
 	while (time(NULL) <= start + 1)
 		usleep(50 * 1000);
-	assert_false(approval_grant_covers("bot", "r.rules:3", 1, a, NULL));
+	assert_false(approval_grant_covers("bot", "r.rules:3", "HOLD DELETE", 1, a, NULL));
 	assert_int_equal(approval_list_grants(&g), 0);
 }
 
