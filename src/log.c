@@ -37,19 +37,23 @@ uint64_t pgv_now_us(void)
 	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
-/* Appends s to out as JSON string contents. */
-static size_t json_escape(char *out, size_t cap, const char *s)
+/*
+ * Copies s to out so that it stays on one line and cannot pass for another
+ * record: as JSON string contents, or for text with control bytes written
+ * as \xNN. Client-supplied names and token fields reach log lines.
+ */
+static size_t log_escape(char *out, size_t cap, const char *s, bool json)
 {
 	size_t n = 0;
 
 	for (; *s && n + 7 < cap; s++) {
 		unsigned char c = (unsigned char)*s;
 
-		if (c == '"' || c == '\\') {
+		if (json && (c == '"' || c == '\\')) {
 			out[n++] = '\\';
 			out[n++] = (char)c;
-		} else if (c < 0x20) {
-			n += (size_t)snprintf(out + n, cap - n, "\\u%04x", c);
+		} else if (c < 0x20 || (!json && c == 0x7f)) {
+			n += (size_t)snprintf(out + n, cap - n, json ? "\\u%04x" : "\\x%02x", c);
 		} else {
 			out[n++] = (char)c;
 		}
@@ -75,18 +79,17 @@ void log_write(LogLevel level, const char *ctx, const char *fmt, ...)
 	gmtime_r(&tv.tv_sec, &tm);
 	n = (int)strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
 	snprintf(stamp + n, sizeof(stamp) - (size_t)n, ".%03ldZ", (long)tv.tv_usec / 1000);
-	if (log_json) {
-		char emsg[sizeof(msg) * 2], ectx[512] = "";
+	char emsg[sizeof(msg) * 2], ectx[512] = "";
 
-		json_escape(emsg, sizeof(emsg), msg);
-		if (ctx != NULL)
-			json_escape(ectx, sizeof(ectx), ctx);
+	log_escape(emsg, sizeof(emsg), msg, log_json);
+	if (ctx != NULL)
+		log_escape(ectx, sizeof(ectx), ctx, log_json);
+	if (log_json)
 		n = snprintf(line, sizeof(line), "{\"ts\":\"%s\",\"level\":\"%s\",%s%s%s\"msg\":\"%s\"}\n", stamp,
 			     level_names[level], ctx ? "\"session\":\"" : "", ectx, ctx ? "\"," : "", emsg);
-	} else {
-		n = snprintf(line, sizeof(line), "%s %s %s%s%s\n", stamp, level_names[level], ctx ? ctx : "",
-			     ctx ? ": " : "", msg);
-	}
+	else
+		n = snprintf(line, sizeof(line), "%s %s %s%s%s\n", stamp, level_names[level], ectx, ctx ? ": " : "",
+			     emsg);
 	if (n > (int)sizeof(line) - 1) {
 		n = (int)sizeof(line) - 1;
 		line[n - 1] = '\n';

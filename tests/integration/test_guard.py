@@ -615,3 +615,14 @@ def test_repeated_startup_parameter_refused(guard_target):
         assert t == b"E"
         fields = pgwire.parse_fields(payload)
         assert fields["S"] == "FATAL" and fields["C"] == "08P01" and "duplicate startup parameter" in fields["M"]
+
+
+def test_client_names_cannot_forge_log_lines(guard_target):
+    """A user name with a newline stays on its own log line, escaped."""
+    pv = guard_target.pgveil
+    mark = pv.log_size()
+    with pgwire.connect("127.0.0.1", guard_target.port, user="evil\n2099-01-01T00:00:00.000Z INFO forged",
+                        database="app") as w:
+        w.simple_query("SELECT 1")
+    harness.wait_until(lambda: "evil\\x0a2099" in pv.log_text(mark), 10, what="the escaped name in the log")
+    assert not any(line.startswith("2099-01-01") for line in pv.log_text(mark).splitlines())
