@@ -23,6 +23,9 @@
 #include "pgveil/pgauth.h"
 #include "pgveil/stream.h"
 
+/* ParameterStatus and Notice bytes a server may send while pgveil logs in (replayed to the client). */
+#define BACKEND_MAX_STARTUP_BYTES (64 * 1024)
+
 typedef enum {
 	BE_CONNECTING,   /* TCP/Unix connect in progress */
 	BE_SSL_ANSWER,   /* SSLRequest sent, waiting for 'S' or 'N' */
@@ -41,6 +44,8 @@ struct Backend {
 	struct evdns_getaddrinfo_request *dns_req; /* pending name lookup */
 	BackendState state;         /* see above */
 	ScramClient *scram;         /* during SCRAM */
+	bool scram_done;            /* the server proved it knows the password (SASL final verified) */
+	size_t startup_bytes;       /* ParameterStatus/Notice bytes kept during login */
 	uint32_t pid, key;          /* server BackendKeyData */
 	PgBuf startup_msgs;         /* ParameterStatus/Notice messages from login */
 	PgBuf params;               /* the StartupMessage to send */
@@ -309,6 +314,10 @@ static void auth_sasl_start(Backend *be, PgReader *r)
 	const char *first;
 	PgBuf b;
 
+	if (be->scram != NULL) {
+		be_fail(be, SQLSTATE_CANNOT_CONNECT, "could not log in to the server", "unexpected second SASL request");
+		return;
+	}
 	if (!sasl_offers_scram(r)) {
 		be_fail(be, SQLSTATE_CANNOT_CONNECT, "could not log in to the server",
 			"server offers no SASL mechanism pgveil supports (SCRAM-SHA-256)");
@@ -353,6 +362,8 @@ static void auth_sasl_final(Backend *be, PgReader *r)
 	if (be->scram == NULL || !pgproto_get_bytes(r, n, &data) ||
 	    !pgauth_scram_verify_server(be->scram, data, n, &why))
 		be_fail(be, SQLSTATE_CANNOT_CONNECT, "could not log in to the server", why);
+	else
+		be->scram_done = true;
 }
 
 static void on_auth_request(Backend *be, PgReader *r)
@@ -373,6 +384,10 @@ static void on_auth_request(Backend *be, PgReader *r)
 	}
 	switch (code) {
 	case PG_AUTH_OK:
+		/* Once SCRAM started, only a server that proved it knows the password may let us in. */
+		if (be->scram != NULL && !be->scram_done)
+			be_fail(be, SQLSTATE_CANNOT_CONNECT, "could not log in to the server",
+				"server ended SCRAM authentication without proving it knows the password");
 		return;
 	case PG_AUTH_CLEARTEXT:
 		send_password_msg(be, be->db->password);
@@ -431,6 +446,12 @@ static void on_login_message(Backend *be, uint8_t type, const uint8_t *body, siz
 		return;
 	case 'S':
 	case 'N':
+		be->startup_bytes += len;
+		if (be->startup_bytes > BACKEND_MAX_STARTUP_BYTES) {
+			be_fail(be, SQLSTATE_CANNOT_CONNECT, "could not log in to the server",
+				"server sent more than 64 KB of settings and notices while logging in");
+			return;
+		}
 		pgproto_begin(&be->startup_msgs, type);
 		pgproto_put_bytes(&be->startup_msgs, body, len);
 		pgproto_end(&be->startup_msgs);

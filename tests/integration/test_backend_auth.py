@@ -61,3 +61,78 @@ def test_direct_logins_with_each_method(cluster):
         with psycopg.connect(f"host=127.0.0.1 port={cluster.port} dbname=app user={user} password={pw} "
                              "sslmode=disable") as conn:
             assert conn.execute("SELECT current_user").fetchone() == (user,)
+
+
+# --------------------------------------------------------------------------- a server that misbehaves
+#
+# A real PostgreSQL never does these things, so a few lines of Python play a
+# hostile server: pgveil must refuse to treat the session as logged in.
+
+def hostile_server(script):
+    """Listens on a loopback port; for each connection reads the startup packet
+    and runs script(conn). Returns the port."""
+    import socket
+    import struct
+    import threading
+
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(4)
+
+    def serve():
+        while True:
+            try:
+                conn, _ = lsock.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    n = struct.unpack("!I", conn.recv(4))[0]
+                    conn.recv(n - 4)
+                    script(conn)
+                    conn.recv(65536)
+                except OSError:
+                    pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    return lsock.getsockname()[1]
+
+
+def _auth(code, extra=b""):
+    import struct
+    return b"R" + struct.pack("!Ii", 8 + len(extra), code) + extra
+
+
+def _ok_after_scram_start(conn):
+    conn.sendall(_auth(10, b"SCRAM-SHA-256\0\0"))
+    conn.recv(4096)  # SASLInitialResponse
+    conn.sendall(_auth(0) + b"Z\0\0\0\x05I")
+
+
+def _sasl_twice(conn):
+    conn.sendall(_auth(10, b"SCRAM-SHA-256\0\0"))
+    conn.recv(4096)
+    conn.sendall(_auth(10, b"SCRAM-SHA-256\0\0"))
+
+
+def _flood(conn):
+    import struct
+    conn.sendall(_auth(0))
+    param = b"x\0" + b"y" * 8000 + b"\0"
+    for _ in range(20):
+        conn.sendall(b"S" + struct.pack("!I", len(param) + 4) + param)
+    conn.sendall(b"Z\0\0\0\x05I")
+
+
+@pytest.mark.parametrize("script, why", [
+    (_ok_after_scram_start, "without proving it knows the password"),
+    (_sasl_twice, "unexpected second SASL request"),
+    (_flood, "more than 64 KB of settings"),
+])
+def test_hostile_server_login_refused(pgveil_factory, script, why):
+    port = hostile_server(script)
+    pv = pgveil_factory(databases={"evil": f"host=127.0.0.1 port={port} dbname=x user=u password=p sslmode=disable"})
+    t = harness.pgveil_target(pv)
+    with pytest.raises(psycopg.OperationalError, match="could not log in to the server"):
+        psycopg.connect(t.conninfo(dbname="evil"), connect_timeout=10)
+    harness.wait_until(lambda: why in pv.log_text(), 10, what="the reason in pgveil's log")
