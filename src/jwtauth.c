@@ -607,6 +607,16 @@ static bool claim_time(json_object *payload, const char *name, int64_t *out)
 	return true;
 }
 
+/*
+ * An optional time claim: *out = INT64_MIN when absent. False when it is
+ * present but not a number: a claim pgveil cannot read is not skipped.
+ */
+static bool optional_time(json_object *payload, const char *name, int64_t *out)
+{
+	*out = INT64_MIN;
+	return !json_object_object_get_ex(payload, name, NULL) || claim_time(payload, name, out);
+}
+
 static bool aud_matches(json_object *payload, const char *audience)
 {
 	json_object *aud;
@@ -655,11 +665,15 @@ static JwtResult check_claims(const JwtVerifier *v, json_object *payload, time_t
 		snprintf(why, whylen, "token expired %lld seconds ago", (long long)((int64_t)now - exp));
 		return JWT_INVALID;
 	}
-	if (claim_time(payload, "nbf", &nbf) && (int64_t)now + skew < nbf) {
+	if (!optional_time(payload, "nbf", &nbf) || !optional_time(payload, "iat", &iat)) {
+		snprintf(why, whylen, "token has a nbf or iat claim that is not a number");
+		return JWT_INVALID;
+	}
+	if (nbf != INT64_MIN && (int64_t)now + skew < nbf) {
 		snprintf(why, whylen, "token not valid before %lld (now %lld)", (long long)nbf, (long long)now);
 		return JWT_INVALID;
 	}
-	if (claim_time(payload, "iat", &iat) && iat > (int64_t)now + skew) {
+	if (iat != INT64_MIN && iat > (int64_t)now + skew) {
 		snprintf(why, whylen, "token issued in the future (iat %lld, now %lld)", (long long)iat, (long long)now);
 		return JWT_INVALID;
 	}
@@ -806,6 +820,10 @@ JwtResult jwtauth_verify(JwtVerifier *v, const char *token, time_t now, const ch
 		return JWT_INVALID;
 	alg = json_str(hdr, "alg");
 	kid = json_str(hdr, "kid");
+	if (kid == NULL && json_object_object_get_ex(hdr, "kid", NULL)) {
+		snprintf(why, whylen, "token kid is not a string");
+		goto out;
+	}
 	if (alg == NULL || !alg_allowed(v, alg)) {
 		snprintf(why, whylen, "algorithm %.16s is not allowed", alg ? alg : "(missing)");
 		goto out;
@@ -1031,17 +1049,19 @@ out:
 static bool jwk_add_bn(json_object *jwk, const char *name, EVP_PKEY *pkey, const char *param)
 {
 	BIGNUM *bn = NULL;
-	uint8_t buf[1024];
+	uint8_t *buf = NULL;
 	int n;
-	char *s;
+	char *s = NULL;
 
-	if (EVP_PKEY_get_bn_param(pkey, param, &bn) != 1 || (n = BN_bn2bin(bn, buf)) <= 0 ||
-	    (s = b64url_encode(buf, (size_t)n)) == NULL) {
+	if (EVP_PKEY_get_bn_param(pkey, param, &bn) != 1 || (buf = malloc((size_t)BN_num_bytes(bn) + 1)) == NULL ||
+	    (n = BN_bn2bin(bn, buf)) <= 0 || (s = b64url_encode(buf, (size_t)n)) == NULL) {
+		free(buf);
 		BN_free(bn);
 		return false;
 	}
 	json_object_object_add(jwk, name, json_object_new_string(s));
 	free(s);
+	free(buf);
 	BN_free(bn);
 	return true;
 }

@@ -620,6 +620,32 @@ static void test_nbf_future(void **state)
 	free(payload);
 }
 
+/* A time claim pgveil cannot read is not skipped: the token is refused. */
+static void test_time_claims_not_numbers(void **state)
+{
+	time_t now = time(NULL);
+	char *p1 = xasprintf("{" CLAIMS ",\"sub\":\"a\",\"exp\":%lld,\"nbf\":\"%lld\"}", (long long)now + 3600,
+			     (long long)now + 86400);
+	char *p2 = xasprintf("{" CLAIMS ",\"sub\":\"a\",\"exp\":%lld,\"iat\":null}", (long long)now + 3600);
+
+	reject_payload(p1, now, "nbf or iat claim that is not a number");
+	reject_payload(p2, now, "nbf or iat claim that is not a number");
+	free(p1);
+	free(p2);
+}
+
+/* A kid that is present but not a string does not fall back to "the only key that fits". */
+static void test_kid_not_a_string(void **state)
+{
+	time_t now = time(NULL);
+	char *payload = std_payload(now, 300);
+	char *tok = craft("{\"alg\":\"RS256\",\"kid\":7}", payload, rs256());
+
+	expect_reject(fx.v, tok, now, NULL, JWT_INVALID, "kid is not a string");
+	free(tok);
+	free(payload);
+}
+
 static void test_nbf_within_skew(void **state)
 {
 	time_t now = time(NULL);
@@ -1708,6 +1734,8 @@ int main(void)
 		cmocka_unit_test(test_exp_within_skew),
 		cmocka_unit_test(test_nbf_future),
 		cmocka_unit_test(test_nbf_within_skew),
+		cmocka_unit_test(test_time_claims_not_numbers),
+		cmocka_unit_test(test_kid_not_a_string),
 		cmocka_unit_test(test_iat_future),
 		cmocka_unit_test(test_missing_exp),
 		cmocka_unit_test(test_exp_string),
