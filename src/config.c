@@ -349,7 +349,7 @@ static bool parse_size(const char *s, uint32_t *out)
 	return false;
 }
 
-static void namelist_free(NameList *l)
+void config_namelist_free(NameList *l)
 {
 	for (int i = 0; i < l->n; i++)
 		free(l->items[i]);
@@ -363,7 +363,7 @@ static bool parse_list(const char *v, NameList *out)
 {
 	const char *p = v;
 
-	namelist_free(out);
+	config_namelist_free(out);
 	while (*p) {
 		const char *start, *end;
 		char **items;
@@ -615,7 +615,7 @@ static void config_free(Config *cfg)
 		if (key_defs[i].type == K_STR)
 			free(*(char **)field);
 		else if (key_defs[i].type == K_LIST)
-			namelist_free((NameList *)field);
+			config_namelist_free((NameList *)field);
 	}
 	for (int i = 0; i < cfg->n_databases; i++)
 		config_free_db(&cfg->databases[i]);

@@ -79,27 +79,6 @@ static void PGV_PRINTF(5, 6) sink_add(ErrSink *e, const char *file, int line, in
 
 /* ---- names -------------------------------------------------------------------- */
 
-static const struct {
-	const char *name;
-	uint32_t bits;
-} class_names[] = {
-	{ "SELECT", SC_SELECT },           { "INSERT", SC_INSERT },       { "UPDATE", SC_UPDATE },
-	{ "DELETE", SC_DELETE },           { "MERGE", SC_MERGE },         { "TRUNCATE", SC_TRUNCATE },
-	{ "COPY", SC_COPY },               { "READ", SC_READ },           { "WRITE", SC_WRITE },
-	{ "DDL", SC_DDL },                 { "DROP", SC_DROP },           { "DESTRUCTIVE", SC_DESTRUCTIVE },
-	{ "PRIVILEGE", SC_PRIVILEGE },     { "ADMIN", SC_ADMIN },         { "SESSION", SC_SESSION },
-	{ "TRANSACTION", SC_TRANSACTION }, { "PROCEDURAL", SC_PROCEDURAL }, { "ALL", SC_ALL },
-};
-
-/* Index of a class name in class_names, -1 when unknown. */
-static int class_index(const char *name)
-{
-	for (size_t i = 0; i < PGV_ARRAY_LEN(class_names); i++)
-		if (strcasecmp(class_names[i].name, name) == 0)
-			return (int)i;
-	return -1;
-}
-
 static const char *const mask_fn_names[] = {
 	[MASK_REDACT] = "redact",   [MASK_NULL] = "null",         [MASK_CONSTANT] = "constant",
 	[MASK_PARTIAL] = "partial", [MASK_EMAIL] = "email",       [MASK_HASH] = "hash",
@@ -500,15 +479,6 @@ static ParseResult oom(Parser *p)
 
 /* ---- small containers --------------------------------------------------------- */
 
-static void namelist_clear(NameList *l)
-{
-	for (int i = 0; i < l->n; i++)
-		free(l->items[i]);
-	free(l->items);
-	l->items = NULL;
-	l->n = 0;
-}
-
 static bool namelist_has(const NameList *l, const char *s)
 {
 	for (int i = 0; i < l->n; i++)
@@ -541,9 +511,9 @@ static void rule_clear(Rule *r)
 		free(r->tables[i].name);
 	}
 	free(r->tables);
-	namelist_clear(&r->functions);
-	namelist_clear(&r->for_who.names);
-	namelist_clear(&r->unless_who.names);
+	config_namelist_free(&r->functions);
+	config_namelist_free(&r->for_who.names);
+	config_namelist_free(&r->unless_who.names);
 	free(r->message);
 	free(r->mask_schema);
 	free(r->mask_table);
@@ -728,20 +698,25 @@ static ParseResult parse_function_name(Parser *p, Rule *r)
 static ParseResult parse_classes(Parser *p, Rule *r)
 {
 	uint32_t seen = 0;
+	bool seen_all = false;
 
 	for (;;) {
 		char buf[64];
-		int i;
+		uint32_t c;
 
 		if (p->tok.kind != T_IDENT)
 			return expected(p, "a statement class (e.g. READ, WRITE, DDL) or FUNCTION");
-		i = class_index(p->tok.val);
-		if (i < 0)
+		c = sqlinfo_class_from_name(p->tok.val, strlen(p->tok.val));
+		if (c == 0)
 			return perr(p, "unknown statement class %s", tok_desc(p, buf, sizeof(buf)));
-		if (seen & (1u << i))
-			return perr(p, "class %s is listed twice", class_names[i].name);
-		seen |= 1u << i;
-		r->classes |= class_names[i].bits;
+		if (c == SC_ALL ? seen_all : (seen & c) != 0)
+			return perr(p, "class %s is listed twice",
+				    c == SC_ALL ? "ALL" : sqlinfo_class_names(c, buf, sizeof(buf)));
+		if (c == SC_ALL)
+			seen_all = true;
+		else
+			seen |= c;
+		r->classes |= c;
 		advance(p);
 		if (p->tok.kind != T_COMMA)
 			return PR_OK;
@@ -1383,7 +1358,7 @@ static void parse_dir(Parser *p, const char *dir, ErrSink *errs)
 		free(path);
 	}
 out:
-	namelist_clear(&names);
+	config_namelist_free(&names);
 }
 
 RuleSet *rules_load(const char *path, char **errout, int *nerrors)
@@ -1430,8 +1405,5 @@ bool rules_who_matches(const RuleWho *who, const Identity *id)
 		return false;
 	if (who->kind == WHO_AGENT)
 		return id->subject != NULL && namelist_has(&who->names, id->subject);
-	for (int i = 0; i < id->n_groups; i++)
-		if (id->groups[i] != NULL && namelist_has(&who->names, id->groups[i]))
-			return true;
-	return false;
+	return jwtauth_in_groups(id, &who->names);
 }

@@ -47,6 +47,9 @@ typedef struct NameList {
 	char **items; /* owned strings */
 } NameList;
 
+/* Frees the names of a list and empties it. */
+void config_namelist_free(NameList *l);
+
 struct Config {
 	int refcount;                /* atomic; see config_ref()/config_unref() */
 	char *path;                  /* file it was read from */
