@@ -17,7 +17,6 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
-#include <arpa/inet.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +25,7 @@
 
 #include "pgveil/jwtauth.h"
 #include "pgveil/log.h"
+#include "pgveil/tls.h"
 
 #define JWKS_TIMEOUT_S 10
 #define JWKS_MAX_BODY (1 << 20)
@@ -229,15 +229,6 @@ static void request_done_cb(struct evhttp_request *req, void *arg)
 	event_base_once(f->main_base, -1, EV_TIMEOUT, conn_free_cb, cfg, NULL);
 }
 
-static bool set_tls_host(SSL *ssl, const char *host)
-{
-	unsigned char ip[16];
-
-	if (inet_pton(AF_INET, host, ip) == 1 || inet_pton(AF_INET6, host, ip) == 1)
-		return X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host) == 1;
-	return SSL_set_tlsext_host_name(ssl, host) == 1 && SSL_set1_host(ssl, host) == 1;
-}
-
 static void fetch_start_cb(evutil_socket_t fd, short what, void *arg)
 {
 	Config *cfg = arg;
@@ -246,7 +237,7 @@ static void fetch_start_cb(evutil_socket_t fd, short what, void *arg)
 	struct bufferevent *bev = NULL;
 	SSL *ssl = SSL_new(f->ssl_ctx);
 
-	if (ssl == NULL || !set_tls_host(ssl, f->host) ||
+	if (ssl == NULL || !tls_set_peer_name(ssl, f->host) ||
 	    (bev = bufferevent_openssl_socket_new(f->main_base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
 						  BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS)) == NULL) {
 		if (bev == NULL && ssl != NULL)

@@ -14,14 +14,14 @@
 #include <event2/event.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <arpa/inet.h>
-#include <openssl/x509v3.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include "pgveil/tls.h"
 
 #define STREAM_SCRATCH (64 * 1024)
 #define STREAM_MAX_READS_PER_WAKE 8
@@ -313,15 +313,7 @@ static void handshake_step(Stream *s)
 /* Client side: SNI for names, and the name or IP address the certificate must carry. */
 static bool set_verify_host(Stream *s, const char *host)
 {
-	unsigned char ip[16];
-	bool is_ip = inet_pton(AF_INET, host, ip) == 1 || inet_pton(AF_INET6, host, ip) == 1;
-	int ok;
-
-	if (is_ip)
-		ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s->ssl), host);
-	else
-		ok = SSL_set_tlsext_host_name(s->ssl, host) == 1 && SSL_set1_host(s->ssl, host) == 1;
-	if (ok != 1) {
+	if (!tls_set_peer_name(s->ssl, host)) {
 		set_tls_error(s, "TLS setup failed");
 		return false;
 	}

@@ -7,6 +7,8 @@
  */
 #include "pgveil/tls.h"
 
+#include <arpa/inet.h>
+
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <stdio.h>
@@ -103,4 +105,13 @@ bool tls_config_build(Config *cfg, char *err, size_t errlen)
 void tls_ctx_free(void *ctx)
 {
 	SSL_CTX_free(ctx);
+}
+
+bool tls_set_peer_name(SSL *ssl, const char *host)
+{
+	unsigned char ip[16];
+
+	if (inet_pton(AF_INET, host, ip) == 1 || inet_pton(AF_INET6, host, ip) == 1)
+		return X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host) == 1;
+	return SSL_set_tlsext_host_name(ssl, host) == 1 && SSL_set1_host(ssl, host) == 1;
 }

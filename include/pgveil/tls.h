@@ -25,4 +25,12 @@ bool tls_config_build(Config *cfg, char *err, size_t errlen) PGV_WARN_UNUSED;
 /* Frees a context built here (NULL is fine). */
 void tls_ctx_free(void *ctx);
 
+struct ssl_st;
+/*
+ * Sets the name a client connection checks the server's certificate
+ * against: an IP address as such, a host name also sent as SNI. False when
+ * OpenSSL refuses it.
+ */
+bool tls_set_peer_name(struct ssl_st *ssl, const char *host);
+
 #endif
