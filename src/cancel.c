@@ -70,9 +70,9 @@ void cancel_unregister(CancelEntry *e)
 	e->pid = 0;
 }
 
-bool cancel_lookup(uint32_t pid, uint32_t key, BackendAddr *addr, uint32_t *be_pid, uint32_t *be_key)
+CancelTarget cancel_lookup(uint32_t pid, uint32_t key, BackendAddr *addr, uint32_t *be_pid, uint32_t *be_key)
 {
-	bool found = false;
+	CancelTarget found = CANCEL_UNKNOWN;
 
 	pthread_mutex_lock(&cancel_lock);
 	for (CancelEntry *e = *bucket_of(pid); e != NULL; e = e->next) {
@@ -83,12 +83,12 @@ bool cancel_lookup(uint32_t pid, uint32_t key, BackendAddr *addr, uint32_t *be_p
 		if (e->watch != NULL) {
 			e->canceled = true;
 			event_active(e->watch, 0, 0);
-		}
-		if (e->has_backend) {
+			found = CANCEL_HELD;
+		} else if (e->has_backend) {
 			*addr = e->addr;
 			*be_pid = e->be_pid;
 			*be_key = e->be_key;
-			found = true;
+			found = CANCEL_FORWARD;
 		}
 		break;
 	}

@@ -1470,7 +1470,8 @@ static void hold_end(Session *s, HoldState st, const char *reason)
 			 (unsigned long long)id);
 		refuse(s, SQLSTATE_QUERY_CANCELED, msg, NULL, NULL, 0);
 	} else {
-		refuse(s, SQLSTATE_QUERY_CANCELED, "canceling statement due to user request", NULL, NULL, 0);
+		snprintf(msg, sizeof(msg), "canceling statement due to user request");
+		refuse(s, SQLSTATE_QUERY_CANCELED, msg, NULL, NULL, 0);
 	}
 	log_write(LL_INFO, s->ctx, "held statement %llu: %s", (unsigned long long)id, msg);
 	hold_forget_query(r);

@@ -309,11 +309,17 @@ static void handle_cancel_request(Session *s, const PgStartup *p)
 	BackendAddr addr;
 	uint32_t pid, key;
 
-	if (cancel_lookup(p->cancel_pid, p->cancel_key, &addr, &pid, &key)) {
+	switch (cancel_lookup(p->cancel_pid, p->cancel_key, &addr, &pid, &key)) {
+	case CANCEL_FORWARD:
 		log_write(LL_INFO, s->ctx, "forwarding cancel request for key %u", p->cancel_pid);
 		backend_send_cancel(s->worker->base, &addr, pid, key);
-	} else {
+		break;
+	case CANCEL_HELD:
+		log_write(LL_INFO, s->ctx, "cancel request for key %u cancels its held statement", p->cancel_pid);
+		break;
+	case CANCEL_UNKNOWN:
 		log_write(LL_INFO, s->ctx, "cancel request with an unknown key ignored");
+		break;
 	}
 	session_close(s, "cancel request served");
 }

@@ -32,11 +32,15 @@ bool cancel_register(CancelEntry *e) PGV_WARN_UNUSED;
 void cancel_set_backend(CancelEntry *e, const BackendAddr *addr, uint32_t be_pid, uint32_t be_key);
 /* Removes e (no-op if not registered). */
 void cancel_unregister(CancelEntry *e);
+typedef enum { CANCEL_UNKNOWN, CANCEL_HELD, CANCEL_FORWARD } CancelTarget;
 /*
- * Looks up (pid, key). On a match with a server connection, copies its
- * address and key to the out parameters and returns true.
+ * Looks up (pid, key). A session waiting on a held statement takes the
+ * cancel itself (CANCEL_HELD): its server is idle, and a forwarded cancel
+ * could land on whatever the session sends next. Otherwise, on a match with
+ * a server connection, copies its address and key to the out parameters
+ * and returns CANCEL_FORWARD.
  */
-bool cancel_lookup(uint32_t pid, uint32_t key, BackendAddr *addr, uint32_t *be_pid, uint32_t *be_key);
+CancelTarget cancel_lookup(uint32_t pid, uint32_t key, BackendAddr *addr, uint32_t *be_pid, uint32_t *be_key);
 
 /*
  * While a statement is held inside pgveil, a CancelRequest for e must reach
