@@ -14,6 +14,8 @@
 #include "pgveil/common.h"
 #include "pgveil/rules.h"
 
+struct evbuffer;
+
 #define MASK_KEY_MIN 32         /* bytes of key at least */
 #define MASK_KEY_MAX 1024       /* bytes of key at most */
 #define MASK_OUT_INLINE 128     /* masked values up to this size need no allocation */
@@ -109,5 +111,56 @@ void mask_out_release(MaskOut *out);
 
 /* The type's name for messages ("int4", "OID 16384" for others). */
 const char *mask_type_name(uint32_t type_oid, char *buf, size_t buflen);
+
+/* ---- result rows (src/mask_rows.c) ------------------------------------------------------- */
+
+/* How one column of a result is sent. */
+typedef struct MaskField {
+	const Rule *rule;      /* the mask to apply; NULL: unchanged (unless to_null) */
+	uint32_t type_oid;     /* the column's type as on the wire (RowDescription, or the catalog for COPY) */
+	int16_t format;        /* 0 text, 1 binary */
+	bool to_null;          /* always sent as NULL: the rule cannot apply to the type, or pgveil cannot tell what the column holds */
+} MaskField;
+
+/* The masks of one result: a field per column. */
+typedef struct MaskPlan {
+	int n_fields;
+	MaskField *fields;
+	int n_masked;          /* fields with a rule or to_null; 0: rows pass unchanged */
+	const MaskKey *key;    /* for hash(); may be NULL (hash() then gives NULL) */
+} MaskPlan;
+
+/*
+ * Rewrites one DataRow: `len` bytes of body at `body` (the message without
+ * its type byte and length) under plan, appending the whole new message
+ * (type and length included) to out. A field that cannot be masked becomes
+ * NULL; the original value is never copied for a masked field. Returns
+ * MASK_OK, or MASK_EVALUE when the row is malformed or its column count is
+ * not the plan's (nothing appended: the row must not be sent), or
+ * MASK_ENOMEM.
+ */
+int mask_datarow(const MaskPlan *plan, const uint8_t *body, size_t len, struct evbuffer *out) PGV_WARN_UNUSED;
+
+/* The text forms of COPY ... TO STDOUT (the COPY statement's options). */
+typedef struct MaskCopyFormat {
+	bool csv;              /* FORMAT csv; else FORMAT text */
+	char delimiter;        /* text: '\t' by default; csv: ',' */
+	char quote;            /* csv: '"' by default */
+	char escape;           /* csv: the quote by default */
+	const char *null_string; /* text: "\\N" by default; csv: "" */
+	bool header;           /* the first row is a header line: passes unchanged */
+} MaskCopyFormat;
+
+/*
+ * Rewrites the rows in one CopyData payload (`len` bytes at data: whole
+ * lines, each ending with a newline, as the server sends them) under plan,
+ * appending the rewritten payload (no message header) to out. Values are
+ * decoded from the COPY form, masked as text-format values (plan fields'
+ * format is ignored) and encoded again; a NULL stays NULL. Returns MASK_OK,
+ * or MASK_EVALUE when a line does not split into the plan's columns or does
+ * not end with a newline (nothing appended), or MASK_ENOMEM.
+ */
+int mask_copy_data(const MaskPlan *plan, const MaskCopyFormat *fmt, const uint8_t *data, size_t len,
+		   struct evbuffer *out) PGV_WARN_UNUSED;
 
 #endif
