@@ -59,4 +59,37 @@ bool policy_rule_matches(const Rule *r, const Identity *id, const SqlPart *p);
  */
 bool policy_table_matches(const RuleTable *rt, const SqlTable *t, RuleAction action);
 
+/* ---- masking (src/policy_mask.c) ------------------------------------------------------ */
+
+struct CatSnap;
+
+/* What the masks say of one statement for one caller. */
+typedef struct MaskVerdict {
+	bool blocked;          /* the statement must not run */
+	char why[512];         /* blocked: the message, naming the column (or function, table) and the use */
+	bool reads_masked;     /* reads a column masked for the caller anywhere: scrub the server's errors and notices */
+} MaskVerdict;
+
+/*
+ * Checks statement `info` against the masks reaching the caller `id` in
+ * catalog snapshot `cat` (ARCHITECTURE "Masking: the security model", doc/masking.md):
+ *  - a derived use of a masked column (any output that is not a plain copy
+ *    of it: expressions, casts, functions, aggregates, whole-row
+ *    references, set operations; a function argument; a view column
+ *    computed from it) blocks;
+ *  - a predicate on a masked column blocks unless predicates_allow;
+ *  - moving masked data into stored data (INSERT ... SELECT, UPDATE ... SET,
+ *    MERGE, CREATE TABLE AS, SELECT INTO, COPY to a file) blocks;
+ *  - for a caller with masks (catalog_caller_has_masks): DO, functions that
+ *    are not built in, pg_notify, set_config, large-object functions,
+ *    built-ins that run SQL given as text (query_to_xml, ...), catalog
+ *    statistics (pg_stats, pg_statistic, ...) and DDL on a relation with
+ *    masked columns block;
+ *  - COPY ... TO STDOUT in binary of masked columns blocks.
+ * A column is matched by name as the statement writes it: an unqualified
+ * table may be one of any schema. Does not allocate.
+ */
+void policy_mask_check(const StmtInfo *info, const struct CatSnap *cat, const Identity *id, bool predicates_allow,
+		       MaskVerdict *out);
+
 #endif
