@@ -110,6 +110,19 @@ typedef struct SqlColumnUse {
 	unsigned contexts;     /* SQL_USE_* bits; 0 = read where it flows nowhere (a subquery column no one uses) */
 } SqlColumnUse;
 
+/* COPY ... TO STDOUT: the form its rows take (SqlStmt.copy). */
+typedef enum { SQL_COPY_NONE, SQL_COPY_TEXT, SQL_COPY_CSV, SQL_COPY_BINARY } SqlCopyFormat;
+
+typedef struct SqlCopyOut {
+	SqlCopyFormat format;    /* SQL_COPY_NONE: the statement is not a COPY ... TO STDOUT */
+	char delimiter;          /* DELIMITER, or the format's default ('\t' text, ',' csv) */
+	char quote;              /* csv: QUOTE, default '"' */
+	char escape;             /* csv: ESCAPE, default the quote */
+	char *null_string;       /* NULL, or the format's default ("\\N" text, "" csv) */
+	bool header;             /* HEADER (true, match) */
+	bool unusual;            /* options pgveil does not model (FORCE_QUOTE, ENCODING, a multi-byte delimiter, ...) */
+} SqlCopyOut;
+
 /* One top-level statement of the text. */
 typedef struct SqlStmt {
 	int offset;         /* byte offset of the statement in the text */
@@ -119,6 +132,7 @@ typedef struct SqlStmt {
 	SqlOutput *outputs; /* SELECT / VALUES / TABLE, RETURNING, COPY (query) TO STDOUT, COPY t TO STDOUT, DECLARE CURSOR's query, PREPARE's body; in order */
 	int n_columns;
 	SqlColumnUse *columns; /* every column the statement reads (data-modifying CTEs, EXPLAIN's and PREPARE's bodies included), deduplicated */
+	SqlCopyOut copy;       /* COPY ... TO STDOUT (its outputs are the copied columns) */
 } SqlStmt;
 
 /* SQL-level prepared-statement operations the session must track. */
