@@ -23,6 +23,7 @@
 
 #include "pgveil/jwtauth.h"
 #include "pgveil/log.h"
+#include "pgveil/mask.h"
 #include "pgveil/rules.h"
 #include "pgveil/tls.h"
 
@@ -623,6 +624,10 @@ static void config_free(Config *cfg)
 	tls_ctx_free(cfg->tls_server_ctx);
 	jwtauth_free(cfg->oidc_verifier);
 	rules_unref(cfg->ruleset);
+	if (cfg->mask_key != NULL) {
+		mask_key_clear(cfg->mask_key);
+		free(cfg->mask_key);
+	}
 	free(cfg->path);
 	free(cfg);
 }
@@ -723,6 +728,37 @@ static void validate_databases(LoadState *st)
 }
 
 /* Checks that need the whole file: pairs of keys, files that must exist. */
+/*
+ * Reads mask_key_file when a rule masks with hash(): a key that cannot be
+ * read is an error of the configuration, not values that turn NULL later.
+ */
+static void load_mask_key(LoadState *st)
+{
+	Config *cfg = st->cfg;
+	const RuleSet *rs = cfg->ruleset;
+	bool needed = false;
+	char err[512];
+
+	for (int i = 0; rs != NULL && i < rs->n_rules && !needed; i++)
+		needed = rs->rules[i].kind == RULE_MASK && rs->rules[i].mask_fn == MASK_HASH;
+	if (!needed)
+		return;
+	if (cfg->mask_key_file == NULL) {
+		load_error(st, 0, "rules use hash() but mask_key_file is not set");
+		return;
+	}
+	cfg->mask_key = malloc(sizeof(*cfg->mask_key));
+	if (cfg->mask_key == NULL) {
+		load_error(st, at_key(st, "mask_key_file"), "out of memory");
+		return;
+	}
+	if (!mask_key_load(cfg->mask_key_file, cfg->mask_key, err, sizeof(err))) {
+		load_error(st, at_key(st, "mask_key_file"), "%s", err);
+		free(cfg->mask_key);
+		cfg->mask_key = NULL;
+	}
+}
+
 static void validate_whole(LoadState *st)
 {
 	Config *cfg = st->cfg;
@@ -852,6 +888,7 @@ Config *config_load(const char *path, char **errout, int *nerrors)
 	}
 	validate_whole(&st);
 	load_rules(&st);
+	load_mask_key(&st);
 	if (st.nerrors > 0)
 		goto fail;
 	free(st.db_pos);

@@ -20,6 +20,8 @@
  */
 #include "pgveil/relay.h"
 
+#include "relay_int.h"
+
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <stdio.h>
@@ -49,83 +51,6 @@
 /* What a session with a held message still reads (and buffers) behind it. */
 #define HOLD_READ_AHEAD (256 * 1024)
 
-/* A prepared statement the server may hold under one name. */
-typedef struct Prepared {
-	char *name;              /* "" = the unnamed statement */
-	char *sql;               /* text shown to approvers */
-	int n_infos;
-	StmtInfo **infos;        /* every body the server may hold under this name (see prepared_add) */
-	bool decided;            /* `decision` is valid for configuration generation `decided_gen` */
-	uint64_t decided_gen;
-	Decision decision;       /* cached: the same statement, caller and rules decide the same */
-	struct Prepared *next;   /* hash chain */
-} Prepared;
-
-/* An ErrorResponse waiting to replace the server's answer to a refusal. */
-typedef struct Substitute {
-	uint64_t batch;          /* batch (Query or Sync) the refusal belongs to */
-	PgBuf msg;               /* the ErrorResponse the client gets */
-	struct Substitute *next;
-} Substitute;
-
-/*
- * A change to the server's prepared statements that pgveil forwarded and
- * the server has not confirmed yet. It changes pgveil's picture of the
- * server only on its confirmation, in its own batch: ParseComplete for a
- * Parse, CloseComplete for a Close, CommandComplete DEALLOCATE / DISCARD ALL
- * for SQL. One the server skipped (after an earlier error of its batch, or
- * inside a failed transaction) is forgotten at that batch's ReadyForQuery.
- */
-typedef enum {
-	PEND_PARSE,      /* name, sql, info: install on ParseComplete */
-	PEND_CLOSE,      /* name (NULL for a portal): forget on CloseComplete */
-	PEND_PREPARE,    /* name, sql, info: install on CommandComplete PREPARE */
-	PEND_DEALLOCATE, /* name (NULL = all): forget on CommandComplete DEALLOCATE / DISCARD ALL */
-} PendKind;
-
-typedef struct Pending {
-	PendKind kind;
-	uint64_t batch;              /* batch it was sent in */
-	char *name;                  /* statement name, "" = unnamed */
-	char *sql;                   /* PEND_PARSE, PEND_PREPARE: the statement's text */
-	StmtInfo *info;              /* PEND_PARSE, PEND_PREPARE: its analysis (a reference) */
-	struct Pending *next;
-} Pending;
-
-typedef enum { GUARD_FORWARD, GUARD_REFUSE, GUARD_HOLD } GuardAction;
-
-struct Relay {
-	Config *cfg;                 /* snapshot rules come from; follows reloads */
-	uint64_t cfg_gen;            /* config_generation() it was taken at */
-	Prepared **buckets;          /* prepared statements by name */
-	size_t n_buckets, n_prepared;
-	uint64_t batches_sent;       /* Query/Sync/FunctionCall forwarded */
-	uint64_t batches_done;       /* ReadyForQuery received */
-	Substitute *subst_head, *subst_tail;
-	Pending *pend_head, *pend_tail; /* changes awaiting the server's confirmation, in order */
-	int n_pend_sql;              /* PEND_PREPARE and PEND_DEALLOCATE entries among them */
-	char last_starter;           /* 'Q' or 'E': what started the server's latest command */
-	int syncs_since_execute;     /* Syncs forwarded since the latest Execute */
-	bool copy_in_seen;           /* the server sent CopyInResponse since */
-	struct evbuffer *inject;     /* messages for the client, waiting for a message boundary */
-	uint8_t *scratch;            /* copy of the message being decided */
-	size_t scratch_cap;
-	struct evbuffer *cur_in;     /* where the message being decided is: buffer, */
-	size_t cur_off;              /* offset of its header, */
-	uint32_t cur_blen;           /* body length */
-	PgBuf refusal;               /* ErrorResponse for the message being refused */
-	/* the held message, if any */
-	uint64_t hold_id;            /* approval id, 0 = nothing held */
-	uint8_t hold_type;           /* 'Q', 'B' or 'F' */
-	size_t hold_len;             /* its length on the wire */
-	bool released;               /* the message at the front was approved: forward it unchanged */
-	StmtInfo *hold_info;         /* a held Query's analysis when it PREPAREs or DEALLOCATEs, else NULL */
-	char *hold_sql;              /* and its text */
-	struct event *hold_wake;     /* a decision arrived */
-	struct event *hold_timer;    /* hold_timeout */
-	struct event *hold_cancel;   /* a CancelRequest matched */
-};
-
 /* ---- prepared statements -------------------------------------------------------- */
 
 static size_t name_hash(const char *name)
@@ -146,7 +71,7 @@ static Prepared **prepared_slot(Relay *r, const char *name)
 	return p;
 }
 
-static Prepared *prepared_find(Relay *r, const char *name)
+Prepared *relay_prepared_find(Relay *r, const char *name)
 {
 	return *prepared_slot(r, name);
 }
@@ -221,7 +146,7 @@ static bool prepared_add(Relay *r, const char *name, const char *sql, StmtInfo *
 
 	if (name[0] == '\0')
 		prepared_remove(r, name);
-	p = prepared_find(r, name);
+	p = relay_prepared_find(r, name);
 	if (p == NULL) {
 		if (r->n_prepared >= r->n_buckets && !prepared_grow(r))
 			return false;
@@ -391,8 +316,8 @@ static void parts_of_body(PartList *pl, const char *name, const StmtInfo *info)
 			parts_add(pl, &info->parts[j]);
 }
 
-static void refuse(Session *s, const char *sqlstate, const char *msg, const char *detail, const char *hint,
-		   int position)
+void relay_refuse(Session *s, const char *sqlstate, const char *msg, const char *detail, const char *hint,
+		  int position)
 {
 	Relay *r = s->relay;
 
@@ -449,7 +374,7 @@ static bool add_executed(Session *s, const StmtInfo *info, PartList *pl, int dep
 		case NAMED_UNKNOWN:
 			snprintf(msg, sizeof(msg), "EXECUTE of \"%s\", a prepared statement pgveil has no record of",
 				 ref->name);
-			refuse(s, SQLSTATE_INSUFFICIENT_PRIVILEGE, msg, NULL,
+			relay_refuse(s, SQLSTATE_INSUFFICIENT_PRIVILEGE, msg, NULL,
 			       "PREPARE it in this session through pgveil first", 0);
 			return false;
 		}
@@ -461,7 +386,7 @@ static bool check_overflow(Session *s, const PartList *pl)
 {
 	if (!pl->overflow)
 		return true;
-	refuse(s, SQLSTATE_INSUFFICIENT_PRIVILEGE, "statement has too many parts to check", NULL, NULL, 0);
+	relay_refuse(s, SQLSTATE_INSUFFICIENT_PRIVILEGE, "statement has too many parts to check", NULL, NULL, 0);
 	return false;
 }
 
@@ -496,12 +421,12 @@ static NamedResult add_named(Session *s, const char *name, PartList *pl, int dep
 {
 	Relay *r = s->relay;
 	const Pending *current = NULL;
-	const Prepared *p = prepared_find(r, name);
+	const Prepared *p = relay_prepared_find(r, name);
 	bool found = false;
 
 	*settled = true;
 	if (depth > MAX_EXECUTE_DEPTH) {
-		refuse(s, SQLSTATE_INSUFFICIENT_PRIVILEGE, "prepared statements EXECUTE each other too deeply to check",
+		relay_refuse(s, SQLSTATE_INSUFFICIENT_PRIVILEGE, "prepared statements EXECUTE each other too deeply to check",
 		       NULL, NULL, 0);
 		return NAMED_REFUSED;
 	}
@@ -543,10 +468,10 @@ static NamedResult add_named(Session *s, const char *name, PartList *pl, int dep
 static void refuse_unparsable(Session *s, const StmtInfo *info)
 {
 	if (info->error_is_syntax)
-		refuse(s, SQLSTATE_SYNTAX_ERROR, info->error, "pgveil refuses statements it cannot parse.", NULL,
+		relay_refuse(s, SQLSTATE_SYNTAX_ERROR, info->error, "pgveil refuses statements it cannot parse.", NULL,
 		       info->error_pos);
 	else
-		refuse(s, SQLSTATE_STATEMENT_TOO_COMPLEX, info->error, "pgveil refuses statements it cannot analyse.",
+		relay_refuse(s, SQLSTATE_STATEMENT_TOO_COMPLEX, info->error, "pgveil refuses statements it cannot analyse.",
 		       NULL, 0);
 	log_write(LL_INFO, s->ctx, "refused a statement it could not analyse: %s", info->error);
 }
@@ -561,7 +486,7 @@ static void refuse_blocked(Session *s, const Decision *d)
 		snprintf(detail, sizeof(detail), "Blocked by rule %s.", d->rule->where);
 	else
 		snprintf(detail, sizeof(detail), "No rule matched; default_action = block.");
-	refuse(s, SQLSTATE_INSUFFICIENT_PRIVILEGE, msg, detail, NULL, 0);
+	relay_refuse(s, SQLSTATE_INSUFFICIENT_PRIVILEGE, msg, detail, NULL, 0);
 	log_write(LL_INFO, s->ctx, "blocked: %s", msg);
 }
 
@@ -616,7 +541,6 @@ static int hold_tables(const PartList *pl, char names[][128], const char **ptrs,
 	return n;
 }
 
-static void send_to_client(Session *s, PgBuf *b);
 
 /*
  * Starts holding the message at the front of the client's input. Returns
@@ -657,7 +581,7 @@ static GuardAction hold_start(Session *s, uint8_t type, size_t msglen, const cha
 	spec.tables = ptrs;
 	r->hold_id = approval_submit(&spec, r->hold_wake);
 	if (r->hold_id == 0) {
-		refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory while holding the statement", NULL, NULL, 0);
+		relay_refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory while holding the statement", NULL, NULL, 0);
 		return GUARD_REFUSE;
 	}
 	r->hold_type = type;
@@ -674,7 +598,7 @@ static GuardAction hold_start(Session *s, uint8_t type, size_t msglen, const cha
 	pgproto_buf_init(&b);
 	pgproto_build_error(&b, true, "NOTICE", "01000", msg, detail,
 			    "An approver decides with APPROVE or DENY on the pgveil admin console.");
-	send_to_client(s, &b);
+	relay_send_to_client(s, &b);
 	pgproto_buf_free(&b);
 	log_write(LL_INFO, s->ctx, "statement held as %llu (%s)", (unsigned long long)r->hold_id,
 		  rule != NULL ? rule : "default_action");
@@ -718,6 +642,19 @@ static void hold_forget_query(Relay *r)
 	r->hold_sql = NULL;
 }
 
+/* The masks' check of an analysed statement, as a guard action. */
+static GuardAction mask_check(Session *s, const StmtInfo *info)
+{
+	switch (relay_mask_check(s, info)) {
+	case RM_OK:
+		return GUARD_FORWARD;
+	case RM_WAIT:
+		return GUARD_WAIT;
+	default:
+		return GUARD_REFUSE;
+	}
+}
+
 /* Query: the whole string is decided; its parts are every statement in it. */
 static GuardAction guard_query(Session *s, const char *sql, size_t msglen)
 {
@@ -727,7 +664,7 @@ static GuardAction guard_query(Session *s, const char *sql, size_t msglen)
 	Decision d;
 
 	if (info == NULL) {
-		refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory while analysing the statement", NULL, NULL, 0);
+		relay_refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory while analysing the statement", NULL, NULL, 0);
 		return GUARD_REFUSE;
 	}
 	if (info->error != NULL) {
@@ -737,16 +674,21 @@ static GuardAction guard_query(Session *s, const char *sql, size_t msglen)
 	if (!collect_parts(s, info, &pl))
 		goto done;
 	d = decide(s, &pl);
+	if (d.action != DECISION_BLOCK && (act = mask_check(s, info)) != GUARD_FORWARD)
+		goto done;
+	act = GUARD_REFUSE;
 	if (d.action == DECISION_BLOCK)
 		refuse_blocked(s, &d);
 	else if (d.action == DECISION_HOLD && !hold_keep_query(s->relay, info, sql))
-		refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory while holding the statement", NULL, NULL, 0);
+		relay_refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory while holding the statement", NULL, NULL, 0);
 	else if (d.action == DECISION_HOLD && (act = hold_start(s, 'Q', msglen, sql, &d, &pl)) != GUARD_HOLD)
 		hold_forget_query(s->relay);
 	else if (d.action == DECISION_ALLOW)
 		act = GUARD_FORWARD;
-	if (act == GUARD_FORWARD)
+	if (act == GUARD_FORWARD) {
 		prepared_track(s->relay, info, sql);
+		s->relay->cur_info = sqlinfo_ref(info);
+	}
 done:
 	sqlinfo_unref(info);
 	return act;
@@ -770,7 +712,7 @@ static GuardAction guard_parse(Session *s, PgReader *rd)
 	}
 	info = analyze(sql);
 	if (info == NULL) {
-		refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory while analysing the statement", NULL, NULL, 0);
+		relay_refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory while analysing the statement", NULL, NULL, 0);
 		return GUARD_REFUSE;
 	}
 	if (info->error != NULL) {
@@ -779,10 +721,16 @@ static GuardAction guard_parse(Session *s, PgReader *rd)
 		d = decide(s, &pl);
 		if (d.action == DECISION_BLOCK)
 			refuse_blocked(s, &d);
+		else if ((act = mask_check(s, info)) != GUARD_FORWARD)
+			;
 		else if (!pending_push(s->relay, PEND_PARSE, name, sql, info))
-			refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory", NULL, NULL, 0);
+			act = GUARD_REFUSE, relay_refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory", NULL, NULL, 0);
 		else
-			act = GUARD_FORWARD;
+			s->relay->cur_info = sqlinfo_ref(info);
+	}
+	if (act == GUARD_WAIT) {
+		sqlinfo_unref(info);
+		return act;
 	}
 	if (act == GUARD_REFUSE && name[0] == '\0')
 		prepared_remove(s->relay, name); /* the server drops its unnamed statement first */
@@ -851,7 +799,6 @@ static char *bind_display(const char *sql, PgReader rd)
 	return text;
 }
 
-static const uint8_t *copy_body(Relay *r, struct evbuffer *in, size_t off, uint32_t blen);
 
 /*
  * bind_display over the whole Bind being decided (the guard may have read
@@ -860,7 +807,7 @@ static const uint8_t *copy_body(Relay *r, struct evbuffer *in, size_t off, uint3
 static char *bind_display_whole(Session *s, const char *sql)
 {
 	Relay *r = s->relay;
-	const uint8_t *body = copy_body(r, r->cur_in, r->cur_off, r->cur_blen);
+	const uint8_t *body = relay_copy_body(r, r->cur_in, r->cur_off, r->cur_blen);
 	const char *name;
 	PgReader rd;
 
@@ -890,7 +837,10 @@ static GuardAction guard_bind(Session *s, PgReader *rd, size_t msglen)
 		return GUARD_HOLD;
 	}
 	(void)relay_config(r);
-	p = prepared_find(r, stmt);
+	p = relay_prepared_find(r, stmt);
+	for (int i = 0; r->mask != NULL && p != NULL && i < p->n_infos; i++) /* the catalog or masks may have changed since Parse */
+		if ((act = mask_check(s, p->infos[i])) != GUARD_FORWARD)
+			return act;
 	if (p != NULL && p->decided && p->decided_gen == r->cfg_gen && p->decision.action == DECISION_ALLOW &&
 	    r->pend_head == NULL) {
 		admin_stat_add(STAT_ALLOWED, 1);
@@ -904,7 +854,7 @@ static GuardAction guard_bind(Session *s, PgReader *rd, size_t msglen)
 	case NAMED_UNKNOWN:
 		/* Never prepared, refused at Parse, or closed: the server has nothing pgveil could check. */
 		snprintf(msg, sizeof(msg), "prepared statement \"%s\" does not exist", stmt);
-		refuse(s, SQLSTATE_INVALID_STATEMENT_NAME, msg, "pgveil has no record of it in this session.", NULL, 0);
+		relay_refuse(s, SQLSTATE_INVALID_STATEMENT_NAME, msg, "pgveil has no record of it in this session.", NULL, 0);
 		return GUARD_REFUSE;
 	}
 	if (!check_overflow(s, &pl))
@@ -939,7 +889,7 @@ static GuardAction guard_close(Session *s, PgReader *rd)
 	}
 	/* Forgotten once the server confirms; a portal's Close is queued too, to keep CloseCompletes in order. */
 	if (!pending_push(s->relay, PEND_CLOSE, kind == 'S' ? name : NULL, NULL, NULL)) {
-		refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory", NULL, NULL, 0);
+		relay_refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory", NULL, NULL, 0);
 		return GUARD_REFUSE;
 	}
 	return GUARD_FORWARD;
@@ -1009,7 +959,7 @@ static GuardAction guard_message(Session *s, uint8_t type, const uint8_t *body, 
 
 /* ---- client to server ------------------------------------------------------------------ */
 
-static void send_to_client(Session *s, PgBuf *b)
+void relay_send_to_client(Session *s, PgBuf *b)
 {
 	Relay *r = s->relay;
 
@@ -1054,6 +1004,7 @@ static void send_refusal(Session *s, uint8_t type)
 	else
 		r->subst_head = sub;
 	r->subst_tail = sub;
+	relay_mask_client_msg(s, type == 'Q' || type == 'F' ? 'Q' : 'P', (const uint8_t *)"", 1, NULL);
 	if (type == 'Q' || type == 'F') {
 		r->batches_sent++;
 		s->pending_ready++;
@@ -1061,7 +1012,7 @@ static void send_refusal(Session *s, uint8_t type)
 }
 
 /* Copies the body of the message at `off` (whole in the buffer) to scratch. */
-static const uint8_t *copy_body(Relay *r, struct evbuffer *in, size_t off, uint32_t blen)
+const uint8_t *relay_copy_body(Relay *r, struct evbuffer *in, size_t off, uint32_t blen)
 {
 	static const uint8_t empty[1];
 	struct evbuffer_ptr pos;
@@ -1106,6 +1057,7 @@ static void count_client_message(Session *s, uint8_t type)
 	case 'c':
 	case 'f':
 		if (r->copy_in_seen && r->last_starter == 'E') {
+			relay_mask_copy_in_done(s, r->syncs_since_execute);
 			r->batches_sent -= (uint64_t)r->syncs_since_execute;
 			s->pending_ready -= r->syncs_since_execute;
 			r->syncs_since_execute = 0;
@@ -1143,11 +1095,44 @@ static bool needs_guard(uint8_t type)
 	return type == 'Q' || type == 'P' || type == 'B' || type == 'C' || type == 'F';
 }
 
+/* Messages read one by one: guarded ones, and for a caller with masks those that get an answer. */
+static bool read_whole(const Relay *r, uint8_t type)
+{
+	return needs_guard(type) || (r->mask != NULL && (type == 'D' || type == 'E' || type == 'S'));
+}
+
 /*
  * Handles the whole message of `type` at offset `run` of the client input.
  * Returns how far the forwarded run extends afterwards, or (size_t)-1 when
  * relaying must stop (held, waiting, or the session failed).
  */
+/* Bytes of a forwarded message read for its names when masks apply. */
+#define MASK_PEEK 1024
+
+/*
+ * A message of a caller with masks is forwarded: relay_mask.c records the
+ * answer it expects; an Execute may need pgveil's Describe in front of it
+ * (the run before it is moved first). Returns where the run now starts.
+ */
+static size_t mask_forward(Session *s, struct evbuffer *in, size_t run, const PgHeader *h)
+{
+	uint8_t head[MASK_PEEK];
+	uint32_t blen = h->len - 4, n = blen < MASK_PEEK ? blen : MASK_PEEK;
+	struct evbuffer_ptr pos;
+
+	evbuffer_ptr_set(in, &pos, run + PG_HEADER_LEN, EVBUFFER_PTR_SET);
+	if (n > 0)
+		evbuffer_copyout_from(in, &pos, head, n);
+	if (h->type == 'E' && n > 0 && memchr(head, 0, n) != NULL) {
+		if (run > 0)
+			evbuffer_remove_buffer(in, stream_output(s->server), run);
+		run = 0;
+		relay_mask_before_execute(s, (const char *)head, stream_output(s->server));
+	}
+	relay_mask_client_msg(s, h->type, head, n, s->relay->cur_info);
+	return run;
+}
+
 static size_t guard_at(Session *s, struct evbuffer *in, size_t run, const PgHeader *h)
 {
 	Relay *r = s->relay;
@@ -1167,7 +1152,7 @@ static size_t guard_at(Session *s, struct evbuffer *in, size_t run, const PgHead
 		r->cur_in = in;
 		r->cur_off = run;
 		r->cur_blen = h->len - 4;
-		body = copy_body(r, in, run, blen);
+		body = relay_copy_body(r, in, run, blen);
 		if (body == NULL) {
 			session_fail(s, SQLSTATE_OUT_OF_MEMORY, "out of memory");
 			return (size_t)-1;
@@ -1182,16 +1167,24 @@ static size_t guard_at(Session *s, struct evbuffer *in, size_t run, const PgHead
 			return (size_t)-1;
 	}
 	if (act == GUARD_FORWARD) {
+		if (r->mask != NULL)
+			run = mask_forward(s, in, run, h);
+		if (r->cur_info != NULL) {
+			sqlinfo_unref(r->cur_info);
+			r->cur_info = NULL;
+		}
 		if (h->type == 'Q' || h->type == 'F') {
 			r->batches_sent++;
 			s->pending_ready++;
 			r->last_starter = 'Q';
+		} else if (!needs_guard(h->type)) {
+			count_client_message(s, h->type);
 		}
 		return run + msglen;
 	}
 	if (run > 0)
 		evbuffer_remove_buffer(in, stream_output(s->server), run);
-	if (act == GUARD_HOLD)
+	if (act == GUARD_HOLD || act == GUARD_WAIT)
 		return (size_t)-1;
 	evbuffer_drain(in, msglen);
 	send_refusal(s, h->type);
@@ -1237,6 +1230,8 @@ void relay_client_input(Session *s)
 			stream_enable_read(s->client, false); /* the rest waits in the kernel behind the held message */
 		return;
 	}
+	if (relay_mask_client_waits(s))
+		return; /* resumed once the catalog is loaded */
 	if (s->token_expired && s->client_pass == 0) {
 		session_fail(s, SQLSTATE_INVALID_AUTHORIZATION, "the agent's token has expired; reconnect with a new token");
 		return;
@@ -1260,7 +1255,18 @@ void relay_client_input(Session *s)
 			session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "unexpected password message in the query phase");
 			return;
 		}
-		if (needs_guard(h.type)) {
+		(void)relay_config(r); /* masks follow a reload before the next message is decided */
+		if (r->mask_gen != r->cfg_gen || r->mask_idle_wait) {
+			RmResult mr;
+
+			if ((mr = relay_mask_update(s)) == RM_WAIT) {
+				break; /* the rest waits for the server's answers (relay_server_input resumes) */
+			} else if (mr == RM_REFUSE) {
+				session_fail(s, SQLSTATE_OUT_OF_MEMORY, "out of memory");
+				return;
+			}
+		}
+		if (read_whole(r, h.type)) {
 			if (avail - run < (size_t)h.len + 1)
 				break; /* decided once it is whole */
 			run = guard_at(s, in, run, &h);
@@ -1337,7 +1343,7 @@ static SubstResult maybe_substitute(Session *s, struct evbuffer *in, size_t run,
 
 	if (avail - run < (size_t)h->len + 1)
 		return SUBST_WAIT;
-	body = copy_body(r, in, run, h->len - 4);
+	body = relay_copy_body(r, in, run, h->len - 4);
 	if (body == NULL || !pgproto_parse_error(body, h->len - 4, &f) || f.sqlstate == NULL ||
 	    strcmp(f.sqlstate, SQLSTATE_SYNTAX_ERROR) != 0)
 		return SUBST_KEEP;
@@ -1353,7 +1359,7 @@ static SubstResult maybe_substitute(Session *s, struct evbuffer *in, size_t run,
 static void command_complete(Session *s, struct evbuffer *in, size_t run, const PgHeader *h)
 {
 	Relay *r = s->relay;
-	const uint8_t *body = copy_body(r, in, run, h->len - 4);
+	const uint8_t *body = relay_copy_body(r, in, run, h->len - 4);
 	const char *tag = (const char *)body;
 
 	if (body == NULL || h->len - 4 == 0 || body[h->len - 5] != '\0')
@@ -1384,6 +1390,18 @@ void relay_server_input(Session *s)
 			log_write(LL_ERROR, s->ctx, "server sent an invalid message: %s (type 0x%02x)", why, h.type);
 			session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "invalid message from the server");
 			return;
+		}
+		if (r->mask != NULL) {
+			RmsResult rr = relay_mask_server_msg(s, in, &run, avail, &h);
+
+			if (s->state != SESS_ACTIVE)
+				return;
+			if (rr == RMS_WAIT)
+				break;
+			if (rr == RMS_DONE) {
+				avail = evbuffer_get_length(in);
+				continue;
+			}
 		}
 		if (h.type == 'Z') {
 			if (avail - run < PG_HEADER_LEN + 1)
@@ -1439,6 +1457,8 @@ void relay_server_input(Session *s)
 	stream_flush(s->client);
 	if (stream_output_full(s->client))
 		stream_enable_read(s->server, false);
+	if (r->mask_idle_wait && relay_mask_idle(s))
+		relay_client_input(s); /* masks can start now */
 }
 
 /* ---- decisions arriving ------------------------------------------------------------------ */
@@ -1464,14 +1484,14 @@ static void hold_end(Session *s, HoldState st, const char *reason)
 	if (st == HOLD_DENIED) {
 		snprintf(msg, sizeof(msg), "statement %llu was denied by an approver%s%s", (unsigned long long)id,
 			 reason != NULL ? ": " : "", reason != NULL ? reason : "");
-		refuse(s, SQLSTATE_INSUFFICIENT_PRIVILEGE, msg, NULL, NULL, 0);
+		relay_refuse(s, SQLSTATE_INSUFFICIENT_PRIVILEGE, msg, NULL, NULL, 0);
 	} else if (st == HOLD_TIMEOUT) {
 		snprintf(msg, sizeof(msg), "canceling statement %llu: no approval within hold_timeout",
 			 (unsigned long long)id);
-		refuse(s, SQLSTATE_QUERY_CANCELED, msg, NULL, NULL, 0);
+		relay_refuse(s, SQLSTATE_QUERY_CANCELED, msg, NULL, NULL, 0);
 	} else {
 		snprintf(msg, sizeof(msg), "canceling statement due to user request");
-		refuse(s, SQLSTATE_QUERY_CANCELED, msg, NULL, NULL, 0);
+		relay_refuse(s, SQLSTATE_QUERY_CANCELED, msg, NULL, NULL, 0);
 	}
 	log_write(LL_INFO, s->ctx, "held statement %llu: %s", (unsigned long long)id, msg);
 	hold_forget_query(r);
@@ -1574,6 +1594,9 @@ void relay_free(Session *s)
 	while (r->pend_head != NULL)
 		pending_unlink(r, &r->pend_head, NULL);
 	hold_forget_query(r);
+	relay_mask_free(s);
+	if (r->cur_info != NULL)
+		sqlinfo_unref(r->cur_info);
 	if (r->inject != NULL)
 		evbuffer_free(r->inject);
 	if (r->hold_wake != NULL)

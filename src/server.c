@@ -23,6 +23,7 @@
 
 #include "pgveil/backend.h"
 #include "pgveil/log.h"
+#include "pgveil/mask.h"
 #include "pgveil/session.h"
 #include "pgveil/sqlinfo.h"
 
@@ -169,6 +170,7 @@ static void *worker_main(void *arg)
 	event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
 	backend_free_cancel_jobs();
 	sqlinfo_thread_cleanup();
+	mask_thread_cleanup();
 	if (__atomic_sub_fetch(&srv.workers_running, 1, __ATOMIC_ACQ_REL) == 0)
 		event_active(srv.all_done, 0, 0);
 	return NULL;

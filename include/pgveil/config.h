@@ -76,6 +76,7 @@ struct Config {
 	NameList approver_groups;
 	NameList auditor_groups;
 	char *mask_key_file;
+	struct MaskKey *mask_key;    /* read from mask_key_file by config_load; NULL without one */
 	bool mask_predicates_allow;  /* mask_predicates = allow */
 	bool audit_redact_literals;
 	uint64_t startup_timeout;    /* milliseconds */

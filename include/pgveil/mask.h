@@ -141,6 +141,22 @@ typedef struct MaskPlan {
  */
 int mask_datarow(const MaskPlan *plan, const uint8_t *body, size_t len, struct evbuffer *out) PGV_WARN_UNUSED;
 
+/*
+ * Rewrites an ErrorResponse or NoticeResponse (`type` 'E' or 'N', body of
+ * len bytes) of a statement that read masked columns, appending the whole
+ * new message to out: severity, SQLSTATE, position, source location and
+ * object names are kept; in the message every "quoted" part becomes
+ * "***" (conversion errors quote the value); detail, context, hint and
+ * internal query (which can hold row contents: "Failing row contains
+ * (...)", "Key (email)=(...)") are replaced by one detail saying so.
+ * Returns MASK_OK, MASK_EVALUE for a malformed body (nothing appended), or
+ * MASK_ENOMEM.
+ */
+int mask_scrub_message(uint8_t type, const uint8_t *body, size_t len, struct evbuffer *out) PGV_WARN_UNUSED;
+
+/* Frees this thread's row buffer (a worker that exits). */
+void mask_thread_cleanup(void);
+
 /* The text forms of COPY ... TO STDOUT (the COPY statement's options). */
 typedef struct MaskCopyFormat {
 	bool csv;              /* FORMAT csv; else FORMAT text */

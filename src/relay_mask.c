@@ -1,0 +1,955 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The results of a caller with masks. Only sessions whose caller some MASK
+ * rule applies to come here; everyone else's results pass unread.
+ *
+ * Which answer is which: every message forwarded to the server is recorded
+ * in order in a queue of expected answers (Parse, Bind, Describe, Execute,
+ * Close, Sync, Query, FunctionCall), and each server message is matched to
+ * the front of it, the way PostgreSQL answers: one answer per message, and
+ * after an error nothing until Sync.
+ *
+ * The plan of a result comes from its RowDescription: each field's table
+ * OID and attnum name a column of the catalog snapshot, whose masks say
+ * what the caller gets. A portal's rows follow the RowDescription of a
+ * Describe of that portal; when the client did not describe the portal
+ * since its Bind, pgveil sends a Describe itself before the Execute and
+ * keeps the answer from the client. The plan is checked against what the
+ * statement analysis expects: a field the analysis says copies a masked
+ * column must come from that column; when it does not, or when the field's
+ * table is unknown even after the catalog was read again, the field is sent
+ * as NULL and the client gets a warning naming it.
+ *
+ * The server's errors and notices are scrubbed for statements that read
+ * masked columns (their batch).
+ */
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pgveil/catalog.h"
+#include "pgveil/log.h"
+#include "pgveil/mask.h"
+#include "pgveil/policy.h"
+#include "pgveil/server.h"
+#include "pgveil/stream.h"
+
+#include "relay_int.h"
+
+#define SQLSTATE_CATALOG_UNAVAILABLE "55000"
+
+typedef enum {
+	RESP_PARSE,
+	RESP_BIND,
+	RESP_DESCRIBE_S,
+	RESP_DESCRIBE_P,
+	RESP_EXECUTE,
+	RESP_CLOSE,
+	RESP_SYNC,
+	RESP_QUERY,
+	RESP_FUNCTION,
+} RespKind;
+
+/* The plan of one result, with what it points into. */
+typedef struct Plan {
+	MaskPlan mp;
+	bool valid;              /* described: mp is the result's plan */
+	CatSnap *snap;           /* a reference: rules point into it */
+	Config *cfg;             /* a reference: the hash() key */
+} Plan;
+
+typedef struct Portal {
+	char *name;
+	Plan plan;
+	bool describe_pending;   /* a Describe of it is on its way since its Bind */
+	int refs;                /* Resp entries pointing here */
+	char *stmt;              /* the statement it was bound from */
+	struct Portal *next;
+} Portal;
+
+typedef struct Resp {
+	RespKind kind;
+	bool injected;           /* pgveil's own Describe: its answer stays here */
+	bool close_portal;       /* RESP_CLOSE of a portal */
+	char *name;              /* statement (PARSE, DESCRIBE_S, CLOSE) */
+	Portal *portal;          /* BIND, DESCRIBE_P, EXECUTE, CLOSE of a portal */
+	StmtInfo *info;          /* QUERY, PARSE: the analysis (a reference), NULL for a refusal */
+} Resp;
+
+struct RelayMask {
+	CatSnap *cat;            /* the snapshot statements are checked with (a reference) */
+	struct event *cat_wake;  /* a snapshot was published */
+	bool wait_client;        /* a client message waits for a snapshot */
+	bool wait_server;        /* a RowDescription waits for a snapshot */
+	uint64_t asked_after;    /* wait_server: the version asked to be replaced */
+	bool refreshed;          /* the RowDescription at the front was looked up after a refresh */
+	Resp *q;                 /* ring of expected answers */
+	size_t q_head, q_len, q_cap;
+	Portal *portals;
+	Plan cur;                /* the current result of a Query */
+	int stmt_index;          /* the statement of the front Query being answered */
+	bool scrub;              /* errors and notices of batches up to scrub_batch are scrubbed */
+	uint64_t scrub_batch;
+	bool check_scrub;        /* the statement just checked reads masked columns */
+	bool failed;             /* the answers could not be matched: the session is ending */
+};
+
+/* ---- plans ------------------------------------------------------------------------------ */
+
+static void plan_clear(Plan *p)
+{
+	free(p->mp.fields);
+	memset(&p->mp, 0, sizeof(p->mp));
+	if (p->snap != NULL)
+		catalog_snap_unref(p->snap);
+	if (p->cfg != NULL)
+		config_unref(p->cfg);
+	p->snap = NULL;
+	p->cfg = NULL;
+	p->valid = false;
+}
+
+/* ---- the queue of expected answers -------------------------------------------------------- */
+
+static Resp *q_at(RelayMask *m, size_t i)
+{
+	return &m->q[(m->q_head + i) % m->q_cap];
+}
+
+static Resp *q_front(RelayMask *m)
+{
+	return m->q_len > 0 ? q_at(m, 0) : NULL;
+}
+
+static Portal *portal_get(RelayMask *m, const char *name)
+{
+	Portal *p;
+
+	for (p = m->portals; p != NULL; p = p->next)
+		if (strcmp(p->name, name) == 0)
+			return p;
+	p = calloc(1, sizeof(*p));
+	if (p == NULL || (p->name = strdup(name)) == NULL) {
+		free(p);
+		return NULL;
+	}
+	p->next = m->portals;
+	m->portals = p;
+	return p;
+}
+
+static void portal_free(Portal *p)
+{
+	plan_clear(&p->plan);
+	free(p->name);
+	free(p->stmt);
+	free(p);
+}
+
+/* Forgets closed portals that no expected answer points to. */
+static void portal_drop(RelayMask *m, Portal *dead)
+{
+	for (Portal **pp = &m->portals; *pp != NULL; pp = &(*pp)->next)
+		if (*pp == dead) {
+			*pp = dead->next;
+			portal_free(dead);
+			return;
+		}
+}
+
+static bool q_push(RelayMask *m, const Resp *e)
+{
+	if (m->q_len == m->q_cap) {
+		size_t ncap = m->q_cap ? m->q_cap * 2 : 16;
+		Resp *nq = malloc(ncap * sizeof(*nq));
+
+		if (nq == NULL)
+			return false;
+		for (size_t i = 0; i < m->q_len; i++)
+			nq[i] = *q_at(m, i);
+		free(m->q);
+		m->q = nq;
+		m->q_cap = ncap;
+		m->q_head = 0;
+	}
+	*q_at(m, m->q_len) = *e;
+	m->q_len++;
+	if (e->portal != NULL)
+		e->portal->refs++;
+	return true;
+}
+
+static void resp_release(RelayMask *m, Resp *e)
+{
+	if (e->info != NULL)
+		sqlinfo_unref(e->info);
+	free(e->name);
+	if (e->portal != NULL && --e->portal->refs == 0 && e->kind == RESP_CLOSE)
+		portal_drop(m, e->portal);
+	memset(e, 0, sizeof(*e));
+}
+
+static void q_pop(RelayMask *m)
+{
+	if (m->q_len == 0)
+		return;
+	resp_release(m, q_at(m, 0));
+	m->q_head = (m->q_head + 1) % m->q_cap;
+	m->q_len--;
+}
+
+/* Removes the last `n` Sync entries (Syncs the server ignored during COPY FROM STDIN). */
+static void q_drop_last_syncs(RelayMask *m, int n)
+{
+	for (size_t i = m->q_len; i-- > 0 && n > 0;) {
+		Resp *e = q_at(m, i);
+
+		if (e->kind != RESP_SYNC)
+			continue;
+		resp_release(m, e);
+		for (size_t j = i; j + 1 < m->q_len; j++)
+			*q_at(m, j) = *q_at(m, j + 1);
+		m->q_len--;
+		n--;
+	}
+}
+
+/* ---- setup -------------------------------------------------------------------------------- */
+
+static void cat_wake_cb(evutil_socket_t fd, short what, void *arg);
+
+static bool caller_needs_masks(Session *s)
+{
+	Config *cfg = s->relay->cfg;
+
+	return cfg->ruleset != NULL && catalog_caller_has_masks(cfg->ruleset, &s->identity);
+}
+
+static void mask_free(RelayMask *m)
+{
+	while (m->q_len > 0)
+		q_pop(m);
+	free(m->q);
+	while (m->portals != NULL) {
+		Portal *p = m->portals;
+
+		m->portals = p->next;
+		portal_free(p);
+	}
+	plan_clear(&m->cur);
+	if (m->cat_wake != NULL) {
+		catalog_forget(m->cat_wake);
+		event_free(m->cat_wake);
+	}
+	if (m->cat != NULL)
+		catalog_snap_unref(m->cat);
+	free(m);
+}
+
+void relay_mask_free(Session *s)
+{
+	if (s->relay != NULL && s->relay->mask != NULL) {
+		mask_free(s->relay->mask);
+		s->relay->mask = NULL;
+	}
+}
+
+bool relay_mask_idle(const Session *s)
+{
+	return s->pending_ready == 0 && s->client_pass == 0 && s->relay->hold_id == 0;
+}
+
+bool relay_mask_client_waits(const Session *s)
+{
+	return s->relay->mask != NULL && s->relay->mask->wait_client;
+}
+
+RmResult relay_mask_update(Session *s)
+{
+	Relay *r = s->relay;
+	RelayMask *m;
+	bool need;
+
+	if (r->mask_gen == r->cfg_gen && !r->mask_idle_wait)
+		return RM_OK;
+	need = caller_needs_masks(s);
+	r->mask_gen = r->cfg_gen;
+	r->mask_idle_wait = false;
+	if (need == (r->mask != NULL))
+		return RM_OK;
+	/* Answers already on their way were not recorded (or are recorded): switch between batches only. */
+	if (!relay_mask_idle(s)) {
+		r->mask_idle_wait = need;
+		return need ? RM_WAIT : RM_OK;
+	}
+	if (!need) {
+		relay_mask_free(s);
+		return RM_OK;
+	}
+	m = calloc(1, sizeof(*m));
+	if (m == NULL || (m->cat_wake = event_new(s->worker->base, -1, 0, cat_wake_cb, s)) == NULL) {
+		free(m);
+		relay_refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory", NULL, NULL, 0);
+		return RM_REFUSE;
+	}
+	r->mask = m;
+	log_write(LL_DEBUG, s->ctx, "masks apply to this caller: results are rewritten");
+	return RM_OK;
+}
+
+/* ---- the catalog ------------------------------------------------------------------------------ */
+
+static void cat_wake_cb(evutil_socket_t fd, short what, void *arg)
+{
+	Session *s = arg;
+	RelayMask *m;
+
+	(void)fd;
+	(void)what;
+	if (s->state != SESS_ACTIVE || s->relay->mask == NULL)
+		return;
+	m = s->relay->mask;
+	if (m->wait_server) {
+		m->wait_server = false;
+		m->refreshed = true;
+		stream_enable_read(s->server, true);
+		relay_server_input(s);
+	}
+	if (s->state == SESS_ACTIVE && m->wait_client) {
+		m->wait_client = false;
+		stream_enable_read(s->client, true);
+		relay_client_input(s);
+	}
+}
+
+/* Takes the newest snapshot when it is newer than the one in use. */
+static void cat_update(Session *s)
+{
+	RelayMask *m = s->relay->mask;
+	CatSnap *c = catalog_get(s->database);
+
+	if (c == NULL)
+		return;
+	if (m->cat != NULL && m->cat->version >= c->version && m->cat->cfg_gen >= c->cfg_gen) {
+		catalog_snap_unref(c);
+		return;
+	}
+	if (m->cat != NULL)
+		catalog_snap_unref(m->cat);
+	m->cat = c;
+}
+
+RmResult relay_mask_check(Session *s, const StmtInfo *info)
+{
+	Relay *r = s->relay;
+	RelayMask *m = r->mask;
+	MaskVerdict v;
+	char msg[768];
+
+	if (m == NULL)
+		return RM_OK;
+	cat_update(s);
+	if (m->cat == NULL || m->cat->cfg_gen < r->cfg_gen) {
+		/* Not loaded yet, or loaded under older rules: wait for the catalog thread. */
+		if (!catalog_request(s->database, m->cat != NULL ? m->cat->version : 0, m->cat_wake)) {
+			relay_refuse(s, SQLSTATE_CATALOG_UNAVAILABLE,
+				     "pgveil cannot read the server's catalog, so it cannot mask results", NULL, NULL, 0);
+			return RM_REFUSE;
+		}
+		m->wait_client = true;
+		stream_enable_read(s->client, false);
+		return RM_WAIT;
+	}
+	if (m->cat->error != NULL) {
+		snprintf(msg, sizeof(msg), "pgveil cannot mask results: %s", m->cat->error);
+		relay_refuse(s, SQLSTATE_CATALOG_UNAVAILABLE, msg, "Statements are refused until the catalog can be read.",
+			     NULL, 0);
+		if (!catalog_request(s->database, m->cat->version, m->cat_wake)) /* a later statement tries again */
+			log_write(LL_WARN, s->ctx, "cannot ask for the catalog again");
+		log_write(LL_WARN, s->ctx, "statement refused: %s", m->cat->error);
+		return RM_REFUSE;
+	}
+	policy_mask_check(info, m->cat, &s->identity, r->cfg->mask_predicates_allow, &v);
+	if (v.blocked) {
+		relay_refuse(s, SQLSTATE_INSUFFICIENT_PRIVILEGE, v.why, "Blocked to protect masked columns.", NULL, 0);
+		log_write(LL_INFO, s->ctx, "blocked: %s", v.why);
+		return RM_REFUSE;
+	}
+	m->check_scrub = v.reads_masked;
+	return RM_OK;
+}
+
+/* ---- client messages ------------------------------------------------------------------------ */
+
+static bool get_string(const uint8_t *body, size_t blen, size_t *off, const char **out)
+{
+	const uint8_t *nul;
+
+	if (*off >= blen || (nul = memchr(body + *off, 0, blen - *off)) == NULL)
+		return false;
+	*out = (const char *)body + *off;
+	*off = (size_t)(nul - body) + 1;
+	return true;
+}
+
+static void mask_desync(Session *s, const char *what)
+{
+	RelayMask *m = s->relay->mask;
+
+	if (m->failed)
+		return;
+	m->failed = true;
+	log_write(LL_ERROR, s->ctx, "lost track of the server's answers (%s): ending the session", what);
+	session_fail(s, SQLSTATE_INTERNAL_ERROR, "pgveil lost track of the server's answers and cannot mask them");
+}
+
+void relay_mask_client_msg(Session *s, uint8_t type, const uint8_t *body, size_t blen, StmtInfo *info)
+{
+	Relay *r = s->relay;
+	RelayMask *m = r->mask;
+	Resp e;
+	const char *a = NULL, *b = NULL;
+	size_t off = 0;
+	uint8_t kind = 0;
+
+	if (m == NULL)
+		return;
+	memset(&e, 0, sizeof(e));
+	switch (type) {
+	case 'Q':
+		e.kind = RESP_QUERY;
+		e.info = info != NULL ? sqlinfo_ref(info) : NULL;
+		break;
+	case 'F':
+		e.kind = RESP_FUNCTION;
+		break;
+	case 'S':
+		e.kind = RESP_SYNC;
+		break;
+	case 'P':
+		if (!get_string(body, blen, &off, &a))
+			goto bad;
+		e.kind = RESP_PARSE;
+		e.info = info != NULL ? sqlinfo_ref(info) : NULL;
+		break;
+	case 'B':
+		if (!get_string(body, blen, &off, &a) || !get_string(body, blen, &off, &b))
+			goto bad;
+		e.kind = RESP_BIND;
+		if ((e.portal = portal_get(m, a)) == NULL)
+			goto oom;
+		plan_clear(&e.portal->plan);
+		e.portal->describe_pending = false;
+		free(e.portal->stmt);
+		e.portal->stmt = strdup(b);
+		break;
+	case 'D':
+	case 'C':
+		if (blen < 1)
+			goto bad;
+		kind = body[0];
+		off = 1;
+		if (!get_string(body, blen, &off, &a) || (kind != 'S' && kind != 'P'))
+			goto bad;
+		if (kind == 'P' && (e.portal = portal_get(m, a)) == NULL)
+			goto oom;
+		if (type == 'D') {
+			e.kind = kind == 'S' ? RESP_DESCRIBE_S : RESP_DESCRIBE_P;
+			if (kind == 'P')
+				e.portal->describe_pending = true;
+		} else {
+			e.kind = RESP_CLOSE;
+			e.close_portal = kind == 'P';
+		}
+		break;
+	case 'E':
+		if (!get_string(body, blen, &off, &a))
+			goto bad;
+		e.kind = RESP_EXECUTE;
+		if ((e.portal = portal_get(m, a)) == NULL)
+			goto oom;
+		break;
+	default:
+		return;
+	}
+	if (m->check_scrub && (type == 'Q' || type == 'P' || type == 'B' || type == 'F')) {
+		m->scrub = true;
+		m->scrub_batch = r->batches_sent;
+		m->check_scrub = false;
+	}
+	if (q_push(m, &e))
+		return;
+oom:
+	if (e.info != NULL)
+		sqlinfo_unref(e.info);
+	session_fail(s, SQLSTATE_OUT_OF_MEMORY, "out of memory");
+	return;
+bad:
+	/* The server refuses it too; recorded so that its error matches. */
+	e.kind = type == 'E' ? RESP_EXECUTE : type == 'B' ? RESP_BIND : type == 'P' ? RESP_PARSE : RESP_CLOSE;
+	e.portal = NULL;
+	if (!q_push(m, &e))
+		session_fail(s, SQLSTATE_OUT_OF_MEMORY, "out of memory");
+}
+
+void relay_mask_before_execute(Session *s, const char *portal, struct evbuffer *server_out)
+{
+	RelayMask *m = s->relay->mask;
+	Portal *p;
+	PgBuf b;
+	Resp e;
+
+	if (m == NULL || (p = portal_get(m, portal)) == NULL)
+		return; /* out of memory: the Execute's rows find no plan and go NULL */
+	if (p->plan.valid || p->describe_pending)
+		return;
+	pgproto_buf_init(&b);
+	pgproto_begin(&b, 'D');
+	pgproto_put_byte(&b, 'P');
+	pgproto_put_string(&b, portal);
+	pgproto_end(&b);
+	memset(&e, 0, sizeof(e));
+	e.kind = RESP_DESCRIBE_P;
+	e.injected = true;
+	e.portal = p;
+	if (pgproto_buf_ok(&b) && q_push(m, &e)) {
+		evbuffer_add(server_out, b.data, b.len);
+		p->describe_pending = true;
+	}
+	pgproto_buf_free(&b);
+}
+
+void relay_mask_copy_in_done(Session *s, int n_syncs)
+{
+	if (s->relay->mask != NULL && n_syncs > 0)
+		q_drop_last_syncs(s->relay->mask, n_syncs);
+}
+
+/* ---- building a plan from a RowDescription -------------------------------------------------- */
+
+typedef struct Field {
+	uint32_t table;
+	int16_t attnum;
+	uint32_t type;
+	int16_t format;
+	const char *name;
+} Field;
+
+static bool read_field(PgReader *rd, Field *f)
+{
+	int16_t typlen;
+	int32_t typmod;
+
+	return pgproto_get_string(rd, &f->name) && pgproto_get_uint32(rd, &f->table) &&
+	       pgproto_get_int16(rd, &f->attnum) && pgproto_get_uint32(rd, &f->type) &&
+	       pgproto_get_int16(rd, &typlen) && pgproto_get_int32(rd, &typmod) && pgproto_get_int16(rd, &f->format);
+}
+
+/*
+ * The mask an output of the statement analysis expects for the caller: a
+ * plain copy of one column that is masked for it. Returns the column's
+ * CatColumn of the first matching relation, or NULL.
+ */
+static const CatMask *expected_mask(const CatSnap *cat, const Identity *id, const SqlOutput *o)
+{
+	const CatRel *rels[8];
+	const SqlColumn *c;
+	int n;
+
+	if (o->kind != SQL_OUT_DIRECT || o->star || o->n_sources != 1)
+		return NULL;
+	c = o->sources[0];
+	if (strcmp(c->column, SQL_COLUMN_ALL) == 0)
+		return NULL;
+	n = catalog_find_rels(cat, c->schema, c->table, rels, 8);
+	for (int i = 0; i < n && i < 8; i++) {
+		int att = catalog_attnum(rels[i], c->column);
+		bool derived;
+		const CatMask *cm;
+
+		if (att > 0 && (cm = catalog_mask_for(&rels[i]->columns[att - 1], id, &derived)) != NULL)
+			return cm;
+	}
+	return NULL;
+}
+
+static void warn_null(Session *s, int i, const char *name, const char *why)
+{
+	char msg[512];
+	PgBuf b;
+
+	snprintf(msg, sizeof(msg), "pgveil sends column %d (\"%s\") of this result as NULL: %s", i + 1, name, why);
+	pgproto_buf_init(&b);
+	pgproto_build_error(&b, true, "WARNING", "01000", msg, NULL, NULL);
+	if (pgproto_buf_ok(&b))
+		evbuffer_add(stream_output(s->client), b.data, b.len);
+	pgproto_buf_free(&b);
+	log_write(LL_WARN, s->ctx, "%s", msg);
+}
+
+typedef enum { PLAN_OK, PLAN_REFRESH, PLAN_FAIL } PlanResult;
+
+/*
+ * Builds `plan` from the RowDescription body. `st` is the statement the
+ * analysis expects (NULL when unknown). PLAN_REFRESH: a table OID is not in
+ * the snapshot (ask the catalog again first).
+ */
+static PlanResult plan_build(Session *s, Plan *plan, const uint8_t *body, size_t blen, const SqlStmt *st,
+			     bool may_refresh)
+{
+	RelayMask *m = s->relay->mask;
+	const CatSnap *cat = m->cat;
+	PgReader rd;
+	int16_t n;
+	bool positions = st != NULL;
+
+	plan_clear(plan);
+	pgproto_reader_init(&rd, body, blen);
+	if (!pgproto_get_int16(&rd, &n) || n < 0)
+		return PLAN_FAIL;
+	if (n > 0 && (plan->mp.fields = calloc((size_t)n, sizeof(MaskField))) == NULL)
+		return PLAN_FAIL;
+	plan->mp.n_fields = n;
+	for (int i = 0; i < n; i++) {
+		MaskField *mf = &plan->mp.fields[i];
+		const CatMask *have = NULL, *want = NULL;
+		bool derived = false;
+		Field f;
+
+		if (!read_field(&rd, &f)) {
+			plan_clear(plan);
+			return PLAN_FAIL;
+		}
+		mf->type_oid = f.type;
+		mf->format = f.format;
+		if (positions && st->n_outputs > 0) {
+			if (i < st->n_outputs && !st->outputs[i].star)
+				want = expected_mask(cat, &s->identity, &st->outputs[i]);
+			else
+				positions = false; /* past a star, output i is not known */
+		}
+		if (f.table != 0) {
+			const CatRel *rel = catalog_rel(cat, f.table);
+			const CatColumn *col;
+
+			if (rel == NULL && may_refresh) {
+				plan_clear(plan);
+				return PLAN_REFRESH;
+			}
+			if (rel == NULL) {
+				mf->to_null = true;
+				warn_null(s, i, f.name, "its table is not in the server's catalog");
+			} else if ((col = catalog_column(cat, f.table, f.attnum)) != NULL) {
+				have = catalog_mask_for(col, &s->identity, &derived);
+			} else if (rel->has_masks) {
+				mf->to_null = true;
+				warn_null(s, i, f.name, "its column is not in the server's catalog");
+			}
+		}
+		if (derived) {
+			mf->to_null = true;
+			warn_null(s, i, f.name, "it is computed from a masked column");
+		} else if (want != NULL && (have == NULL || have->rule != want->rule)) {
+			mf->to_null = true;
+			warn_null(s, i, f.name, "the server describes it differently from the statement, which reads a masked column");
+		} else if (have != NULL) {
+			char why[256];
+
+			mf->rule = have->rule;
+			if (!have->type_ok || !mask_check_type(have->rule, f.type, why, sizeof(why))) {
+				mf->rule = NULL;
+				mf->to_null = true;
+			}
+		}
+		if (mf->rule != NULL || mf->to_null)
+			plan->mp.n_masked++;
+	}
+	plan->snap = catalog_snap_ref(m->cat);
+	plan->cfg = config_ref(s->relay->cfg);
+	plan->mp.key = plan->cfg->mask_key;
+	plan->valid = true;
+	return PLAN_OK;
+}
+
+/* The statement a Query's current result answers, when the analysis has it. */
+static const SqlStmt *query_stmt(const Resp *e, int index)
+{
+	if (e->info == NULL || index < 0 || index >= e->info->n_stmts)
+		return NULL;
+	return &e->info->stmts[index];
+}
+
+/* The statement a portal runs, when pgveil knows exactly one. */
+static const SqlStmt *portal_stmt(Session *s, const Portal *p)
+{
+	const Prepared *ps;
+
+	if (p == NULL || p->stmt == NULL || (ps = relay_prepared_find(s->relay, p->stmt)) == NULL ||
+	    ps->n_infos != 1 || ps->infos[0]->n_stmts != 1 || ps->infos[0]->n_prep != 0)
+		return NULL;
+	return &ps->infos[0]->stmts[0];
+}
+
+/* ---- server messages ------------------------------------------------------------------------- */
+
+/* Moves the bytes before the message at *run to the client. */
+static void pass_before(Session *s, struct evbuffer *in, size_t *run)
+{
+	if (*run > 0)
+		evbuffer_remove_buffer(in, stream_output(s->client), *run);
+	*run = 0;
+}
+
+static RmsResult on_row_description(Session *s, struct evbuffer *in, size_t *run, size_t avail, const PgHeader *h)
+{
+	RelayMask *m = s->relay->mask;
+	Resp *e = q_front(m);
+	Plan *plan;
+	const SqlStmt *st = NULL;
+	const uint8_t *body;
+	PlanResult pr;
+	bool injected = false;
+
+	if (e == NULL || (e->kind != RESP_DESCRIBE_S && e->kind != RESP_DESCRIBE_P && e->kind != RESP_QUERY)) {
+		mask_desync(s, "RowDescription");
+		return RMS_WAIT;
+	}
+	if (e->kind == RESP_DESCRIBE_S) {
+		q_pop(m);
+		return RMS_PASS;
+	}
+	if (avail - *run < (size_t)h->len + 1)
+		return RMS_WAIT;
+	if (e->kind == RESP_QUERY) {
+		plan = &m->cur;
+		st = query_stmt(e, m->stmt_index);
+	} else {
+		plan = e->portal != NULL ? &e->portal->plan : NULL;
+		st = portal_stmt(s, e->portal);
+		injected = e->injected;
+	}
+	cat_update(s);
+	body = relay_copy_body(s->relay, in, *run, h->len - 4);
+	if (body == NULL) {
+		session_fail(s, SQLSTATE_OUT_OF_MEMORY, "out of memory");
+		return RMS_WAIT;
+	}
+	pass_before(s, in, run); /* warnings about the plan go before the RowDescription */
+	pr = plan != NULL ? plan_build(s, plan, body, h->len - 4, st, !m->refreshed) : PLAN_FAIL;
+	if (pr == PLAN_REFRESH) {
+		if (catalog_request(s->database, m->cat->version, m->cat_wake)) {
+			m->wait_server = true;
+			stream_enable_read(s->server, false);
+			return RMS_WAIT;
+		}
+		m->refreshed = true;
+		pr = plan_build(s, plan, body, h->len - 4, st, false);
+	}
+	m->refreshed = false;
+	if (pr != PLAN_OK) {
+		mask_desync(s, "an unreadable RowDescription");
+		return RMS_WAIT;
+	}
+	if (e->kind == RESP_DESCRIBE_P) {
+		e->portal->describe_pending = false;
+		q_pop(m);
+	}
+	if (!injected)
+		return RMS_PASS;
+	evbuffer_drain(in, (size_t)h->len + 1);
+	return RMS_DONE;
+}
+
+static RmsResult on_no_data(Session *s, struct evbuffer *in, size_t *run)
+{
+	RelayMask *m = s->relay->mask;
+	Resp *e = q_front(m);
+	bool injected;
+
+	if (e == NULL || (e->kind != RESP_DESCRIBE_S && e->kind != RESP_DESCRIBE_P)) {
+		mask_desync(s, "NoData");
+		return RMS_WAIT;
+	}
+	injected = e->injected;
+	if (e->kind == RESP_DESCRIBE_P && e->portal != NULL) {
+		plan_clear(&e->portal->plan);
+		e->portal->plan.valid = true; /* no rows */
+		e->portal->describe_pending = false;
+	}
+	q_pop(m);
+	if (!injected)
+		return RMS_PASS;
+	pass_before(s, in, run);
+	evbuffer_drain(in, PG_HEADER_LEN);
+	return RMS_DONE;
+}
+
+static RmsResult on_data_row(Session *s, struct evbuffer *in, size_t *run, size_t avail, const PgHeader *h)
+{
+	RelayMask *m = s->relay->mask;
+	Resp *e = q_front(m);
+	const Plan *plan = NULL;
+	const uint8_t *body;
+
+	if (e != NULL && e->kind == RESP_QUERY)
+		plan = &m->cur;
+	else if (e != NULL && e->kind == RESP_EXECUTE && e->portal != NULL)
+		plan = &e->portal->plan;
+	if (plan == NULL || !plan->valid) {
+		mask_desync(s, "a DataRow without a description");
+		return RMS_WAIT;
+	}
+	if (plan->mp.n_masked == 0)
+		return RMS_PASS;
+	if (avail - *run < (size_t)h->len + 1)
+		return RMS_WAIT;
+	body = relay_copy_body(s->relay, in, *run, h->len - 4);
+	if (body == NULL) {
+		session_fail(s, SQLSTATE_OUT_OF_MEMORY, "out of memory");
+		return RMS_WAIT;
+	}
+	pass_before(s, in, run);
+	if (mask_datarow(&plan->mp, body, h->len - 4, stream_output(s->client)) != MASK_OK) {
+		mask_desync(s, "a DataRow that does not match its description");
+		return RMS_WAIT;
+	}
+	evbuffer_drain(in, (size_t)h->len + 1);
+	return RMS_DONE;
+}
+
+/* A statement of the front Query, or the front Execute, ended. */
+static void result_done(RelayMask *m, bool error)
+{
+	Resp *e = q_front(m);
+
+	if (e == NULL)
+		return;
+	if (e->kind == RESP_QUERY) {
+		plan_clear(&m->cur);
+		m->stmt_index++;
+		return;
+	}
+	q_pop(m);
+	if (error) /* the server skips the rest up to Sync */
+		while ((e = q_front(m)) != NULL && e->kind != RESP_SYNC && e->kind != RESP_QUERY &&
+		       e->kind != RESP_FUNCTION)
+			q_pop(m);
+}
+
+static RmsResult on_error_or_notice(Session *s, struct evbuffer *in, size_t *run, size_t avail, const PgHeader *h)
+{
+	Relay *r = s->relay;
+	RelayMask *m = r->mask;
+	const uint8_t *body;
+	PgErrorFields f;
+	bool scrub = m->scrub && r->batches_done <= m->scrub_batch;
+
+	if (avail - *run < (size_t)h->len + 1)
+		return scrub || h->type == 'E' ? RMS_WAIT : RMS_PASS;
+	body = relay_copy_body(r, in, *run, h->len - 4);
+	if (body == NULL || !pgproto_parse_error(body, h->len - 4, &f))
+		return RMS_PASS; /* relay.c treats it as it is */
+	if (h->type == 'E') {
+		bool fatal = f.severity != NULL && (strcmp(f.severity, "FATAL") == 0 || strcmp(f.severity, "PANIC") == 0);
+
+		if (!fatal)
+			result_done(m, true);
+		/* The answer to a refusal is replaced by relay.c; it never carries row contents. */
+		if (f.sqlstate != NULL && strcmp(f.sqlstate, "42601") == 0)
+			scrub = false;
+		if (scrub && fatal)
+			s->server_sent_fatal = true;
+	}
+	if (!scrub)
+		return RMS_PASS;
+	pass_before(s, in, run);
+	if (mask_scrub_message(h->type, body, h->len - 4, stream_output(s->client)) != MASK_OK) {
+		session_fail(s, SQLSTATE_INTERNAL_ERROR, "pgveil could not read a message of the server");
+		return RMS_WAIT;
+	}
+	evbuffer_drain(in, (size_t)h->len + 1);
+	return RMS_DONE;
+}
+
+static void on_ready(RelayMask *m)
+{
+	Resp *e;
+
+	while ((e = q_front(m)) != NULL) {
+		RespKind k = e->kind;
+
+		q_pop(m);
+		if (k == RESP_SYNC || k == RESP_QUERY || k == RESP_FUNCTION)
+			break;
+	}
+	plan_clear(&m->cur);
+	m->stmt_index = 0;
+}
+
+static void pop_expected(Session *s, RespKind kind, const char *what)
+{
+	RelayMask *m = s->relay->mask;
+	Resp *e = q_front(m);
+
+	if (e == NULL || e->kind != kind) {
+		mask_desync(s, what);
+		return;
+	}
+	if (kind == RESP_CLOSE && e->close_portal && e->portal != NULL) {
+		plan_clear(&e->portal->plan);
+		e->portal->describe_pending = false;
+	}
+	q_pop(m);
+}
+
+RmsResult relay_mask_server_msg(Session *s, struct evbuffer *in, size_t *run, size_t avail, const PgHeader *h)
+{
+	RelayMask *m = s->relay->mask;
+	Resp *e;
+
+	if (m == NULL)
+		return RMS_PASS;
+	if (m->failed || m->wait_server)
+		return RMS_WAIT;
+	/* Whole messages only (relay.c must not wait on one it was already shown), except rows. */
+	if (h->type != 'D' && h->type != 'd' && avail - *run < (size_t)h->len + 1)
+		return RMS_WAIT;
+	switch (h->type) {
+	case 'T':
+		return on_row_description(s, in, run, avail, h);
+	case 'n':
+		return on_no_data(s, in, run);
+	case 'D':
+		return on_data_row(s, in, run, avail, h);
+	case 'E':
+	case 'N':
+		return on_error_or_notice(s, in, run, avail, h);
+	case '1':
+		pop_expected(s, RESP_PARSE, "ParseComplete");
+		break;
+	case '2':
+		pop_expected(s, RESP_BIND, "BindComplete");
+		break;
+	case '3':
+		pop_expected(s, RESP_CLOSE, "CloseComplete");
+		break;
+	case 'C':
+	case 'I':
+	case 's':
+		e = q_front(m);
+		if (e == NULL || (e->kind != RESP_QUERY && e->kind != RESP_EXECUTE)) {
+			mask_desync(s, "CommandComplete");
+			return RMS_WAIT;
+		}
+		result_done(m, false);
+		break;
+	case 'Z':
+		on_ready(m);
+		break;
+	default:
+		break;
+	}
+	return m->failed ? RMS_WAIT : RMS_PASS;
+}
