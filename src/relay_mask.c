@@ -341,6 +341,37 @@ static void cat_update(Session *s)
 	m->cat = c;
 }
 
+/*
+ * True when the statement names a relation with masked columns: its errors
+ * can echo stored rows ("Failing row contains (...)") even when it reads no
+ * masked column itself.
+ */
+static bool touches_masked_table(const CatSnap *cat, const StmtInfo *info)
+{
+	for (int i = 0; i < info->n_parts; i++)
+		for (int j = 0; j < info->parts[i].n_tables; j++) {
+			const SqlTable *t = &info->parts[i].tables[j];
+			const CatRel *rels[16];
+			int n = catalog_find_rels(cat, t->schema, t->name, rels, 16);
+
+			if (n > 16)
+				return true;
+			for (int k = 0; k < n; k++)
+				if (rels[k]->has_masks)
+					return true;
+		}
+	return false;
+}
+
+/* True when a statement of info is a COPY ... TO STDOUT (its rows would pass unread). */
+static bool copy_out_masked(const StmtInfo *info)
+{
+	for (int i = 0; i < info->n_parts; i++)
+		if ((info->parts[i].classes & (SC_COPY | SC_READ)) == (SC_COPY | SC_READ))
+			return true;
+	return false;
+}
+
 RmResult relay_mask_check(Session *s, const StmtInfo *info)
 {
 	Relay *r = s->relay;
@@ -377,7 +408,14 @@ RmResult relay_mask_check(Session *s, const StmtInfo *info)
 		log_write(LL_INFO, s->ctx, "blocked: %s", v.why);
 		return RM_REFUSE;
 	}
-	m->check_scrub = v.reads_masked;
+	if (v.reads_masked && (info->classes & SC_COPY) && copy_out_masked(info)) {
+		relay_refuse(s, SQLSTATE_FEATURE_NOT_SUPPORTED,
+			     "COPY ... TO STDOUT of masked columns is not supported by this version of pgveil",
+			     "Use SELECT: its rows are masked.", NULL, 0);
+		return RM_REFUSE;
+	}
+	if (v.reads_masked || touches_masked_table(m->cat, info))
+		m->check_scrub = true;
 	return RM_OK;
 }
 

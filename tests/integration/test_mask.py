@@ -1,0 +1,299 @@
+"""Column masking: what agents receive of masked columns, through every driver.
+
+A table of people with sensitive columns is masked by MASK_RULES. Clients
+connect through a Recorder (leakcheck.py) that keeps every byte pgveil sends
+them; each test checks the values the driver decoded *and* searches the
+recorded bytes for every sensitive value in any form (raw, hex, base64,
+digests). A statement that would reveal a masked value must be refused or
+masked; which one is checked too, but the bytes decide.
+"""
+
+import asyncio
+import json
+import os
+import subprocess
+import uuid
+
+import asyncpg
+import psycopg
+import pytest
+
+import harness
+import leakcheck
+
+TABLE = "mask_people"
+
+PEOPLE = [
+    # id, name, email, ssn, salary, born, card, note
+    (1, "Alice Wonderland-Secret", "alice.wonder@secret-mail.example", "123-45-6789", "123456.78", "1987-06-05",
+     "4111-1111-1111-1111", "confidential note alpha"),
+    (2, "Bob Quincy-Hidden", "bob.quincy@hidden-domain.example", "987-65-4321", "98765.43", "1990-12-31",
+     "5500-0000-0000-0004", "confidential note bravo"),
+    (3, "Zoë Müller-Private", "zoe.mueller@private-host.example", "555-12-3456", "55555.55", "2001-02-03",
+     "3400-0000-0000-009", None),
+]
+
+SECRETS = [v for row in PEOPLE for v in row[1:] if v is not None] + ["alice.wonder", "bob.quincy"]
+
+MASK_RULES = f"""
+MASK public.{TABLE}.email  USING email();
+MASK public.{TABLE}.ssn    USING partial(0, '***-**-', 4);
+MASK public.{TABLE}.name   USING hash(16);
+MASK public.{TABLE}.salary USING round(1);
+MASK public.{TABLE}.born   USING truncate('year');
+MASK public.{TABLE}.card   USING redact();
+MASK public.{TABLE}.note   USING null();
+ALLOW ALL;
+"""
+
+# What the agent must see for each row, as text.
+MASKED = {
+    1: ("a***@secret-mail.example", "***-**-6789", "100000", "1987-01-01", "****", None),
+    2: ("b***@hidden-domain.example", "***-**-4321", "100000", "1990-01-01", "****", None),
+    3: ("z***@private-host.example", "***-**-3456", "60000", "2001-01-01", "****", None),
+}
+
+
+@pytest.fixture(scope="module")
+def people(cluster):
+    conn = psycopg.connect(cluster.admin_conninfo("app"), autocommit=True)
+    conn.execute(f"DROP TABLE IF EXISTS {TABLE} CASCADE")
+    conn.execute(f"""CREATE TABLE {TABLE} (id integer PRIMARY KEY, name text, email text NOT NULL UNIQUE,
+                     ssn varchar(11), salary numeric(10,2) CHECK (salary >= 0), born date, card text, note text)""")
+    for row in PEOPLE:
+        conn.execute(f"INSERT INTO {TABLE} VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", row)
+    conn.execute(f"CREATE VIEW {TABLE}_plain AS SELECT id, email, ssn FROM {TABLE}")
+    conn.execute(f"CREATE VIEW {TABLE}_upper AS SELECT id, upper(email) AS shout FROM {TABLE}")
+    conn.execute(f"GRANT ALL ON {TABLE}, {TABLE}_plain, {TABLE}_upper TO {harness.APP_USER}")
+    yield TABLE
+    conn.execute(f"DROP TABLE IF EXISTS {TABLE} CASCADE")
+    conn.close()
+
+
+@pytest.fixture(scope="module")
+def masked(people, workroot, pgveil_bin, cluster, certs):
+    """A pgveil with MASK_RULES and a hash() key, and a Recorder in front of it."""
+    rules = os.path.join(workroot, f"mask-{uuid.uuid4().hex[:8]}.rules")
+    with open(rules, "w") as f:
+        f.write(MASK_RULES)
+    key = os.path.join(workroot, f"mask-{uuid.uuid4().hex[:8]}.key")
+    with open(key, "w") as f:
+        f.write("k" * 48 + "\n")
+    os.chmod(key, 0o600)
+    pv = harness.Pgveil(pgveil_bin, os.path.join(workroot, f"pgveil-mask-{uuid.uuid4().hex[:8]}"), cluster, certs,
+                        rules=rules, mask_key_file=key, default_action="block")
+    pv.start()
+    rec = leakcheck.Recorder("127.0.0.1", pv.port)
+    yield pv, rec
+    rec.close()
+    problems = pv.check_clean_exit()
+    assert not problems, "\n".join(problems)
+
+
+def conninfo(rec, **kw):
+    params = {"host": "127.0.0.1", "port": rec.port, "dbname": "app", "user": harness.PROXY_USER,
+              "password": "unused", "sslmode": "disable", "connect_timeout": 10}
+    params.update(kw)
+    return " ".join(f"{k}={harness._quote(v)}" for k, v in params.items())
+
+
+def assert_no_leak(rec):
+    data = rec.take()
+    found = leakcheck.leaks(data, SECRETS)
+    assert not found, f"sensitive values reached the client: {found}"
+    return data
+
+
+def expected_row(i):
+    email, ssn, salary, born, card, note = MASKED[i]
+    return email, ssn, salary, born, card, note
+
+
+# ---------------------------------------------------------------------------- psql
+
+
+def test_psql_select_star(masked):
+    pv, rec = masked
+    rec.take()
+    res = subprocess.run(["psql", "-X", "-At", "-F", "|", "-d", conninfo(rec), "-c",
+                          f"SELECT id, email, ssn, salary::text, born, card, note, length(name) FROM {TABLE} "
+                          f"WHERE id IN (1, 2, 3) ORDER BY id"],
+                         capture_output=True, text=True, timeout=60, env=harness.clean_env())
+    # length(name) is a derived use: refused, naming the column
+    assert res.returncode != 0
+    assert "name" in res.stderr and "masked" in res.stderr
+    assert_no_leak(rec)
+    res = subprocess.run(["psql", "-X", "-At", "-F", "|", "-d", conninfo(rec), "-c",
+                          f"SELECT * FROM {TABLE} ORDER BY id"],
+                         capture_output=True, text=True, timeout=60, env=harness.clean_env())
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().split("\n")
+    assert len(lines) == 3
+    for line in lines:
+        f = line.split("|")
+        i = int(f[0])
+        email, ssn, salary, born, card, note = MASKED[i]
+        assert f[2] == email and f[3] == ssn and f[5] == born and f[6] == card and f[7] == ""
+        assert float(f[4]) == float(salary)
+        assert len(f[1]) == 16 and all(c in "0123456789abcdef" for c in f[1])
+    assert_no_leak(rec)
+
+
+# ---------------------------------------------------------------------------- psycopg
+
+
+def check_rows(rows):
+    assert [r[0] for r in rows] == [1, 2, 3]
+    for r in rows:
+        email, ssn, salary, born, card, note = MASKED[r[0]]
+        assert r[2] == email
+        assert r[3] == ssn
+        assert float(r[4]) == float(salary)
+        assert str(r[5]) == born
+        assert r[6] == card
+        assert r[7] is None
+        assert len(r[1]) == 16
+
+
+@pytest.mark.parametrize("binary", [False, True])
+@pytest.mark.parametrize("prepare", [False, True])
+def test_psycopg_select(masked, binary, prepare):
+    pv, rec = masked
+    rec.take()
+    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+        for _ in range(3):  # prepared: Parse once, then Bind/Execute without Describe
+            cur = conn.cursor(binary=binary)
+            rows = cur.execute(f"SELECT id, name, email, ssn, salary, born, card, note FROM {TABLE} "
+                               f"WHERE id > %s ORDER BY id", (0,), prepare=prepare).fetchall()
+            check_rows(rows)
+    assert_no_leak(rec)
+
+
+def test_psycopg_server_cursor(masked):
+    pv, rec = masked
+    rec.take()
+    with psycopg.connect(conninfo(rec)) as conn:
+        with conn.cursor(name="c1") as cur:
+            cur.itersize = 1
+            cur.execute(f"SELECT id, name, email, ssn, salary, born, card, note FROM {TABLE} ORDER BY id")
+            rows = [cur.fetchone() for _ in range(3)]
+        check_rows(rows)
+        conn.rollback()
+    assert_no_leak(rec)
+
+
+def test_views(masked):
+    pv, rec = masked
+    rec.take()
+    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+        rows = conn.execute(f"SELECT id, email, ssn FROM {TABLE}_plain ORDER BY id").fetchall()
+        assert [(r[1], r[2]) for r in rows] == [(MASKED[i][0], MASKED[i][1]) for i in (1, 2, 3)]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as exc:
+            conn.execute(f"SELECT shout FROM {TABLE}_upper")
+        assert "email" in str(exc.value)
+    assert_no_leak(rec)
+
+
+# ---------------------------------------------------------------------------- asyncpg (binary)
+
+
+def test_asyncpg(masked):
+    pv, rec = masked
+    rec.take()
+
+    async def main():
+        conn = await asyncpg.connect(host="127.0.0.1", port=rec.port, user=harness.PROXY_USER, password="unused",
+                                     database="app", ssl=False)
+        try:
+            stmt = await conn.prepare(f"SELECT id, name, email, ssn, salary, born, card, note FROM {TABLE} "
+                                      f"WHERE id > $1 ORDER BY id")
+            for _ in range(3):
+                check_rows([tuple(r) for r in await stmt.fetch(0)])
+            async with conn.transaction():
+                got = [tuple(r) async for r in conn.cursor(
+                    f"SELECT id, name, email, ssn, salary, born, card, note FROM {TABLE} ORDER BY id", prefetch=1)]
+            check_rows(got)
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
+    assert_no_leak(rec)
+
+
+# ---------------------------------------------------------------------------- bypass corpus
+
+T = TABLE
+# Statements that must be refused for this caller (each would otherwise reveal a masked value).
+REFUSED = [
+    f"SELECT upper(email) FROM {T}",
+    f"SELECT email || '' FROM {T}",
+    f"SELECT email::bytea FROM {T}",
+    f"SELECT CAST(email AS bytea) FROM {T}",
+    f"SELECT md5(email) FROM {T}",
+    f"SELECT encode(convert_to(email, 'UTF8'), 'base64') FROM {T}",
+    f"SELECT encode(convert_to(email, 'UTF8'), 'hex') FROM {T}",
+    f"SELECT left(email, 40) FROM {T}",
+    f"SELECT substr(ssn, 1, 3) FROM {T}",
+    f"SELECT length(name) FROM {T}",
+    f"SELECT format('%s', email) FROM {T}",
+    f"SELECT concat(email) FROM {T}",
+    f"SELECT string_agg(email, ',') FROM {T}",
+    f"SELECT array_agg(ssn) FROM {T}",
+    f"SELECT json_agg(p) FROM {T} p",
+    f"SELECT row_to_json(p) FROM {T} p",
+    f"SELECT to_jsonb(p) FROM {T} p",
+    f"SELECT p::text FROM {T} p",
+    f"SELECT ROW(p.*)::text FROM {T} p",
+    f"SELECT jsonb_build_object('e', email) FROM {T}",
+    f"SELECT (SELECT upper(email) FROM {T} LIMIT 1)",
+    f"WITH c AS (SELECT lower(email) AS e FROM {T}) SELECT e FROM c",
+    f"SELECT email FROM {T} UNION SELECT 'x'",
+    f"SELECT x FROM {T} p, LATERAL (SELECT p.email || '!' AS x) l",
+    f"SELECT unnest(ARRAY[email]) FROM {T}",
+    f"SELECT regexp_split_to_table(email, '@') FROM {T}",
+    f"SELECT id FROM {T} WHERE email LIKE 'a%'",
+    f"SELECT id FROM {T} ORDER BY ssn",
+    f"SELECT count(*) FROM {T} GROUP BY email",
+    f"SELECT id, CASE WHEN salary > 100000 THEN 1 END FROM {T}",
+    f"SELECT salary + 0 FROM {T}",
+    f"SELECT born + 1 FROM {T}",
+    f"SELECT date_part('day', born) FROM {T}",
+    f"SELECT query_to_xml('SELECT email FROM {T}', true, true, '')",
+    f"SELECT table_to_xml('{T}', true, true, '')",
+    f"SELECT * FROM pg_stats WHERE tablename = '{T}'",
+    f"SELECT set_config('pgveil.x', (SELECT email FROM {T} LIMIT 1), false)",
+    f"SELECT pg_notify('ch', email) FROM {T}",
+    f"DO $$BEGIN RAISE NOTICE '%', (SELECT email FROM {T} LIMIT 1); END$$",
+    f"CREATE TEMP TABLE leak AS SELECT email FROM {T}",
+    f"SELECT email INTO TEMP leak2 FROM {T}",
+    f"SELECT shout FROM {T}_upper",
+    f"SELECT lo_from_bytea(0, convert_to((SELECT email FROM {T} LIMIT 1), 'UTF8'))",
+    f"ALTER TABLE {T} RENAME COLUMN email TO mail",
+    f"COPY {T} TO STDOUT",
+    f"COPY (SELECT email FROM {T}) TO STDOUT WITH (FORMAT binary)",
+]
+
+
+@pytest.mark.parametrize("sql", REFUSED)
+def test_bypass_refused(masked, sql):
+    pv, rec = masked
+    rec.take()
+    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+        with pytest.raises(psycopg.Error) as exc:
+            conn.execute(sql).fetchall()
+        assert exc.value.sqlstate in ("42501", "0A000"), f"{exc.value.sqlstate}: {exc.value}"
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert_no_leak(rec)
+
+
+def test_errors_scrubbed(masked):
+    """A server error about a row of a masked table must not echo its values."""
+    pv, rec = masked
+    rec.take()
+    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.CheckViolation) as exc:
+            conn.execute(f"UPDATE {TABLE} SET salary = -1 WHERE id = 1")
+        assert "Failing row" not in str(exc.value.diag.message_detail or "")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # moves a masked value: refused
+            conn.execute(f"UPDATE {TABLE} SET email = (SELECT email FROM {TABLE} WHERE id = 2) WHERE id = 1")
+    assert_no_leak(rec)
