@@ -647,6 +647,51 @@ static void test_empty_and_zero_columns(void **state)
 	plan_free(&tp);
 }
 
+/* ---- allocation failures ------------------------------------------------------------ */
+
+/* realloc() is wrapped (Makefile.am): with fail_realloc set, requests of more than 1 KiB fail. */
+static bool fail_realloc;
+
+void *__real_realloc(void *p, size_t n);
+void *__wrap_realloc(void *p, size_t n);
+
+void *__wrap_realloc(void *p, size_t n)
+{
+	if (fail_realloc && n > 1024)
+		return NULL;
+	return __real_realloc(p, n);
+}
+
+/* A large masked value that cannot be decoded for want of memory: MASK_ENOMEM, and none of it in the output. */
+static void test_out_of_memory(void **state)
+{
+	static const char *const masks[2] = { NULL, "redact()" };
+	size_t n = 4000, len = 0;
+	char *in = malloc(n + 16);
+	TestPlan tp;
+	Run r;
+
+	(void)state;
+	assert_non_null(in);
+	len += (size_t)sprintf(in, "plain\t");
+	memset(in + len, 'Z', n);
+	len += n;
+	in[len++] = '\n';
+	plan_text(&tp, masks, 2);
+	fail_realloc = true;
+	r = run_copy(&tp.plan, &text_fmt, false, in, len);
+	fail_realloc = false;
+	assert_int_equal(r.rc, MASK_ENOMEM);
+	assert_null(memchr(r.data, 'Z', r.len));
+	free(r.data);
+	r = run_copy(&tp.plan, &text_fmt, false, in, len);
+	assert_int_equal(r.rc, MASK_OK);
+	assert_string_equal(r.data, "plain\t****\n");
+	free(r.data);
+	plan_free(&tp);
+	free(in);
+}
+
 /* ---- never the original ------------------------------------------------------------- */
 
 static uint32_t rng_state = 12345;
@@ -750,6 +795,7 @@ int main(void)
 		cmocka_unit_test(test_large_values),
 		cmocka_unit_test(test_malformed),
 		cmocka_unit_test(test_empty_and_zero_columns),
+		cmocka_unit_test(test_out_of_memory),
 		cmocka_unit_test(test_random_never_leaks),
 	};
 
