@@ -358,7 +358,7 @@ const CatRel *const *catalog_rels_named(const CatSnap *s, const char *name, int 
 	for (end = first; end < (size_t)s->n_rels && strcmp(ix->by_name[end]->name, name) == 0; end++)
 		;
 	*n = (int)(end - first);
-	return ix->by_name + first;
+	return *n > 0 ? ix->by_name + first : NULL;
 }
 
 int catalog_find_rels(const CatSnap *s, const char *schema, const char *name, const CatRel **out, int max)
@@ -687,7 +687,13 @@ static VOut *vout_push(Prop *p, int col, bool derived)
 	return o;
 }
 
-/* The view's columns one by one from its outputs: a copy is a DIRECT output with one column as source. */
+/*
+ * The view's columns one by one from its outputs. A DIRECT output is a copy
+ * of its source column; when it has several (a name the analysis could not
+ * tie to one relation), of one of them: each of their masks masks it. A
+ * source that is a whole relation ("*": a column renamed by an alias list)
+ * cannot be told: the column counts as computed from all of its columns.
+ */
 static void view_outputs(Prop *p, const SqlStmt *st)
 {
 	const SqlOutput *out;
@@ -704,8 +710,9 @@ static void view_outputs(Prop *p, const SqlStmt *st)
 		o = &p->outs[p->n_outs - 1];
 		o->first = start;
 		o->n = p->n_srcs - start;
-		if (o->n != 1 || p->srcs[start].attnum == 0)
-			o->derived = true;
+		for (k = start; k < p->n_srcs; k++) /* several: a copy of one of them, as far as masks go */
+			if (p->srcs[k].attnum == 0)
+				o->derived = true;
 	}
 }
 
