@@ -95,10 +95,10 @@ static void check_masked_use(MaskCheck *mc, const CatRel *rel, const CatColumn *
 
 	if (ctx & SQL_USE_WRITE_SOURCE)
 		block(mc, "column %s.%s.%s is masked: it cannot be copied into stored data", s, t, n);
-	if (ctx & SQL_USE_FUNCTION_ARG)
-		block(mc, "column %s.%s.%s is masked: it cannot be passed to a function", s, t, n);
 	if (ctx & SQL_USE_WHOLE_ROW)
 		block(mc, "column %s.%s.%s is masked: it cannot be read as part of a whole row", s, t, n);
+	if (ctx & SQL_USE_FUNCTION_ARG)
+		block(mc, "column %s.%s.%s is masked: it cannot be passed to a function", s, t, n);
 	if ((ctx & SQL_USE_PREDICATE) && !mc->predicates_allow)
 		block(mc, "column %s.%s.%s is masked: it cannot be used in a predicate (mask_predicates = block)", s,
 		      t, n);
@@ -260,6 +260,11 @@ static void check_part(MaskCheck *mc, const SqlPart *p)
 			block(mc, "the statement runs code that is not built in (an operator or a procedure), and this "
 			      "caller has masked columns");
 	}
+	/* ALTER SCHEMA ... RENAME, COMMENT, CREATE OPERATOR ...: what it changes is not known (a renamed
+	 * schema would take its tables out of reach of the rules naming them). */
+	if ((p->classes & SC_DDL) && p->n_tables == 0)
+		block(mc, "DDL that names no table is blocked for callers with masked columns: pgveil cannot tell "
+		      "what it changes");
 	for (int i = 0; i < p->n_tables; i++)
 		check_part_table(mc, p, &p->tables[i]);
 }

@@ -81,10 +81,17 @@ CatSnap *catalog_snap_new(const char *database, RuleSet *rules, uint64_t cfg_gen
 /* Adds relation `oid`; viewdef may be NULL. False when out of memory. */
 bool catalog_snap_add_rel(CatSnap *s, uint32_t oid, const char *schema, const char *name, char kind,
 			  const char *viewdef) PGV_WARN_UNUSED;
-/* Adds column `attnum` (>= 1) of relation `oid`; name NULL for a dropped column. */
+/*
+ * Adds column `attnum` (>= 1) of relation `oid`, added before; name NULL for
+ * a dropped column. A column of an unknown relation is ignored; attnums
+ * never added count as dropped.
+ */
 bool catalog_snap_add_column(CatSnap *s, uint32_t oid, int attnum, const char *name, uint32_t type_oid,
 			     int32_t typmod) PGV_WARN_UNUSED;
-/* Records that `child` inherits from `parent` (a partition or an inheritance child). */
+/*
+ * Records that `child` (added before) inherits from `parent` (a partition or
+ * an inheritance child); the parent may be added later.
+ */
 bool catalog_snap_add_parent(CatSnap *s, uint32_t child, uint32_t parent) PGV_WARN_UNUSED;
 /*
  * Computes where the rules' masks reach and builds the indexes. A rule
@@ -129,7 +136,7 @@ bool catalog_mask_applies(const Rule *r, const Identity *id);
  * What the masks reaching column c mean for the caller: the first
  * non-derived mask that applies (NULL: the values pass), and in *derived
  * whether a derived mask applies (reading the column is a derived use).
- * *type_ok is the returned mask's type_ok.
+ * The returned mask's type_ok says whether its function suits the column.
  */
 const CatMask *catalog_mask_for(const CatColumn *c, const Identity *id, bool *derived);
 /* True when some mask rule of `rules` applies to the caller: the caller "has masks". */

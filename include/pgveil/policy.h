@@ -83,8 +83,9 @@ typedef struct MaskVerdict {
  *  - for a caller with masks (catalog_caller_has_masks): DO, functions that
  *    are not built in, pg_notify, set_config, large-object functions,
  *    built-ins that run SQL given as text (query_to_xml, ...), catalog
- *    statistics (pg_stats, pg_statistic, ...) and DDL on a relation with
- *    masked columns block;
+ *    statistics (pg_stats, pg_statistic, ...), DDL on a relation with
+ *    masked columns and DDL that names no table (ALTER SCHEMA ... RENAME:
+ *    what it changes is not known) block;
  *  - COPY ... TO STDOUT in binary of masked columns blocks.
  * A column is matched by name as the statement writes it: an unqualified
  * table may be one of any schema. cat NULL means there are no masks: the
