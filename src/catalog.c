@@ -476,7 +476,6 @@ typedef struct Prop {
 	int n_seeded;
 	VLin *views;
 	int n_views;
-	int *view_of;            /* per relation: its index in views, or -1 */
 	VOut *outs;
 	int n_outs, cap_outs;
 	VSrc *srcs;

@@ -6,7 +6,8 @@
  * inheritance (cycles included), ancestors, views and materialized views
  * (copies and computed columns), views of views, definitions that cannot be
  * analysed, rules that name nothing or cannot mask a column's type, FOR and
- * UNLESS callers, and a snapshot of 20,000 relations.
+ * UNLESS callers, every allocation failing in turn, and a snapshot of
+ * 20,000 relations.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -21,6 +22,7 @@
 
 #include "pgveil/catalog.h"
 #include "pgveil/mask.h"
+#include "pgveil/sqlinfo.h"
 
 #define TEXT MASK_OID_TEXT
 #define INT4 MASK_OID_INT4
@@ -567,6 +569,108 @@ static void test_caller_has_masks(void **state)
 	rules_unref(rs);
 }
 
+/* ---- allocation failures ------------------------------------------------------------ */
+
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t n, size_t size);
+void *__real_realloc(void *p, size_t n);
+char *__real_strdup(const char *s);
+void *__wrap_malloc(size_t n);
+void *__wrap_calloc(size_t n, size_t size);
+void *__wrap_realloc(void *p, size_t n);
+char *__wrap_strdup(const char *s);
+
+static int fail_countdown = -1; /* the allocation that fails: 0 = the next one; -1 = none */
+static bool fail_happened;
+
+static bool alloc_fails(void)
+{
+	if (fail_countdown < 0 || fail_countdown-- > 0)
+		return false;
+	fail_happened = true;
+	return true;
+}
+
+void *__wrap_malloc(size_t n)
+{
+	return alloc_fails() ? NULL : __real_malloc(n);
+}
+
+void *__wrap_calloc(size_t n, size_t size)
+{
+	return alloc_fails() ? NULL : __real_calloc(n, size);
+}
+
+void *__wrap_realloc(void *p, size_t n)
+{
+	return alloc_fails() ? NULL : __real_realloc(p, n);
+}
+
+char *__wrap_strdup(const char *s)
+{
+	return alloc_fails() ? NULL : __real_strdup(s);
+}
+
+/* Builds a snapshot with every kind of reach; false at the first call that fails. */
+static bool build_all(CatSnap *s)
+{
+	return catalog_snap_add_rel(s, 1000, "public", "users", 'r', NULL) &&
+	       catalog_snap_add_column(s, 1000, 1, "id", INT4, -1) &&
+	       catalog_snap_add_column(s, 1000, 2, "email", TEXT, -1) &&
+	       catalog_snap_add_column(s, 1000, 3, "ssn", TEXT, -1) &&
+	       catalog_snap_add_rel(s, 1001, "public", "kids", 'r', NULL) &&
+	       catalog_snap_add_column(s, 1001, 2, "email", TEXT, -1) &&
+	       catalog_snap_add_column(s, 1001, 1, "id", INT4, -1) &&
+	       catalog_snap_add_parent(s, 1001, 1000) &&
+	       catalog_snap_add_rel(s, 1002, "public", "v", 'v', " SELECT u.id,\n    u.email\n   FROM public.users u;") &&
+	       catalog_snap_add_column(s, 1002, 1, "id", INT4, -1) &&
+	       catalog_snap_add_column(s, 1002, 2, "email", TEXT, -1) &&
+	       catalog_snap_add_rel(s, 1003, "public", "vbad", 'v', "SELEKT") &&
+	       catalog_snap_add_column(s, 1003, 1, "a", TEXT, -1) &&
+	       catalog_snap_add_rel(s, 1004, "public", "vv", 'v', " SELECT v.email\n   FROM public.v;") &&
+	       catalog_snap_add_column(s, 1004, 1, "email", TEXT, -1) && catalog_snap_finish(s);
+}
+
+/* Every allocation fails in turn: each call reports it, nothing crashes or leaks (ASan). */
+static void test_out_of_memory(void **state)
+{
+	RuleSet *rs = rules_of("MASK public.users.email USING email();\n"
+			       "MASK public.users.ssn USING hash();\n"
+			       "MASK public.users.nope USING null();\n");
+	CatSnap *s;
+	int k, ok_runs = 0;
+	bool built;
+
+	(void)state;
+	sqlinfo_set_cache_capacity(0);
+	for (k = 0; k < 10000; k++) {
+		fail_happened = false;
+		fail_countdown = k;
+		s = catalog_snap_new("app", rs, 1);
+		built = s != NULL && build_all(s);
+		fail_countdown = -1;
+		if (built) {
+			expect_masks(s, 1004, "email", "email:copy");
+			expect_masks(s, 1001, "email", "email:copy");
+			ok_runs++;
+		}
+		catalog_snap_unref(s);
+		if (!fail_happened)
+			break;
+	}
+	assert_true(k > 20);          /* there were allocations to fail */
+	assert_int_equal(ok_runs, 1); /* only the run without a failure builds */
+	s = catalog_snap_failed("app", 1, "x");
+	assert_non_null(s);
+	catalog_snap_unref(s);
+	fail_countdown = 0;
+	assert_null(catalog_snap_failed("app", 1, "x"));
+	fail_countdown = -1;
+	rules_unref(rs);
+	sqlinfo_set_cache_capacity(4096);
+	sqlinfo_thread_cleanup();
+}
+
 /* ---- scale -------------------------------------------------------------------------- */
 
 #define BIG_TABLES 12000
@@ -655,6 +759,7 @@ int main(void)
 		cmocka_unit_test(test_rule_problems),
 		cmocka_unit_test(test_callers),
 		cmocka_unit_test(test_caller_has_masks),
+		cmocka_unit_test(test_out_of_memory),
 		cmocka_unit_test(test_many_relations),
 	};
 

@@ -7,8 +7,9 @@
  * setting the corpus names. Then cases whose StmtInfo is built by hand:
  * COPY TO STDOUT in binary or with unusual options (whose format the
  * statement analysis may not fill in), a snapshot that records a failure,
- * no snapshot, a statement that did not parse. MASK_CHECK_CORPUS=file runs
- * another corpus in the same format (for trying statements out).
+ * no snapshot, a statement that did not parse. No check may allocate
+ * (allocations are counted). MASK_CHECK_CORPUS=file runs another corpus in
+ * the same format (for trying statements out).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -94,6 +95,52 @@ static CatSnap *fixture(void)
 	return s;
 }
 
+/* ---- allocations --------------------------------------------------------------------------- */
+
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t n, size_t size);
+void *__real_realloc(void *p, size_t n);
+char *__real_strdup(const char *s);
+void *__wrap_malloc(size_t n);
+void *__wrap_calloc(size_t n, size_t size);
+void *__wrap_realloc(void *p, size_t n);
+char *__wrap_strdup(const char *s);
+
+static int allocations; /* made since the count was last reset */
+
+void *__wrap_malloc(size_t n)
+{
+	allocations++;
+	return __real_malloc(n);
+}
+
+void *__wrap_calloc(size_t n, size_t size)
+{
+	allocations++;
+	return __real_calloc(n, size);
+}
+
+void *__wrap_realloc(void *p, size_t n)
+{
+	allocations++;
+	return __real_realloc(p, n);
+}
+
+char *__wrap_strdup(const char *s)
+{
+	allocations++;
+	return __real_strdup(s);
+}
+
+/* policy_mask_check, which must not allocate. */
+static void check(const StmtInfo *info, const CatSnap *snap, const Identity *id, bool predicates_allow,
+		  MaskVerdict *v)
+{
+	allocations = 0;
+	policy_mask_check(info, snap, id, predicates_allow, v);
+	assert_int_equal(allocations, 0);
+}
+
 /* ---- the corpus ------------------------------------------------------------------------ */
 
 typedef struct Corpus {
@@ -171,7 +218,7 @@ static void run_case(Corpus *c, const CatSnap *snap, char *verdict, char *sql)
 		sqlinfo_unref(info);
 		return;
 	}
-	policy_mask_check(info, snap, &c->id, c->predicates_allow, &v);
+	check(info, snap, &c->id, c->predicates_allow, &v);
 	c->cases++;
 	if (v.blocked != want_block || (want_block && strstr(v.why, want_text) == NULL) ||
 	    (!want_block && v.reads_masked != want_reads)) {
@@ -266,29 +313,29 @@ static void test_copy_formats(void **state)
 
 	(void)state;
 	copy_stmt(&c, "users", SQL_COPY_TEXT, false);
-	policy_mask_check(&c.info, snap, &agent, false, &v);
+	check(&c.info, snap, &agent, false, &v);
 	assert_false(v.blocked);
 	assert_true(v.reads_masked);
 	copy_stmt(&c, "users", SQL_COPY_CSV, false);
-	policy_mask_check(&c.info, snap, &agent, false, &v);
+	check(&c.info, snap, &agent, false, &v);
 	assert_false(v.blocked);
 	copy_stmt(&c, "users", SQL_COPY_BINARY, false);
-	policy_mask_check(&c.info, snap, &agent, false, &v);
+	check(&c.info, snap, &agent, false, &v);
 	assert_true(v.blocked);
 	assert_string_equal(v.why, "COPY TO STDOUT in binary format cannot be masked: it reads masked column "
 				   "public.users.email");
 	copy_stmt(&c, "users", SQL_COPY_CSV, true);
-	policy_mask_check(&c.info, snap, &agent, false, &v);
+	check(&c.info, snap, &agent, false, &v);
 	assert_true(v.blocked);
 	assert_non_null(strstr(v.why, "COPY TO STDOUT with these options cannot be masked"));
 	/* no masked column read: binary is fine */
 	copy_stmt(&c, "orders", SQL_COPY_BINARY, true);
-	policy_mask_check(&c.info, snap, &agent, false, &v);
+	check(&c.info, snap, &agent, false, &v);
 	assert_false(v.blocked);
 	assert_false(v.reads_masked);
 	/* a caller without masks */
 	copy_stmt(&c, "users", SQL_COPY_BINARY, false);
-	policy_mask_check(&c.info, snap, &boss, false, &v);
+	check(&c.info, snap, &boss, false, &v);
 	assert_false(v.blocked);
 	assert_false(v.reads_masked);
 	catalog_snap_unref(snap);
@@ -305,22 +352,22 @@ static void test_without_catalog(void **state)
 	assert_non_null(failed);
 	info = sqlinfo_analyze("SELECT id FROM orders", 21);
 	assert_non_null(info);
-	policy_mask_check(info, failed, &agent, true, &v);
+	check(info, failed, &agent, true, &v);
 	assert_true(v.blocked);
 	assert_string_equal(v.why, "masked columns cannot be checked: the catalog of database app could not be read "
 				   "(connection refused)");
 	/* no snapshot: no masks */
-	policy_mask_check(info, NULL, &agent, false, &v);
+	check(info, NULL, &agent, false, &v);
 	assert_false(v.blocked);
 	assert_false(v.reads_masked);
 	sqlinfo_unref(info);
 
 	info = sqlinfo_analyze("SELECT 1", 8);
-	policy_mask_check(info, failed, &agent, false, &v);
+	check(info, failed, &agent, false, &v);
 	assert_false(v.blocked);
 	sqlinfo_unref(info);
 	info = sqlinfo_analyze("SELECT my_func()", 16);
-	policy_mask_check(info, failed, &agent, false, &v);
+	check(info, failed, &agent, false, &v);
 	assert_true(v.blocked);
 	assert_string_equal(v.why, "function my_func is not built in and this caller has masked columns");
 	sqlinfo_unref(info);
@@ -337,11 +384,11 @@ static void test_unparsed(void **state)
 	(void)state;
 	assert_non_null(info);
 	assert_non_null(info->error);
-	policy_mask_check(info, snap, &agent, false, &v);
+	check(info, snap, &agent, false, &v);
 	assert_true(v.blocked);
-	policy_mask_check(info, snap, &boss, false, &v);
+	check(info, snap, &boss, false, &v);
 	assert_false(v.blocked);
-	policy_mask_check(NULL, snap, &agent, false, &v);
+	check(NULL, snap, &agent, false, &v);
 	assert_false(v.blocked);
 	sqlinfo_unref(info);
 	catalog_snap_unref(snap);
