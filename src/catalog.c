@@ -740,6 +740,38 @@ static bool view_outputs_fit(const SqlStmt *st, const CatRel *rel)
 	return true;
 }
 
+/*
+ * Why a view's definition says nothing about where its columns come from,
+ * into why; false when it can be followed. Code that is not built in (a
+ * function, an operator, a built-in that runs SQL given as text) may read
+ * any table, masked columns included.
+ */
+static bool view_unseen(const StmtInfo *info, char *why, size_t len)
+{
+	const char *fn = NULL;
+
+	if (info == NULL)
+		snprintf(why, len, "no definition");
+	else if (info->error != NULL)
+		snprintf(why, len, "its definition cannot be analysed (%s)", info->error);
+	else if (info->n_stmts != 1)
+		snprintf(why, len, "its definition is not one statement");
+	else if (!(info->classes & SC_PROCEDURAL))
+		return false;
+	for (int i = 0; info != NULL && info->error == NULL && i < info->n_parts && fn == NULL; i++)
+		for (int k = 0; k < info->parts[i].n_functions && fn == NULL; k++)
+			if (!sqlinfo_is_builtin_function(info->parts[i].functions[k]))
+				fn = info->parts[i].functions[k];
+	if (info == NULL || info->error != NULL || info->n_stmts != 1)
+		return true;
+	if (fn != NULL)
+		snprintf(why, len, "it calls %s, which is not built in", fn);
+	else
+		snprintf(why, len, "it runs code the analysis cannot see into (an operator that is not built in, "
+			 "or SQL given as text)");
+	return true;
+}
+
 /* Analyses view v's definition into its outputs' sources. */
 static void view_analyse(Prop *p, VLin *v)
 {
@@ -747,19 +779,17 @@ static void view_analyse(Prop *p, VLin *v)
 	const CatRel *rel = &s->rels[v->rel];
 	StmtInfo *info = NULL;
 	const SqlStmt *st;
+	char why[512];
 
 	v->first = p->n_outs;
 	if (rel->viewdef != NULL && (info = sqlinfo_analyze(rel->viewdef, strlen(rel->viewdef))) == NULL) {
 		p->oom = true;
 		return;
 	}
-	if (info == NULL || info->error != NULL || info->n_stmts != 1) {
+	if (view_unseen(info, why, sizeof(why))) {
 		v->broken = true;
-		p->oom |= !problem_add(s,
-				       "view %s.%s: %s (%s): every column counts as computed from every masked column",
-				       rel->schema, rel->name,
-				       info == NULL ? "no definition" : "its definition cannot be analysed",
-				       info == NULL ? "not read" : info->error != NULL ? info->error : "not one statement");
+		p->oom |= !problem_add(s, "view %s.%s: %s: every column counts as computed from every masked column",
+				       rel->schema, rel->name, why);
 		sqlinfo_unref(info);
 		return;
 	}

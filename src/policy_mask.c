@@ -227,24 +227,42 @@ static bool check_function(MaskCheck *mc, const char *name)
 	return true;
 }
 
-/* A table of a part: catalog statistics, or DDL on a relation with masked columns. */
+/* True when a column of rel is masked for the caller. */
+static bool rel_masked_for(const MaskCheck *mc, const CatRel *rel)
+{
+	bool derived;
+
+	for (int a = 0; a < rel->n_columns; a++)
+		if (rel->columns[a].n_masks > 0 &&
+		    (catalog_mask_for(&rel->columns[a], mc->id, &derived) != NULL || derived))
+			return true;
+	return false;
+}
+
+/*
+ * A table of a part: catalog statistics, or DDL on a relation with masked
+ * columns. Touching a relation with columns masked for the caller, even
+ * without reading them, counts as reading masked data: the server's errors
+ * can echo whole rows ("Failing row contains ...").
+ */
 static void check_part_table(MaskCheck *mc, const SqlPart *p, const SqlTable *t)
 {
 	const CatRel *const *run;
 	int n;
 
-	if (listed(stats_relations, t->name)) {
+	if (listed(stats_relations, t->name))
 		block(mc, "%s holds values of table columns and cannot be read by callers with masked columns",
 		      t->name);
-		return;
-	}
-	if (!(p->classes & SC_DDL))
-		return;
 	run = catalog_rels_named(mc->cat, t->name, &n);
-	for (int i = 0; i < n; i++)
-		if (run[i]->has_masks && (t->schema == NULL || strcmp(t->schema, run[i]->schema) == 0))
+	for (int i = 0; i < n; i++) {
+		if (!run[i]->has_masks || (t->schema != NULL && strcmp(t->schema, run[i]->schema) != 0))
+			continue;
+		if (!mc->out->reads_masked && rel_masked_for(mc, run[i]))
+			mc->out->reads_masked = true;
+		if (p->classes & SC_DDL)
 			block(mc, "DDL on %s.%s, which has masked columns, is blocked for callers with masked columns",
 			      run[i]->schema, run[i]->name);
+	}
 }
 
 static void check_part(MaskCheck *mc, const SqlPart *p)

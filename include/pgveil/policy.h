@@ -67,7 +67,8 @@ struct CatSnap;
 typedef struct MaskVerdict {
 	bool blocked;          /* the statement must not run */
 	char why[512];         /* blocked: the message, naming the column (or function, table) and the use */
-	bool reads_masked;     /* reads a column masked for the caller anywhere: scrub the server's errors and notices */
+	bool reads_masked;     /* reads a column masked for the caller anywhere, or touches a relation that has one
+				  (errors echo rows): scrub the server's errors and notices */
 } MaskVerdict;
 
 /*

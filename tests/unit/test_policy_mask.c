@@ -89,9 +89,11 @@ static CatSnap *fixture(void)
 	add_rel(s, 108, "hr", "salaries", 'r', NULL, "id:int4 amount:numeric");
 	add_rel(s, 109, "public", "mv_users", 'm', " SELECT users.id,\n    users.ssn\n   FROM public.users;",
 		"id:int4 ssn:text");
+	add_rel(s, 110, "public", "v_fn", 'v', " SELECT o.id,\n    my_fmt(o.note) AS f\n   FROM public.orders o;",
+		"id:int4 f:text");
 	assert_true(catalog_snap_finish(s));
-	if (s->n_problems > 0)
-		fail_msg("fixture: %s", s->problems[0]);
+	if (s->n_problems != 1 || strncmp(s->problems[0], "view public.v_fn: it calls my_fmt", 33) != 0)
+		fail_msg("fixture: %d problems: %s", s->n_problems, s->n_problems > 0 ? s->problems[0] : "");
 	return s;
 }
 
