@@ -5,7 +5,8 @@
  * types, inheritance parents, view definitions) and, for the current rules,
  * which MASK rules reach each column. A rule names schema.table.column; it
  * reaches that column, the same-named column of every partition and
- * inheritance child (at any depth), and every view column that reads it:
+ * inheritance child (at any depth) and of every ancestor (whose scans return
+ * the child's rows), and every view column that reads it:
  * unchanged (a copy: the rule masks the view column too) or computed (the
  * view column is derived from a masked column: reading it is a derived use).
  * Views are followed through their definitions, views of views included.
@@ -97,10 +98,11 @@ bool catalog_snap_add_parent(CatSnap *s, uint32_t child, uint32_t parent) PGV_WA
  * Computes where the rules' masks reach and builds the indexes. A rule
  * naming a relation or column that does not exist, a view definition that
  * cannot be analysed (its columns then count as derived from every masked
- * column it reads, or, when it cannot be parsed, from every masked column
- * of the database), a mask function that cannot apply to the column's type
- * (type_ok false): each adds a line to `problems`. False only when out of
- * memory.
+ * column it reads, or, when it cannot be parsed or runs code that is not
+ * built in, from every masked column of the database), a mask function
+ * that cannot apply to the column's type (type_ok false; reported once per
+ * rule and type): each adds a line to `problems`. False only when out of
+ * memory (the snapshot is then only fit for catalog_snap_unref).
  */
 bool catalog_snap_finish(CatSnap *s) PGV_WARN_UNUSED;
 /* A snapshot that records a failure to read the catalog. */
