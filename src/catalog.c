@@ -2,7 +2,7 @@
 /*
  * Catalog snapshots: building one from the server's catalog rows, working
  * out where each MASK rule reaches (the named column, the same-named column
- * of every partition and inheritance descendant, every view and
+ * of every partition and inheritance descendant and ancestor, every view and
  * materialized view column that reads it, views of views included), and the
  * lookups sessions make on a finished snapshot (by OID, by schema and name,
  * by attnum, which mask applies to a caller). A snapshot owns its relations,
