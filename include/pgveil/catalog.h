@@ -18,7 +18,7 @@
  * snapshot does not know. The thread exists only while the rules have MASK
  * rules.
  *
- * catalog_snap_new/_add_*/_finish build a snapshot from rows; the catalog
+ * catalog_snap_new, _add_* and _finish build a snapshot from rows; the catalog
  * thread uses them, and unit tests build snapshots without a server.
  */
 #ifndef PGVEIL_CATALOG_H
