@@ -18,8 +18,9 @@
  * snapshot does not know. The thread exists only while the rules have MASK
  * rules.
  *
- * catalog_snap_new, _add_* and _finish build a snapshot from rows; the catalog
- * thread uses them, and unit tests build snapshots without a server.
+ * catalog_snap_new, catalog_snap_add_* and catalog_snap_finish build a
+ * snapshot from rows; the catalog thread uses them, and unit tests build
+ * snapshots without a server.
  */
 #ifndef PGVEIL_CATALOG_H
 #define PGVEIL_CATALOG_H
@@ -111,6 +112,12 @@ const CatRel *catalog_rel(const CatSnap *s, uint32_t oid);
  * is not known). Up to `max` are stored in out; returns how many there are.
  */
 int catalog_find_rels(const CatSnap *s, const char *schema, const char *name, const CatRel **out, int max);
+/*
+ * Every relation named `name`, in any schema, sorted by schema: *n of them
+ * from the returned pointer, which points into the snapshot (no copy, no
+ * limit). NULL with *n 0 when there is none.
+ */
+const CatRel *const *catalog_rels_named(const CatSnap *s, const char *name, int *n);
 /* The attnum of column `name` of rel (dropped columns never match), 0 when none. */
 int catalog_attnum(const CatRel *rel, const char *name);
 /* The column of (oid, attnum), or NULL when either is unknown or the column was dropped. */

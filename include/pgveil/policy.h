@@ -87,7 +87,10 @@ typedef struct MaskVerdict {
  *    masked columns block;
  *  - COPY ... TO STDOUT in binary of masked columns blocks.
  * A column is matched by name as the statement writes it: an unqualified
- * table may be one of any schema. Does not allocate.
+ * table may be one of any schema. cat NULL means there are no masks: the
+ * statement passes. A snapshot that records a failure to read the catalog
+ * blocks every statement that touches a table (the masks cannot be known),
+ * and counts every caller as one with masks. Does not allocate.
  */
 void policy_mask_check(const StmtInfo *info, const struct CatSnap *cat, const Identity *id, bool predicates_allow,
 		       MaskVerdict *out);
