@@ -12,8 +12,10 @@
  * waiting requests of each database are read and changed under cat.lock by
  * every thread, and a request is woken by event_active() under that lock,
  * so catalog_forget() can promise that a forgotten event is never woken.
- * A configuration change is handed to the thread, and the caller waits
- * until the thread has taken it (that takes no I/O).
+ * catalog_start(), catalog_reconfigure() and catalog_stop() are for the
+ * main thread; a configuration is handed to the catalog thread, and the
+ * caller waits until the thread has taken it (that takes no I/O), so a
+ * database added by a reload can be asked for as soon as the reload is done.
  *
  * Requests are merged: when a load starts it takes every request waiting at
  * that moment and answers them when it publishes; a request arriving during
@@ -223,6 +225,7 @@ static void publish(CatDb *db, CatSnap *s)
 
 	pthread_mutex_lock(&cat.lock);
 	if (s != NULL) {
+		/* Numbered when published, under the lock: versions follow the order readers see. */
 		s->version = ++cat.last_version;
 		old = db->snap;
 		db->snap = s;
