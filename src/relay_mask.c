@@ -663,10 +663,25 @@ static PlanResult plan_build(Session *s, Plan *plan, const uint8_t *body, size_t
 	int16_t n;
 	bool positions = st != NULL;
 
+	char names[512];
+	size_t nlen = 0;
+
 	plan_clear(plan);
 	pgproto_reader_init(&rd, body, blen);
 	if (!pgproto_get_int16(&rd, &n) || n < 0)
 		return PLAN_FAIL;
+	for (int i = 0; may_refresh && i < n; i++) { /* first: tables the snapshot does not know */
+		Field f;
+
+		if (!read_field(&rd, &f))
+			return PLAN_FAIL;
+		if (f.table != 0 && catalog_rel(cat, f.table) == NULL)
+			return PLAN_REFRESH;
+	}
+	pgproto_reader_init(&rd, body, blen);
+	if (!pgproto_get_int16(&rd, &n))
+		return PLAN_FAIL;
+	names[0] = '\0';
 	if (n > 0 && (plan->mp.fields = calloc((size_t)n, sizeof(MaskField))) == NULL)
 		return PLAN_FAIL;
 	plan->mp.n_fields = n;
@@ -694,15 +709,14 @@ static PlanResult plan_build(Session *s, Plan *plan, const uint8_t *body, size_t
 			const CatRel *rel = catalog_rel(cat, f.table);
 			const CatColumn *col;
 
-			if (rel == NULL && may_refresh) {
-				plan_clear(plan);
-				return PLAN_REFRESH;
-			}
 			if (rel == NULL) {
 				mf->to_null = true;
 				warn_null(s, i, f.name, "its table is not in the server's catalog");
 			} else if ((col = catalog_column(cat, f.table, f.attnum)) != NULL) {
 				have = catalog_mask_for(col, &s->identity, &derived);
+				if (have != NULL && nlen < sizeof(names))
+					nlen += (size_t)snprintf(names + nlen, sizeof(names) - nlen, "%s%s.%s.%s",
+								 nlen > 0 ? ", " : "", rel->schema, rel->name, col->name);
 			} else if (rel->has_masks) {
 				mf->to_null = true;
 				warn_null(s, i, f.name, "its column is not in the server's catalog");
@@ -730,6 +744,9 @@ static PlanResult plan_build(Session *s, Plan *plan, const uint8_t *body, size_t
 	plan->cfg = config_ref(s->relay->cfg);
 	plan->mp.key = plan->cfg->mask_key;
 	plan->valid = true;
+	if (plan->mp.n_masked > 0)
+		log_write(LL_INFO, s->ctx, "result masked: %d of %d columns (%s)", plan->mp.n_masked, n,
+			  names[0] != '\0' ? names : "sent as NULL");
 	return PLAN_OK;
 }
 
