@@ -5,9 +5,11 @@
  * of every partition and inheritance descendant and ancestor, every view and
  * materialized view column that reads it, views of views included), and the
  * lookups sessions make on a finished snapshot (by OID, by schema and name,
- * by attnum, which mask applies to a caller). A snapshot owns its relations,
- * columns and masks, its strings (in one arena) and its indexes: an
- * open-addressing hash on OID and an array sorted by (name, schema). Once
+ * by attnum, which mask applies to a caller, which functions are the
+ * user's). A snapshot owns its relations, columns and masks, its
+ * user-defined functions, its strings (in one arena) and its indexes: an
+ * open-addressing hash on OID, relations and functions sorted by (name,
+ * schema). Once
  * finished it is immutable and shared between threads by reference count.
  * The catalog thread (src/catalog_thread.c) fills snapshots; nothing here
  * does I/O.
@@ -31,9 +33,18 @@ typedef struct ArenaChunk {
 	char data[];
 } ArenaChunk;
 
+/* A user-defined function (strings in the arena). */
+typedef struct CatFunc {
+	const char *name;
+	const char *schema;
+} CatFunc;
+
 /* The private part of a snapshot (CatSnap.index). */
 typedef struct CatIndex {
 	ArenaChunk *arena;         /* every string of the snapshot */
+	CatFunc *funcs;            /* user-defined functions; sorted by (name, schema), distinct, once finished */
+	int n_funcs, cap_funcs;
+	bool funcs_sorted;         /* funcs is sorted (finish has begun): lookups may use it */
 	int cap_rels;              /* allocated CatSnap.rels */
 	uint32_t *oid_slots;       /* rel index + 1, open addressing by OID; 0 = empty */
 	size_t oid_cap;            /* a power of two, at least twice n_rels */
@@ -264,6 +275,33 @@ bool catalog_snap_add_parent(CatSnap *s, uint32_t child, uint32_t parent)
 	return true;
 }
 
+bool catalog_snap_add_function(CatSnap *s, const char *schema, const char *name)
+{
+	CatIndex *ix = s->index;
+	CatFunc *f;
+
+	if (ix->finished || ix->funcs_sorted || schema == NULL || name == NULL)
+		return false;
+	if (ix->n_funcs == ix->cap_funcs) {
+		int cap = ix->cap_funcs == 0 ? 64 : ix->cap_funcs * 2;
+
+		if ((f = realloc(ix->funcs, (size_t)cap * sizeof(*f))) == NULL)
+			return false;
+		ix->funcs = f;
+		ix->cap_funcs = cap;
+	}
+	f = &ix->funcs[ix->n_funcs];
+	/* Rows come by schema: the previous function's schema string serves again. */
+	if (ix->n_funcs > 0 && strcmp(f[-1].schema, schema) == 0)
+		f->schema = f[-1].schema;
+	else if ((f->schema = arena_strdup(ix, schema)) == NULL)
+		return false;
+	if ((f->name = arena_strdup(ix, name)) == NULL)
+		return false;
+	ix->n_funcs++;
+	return true;
+}
+
 CatSnap *catalog_snap_ref(CatSnap *s)
 {
 	if (s != NULL)
@@ -283,6 +321,7 @@ static void index_free(CatIndex *ix)
 	}
 	free(ix->oid_slots);
 	free(ix->by_name);
+	free(ix->funcs);
 	free(ix);
 }
 
@@ -394,6 +433,55 @@ const CatColumn *catalog_column(const CatSnap *s, uint32_t oid, int attnum)
 	if (r == NULL || attnum < 1 || attnum > r->n_columns || r->columns[attnum - 1].name == NULL)
 		return NULL;
 	return &r->columns[attnum - 1];
+}
+
+/* The first user function named `name` (funcs sorted by name), or n_funcs. */
+static int func_lower(const CatIndex *ix, const char *name)
+{
+	int lo = 0, hi = ix->n_funcs, mid;
+
+	while (lo < hi) {
+		mid = lo + (hi - lo) / 2;
+		if (strcmp(ix->funcs[mid].name, name) < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/* A user function named `name` in `schema` (NULL: any), or NULL. */
+static const CatFunc *func_find(const CatSnap *s, const char *schema, const char *name)
+{
+	const CatIndex *ix = s != NULL ? s->index : NULL;
+
+	if (ix == NULL || !ix->funcs_sorted || name == NULL)
+		return NULL;
+	for (int i = func_lower(ix, name); i < ix->n_funcs && strcmp(ix->funcs[i].name, name) == 0; i++)
+		if (schema == NULL || strcmp(ix->funcs[i].schema, schema) == 0)
+			return &ix->funcs[i];
+	return NULL;
+}
+
+bool catalog_user_function(const CatSnap *s, const char *schema, const char *name)
+{
+	return func_find(s, schema, name) != NULL;
+}
+
+CatFnKind catalog_resolve_function(const CatSnap *s, const char *call, const char **schema, const char **name)
+{
+	const CatFunc *f;
+
+	if (!sqlinfo_is_builtin_function(call))
+		return CAT_FN_NOT_BUILTIN;
+	/* "name", or "pg_catalog.name" read as one quoted name: a user function of it may answer */
+	if ((f = func_find(s, NULL, call)) == NULL)
+		return CAT_FN_BUILTIN;
+	if (schema != NULL)
+		*schema = f->schema;
+	if (name != NULL)
+		*name = f->name;
+	return CAT_FN_SHADOWED;
 }
 
 bool catalog_mask_applies(const Rule *r, const Identity *id)
@@ -741,34 +829,56 @@ static bool view_outputs_fit(const SqlStmt *st, const CatRel *rel)
 }
 
 /*
+ * The first call of info that may run user code (catalog_resolve_function:
+ * not a built-in, or a built-in's name a user function may answer), written
+ * to why; false when there is none.
+ */
+static bool view_user_call(const CatSnap *s, const StmtInfo *info, char *why, size_t len)
+{
+	const char *schema = NULL, *name = NULL, *fn;
+
+	for (int i = 0; i < info->n_parts; i++)
+		for (int k = 0; k < info->parts[i].n_functions; k++) {
+			fn = info->parts[i].functions[k];
+			switch (catalog_resolve_function(s, fn, &schema, &name)) {
+			case CAT_FN_BUILTIN:
+				continue;
+			case CAT_FN_SHADOWED:
+				snprintf(why, len, "it calls %s, which may not be the built-in: user-defined function "
+					 "%s.%s has its name", fn, schema, name);
+				return true;
+			case CAT_FN_NOT_BUILTIN:
+				snprintf(why, len, "it calls %s, which is not built in", fn);
+				return true;
+			}
+		}
+	return false;
+}
+
+/*
  * Why a view's definition says nothing about where its columns come from,
  * into why; false when it can be followed. Code that is not built in (a
- * function, an operator, a built-in that runs SQL given as text) may read
- * any table, masked columns included.
+ * function, one that has a built-in's name included, an operator, a
+ * built-in that runs SQL given as text) may read any table, masked columns
+ * included. Calls resolve as in statements (catalog_resolve_function);
+ * pg_get_viewdef() under search_path '' also schema-qualifies every
+ * function outside pg_catalog.
  */
-static bool view_unseen(const StmtInfo *info, char *why, size_t len)
+static bool view_unseen(const CatSnap *s, const StmtInfo *info, char *why, size_t len)
 {
-	const char *fn = NULL;
-
 	if (info == NULL)
 		snprintf(why, len, "no definition");
 	else if (info->error != NULL)
 		snprintf(why, len, "its definition cannot be analysed (%s)", info->error);
 	else if (info->n_stmts != 1)
 		snprintf(why, len, "its definition is not one statement");
-	else if (!(info->classes & SC_PROCEDURAL))
-		return false;
-	for (int i = 0; info != NULL && info->error == NULL && i < info->n_parts && fn == NULL; i++)
-		for (int k = 0; k < info->parts[i].n_functions && fn == NULL; k++)
-			if (!sqlinfo_is_builtin_function(info->parts[i].functions[k]))
-				fn = info->parts[i].functions[k];
-	if (info == NULL || info->error != NULL || info->n_stmts != 1)
+	else if (view_user_call(s, info, why, len))
 		return true;
-	if (fn != NULL)
-		snprintf(why, len, "it calls %s, which is not built in", fn);
-	else
+	else if (info->classes & SC_PROCEDURAL)
 		snprintf(why, len, "it runs code the analysis cannot see into (an operator that is not built in, "
 			 "or SQL given as text)");
+	else
+		return false;
 	return true;
 }
 
@@ -786,7 +896,7 @@ static void view_analyse(Prop *p, VLin *v)
 		p->oom = true;
 		return;
 	}
-	if (view_unseen(info, why, sizeof(why))) {
+	if (view_unseen(s, info, why, sizeof(why))) {
 		v->broken = true;
 		p->oom |= !problem_add(s, "view %s.%s: %s: every column counts as computed from every masked column",
 				       rel->schema, rel->name, why);
@@ -1020,6 +1130,30 @@ static bool build_name_index(CatSnap *s)
 	return true;
 }
 
+static int func_cmp(const void *a, const void *b)
+{
+	const CatFunc *fa = a, *fb = b;
+	int c = strcmp(fa->name, fb->name);
+
+	return c != 0 ? c : strcmp(fa->schema, fb->schema);
+}
+
+/* Sorts the user functions by (name, schema) and drops repeats (overloads). */
+static void sort_functions(CatSnap *s)
+{
+	CatIndex *ix = s->index;
+	int n = 0;
+
+	if (ix->n_funcs > 1)
+		qsort(ix->funcs, (size_t)ix->n_funcs, sizeof(*ix->funcs), func_cmp);
+	for (int i = 0; i < ix->n_funcs; i++)
+		if (n == 0 || func_cmp(&ix->funcs[n - 1], &ix->funcs[i]) != 0)
+			ix->funcs[n++] = ix->funcs[i];
+	ix->n_funcs = n;
+	ix->funcs_sorted = true;
+	s->n_functions = n;
+}
+
 bool catalog_snap_finish(CatSnap *s)
 {
 	CatIndex *ix = s->index;
@@ -1030,6 +1164,7 @@ bool catalog_snap_finish(CatSnap *s)
 		return s->error != NULL || ix->by_name != NULL;
 	if (!build_name_index(s))
 		return false;
+	sort_functions(s);
 	if ((p.mark = calloc(n, sizeof(int))) == NULL || (p.stack = malloc(n * sizeof(int))) == NULL ||
 	    (p.seeded = malloc((size_t)(s->rules != NULL ? s->rules->n_rules + 1 : 1) * sizeof(Rule *))) == NULL ||
 	    !build_children(&p)) {

@@ -20,6 +20,13 @@
  * Requests are merged: when a load starts it takes every request waiting at
  * that moment and answers them when it publishes; a request arriving during
  * a load waits for the next load, which starts when that one ends.
+ *
+ * Every catalog_refresh a timer of the thread asks for a load of every
+ * database that is not loading already (one under way is not followed by
+ * another: loads never pile up), so changes that keep OIDs (a renamed
+ * column, a replaced view, a new function) are seen without a reload. Such
+ * a load is logged at debug level unless what it found to warn about
+ * changed.
  */
 #include "pgveil/catalog.h"
 
@@ -74,11 +81,23 @@ static const char catalog_sql[] =
 	"SELECT i.inhrelid, i.inhparent FROM pg_catalog.pg_inherits i"
 	" JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid AND c.relkind IN ('r', 'p', 'f')"
 	" JOIN pg_catalog.pg_class p ON p.oid = i.inhparent AND p.relkind IN ('r', 'p', 'f');"
+	"SELECT DISTINCT n.nspname, p.proname FROM pg_catalog.pg_proc p"
+	" JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
+	" WHERE n.nspname <> 'pg_catalog' AND NOT pg_catalog.starts_with(n.nspname, 'pg_temp_')"
+	" ORDER BY 1, 2;"
 	"COMMIT";
 
+/*
+ * The user-defined functions are those of every schema but pg_catalog and
+ * the temporary schemas: a temporary function is never found by an
+ * unqualified name (and a qualified call is not a built-in anyway).
+ * information_schema's own functions are listed: none has a built-in's
+ * name, and a function someone adds there is as much the user's as any.
+ */
+
 /* The result sets of catalog_sql, in order, and how many columns each has. */
-enum { SET_RELS = 1, SET_COLUMNS = 2, SET_PARENTS = 3, N_SETS = 3 };
-static const int set_width[N_SETS + 1] = { 0, 5, 6, 2 };
+enum { SET_RELS = 1, SET_COLUMNS = 2, SET_PARENTS = 3, SET_FUNCTIONS = 4, N_SETS = 4 };
+static const int set_width[N_SETS + 1] = { 0, 5, 6, 2, 2 };
 
 typedef enum {
 	CONN_NONE,       /* no connection */
@@ -106,6 +125,8 @@ typedef struct CatDb {
 	ConnState state;
 	Backend *be;              /* the connection (NULL in CONN_NONE) */
 	bool loading;             /* a load is under way (connecting or querying) */
+	bool refresh_due;         /* the refresh timer asked for the next load */
+	bool quiet;               /* the load under way is the timer's alone: log at debug what did not change */
 	CatSnap *building;        /* the snapshot the load fills */
 	int result_set;           /* SET_* being read, 0 before the first */
 	uint64_t started_us;      /* when the load started */
@@ -123,6 +144,7 @@ static struct {
 	struct event_base *base;  /* the thread's loop */
 	struct evdns_base *dns;
 	struct event *kick;       /* activated by any thread: something to do */
+	struct event *refresh;    /* every catalog_refresh: load every database again */
 	CatDb *dbs;               /* every database: changed by the thread under lock */
 	uint64_t last_version;    /* under lock: the last version given to a snapshot */
 	/* under lock: hand-over to the thread */
@@ -199,18 +221,36 @@ static bool waiting_for(const Waiter *w, const struct event *wake)
 
 /* ---- publishing ---------------------------------------------------------------------------- */
 
-/* Logs a loaded snapshot and its problems. */
+/* True when the snapshots have the same problems (in the same order). */
+static bool same_problems(const CatSnap *a, const CatSnap *b)
+{
+	if (a == NULL || b == NULL || a->error != NULL || a->n_problems != b->n_problems)
+		return false;
+	for (int i = 0; i < a->n_problems; i++)
+		if (strcmp(a->problems[i], b->problems[i]) != 0)
+			return false;
+	return true;
+}
+
+/*
+ * Logs a loaded snapshot and its problems; a quiet load (the refresh timer's)
+ * logs at debug level unless its problems differ from the published
+ * snapshot's (db->snap: only this thread changes it).
+ */
 static void log_loaded(const CatDb *db, const CatSnap *s)
 {
+	LogLevel problems = db->quiet && same_problems(db->snap, s) ? LL_DEBUG : LL_WARN;
 	int masked = 0;
 
 	for (int i = 0; i < s->n_rels; i++)
 		for (int j = 0; j < s->rels[i].n_columns; j++)
 			masked += s->rels[i].columns[j].n_masks > 0;
-	log_write(LL_INFO, CATALOG_CTX, "catalog of database %s loaded: %d relations, %d masked columns, %llu ms",
-		  db->name, s->n_rels, masked, (unsigned long long)((pgv_now_us() - db->started_us) / 1000));
+	log_write(db->quiet ? LL_DEBUG : LL_INFO, CATALOG_CTX,
+		  "catalog of database %s loaded: %d relations, %d masked columns, %d user functions, %llu ms",
+		  db->name, s->n_rels, masked, s->n_functions,
+		  (unsigned long long)((pgv_now_us() - db->started_us) / 1000));
 	for (int i = 0; i < s->n_problems; i++)
-		log_write(LL_WARN, CATALOG_CTX, "catalog of database %s: %s", db->name, s->problems[i]);
+		log_write(problems, CATALOG_CTX, "catalog of database %s: %s", db->name, s->problems[i]);
 }
 
 /*
@@ -283,7 +323,9 @@ static void load_fail(CatDb *db, const char *fmt, ...)
 	vsnprintf(why, sizeof(why), fmt, ap);
 	va_end(ap);
 	snprintf(msg, sizeof(msg), "cannot read the catalog of database %s: %s", db->name, why);
-	log_write(LL_WARN, CATALOG_CTX, "%s", msg);
+	/* The timer's loads fail again and again while the server is away: said once at warning level. */
+	log_write(db->quiet && db->snap != NULL && db->snap->error != NULL && strcmp(db->snap->error, msg) == 0
+			  ? LL_DEBUG : LL_WARN, CATALOG_CTX, "%s", msg);
 	conn_close(db);
 	catalog_snap_unref(db->building);
 	db->building = NULL;
@@ -461,6 +503,10 @@ static int add_row(CatSnap *s, int set, const char *const *v)
 		if (!parse_u32(v[0], &a) || !parse_u32(v[1], &b))
 			return -1;
 		return catalog_snap_add_parent(s, a, b);
+	case SET_FUNCTIONS:
+		if (v[0] == NULL || v[1] == NULL)
+			return -1;
+		return catalog_snap_add_function(s, v[0], v[1]);
 	default:
 		return -1;
 	}
@@ -620,6 +666,8 @@ static void load_start(CatDb *db)
 	db->want_load = false;
 	pthread_mutex_unlock(&cat.lock);
 	db->loading = true;
+	db->quiet = db->refresh_due && db->served == NULL;
+	db->refresh_due = false;
 	db->started_us = pgv_now_us();
 	db->building = catalog_snap_new(db->name, cat.cfg->ruleset, cat.cfg_gen);
 	if (db->timer == NULL)
@@ -671,6 +719,35 @@ static void db_free(CatDb *db)
 	free(db);
 }
 
+/* (Re)starts the refresh timer for the configuration in use: a full interval from now; 0 stops it. */
+static void refresh_arm(void)
+{
+	uint64_t ms = cat.cfg != NULL ? cat.cfg->catalog_refresh : 0;
+	struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000 };
+
+	event_del(cat.refresh);
+	if (ms > 0 && event_add(cat.refresh, &tv) != 0)
+		log_warn("cannot start the catalog refresh timer: catalogs are read again only on reload and on demand");
+}
+
+/* The refresh timer: every database not loading now is loaded again (one that is loading is skipped). */
+static void refresh_cb(evutil_socket_t fd, short what, void *arg)
+{
+	bool any = false;
+
+	for (CatDb *db = cat.dbs; db != NULL; db = db->next) {
+		if (db->loading)
+			continue;
+		pthread_mutex_lock(&cat.lock);
+		db->want_load = true;
+		pthread_mutex_unlock(&cat.lock);
+		db->refresh_due = true;
+		any = true;
+	}
+	if (any)
+		kick();
+}
+
 /* Takes a new configuration (on the thread): databases follow it, every one is read again. */
 static void take_config(Config *cfg, uint64_t gen)
 {
@@ -706,10 +783,12 @@ static void take_config(Config *cfg, uint64_t gen)
 		}
 		db->want_load = true;
 		pthread_mutex_unlock(&cat.lock);
+		db->refresh_due = false;
 	}
 	config_unref(cat.cfg);
 	cat.cfg = cfg;
 	cat.cfg_gen = gen;
+	refresh_arm();
 }
 
 /* Everything the thread does when kicked: stop, a new configuration, dead connections, loads to start. */
@@ -777,11 +856,14 @@ static void teardown(void)
 	cat.posted = NULL;
 	if (cat.kick != NULL)
 		event_free(cat.kick);
+	if (cat.refresh != NULL)
+		event_free(cat.refresh);
 	if (cat.dns != NULL)
 		evdns_base_free(cat.dns, 0);
 	if (cat.base != NULL)
 		event_base_free(cat.base);
 	cat.kick = NULL;
+	cat.refresh = NULL;
 	cat.dns = NULL;
 	cat.base = NULL;
 }
@@ -818,7 +900,8 @@ bool catalog_start(Config *cfg)
 								    EVDNS_BASE_DISABLE_WHEN_INACTIVE)
 				   : NULL;
 	cat.kick = cat.base != NULL ? event_new(cat.base, -1, EV_PERSIST | EV_READ, kick_cb, NULL) : NULL;
-	if (cat.dns == NULL || cat.kick == NULL || event_add(cat.kick, NULL) != 0 ||
+	cat.refresh = cat.base != NULL ? event_new(cat.base, -1, EV_PERSIST, refresh_cb, NULL) : NULL;
+	if (cat.dns == NULL || cat.kick == NULL || cat.refresh == NULL || event_add(cat.kick, NULL) != 0 ||
 	    pthread_create(&cat.thread, NULL, catalog_main, NULL) != 0) {
 		log_error("cannot start the catalog thread");
 		teardown();

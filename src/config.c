@@ -27,14 +27,14 @@
 #include "pgveil/rules.h"
 #include "pgveil/tls.h"
 
-typedef enum { K_STR, K_INT, K_BOOL, K_MS, K_SECONDS, K_LIST, K_ENUM, K_SIZE } KeyType;
+typedef enum { K_STR, K_INT, K_BOOL, K_MS, K_SECONDS, K_INTERVAL, K_LIST, K_ENUM, K_SIZE } KeyType;
 
 typedef struct KeyDef {
 	const char *section;    /* "pgveil" or "oidc" */
 	const char *name;       /* key */
 	KeyType type;           /* how the value is read */
 	size_t offset;          /* field in Config */
-	long min, max;          /* K_INT bounds */
+	long min, max;          /* K_INT bounds; K_INTERVAL: min is the shortest interval but 0, in ms (whole seconds) */
 	const char *const *enum_names; /* K_ENUM: accepted words, index = value */
 } KeyDef;
 
@@ -70,6 +70,7 @@ static const KeyDef key_defs[] = {
 	{ "pgveil", "startup_timeout", K_MS, F(startup_timeout), 0, 0, NULL },
 	{ "pgveil", "shutdown_timeout", K_MS, F(shutdown_timeout), 0, 0, NULL },
 	{ "pgveil", "server_connect_timeout", K_MS, F(server_connect_timeout), 0, 0, NULL },
+	{ "pgveil", "catalog_refresh", K_INTERVAL, F(catalog_refresh), 1000, 0, NULL },
 	{ "pgveil", "max_packet_size", K_SIZE, F(max_packet_size), 0, 0, NULL },
 	{ "pgveil", "log_level", K_ENUM, F(log_level), 0, 0, log_level_names },
 	{ "pgveil", "log_format", K_ENUM, F(log_format), 0, 0, log_format_names },
@@ -391,6 +392,25 @@ static bool parse_list(const char *v, NameList *out)
 	return true;
 }
 
+/* A K_INTERVAL key: `0` or `off` turns it off, else a duration of at least k->min ms. */
+static bool set_interval(LoadState *st, const KeyDef *k, const char *value, uint64_t *field)
+{
+	uint64_t ms;
+
+	if (strcmp(value, "0") == 0 || strcasecmp(value, "off") == 0) {
+		*field = 0;
+		return true;
+	}
+	if (!config_parse_duration(value, &ms) || (ms != 0 && ms < (uint64_t)k->min)) {
+		load_error(st, value_col(st, value),
+			   "%s must be 0 (off) or a duration of at least %lds with a unit (ms, s, m, h, d), e.g. 60s, "
+			   "not '%s'", k->name, k->min / 1000, value);
+		return false;
+	}
+	*field = ms;
+	return true;
+}
+
 static bool set_value(LoadState *st, const KeyDef *k, const char *value)
 {
 	char *field = (char *)st->cfg + k->offset;
@@ -434,6 +454,8 @@ static bool set_value(LoadState *st, const KeyDef *k, const char *value)
 		}
 		*(uint64_t *)field = (k->type == K_MS) ? ms : ms / 1000;
 		return true;
+	case K_INTERVAL:
+		return set_interval(st, k, value, (uint64_t *)field);
 	case K_LIST:
 		if (!parse_list(value, (NameList *)field)) {
 			load_error(st, value_col(st, value), "out of memory");
@@ -597,6 +619,7 @@ static Config *config_new_defaults(const char *path)
 	cfg->startup_timeout = 10000;
 	cfg->shutdown_timeout = 30000;
 	cfg->server_connect_timeout = 10000;
+	cfg->catalog_refresh = 60000;
 	cfg->max_packet_size = 1u << 30;
 	cfg->log_level = 2; /* info */
 	cfg->log_format = LOGFMT_TEXT;

@@ -207,14 +207,45 @@ static bool listed(const char *const *list, const char *name)
 	return false;
 }
 
+/*
+ * Whether a call of `name` (as the part names it) may run user code
+ * (catalog_resolve_function); blocks when it may. Without a catalog no user
+ * function is known: a built-in's name not qualified with pg_catalog may
+ * then be one, and blocks too.
+ */
+static bool check_user_code(MaskCheck *mc, const char *name)
+{
+	const char *schema = NULL, *fn = NULL;
+	char hint[160] = "";
+
+	if (strchr(name, '.') == NULL)
+		snprintf(hint, sizeof(hint), " (pg_catalog.%s is the built-in)", name);
+	switch (catalog_resolve_function(mc->cat, name, &schema, &fn)) {
+	case CAT_FN_NOT_BUILTIN:
+		block(mc, "function %s is not built in and this caller has masked columns", name);
+		return true;
+	case CAT_FN_SHADOWED:
+		block(mc, "function %s may not be the built-in: user-defined function %s.%s has the same name, and "
+		      "this caller has masked columns%s", name, schema, fn, hint);
+		return true;
+	case CAT_FN_BUILTIN:
+		break;
+	}
+	if (mc->cat->error == NULL || strchr(name, '.') != NULL)
+		return false;
+	block(mc, "function %s may not be the built-in: the catalog of database %s could not be read, so its "
+	      "user-defined functions are not known%s", name, mc->cat->database, hint);
+	return true;
+}
+
 /* Returns true when function `name` (as the part names it) blocks. */
 static bool check_function(MaskCheck *mc, const char *name)
 {
 	const char *bare = strncmp(name, "pg_catalog.", 11) == 0 ? name + 11 : name;
 
-	if (!sqlinfo_is_builtin_function(name))
-		block(mc, "function %s is not built in and this caller has masked columns", name);
-	else if (strncmp(bare, "lo_", 3) == 0 || listed(lo_functions, bare))
+	if (check_user_code(mc, name))
+		return true;
+	if (strncmp(bare, "lo_", 3) == 0 || listed(lo_functions, bare))
 		block(mc, "large-object function %s is blocked for callers with masked columns: large objects are "
 		      "not masked", name);
 	else if (strcmp(bare, "pg_notify") == 0 || strcmp(bare, "set_config") == 0)

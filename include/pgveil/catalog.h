@@ -10,14 +10,17 @@
  * unchanged (a copy: the rule masks the view column too) or computed (the
  * view column is derived from a masked column: reading it is a derived use).
  * Views are followed through their definitions, views of views included.
+ * It also lists the user-defined functions (every schema but pg_catalog and
+ * the temporary ones), by schema and name: a call pgveil takes for a
+ * built-in may reach one of them instead (CatFnKind).
  *
  * A snapshot (CatSnap) is immutable and reference-counted; a session keeps
  * the one it decided a statement with. Snapshots are built on the catalog
  * thread, which runs the catalog queries on pgveil's own connection to each
- * server database (never in an agent's session), at startup, on reload, and
- * when a session asks because a RowDescription names a table OID the
- * snapshot does not know. The thread exists only while the rules have MASK
- * rules.
+ * server database (never in an agent's session), at startup, on reload,
+ * every catalog_refresh, and when a session asks because a RowDescription
+ * names a table OID the snapshot does not know. The thread exists only
+ * while the rules have MASK rules.
  *
  * catalog_snap_new, catalog_snap_add_* and catalog_snap_finish build a
  * snapshot from rows; the catalog thread uses them, and unit tests build
@@ -70,6 +73,7 @@ typedef struct CatSnap {
 	char *error;           /* non-NULL: the catalog could not be read (why); no relations */
 	int n_rels;
 	CatRel *rels;          /* in no particular order */
+	int n_functions;       /* user-defined functions, distinct (schema, name) (kept in the index) */
 	int n_problems;
 	char **problems;       /* rules that could not be applied as written, for the log: "file:line: reason" */
 	void *index;           /* private lookup structures */
@@ -95,11 +99,17 @@ bool catalog_snap_add_column(CatSnap *s, uint32_t oid, int attnum, const char *n
  */
 bool catalog_snap_add_parent(CatSnap *s, uint32_t child, uint32_t parent) PGV_WARN_UNUSED;
 /*
+ * Records a user-defined function: `name` (pg_proc.proname, as stored) in
+ * `schema`; overloads and repeats are one entry. False when out of memory.
+ */
+bool catalog_snap_add_function(CatSnap *s, const char *schema, const char *name) PGV_WARN_UNUSED;
+/*
  * Computes where the rules' masks reach and builds the indexes. A rule
  * naming a relation or column that does not exist, a view definition that
  * cannot be analysed (its columns then count as derived from every masked
  * column it reads, or, when it cannot be parsed or runs code that is not
- * built in, from every masked column of the database), a mask function
+ * built in, catalog_resolve_function saying so of a call in it, from every
+ * masked column of the database), a mask function
  * that cannot apply to the column's type (type_ok false; reported once per
  * rule and type): each adds a line to `problems`. False only when out of
  * memory (the snapshot is then only fit for catalog_snap_unref).
@@ -131,6 +141,36 @@ const CatRel *const *catalog_rels_named(const CatSnap *s, const char *name, int 
 int catalog_attnum(const CatRel *rel, const char *name);
 /* The column of (oid, attnum), or NULL when either is unknown or the column was dropped. */
 const CatColumn *catalog_column(const CatSnap *s, uint32_t oid, int attnum);
+
+/*
+ * True when the snapshot has a user-defined function `name` in `schema`
+ * (NULL: in any schema). Names compare exactly (as stored: case kept).
+ */
+bool catalog_user_function(const CatSnap *s, const char *schema, const char *name);
+
+/* What a function call may run (catalog_resolve_function). */
+typedef enum {
+	CAT_FN_BUILTIN,        /* PostgreSQL's own function of that name (sqlinfo_is_builtin_function), and nothing else can answer the call */
+	CAT_FN_SHADOWED,       /* a built-in's name, but a user-defined function of that name may answer the call instead */
+	CAT_FN_NOT_BUILTIN,    /* not a built-in: a user-defined function, or no function pgveil knows */
+} CatFnKind;
+
+/*
+ * How the server may resolve a call of `call`, a function name as
+ * SqlPart.functions lists it ("name" or "schema.name"), without knowing the
+ * session's search_path or the arguments' types:
+ *  - "pg_catalog.name": the built-in when PostgreSQL has one of that name;
+ *  - "schema.name": never a built-in;
+ *  - "name": the built-in when PostgreSQL has one, unless a user-defined
+ *    function of that name exists in any schema (search_path may put its
+ *    schema first, or its argument types may match better): SHADOWED.
+ * sqlinfo writes a quoted name's dots as they are, so "pg_catalog.upper"
+ * may also be the call "pg_catalog.upper"() of a user function named so:
+ * that too is SHADOWED. For SHADOWED, *schema and *name (when not NULL) are
+ * set to one such user function (pointing into s); otherwise they are left
+ * alone. s may be NULL or a failed snapshot: no user functions are known.
+ */
+CatFnKind catalog_resolve_function(const CatSnap *s, const char *call, const char **schema, const char **name);
 
 /* True when mask rule r applies to the caller: FOR (when given) matches and UNLESS (when given) does not. */
 bool catalog_mask_applies(const Rule *r, const Identity *id);

@@ -82,6 +82,7 @@ struct Config {
 	uint64_t startup_timeout;    /* milliseconds */
 	uint64_t shutdown_timeout;   /* milliseconds */
 	uint64_t server_connect_timeout; /* milliseconds, for [databases] without connect_timeout */
+	uint64_t catalog_refresh;    /* milliseconds between re-reads of each database's catalog, 0 = off */
 	uint32_t max_packet_size;    /* bytes, largest client message accepted */
 	int log_level;               /* LogLevel */
 	LogFormat log_format;

@@ -82,7 +82,10 @@ typedef struct MaskVerdict {
  *  - moving masked data into stored data (INSERT ... SELECT, UPDATE ... SET,
  *    MERGE, CREATE TABLE AS, SELECT INTO, COPY to a file) blocks;
  *  - for a caller with masks (catalog_caller_has_masks): DO, functions that
- *    are not built in, pg_notify, set_config, large-object functions,
+ *    are not built in or may not be (catalog_resolve_function: a call of a
+ *    built-in's name, not qualified with pg_catalog, when a user-defined
+ *    function of that name exists in any schema, or when the catalog could
+ *    not be read), pg_notify, set_config, large-object functions,
  *    built-ins that run SQL given as text (query_to_xml, ...), catalog
  *    statistics (pg_stats, pg_statistic, ...), DDL on a relation with
  *    masked columns and DDL that names no table (ALTER SCHEMA ... RENAME:

@@ -6,8 +6,9 @@
  * inheritance (cycles included), ancestors, views and materialized views
  * (copies and computed columns), views of views, definitions that cannot be
  * analysed, rules that name nothing or cannot mask a column's type, FOR and
- * UNLESS callers, every allocation failing in turn, and a snapshot of
- * 20,000 relations.
+ * UNLESS callers, user-defined functions and how calls resolve against them
+ * (views calling one count as calling user code), every allocation failing
+ * in turn, and a snapshot of 20,000 relations.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -476,6 +477,118 @@ static void test_view_cannot_be_analysed(void **state)
 	catalog_snap_unref(s);
 }
 
+/* User-defined functions: kept once per (schema, name), found by name, and how calls resolve. */
+static void test_user_functions(void **state)
+{
+	CatSnap *s = snap_of(NULL), *failed;
+	const char *schema = "untouched", *name = "untouched";
+
+	(void)state;
+	/* in no order, overloads listed once each */
+	assert_true(catalog_snap_add_function(s, "util", "version"));
+	assert_true(catalog_snap_add_function(s, "public", "lower"));
+	assert_true(catalog_snap_add_function(s, "public", "my_fmt"));
+	assert_true(catalog_snap_add_function(s, "public", "lower"));
+	assert_true(catalog_snap_add_function(s, "app", "lower"));
+	assert_true(catalog_snap_add_function(s, "public", "Upper"));
+	assert_true(catalog_snap_add_function(s, "public", "pg_catalog.upper"));
+	assert_true(catalog_snap_add_function(s, "information_schema", "_pg_expandarray"));
+	assert_false(catalog_user_function(s, NULL, "lower")); /* not finished: no lookups yet */
+	assert_true(catalog_snap_finish(s));
+	assert_false(catalog_snap_add_function(s, "public", "late"));
+	assert_int_equal(s->n_functions, 7);
+
+	assert_true(catalog_user_function(s, NULL, "lower"));
+	assert_true(catalog_user_function(s, "public", "lower"));
+	assert_true(catalog_user_function(s, "app", "lower"));
+	assert_false(catalog_user_function(s, "util", "lower"));
+	assert_true(catalog_user_function(s, "util", "version"));
+	assert_false(catalog_user_function(s, NULL, "upper"));   /* names compare exactly */
+	assert_true(catalog_user_function(s, NULL, "Upper"));
+	assert_false(catalog_user_function(s, NULL, "nosuch"));
+	assert_false(catalog_user_function(s, NULL, NULL));
+	assert_false(catalog_user_function(NULL, NULL, "lower"));
+
+	/* built-ins nobody shadows, and calls qualified with pg_catalog */
+	assert_int_equal(catalog_resolve_function(s, "upper", &schema, &name), CAT_FN_BUILTIN);
+	assert_int_equal(catalog_resolve_function(s, "pg_catalog.lower", &schema, &name), CAT_FN_BUILTIN);
+	assert_int_equal(catalog_resolve_function(s, "pg_catalog.version", &schema, &name), CAT_FN_BUILTIN);
+	assert_string_equal(schema, "untouched");
+	assert_string_equal(name, "untouched");
+	/* a built-in's name that user functions also have */
+	assert_int_equal(catalog_resolve_function(s, "lower", &schema, &name), CAT_FN_SHADOWED);
+	assert_true(strcmp(schema, "app") == 0 || strcmp(schema, "public") == 0);
+	assert_string_equal(name, "lower");
+	assert_int_equal(catalog_resolve_function(s, "version", &schema, &name), CAT_FN_SHADOWED);
+	assert_string_equal(schema, "util");
+	assert_string_equal(name, "version");
+	/* "pg_catalog.upper" is also the quoted name of a user function */
+	assert_int_equal(catalog_resolve_function(s, "pg_catalog.upper", &schema, &name), CAT_FN_SHADOWED);
+	assert_string_equal(schema, "public");
+	assert_string_equal(name, "pg_catalog.upper");
+	/* not built-ins at all */
+	assert_int_equal(catalog_resolve_function(s, "public.lower", NULL, NULL), CAT_FN_NOT_BUILTIN);
+	assert_int_equal(catalog_resolve_function(s, "util.version", NULL, NULL), CAT_FN_NOT_BUILTIN);
+	assert_int_equal(catalog_resolve_function(s, "my_fmt", NULL, NULL), CAT_FN_NOT_BUILTIN);
+	assert_int_equal(catalog_resolve_function(s, "Upper", NULL, NULL), CAT_FN_NOT_BUILTIN);
+	assert_int_equal(catalog_resolve_function(s, "nosuch", NULL, NULL), CAT_FN_NOT_BUILTIN);
+	catalog_snap_unref(s);
+
+	/* no snapshot, a failed one, one without functions: nothing shadows */
+	failed = catalog_snap_failed("app", 1, "down");
+	s = snap_of(NULL);
+	assert_true(catalog_snap_finish(s));
+	assert_int_equal(s->n_functions, 0);
+	assert_int_equal(catalog_resolve_function(NULL, "lower", NULL, NULL), CAT_FN_BUILTIN);
+	assert_int_equal(catalog_resolve_function(failed, "lower", NULL, NULL), CAT_FN_BUILTIN);
+	assert_int_equal(catalog_resolve_function(s, "lower", NULL, NULL), CAT_FN_BUILTIN);
+	assert_int_equal(catalog_resolve_function(failed, "my_fmt", NULL, NULL), CAT_FN_NOT_BUILTIN);
+	assert_false(catalog_user_function(failed, NULL, "lower"));
+	catalog_snap_unref(s);
+	catalog_snap_unref(failed);
+}
+
+/*
+ * Views calling a built-in's name that a user function has count as
+ * calling user code, as statements do; pg_catalog-qualified calls and
+ * names nobody shadows do not.
+ */
+static void test_views_and_user_functions(void **state)
+{
+	CatSnap *s = snap_of(users_rules);
+
+	(void)state;
+	add_users(s);
+	assert_true(catalog_snap_add_function(s, "public", "lower"));
+	assert_true(catalog_snap_add_function(s, "public", "length"));
+	/* what pg_get_viewdef() prints under search_path '': public.lower qualified */
+	add_rel(s, 3300, "public", "vpub", 'v', " SELECT o.id,\n    public.lower(o.note) AS l\n   FROM public.orders o;",
+		"id", "l", NULL);
+	/* the same name unqualified: resolved as in statements, it may be the user's */
+	add_rel(s, 3301, "public", "vshadow", 'v', " SELECT o.id,\n    length(o.note) AS n\n   FROM public.orders o;",
+		"id", "n", NULL);
+	add_rel(s, 3302, "public", "vbuiltin", 'v',
+		" SELECT o.id,\n    pg_catalog.lower(o.note) AS l,\n    upper(o.note) AS u\n   FROM public.orders o;",
+		"id", "l", "u", NULL);
+	add_rel(s, 3303, "public", "vcopy", 'v', " SELECT u.email\n   FROM public.users u\n  WHERE (length(u.name) > 3);",
+		"email", NULL);
+	assert_true(catalog_snap_finish(s));
+	expect_masks(s, 3300, "id", "email:derived,ssn:derived,salary:derived");
+	expect_masks(s, 3300, "l", "email:derived,ssn:derived,salary:derived");
+	expect_masks(s, 3301, "id", "email:derived,ssn:derived,salary:derived");
+	expect_masks(s, 3302, "id", "");
+	expect_masks(s, 3302, "l", "");
+	expect_masks(s, 3302, "u", "");
+	expect_masks(s, 3303, "email", "email:derived,ssn:derived,salary:derived");
+	expect_problem(s, "view public.vpub: it calls public.lower, which is not built in: every column counts as "
+			  "computed from every masked column");
+	expect_problem(s, "view public.vshadow: it calls length, which may not be the built-in: user-defined "
+			  "function public.length has its name: every column counts as computed from every masked column");
+	expect_problem(s, "view public.vcopy: it calls length, which may not be the built-in");
+	assert_false(has_problem(s, "vbuiltin"));
+	catalog_snap_unref(s);
+}
+
 static void test_rule_problems(void **state)
 {
 	CatSnap *s = snap_of("MASK public.users.email USING email();\n"
@@ -645,7 +758,9 @@ static bool build_all(CatSnap *s)
 	       catalog_snap_add_rel(s, 1003, "public", "vbad", 'v', "SELEKT") &&
 	       catalog_snap_add_column(s, 1003, 1, "a", TEXT, -1) &&
 	       catalog_snap_add_rel(s, 1004, "public", "vv", 'v', " SELECT v.email\n   FROM public.v;") &&
-	       catalog_snap_add_column(s, 1004, 1, "email", TEXT, -1) && catalog_snap_finish(s);
+	       catalog_snap_add_column(s, 1004, 1, "email", TEXT, -1) &&
+	       catalog_snap_add_function(s, "public", "lower") && catalog_snap_add_function(s, "util", "lower") &&
+	       catalog_snap_add_function(s, "util", "fmt") && catalog_snap_finish(s);
 }
 
 /* Every allocation fails in turn: each call reports it, nothing crashes or leaks (ASan). */
@@ -669,6 +784,7 @@ static void test_out_of_memory(void **state)
 		if (built) {
 			expect_masks(s, 1004, "email", "email:copy");
 			expect_masks(s, 1001, "email", "email:copy");
+			assert_int_equal(catalog_resolve_function(s, "lower", NULL, NULL), CAT_FN_SHADOWED);
 			ok_runs++;
 		}
 		catalog_snap_unref(s);
@@ -773,6 +889,8 @@ int main(void)
 		cmocka_unit_test(test_views_any_order),
 		cmocka_unit_test(test_copy_and_derived),
 		cmocka_unit_test(test_view_cannot_be_analysed),
+		cmocka_unit_test(test_user_functions),
+		cmocka_unit_test(test_views_and_user_functions),
 		cmocka_unit_test(test_rule_problems),
 		cmocka_unit_test(test_callers),
 		cmocka_unit_test(test_caller_has_masks),

@@ -10,7 +10,10 @@
  * reason and the next request connects again, catalog_forget() means the
  * event is never woken, unknown databases and a stopped thread refuse
  * requests, a reload without MASK rules stops the thread and one with them
- * starts it, and SHOW MASKS over the snapshots.
+ * starts it, and SHOW MASKS over the snapshots. The user-defined functions
+ * of the answer land in the snapshot. With catalog_refresh the thread reads
+ * the catalog again on its own, never starts a load while one is under way
+ * (a slow server), and stops when it is set to 0.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -24,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -38,7 +42,9 @@
 
 /* ---- the fake server ------------------------------------------------------------------------- */
 
-typedef enum { FAKE_OK, FAKE_ERROR, FAKE_DROP, FAKE_GARBAGE } FakeMode;
+typedef enum { FAKE_OK, FAKE_ERROR, FAKE_DROP, FAKE_GARBAGE, FAKE_BAD_FUNCTION, FAKE_SLOW } FakeMode;
+
+#define FAKE_SLOW_MS 1300        /* FAKE_SLOW: how long the good answer takes */
 
 static struct {
 	int lfd;                 /* listening socket */
@@ -48,7 +54,17 @@ static struct {
 	int accepted;            /* connections accepted, atomic */
 	int queries;             /* Query messages answered, atomic */
 	int stop;                /* atomic */
+	uint64_t answered_us;    /* when the last answer was sent (fake thread only) */
+	int64_t min_gap_us;      /* shortest time from an answer to the next query, atomic; reset by tests */
 } fake;
+
+static uint64_t now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
 
 static uint32_t get_be32(const uint8_t *p)
 {
@@ -121,8 +137,8 @@ static void put_complete(PgBuf *b, const char *tag)
 	pgproto_end(b);
 }
 
-/* The answer to the catalog query: two tables, one a child of the other, and a view. */
-static void answer_ok(PgBuf *b)
+/* The answer to the catalog query: two tables, one a child of the other, a view, and functions. */
+static void answer_ok(PgBuf *b, bool bad_function)
 {
 	put_complete(b, "BEGIN");
 	put_complete(b, "SET");
@@ -143,6 +159,13 @@ static void answer_ok(PgBuf *b)
 	put_desc(b, 2);
 	put_data(b, 2, "16390", "16384");
 	put_complete(b, "SELECT 1");
+	put_desc(b, 2);
+	put_data(b, 2, "public", "lower");
+	put_data(b, 2, "public", "lower");                  /* the snapshot keeps one */
+	put_data(b, 2, "public", "my_fmt");
+	put_data(b, 2, "util", "version");
+	put_data(b, 2, "util", bad_function ? NULL : "Mixed Case");
+	put_complete(b, "SELECT 5");
 	put_complete(b, "COMMIT");
 	pgproto_build_ready(b, 'I');
 }
@@ -151,7 +174,14 @@ static void answer(int fd, PgBuf *b)
 {
 	switch (__atomic_load_n(&fake.mode, __ATOMIC_SEQ_CST)) {
 	case FAKE_OK:
-		answer_ok(b);
+		answer_ok(b, false);
+		break;
+	case FAKE_SLOW:
+		usleep(FAKE_SLOW_MS * 1000);
+		answer_ok(b, false);
+		break;
+	case FAKE_BAD_FUNCTION:
+		answer_ok(b, true);
 		break;
 	case FAKE_ERROR:
 		put_complete(b, "BEGIN");
@@ -169,6 +199,16 @@ static void answer(int fd, PgBuf *b)
 	}
 	__atomic_add_fetch(&fake.queries, 1, __ATOMIC_SEQ_CST);
 	send_buf(fd, b);
+	fake.answered_us = now_us();
+}
+
+/* A query arrived: how long after the last answer. */
+static void note_query_gap(void)
+{
+	int64_t gap = fake.answered_us > 0 ? (int64_t)(now_us() - fake.answered_us) : INT64_MAX;
+
+	if (gap < __atomic_load_n(&fake.min_gap_us, __ATOMIC_SEQ_CST))
+		__atomic_store_n(&fake.min_gap_us, gap, __ATOMIC_SEQ_CST);
 }
 
 /* One client: startup, trust login, then answers until it leaves or the answer ends the connection. */
@@ -199,8 +239,10 @@ static void serve(int fd)
 		free(body);
 		if (hdr[0] != 'Q')
 			break;
+		note_query_gap();
 		answer(fd, &b);
-		if (__atomic_load_n(&fake.mode, __ATOMIC_SEQ_CST) != FAKE_OK)
+		if (__atomic_load_n(&fake.mode, __ATOMIC_SEQ_CST) != FAKE_OK &&
+		    __atomic_load_n(&fake.mode, __ATOMIC_SEQ_CST) != FAKE_SLOW)
 			break; /* after a failure the client closes; close too */
 	}
 out:
@@ -260,8 +302,11 @@ static void write_file(const char *name, const char *text)
 	fclose(f);
 }
 
-/* Loads a configuration whose rules file holds `rules`, with the three servers (or only `only`). */
-static Config *make_config(const char *rules, const char *only)
+/*
+ * Loads a configuration whose rules file holds `rules`, with the three
+ * servers (or only `only`); `extra` lines go to [pgveil].
+ */
+static Config *make_config_with(const char *rules, const char *only, const char *extra)
 {
 	char ini[2048], path[256], *errs = NULL;
 	int n = 0, at;
@@ -269,8 +314,8 @@ static Config *make_config(const char *rules, const char *only)
 
 	write_file("masks.rules", rules);
 	at = snprintf(ini, sizeof(ini),
-		      "[pgveil]\nrules = %s/masks.rules\nauditor_groups = audit\nserver_connect_timeout = 1s\n"
-		      "[databases]\n", dir);
+		      "[pgveil]\nrules = %s/masks.rules\nauditor_groups = audit\nserver_connect_timeout = 1s\n%s"
+		      "[databases]\n", dir, extra);
 	if (only == NULL || strcmp(only, "fake") == 0)
 		at += snprintf(ini + at, sizeof(ini) - (size_t)at,
 			       "fake = host=127.0.0.1 port=%d dbname=x user=u sslmode=disable\n", fake.port);
@@ -288,6 +333,11 @@ static Config *make_config(const char *rules, const char *only)
 		fail_msg("config: %s", errs ? errs : "?");
 	free(errs);
 	return cfg;
+}
+
+static Config *make_config(const char *rules, const char *only)
+{
+	return make_config_with(rules, only, "catalog_refresh = 0\n"); /* loads only when asked */
 }
 
 static const char MASKS[] = "MASK public.users.email USING email();\nMASK public.users.nope USING null();\n";
@@ -413,6 +463,19 @@ static void starts_and_reads_every_database(void **state)
 	assert_int_equal(rel->columns[1].n_masks, 1);       /* the child's column too */
 	assert_string_equal(catalog_rel(s, 16400)->viewdef, " SELECT users.email FROM public.users;");
 	assert_true(s->n_problems >= 1);                    /* the missing column */
+	/* the user-defined functions, overloads as one */
+	assert_int_equal(s->n_functions, 4);
+	assert_true(catalog_user_function(s, "public", "lower"));
+	assert_true(catalog_user_function(s, NULL, "lower"));
+	assert_true(catalog_user_function(s, NULL, "version"));
+	assert_false(catalog_user_function(s, "public", "version"));
+	assert_true(catalog_user_function(s, "util", "Mixed Case"));
+	assert_false(catalog_user_function(s, NULL, "mixed case"));
+	assert_false(catalog_user_function(s, NULL, "upper"));
+	assert_int_equal(catalog_resolve_function(s, "lower", NULL, NULL), CAT_FN_SHADOWED);
+	assert_int_equal(catalog_resolve_function(s, "pg_catalog.lower", NULL, NULL), CAT_FN_BUILTIN);
+	assert_int_equal(catalog_resolve_function(s, "upper", NULL, NULL), CAT_FN_BUILTIN);
+	assert_int_equal(catalog_resolve_function(s, "my_fmt", NULL, NULL), CAT_FN_NOT_BUILTIN);
 	catalog_snap_unref(s);
 
 	s = wait_snap("refused", 0);
@@ -504,13 +567,18 @@ static void failures_are_published_and_the_next_load_reconnects(void **state)
 	assert_string_equal(s->error, "cannot read the catalog of database fake: unexpected value in a catalog row");
 	catalog_snap_unref(s);
 
+	__atomic_store_n(&fake.mode, FAKE_BAD_FUNCTION, __ATOMIC_SEQ_CST);
+	s = reload_db("fake");
+	assert_string_equal(s->error, "cannot read the catalog of database fake: unexpected value in a catalog row");
+	catalog_snap_unref(s);
+
 	__atomic_store_n(&fake.mode, FAKE_OK, __ATOMIC_SEQ_CST);
 	s = reload_db("fake");
 	assert_null(s->error);
 	assert_int_equal(s->n_rels, 3);
 	catalog_snap_unref(s);
-	/* the first load ran on the idle connection; each failure closed it: three new ones */
-	assert_int_equal(__atomic_load_n(&fake.accepted, __ATOMIC_SEQ_CST), accepted + 3);
+	/* the first load ran on the idle connection; each failure closed it: four new ones */
+	assert_int_equal(__atomic_load_n(&fake.accepted, __ATOMIC_SEQ_CST), accepted + 4);
 }
 
 static void forgotten_events_are_never_woken(void **state)
@@ -640,6 +708,74 @@ static void show_masks_lists_reached_columns_and_failures(void **state)
 	rows_free(rows);
 }
 
+/* ---- periodic refresh ----------------------------------------------------------------------------------- */
+
+/* Waits up to `ms` for a snapshot of db newer than `v`, asking for none; returns its version or 0. */
+static uint64_t wait_newer(const char *db, uint64_t v, int ms)
+{
+	for (int i = 0; i < ms / 10; i++) {
+		uint64_t now = version_of(db);
+
+		if (now > v)
+			return now;
+		usleep(10000);
+	}
+	return 0;
+}
+
+static void refresh_reads_again_without_piling_up(void **state)
+{
+	Config *cfg = make_config_with(MASKS, "fake", "catalog_refresh = 1s\n");
+	uint64_t v;
+	int queries;
+	CatSnap *s;
+
+	__atomic_store_n(&fake.mode, FAKE_OK, __ATOMIC_SEQ_CST);
+	v = version_of("fake");
+	config_set_current(config_ref(cfg));
+	catalog_reconfigure(cfg);                              /* a load now, then one every second */
+	config_unref(cfg);
+	assert_true((v = wait_newer("fake", v, 5000)) > 0);
+	/* nobody asks: the timer loads it again, twice within a few seconds */
+	assert_true((v = wait_newer("fake", v, 3000)) > 0);
+	assert_true((v = wait_newer("fake", v, 3000)) > 0);
+	s = catalog_get("fake");
+	assert_null(s->error);
+	assert_int_equal(s->n_rels, 3);
+	assert_int_equal(s->n_functions, 4);
+	catalog_snap_unref(s);
+
+	/*
+	 * A load takes 1.3 s, longer than the interval: a tick during a load
+	 * starts nothing, so the next query comes at the next tick after the
+	 * answer (0.7 s later), never right after it.
+	 */
+	__atomic_store_n(&fake.mode, FAKE_SLOW, __ATOMIC_SEQ_CST);
+	v = wait_newer("fake", version_of("fake"), 5000);     /* the first slow load (or the one before) */
+	assert_true(v > 0);
+	__atomic_store_n(&fake.min_gap_us, INT64_MAX, __ATOMIC_SEQ_CST);
+	queries = __atomic_load_n(&fake.queries, __ATOMIC_SEQ_CST);
+	assert_true((v = wait_newer("fake", v, 5000)) > 0);
+	assert_true((v = wait_newer("fake", v, 5000)) > 0);
+	assert_true(__atomic_load_n(&fake.queries, __ATOMIC_SEQ_CST) >= queries + 2);
+	if (__atomic_load_n(&fake.min_gap_us, __ATOMIC_SEQ_CST) < 250000)
+		fail_msg("a load started %lld ms after the previous answer: loads pile up",
+			 (long long)__atomic_load_n(&fake.min_gap_us, __ATOMIC_SEQ_CST) / 1000);
+	__atomic_store_n(&fake.mode, FAKE_OK, __ATOMIC_SEQ_CST);
+
+	/* catalog_refresh = 0: no more loads unless asked */
+	cfg = make_config_with(MASKS, "fake", "catalog_refresh = 0\n");
+	config_set_current(config_ref(cfg));
+	catalog_reconfigure(cfg);
+	config_unref(cfg);
+	assert_true((v = wait_newer("fake", v, 5000)) > 0);    /* the reload's own load (after a slow one, maybe) */
+	v = version_of("fake");
+	queries = __atomic_load_n(&fake.queries, __ATOMIC_SEQ_CST);
+	usleep(2500000);
+	assert_int_equal(version_of("fake"), v);
+	assert_int_equal(__atomic_load_n(&fake.queries, __ATOMIC_SEQ_CST), queries);
+}
+
 /* ---- reconfiguration ---------------------------------------------------------------------------------- */
 
 static void reload_follows_rules_and_databases(void **state)
@@ -694,6 +830,7 @@ int main(void)
 		cmocka_unit_test(failures_are_published_and_the_next_load_reconnects),
 		cmocka_unit_test(forgotten_events_are_never_woken),
 		cmocka_unit_test(show_masks_lists_reached_columns_and_failures),
+		cmocka_unit_test(refresh_reads_again_without_piling_up),
 		cmocka_unit_test(reload_follows_rules_and_databases),
 	};
 	int rc;

@@ -176,6 +176,7 @@ static void test_load_sample(void **state)
 	assert_false(cfg->audit_redact_literals);
 	assert_int_equal(cfg->startup_timeout, 10000);
 	assert_int_equal(cfg->shutdown_timeout, 30000);
+	assert_int_equal(cfg->catalog_refresh, 60000);
 	assert_int_equal(cfg->log_level, 2);
 	assert_int_equal(cfg->log_format, LOGFMT_TEXT);
 
@@ -250,6 +251,7 @@ static void test_load_every_key(void **state)
 	assert_int_equal(cfg->startup_timeout, 2000);
 	assert_int_equal(cfg->shutdown_timeout, 60000);
 	assert_int_equal(cfg->server_connect_timeout, 3000);
+	assert_int_equal(cfg->catalog_refresh, 5 * 60 * 1000);
 	assert_int_equal(cfg->max_packet_size, 64u << 20);
 	assert_int_equal(cfg->log_level, 3);
 	assert_int_equal(cfg->log_format, LOGFMT_JSON);
@@ -315,6 +317,28 @@ static void test_load_value_spellings(void **state)
 	assert_int_equal(cfg->oidc_clock_skew, 1); /* seconds, rounded down */
 	assert_int_equal(cfg->n_databases, 0);
 	config_unref(cfg);
+}
+
+/* catalog_refresh: a duration of at least a second, or 0 / off (no periodic re-reads). */
+static void test_catalog_refresh(void **state)
+{
+	static const struct { const char *value; uint64_t ms; } ok[] = {
+		{ "0", 0 }, { "off", 0 }, { "OFF", 0 }, { "0s", 0 }, { "1s", 1000 }, { "1000ms", 1000 },
+		{ "90s", 90000 }, { "5m", 300000 }, { "1h", 3600000 },
+	};
+	char text[128];
+
+	(void)state;
+	for (size_t i = 0; i < PGV_ARRAY_LEN(ok); i++) {
+		Config *cfg;
+
+		snprintf(text, sizeof(text), "[pgveil]\ncatalog_refresh = %s\n", ok[i].value);
+		cfg = load_text_ok(text);
+		if (cfg->catalog_refresh != ok[i].ms)
+			fail_msg("catalog_refresh = %s: %llu ms, expected %llu", ok[i].value,
+				 (unsigned long long)cfg->catalog_refresh, (unsigned long long)ok[i].ms);
+		config_unref(cfg);
+	}
 }
 
 /* A conninfo may go on over indented lines; a long line (beyond inih's 200) is read whole. */
@@ -387,6 +411,13 @@ static void test_errors_keys_and_values(void **state)
 		{ "off for a millisecond duration", "[pgveil]\nstartup_timeout = off\n",
 		  { 2, 19, "startup_timeout must be a duration" } },
 		{ "duration with a space", "[oidc]\nclock_skew = 5 m\n", { 2, 14, "clock_skew must be a duration" } },
+		{ "refresh without unit", "[pgveil]\ncatalog_refresh = 30\n",
+		  { 2, 19, "catalog_refresh must be 0 (off) or a duration of at least 1s with a unit (ms, s, m, h, d), "
+			   "e.g. 60s, not '30'" } },
+		{ "refresh too short", "[pgveil]\ncatalog_refresh = 500ms\n",
+		  { 2, 19, "catalog_refresh must be 0 (off) or a duration of at least 1s" } },
+		{ "refresh negative", "[pgveil]\ncatalog_refresh = -1s\n",
+		  { 2, 19, "catalog_refresh must be 0 (off)" } },
 		{ "bad enum", "[pgveil]\ndefault_action = deny\n", { 2, 18, "default_action: invalid value 'deny'" } },
 		{ "bad log level", "[pgveil]\nlog_level = verbose\n", { 2, 13, "log_level: invalid value" } },
 		{ "bad size", "[pgveil]\nmax_packet_size = 2GB\n", { 2, 19, "max_packet_size must be a size" } },
@@ -828,6 +859,7 @@ int main(void)
 		cmocka_unit_test(test_load_every_key),
 		cmocka_unit_test(test_load_value_spellings),
 		cmocka_unit_test(test_load_continuation_and_long_lines),
+		cmocka_unit_test(test_catalog_refresh),
 		cmocka_unit_test(test_errors_keys_and_values),
 		cmocka_unit_test(test_errors_sections),
 		cmocka_unit_test(test_errors_conninfo),

@@ -6,7 +6,8 @@
  * described at the top of the corpus) for the caller and mask_predicates
  * setting the corpus names. Then cases whose StmtInfo is built by hand:
  * COPY TO STDOUT in binary or with unusual options (whose format the
- * statement analysis may not fill in), a snapshot that records a failure,
+ * statement analysis may not fill in), a snapshot that records a failure
+ * (built-in names may then be user functions),
  * no snapshot, a statement that did not parse. No check may allocate
  * (allocations are counted). MASK_CHECK_CORPUS=file runs another corpus in
  * the same format (for trying statements out).
@@ -59,6 +60,11 @@ static void add_rel(CatSnap *s, uint32_t oid, const char *schema, const char *na
 	}
 }
 
+static bool starts_with(const char *s, const char *prefix)
+{
+	return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
 /* The snapshot the corpus runs against (see the top of mask_check.txt). */
 static CatSnap *fixture(void)
 {
@@ -91,9 +97,17 @@ static CatSnap *fixture(void)
 		"id:int4 ssn:text");
 	add_rel(s, 110, "public", "v_fn", 'v', " SELECT o.id,\n    my_fmt(o.note) AS f\n   FROM public.orders o;",
 		"id:int4 f:text");
+	add_rel(s, 111, "public", "v_len", 'v', " SELECT o.id,\n    length(o.note) AS n\n   FROM public.orders o;",
+		"id:int4 n:int4");
+	/* user-defined functions, two of them with a built-in's name */
+	assert_true(catalog_snap_add_function(s, "public", "my_fmt"));
+	assert_true(catalog_snap_add_function(s, "public", "version"));
+	assert_true(catalog_snap_add_function(s, "util", "length"));
 	assert_true(catalog_snap_finish(s));
-	if (s->n_problems != 1 || strncmp(s->problems[0], "view public.v_fn: it calls my_fmt", 33) != 0)
-		fail_msg("fixture: %d problems: %s", s->n_problems, s->n_problems > 0 ? s->problems[0] : "");
+	if (s->n_problems != 2 || !starts_with(s->problems[0], "view public.v_fn: it calls my_fmt, which is not built in") ||
+	    !starts_with(s->problems[1], "view public.v_len: it calls length, which may not be the built-in"))
+		fail_msg("fixture: %d problems: %s / %s", s->n_problems, s->n_problems > 0 ? s->problems[0] : "",
+			 s->n_problems > 1 ? s->problems[1] : "");
 	return s;
 }
 
@@ -373,7 +387,56 @@ static void test_without_catalog(void **state)
 	assert_true(v.blocked);
 	assert_string_equal(v.why, "function my_func is not built in and this caller has masked columns");
 	sqlinfo_unref(info);
+	/* which user functions exist is not known: a built-in's name may be one of them */
+	info = sqlinfo_analyze("SELECT now()", 12);
+	check(info, failed, &agent, false, &v);
+	assert_true(v.blocked);
+	assert_string_equal(v.why, "function now may not be the built-in: the catalog of database app could not be read, "
+				   "so its user-defined functions are not known (pg_catalog.now is the built-in)");
+	sqlinfo_unref(info);
+	info = sqlinfo_analyze("SELECT pg_catalog.now()", 23);
+	check(info, failed, &agent, false, &v);
+	assert_false(v.blocked);
+	sqlinfo_unref(info);
 	catalog_snap_unref(failed);
+}
+
+/*
+ * A user function whose name has a dot: sqlinfo lists the call
+ * "pg_catalog.upper"(x) as pg_catalog.upper, the same as the built-in's
+ * qualified call, so both block (the two cannot be told apart).
+ */
+static void test_dotted_function_name(void **state)
+{
+	char *errs = NULL;
+	int nerr = 0;
+	RuleSet *rs = rules_parse_string("x.rules", "MASK public.t.secret USING null();\n", &errs, &nerr);
+	CatSnap *s = catalog_snap_new("app", rs, 1);
+	Identity agent = { "agent-7", NULL, 0, 0 };
+	static const char *const blocked[] = { "SELECT \"pg_catalog.upper\"('x')", "SELECT pg_catalog.upper('x')" };
+	StmtInfo *info;
+	MaskVerdict v;
+
+	(void)state;
+	rules_unref(rs);
+	assert_non_null(s);
+	assert_true(catalog_snap_add_rel(s, 1, "public", "t", 'r', NULL));
+	assert_true(catalog_snap_add_column(s, 1, 1, "secret", MASK_OID_TEXT, -1));
+	assert_true(catalog_snap_add_function(s, "public", "pg_catalog.upper"));
+	assert_true(catalog_snap_finish(s));
+	for (size_t i = 0; i < 2; i++) {
+		info = sqlinfo_analyze(blocked[i], strlen(blocked[i]));
+		check(info, s, &agent, false, &v);
+		assert_true(v.blocked);
+		assert_string_equal(v.why, "function pg_catalog.upper may not be the built-in: user-defined function "
+					   "public.pg_catalog.upper has the same name, and this caller has masked columns");
+		sqlinfo_unref(info);
+	}
+	info = sqlinfo_analyze("SELECT upper('x')", 17);
+	check(info, s, &agent, false, &v);
+	assert_false(v.blocked);
+	sqlinfo_unref(info);
+	catalog_snap_unref(s);
 }
 
 static void test_unparsed(void **state)
@@ -402,6 +465,7 @@ int main(void)
 		cmocka_unit_test(test_corpus),
 		cmocka_unit_test(test_copy_formats),
 		cmocka_unit_test(test_without_catalog),
+		cmocka_unit_test(test_dotted_function_name),
 		cmocka_unit_test(test_unparsed),
 	};
 
