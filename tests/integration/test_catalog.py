@@ -8,7 +8,12 @@ column counts as its base type. Rules that cannot apply as written (a
 missing column, a function that cannot mask the column's type) are shown
 and logged. A reload re-reads every catalog under the new rules; a server
 that is down is reported per database while pgveil keeps serving, and a
-later load after the server is back works. pgveil only.
+later load after the server is back works. With catalog_refresh the
+catalog is read again on its own: a column renamed into a masked name is
+masked within seconds, without a reload. User-defined functions are read
+too: a call of a built-in's name that a user function has (version() with
+public.version() defined) is refused for callers with masks, and a view
+calling one counts as computed from every masked column. pgveil only.
 """
 
 import os
@@ -71,12 +76,12 @@ def idp(workroot, pgveil_bin):
 class Veil:
     """A pgveil with [oidc], MASK rules in a file of its own, and console tokens."""
 
-    def __init__(self, pgveil_factory, idp, pg, rules_text, databases=None):
+    def __init__(self, pgveil_factory, idp, pg, rules_text, databases=None, **settings):
         self.idp = idp
         self.pg = pg
         dbs = databases or {"app": harness.backend_conninfo(pg),
                             "app_badpw": harness.backend_conninfo(pg, password="wrong-password")}
-        self.pv = pgveil_factory(start=False, tls=True, cluster_=pg, databases=dbs)
+        self.pv = pgveil_factory(start=False, tls=True, cluster_=pg, databases=dbs, **settings)
         self.rules = os.path.join(self.pv.dir, "masks.rules")
         self.write_rules(rules_text)
         self.pv.settings["rules"] = self.rules
@@ -108,6 +113,12 @@ class Veil:
         info = (f"host=127.0.0.1 port={self.pv.port} dbname={ADMIN_DB} user=whoever "
                 f"password={token} sslmode=require connect_timeout=10")
         return psycopg.connect(info, autocommit=True)
+
+    def agent(self, groups="agents"):
+        """A connection of an agent (every rule of RULES applies to it) to database app."""
+        token = self.idp.mint("rsa", "rsa-1", f"agent-{uuid.uuid4().hex[:6]}", groups=groups)
+        return psycopg.connect(f"host=127.0.0.1 port={self.pv.port} dbname=app user=a password={token} "
+                               "sslmode=require connect_timeout=10", autocommit=True)
 
     def show_masks(self, token=None):
         with self.connect(token or self.admin) as conn:
@@ -282,3 +293,81 @@ def test_server_restart_under_an_idle_catalog_connection(pgveil_factory, idp, pg
     harness.wait_until(lambda: catalog_backends(pg) == [], 10, what="the old connection to be gone")
     v.reload_and_wait(lambda: catalog_backends(pg) == ["app app_agent"] and
                       ("crm.customers", "email") in v.reached(), what="a load on a new connection")
+
+
+def test_refresh_sees_a_renamed_column_without_reload(pgveil_factory, idp, pg):
+    """catalog_refresh = 1s: the DBA renames ssn to nope, which rule 3 masks; no SIGHUP."""
+    v = Veil(pgveil_factory, idp, pg, RULES, databases={"app": harness.backend_conninfo(pg)},
+             catalog_refresh="1s")
+    v.wait_loaded()
+    assert ("crm.customers", "nope") not in v.reached()
+    with v.agent() as conn:
+        assert conn.execute("SELECT ssn FROM crm.customers").fetchone() == ("123-45-6789",)
+    mark = v.pv.log_size()
+    pg.psql_admin("SET ROLE app_agent; ALTER TABLE crm.customers RENAME COLUMN ssn TO nope; RESET ROLE;")
+    harness.wait_until(lambda: ("crm.customers", "nope") in v.reached(), 8, what="the renamed column in SHOW MASKS")
+    assert v.reached()[("crm.customers", "nope")] == (v.where(3), "null()", False, "")
+    assert not [r for r in v.rows_of() if r["rule"] == v.where(3) and r["derived"] is None]  # no "no such column"
+    # the agent's results follow: the renamed column is masked (null())
+    with v.agent() as conn:
+        assert conn.execute("SELECT nope FROM crm.customers").fetchone() == (None,)
+        assert conn.execute("SELECT id FROM crm.customers").fetchone() == (1,)
+    log = v.pv.log_text(mark)
+    assert "configuration reloaded" not in log
+    # the timer's loads are logged at debug level; what changed is still a warning or info
+    assert " DEBUG catalog: catalog of database app loaded: " in log
+    harness.wait_until(lambda: v.pv.log_text(mark).count(" DEBUG catalog: catalog of database app loaded: ") >= 3,
+                       10, what="more periodic loads")
+    assert " INFO catalog: catalog of database app loaded: " not in v.pv.log_text(mark)
+    # one connection still: loads reuse it
+    assert catalog_backends(pg) == ["app app_agent"]
+
+
+FUNCTIONS = """
+SET ROLE app_agent;
+CREATE FUNCTION public.version() RETURNS text LANGUAGE sql
+    AS $$ SELECT string_agg(email::text, ',') FROM crm.customers $$;
+CREATE FUNCTION public.length(text) RETURNS integer LANGUAGE sql
+    AS $$ SELECT count(*)::integer FROM crm.customers WHERE email::text LIKE $1 || '%' $$;
+SET search_path = public, pg_catalog;
+CREATE VIEW crm.v_len AS SELECT id, length(ssn) AS n FROM crm.customers;
+CREATE VIEW crm.v_upper AS SELECT id, upper(ssn) AS u FROM crm.customers;
+RESET search_path;
+RESET ROLE;
+"""
+
+
+def test_user_functions_with_builtin_names(pgveil_factory, idp, pg):
+    """public.version() returns masked emails; with public first on search_path it answers version()."""
+    pg.psql_admin(FUNCTIONS)
+    direct = pg.psql_admin("SET search_path = public, pg_catalog; SELECT version();")
+    assert "ann@example.com" in direct  # the threat is real
+    v = Veil(pgveil_factory, idp, pg, RULES, databases={"app": harness.backend_conninfo(pg)})
+    v.wait_loaded()
+    rows = v.rows_of()
+    # pg_get_viewdef() names public.length: the view runs user code, every column counts as computed
+    # from every masked column
+    for col in ("id", "n"):
+        reaching = {(r["rule"], r["function"], r["derived"]) for r in rows
+                    if r["relation"] == "crm.v_len" and r["column"] == col}
+        assert (v.where(1), "email()", True) in reaching, col
+        assert (v.where(4), "redact()", True) in reaching, col
+    # a built-in nobody shadows: only what it reads (nothing masked)
+    assert not [r for r in rows if r["relation"] == "crm.v_upper"]
+    log = v.pv.log_text()
+    assert "view crm.v_len: it calls public.length, which is not built in" in log
+    with v.agent() as conn:
+        conn.execute("SET search_path = public, pg_catalog")
+        for sql in ("SELECT version()", "SELECT length('ann')", "SELECT id FROM crm.customers WHERE length('a') > 0"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege,
+                               match=r"may not be the built-in: user-defined function public\.(version|length) "
+                                     r"has the same name"):
+                conn.execute(sql)
+        assert conn.execute("SELECT pg_catalog.version()").fetchone()[0].startswith("PostgreSQL 15")
+        assert conn.execute("SELECT pg_catalog.length('abc')").fetchone() == (3,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="function public.version is not built in"):
+            conn.execute("SELECT public.version()")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="computed from masked column"):
+            conn.execute("SELECT id FROM crm.v_len")
+        assert conn.execute("SELECT id FROM crm.v_upper").fetchone() == (1,)
+        assert conn.execute("SELECT upper('x')").fetchone() == ("X",)
