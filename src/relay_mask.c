@@ -65,6 +65,7 @@ typedef struct Portal {
 	Plan plan;
 	bool describe_pending;   /* a Describe of it is on its way since its Bind */
 	bool current;            /* the latest instance of its name */
+	bool sensitive;          /* its statement reads masked columns or touches a table with some */
 	int refs;                /* Resp entries pointing here */
 	char *stmt;              /* the statement it was bound from */
 	struct Portal *next;
@@ -74,6 +75,7 @@ typedef struct Resp {
 	RespKind kind;
 	bool injected;           /* pgveil's own Describe: its answer stays here */
 	bool close_portal;       /* RESP_CLOSE of a portal */
+	bool sensitive;          /* QUERY: reads masked columns or touches a table with some */
 	char *name;              /* statement (PARSE, DESCRIBE_S, CLOSE) */
 	Portal *portal;          /* BIND, DESCRIBE_P, EXECUTE, CLOSE of a portal */
 	StmtInfo *info;          /* QUERY, PARSE: the analysis (a reference), NULL for a refusal */
@@ -549,6 +551,9 @@ void relay_mask_client_msg(Session *s, uint8_t type, const uint8_t *body, size_t
 	default:
 		return;
 	}
+	e.sensitive = m->check_scrub;
+	if (type == 'B' && e.portal != NULL)
+		e.portal->sensitive = m->check_scrub;
 	if (m->check_scrub && (type == 'Q' || type == 'P' || type == 'B' || type == 'F')) {
 		m->scrub = true;
 		m->scrub_batch = r->batches_sent;
@@ -674,17 +679,18 @@ typedef enum { PLAN_OK, PLAN_REFRESH, PLAN_FAIL } PlanResult;
 
 /*
  * Builds `plan` from the RowDescription body. `st` is the statement the
- * analysis expects (NULL when unknown). PLAN_REFRESH: a table OID is not in
+ * analysis expects (NULL when unknown); `sensitive`: it reads masked columns
+ * or touches a table with some. PLAN_REFRESH: a table OID is not in
  * the snapshot (ask the catalog again first).
  */
 static PlanResult plan_build(Session *s, Plan *plan, const uint8_t *body, size_t blen, const SqlStmt *st,
-			     bool may_refresh)
+			     bool sensitive, bool may_refresh)
 {
 	RelayMask *m = s->relay->mask;
 	const CatSnap *cat = m->cat;
 	PgReader rd;
 	int16_t n;
-	bool positions = st != NULL;
+	bool positions = st != NULL, count_differs = false;
 
 	char names[512];
 	size_t nlen = 0;
@@ -707,6 +713,15 @@ static PlanResult plan_build(Session *s, Plan *plan, const uint8_t *body, size_t
 	names[0] = '\0';
 	if (n > 0 && (plan->mp.fields = calloc((size_t)n, sizeof(MaskField))) == NULL)
 		return PLAN_FAIL;
+	/* Without a star, the statement's outputs are the result's columns, one to one. */
+	if (st != NULL && st->n_outputs > 0 && sensitive && st->n_outputs != n) {
+		bool star = false;
+
+		for (int i = 0; i < st->n_outputs; i++)
+			star = star || st->outputs[i].star;
+		count_differs = !star;
+		positions = false;
+	}
 	plan->mp.n_fields = n;
 	for (int i = 0; i < n; i++) {
 		MaskField *mf = &plan->mp.fields[i];
@@ -753,12 +768,26 @@ static PlanResult plan_build(Session *s, Plan *plan, const uint8_t *body, size_t
 			warn_null(s, i, f.name, "the server describes it differently from the statement, which reads a masked column");
 		} else if (have != NULL) {
 			char why[256];
+			bool fits;
 
 			mf->rule = have->rule;
-			if (!have->type_ok || !mask_check_type(have->rule, f.type, why, sizeof(why))) {
+			fits = mask_check_type(have->rule, f.type, why, sizeof(why));
+
+			if (!have->type_ok || !fits) {
+				char msg[400];
+
+				if (!fits)
+					snprintf(msg, sizeof(msg), "rule %s: %s", have->rule->where, why);
+				else
+					snprintf(msg, sizeof(msg), "rule %s cannot mask the column's type", have->rule->where);
 				mf->rule = NULL;
 				mf->to_null = true;
+				warn_null(s, i, f.name, msg);
 			}
+		} else if (f.table == 0 && count_differs) {
+			mf->to_null = true;
+			warn_null(s, i, f.name, "the statement reads masked columns and the server's description of its "
+						"result does not match the statement");
 		}
 		if (mf->rule != NULL || mf->to_null)
 			plan->mp.n_masked++;
@@ -1018,7 +1047,7 @@ static RmsResult on_row_description(Session *s, struct evbuffer *in, size_t *run
 	const SqlStmt *st = NULL;
 	const uint8_t *body;
 	PlanResult pr;
-	bool injected = false;
+	bool injected = false, sensitive;
 
 	if (e == NULL || (e->kind != RESP_DESCRIBE_S && e->kind != RESP_DESCRIBE_P && e->kind != RESP_QUERY)) {
 		mask_desync(s, "RowDescription");
@@ -1033,9 +1062,11 @@ static RmsResult on_row_description(Session *s, struct evbuffer *in, size_t *run
 	if (e->kind == RESP_QUERY) {
 		plan = &m->cur;
 		st = query_stmt(e, m->stmt_index);
+		sensitive = e->sensitive;
 	} else {
 		plan = e->portal != NULL ? &e->portal->plan : NULL;
 		st = portal_stmt(s, e->portal);
+		sensitive = e->portal != NULL && e->portal->sensitive;
 		injected = e->injected;
 	}
 	cat_update(s);
@@ -1045,7 +1076,7 @@ static RmsResult on_row_description(Session *s, struct evbuffer *in, size_t *run
 		return RMS_WAIT;
 	}
 	pass_before(s, in, run); /* warnings about the plan go before the RowDescription */
-	pr = plan != NULL ? plan_build(s, plan, body, h->len - 4, st, !m->refreshed) : PLAN_FAIL;
+	pr = plan != NULL ? plan_build(s, plan, body, h->len - 4, st, sensitive, !m->refreshed) : PLAN_FAIL;
 	if (pr == PLAN_REFRESH) {
 		if (catalog_request(s->database, m->cat->version, m->cat_wake)) {
 			m->wait_server = true;
@@ -1053,7 +1084,7 @@ static RmsResult on_row_description(Session *s, struct evbuffer *in, size_t *run
 			return RMS_WAIT;
 		}
 		m->refreshed = true;
-		pr = plan_build(s, plan, body, h->len - 4, st, false);
+		pr = plan_build(s, plan, body, h->len - 4, st, sensitive, false);
 	}
 	m->refreshed = false;
 	if (pr != PLAN_OK) {
