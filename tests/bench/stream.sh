@@ -75,8 +75,8 @@ load_table() {
 		INSERT INTO stream_people
 		SELECT i, f || ' ' || l, lower(f) || '.' || lower(l) || i || '@example.com',
 		       lpad((100 + i * 7 % 800)::text, 3, '0') || '-' || lpad((10 + i % 89)::text, 2, '0')
-		         || '-' || lpad((i * 7919 % 10000)::text, 4, '0'),
-		       c, (i * 7907 % 5000000) / 100.0,
+		         || '-' || lpad((i::bigint * 7919 % 10000)::text, 4, '0'),
+		       c, (i::bigint * 7907 % 5000000) / 100.0,
 		       timestamptz '2024-01-01 00:00:00+00' + i * interval '17 seconds'
 		FROM (SELECT i,
 		             (ARRAY['Ada','Grace','Alan','Edsger','Barbara','Donald','Frances','Ken','Margaret','Dennis'])[1 + i % 10] AS f,
@@ -151,28 +151,35 @@ run_stream() { # TARGET MODE
 	pgbench_tps_latency "$out"
 }
 
-# The processes whose memory the report shows: PgBouncer and each pgveil.
-declare -A MEM_PIDS=()
-mem_pids() {
+# The processes whose memory and CPU time the report shows: PgBouncer and
+# each pgveil.
+declare -A PROC_PIDS=()
+proc_pids() {
 	local t
 	for t in $TARGETS; do
 		[ -n "${ACTIVE[$t]:-}" ] || continue
 		case $t in
 		direct) ;;
-		pgbouncer) MEM_PIDS[$t]=$(bouncer_pid) ;;
-		*) MEM_PIDS[$t]=${PGVEIL_PIDS[$t]} ;;
+		pgbouncer) PROC_PIDS[$t]=$(bouncer_pid) ;;
+		*) PROC_PIDS[$t]=${PGVEIL_PIDS[$t]} ;;
 		esac
 	done
 }
 proc_kb() { awk -v k="$2:" '$1 == k { print $2; exit }' "/proc/$1/status" 2>/dev/null || echo error; } # PID FIELD
 
-# mem_snapshot WHEN: records VmRSS and VmHWM of every process in MEM_PIDS.
-declare -A MEM=()
-mem_snapshot() {
+# CPU time (user and system, all threads) in clock ticks. The fields after
+# "pid (comm) ": state is the first, utime the 12th, stime the 13th.
+proc_ticks() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ print $12 + $13 }' || echo error; } # PID
+
+# proc_snapshot WHEN: records VmRSS, VmHWM and the CPU time of every process
+# in PROC_PIDS.
+declare -A PROC=()
+proc_snapshot() {
 	local t
-	for t in "${!MEM_PIDS[@]}"; do
-		MEM[$1,rss,$t]=$(proc_kb "${MEM_PIDS[$t]}" VmRSS)
-		MEM[$1,hwm,$t]=$(proc_kb "${MEM_PIDS[$t]}" VmHWM)
+	for t in "${!PROC_PIDS[@]}"; do
+		PROC[$1,rss,$t]=$(proc_kb "${PROC_PIDS[$t]}" VmRSS)
+		PROC[$1,hwm,$t]=$(proc_kb "${PROC_PIDS[$t]}" VmHWM)
+		PROC[$1,cpu,$t]=$(proc_ticks "${PROC_PIDS[$t]}")
 	done
 }
 
@@ -199,6 +206,7 @@ profile_pgveil() { # NAME
 
 [[ " $TARGETS " != *" pgveil"* ]] || find_pgveil
 
+rm -f "$BENCH_DIR"/pgbench-*.out "$BENCH_DIR"/perf-* # an earlier run's
 printf '%s\n' "$STREAM_SQL" >"$BENCH_DIR/stream.sql"
 printf 'ALLOW ALL;\n' >"$BENCH_DIR/unmasked.rules"
 printf 'ALLOW ALL;\n%s\n' "$MASK_RULES" >"$BENCH_DIR/masked.rules"
@@ -213,8 +221,8 @@ log "stream_people: $ROWS rows, $((TABLE_BYTES / 1000000)) MB on disk, $((RESULT
 bench_start_targets
 check_masking
 check_plain
-mem_pids
-mem_snapshot start
+proc_pids
+proc_snapshot start
 
 log "warming up (one direct stream)"
 run_stream direct simple >/dev/null
@@ -226,7 +234,7 @@ else
 	log "measuring: pgbench -f stream.sql -c 1 -j 1 -t $STREAMS, $ROUNDS round(s), $total runs of $STREAMS streams"
 fi
 bench_measure run_stream
-mem_snapshot end
+proc_snapshot end
 
 if [ "$PERF" = yes ]; then
 	for t in pgveil pgveil-masked; do
@@ -274,14 +282,37 @@ report_ratios() {
 	done
 }
 
-report_memory() {
-	local t
-	printf '%-14s %13s %18s %17s %15s\n' process "RSS at start" "peak before runs" "peak after runs" "RSS after runs"
-	printf '%-14s %13s %18s %17s %15s\n' -------------- ------------- ------------------ ----------------- ---------------
+# How many streams went through TARGET during the measured runs.
+streams_of() { # TARGET
+	local m files=()
+	for m in $MODES; do
+		if [ "$ROUNDS" -eq 1 ]; then
+			files+=("$BENCH_DIR/pgbench-$1-$m.out")
+		else
+			files+=("$BENCH_DIR/pgbench-$1-$m".round*.out)
+		fi
+	done
+	awk -F'[:/ ]+' '/^number of transactions actually processed:/ { n += $6 } END { print n + 0 }' "${files[@]}" 2>/dev/null ||
+		echo 0
+}
+
+# CPU seconds per stream of TARGET's process, from its snapshots.
+cpu_per_stream() { # TARGET
+	awk -v a="${PROC[start,cpu,$1]}" -v b="${PROC[end,cpu,$1]}" -v n="$(streams_of "$1")" -v hz="$(getconf CLK_TCK)" \
+		'BEGIN { if (a == "error" || b == "error" || n == 0) print "-"; else printf "%.3f s\n", (b - a) / hz / n }'
+}
+
+report_processes() {
+	local t f='%-14s %13s %17s %16s %15s %15s\n'
+	# shellcheck disable=SC2059 # the format is the same for every line
+	printf "$f" process "RSS at start" "peak before runs" "peak after runs" "RSS after runs" "CPU per stream"
+	# shellcheck disable=SC2059
+	printf "$f" -------------- ------------- ----------------- ---------------- --------------- ---------------
 	for t in $TARGETS; do
-		[ -n "${MEM_PIDS[$t]:-}" ] || continue
-		printf '%-14s %13s %18s %17s %15s\n' "$t" "$(mb "${MEM[start,rss,$t]}") MiB" "$(mb "${MEM[start,hwm,$t]}") MiB" \
-			"$(mb "${MEM[end,hwm,$t]}") MiB" "$(mb "${MEM[end,rss,$t]}") MiB"
+		[ -n "${PROC_PIDS[$t]:-}" ] || continue
+		# shellcheck disable=SC2059
+		printf "$f" "$t" "$(mb "${PROC[start,rss,$t]}") MiB" "$(mb "${PROC[start,hwm,$t]}") MiB" \
+			"$(mb "${PROC[end,hwm,$t]}") MiB" "$(mb "${PROC[end,rss,$t]}") MiB" "$(cpu_per_stream "$t")"
 	done
 }
 
@@ -305,9 +336,10 @@ report_text() {
 	echo
 	report_ratios
 	echo
-	if [ ${#MEM_PIDS[@]} -gt 0 ]; then
-		echo "memory (VmRSS, VmHWM from /proc/PID/status; each stream is $(per_s "$RESULT_BYTES" 1e-6 1) MB)"
-		report_memory
+	if [ ${#PROC_PIDS[@]} -gt 0 ]; then
+		echo "processes (VmRSS, VmHWM from /proc/PID/status, CPU time from /proc/PID/stat over the measured runs;" \
+			"each stream is $(per_s "$RESULT_BYTES" 1e-6 1) MB)"
+		report_processes
 		echo
 	fi
 	for t in pgveil pgveil-masked; do
