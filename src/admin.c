@@ -24,10 +24,13 @@
 #include <unistd.h>
 
 #include "pgveil/approval.h"
+#include "pgveil/catalog.h"
 #include "pgveil/log.h"
+#include "pgveil/mask.h"
 #include "pgveil/rules.h"
 #include "pgveil/server.h"
 
+#define OID_BOOL 16
 #define OID_INT8 20
 #define OID_TEXT 25
 #define MAX_DURATION_SECONDS (365ULL * 86400)
@@ -364,7 +367,7 @@ static int char_position(const char *src, size_t off)
 
 typedef enum {
 	CMD_SHOW_HELD, CMD_SHOW_GRANTS, CMD_SHOW_SESSIONS, CMD_SHOW_SESSION, CMD_SHOW_RULES, CMD_SHOW_STATS,
-	CMD_SHOW_BLOCKED, CMD_SHOW_HELP, CMD_APPROVE, CMD_DENY, CMD_REVOKE_GRANT, CMD_KILL_SESSION,
+	CMD_SHOW_BLOCKED, CMD_SHOW_MASKS, CMD_SHOW_HELP, CMD_APPROVE, CMD_DENY, CMD_REVOKE_GRANT, CMD_KILL_SESSION,
 	CMD_BLOCK_AGENT, CMD_UNBLOCK_AGENT, CMD_RELOAD, CMD_AUDIT_SQL, CMD_TRANSACTION,
 } CmdKind;
 
@@ -386,6 +389,8 @@ static const struct {
 	[CMD_SHOW_RULES] = { "SHOW RULES", ROLES_ALL, "the rules in force, in order" },
 	[CMD_SHOW_STATS] = { "SHOW STATS", ROLES_ALL, "statement counters" },
 	[CMD_SHOW_BLOCKED] = { "SHOW BLOCKED", ROLES_ALL, "blocked agents" },
+	[CMD_SHOW_MASKS] = { "SHOW MASKS", ROLES_AUDIT,
+			     "every column a MASK rule reaches, per database, and the rules that could not apply" },
 	[CMD_SHOW_HELP] = { "SHOW HELP", ROLES_ALL, "this list" },
 	[CMD_APPROVE] = { "APPROVE", ROLES_APPROVE, "APPROVE n [FOR k MINUTES]: run held statement n" },
 	[CMD_DENY] = { "DENY", ROLES_APPROVE, "DENY n [REASON 'text']: refuse held statement n" },
@@ -444,7 +449,7 @@ static bool parse_show(Lexer *lx, AdminCmd *c)
 		CmdKind kind;
 	} targets[] = { { "HELD", CMD_SHOW_HELD },   { "GRANTS", CMD_SHOW_GRANTS },   { "SESSIONS", CMD_SHOW_SESSIONS },
 			{ "RULES", CMD_SHOW_RULES }, { "STATS", CMD_SHOW_STATS },     { "BLOCKED", CMD_SHOW_BLOCKED },
-			{ "HELP", CMD_SHOW_HELP } };
+			{ "MASKS", CMD_SHOW_MASKS }, { "HELP", CMD_SHOW_HELP } };
 
 	if (tok_is(lx, "SESSION")) {
 		c->kind = CMD_SHOW_SESSION;
@@ -613,10 +618,13 @@ static void put_complete(PgBuf *out, const char *tag)
 	pgproto_end(out);
 }
 
-/* A result column: text, or int8 (sent in text format). */
+/* A result column's type; false and true stand for COL_TEXT and COL_INT8. */
+enum { COL_TEXT = 0, COL_INT8 = 1, COL_BOOL = 2 };
+
+/* A result column: text, int8 or bool (sent in text format). */
 typedef struct Column {
 	const char *name;
-	bool is_int;
+	int type;             /* COL_* */
 } Column;
 
 static void put_columns(PgBuf *out, const Column *cols, int n)
@@ -627,8 +635,8 @@ static void put_columns(PgBuf *out, const Column *cols, int n)
 		pgproto_put_string(out, cols[i].name);
 		pgproto_put_int32(out, 0);  /* table oid */
 		pgproto_put_int16(out, 0);  /* column number */
-		pgproto_put_int32(out, cols[i].is_int ? OID_INT8 : OID_TEXT);
-		pgproto_put_int16(out, cols[i].is_int ? 8 : -1);
+		pgproto_put_int32(out, cols[i].type == COL_INT8 ? OID_INT8 : cols[i].type == COL_BOOL ? OID_BOOL : OID_TEXT);
+		pgproto_put_int16(out, cols[i].type == COL_INT8 ? 8 : cols[i].type == COL_BOOL ? 1 : -1);
 		pgproto_put_int32(out, -1); /* typmod */
 		pgproto_put_int16(out, 0);  /* text format */
 	}
@@ -901,6 +909,262 @@ static bool run_show_blocked(AdminConsole *ac, const AdminCmd *c, PgBuf *out)
 	return true;
 }
 
+/* ---- SHOW MASKS ---------------------------------------------------------------------------- */
+
+/* Rows of SHOW MASKS for one database. */
+typedef struct MaskRows {
+	PgBuf *out;
+	const char *database;
+	const CatSnap *snap;
+	int n;                  /* rows written */
+	char **shown;           /* problems already shown on a column's row (mask_check_type's words) */
+	int n_shown;
+} MaskRows;
+
+/* Appends to buf (of len bytes, at *at): as much as fits, always NUL-terminated. */
+static void buf_add(char *buf, size_t len, size_t *at, const char *s, size_t n)
+{
+	if (*at + n >= len)
+		n = *at + 1 < len ? len - *at - 1 : 0;
+	memcpy(buf + *at, s, n);
+	*at += n;
+	buf[*at] = '\0';
+}
+
+/* The mask function with its arguments as written in rules: "partial(0, '***', 4)". */
+static const char *fmt_mask_fn(const Rule *r, char *buf, size_t len)
+{
+	const char *name = rules_mask_fn_name(r->mask_fn);
+	size_t at = 0;
+
+	buf[0] = '\0';
+	buf_add(buf, len, &at, name, strlen(name));
+	buf_add(buf, len, &at, "(", 1);
+	for (int i = 0; i < r->n_args; i++) {
+		const MaskArg *a = &r->args[i];
+		char num[32];
+
+		if (i > 0)
+			buf_add(buf, len, &at, ", ", 2);
+		if (a->type == MASK_ARG_INT) {
+			snprintf(num, sizeof(num), "%lld", a->ival);
+			buf_add(buf, len, &at, num, strlen(num));
+			continue;
+		}
+		buf_add(buf, len, &at, "'", 1);
+		for (const char *p = a->sval; p != NULL && *p != '\0'; p++) {
+			if (*p == '\'')
+				buf_add(buf, len, &at, "''", 2); /* as written: a quote doubled */
+			else
+				buf_add(buf, len, &at, p, 1);
+		}
+		buf_add(buf, len, &at, "'", 1);
+	}
+	buf_add(buf, len, &at, ")", 1);
+	return buf;
+}
+
+/* One row: relation/column/rule may be NULL (a database without a snapshot). */
+static void mask_row(MaskRows *mr, const char *relation, const char *column, const Rule *r, const char *derived,
+		     const char *problem)
+{
+	char fn[256];
+	const char *v[7] = { mr->database, relation, column, r != NULL ? r->where : NULL,
+			     r != NULL ? fmt_mask_fn(r, fn, sizeof(fn)) : NULL, derived, problem };
+
+	put_row(mr->out, v, 7);
+	mr->n++;
+}
+
+static int rel_cmp(const void *a, const void *b)
+{
+	const CatRel *x = *(const CatRel *const *)a, *y = *(const CatRel *const *)b;
+	int c = strcmp(x->schema, y->schema);
+
+	return c != 0 ? c : strcmp(x->name, y->name);
+}
+
+/* The rows of one column of rel; false without memory. */
+static bool mask_column_rows(MaskRows *mr, const CatRel *rel, const CatColumn *c)
+{
+	char relname[300], why[256];
+
+	snprintf(relname, sizeof(relname), "%s.%s", rel->schema, rel->name);
+	for (int k = 0; k < c->n_masks; k++) {
+		const CatMask *m = &c->masks[k];
+		const char *problem = "";
+
+		if (!m->derived && !m->type_ok) {
+			char **grown = realloc(mr->shown, (size_t)(mr->n_shown + 1) * sizeof(char *));
+
+			if (grown == NULL)
+				return false;
+			mr->shown = grown;
+			if (mask_check_type(m->rule, c->type_oid, why, sizeof(why)))
+				snprintf(why, sizeof(why), "the function cannot mask this column's type");
+			if ((mr->shown[mr->n_shown] = strdup(why)) == NULL)
+				return false;
+			mr->n_shown++;
+			problem = why;
+		}
+		mask_row(mr, relname, c->name, m->rule, m->derived ? "t" : "f", problem);
+	}
+	return true;
+}
+
+/* The rows of every masked column, relations by name; false without memory. */
+static bool mask_reached_rows(MaskRows *mr)
+{
+	const CatSnap *s = mr->snap;
+	const CatRel **rels = s->n_rels > 0 ? malloc((size_t)s->n_rels * sizeof(CatRel *)) : NULL;
+	int n = 0;
+	bool ok = true;
+
+	if (s->n_rels > 0 && rels == NULL)
+		return false;
+	for (int i = 0; i < s->n_rels; i++)
+		if (s->rels[i].has_masks)
+			rels[n++] = &s->rels[i];
+	if (n > 1)
+		qsort(rels, (size_t)n, sizeof(CatRel *), rel_cmp);
+	for (int i = 0; i < n && ok; i++)
+		for (int j = 0; j < rels[i]->n_columns && ok; j++)
+			if (rels[i]->columns[j].name != NULL)
+				ok = mask_column_rows(mr, rels[i], &rels[i]->columns[j]);
+	free(rels);
+	return ok;
+}
+
+static bool rule_reaches_any(const CatSnap *s, const Rule *r)
+{
+	for (int i = 0; i < s->n_rels; i++)
+		for (int j = 0; j < s->rels[i].n_columns; j++)
+			for (int k = 0; k < s->rels[i].columns[j].n_masks; k++)
+				if (s->rels[i].columns[j].masks[k].rule == r)
+					return true;
+	return false;
+}
+
+/* The rule a problem line ("file:line: reason") is about, or NULL; *reason points past its name. */
+static const Rule *problem_rule(const CatSnap *s, const char *line, const char **reason)
+{
+	*reason = line;
+	for (int i = 0; s->rules != NULL && i < s->rules->n_rules; i++) {
+		const Rule *r = &s->rules->rules[i];
+		size_t n = r->where != NULL ? strlen(r->where) : 0;
+
+		if (r->kind != RULE_MASK || n == 0 || strncmp(line, r->where, n) != 0 || line[n] != ':')
+			continue;
+		*reason = line + n + 1 + (line[n + 1] == ' ');
+		return r;
+	}
+	return NULL;
+}
+
+/* True when a column's row already says what the problem line says. */
+static bool shown_on_column(const MaskRows *mr, const char *reason)
+{
+	for (int i = 0; i < mr->n_shown; i++)
+		if (strstr(reason, mr->shown[i]) != NULL)
+			return true;
+	return false;
+}
+
+/*
+ * A row per problem of the snapshot not already shown on a column's row
+ * (a type problem), and one for each mask rule that reaches nothing
+ * without saying why.
+ */
+static void mask_problem_rows(MaskRows *mr)
+{
+	const CatSnap *s = mr->snap;
+
+	for (int i = 0; i < s->n_problems; i++) {
+		const char *reason;
+		const Rule *r = problem_rule(s, s->problems[i], &reason);
+		char relname[300];
+
+		if (shown_on_column(mr, reason))
+			continue;
+		if (r != NULL)
+			snprintf(relname, sizeof(relname), "%s.%s", r->mask_schema, r->mask_table);
+		mask_row(mr, r != NULL ? relname : NULL, r != NULL ? r->mask_column : NULL, r, NULL, reason);
+	}
+	for (int i = 0; s->rules != NULL && i < s->rules->n_rules; i++) {
+		const Rule *r = &s->rules->rules[i];
+		char relname[300];
+		bool explained = false;
+
+		for (int j = 0; j < s->n_problems && !explained; j++) {
+			const char *reason;
+
+			explained = problem_rule(s, s->problems[j], &reason) == r;
+		}
+		if (r->kind != RULE_MASK || explained || rule_reaches_any(s, r))
+			continue;
+		snprintf(relname, sizeof(relname), "%s.%s", r->mask_schema, r->mask_table);
+		mask_row(mr, relname, r->mask_column, r, NULL, "reaches no column");
+	}
+}
+
+/* The rows of one database; false without memory. */
+static bool show_masks_db(PgBuf *out, const char *database, int *rows)
+{
+	MaskRows mr = { .out = out, .database = database };
+	CatSnap *s = catalog_get(database);
+	bool ok = true;
+
+	if (s == NULL) {
+		mask_row(&mr, NULL, NULL, NULL, NULL, "the catalog has not been read yet");
+	} else if (s->error != NULL) {
+		mask_row(&mr, NULL, NULL, NULL, NULL, s->error);
+	} else {
+		mr.snap = s;
+		ok = mask_reached_rows(&mr);
+		if (ok)
+			mask_problem_rows(&mr);
+	}
+	for (int i = 0; i < mr.n_shown; i++)
+		free(mr.shown[i]);
+	free(mr.shown);
+	catalog_snap_unref(s);
+	*rows += mr.n;
+	return ok;
+}
+
+static bool has_mask_rules(const RuleSet *rs)
+{
+	for (int i = 0; rs != NULL && i < rs->n_rules; i++)
+		if (rs->rules[i].kind == RULE_MASK)
+			return true;
+	return false;
+}
+
+static bool run_show_masks(AdminConsole *ac, const AdminCmd *c, PgBuf *out)
+{
+	static const Column cols[] = { { "database", COL_TEXT }, { "relation", COL_TEXT }, { "column", COL_TEXT },
+				       { "rule", COL_TEXT },	 { "function", COL_TEXT }, { "derived", COL_BOOL },
+				       { "problem", COL_TEXT } };
+	Config *cfg = config_current();
+	int n = 0;
+	bool ok = true;
+
+	if (cfg == NULL) {
+		put_error(out, SQLSTATE_INTERNAL_ERROR, "no configuration is loaded", NULL, 0);
+		return false;
+	}
+	if (!has_mask_rules(cfg->ruleset))
+		put_notice(out, "no MASK rules are loaded");
+	put_columns(out, cols, (int)PGV_ARRAY_LEN(cols));
+	for (int i = 0; has_mask_rules(cfg->ruleset) && i < cfg->n_databases && ok; i++)
+		ok = show_masks_db(out, cfg->databases[i].name, &n);
+	config_unref(cfg);
+	if (!ok)
+		return out_of_memory(out);
+	put_show_complete(out, n);
+	return true;
+}
+
 /* "admin", "approver or admin", ... : the groups that may run a command. */
 static const char *roles_text(int roles)
 {
@@ -1103,7 +1367,8 @@ static const CmdRunner runners[] = {
 	[CMD_SHOW_HELD] = run_show_held,	 [CMD_SHOW_GRANTS] = run_show_grants,
 	[CMD_SHOW_SESSIONS] = run_show_sessions, [CMD_SHOW_SESSION] = run_audit_log,
 	[CMD_SHOW_RULES] = run_show_rules,	 [CMD_SHOW_STATS] = run_show_stats,
-	[CMD_SHOW_BLOCKED] = run_show_blocked,	 [CMD_SHOW_HELP] = run_show_help,
+	[CMD_SHOW_BLOCKED] = run_show_blocked,	 [CMD_SHOW_MASKS] = run_show_masks,
+	[CMD_SHOW_HELP] = run_show_help,
 	[CMD_APPROVE] = run_decide,		 [CMD_DENY] = run_decide,
 	[CMD_REVOKE_GRANT] = run_revoke,	 [CMD_KILL_SESSION] = run_kill,
 	[CMD_BLOCK_AGENT] = run_block,		 [CMD_UNBLOCK_AGENT] = run_unblock,

@@ -784,44 +784,6 @@ static void validate_whole(LoadState *st)
 	}
 }
 
-/* Appends one finished "file:line:col: message" line to the error output. */
-static void append_error_line(LoadState *st, const char *line)
-{
-	size_t n = strlen(line);
-	char *p = realloc(st->errs, st->errs_len + n + 2);
-
-	st->nerrors++;
-	if (p == NULL)
-		return;
-	st->errs = p;
-	memcpy(st->errs + st->errs_len, line, n);
-	st->errs[st->errs_len + n] = '\n';
-	st->errs_len += n + 1;
-	st->errs[st->errs_len] = '\0';
-}
-
-/*
- * Security fails closed: this version does not rewrite result rows yet, so a
- * MASK rule would promise what nothing keeps. Each one is an error at its
- * place instead of a silent gap.
- */
-static void refuse_mask_rules(LoadState *st)
-{
-	const RuleSet *rs = st->cfg->ruleset;
-	char line[768];
-
-	for (int i = 0; i < rs->n_rules; i++) {
-		const Rule *r = &rs->rules[i];
-
-		if (r->kind != RULE_MASK)
-			continue;
-		snprintf(line, sizeof(line),
-			 "%s:%d:%d: MASK rules need result masking, which this version of pgveil does not have yet "
-			 "(results would reach agents unmasked)", r->file, r->line, r->col);
-		append_error_line(st, line);
-	}
-}
-
 /*
  * Loads the rules `rules` names, as given (a relative path is relative to
  * the working directory, like every other path of the file). Their errors
@@ -837,10 +799,8 @@ static void load_rules(LoadState *st)
 	if (cfg->rules == NULL)
 		return;
 	cfg->ruleset = rules_load(cfg->rules, &errs, &n);
-	if (cfg->ruleset != NULL) {
-		refuse_mask_rules(st);
+	if (cfg->ruleset != NULL)
 		return;
-	}
 	if (errs == NULL || n == 0) {
 		st->lineno = 0;
 		load_error(st, 0, "rules %s: out of memory", cfg->rules);

@@ -3,7 +3,7 @@
  * pgveil's entry point: command-line arguments, loading and checking the
  * configuration, the main event loop with its signal handlers (SIGHUP
  * reload, SIGTERM graceful shutdown, SIGINT immediate exit), and starting
- * the listeners and workers.
+ * the listeners, the workers and the catalog thread.
  */
 #include <event2/event.h>
 #include <event2/thread.h>
@@ -16,6 +16,7 @@
 
 #include "config.h"
 #include "pgveil/approval.h"
+#include "pgveil/catalog.h"
 #include "pgveil/config.h"
 #include "pgveil/jwks.h"
 #include "pgveil/jwtauth.h"
@@ -171,6 +172,7 @@ static void reload(const char *path)
 	warn_risky(cfg);
 	log_rules(cfg);
 	config_set_current(cfg);
+	catalog_reconfigure(cfg);
 	config_unref(old);
 	log_info("configuration reloaded");
 }
@@ -228,7 +230,7 @@ static int run(const char *path)
 		evsignal_add(sigev[i], NULL);
 	}
 	approval_init();
-	if (!start_config(cfg) || !server_start(main_base, cfg, err, sizeof(err))) {
+	if (!start_config(cfg) || !catalog_start(cfg) || !server_start(main_base, cfg, err, sizeof(err))) {
 		if (err[0] != '\0')
 			log_error("%s", err);
 		server_shutdown(shutdown_done);
@@ -236,6 +238,7 @@ static int run(const char *path)
 		rc = 0;
 	}
 	event_base_dispatch(main_base);
+	catalog_stop(); /* before server_free(): requests wake events of the workers' bases */
 	server_free();
 	approval_shutdown();
 	for (int i = 0; i < 3; i++)

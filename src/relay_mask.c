@@ -93,6 +93,10 @@ struct RelayMask {
 	bool scrub;              /* errors and notices of batches up to scrub_batch are scrubbed */
 	uint64_t scrub_batch;
 	bool check_scrub;        /* the statement just checked reads masked columns */
+	Plan copy;               /* COPY ... TO STDOUT under way: its plan (valid) */
+	MaskCopyFormat copy_fmt;
+	bool copy_first;         /* no CopyData of it seen yet */
+	struct evbuffer *copy_buf; /* a rewritten CopyData payload */
 	bool failed;             /* the answers could not be matched: the session is ending */
 };
 
@@ -239,6 +243,9 @@ static void mask_free(RelayMask *m)
 		portal_free(p);
 	}
 	plan_clear(&m->cur);
+	plan_clear(&m->copy);
+	if (m->copy_buf != NULL)
+		evbuffer_free(m->copy_buf);
 	if (m->cat_wake != NULL) {
 		catalog_forget(m->cat_wake);
 		event_free(m->cat_wake);
@@ -289,7 +296,10 @@ RmResult relay_mask_update(Session *s)
 		return RM_OK;
 	}
 	m = calloc(1, sizeof(*m));
-	if (m == NULL || (m->cat_wake = event_new(s->worker->base, -1, 0, cat_wake_cb, s)) == NULL) {
+	if (m == NULL || (m->cat_wake = event_new(s->worker->base, -1, 0, cat_wake_cb, s)) == NULL ||
+	    (m->copy_buf = evbuffer_new()) == NULL) {
+		if (m != NULL && m->cat_wake != NULL)
+			event_free(m->cat_wake);
 		free(m);
 		relay_refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory", NULL, NULL, 0);
 		return RM_REFUSE;
@@ -363,13 +373,16 @@ static bool touches_masked_table(const CatSnap *cat, const StmtInfo *info)
 	return false;
 }
 
-/* True when a statement of info is a COPY ... TO STDOUT (its rows would pass unread). */
-static bool copy_out_masked(const StmtInfo *info)
+/* True when every COPY ... TO STDOUT of info writes a form pgveil can rewrite (text or CSV, usual options). */
+static bool copy_out_maskable(const StmtInfo *info)
 {
-	for (int i = 0; i < info->n_parts; i++)
-		if ((info->parts[i].classes & (SC_COPY | SC_READ)) == (SC_COPY | SC_READ))
-			return true;
-	return false;
+	for (int i = 0; i < info->n_stmts; i++) {
+		const SqlCopyOut *c = &info->stmts[i].copy;
+
+		if (c->format == SQL_COPY_BINARY || (c->format != SQL_COPY_NONE && c->unusual))
+			return false;
+	}
+	return true;
 }
 
 RmResult relay_mask_check(Session *s, const StmtInfo *info)
@@ -408,10 +421,11 @@ RmResult relay_mask_check(Session *s, const StmtInfo *info)
 		log_write(LL_INFO, s->ctx, "blocked: %s", v.why);
 		return RM_REFUSE;
 	}
-	if (v.reads_masked && (info->classes & SC_COPY) && copy_out_masked(info)) {
+	if (v.reads_masked && (info->classes & SC_COPY) && !copy_out_maskable(info)) {
 		relay_refuse(s, SQLSTATE_FEATURE_NOT_SUPPORTED,
-			     "COPY ... TO STDOUT of masked columns is not supported by this version of pgveil",
-			     "Use SELECT: its rows are masked.", NULL, 0);
+			     "COPY ... TO STDOUT of masked columns in this form cannot be masked",
+			     "Use FORMAT text or csv without FORCE_QUOTE, FORCE_NOT_NULL, FORCE_NULL or ENCODING, or SELECT.",
+			     NULL, 0);
 		return RM_REFUSE;
 	}
 	if (v.reads_masked || touches_masked_table(m->cat, info))
@@ -590,12 +604,14 @@ static bool read_field(PgReader *rd, Field *f)
  * plain copy of one column that is masked for it. Returns the column's
  * CatColumn of the first matching relation, or NULL.
  */
-static const CatMask *expected_mask(const CatSnap *cat, const Identity *id, const SqlOutput *o)
+static const CatMask *expected_mask(const CatSnap *cat, const Identity *id, const SqlOutput *o,
+				    const CatColumn **col)
 {
 	const CatRel *rels[8];
 	const SqlColumn *c;
 	int n;
 
+	*col = NULL;
 	if (o->kind != SQL_OUT_DIRECT || o->star || o->n_sources != 1)
 		return NULL;
 	c = o->sources[0];
@@ -607,8 +623,12 @@ static const CatMask *expected_mask(const CatSnap *cat, const Identity *id, cons
 		bool derived;
 		const CatMask *cm;
 
-		if (att > 0 && (cm = catalog_mask_for(&rels[i]->columns[att - 1], id, &derived)) != NULL)
+		if (att > 0 && *col == NULL)
+			*col = &rels[i]->columns[att - 1];
+		if (att > 0 && (cm = catalog_mask_for(&rels[i]->columns[att - 1], id, &derived)) != NULL) {
+			*col = &rels[i]->columns[att - 1];
 			return cm;
+		}
 	}
 	return NULL;
 }
@@ -663,8 +683,10 @@ static PlanResult plan_build(Session *s, Plan *plan, const uint8_t *body, size_t
 		mf->type_oid = f.type;
 		mf->format = f.format;
 		if (positions && st->n_outputs > 0) {
+			const CatColumn *ignored;
+
 			if (i < st->n_outputs && !st->outputs[i].star)
-				want = expected_mask(cat, &s->identity, &st->outputs[i]);
+				want = expected_mask(cat, &s->identity, &st->outputs[i], &ignored);
 			else
 				positions = false; /* past a star, output i is not known */
 		}
@@ -730,8 +752,6 @@ static const SqlStmt *portal_stmt(Session *s, const Portal *p)
 	return &ps->infos[0]->stmts[0];
 }
 
-/* ---- server messages ------------------------------------------------------------------------- */
-
 /* Moves the bytes before the message at *run to the client. */
 static void pass_before(Session *s, struct evbuffer *in, size_t *run)
 {
@@ -739,6 +759,216 @@ static void pass_before(Session *s, struct evbuffer *in, size_t *run)
 		evbuffer_remove_buffer(in, stream_output(s->client), *run);
 	*run = 0;
 }
+
+/* ---- COPY ... TO STDOUT -------------------------------------------------------------------------- */
+
+/* Sets field f from a column (type) and the caller's mask of it. */
+static void field_from_column(MaskField *f, const CatColumn *c, const CatMask *cm)
+{
+	char why[256];
+
+	f->type_oid = c != NULL ? c->type_oid : 0;
+	if (cm == NULL)
+		return;
+	if (c == NULL || !cm->type_ok || !mask_check_type(cm->rule, c->type_oid, why, sizeof(why)))
+		f->to_null = true;
+	else
+		f->rule = cm->rule;
+}
+
+/*
+ * Fields for a star output (every live column of its table, in order) from
+ * field *k on. False when the table is unknown, or when the relations an
+ * unqualified name may be do not agree on their columns.
+ */
+static bool copy_expand_star(Session *s, const SqlOutput *o, MaskField *fields, int ncols, int *k)
+{
+	const CatRel *rels[8], *rel;
+	const SqlColumn *src;
+	int n;
+
+	if (o->kind != SQL_OUT_DIRECT || o->n_sources != 1)
+		return false;
+	src = o->sources[0];
+	n = catalog_find_rels(s->relay->mask->cat, src->schema, src->table, rels, 8);
+	if (n < 1 || n > 8)
+		return false;
+	rel = rels[0];
+	for (int a = 0; a < rel->n_columns; a++) {
+		const CatColumn *c = &rel->columns[a];
+		const CatMask *cm;
+		bool derived;
+
+		if (c->name == NULL)
+			continue;
+		for (int j = 1; j < n; j++) { /* an unqualified name: every candidate must have the same column */
+			int att = catalog_attnum(rels[j], c->name);
+
+			if (att < 1 || catalog_mask_for(&rels[j]->columns[att - 1], &s->identity, &derived) !=
+					       catalog_mask_for(c, &s->identity, &derived))
+				return false;
+		}
+		if (*k >= ncols)
+			return false;
+		cm = catalog_mask_for(c, &s->identity, &derived);
+		if (derived)
+			fields[*k].to_null = true;
+		field_from_column(&fields[*k], c, cm);
+		(*k)++;
+	}
+	return true;
+}
+
+/*
+ * The plan of a COPY ... TO STDOUT with ncols columns: no RowDescription
+ * comes with it, so the columns are those the statement analysis names,
+ * looked up in the catalog. When they cannot be told, every column is sent
+ * as NULL.
+ */
+static bool copy_plan_build(Session *s, const SqlStmt *st, int ncols)
+{
+	RelayMask *m = s->relay->mask;
+	MaskField *fields = ncols > 0 ? calloc((size_t)ncols, sizeof(*fields)) : NULL;
+	bool known = st != NULL && (st->copy.format == SQL_COPY_TEXT || st->copy.format == SQL_COPY_CSV) &&
+		     !st->copy.unusual;
+	int k = 0;
+
+	plan_clear(&m->copy);
+	if (ncols > 0 && fields == NULL)
+		return false;
+	for (int i = 0; known && i < st->n_outputs; i++) {
+		const SqlOutput *o = &st->outputs[i];
+		const CatColumn *col;
+		const CatMask *cm;
+
+		if (o->star) {
+			known = copy_expand_star(s, o, fields, ncols, &k);
+			continue;
+		}
+		if (k >= ncols) {
+			known = false;
+			break;
+		}
+		cm = expected_mask(m->cat, &s->identity, o, &col);
+		for (int j = 0; j < o->n_sources && o->kind == SQL_OUT_DERIVED; j++)
+			fields[k].to_null = true; /* refused before it ran; never trusted */
+		field_from_column(&fields[k], col, cm);
+		k++;
+	}
+	if (!known || k != ncols) {
+		for (int i = 0; i < ncols; i++) {
+			fields[i].rule = NULL;
+			fields[i].to_null = true;
+		}
+		if (ncols > 0)
+			warn_null(s, 0, "*", "pgveil cannot tell which columns this COPY writes; every column is sent as NULL");
+	}
+	m->copy.mp.fields = fields;
+	m->copy.mp.n_fields = ncols;
+	for (int i = 0; i < ncols; i++)
+		m->copy.mp.n_masked += fields[i].rule != NULL || fields[i].to_null;
+	m->copy.snap = catalog_snap_ref(m->cat);
+	m->copy.cfg = config_ref(s->relay->cfg);
+	m->copy.mp.key = m->copy.cfg->mask_key;
+	m->copy.valid = true;
+	memset(&m->copy_fmt, 0, sizeof(m->copy_fmt));
+	if (known) {
+		m->copy_fmt.csv = st->copy.format == SQL_COPY_CSV;
+		m->copy_fmt.delimiter = st->copy.delimiter;
+		m->copy_fmt.quote = st->copy.quote;
+		m->copy_fmt.escape = st->copy.escape;
+		m->copy_fmt.null_string = st->copy.null_string;
+		m->copy_fmt.header = st->copy.header;
+	}
+	m->copy_first = true;
+	return true;
+}
+
+/* CopyOutResponse: the plan of the rows that follow. */
+static RmsResult on_copy_out(Session *s, struct evbuffer *in, size_t *run, const PgHeader *h)
+{
+	RelayMask *m = s->relay->mask;
+	Resp *e = q_front(m);
+	const SqlStmt *st = NULL;
+	const uint8_t *body;
+	PgReader rd;
+	uint8_t overall;
+	int16_t ncols;
+
+	if (e == NULL || (e->kind != RESP_QUERY && e->kind != RESP_EXECUTE)) {
+		mask_desync(s, "CopyOutResponse");
+		return RMS_WAIT;
+	}
+	st = e->kind == RESP_QUERY ? query_stmt(e, m->stmt_index) : portal_stmt(s, e->portal);
+	body = relay_copy_body(s->relay, in, *run, h->len - 4);
+	pgproto_reader_init(&rd, body, body != NULL ? h->len - 4 : 0);
+	if (body == NULL || !pgproto_get_byte(&rd, &overall) || !pgproto_get_int16(&rd, &ncols) || ncols < 0) {
+		mask_desync(s, "an unreadable CopyOutResponse");
+		return RMS_WAIT;
+	}
+	cat_update(s);
+	pass_before(s, in, run);
+	if (overall != 0) {
+		/* Binary COPY of masked columns was refused; of others its rows pass as they are. */
+		plan_clear(&m->copy);
+		m->copy.valid = true;
+		if (st == NULL || st->copy.format != SQL_COPY_BINARY) {
+			mask_desync(s, "a binary COPY pgveil did not expect");
+			return RMS_WAIT;
+		}
+		return RMS_PASS;
+	}
+	if (!copy_plan_build(s, st, ncols)) {
+		session_fail(s, SQLSTATE_OUT_OF_MEMORY, "out of memory");
+		return RMS_WAIT;
+	}
+	return RMS_PASS;
+}
+
+static RmsResult on_copy_data(Session *s, struct evbuffer *in, size_t *run, size_t avail, const PgHeader *h)
+{
+	RelayMask *m = s->relay->mask;
+	const uint8_t *body;
+	uint8_t hdr[PG_HEADER_LEN];
+	size_t n;
+	bool first = m->copy_first;
+
+	if (!m->copy.valid) {
+		mask_desync(s, "CopyData without CopyOutResponse");
+		return RMS_WAIT;
+	}
+	m->copy_first = false;
+	if (m->copy.mp.n_masked == 0)
+		return RMS_PASS;
+	if (avail - *run < (size_t)h->len + 1) {
+		m->copy_first = first;
+		return RMS_WAIT;
+	}
+	body = relay_copy_body(s->relay, in, *run, h->len - 4);
+	if (body == NULL) {
+		session_fail(s, SQLSTATE_OUT_OF_MEMORY, "out of memory");
+		return RMS_WAIT;
+	}
+	pass_before(s, in, run);
+	evbuffer_drain(m->copy_buf, evbuffer_get_length(m->copy_buf));
+	if (mask_copy_data(&m->copy.mp, &m->copy_fmt, first, body, h->len - 4, m->copy_buf) != MASK_OK) {
+		evbuffer_drain(m->copy_buf, evbuffer_get_length(m->copy_buf));
+		mask_desync(s, "COPY data that does not match its columns");
+		return RMS_WAIT;
+	}
+	n = evbuffer_get_length(m->copy_buf);
+	hdr[0] = 'd';
+	hdr[1] = (uint8_t)((n + 4) >> 24);
+	hdr[2] = (uint8_t)((n + 4) >> 16);
+	hdr[3] = (uint8_t)((n + 4) >> 8);
+	hdr[4] = (uint8_t)(n + 4);
+	evbuffer_add(stream_output(s->client), hdr, sizeof(hdr));
+	evbuffer_add_buffer(stream_output(s->client), m->copy_buf);
+	evbuffer_drain(in, (size_t)h->len + 1);
+	return RMS_DONE;
+}
+
+/* ---- server messages ------------------------------------------------------------------------- */
 
 static RmsResult on_row_description(Session *s, struct evbuffer *in, size_t *run, size_t avail, const PgHeader *h)
 {
@@ -964,6 +1194,13 @@ RmsResult relay_mask_server_msg(Session *s, struct evbuffer *in, size_t *run, si
 	case 'E':
 	case 'N':
 		return on_error_or_notice(s, in, run, avail, h);
+	case 'H':
+		return on_copy_out(s, in, run, h);
+	case 'd':
+		return on_copy_data(s, in, run, avail, h);
+	case 'c':
+		plan_clear(&m->copy);
+		break;
 	case '1':
 		pop_expected(s, RESP_PARSE, "ParseComplete");
 		break;

@@ -395,6 +395,8 @@ static size_t build_strings(const SqlBuild *b)
 		n += strsize(b->pool + b->funcs[i].name);
 	for (i = 0; i < b->n_preps; i++)
 		n += strsize(b->preps[i].name);
+	for (i = 0; i < b->n_stmts; i++)
+		n += strsize(b->stmts[i].copy_null);
 	for (i = 0; i < b->n_lcols; i++)
 		if (b->lcols[i].table != NULL)
 			n += strsize(b->lcols[i].schema) + strsize(b->lcols[i].table) + strsize(b->lcols[i].column);
@@ -629,6 +631,8 @@ static StmtInfo *block_build(SqlThread *t, size_t len, bool cache_text, bool sha
 	for (i = 0; i < b->n_stmts; i++) {
 		info->stmts[i].offset = b->stmts[i].offset;
 		info->stmts[i].len = b->stmts[i].len;
+		info->stmts[i].copy = b->stmts[i].copy;
+		info->stmts[i].copy.null_string = strput(&sp, b->stmts[i].copy_null);
 	}
 	info->n_parts = b->n_parts;
 	info->parts = (SqlPart *)(void *)((char *)blk + l.parts);
@@ -724,6 +728,8 @@ static StmtInfo *block_clone(const InfoBlock *src, const char *text, size_t len)
 	info->prep = (SqlPrepRef *)(void *)reloc(info->prep, from, to);
 	for (i = 0; i < info->n_prep; i++)
 		info->prep[i].name = reloc(info->prep[i].name, from, to);
+	for (i = 0; i < info->n_stmts; i++)
+		info->stmts[i].copy.null_string = reloc(info->stmts[i].copy.null_string, from, to);
 	for (i = 0; i < info->n_parts; i++) {
 		SqlPart *p = &info->parts[i];
 

@@ -38,6 +38,8 @@ typedef struct SqlFuncB {
 typedef struct SqlStmtB {
 	int offset;              /* RawStmt stmt_location */
 	int len;                 /* RawStmt stmt_len, 0 = to the end */
+	SqlCopyOut copy;         /* COPY ... TO STDOUT; copy.null_string unused (see copy_null) */
+	const char *copy_null;   /* the NULL option's string (in the JSON buffer), NULL when not given */
 } SqlStmtB;
 
 typedef struct SqlPrepB {
@@ -253,6 +255,15 @@ bool sqlinfo_tree_analyze(SqlBuild *b, char *json);
  * row type, so that `t.name` may be attribute notation for name(t).
  */
 bool sqlinfo_takes_whole_row(const char *name);
+
+/* ---- COPY options (sqlinfo_copy.c) ---- */
+
+/*
+ * Fills b->stmts[stmt].copy (and copy_null) from CopyStmt `s` when it is a
+ * COPY ... TO STDOUT; leaves them zero (SQL_COPY_NONE) otherwise. Sets
+ * b->literal_sensitive when the COPY has options.
+ */
+void sqlinfo_copy_stmt(SqlBuild *b, int stmt, const JNode *s);
 
 /* ---- column lineage (sqlinfo_lineage.c) ---- */
 

@@ -1555,6 +1555,7 @@ static bool walk_stmts(SqlBuild *b, const JNode *root)
 	for (raw = j_first(j_get(root, "stmts")); raw != NULL && !b->oom; raw = j_next(raw)) {
 		if (!GROW(b, b->stmts, b->n_stmts, b->cap_stmts))
 			break;
+		memset(&b->stmts[b->n_stmts], 0, sizeof(b->stmts[0]));
 		b->stmts[b->n_stmts].offset = (int)j_num(raw, "stmt_location");
 		b->stmts[b->n_stmts].len = (int)j_num(raw, "stmt_len");
 		w.stmt = b->n_stmts++;
@@ -1563,6 +1564,8 @@ static bool walk_stmts(SqlBuild *b, const JNode *root)
 		if ((type = j_type(j_get(raw, "stmt"), &body)) != NULL) {
 			dispatch_stmt(&w, type, body);
 			sqlinfo_lineage_stmt(b, w.stmt, type, body);
+			if (strcmp(type, "CopyStmt") == 0)
+				sqlinfo_copy_stmt(b, w.stmt, body);
 		}
 	}
 	return !b->oom;

@@ -5,7 +5,8 @@
  * types, inheritance parents, view definitions) and, for the current rules,
  * which MASK rules reach each column. A rule names schema.table.column; it
  * reaches that column, the same-named column of every partition and
- * inheritance child (at any depth), and every view column that reads it:
+ * inheritance child (at any depth) and of every ancestor (whose scans return
+ * the child's rows), and every view column that reads it:
  * unchanged (a copy: the rule masks the view column too) or computed (the
  * view column is derived from a masked column: reading it is a derived use).
  * Views are followed through their definitions, views of views included.
@@ -18,8 +19,9 @@
  * snapshot does not know. The thread exists only while the rules have MASK
  * rules.
  *
- * catalog_snap_new, catalog_snap_add_* and catalog_snap_finish build a snapshot from rows; the catalog
- * thread uses them, and unit tests build snapshots without a server.
+ * catalog_snap_new, catalog_snap_add_* and catalog_snap_finish build a
+ * snapshot from rows; the catalog thread uses them, and unit tests build
+ * snapshots without a server.
  */
 #ifndef PGVEIL_CATALOG_H
 #define PGVEIL_CATALOG_H
@@ -80,19 +82,27 @@ CatSnap *catalog_snap_new(const char *database, RuleSet *rules, uint64_t cfg_gen
 /* Adds relation `oid`; viewdef may be NULL. False when out of memory. */
 bool catalog_snap_add_rel(CatSnap *s, uint32_t oid, const char *schema, const char *name, char kind,
 			  const char *viewdef) PGV_WARN_UNUSED;
-/* Adds column `attnum` (>= 1) of relation `oid`; name NULL for a dropped column. */
+/*
+ * Adds column `attnum` (>= 1) of relation `oid`, added before; name NULL for
+ * a dropped column. A column of an unknown relation is ignored; attnums
+ * never added count as dropped.
+ */
 bool catalog_snap_add_column(CatSnap *s, uint32_t oid, int attnum, const char *name, uint32_t type_oid,
 			     int32_t typmod) PGV_WARN_UNUSED;
-/* Records that `child` inherits from `parent` (a partition or an inheritance child). */
+/*
+ * Records that `child` (added before) inherits from `parent` (a partition or
+ * an inheritance child); the parent may be added later.
+ */
 bool catalog_snap_add_parent(CatSnap *s, uint32_t child, uint32_t parent) PGV_WARN_UNUSED;
 /*
  * Computes where the rules' masks reach and builds the indexes. A rule
  * naming a relation or column that does not exist, a view definition that
  * cannot be analysed (its columns then count as derived from every masked
- * column it reads, or, when it cannot be parsed, from every masked column
- * of the database), a mask function that cannot apply to the column's type
- * (type_ok false): each adds a line to `problems`. False only when out of
- * memory.
+ * column it reads, or, when it cannot be parsed or runs code that is not
+ * built in, from every masked column of the database), a mask function
+ * that cannot apply to the column's type (type_ok false; reported once per
+ * rule and type): each adds a line to `problems`. False only when out of
+ * memory (the snapshot is then only fit for catalog_snap_unref).
  */
 bool catalog_snap_finish(CatSnap *s) PGV_WARN_UNUSED;
 /* A snapshot that records a failure to read the catalog. */
@@ -111,6 +121,12 @@ const CatRel *catalog_rel(const CatSnap *s, uint32_t oid);
  * is not known). Up to `max` are stored in out; returns how many there are.
  */
 int catalog_find_rels(const CatSnap *s, const char *schema, const char *name, const CatRel **out, int max);
+/*
+ * Every relation named `name`, in any schema, sorted by schema: *n of them
+ * from the returned pointer, which points into the snapshot (no copy, no
+ * limit). NULL with *n 0 when there is none.
+ */
+const CatRel *const *catalog_rels_named(const CatSnap *s, const char *name, int *n);
 /* The attnum of column `name` of rel (dropped columns never match), 0 when none. */
 int catalog_attnum(const CatRel *rel, const char *name);
 /* The column of (oid, attnum), or NULL when either is unknown or the column was dropped. */
@@ -122,7 +138,7 @@ bool catalog_mask_applies(const Rule *r, const Identity *id);
  * What the masks reaching column c mean for the caller: the first
  * non-derived mask that applies (NULL: the values pass), and in *derived
  * whether a derived mask applies (reading the column is a derived use).
- * *type_ok is the returned mask's type_ok.
+ * The returned mask's type_ok says whether its function suits the column.
  */
 const CatMask *catalog_mask_for(const CatColumn *c, const Identity *id, bool *derived);
 /* True when some mask rule of `rules` applies to the caller: the caller "has masks". */

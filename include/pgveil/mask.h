@@ -160,23 +160,36 @@ void mask_thread_cleanup(void);
 /* The text forms of COPY ... TO STDOUT (the COPY statement's options). */
 typedef struct MaskCopyFormat {
 	bool csv;              /* FORMAT csv; else FORMAT text */
-	char delimiter;        /* text: '\t' by default; csv: ',' */
-	char quote;            /* csv: '"' by default */
-	char escape;           /* csv: the quote by default */
-	const char *null_string; /* text: "\\N" by default; csv: "" */
-	bool header;           /* the first row is a header line: passes unchanged */
+	char delimiter;        /* text: '\t' by default; csv: ','; '\0': the default */
+	char quote;            /* csv: '"' by default; '\0': the default */
+	char escape;           /* csv: the quote by default; '\0': the default */
+	const char *null_string; /* NULL: the format's default (text "\\N", csv "") */
+	bool header;           /* HEADER: the first row of the first CopyData is a header line */
 } MaskCopyFormat;
 
 /*
  * Rewrites the rows in one CopyData payload (`len` bytes at data: whole
- * lines, each ending with a newline, as the server sends them) under plan,
- * appending the rewritten payload (no message header) to out. Values are
- * decoded from the COPY form, masked as text-format values (plan fields'
- * format is ignored) and encoded again; a NULL stays NULL. Returns MASK_OK,
- * or MASK_EVALUE when a line does not split into the plan's columns or does
- * not end with a newline (nothing appended), or MASK_ENOMEM.
+ * rows, each ending with a newline, as the server sends them; a CSV row may
+ * span lines inside quotes) under plan, appending the rewritten payload (no
+ * message header) to out. `first` says this is the first CopyData of the
+ * COPY: with fmt->header, its first row (the column names) passes
+ * unchanged. Fields of masked columns (a rule or to_null) are decoded from
+ * the COPY form as PostgreSQL's COPY FROM reads them, masked as text-format
+ * values (plan fields' format is ignored) and encoded as COPY TO would write
+ * them; a NULL stays NULL, and a value that cannot be decoded or masked
+ * becomes NULL. Other fields are copied byte for byte. Returns MASK_OK;
+ * MASK_EVALUE when a row does not split into the plan's columns, does not
+ * end with a newline or holds what the server does not write (an unclosed
+ * quote, a bare carriage return), nothing appended; MASK_EARGS when an
+ * argument is NULL or fmt is one the server refuses (a newline or carriage
+ * return as delimiter or quote, a text delimiter that is a backslash, a
+ * period, a lower-case letter or a digit, a csv quote equal to the
+ * delimiter, a NULL string holding a newline, the delimiter or the quote),
+ * nothing appended; MASK_ENOMEM, when out may hold part of the rewritten
+ * payload (never an unmasked value of a masked column), which must not be
+ * sent.
  */
-int mask_copy_data(const MaskPlan *plan, const MaskCopyFormat *fmt, const uint8_t *data, size_t len,
+int mask_copy_data(const MaskPlan *plan, const MaskCopyFormat *fmt, bool first, const uint8_t *data, size_t len,
 		   struct evbuffer *out) PGV_WARN_UNUSED;
 
 #endif

@@ -67,7 +67,8 @@ struct CatSnap;
 typedef struct MaskVerdict {
 	bool blocked;          /* the statement must not run */
 	char why[512];         /* blocked: the message, naming the column (or function, table) and the use */
-	bool reads_masked;     /* reads a column masked for the caller anywhere: scrub the server's errors and notices */
+	bool reads_masked;     /* reads a column masked for the caller anywhere, or touches a relation that has one
+				  (errors echo rows): scrub the server's errors and notices */
 } MaskVerdict;
 
 /*
@@ -83,11 +84,15 @@ typedef struct MaskVerdict {
  *  - for a caller with masks (catalog_caller_has_masks): DO, functions that
  *    are not built in, pg_notify, set_config, large-object functions,
  *    built-ins that run SQL given as text (query_to_xml, ...), catalog
- *    statistics (pg_stats, pg_statistic, ...) and DDL on a relation with
- *    masked columns block;
+ *    statistics (pg_stats, pg_statistic, ...), DDL on a relation with
+ *    masked columns and DDL that names no table (ALTER SCHEMA ... RENAME:
+ *    what it changes is not known) block;
  *  - COPY ... TO STDOUT in binary of masked columns blocks.
  * A column is matched by name as the statement writes it: an unqualified
- * table may be one of any schema. Does not allocate.
+ * table may be one of any schema. cat NULL means there are no masks: the
+ * statement passes. A snapshot that records a failure to read the catalog
+ * blocks every statement that touches a table (the masks cannot be known),
+ * and counts every caller as one with masks. Does not allocate.
  */
 void policy_mask_check(const StmtInfo *info, const struct CatSnap *cat, const Identity *id, bool predicates_allow,
 		       MaskVerdict *out);

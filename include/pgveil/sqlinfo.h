@@ -110,7 +110,13 @@ typedef struct SqlColumnUse {
 	unsigned contexts;     /* SQL_USE_* bits; 0 = read where it flows nowhere (a subquery column no one uses) */
 } SqlColumnUse;
 
-/* COPY ... TO STDOUT: the form its rows take (SqlStmt.copy). */
+/*
+ * COPY ... TO STDOUT: the form its rows take (SqlStmt.copy). `unusual` is
+ * set when an option pgveil does not model is given: FORCE_QUOTE,
+ * FORCE_NOT_NULL, FORCE_NULL, ENCODING, a delimiter, quote or escape that is
+ * not one byte, a value that is not a constant, an unknown or repeated
+ * option. The other fields may then not describe the rows.
+ */
 typedef enum { SQL_COPY_NONE, SQL_COPY_TEXT, SQL_COPY_CSV, SQL_COPY_BINARY } SqlCopyFormat;
 
 typedef struct SqlCopyOut {
@@ -118,9 +124,9 @@ typedef struct SqlCopyOut {
 	char delimiter;          /* DELIMITER, or the format's default ('\t' text, ',' csv) */
 	char quote;              /* csv: QUOTE, default '"' */
 	char escape;             /* csv: ESCAPE, default the quote */
-	char *null_string;       /* NULL, or the format's default ("\\N" text, "" csv) */
-	bool header;             /* HEADER (true, match) */
-	bool unusual;            /* options pgveil does not model (FORCE_QUOTE, ENCODING, a multi-byte delimiter, ...) */
+	char *null_string;       /* the NULL option's string; NULL when not given: the format's default ("\\N" text, "" csv) */
+	bool header;             /* HEADER (true, on, 1, match) */
+	bool unusual;            /* options pgveil does not model (see above) */
 } SqlCopyOut;
 
 /* One top-level statement of the text. */

@@ -269,7 +269,6 @@ REFUSED = [
     f"SELECT shout FROM {T}_upper",
     f"SELECT lo_from_bytea(0, convert_to((SELECT email FROM {T} LIMIT 1), 'UTF8'))",
     f"ALTER TABLE {T} RENAME COLUMN email TO mail",
-    f"COPY {T} TO STDOUT",
     f"COPY (SELECT email FROM {T}) TO STDOUT WITH (FORMAT binary)",
 ]
 
@@ -296,4 +295,27 @@ def test_errors_scrubbed(masked):
         assert "Failing row" not in str(exc.value.diag.message_detail or "")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):  # moves a masked value: refused
             conn.execute(f"UPDATE {TABLE} SET email = (SELECT email FROM {TABLE} WHERE id = 2) WHERE id = 1")
+    assert_no_leak(rec)
+
+
+@pytest.mark.parametrize("options", ["", "WITH (FORMAT csv, HEADER)", "WITH (FORMAT csv, DELIMITER '|', NULL 'nil')",
+                                     "WITH (DELIMITER ';')"])
+def test_copy_out(masked, options):
+    pv, rec = masked
+    rec.take()
+    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+        with conn.cursor() as cur:
+            data = b""
+            with cur.copy(f"COPY (SELECT id, email, ssn, card, note FROM {TABLE} ORDER BY id) TO STDOUT {options}") as cp:
+                for chunk in cp:
+                    data += bytes(chunk)
+            text = data.decode()
+            for i in (1, 2, 3):
+                email, ssn, salary, born, card, note = MASKED[i]
+                assert email in text and ssn in text
+            data = b""
+            with cur.copy(f"COPY {TABLE} TO STDOUT {options}") as cp:
+                for chunk in cp:
+                    data += bytes(chunk)
+            assert MASKED[1][0] in data.decode()
     assert_no_leak(rec)

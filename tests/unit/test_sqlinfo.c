@@ -8,6 +8,7 @@
  * classes, shapes shared across literals, statement spans of shape hits,
  * eviction), normalization, class names, built-in functions and refusals.
  */
+#include <ctype.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -296,10 +297,91 @@ static void check_error(const char *spec, const StmtInfo *info, const Record *r)
 		fail_msg("corpus line %d: an error has parts", r->line);
 }
 
+/* A corpus token's text: "\t" tab, "\s" space, "\xHH" a byte, "\\" backslash. */
+static void unescape_token(const char *in, char *out, size_t len)
+{
+	size_t n = 0;
+
+	for (; *in != '\0' && n + 1 < len; in++) {
+		if (in[0] == '\\' && in[1] == 'x' && isxdigit((unsigned char)in[2]) && isxdigit((unsigned char)in[3])) {
+			out[n++] = (char)strtol((char[]){ in[2], in[3], '\0' }, NULL, 16);
+			in += 3;
+		} else if (in[0] == '\\' && in[1] != '\0') {
+			in++;
+			out[n++] = *in == 't' ? '\t' : *in == 's' ? ' ' : *in;
+		} else {
+			out[n++] = *in;
+		}
+	}
+	out[n] = '\0';
+}
+
+static const char *const copy_formats[] = { "none", "text", "csv", "binary" };
+
+/*
+ * "FORMAT [delim=C] [quote=C] [escape=C] [null=S] [header] [unusual]" for
+ * statement `idx`: delim, quote and escape default to the format's
+ * defaults, null to NULL (not given); "none" expects an all-zero copy.
+ */
+static void check_copy(const char *spec, const StmtInfo *info, int idx, const Record *r)
+{
+	char buf[1024], val[256], *tok, *save = NULL;
+	const SqlCopyOut *c;
+	SqlCopyOut want;
+	const char *null_string = NULL;
+
+	if (idx >= info->n_stmts)
+		fail_msg("corpus line %d: copy of statement %d, which is missing", r->line, idx);
+	c = &info->stmts[idx].copy;
+	memset(&want, 0, sizeof(want));
+	snprintf(buf, sizeof(buf), "%s", spec);
+	tok = strtok_r(buf, " ", &save);
+	for (want.format = SQL_COPY_NONE; want.format <= SQL_COPY_BINARY; want.format++)
+		if (tok != NULL && strcmp(tok, copy_formats[want.format]) == 0)
+			break;
+	if (want.format > SQL_COPY_BINARY)
+		fail_msg("corpus line %d: unknown copy format '%s'", r->line, tok != NULL ? tok : "");
+	if (want.format != SQL_COPY_NONE) {
+		want.delimiter = want.format == SQL_COPY_CSV ? ',' : '\t';
+		want.quote = '"';
+		want.escape = 0;
+	}
+	while ((tok = strtok_r(NULL, " ", &save)) != NULL) {
+		unescape_token(strchr(tok, '=') != NULL ? strchr(tok, '=') + 1 : "", val, sizeof(val));
+		if (strncmp(tok, "delim=", 6) == 0)
+			want.delimiter = val[0];
+		else if (strncmp(tok, "quote=", 6) == 0)
+			want.quote = val[0];
+		else if (strncmp(tok, "escape=", 7) == 0)
+			want.escape = val[0];
+		else if (strncmp(tok, "null=", 5) == 0)
+			null_string = strdup(val);
+		else if (strcmp(tok, "header") == 0)
+			want.header = true;
+		else if (strcmp(tok, "unusual") == 0)
+			want.unusual = true;
+		else
+			fail_msg("corpus line %d: unknown copy expectation '%s'", r->line, tok);
+	}
+	if (want.format != SQL_COPY_NONE && want.escape == 0)
+		want.escape = want.quote;
+	snprintf(val, sizeof(val), "%s", null_string != NULL ? null_string : "(not given)");
+	free((char *)null_string);
+	if (c->format != want.format || c->delimiter != want.delimiter || c->quote != want.quote ||
+	    c->escape != want.escape || c->header != want.header || c->unusual != want.unusual)
+		fail_msg("corpus line %d: statement %d copies as %s delim=0x%02x quote=0x%02x escape=0x%02x header=%d "
+			 "unusual=%d, expected %s",
+			 r->line, idx, copy_formats[c->format], (unsigned char)c->delimiter, (unsigned char)c->quote,
+			 (unsigned char)c->escape, c->header, c->unusual, spec);
+	if (strcmp(c->null_string != NULL ? c->null_string : "(not given)", val) != 0)
+		fail_msg("corpus line %d: statement %d has NULL string '%s', expected '%s'", r->line, idx,
+			 c->null_string != NULL ? c->null_string : "(not given)", val);
+}
+
 static void check_record(const Record *r, const StmtInfo *info)
 {
 	char buf[256];
-	int i, n_parts = 0, n_prep = 0;
+	int i, n_parts = 0, n_prep = 0, n_copy = 0;
 	uint32_t u = 0;
 	bool expect_error = false;
 
@@ -329,6 +411,8 @@ static void check_record(const Record *r, const StmtInfo *info)
 			check_functions(v, info, 0, info->n_parts, r, "functions");
 		} else if (strncmp(e, "prep:", 5) == 0) {
 			check_prep(v, info, n_prep++, r);
+		} else if (strncmp(e, "copy:", 5) == 0) {
+			check_copy(v, info, n_copy++, r);
 		} else if (strncmp(e, "sensitive:", 10) == 0) {
 			if (info->literal_sensitive != (strcmp(v, "yes") == 0))
 				fail_msg("corpus line %d: literal_sensitive %d, expected %s", r->line,
@@ -344,6 +428,9 @@ static void check_record(const Record *r, const StmtInfo *info)
 	if (n_prep != info->n_prep)
 		fail_msg("corpus line %d: %d prepared-statement operations, expected %d", r->line, info->n_prep,
 			 n_prep);
+	for (i = n_copy; i < info->n_stmts; i++)
+		if (info->stmts[i].copy.format != SQL_COPY_NONE)
+			fail_msg("corpus line %d: statement %d is a COPY TO STDOUT, not expected", r->line, i);
 	for (i = 0; i < info->n_parts; i++)
 		u |= info->parts[i].classes;
 	if (u != info->classes)
@@ -587,6 +674,56 @@ static void test_cache_literal_sensitive(void **state)
 			 SC_READ | SC_DELETE | SC_WRITE | SC_DESTRUCTIVE);
 	assert_int_equal(classes_of("SET client_encoding = 'UTF8'"), SC_SESSION);
 	assert_int_equal(classes_of("SET client_encoding = 'SJIS'"), SC_SESSION | SC_ADMIN);
+}
+
+/* Statement `idx`'s COPY form as "format delim null header": "csv | x 1". */
+static void copy_of(const char *sql, int idx, char *buf, size_t len)
+{
+	StmtInfo *info = analyze(sql);
+	const SqlCopyOut *c;
+
+	assert_true(idx < info->n_stmts);
+	c = &info->stmts[idx].copy;
+	snprintf(buf, len, "%s %c %s %d", copy_formats[c->format], c->delimiter != '\0' ? c->delimiter : '0',
+		 c->null_string != NULL ? c->null_string : "-", c->header);
+	sqlinfo_unref(info);
+}
+
+/* COPY options are literals: COPY statements differing in them never share a cached analysis. */
+static void test_cache_copy_options(void **state)
+{
+	static const char *const cases[][2] = {
+		{ "COPY t TO STDOUT (DELIMITER '|')", "text | - 0" },
+		{ "COPY t TO STDOUT (DELIMITER ',')", "text , - 0" },
+		{ "COPY t TO STDOUT (FORMAT 'csv', NULL 'a')", "csv , a 0" },
+		{ "COPY t TO STDOUT (FORMAT 'text', NULL 'b')", "text \t b 0" },
+		{ "COPY t TO STDOUT (FORMAT 'binary', NULL 'b')", "binary \t b 0" },
+		{ "COPY t TO STDOUT (HEADER 1)", "text \t - 1" },
+		{ "COPY t TO STDOUT (HEADER 0)", "text \t - 0" },
+		{ "COPY t TO STDOUT (HEADER 'on')", "text \t - 1" },
+		{ "COPY t TO STDOUT (HEADER 'off')", "text \t - 0" },
+		{ "COPY t TO STDOUT", "text \t - 0" },
+		{ "COPY t TO STDOUT  ", "text \t - 0" },
+		{ "SELECT 1; COPY t TO STDOUT DELIMITER '|' NULL 'x'", "text | x 0" },
+		{ "SELECT 2; COPY t TO STDOUT DELIMITER ';' NULL 'y'", "text ; y 0" },
+		{ "SELECT  2 ; COPY t TO STDOUT DELIMITER ';' NULL 'y'", "text ; y 0" },
+		{ "COPY t TO '/tmp/x' (DELIMITER '|')", "none 0 - 0" },
+	};
+	char buf[64];
+	size_t i;
+	int round;
+
+	cache_on(state);
+	for (round = 0; round < 3; round++) {
+		for (i = 0; i < PGV_ARRAY_LEN(cases); i++) {
+			int idx = strncmp(cases[i][0], "SELECT", 6) == 0;
+
+			copy_of(cases[i][0], idx, buf, sizeof(buf));
+			if (strcmp(buf, cases[i][1]) != 0)
+				fail_msg("round %d: %s copies as '%s', expected '%s'", round, cases[i][0], buf, cases[i][1]);
+		}
+	}
+	assert_true(sqlinfo_cache_hits() > 0);
 }
 
 /* The contexts statement 0 reads `column` in, or -1 when it does not. */
@@ -964,6 +1101,7 @@ int main(void)
 	static const struct CMUnitTest unit[] = {
 		cmocka_unit_test(test_cache_literal_sensitive),
 		cmocka_unit_test(test_cache_sort_position),
+		cmocka_unit_test(test_cache_copy_options),
 		cmocka_unit_test(test_too_complex),
 		cmocka_unit_test(test_cache_shape_hits),
 		cmocka_unit_test(test_cache_shape_spans),

@@ -1,0 +1,279 @@
+"""The catalog thread, seen through the admin console's SHOW MASKS: pgveil
+reads each [databases] entry's catalog on its own connection
+(application_name pgveil:catalog) and works out which columns the MASK rules
+reach: the named column, the same column of partitions and inheritance
+children at any depth, view columns that copy it (derived = false) or are
+computed from it (derived = true), views of views included; a domain-typed
+column counts as its base type. Rules that cannot apply as written (a
+missing column, a function that cannot mask the column's type) are shown
+and logged. A reload re-reads every catalog under the new rules; a server
+that is down is reported per database while pgveil keeps serving, and a
+later load after the server is back works. pgveil only.
+"""
+
+import os
+import uuid
+
+import psycopg
+import pytest
+
+import harness
+from test_jwt import AUDIENCE, ISSUER, Idp
+
+ADMIN_DB = "pgveil"
+COLUMNS = ["database", "relation", "column", "rule", "function", "derived", "problem"]
+
+SCHEMA = """
+SET ROLE app_agent;
+CREATE SCHEMA crm;
+CREATE DOMAIN crm.email_base AS text CHECK (VALUE LIKE '%@%');
+CREATE DOMAIN crm.email_addr AS crm.email_base;
+CREATE TABLE crm.customers (
+    id    integer PRIMARY KEY,
+    email crm.email_addr NOT NULL,
+    ssn   varchar(11),
+    score integer,
+    gone  text
+);
+ALTER TABLE crm.customers DROP COLUMN gone;
+INSERT INTO crm.customers VALUES (1, 'ann@example.com', '123-45-6789', 7);
+CREATE TABLE crm.events (id integer, at date NOT NULL, secret text) PARTITION BY RANGE (at);
+CREATE TABLE crm.events_2024 PARTITION OF crm.events
+    FOR VALUES FROM ('2024-01-01') TO ('2025-01-01') PARTITION BY RANGE (at);
+CREATE TABLE crm.events_2024_h1 PARTITION OF crm.events_2024
+    FOR VALUES FROM ('2024-01-01') TO ('2024-07-01');
+CREATE TABLE crm.notes (id integer, note text);
+CREATE TABLE crm.notes_child (extra integer) INHERITS (crm.notes);
+CREATE TABLE crm.notes_grandchild (more integer) INHERITS (crm.notes_child);
+CREATE VIEW crm.contacts AS SELECT id, email, upper(email) AS shout FROM crm.customers;
+CREATE VIEW crm.contacts_2 AS SELECT email AS mail, shout FROM crm.contacts;
+RESET ROLE;
+"""
+
+RULES = """\
+MASK crm.customers.email USING email();
+MASK crm.customers.score USING hash(8);
+MASK crm.customers.nope USING null();
+MASK crm.events.secret USING redact();
+MASK crm.notes.note USING partial(1, 'it''s', 1) UNLESS GROUP billing;
+"""
+
+
+@pytest.fixture(scope="module")
+def idp(workroot, pgveil_bin):
+    tool = os.path.join(os.path.dirname(pgveil_bin), "pgveil-token")
+    i = Idp(os.path.join(workroot, f"idp-catalog-{uuid.uuid4().hex[:8]}"), tool)
+    i.genkey("rsa", "rsa")
+    i.jwks_path = i.write_jwks("jwks.json", ("rsa", "rsa-1"))
+    return i
+
+
+class Veil:
+    """A pgveil with [oidc], MASK rules in a file of its own, and console tokens."""
+
+    def __init__(self, pgveil_factory, idp, pg, rules_text, databases=None):
+        self.idp = idp
+        self.pg = pg
+        dbs = databases or {"app": harness.backend_conninfo(pg),
+                            "app_badpw": harness.backend_conninfo(pg, password="wrong-password")}
+        self.pv = pgveil_factory(start=False, tls=True, cluster_=pg, databases=dbs)
+        self.rules = os.path.join(self.pv.dir, "masks.rules")
+        self.write_rules(rules_text)
+        self.pv.settings["rules"] = self.rules
+        self.write_config()
+        suffix = uuid.uuid4().hex[:6]
+        self.admin = idp.mint("rsa", "rsa-1", f"root-{suffix}", groups="pgveil-admins")
+        self.auditor = idp.mint("rsa", "rsa-1", f"aud-{suffix}", groups="audit")
+        self.approver = idp.mint("rsa", "rsa-1", f"appr-{suffix}", groups="dba")
+        self.pv.start()
+
+    def write_config(self):
+        self.pv.write_config(self.pv.config_text() + "\n[oidc]\n" + f"issuer = {ISSUER}\n"
+                             f"audience = {AUDIENCE}\njwks_file = {self.idp.jwks_path}\n")
+
+    def write_rules(self, text):
+        with open(self.rules + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(self.rules + ".tmp", self.rules)
+
+    def where(self, line):
+        return f"{self.rules}:{line}"
+
+    def connect(self, token):
+        info = (f"host=127.0.0.1 port={self.pv.port} dbname={ADMIN_DB} user=whoever "
+                f"password={token} sslmode=require connect_timeout=10")
+        return psycopg.connect(info, autocommit=True)
+
+    def show_masks(self, token=None):
+        with self.connect(token or self.admin) as conn:
+            cur = conn.execute("SHOW MASKS")
+            assert [d.name for d in cur.description] == COLUMNS
+            return [dict(zip(COLUMNS, r)) for r in cur.fetchall()]
+
+    def rows_of(self, database="app"):
+        return [r for r in self.show_masks() if r["database"] == database]
+
+    def reached(self, database="app"):
+        """{(relation, column): (rule, function, derived, problem)} of the columns masks reach."""
+        return {(r["relation"], r["column"]): (r["rule"], r["function"], r["derived"], r["problem"])
+                for r in self.rows_of(database) if r["derived"] is not None}
+
+    def wait_loaded(self, database="app", timeout=30):
+        """Waits until the database's catalog is read (or its failure reported); returns its rows."""
+        out = {}
+
+        def loaded():
+            rows = self.rows_of(database)
+            out["rows"] = rows
+            return rows and not any(r["problem"] == "the catalog has not been read yet" for r in rows)
+
+        harness.wait_until(loaded, timeout, what=f"the catalog of {database}")
+        return out["rows"]
+
+    def reload_and_wait(self, pred, timeout=30, what="the reload"):
+        mark = self.pv.log_size()
+        self.pv.reload()
+        harness.wait_until(lambda: "configuration reloaded" in self.pv.log_text(mark), 15, what="the reload")
+        harness.wait_until(pred, timeout, what=what)
+        return mark
+
+
+@pytest.fixture
+def pg(cluster_factory):
+    c = cluster_factory(big_rows=10)
+    c.psql_admin(SCHEMA)
+    return c
+
+
+def catalog_backends(pg):
+    rows = pg.psql_admin("SELECT datname || ' ' || usename FROM pg_stat_activity "
+                         "WHERE application_name = 'pgveil:catalog' ORDER BY 1")
+    return [line for line in rows.splitlines() if line]
+
+
+def test_masks_reach_partitions_children_views(pgveil_factory, idp, pg):
+    v = Veil(pgveil_factory, idp, pg, RULES)
+    v.wait_loaded()
+    got = v.reached()
+    email, score, secret, note = v.where(1), v.where(2), v.where(4), v.where(5)
+    # the column itself: its type is a domain over a domain over text, so email() applies
+    assert got[("crm.customers", "email")] == (email, "email()", False, "")
+    # partitions at every depth
+    for rel in ("crm.events", "crm.events_2024", "crm.events_2024_h1"):
+        assert got[(rel, "secret")] == (secret, "redact()", False, ""), rel
+    # inheritance children at every depth; the arguments as written
+    for rel in ("crm.notes", "crm.notes_child", "crm.notes_grandchild"):
+        assert got[(rel, "note")] == (note, "partial(1, 'it''s', 1)", False, ""), rel
+    # views, and views of views: copies are masked, computed columns are derived uses
+    assert got[("crm.contacts", "email")] == (email, "email()", False, "")
+    assert got[("crm.contacts", "shout")] == (email, "email()", True, "")
+    assert got[("crm.contacts_2", "mail")] == (email, "email()", False, "")
+    assert got[("crm.contacts_2", "shout")] == (email, "email()", True, "")
+    # a function that cannot mask the column's type: shown on its row
+    rule, fn, derived, problem = got[("crm.customers", "score")]
+    assert (rule, fn, derived) == (score, "hash(8)", False)
+    assert "hash() cannot mask a column of type int4" in problem
+    # nothing else is reached (id, ssn, at, ... are not)
+    assert not [k for k in got if k[1] in ("id", "ssn", "at", "extra", "more")]
+    # a rule naming a missing column: a row with the rule's own table and column
+    missing = [r for r in v.rows_of() if r["rule"] == v.where(3)]
+    assert missing and missing[0]["relation"] == "crm.customers" and missing[0]["column"] == "nope"
+    assert missing[0]["derived"] is None and "nope" in missing[0]["problem"]
+    # the other database's login is refused: one row with the reason
+    bad = v.wait_loaded("app_badpw")
+    assert len(bad) == 1 and bad[0]["relation"] is None
+    assert bad[0]["problem"].startswith("cannot read the catalog of database app_badpw: could not log in")
+    # the log: the load at INFO, each problem as a warning
+    log = v.pv.log_text()
+    assert "catalog of database app loaded: " in log and " masked columns, " in log
+    assert any(" WARN catalog: catalog of database app: " in line and "nope" in line for line in log.splitlines())
+    # one connection of pgveil's own per readable database
+    assert catalog_backends(pg) == ["app app_agent"]
+
+
+def test_show_masks_groups_and_help(pgveil_factory, idp, pg):
+    v = Veil(pgveil_factory, idp, pg, RULES)
+    v.wait_loaded()
+    assert v.show_masks(v.auditor) == v.show_masks(v.admin)
+    with v.connect(v.approver) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="SHOW MASKS needs the auditor or admin group"):
+            conn.execute("SHOW MASKS")
+        helps = {r[0]: r for r in conn.execute("SHOW HELP").fetchall()}
+    assert helps["SHOW MASKS"][2:] == ("auditor or admin", "no")
+
+
+def test_reload_follows_rules_and_catalog(pgveil_factory, idp, pg):
+    v = Veil(pgveil_factory, idp, pg, RULES)
+    v.wait_loaded()
+    first = {k: r for k, r in v.reached().items()}
+    assert ("crm.customers", "email") in first and ("crm.customers", "ssn") not in first
+    # a table created since and new rules: both show after SIGHUP
+    pg.psql_admin("SET ROLE app_agent; CREATE TABLE crm.cards (id integer, number text); RESET ROLE;")
+    v.write_rules("MASK crm.customers.ssn USING partial(0, '***-**-', 4);\n"
+                  "MASK crm.cards.number USING null() FOR GROUP agents;\n")
+
+    def follows():
+        got = v.reached()
+        return (("crm.customers", "ssn") in got and ("crm.cards", "number") in got
+                and ("crm.customers", "email") not in got)
+
+    v.reload_and_wait(follows, what="SHOW MASKS to follow the new rules")
+    got = v.reached()
+    assert got[("crm.customers", "ssn")] == (v.where(1), "partial(0, '***-**-', 4)", False, "")
+    assert got[("crm.cards", "number")] == (v.where(2), "null()", False, "")
+    assert not any(r["rule"] == v.where(3) for r in v.rows_of())
+    # no MASK rules: nothing to show, and pgveil's catalog connection goes away
+    v.write_rules("ALLOW ALL;\n")
+    v.reload_and_wait(lambda: v.show_masks() == [] and catalog_backends(pg) == [],
+                      what="the catalog thread to stop")
+    # MASK rules again: it starts again
+    v.write_rules("MASK crm.cards.number USING redact();\n")
+    v.reload_and_wait(lambda: ("crm.cards", "number") in v.reached(), what="the catalog thread to start again")
+
+
+def test_reload_adds_and_removes_databases(pgveil_factory, idp, pg):
+    v = Veil(pgveil_factory, idp, pg, RULES, databases={"app": harness.backend_conninfo(pg)})
+    v.wait_loaded()
+    assert {r["database"] for r in v.show_masks()} == {"app"}
+    v.pv.databases = {"app2": harness.backend_conninfo(pg, sslmode="disable")}
+    v.write_config()
+    v.reload_and_wait(lambda: {r["database"] for r in v.show_masks()} == {"app2"}
+                      and ("crm.customers", "email") in v.reached("app2"), what="app2 to be read")
+    harness.wait_until(lambda: len(catalog_backends(pg)) == 1, 15, what="app's catalog connection to close")
+
+
+def test_dead_server_is_reported_and_a_later_load_works(pgveil_factory, idp, pg):
+    v = Veil(pgveil_factory, idp, pg, RULES, databases={"app": harness.backend_conninfo(pg)})
+    v.wait_loaded()
+    pg.stop("fast")
+    try:
+        def failed():
+            rows = v.rows_of()
+            return len(rows) == 1 and rows[0]["problem"].startswith("cannot read the catalog of database app: ")
+
+        v.reload_and_wait(failed, what="the failure to be reported")
+        row = v.rows_of()[0]
+        assert row["relation"] is None and row["rule"] is None and row["derived"] is None
+        assert "could not connect" in row["problem"] and "refused" in row["problem"].lower()
+        assert "cannot read the catalog of database app: " in v.pv.log_text()
+        # pgveil keeps serving: the console answers, an agent gets a clean error
+        assert v.pv.alive()
+        with pytest.raises(psycopg.OperationalError):
+            agent = v.idp.mint("rsa", "rsa-1", "agent-x", groups="agents")
+            psycopg.connect(f"host=127.0.0.1 port={v.pv.port} dbname=app user=a password={agent} "
+                            "sslmode=require connect_timeout=10").close()
+    finally:
+        pg.start()
+    v.reload_and_wait(lambda: ("crm.customers", "email") in v.reached(), what="a load after the restart")
+    assert catalog_backends(pg) == ["app app_agent"]
+
+
+def test_server_restart_under_an_idle_catalog_connection(pgveil_factory, idp, pg):
+    """The idle catalog connection dies with the server; the next load opens a new one."""
+    v = Veil(pgveil_factory, idp, pg, RULES, databases={"app": harness.backend_conninfo(pg)})
+    v.wait_loaded()
+    pg.stop("fast")
+    pg.start()
+    harness.wait_until(lambda: catalog_backends(pg) == [], 10, what="the old connection to be gone")
+    v.reload_and_wait(lambda: catalog_backends(pg) == ["app app_agent"] and
+                      ("crm.customers", "email") in v.reached(), what="a load on a new connection")
