@@ -337,8 +337,9 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { if (
 # $BENCH_DIR/pgbench-TARGET-MODE.out and prints "tps latency_ms" (or "error
 # error"). Rounds are interleaved (round 1 of every target, then round 2,
 # ...) so that a change in the machine's background load spreads over all
-# targets. Fills TPS[MODE,TARGET] and LAT[MODE,TARGET] with the medians.
-declare -A TPS=() LAT=()
+# targets. Fills TPS[MODE,TARGET] and LAT[MODE,TARGET] with the medians, and
+# TPS_ROUND[MODE,TARGET,ROUND] with each round's tps.
+declare -A TPS=() LAT=() TPS_ROUND=()
 # shellcheck disable=SC2034 # TPS and LAT are read by the caller
 bench_measure() {
 	local run=$1 r m t tps lat out
@@ -354,6 +355,7 @@ bench_measure() {
 					log "$m/$t: pgbench failed: $(tail -n 3 "$out" | tr '\n' ' ')"
 					continue
 				fi
+				TPS_ROUND[$m,$t,$r]=$tps
 				tps_list[$m,$t]+=" $tps"
 				lat_list[$m,$t]+=" $lat"
 				log "round $r/$ROUNDS $m/$t: tps $tps, latency $lat ms"
@@ -400,6 +402,20 @@ bench_check_modes() {
 	for m in $MODES; do
 		case $m in simple | prepared | extended) ;; *) die "unknown mode: $m (simple, extended, prepared)" ;; esac
 	done
+}
+
+# round_ratio MODE A B: the median over the rounds of (A's tps / B's tps in
+# the same round), or "-". Runs of one round are close in time, so this
+# cancels much of a change in the machine's load between rounds.
+round_ratio() {
+	local r list=""
+	for r in $(seq "$ROUNDS"); do
+		[ -z "${TPS_ROUND[$1,$2,$r]:-}" ] || [ -z "${TPS_ROUND[$1,$3,$r]:-}" ] ||
+			list+=" $(ratio "${TPS_ROUND[$1,$2,$r]}" "${TPS_ROUND[$1,$3,$r]}")"
+	done
+	list=$(echo "$list" | tr ' ' '\n' | grep -v '^-$' | tr '\n' ' ')
+	[ -n "${list// /}" ] || { echo -; return; }
+	echo "$list" | median | awk '{ printf "%.3f\n", $1 }'
 }
 
 ratio() { # A B -> A/B or "-"

@@ -260,7 +260,7 @@ report_table() {
 				printf '%-9s %-14s %11s %8s %9s %10s\n' "$m" "$t" skipped - - -
 				continue
 			fi
-			vs=$(ratio "${TPS[$m,$t]}" "${TPS[$m,direct]:-}")
+			vs=$(round_ratio "$m" "$t" direct)
 			printf '%-9s %-14s %11s %8s %9s %10s\n' "$m" "$t" "$(per_s "${TPS[$m,$t]}" "$ROWS" 0)" \
 				"$(per_s "${TPS[$m,$t]}" "$((RESULT_BYTES))e-6" 1)" "$(per_s "${LAT[$m,$t]}" 0.001 3)" "$vs"
 		done
@@ -269,15 +269,15 @@ report_table() {
 
 report_ratios() {
 	local m a b label pair
-	printf '%-44s' "ratio of rows/s"
+	printf '%-48s' "ratio of rows/s (median of per-round ratios)"
 	for m in $MODES; do printf ' %9s' "$m"; done
 	echo
 	for pair in "pgveil direct" "pgveil pgbouncer" "pgveil-masked pgveil" "pgveil-masked direct"; do
 		read -r a b <<<"$pair"
 		label="$a / $b"
 		[ "$pair" != "pgveil-masked pgveil" ] || label="$label (issue's goal: >= 0.8)"
-		printf '%-44s' "$label"
-		for m in $MODES; do printf ' %9s' "$(ratio "${TPS[$m,$a]:-}" "${TPS[$m,$b]:-}")"; done
+		printf '%-48s' "$label"
+		for m in $MODES; do printf ' %9s' "$(round_ratio "$m" "$a" "$b")"; done
 		echo
 	done
 }
