@@ -209,6 +209,18 @@ step_pgveil() {
 	fi
 	port_busy "$PGVEIL_PORT" && die "port $PGVEIL_PORT is in use (set DEMO_PGVEIL_PORT)"
 	: >"$DEMO/pgveil.log"
+	rm -rf "$DEMO/rules"
+	mkdir -p "$DEMO/rules"
+	cp "$SRCDIR/rules/default.rules" "$DEMO/rules/10-default.rules"
+	cat >"$DEMO/rules/20-masks.rules" <<-EOF
+		-- what agents may not see of the users table
+		MASK public.users.email  USING email();
+		MASK public.users.ssn    USING partial(0, '***-**-', 4);
+		MASK public.users.salary USING round(1) FOR GROUP agents;
+		MASK public.users.born   USING truncate('year');
+		MASK public.users.name   USING hash(12) UNLESS GROUP hr;
+	EOF
+	(umask 077 && openssl rand -hex 32 >"$DEMO/mask.key")
 	cat >"$DEMO/pgveil.ini" <<-EOF
 		; written by scripts/demo.sh
 		[pgveil]
@@ -218,7 +230,8 @@ step_pgveil() {
 		tls_cert_file = $JWT_DIR/server.crt
 		tls_key_file = $JWT_DIR/server.key
 		log_level = info
-		rules = $SRCDIR/rules/default.rules
+		rules = $DEMO/rules
+		mask_key_file = $DEMO/mask.key
 		default_action = block
 		hold_timeout = 5m
 
@@ -233,6 +246,8 @@ step_pgveil() {
 	EOF
 	say "Configuration (.demo/pgveil.ini):"
 	sed 's/^/    /' "$DEMO/pgveil.ini"
+	say "Rules: the shipped defaults (rules/default.rules) and column masks (.demo/rules/20-masks.rules):"
+	sed 's/^/    /' "$DEMO/rules/20-masks.rules"
 	say "The agent asks for database 'app'; pgveil logs in to the real server with the credentials above."
 	start_pgveil "$DEMO/pgveil.ini"
 	say "pgveil (pid $PGVEIL_PID) listens on 127.0.0.1:$PGVEIL_PORT; its log goes to .demo/pgveil.log."
@@ -246,8 +261,20 @@ step_query() {
 	demo_psql "$AGENT_CONN" \
 		-c '\conninfo' \
 		-c 'SELECT current_user, session_user' \
-		-c 'SHOW application_name' \
-		-c 'SELECT id, name, email FROM users ORDER BY id LIMIT 5'
+		-c 'SHOW application_name'
+}
+
+step_mask() {
+	section "Masked columns come back masked, whatever the query"
+	say "Straight from the server (not through pgveil), the first rows of users are:"
+	demo_psql "host=127.0.0.1 port=$PG_PORT dbname=app user=app_agent password=secret" \
+		-c 'SELECT id, name, email, ssn, salary, born FROM users ORDER BY id LIMIT 3'
+	say "The agent, through pgveil, gets every masked column rewritten in each row:"
+	demo_psql "$AGENT_CONN" -c 'SELECT * FROM users ORDER BY id LIMIT 3'
+	say "Computing on a masked column would get around the mask, so it is refused, naming the column:"
+	demo_psql "$AGENT_CONN" -c 'SELECT upper(email) FROM users LIMIT 3' 2>&1 || true
+	demo_psql "$AGENT_CONN" -c 'SELECT row_to_json(u) FROM users u LIMIT 1' 2>&1 || true
+	demo_psql "$AGENT_CONN" -c "SELECT id FROM users WHERE ssn LIKE '123%'" 2>&1 || true
 }
 
 step_guard() {
@@ -343,6 +370,7 @@ STEPS=(
 	step_identity
 	step_pgveil
 	step_query
+	step_mask
 	step_guard
 	step_approval
 	step_refused

@@ -736,15 +736,19 @@ static void load_mask_key(LoadState *st)
 {
 	Config *cfg = st->cfg;
 	const RuleSet *rs = cfg->ruleset;
-	bool needed = false;
 	char err[512];
 
-	for (int i = 0; rs != NULL && i < rs->n_rules && !needed; i++)
-		needed = rs->rules[i].kind == RULE_MASK && rs->rules[i].mask_fn == MASK_HASH;
-	if (!needed)
+	const Rule *hash_rule = NULL;
+
+	for (int i = 0; rs != NULL && i < rs->n_rules && hash_rule == NULL; i++)
+		if (rs->rules[i].kind == RULE_MASK && rs->rules[i].mask_fn == MASK_HASH)
+			hash_rule = &rs->rules[i];
+	if (hash_rule == NULL)
 		return;
 	if (cfg->mask_key_file == NULL) {
-		load_error(st, 0, "rules use hash() but mask_key_file is not set");
+		st->lineno = 0;
+		load_error(st, 0, "mask_key_file is not set, but rule %s masks with hash(), which needs its key",
+			   hash_rule->where);
 		return;
 	}
 	cfg->mask_key = malloc(sizeof(*cfg->mask_key));

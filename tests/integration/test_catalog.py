@@ -80,6 +80,11 @@ class Veil:
         self.rules = os.path.join(self.pv.dir, "masks.rules")
         self.write_rules(rules_text)
         self.pv.settings["rules"] = self.rules
+        key = os.path.join(self.pv.dir, "mask.key")  # the rules use hash()
+        with open(key, "w") as f:
+            f.write("0123456789abcdef" * 4 + "\n")
+        os.chmod(key, 0o600)
+        self.pv.settings["mask_key_file"] = key
         self.write_config()
         suffix = uuid.uuid4().hex[:6]
         self.admin = idp.mint("rsa", "rsa-1", f"root-{suffix}", groups="pgveil-admins")

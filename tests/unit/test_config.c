@@ -19,6 +19,7 @@
 #include <cmocka.h>
 
 #include "pgveil/config.h"
+#include "pgveil/mask.h"
 #include "pgveil/rules.h"
 
 static char tmpdir[] = "/tmp/pgveil-test-config-XXXXXX";
@@ -634,6 +635,61 @@ static void test_rules_key(void **state)
 	free(errs);
 }
 
+/* hash() masks need mask_key_file, read at load: errors are the configuration's. */
+static void test_mask_key(void **state)
+{
+	char rules_path[300], key_path[300], text[1024], *errs = NULL;
+	const char *path;
+	int nerrors = -1;
+	Config *cfg;
+	FILE *fp;
+
+	(void)state;
+	snprintf(rules_path, sizeof(rules_path), "%s/hash.rules", tmpdir);
+	fp = fopen(rules_path, "w");
+	assert_non_null(fp);
+	fputs("MASK public.users.name USING hash(8);\n", fp);
+	assert_int_equal(fclose(fp), 0);
+
+	/* no key file */
+	snprintf(text, sizeof(text), "[pgveil]\nrules = %s\n", rules_path);
+	path = write_file("hash-nokey.ini", text);
+	assert_null(config_load(path, &errs, &nerrors));
+	assert_int_equal(nerrors, 1);
+	assert_non_null(strstr(errs, "mask_key_file is not set, but rule "));
+	assert_non_null(strstr(errs, "hash.rules:1 masks with hash()"));
+	free(errs);
+
+	/* a key others can read */
+	snprintf(key_path, sizeof(key_path), "%s/mask.key", tmpdir);
+	fp = fopen(key_path, "w");
+	assert_non_null(fp);
+	fputs("0123456789abcdef0123456789abcdef0123456789abcdef\n", fp);
+	assert_int_equal(fclose(fp), 0);
+	assert_int_equal(chmod(key_path, 0644), 0);
+	snprintf(text, sizeof(text), "[pgveil]\nrules = %s\nmask_key_file = %s\n", rules_path, key_path);
+	path = write_file("hash-badkey.ini", text);
+	errs = NULL;
+	assert_null(config_load(path, &errs, &nerrors));
+	assert_int_equal(nerrors, 1);
+	assert_non_null(strstr(errs, ":3:"));
+	assert_non_null(strstr(errs, "mask_key_file"));
+	free(errs);
+
+	/* a good key is loaded with the configuration */
+	assert_int_equal(chmod(key_path, 0600), 0);
+	cfg = load_ok(path);
+	assert_non_null(cfg->mask_key);
+	assert_int_equal(cfg->mask_key->len, 48);
+	config_unref(cfg);
+
+	/* without hash() rules no key is read */
+	snprintf(text, sizeof(text), "[pgveil]\nmask_key_file = %s/missing.key\n", tmpdir);
+	cfg = load_text_ok(text);
+	assert_null(cfg->mask_key);
+	config_unref(cfg);
+}
+
 /* ---- parsers on their own ------------------------------------------------------- */
 
 static void test_parse_duration(void **state)
@@ -781,6 +837,7 @@ int main(void)
 		cmocka_unit_test(test_error_unreadable_file),
 		cmocka_unit_test(test_error_long_path),
 		cmocka_unit_test(test_rules_key),
+		cmocka_unit_test(test_mask_key),
 		cmocka_unit_test(test_parse_duration),
 		cmocka_unit_test(test_parse_conninfo),
 		cmocka_unit_test(test_parse_conninfo_errors),
