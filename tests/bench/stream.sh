@@ -345,7 +345,7 @@ report_text() {
 	for t in pgveil pgveil-masked; do
 		[ -s "$BENCH_DIR/perf-$t.txt" ] || continue
 		echo "perf, $t over one ${MODES%% *} run: self time by object, then the top symbols"
-		grep -E '^ +[0-9.]+%' "$BENCH_DIR/perf-$t.txt" | awk '!/\[[.k]\]/' | head -n 6
+		grep -E '^ +[0-9.]+%' "$BENCH_DIR/perf-$t.txt" | awk '!/\[[.k]\]/' | sort -rn | head -n 6
 		grep -E '^ +[0-9.]+%' "$BENCH_DIR/perf-$t.txt" | awk '/\[[.k]\]/' | sed 's/ *- *- *$//' | head -n 20
 		echo
 	done
