@@ -64,6 +64,7 @@ typedef struct Portal {
 	char *name;
 	Plan plan;
 	bool describe_pending;   /* a Describe of it is on its way since its Bind */
+	bool current;            /* the latest instance of its name */
 	int refs;                /* Resp entries pointing here */
 	char *stmt;              /* the statement it was bound from */
 	struct Portal *next;
@@ -127,21 +128,33 @@ static Resp *q_front(RelayMask *m)
 	return m->q_len > 0 ? q_at(m, 0) : NULL;
 }
 
-static Portal *portal_get(RelayMask *m, const char *name)
+/*
+ * Portals are instances: each Bind makes a new one under its name, and the
+ * answers already expected from an older one (a pipeline binding the same
+ * name twice before Sync) keep pointing at theirs. An instance lives while
+ * it is its name's current one or an expected answer points at it.
+ */
+static Portal *portal_new(RelayMask *m, const char *name)
 {
-	Portal *p;
+	Portal *p = calloc(1, sizeof(*p));
 
-	for (p = m->portals; p != NULL; p = p->next)
-		if (strcmp(p->name, name) == 0)
-			return p;
-	p = calloc(1, sizeof(*p));
 	if (p == NULL || (p->name = strdup(name)) == NULL) {
 		free(p);
 		return NULL;
 	}
+	p->current = true;
 	p->next = m->portals;
 	m->portals = p;
 	return p;
+}
+
+/* The current instance of `name` (one is made for a name never bound through pgveil). */
+static Portal *portal_get(RelayMask *m, const char *name)
+{
+	for (Portal *p = m->portals; p != NULL; p = p->next)
+		if (p->current && strcmp(p->name, name) == 0)
+			return p;
+	return portal_new(m, name);
 }
 
 static void portal_free(Portal *p)
@@ -152,15 +165,28 @@ static void portal_free(Portal *p)
 	free(p);
 }
 
-/* Forgets closed portals that no expected answer points to. */
-static void portal_drop(RelayMask *m, Portal *dead)
+/* Frees the instances nothing needs any more. */
+static void portal_sweep(RelayMask *m)
 {
-	for (Portal **pp = &m->portals; *pp != NULL; pp = &(*pp)->next)
-		if (*pp == dead) {
-			*pp = dead->next;
-			portal_free(dead);
-			return;
+	for (Portal **pp = &m->portals; *pp != NULL;) {
+		Portal *p = *pp;
+
+		if (!p->current && p->refs == 0) {
+			*pp = p->next;
+			portal_free(p);
+		} else {
+			pp = &p->next;
 		}
+	}
+}
+
+/* `name` no longer has a current instance (a new Bind, a Close, the end of the transaction). */
+static void portal_retire(RelayMask *m, const char *name)
+{
+	for (Portal *p = m->portals; p != NULL; p = p->next)
+		if (p->current && strcmp(p->name, name) == 0)
+			p->current = false;
+	portal_sweep(m);
 }
 
 static bool q_push(RelayMask *m, const Resp *e)
@@ -190,8 +216,8 @@ static void resp_release(RelayMask *m, Resp *e)
 	if (e->info != NULL)
 		sqlinfo_unref(e->info);
 	free(e->name);
-	if (e->portal != NULL && --e->portal->refs == 0 && e->kind == RESP_CLOSE)
-		portal_drop(m, e->portal);
+	if (e->portal != NULL && --e->portal->refs == 0 && !e->portal->current)
+		portal_sweep(m);
 	memset(e, 0, sizeof(*e));
 }
 
@@ -490,12 +516,9 @@ void relay_mask_client_msg(Session *s, uint8_t type, const uint8_t *body, size_t
 		if (!get_string(body, blen, &off, &a) || !get_string(body, blen, &off, &b))
 			goto bad;
 		e.kind = RESP_BIND;
-		if ((e.portal = portal_get(m, a)) == NULL)
+		portal_retire(m, a);
+		if ((e.portal = portal_new(m, a)) == NULL || (e.portal->stmt = strdup(b)) == NULL)
 			goto oom;
-		plan_clear(&e.portal->plan);
-		e.portal->describe_pending = false;
-		free(e.portal->stmt);
-		e.portal->stmt = strdup(b);
 		break;
 	case 'D':
 	case 'C':
@@ -663,10 +686,25 @@ static PlanResult plan_build(Session *s, Plan *plan, const uint8_t *body, size_t
 	int16_t n;
 	bool positions = st != NULL;
 
+	char names[512];
+	size_t nlen = 0;
+
 	plan_clear(plan);
 	pgproto_reader_init(&rd, body, blen);
 	if (!pgproto_get_int16(&rd, &n) || n < 0)
 		return PLAN_FAIL;
+	for (int i = 0; may_refresh && i < n; i++) { /* first: tables the snapshot does not know */
+		Field f;
+
+		if (!read_field(&rd, &f))
+			return PLAN_FAIL;
+		if (f.table != 0 && catalog_rel(cat, f.table) == NULL)
+			return PLAN_REFRESH;
+	}
+	pgproto_reader_init(&rd, body, blen);
+	if (!pgproto_get_int16(&rd, &n))
+		return PLAN_FAIL;
+	names[0] = '\0';
 	if (n > 0 && (plan->mp.fields = calloc((size_t)n, sizeof(MaskField))) == NULL)
 		return PLAN_FAIL;
 	plan->mp.n_fields = n;
@@ -694,15 +732,14 @@ static PlanResult plan_build(Session *s, Plan *plan, const uint8_t *body, size_t
 			const CatRel *rel = catalog_rel(cat, f.table);
 			const CatColumn *col;
 
-			if (rel == NULL && may_refresh) {
-				plan_clear(plan);
-				return PLAN_REFRESH;
-			}
 			if (rel == NULL) {
 				mf->to_null = true;
 				warn_null(s, i, f.name, "its table is not in the server's catalog");
 			} else if ((col = catalog_column(cat, f.table, f.attnum)) != NULL) {
 				have = catalog_mask_for(col, &s->identity, &derived);
+				if (have != NULL && nlen < sizeof(names))
+					nlen += (size_t)snprintf(names + nlen, sizeof(names) - nlen, "%s%s.%s.%s",
+								 nlen > 0 ? ", " : "", rel->schema, rel->name, col->name);
 			} else if (rel->has_masks) {
 				mf->to_null = true;
 				warn_null(s, i, f.name, "its column is not in the server's catalog");
@@ -730,6 +767,9 @@ static PlanResult plan_build(Session *s, Plan *plan, const uint8_t *body, size_t
 	plan->cfg = config_ref(s->relay->cfg);
 	plan->mp.key = plan->cfg->mask_key;
 	plan->valid = true;
+	if (plan->mp.n_masked > 0)
+		log_write(LL_INFO, s->ctx, "result masked: %d of %d columns (%s)", plan->mp.n_masked, n,
+			  names[0] != '\0' ? names : "sent as NULL");
 	return PLAN_OK;
 }
 
@@ -1141,7 +1181,7 @@ static RmsResult on_error_or_notice(Session *s, struct evbuffer *in, size_t *run
 	return RMS_DONE;
 }
 
-static void on_ready(RelayMask *m)
+static void on_ready(RelayMask *m, char status)
 {
 	Resp *e;
 
@@ -1154,6 +1194,12 @@ static void on_ready(RelayMask *m)
 	}
 	plan_clear(&m->cur);
 	m->stmt_index = 0;
+	if (status == 'I') { /* the transaction ended: the server dropped its portals */
+		for (Portal *p = m->portals; p != NULL; p = p->next)
+			if (p->refs == 0)
+				p->current = false;
+		portal_sweep(m);
+	}
 }
 
 static void pop_expected(Session *s, RespKind kind, const char *what)
@@ -1165,10 +1211,8 @@ static void pop_expected(Session *s, RespKind kind, const char *what)
 		mask_desync(s, what);
 		return;
 	}
-	if (kind == RESP_CLOSE && e->close_portal && e->portal != NULL) {
-		plan_clear(&e->portal->plan);
-		e->portal->describe_pending = false;
-	}
+	if (kind == RESP_CLOSE && e->close_portal && e->portal != NULL && e->portal->current)
+		portal_retire(m, e->portal->name);
 	q_pop(m);
 }
 
@@ -1220,9 +1264,15 @@ RmsResult relay_mask_server_msg(Session *s, struct evbuffer *in, size_t *run, si
 		}
 		result_done(m, false);
 		break;
-	case 'Z':
-		on_ready(m);
+	case 'Z': {
+		uint8_t zb[PG_HEADER_LEN + 1];
+		struct evbuffer_ptr pos;
+
+		evbuffer_ptr_set(in, &pos, *run, EVBUFFER_PTR_SET);
+		evbuffer_copyout_from(in, &pos, zb, sizeof(zb));
+		on_ready(m, (char)zb[PG_HEADER_LEN]);
 		break;
+	}
 	default:
 		break;
 	}

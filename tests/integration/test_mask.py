@@ -333,3 +333,19 @@ def test_leakcheck_sees_unmasked_values(masked, cluster):
         assert found == set(SECRETS)
     finally:
         rec.close()
+
+
+def test_pipeline_rebinds_the_unnamed_portal(masked):
+    """Several Bind/Execute of the unnamed portal before one Sync: each Execute's rows follow its own Bind."""
+    pv, rec = masked
+    rec.take()
+    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+        with conn.pipeline():
+            curs = []
+            for i in (1, 2, 3, 1, 2):
+                cur = conn.cursor(binary=i == 2)
+                cur.execute(f"SELECT id, email, ssn FROM {TABLE} WHERE id = %s", (i,))
+                curs.append((i, cur))
+        for i, cur in curs:
+            assert cur.fetchall() == [(i, MASKED[i][0], MASKED[i][1])]
+    assert_no_leak(rec)
