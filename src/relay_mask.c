@@ -1144,13 +1144,14 @@ static RmsResult on_data_row(Session *s, struct evbuffer *in, size_t *run, size_
 		return RMS_PASS;
 	if (avail - *run < (size_t)h->len + 1)
 		return RMS_WAIT;
-	body = relay_copy_body(s->relay, in, *run, h->len - 4);
+	pass_before(s, in, run);
+	/* The row at the front, in one piece: no copy when it is already (the usual case). */
+	body = evbuffer_pullup(in, (ssize_t)h->len + 1);
 	if (body == NULL) {
 		session_fail(s, SQLSTATE_OUT_OF_MEMORY, "out of memory");
 		return RMS_WAIT;
 	}
-	pass_before(s, in, run);
-	if (mask_datarow(&plan->mp, body, h->len - 4, stream_output(s->client)) != MASK_OK) {
+	if (mask_datarow(&plan->mp, body + PG_HEADER_LEN, h->len - 4, stream_output(s->client)) != MASK_OK) {
 		mask_desync(s, "a DataRow that does not match its description");
 		return RMS_WAIT;
 	}
