@@ -277,13 +277,19 @@ static bool utf8_valid(const uint8_t *s, size_t n)
 	return true;
 }
 
-static size_t utf8_count(const uint8_t *s, size_t n)
+/* Characters of s, counting no further than `limit` (SIZE_MAX: all). */
+static size_t utf8_count_upto(const uint8_t *s, size_t n, size_t limit)
 {
 	size_t chars = 0;
 
-	for (size_t i = 0; i < n; i += utf8_char_len(s + i, n - i))
-		chars++;
+	for (size_t i = 0; i < n && chars < limit; chars++)
+		i += s[i] < 0x80 ? 1 : utf8_char_len(s + i, n - i);
 	return chars;
+}
+
+static size_t utf8_count(const uint8_t *s, size_t n)
+{
+	return utf8_count_upto(s, n, SIZE_MAX);
 }
 
 /* Byte offset after `chars` characters of s. */
@@ -292,7 +298,7 @@ static size_t utf8_skip(const uint8_t *s, size_t n, size_t chars)
 	size_t i = 0;
 
 	while (chars-- > 0 && i < n)
-		i += utf8_char_len(s + i, n - i);
+		i += s[i] < 0x80 ? 1 : utf8_char_len(s + i, n - i);
 	return i;
 }
 
@@ -302,7 +308,13 @@ static void out_put_utf8(MaskOut *o, const uint8_t *s, size_t n)
 	size_t i = 0, run = 0;
 
 	while (i + run < n) {
-		size_t l = utf8_seq(s + i + run, n - i - run);
+		size_t l;
+
+		if (s[i + run] < 0x80) { /* ASCII: the common case */
+			run++;
+			continue;
+		}
+		l = utf8_seq(s + i + run, n - i - run);
 
 		if (l > 0) {
 			run += l;
@@ -349,7 +361,7 @@ static void mask_email(const uint8_t *in, size_t len, MaskOut *o)
 		return;
 	}
 	local = (size_t)(at - in);
-	if (utf8_count(in, local) >= 2)
+	if (utf8_count_upto(in, local, 2) >= 2)
 		out_put_utf8(o, in, utf8_char_len(in, local));
 	out_puts(o, MASK_EMAIL_PAD);
 	out_put_utf8(o, at, len - local);

@@ -59,8 +59,7 @@ static void put_masked(PgBuf *b, const MaskPlan *plan, const MaskField *f, const
 		pgproto_put_int32(b, -1);
 		return;
 	}
-	memset(&out, 0, sizeof(out));
-	mask_out_release(&out);
+	out.heap = NULL; /* mask_apply() sets up the rest */
 	if (mask_apply(f->rule, plan->key, f->type_oid, f->format, v, vlen, &out) != MASK_OK || out.len < 0) {
 		pgproto_put_int32(b, -1);
 	} else {
@@ -73,7 +72,7 @@ static void put_masked(PgBuf *b, const MaskPlan *plan, const MaskField *f, const
 int mask_datarow(const MaskPlan *plan, const uint8_t *body, size_t len, struct evbuffer *out)
 {
 	PgBuf *b;
-	size_t off = 2;
+	size_t off = 2, copied = 2;
 	int ncols;
 	int rc = MASK_OK;
 
@@ -87,6 +86,7 @@ int mask_datarow(const MaskPlan *plan, const uint8_t *body, size_t len, struct e
 	pgproto_put_int16(b, (int16_t)ncols);
 	for (int i = 0; i < ncols; i++) {
 		const MaskField *f = &plan->fields[i];
+		size_t start = off;
 		int32_t vlen;
 
 		if (len - off < 4) {
@@ -100,11 +100,11 @@ int mask_datarow(const MaskPlan *plan, const uint8_t *body, size_t len, struct e
 			goto done;
 		}
 		if (f->rule != NULL || f->to_null) {
+			/* the unmasked fields before it go as they are, length words included, in one copy */
+			if (start > copied)
+				pgproto_put_bytes(b, body + copied, start - copied);
 			put_masked(b, plan, f, body + off, vlen);
-		} else {
-			pgproto_put_int32(b, vlen);
-			if (vlen > 0)
-				pgproto_put_bytes(b, body + off, (size_t)vlen);
+			copied = off + (vlen > 0 ? (size_t)vlen : 0);
 		}
 		if (vlen > 0)
 			off += (size_t)vlen;
@@ -113,6 +113,8 @@ int mask_datarow(const MaskPlan *plan, const uint8_t *body, size_t len, struct e
 		rc = MASK_EVALUE;
 		goto done;
 	}
+	if (off > copied)
+		pgproto_put_bytes(b, body + copied, off - copied);
 	pgproto_end(b);
 	if (!pgproto_buf_ok(b) || evbuffer_add(out, b->data, b->len) != 0)
 		rc = MASK_ENOMEM;

@@ -64,6 +64,8 @@ typedef struct Portal {
 	char *name;
 	Plan plan;
 	bool describe_pending;   /* a Describe of it is on its way since its Bind */
+	bool current;            /* the latest instance of its name */
+	bool sensitive;          /* its statement reads masked columns or touches a table with some */
 	int refs;                /* Resp entries pointing here */
 	char *stmt;              /* the statement it was bound from */
 	struct Portal *next;
@@ -73,6 +75,7 @@ typedef struct Resp {
 	RespKind kind;
 	bool injected;           /* pgveil's own Describe: its answer stays here */
 	bool close_portal;       /* RESP_CLOSE of a portal */
+	bool sensitive;          /* QUERY: reads masked columns or touches a table with some */
 	char *name;              /* statement (PARSE, DESCRIBE_S, CLOSE) */
 	Portal *portal;          /* BIND, DESCRIBE_P, EXECUTE, CLOSE of a portal */
 	StmtInfo *info;          /* QUERY, PARSE: the analysis (a reference), NULL for a refusal */
@@ -127,21 +130,33 @@ static Resp *q_front(RelayMask *m)
 	return m->q_len > 0 ? q_at(m, 0) : NULL;
 }
 
-static Portal *portal_get(RelayMask *m, const char *name)
+/*
+ * Portals are instances: each Bind makes a new one under its name, and the
+ * answers already expected from an older one (a pipeline binding the same
+ * name twice before Sync) keep pointing at theirs. An instance lives while
+ * it is its name's current one or an expected answer points at it.
+ */
+static Portal *portal_new(RelayMask *m, const char *name)
 {
-	Portal *p;
+	Portal *p = calloc(1, sizeof(*p));
 
-	for (p = m->portals; p != NULL; p = p->next)
-		if (strcmp(p->name, name) == 0)
-			return p;
-	p = calloc(1, sizeof(*p));
 	if (p == NULL || (p->name = strdup(name)) == NULL) {
 		free(p);
 		return NULL;
 	}
+	p->current = true;
 	p->next = m->portals;
 	m->portals = p;
 	return p;
+}
+
+/* The current instance of `name` (one is made for a name never bound through pgveil). */
+static Portal *portal_get(RelayMask *m, const char *name)
+{
+	for (Portal *p = m->portals; p != NULL; p = p->next)
+		if (p->current && strcmp(p->name, name) == 0)
+			return p;
+	return portal_new(m, name);
 }
 
 static void portal_free(Portal *p)
@@ -152,15 +167,28 @@ static void portal_free(Portal *p)
 	free(p);
 }
 
-/* Forgets closed portals that no expected answer points to. */
-static void portal_drop(RelayMask *m, Portal *dead)
+/* Frees the instances nothing needs any more. */
+static void portal_sweep(RelayMask *m)
 {
-	for (Portal **pp = &m->portals; *pp != NULL; pp = &(*pp)->next)
-		if (*pp == dead) {
-			*pp = dead->next;
-			portal_free(dead);
-			return;
+	for (Portal **pp = &m->portals; *pp != NULL;) {
+		Portal *p = *pp;
+
+		if (!p->current && p->refs == 0) {
+			*pp = p->next;
+			portal_free(p);
+		} else {
+			pp = &p->next;
 		}
+	}
+}
+
+/* `name` no longer has a current instance (a new Bind, a Close, the end of the transaction). */
+static void portal_retire(RelayMask *m, const char *name)
+{
+	for (Portal *p = m->portals; p != NULL; p = p->next)
+		if (p->current && strcmp(p->name, name) == 0)
+			p->current = false;
+	portal_sweep(m);
 }
 
 static bool q_push(RelayMask *m, const Resp *e)
@@ -190,8 +218,8 @@ static void resp_release(RelayMask *m, Resp *e)
 	if (e->info != NULL)
 		sqlinfo_unref(e->info);
 	free(e->name);
-	if (e->portal != NULL && --e->portal->refs == 0 && e->kind == RESP_CLOSE)
-		portal_drop(m, e->portal);
+	if (e->portal != NULL && --e->portal->refs == 0 && !e->portal->current)
+		portal_sweep(m);
 	memset(e, 0, sizeof(*e));
 }
 
@@ -490,12 +518,9 @@ void relay_mask_client_msg(Session *s, uint8_t type, const uint8_t *body, size_t
 		if (!get_string(body, blen, &off, &a) || !get_string(body, blen, &off, &b))
 			goto bad;
 		e.kind = RESP_BIND;
-		if ((e.portal = portal_get(m, a)) == NULL)
+		portal_retire(m, a);
+		if ((e.portal = portal_new(m, a)) == NULL || (e.portal->stmt = strdup(b)) == NULL)
 			goto oom;
-		plan_clear(&e.portal->plan);
-		e.portal->describe_pending = false;
-		free(e.portal->stmt);
-		e.portal->stmt = strdup(b);
 		break;
 	case 'D':
 	case 'C':
@@ -526,6 +551,9 @@ void relay_mask_client_msg(Session *s, uint8_t type, const uint8_t *body, size_t
 	default:
 		return;
 	}
+	e.sensitive = m->check_scrub;
+	if (type == 'B' && e.portal != NULL)
+		e.portal->sensitive = m->check_scrub;
 	if (m->check_scrub && (type == 'Q' || type == 'P' || type == 'B' || type == 'F')) {
 		m->scrub = true;
 		m->scrub_batch = r->batches_sent;
@@ -651,17 +679,18 @@ typedef enum { PLAN_OK, PLAN_REFRESH, PLAN_FAIL } PlanResult;
 
 /*
  * Builds `plan` from the RowDescription body. `st` is the statement the
- * analysis expects (NULL when unknown). PLAN_REFRESH: a table OID is not in
+ * analysis expects (NULL when unknown); `sensitive`: it reads masked columns
+ * or touches a table with some. PLAN_REFRESH: a table OID is not in
  * the snapshot (ask the catalog again first).
  */
 static PlanResult plan_build(Session *s, Plan *plan, const uint8_t *body, size_t blen, const SqlStmt *st,
-			     bool may_refresh)
+			     bool sensitive, bool may_refresh)
 {
 	RelayMask *m = s->relay->mask;
 	const CatSnap *cat = m->cat;
 	PgReader rd;
 	int16_t n;
-	bool positions = st != NULL;
+	bool positions = st != NULL, count_differs = false;
 
 	char names[512];
 	size_t nlen = 0;
@@ -684,6 +713,15 @@ static PlanResult plan_build(Session *s, Plan *plan, const uint8_t *body, size_t
 	names[0] = '\0';
 	if (n > 0 && (plan->mp.fields = calloc((size_t)n, sizeof(MaskField))) == NULL)
 		return PLAN_FAIL;
+	/* Without a star, the statement's outputs are the result's columns, one to one. */
+	if (st != NULL && st->n_outputs > 0 && sensitive && st->n_outputs != n) {
+		bool star = false;
+
+		for (int i = 0; i < st->n_outputs; i++)
+			star = star || st->outputs[i].star;
+		count_differs = !star;
+		positions = false;
+	}
 	plan->mp.n_fields = n;
 	for (int i = 0; i < n; i++) {
 		MaskField *mf = &plan->mp.fields[i];
@@ -730,12 +768,26 @@ static PlanResult plan_build(Session *s, Plan *plan, const uint8_t *body, size_t
 			warn_null(s, i, f.name, "the server describes it differently from the statement, which reads a masked column");
 		} else if (have != NULL) {
 			char why[256];
+			bool fits;
 
 			mf->rule = have->rule;
-			if (!have->type_ok || !mask_check_type(have->rule, f.type, why, sizeof(why))) {
+			fits = mask_check_type(have->rule, f.type, why, sizeof(why));
+
+			if (!have->type_ok || !fits) {
+				char msg[400];
+
+				if (!fits)
+					snprintf(msg, sizeof(msg), "rule %s: %s", have->rule->where, why);
+				else
+					snprintf(msg, sizeof(msg), "rule %s cannot mask the column's type", have->rule->where);
 				mf->rule = NULL;
 				mf->to_null = true;
+				warn_null(s, i, f.name, msg);
 			}
+		} else if (f.table == 0 && count_differs) {
+			mf->to_null = true;
+			warn_null(s, i, f.name, "the statement reads masked columns and the server's description of its "
+						"result does not match the statement");
 		}
 		if (mf->rule != NULL || mf->to_null)
 			plan->mp.n_masked++;
@@ -995,7 +1047,7 @@ static RmsResult on_row_description(Session *s, struct evbuffer *in, size_t *run
 	const SqlStmt *st = NULL;
 	const uint8_t *body;
 	PlanResult pr;
-	bool injected = false;
+	bool injected = false, sensitive;
 
 	if (e == NULL || (e->kind != RESP_DESCRIBE_S && e->kind != RESP_DESCRIBE_P && e->kind != RESP_QUERY)) {
 		mask_desync(s, "RowDescription");
@@ -1010,9 +1062,11 @@ static RmsResult on_row_description(Session *s, struct evbuffer *in, size_t *run
 	if (e->kind == RESP_QUERY) {
 		plan = &m->cur;
 		st = query_stmt(e, m->stmt_index);
+		sensitive = e->sensitive;
 	} else {
 		plan = e->portal != NULL ? &e->portal->plan : NULL;
 		st = portal_stmt(s, e->portal);
+		sensitive = e->portal != NULL && e->portal->sensitive;
 		injected = e->injected;
 	}
 	cat_update(s);
@@ -1022,7 +1076,7 @@ static RmsResult on_row_description(Session *s, struct evbuffer *in, size_t *run
 		return RMS_WAIT;
 	}
 	pass_before(s, in, run); /* warnings about the plan go before the RowDescription */
-	pr = plan != NULL ? plan_build(s, plan, body, h->len - 4, st, !m->refreshed) : PLAN_FAIL;
+	pr = plan != NULL ? plan_build(s, plan, body, h->len - 4, st, sensitive, !m->refreshed) : PLAN_FAIL;
 	if (pr == PLAN_REFRESH) {
 		if (catalog_request(s->database, m->cat->version, m->cat_wake)) {
 			m->wait_server = true;
@@ -1030,7 +1084,7 @@ static RmsResult on_row_description(Session *s, struct evbuffer *in, size_t *run
 			return RMS_WAIT;
 		}
 		m->refreshed = true;
-		pr = plan_build(s, plan, body, h->len - 4, st, false);
+		pr = plan_build(s, plan, body, h->len - 4, st, sensitive, false);
 	}
 	m->refreshed = false;
 	if (pr != PLAN_OK) {
@@ -1090,13 +1144,14 @@ static RmsResult on_data_row(Session *s, struct evbuffer *in, size_t *run, size_
 		return RMS_PASS;
 	if (avail - *run < (size_t)h->len + 1)
 		return RMS_WAIT;
-	body = relay_copy_body(s->relay, in, *run, h->len - 4);
+	pass_before(s, in, run);
+	/* The row at the front, in one piece: no copy when it is already (the usual case). */
+	body = evbuffer_pullup(in, (ssize_t)h->len + 1);
 	if (body == NULL) {
 		session_fail(s, SQLSTATE_OUT_OF_MEMORY, "out of memory");
 		return RMS_WAIT;
 	}
-	pass_before(s, in, run);
-	if (mask_datarow(&plan->mp, body, h->len - 4, stream_output(s->client)) != MASK_OK) {
+	if (mask_datarow(&plan->mp, body + PG_HEADER_LEN, h->len - 4, stream_output(s->client)) != MASK_OK) {
 		mask_desync(s, "a DataRow that does not match its description");
 		return RMS_WAIT;
 	}
@@ -1158,7 +1213,7 @@ static RmsResult on_error_or_notice(Session *s, struct evbuffer *in, size_t *run
 	return RMS_DONE;
 }
 
-static void on_ready(RelayMask *m)
+static void on_ready(RelayMask *m, char status)
 {
 	Resp *e;
 
@@ -1171,6 +1226,12 @@ static void on_ready(RelayMask *m)
 	}
 	plan_clear(&m->cur);
 	m->stmt_index = 0;
+	if (status == 'I') { /* the transaction ended: the server dropped its portals */
+		for (Portal *p = m->portals; p != NULL; p = p->next)
+			if (p->refs == 0)
+				p->current = false;
+		portal_sweep(m);
+	}
 }
 
 static void pop_expected(Session *s, RespKind kind, const char *what)
@@ -1182,10 +1243,8 @@ static void pop_expected(Session *s, RespKind kind, const char *what)
 		mask_desync(s, what);
 		return;
 	}
-	if (kind == RESP_CLOSE && e->close_portal && e->portal != NULL) {
-		plan_clear(&e->portal->plan);
-		e->portal->describe_pending = false;
-	}
+	if (kind == RESP_CLOSE && e->close_portal && e->portal != NULL && e->portal->current)
+		portal_retire(m, e->portal->name);
 	q_pop(m);
 }
 
@@ -1237,9 +1296,15 @@ RmsResult relay_mask_server_msg(Session *s, struct evbuffer *in, size_t *run, si
 		}
 		result_done(m, false);
 		break;
-	case 'Z':
-		on_ready(m);
+	case 'Z': {
+		uint8_t zb[PG_HEADER_LEN + 1];
+		struct evbuffer_ptr pos;
+
+		evbuffer_ptr_set(in, &pos, *run, EVBUFFER_PTR_SET);
+		evbuffer_copyout_from(in, &pos, zb, sizeof(zb));
+		on_ready(m, (char)zb[PG_HEADER_LEN]);
 		break;
+	}
 	default:
 		break;
 	}

@@ -43,6 +43,7 @@ MASK public.{TABLE}.salary USING round(1);
 MASK public.{TABLE}.born   USING truncate('year');
 MASK public.{TABLE}.card   USING redact();
 MASK public.{TABLE}.note   USING null();
+MASK public.{TABLE}_typed.code USING email();
 ALLOW ALL;
 """
 
@@ -62,11 +63,16 @@ def people(cluster):
                      ssn varchar(11), salary numeric(10,2) CHECK (salary >= 0), born date, card text, note text)""")
     for row in PEOPLE:
         conn.execute(f"INSERT INTO {TABLE} VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", row)
+    conn.execute(f"DROP TABLE IF EXISTS {TABLE}_typed")
+    conn.execute(f"CREATE TABLE {TABLE}_typed (id integer, code integer)")
+    conn.execute(f"INSERT INTO {TABLE}_typed VALUES (1, 424242)")
+    conn.execute(f"GRANT ALL ON {TABLE}_typed TO {harness.APP_USER}")
     conn.execute(f"CREATE VIEW {TABLE}_plain AS SELECT id, email, ssn FROM {TABLE}")
     conn.execute(f"CREATE VIEW {TABLE}_upper AS SELECT id, upper(email) AS shout FROM {TABLE}")
     conn.execute(f"GRANT ALL ON {TABLE}, {TABLE}_plain, {TABLE}_upper TO {harness.APP_USER}")
     yield TABLE
     conn.execute(f"DROP TABLE IF EXISTS {TABLE} CASCADE")
+    conn.execute(f"DROP TABLE IF EXISTS {TABLE}_typed")
     conn.close()
 
 
@@ -333,3 +339,33 @@ def test_leakcheck_sees_unmasked_values(masked, cluster):
         assert found == set(SECRETS)
     finally:
         rec.close()
+
+
+def test_pipeline_rebinds_the_unnamed_portal(masked):
+    """Several Bind/Execute of the unnamed portal before one Sync: each Execute's rows follow its own Bind."""
+    pv, rec = masked
+    rec.take()
+    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+        with conn.pipeline():
+            curs = []
+            for i in (1, 2, 3, 1, 2):
+                cur = conn.cursor(binary=i == 2)
+                cur.execute(f"SELECT id, email, ssn FROM {TABLE} WHERE id = %s", (i,))
+                curs.append((i, cur))
+        for i, cur in curs:
+            assert cur.fetchall() == [(i, MASKED[i][0], MASKED[i][1])]
+    assert_no_leak(rec)
+
+
+def test_mask_that_cannot_apply_sends_null_and_says_why(masked):
+    """email() cannot mask an integer: the column comes back NULL, with a warning naming the rule."""
+    pv, rec = masked
+    rec.take()
+    notices = []
+    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary))
+        for binary in (False, True):
+            assert conn.cursor(binary=binary).execute(f"SELECT id, code FROM {TABLE}_typed").fetchall() == [(1, None)]
+    assert any("column 2 (\"code\")" in n and "email() cannot mask" in n for n in notices), notices
+    data = rec.take()
+    assert b"424242" not in data
