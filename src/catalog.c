@@ -9,10 +9,9 @@
  * user's). A snapshot owns its relations, columns and masks, its
  * user-defined functions, its strings (in one arena) and its indexes: an
  * open-addressing hash on OID, relations and functions sorted by (name,
- * schema). Once
- * finished it is immutable and shared between threads by reference count.
- * The catalog thread (src/catalog_thread.c) fills snapshots; nothing here
- * does I/O.
+ * schema). Once finished it is immutable and shared between threads by
+ * reference count. The catalog thread (src/catalog_thread.c) fills
+ * snapshots; nothing here does I/O.
  */
 #include "pgveil/catalog.h"
 
@@ -845,7 +844,7 @@ static bool view_user_call(const CatSnap *s, const StmtInfo *info, char *why, si
 				continue;
 			case CAT_FN_SHADOWED:
 				snprintf(why, len, "it calls %s, which may not be the built-in: user-defined function "
-					 "%s.%s has its name", fn, schema, name);
+					 "%s.%s has the same name", fn, schema, name);
 				return true;
 			case CAT_FN_NOT_BUILTIN:
 				snprintf(why, len, "it calls %s, which is not built in", fn);

@@ -53,9 +53,15 @@
 
 /*
  * The whole load. search_path = '' makes pg_get_viewdef() qualify every
- * relation name; SET (not SET LOCAL) keeps it for the connection. The
+ * relation name and every function outside pg_catalog; SET (not SET
+ * LOCAL) keeps it for the connection. The
  * column types follow domains, nested ones included, to their base type and
- * typmod, as RowDescription shows them (getBaseTypeAndTypmod()).
+ * typmod, as RowDescription shows them (getBaseTypeAndTypmod()). The
+ * user-defined functions are those of every schema but pg_catalog and the
+ * temporary schemas (a temporary function is never found by an unqualified
+ * name, and a qualified call is no built-in anyway), one row per (schema,
+ * name). information_schema's own functions are listed: none has a
+ * built-in's name, and one someone adds there is as much the user's as any.
  */
 static const char catalog_sql[] =
 	"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;"
@@ -86,14 +92,6 @@ static const char catalog_sql[] =
 	" WHERE n.nspname <> 'pg_catalog' AND NOT pg_catalog.starts_with(n.nspname, 'pg_temp_')"
 	" ORDER BY 1, 2;"
 	"COMMIT";
-
-/*
- * The user-defined functions are those of every schema but pg_catalog and
- * the temporary schemas: a temporary function is never found by an
- * unqualified name (and a qualified call is not a built-in anyway).
- * information_schema's own functions are listed: none has a built-in's
- * name, and a function someone adds there is as much the user's as any.
- */
 
 /* The result sets of catalog_sql, in order, and how many columns each has. */
 enum { SET_RELS = 1, SET_COLUMNS = 2, SET_PARENTS = 3, SET_FUNCTIONS = 4, N_SETS = 4 };

@@ -100,7 +100,8 @@ bool catalog_snap_add_column(CatSnap *s, uint32_t oid, int attnum, const char *n
 bool catalog_snap_add_parent(CatSnap *s, uint32_t child, uint32_t parent) PGV_WARN_UNUSED;
 /*
  * Records a user-defined function: `name` (pg_proc.proname, as stored) in
- * `schema`; overloads and repeats are one entry. False when out of memory.
+ * `schema`; overloads and repeats are one entry. False when out of memory
+ * (or the snapshot is finished, or a name is NULL).
  */
 bool catalog_snap_add_function(CatSnap *s, const char *schema, const char *name) PGV_WARN_UNUSED;
 /*
@@ -188,11 +189,17 @@ bool catalog_caller_has_masks(const RuleSet *rules, const Identity *id);
 
 /*
  * Starts the thread when cfg's rules have MASK rules and loads every
- * database's catalog in the background. Without MASK rules it does nothing
- * (and catalog_get returns NULL). False when the thread cannot start.
+ * database's catalog in the background, then again every
+ * cfg->catalog_refresh (0: never; a database whose load is under way then
+ * is skipped). Without MASK rules it does nothing (and catalog_get returns
+ * NULL). False when the thread cannot start.
  */
 bool catalog_start(Config *cfg) PGV_WARN_UNUSED;
-/* A new configuration (reload): every database is loaded again under the new rules; starts the thread if needed. */
+/*
+ * A new configuration (reload): every database is loaded again under the
+ * new rules, and the refresh timer restarts with its catalog_refresh;
+ * starts the thread if needed.
+ */
 void catalog_reconfigure(Config *cfg);
 /* Stops the thread and drops every snapshot. */
 void catalog_stop(void);

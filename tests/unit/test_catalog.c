@@ -583,7 +583,7 @@ static void test_views_and_user_functions(void **state)
 	expect_problem(s, "view public.vpub: it calls public.lower, which is not built in: every column counts as "
 			  "computed from every masked column");
 	expect_problem(s, "view public.vshadow: it calls length, which may not be the built-in: user-defined "
-			  "function public.length has its name: every column counts as computed from every masked column");
+			  "function public.length has the same name: every column counts as computed from every masked column");
 	expect_problem(s, "view public.vcopy: it calls length, which may not be the built-in");
 	assert_false(has_problem(s, "vbuiltin"));
 	catalog_snap_unref(s);

@@ -54,6 +54,7 @@ static struct {
 	int accepted;            /* connections accepted, atomic */
 	int queries;             /* Query messages answered, atomic */
 	int stop;                /* atomic */
+	int hold;                /* atomic: while set, queries wait for their answer */
 	uint64_t answered_us;    /* when the last answer was sent (fake thread only) */
 	int64_t min_gap_us;      /* shortest time from an answer to the next query, atomic; reset by tests */
 } fake;
@@ -172,6 +173,8 @@ static void answer_ok(PgBuf *b, bool bad_function)
 
 static void answer(int fd, PgBuf *b)
 {
+	while (__atomic_load_n(&fake.hold, __ATOMIC_SEQ_CST) && !__atomic_load_n(&fake.stop, __ATOMIC_SEQ_CST))
+		usleep(1000);
 	switch (__atomic_load_n(&fake.mode, __ATOMIC_SEQ_CST)) {
 	case FAKE_OK:
 		answer_ok(b, false);
@@ -589,9 +592,12 @@ static void forgotten_events_are_never_woken(void **state)
 	for (int round = 0; round < 20; round++) {
 		uint64_t v = version_of("fake");
 
+		/* no answer before the forget: a load that ends first would rightly wake ev_gone */
+		__atomic_store_n(&fake.hold, 1, __ATOMIC_SEQ_CST);
 		assert_true(catalog_request("fake", v, ev_gone));
 		assert_true(catalog_request("fake", v, ev_kept));
 		catalog_forget(ev_gone);
+		__atomic_store_n(&fake.hold, 0, __ATOMIC_SEQ_CST);
 		assert_true(wait_count(&kept, round + 1, 5000));
 	}
 	usleep(50000);
