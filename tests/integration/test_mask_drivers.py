@@ -141,8 +141,7 @@ def tables(cluster):
     conn.close()
 
 
-@pytest.fixture(scope="module")
-def masked(tables, workroot, pgveil_bin, cluster, certs):
+def start_masked(workroot, pgveil_bin, cluster, certs):
     """A pgveil with RULES and a hash() key, and a Recorder in front of it."""
     tag = uuid.uuid4().hex[:8]
     rules = os.path.join(workroot, f"maskdrv-{tag}.rules")
@@ -153,13 +152,42 @@ def masked(tables, workroot, pgveil_bin, cluster, certs):
         f.write("d" * 48 + "\n")
     os.chmod(key, 0o600)
     pv = harness.Pgveil(pgveil_bin, os.path.join(workroot, f"pgveil-maskdrv-{tag}"), cluster, certs,
-                        rules=rules, mask_key_file=key, default_action="block")
+                        databases={"app": harness.backend_conninfo(cluster)}, rules=rules, mask_key_file=key,
+                        default_action="block")
     pv.start()
-    rec = leakcheck.Recorder("127.0.0.1", pv.port)
+    return pv, leakcheck.Recorder("127.0.0.1", pv.port)
+
+
+@pytest.fixture(scope="module")
+def masked(tables, workroot, pgveil_bin, cluster, certs):
+    """The pgveil most tests share, with its Recorder."""
+    pv, rec = start_masked(workroot, pgveil_bin, cluster, certs)
     yield pv, rec
     rec.close()
     problems = pv.check_clean_exit()
     assert not problems, "\n".join(problems)
+
+
+@pytest.fixture
+def solo(tables, workroot, pgveil_bin, cluster, certs):
+    """A pgveil of the test's own, for tests that may bring pgveil down
+    (those marked xfail): the test ends with finish(), which checks the
+    recorded bytes and that pgveil is still running without a sanitizer
+    report. (pv, rec, finish)."""
+    pv, rec = start_masked(workroot, pgveil_bin, cluster, certs)
+    finished = []
+
+    def finish():
+        assert_no_leak(rec)
+        assert pv.alive(), "pgveil died:\n" + pv.log_text()[-6000:]
+        assert not pv.sanitizer_report(), pv.sanitizer_report()
+        finished.append(True)
+
+    yield pv, rec, finish
+    rec.close()
+    problems = pv.check_clean_exit()
+    if finished:
+        assert not problems, "\n".join(problems)
 
 
 @pytest.fixture
@@ -488,3 +516,443 @@ def test_asyncpg_executemany_and_refusal(rec, cluster):
         assert await conn.fetchval(f"SELECT ssn FROM {T} WHERE id = $1", 2) == MASKED[2][1]
 
     run_asyncpg(rec, body)
+
+
+# ---------------------------------------------------------------------------- the raw protocol
+#
+# Each sequence runs on a raw connection to PostgreSQL itself and on one to
+# pgveil (through the Recorder). The message types received must be the same
+# (so are the numbers of DataRows); pgveil's rows carry masked values.
+
+def raw_direct(cluster):
+    w = Wire("127.0.0.1", cluster.port)
+    w.startup(user=harness.APP_USER, database="app", password=harness.APP_PASSWORD)
+    return w
+
+
+def raw_veil(rec):
+    w = Wire("127.0.0.1", rec.port)
+    w.startup(user=harness.PROXY_USER, database="app")
+    return w
+
+
+def exchange(w, steps, who):
+    """Sends each step's bytes and reads its answers: `until` is a number of
+    ReadyForQuery messages or a message type to stop after. A step's bytes may
+    be {"direct": ..., "veil": ...}."""
+    msgs = []
+    for data, until in steps:
+        w.send(data[who] if isinstance(data, dict) else data)
+        seen = 0
+        while True:
+            t, p = w.read_message()
+            msgs.append((t, p))
+            if isinstance(until, int):
+                seen += t == b"Z"
+                if seen == until:
+                    break
+            elif t == until:
+                break
+    # nothing more may follow: the next query's answer comes next, and only it
+    w.send(pgwire.query_message("SELECT 'end of sequence'"))
+    tail = [w.read_message() for _ in range(4)]
+    assert [t for t, _ in tail] == [b"T", b"D", b"C", b"Z"], tail
+    assert parse_datarow(tail[1][1]) == [b"end of sequence"]
+    return msgs
+
+
+def types(msgs):
+    return [t.decode() for t, _ in msgs]
+
+
+def compare(cluster, rec, steps):
+    """Runs steps directly and through pgveil; returns (direct, veil) messages after checking their types agree."""
+    with raw_direct(cluster) as w:
+        direct = exchange(w, steps, "direct")
+    with raw_veil(rec) as w:
+        veil = exchange(w, steps, "veil")
+    assert types(veil) == types(direct), f"\nthrough pgveil: {types(veil)}\ndirectly:       {types(direct)}"
+    return direct, veil
+
+
+def datarows(msgs):
+    return [parse_datarow(p) for t, p in msgs if t == b"D"]
+
+
+def errors_of(msgs):
+    return [parse_fields(p)["C"] for t, p in msgs if t == b"E"]
+
+
+def text(v):
+    return None if v is None else v.decode()
+
+
+def check_text_person(vals, cols=COLS):
+    """A row of text values of the columns named in `cols` (comma-separated)."""
+    names = [c.strip() for c in cols.split(",")]
+    row = dict(zip(names, [text(v) for v in vals]))
+    i = int(row["id"])
+    email, ssn, salary, born, score, card, note = MASKED[i]
+    want = {"email": email, "ssn": ssn, "salary": str(salary), "born": born.isoformat(), "score": str(score),
+            "card": card, "note": note, "city": CITY[i]}
+    for name, v in row.items():
+        if name == "name":
+            assert is_hash16(v), row
+        elif name in want:
+            assert v == want[name], (name, row)
+    return i
+
+
+def check_direct_person(vals, cols=COLS):
+    """Directly, the same row has the stored values (the sequences really read them)."""
+    names = [c.strip() for c in cols.split(",")]
+    row = dict(zip(names, [text(v) for v in vals]))
+    stored = dict(zip(COLS.split(", "), next(r for r in PEOPLE if r[0] == int(row["id"]))))
+    for name in ("email", "ssn", "card"):
+        if name in row:
+            assert row[name] == stored[name], (name, row)
+
+
+PEOPLE_SQL = f"SELECT {COLS} FROM {T} WHERE id > $1 ORDER BY id"
+BEGIN = pgwire.query_message("BEGIN")
+COMMIT = pgwire.query_message("COMMIT")
+
+
+def test_raw_execute_without_describe(solo, cluster):
+    """Parse, Bind, Execute and no Describe: pgveil describes the portal
+    itself; the client sees no RowDescription PostgreSQL would not send."""
+    pv, rec, finish = solo
+    steps = [
+        (parse_msg("", PEOPLE_SQL) + bind_msg("", "", [b"0"]) + execute_msg("") + SYNC, 1),
+        (parse_msg("s1", PEOPLE_SQL) + SYNC, 1),
+        (bind_msg("", "s1", [b"1"]) + execute_msg("") + SYNC, 1),
+        (bind_msg("", "s1", [b"0"]) + execute_msg("") + bind_msg("", "s1", [b"2"]) + execute_msg("") + SYNC, 1),
+        # a statement returning no rows, and a DML statement, undescribed too
+        (parse_msg("", "SET application_name = 'raw'") + bind_msg("", "") + execute_msg("") + SYNC, 1),
+        (parse_msg("", f"UPDATE {T} SET city = city WHERE id = $1") + bind_msg("", "", [b"1"]) + execute_msg("")
+         + SYNC, 1),
+    ]
+    direct, veil = compare(cluster, rec, steps)
+    assert types(veil) == list("12DDDCZ" "1Z" "2DDCZ" "2DDDC2DCZ" "12CSZ" "12CZ")
+    assert [check_text_person(r) for r in datarows(veil)] == [1, 2, 3, 2, 3, 1, 2, 3, 3]
+    for r in datarows(direct):
+        check_direct_person(r)
+    finish()
+
+
+def test_raw_row_limit_named_portal(solo, cluster):
+    """Execute with a row limit on a named portal (PortalSuspended), again,
+    across Syncs inside a transaction, until CommandComplete."""
+    pv, rec, finish = solo
+    steps = [
+        (BEGIN, 1),
+        (parse_msg("s", PEOPLE_SQL) + bind_msg("p1", "s", [b"0"]) + execute_msg("p1", 1) + execute_msg("p1", 1)
+         + SYNC, 1),
+        (execute_msg("p1", 1) + SYNC, 1),
+        (execute_msg("p1", 1) + SYNC, 1),
+        # described portal this time, row limit 2
+        (bind_msg("p2", "s", [b"0"]) + describe_msg(b"P", "p2") + execute_msg("p2", 2) + execute_msg("p2", 2)
+         + SYNC, 1),
+        (COMMIT, 1),
+    ]
+    direct, veil = compare(cluster, rec, steps)
+    assert "".join(types(veil)) == "CZ" "12DsDsZ" "DsZ" "CZ" "2TDDsDCZ" "CZ"
+    assert [check_text_person(r) for r in datarows(veil)] == [1, 2, 3, 1, 2, 3]
+    finish()
+
+
+def decode_numeric(b):
+    ndigits, weight, sign, dscale = struct.unpack_from("!hhHh", b)
+    digits = struct.unpack_from(f"!{ndigits}h", b, 8)
+    v = sum(D(d) * D(10000) ** (weight - k) for k, d in enumerate(digits))
+    return -v if sign == 0x4000 else v
+
+
+def decode_date(b):
+    return datetime.date(2000, 1, 1) + datetime.timedelta(days=struct.unpack("!i", b)[0])
+
+
+def test_raw_mixed_result_formats(solo, cluster):
+    """Bind with a result format per column: text for some masked columns, binary for others."""
+    pv, rec, finish = solo
+    sql = f"SELECT id, email, salary, born, score, name, ssn, city FROM {T} WHERE id = $1"
+    steps = [
+        (parse_msg("mix", sql) + SYNC, 1),
+        (bind_msg("", "mix", [b"1"], result_formats=[1, 0, 1, 1, 1, 1, 0, 1]) + execute_msg("") + SYNC, 1),
+        (bind_msg("", "mix", [b"1"], result_formats=[0, 1, 0, 0, 0, 0, 1, 0]) + describe_msg(b"P", "")
+         + execute_msg("") + SYNC, 1),
+        (bind_msg("", "mix", [struct.pack("!i", 2)], param_formats=[1], result_formats=[1])
+         + execute_msg("") + SYNC, 1),
+    ]
+    direct, veil = compare(cluster, rec, steps)
+    (a,), (b,), (c,) = [datarows(veil[i:j]) for i, j in ((0, 5), (5, 10), (10, None))] if False else \
+        [[r] for r in datarows(veil)]
+    email, ssn, salary, born, score, card, note = MASKED[1]
+    # binary id, salary, born, score, name, city; text email, ssn
+    assert struct.unpack("!i", a[0])[0] == 1 and text(a[1]) == email and text(a[6]) == ssn
+    assert decode_numeric(a[2]) == salary and decode_date(a[3]) == born
+    assert struct.unpack("!i", a[4])[0] == score and is_hash16(text(a[5])) and text(a[7]) == "Paris"
+    # the other way round
+    assert text(b[0]) == "1" and text(b[1]) == email and text(b[6]) == ssn
+    assert D(text(b[2])) == salary and text(b[3]) == born.isoformat() and text(b[4]) == str(score)
+    assert text(b[5]) == text(a[5]), "hash() differs between text and binary format"
+    # all binary, row 2
+    email, ssn, salary, born, score, card, note = MASKED[2]
+    assert struct.unpack("!i", c[0])[0] == 2 and text(c[1]) == email and text(c[6]) == ssn
+    assert decode_numeric(c[2]) == salary and decode_date(c[3]) == born and struct.unpack("!i", c[4])[0] == score
+    d = datarows(direct)
+    assert text(d[1][1]) == PEOPLE[0][2] and decode_numeric(d[0][2]) == D(PEOPLE[0][4])
+    finish()
+
+
+def test_raw_describe_statement_only(solo, cluster):
+    """Describe of the statement (ParameterDescription, RowDescription), then
+    Bind and Execute of an undescribed portal."""
+    pv, rec, finish = solo
+    steps = [
+        (parse_msg("ds", PEOPLE_SQL) + describe_msg(b"S", "ds") + SYNC, 1),
+        (bind_msg("", "ds", [b"0"]) + execute_msg("") + SYNC, 1),
+        (describe_msg(b"S", "ds") + bind_msg("", "ds", [b"1"], result_formats=[1]) + execute_msg("") + SYNC, 1),
+    ]
+    direct, veil = compare(cluster, rec, steps)
+    assert "".join(types(veil)) == "1tTZ" "2DDDCZ" "tT2DDCZ"
+    rows = datarows(veil)
+    assert [check_text_person(r) for r in rows[:3]] == [1, 2, 3]
+    assert [text(r[2]) for r in rows[3:]] == [MASKED[2][0], MASKED[3][0]]
+    finish()
+
+
+def test_raw_error_in_the_middle_of_a_pipeline(solo, cluster):
+    """An error before Sync: the server skips to the Sync, then goes on."""
+    pv, rec, finish = solo
+    ok = parse_msg("", PEOPLE_SQL) + bind_msg("", "", [b"0"]) + execute_msg("")
+    many = parse_msg("", f"SELECT id, email FROM {MANY} WHERE id <= $1 ORDER BY id") + bind_msg("", "", [b"4"]) \
+        + execute_msg("")
+    bad = parse_msg("", "SELECT 1/0") + bind_msg("", "") + execute_msg("")
+    steps = [(ok + bad + many + SYNC, 1), (many + ok + SYNC, 1)]
+    direct, veil = compare(cluster, rec, steps)
+    assert "".join(types(veil)) == "12DDDC" "1EZ" "12DDDDC12DDDCZ"  # 1/0 fails when planned, at Bind
+    assert errors_of(veil) == ["22012"]
+    rows = datarows(veil)
+    assert [check_text_person(r) for r in rows[:3] + rows[7:]] == [1, 2, 3, 1, 2, 3]
+    assert [text(r[1]) for r in rows[3:7]] == ["m***@corp-many.example"] * 4
+    finish()
+
+
+def test_raw_refusal_in_the_middle_of_a_pipeline(solo, cluster):
+    """A refused statement before Sync behaves as a statement PostgreSQL fails at Parse."""
+    pv, rec, finish = solo
+    ok = parse_msg("", PEOPLE_SQL) + bind_msg("", "", [b"0"]) + execute_msg("")
+    bad = {"direct": parse_msg("", f"SELECT no_such_column FROM {T}") + bind_msg("", "") + execute_msg(""),
+           "veil": parse_msg("", f"SELECT upper(email) FROM {T}") + bind_msg("", "") + execute_msg("")}
+    steps = [(ok + SYNC, 1), ({k: ok + v + ok + SYNC for k, v in bad.items()}, 1), (ok + SYNC, 1)]
+    direct, veil = compare(cluster, rec, steps)
+    assert "".join(types(veil)) == "12DDDCZ" "12DDDCEZ" "12DDDCZ"
+    assert errors_of(veil) == ["42501"] and errors_of(direct) == ["42703"]
+    assert [check_text_person(r) for r in datarows(veil)] == [1, 2, 3] * 3
+    finish()
+
+
+def test_raw_flush_without_sync(solo, cluster):
+    pv, rec, finish = solo
+    steps = [
+        (parse_msg("", PEOPLE_SQL) + bind_msg("", "", [b"0"]) + describe_msg(b"P", "") + execute_msg("") + FLUSH,
+         b"C"),
+        (parse_msg("", PEOPLE_SQL) + bind_msg("", "", [b"1"]) + execute_msg("") + FLUSH, b"C"),
+        (bind_msg("", "", [b"0"]) + execute_msg("", 1) + FLUSH, b"s"),
+        (execute_msg("", 5) + FLUSH, b"C"),
+        (SYNC, 1),
+    ]
+    direct, veil = compare(cluster, rec, steps)
+    assert "".join(types(veil)) == "12TDDDC" "12DDC" "2Ds" "DDC" "Z"
+    assert [check_text_person(r) for r in datarows(veil)] == [1, 2, 3, 2, 3, 1, 2, 3]
+    finish()
+
+
+def test_raw_interleaved_named_portals(solo, cluster):
+    pv, rec, finish = solo
+    a_cols, b_cols = "id, email, ssn", "city, card, id, born, name"
+    steps = [
+        (BEGIN, 1),
+        (parse_msg("sa", f"SELECT {a_cols} FROM {T} ORDER BY id") +
+         parse_msg("sb", f"SELECT {b_cols} FROM {T} ORDER BY id DESC") +
+         bind_msg("pa", "sa") + bind_msg("pb", "sb", result_formats=[0, 0, 1, 1, 0]) +
+         execute_msg("pa", 1) + execute_msg("pb", 1) + execute_msg("pa", 1) + execute_msg("pb", 1) + SYNC, 1),
+        (execute_msg("pb", 1) + execute_msg("pa", 0) + execute_msg("pb", 0) + SYNC, 1),
+        (COMMIT, 1),
+    ]
+    direct, veil = compare(cluster, rec, steps)
+    assert "".join(types(veil)) == "CZ" "1122DsDsDsDsZ" "DsDCCZ" "CZ"
+    rows = datarows(veil)
+    order = ["a", "b", "a", "b", "b", "a", "b"]
+    ids = {"a": [], "b": []}
+    for who, r in zip(order, rows):
+        if who == "a":
+            ids["a"].append(check_text_person(r, a_cols))
+        else:
+            i = struct.unpack("!i", r[2])[0]
+            ids["b"].append(i)
+            assert text(r[0]) == CITY[i] and text(r[1]) == "****" and decode_date(r[3]) == MASKED[i][3]
+            assert is_hash16(text(r[4]))
+    assert ids == {"a": [1, 2, 3], "b": [3, 2, 1]}
+    finish()
+
+
+A_SQL = f"SELECT id, email, ssn FROM {T} ORDER BY id"
+B_SQL = f"SELECT ssn, id, card, salary FROM {T} ORDER BY id"
+B_WANT = [(MASKED[i][1], "****", str(MASKED[i][2])) for i in (1, 2, 3)]
+
+
+def b_rows(rows):
+    return [(text(r[0]), text(r[2]), text(r[3])) for r in rows]
+
+
+def test_raw_close_portal_then_reuse_name(solo, cluster):
+    """Close of a portal, then a portal of that name for another statement
+    (and a statement name reused), each step answered before the next."""
+    pv, rec, finish = solo
+    steps = [
+        (BEGIN, 1),
+        (parse_msg("a", A_SQL) + parse_msg("b", B_SQL) + SYNC, 1),
+        (bind_msg("p1", "a") + execute_msg("p1", 1) + SYNC, 1),
+        (close_msg(b"P", "p1") + SYNC, 1),
+        (bind_msg("p1", "b") + execute_msg("p1", 0) + SYNC, 1),
+        (bind_msg("p2", "b") + execute_msg("p2", 1) + SYNC, 1),
+        (close_msg(b"P", "p2") + SYNC, 1),
+        (close_msg(b"S", "a") + parse_msg("a", B_SQL) + bind_msg("p2", "a") + describe_msg(b"P", "p2")
+         + execute_msg("p2", 0) + SYNC, 1),
+        (close_msg(b"P", "p2") + SYNC, 1),
+        (bind_msg("p2", "b") + execute_msg("p2", 0) + SYNC, 1),
+        (COMMIT, 1),
+    ]
+    direct, veil = compare(cluster, rec, steps)
+    assert "".join(types(veil)) == "CZ" "11Z" "2DsZ" "3Z" "2DDDCZ" "2DsZ" "3Z" "312TDDDCZ" "3Z" "2DDDCZ" "CZ"
+    rows = datarows(veil)
+    check_text_person(rows[0], "id, email, ssn")
+    assert b_rows(rows[1:4]) == B_WANT and b_rows(rows[4:5]) == B_WANT[:1]
+    assert b_rows(rows[5:8]) == B_WANT and b_rows(rows[8:11]) == B_WANT
+    finish()
+
+
+@pytest.mark.xfail(strict=True, reason="pgveil bug: a portal rebound (to another statement) before the answers to "
+                   "its earlier use arrived is checked against the new statement: relay_mask.c keeps one "
+                   "Portal.stmt, overwritten at the client's Bind, and on_row_description() reads it when the "
+                   "answer comes; fields are sent as NULL with WARNINGs PostgreSQL never sends")
+@pytest.mark.parametrize("portal", ["p1", ""])
+def test_raw_portal_rebound_in_one_batch(solo, cluster, portal):
+    """In one batch: a portal of statement a executed, closed (the unnamed one
+    simply rebound), then bound to statement b and executed."""
+    pv, rec, finish = solo
+    close = close_msg(b"P", portal) if portal else b""
+    steps = [
+        (BEGIN, 1),
+        (parse_msg("a", A_SQL) + parse_msg("b", B_SQL) + bind_msg(portal, "a") + execute_msg(portal, 1) +
+         close + bind_msg(portal, "b") + execute_msg(portal, 0) + SYNC, 1),
+        (COMMIT, 1),
+    ]
+    direct, veil = compare(cluster, rec, steps)
+    assert "".join(types(veil)) == "CZ" + ("1122Ds32DDDCZ" if portal else "1122Ds2DDDCZ") + "CZ"
+    rows = datarows(veil)
+    check_text_person(rows[0], "id, email, ssn")
+    assert b_rows(rows[1:4]) == B_WANT
+    finish()
+
+
+@pytest.mark.xfail(strict=True, reason="pgveil bug: crashes (SIGSEGV in relay_server_input, relay.c) when a Query's "
+                   "second result set arrives in the same read as the first: on_row_description() moves the bytes "
+                   "before the RowDescription to the client (pass_before) and returns RMS_PASS, and "
+                   "relay_server_input() keeps its stale 'avail', reading past the end of its buffer")
+def test_raw_simple_query_several_statements(solo, cluster):
+    pv, rec, finish = solo
+    sql = (f"SELECT id, email FROM {T} ORDER BY id; SET application_name = 'multi'; "
+           f"SELECT city FROM {T} ORDER BY id; SELECT ssn, name, salary, id FROM {T} ORDER BY id; "
+           f"SELECT id, city FROM {MANY} WHERE id < 3 ORDER BY id; SELECT {COLS} FROM {T} ORDER BY id")
+    steps = [(pgwire.query_message(sql), 1), (BEGIN + pgwire.query_message(f"SELECT email FROM {T} WHERE id = 1; "
+                                                                          f"COMMIT; SELECT 2"), 2)]
+    direct, veil = compare(cluster, rec, steps)
+    assert "".join(types(veil)) == "TDDDC" "SC" "TDDDC" "TDDDC" "TDDC" "TDDDC" "Z" "CZ" "TDCCTDCZ"
+    rows = datarows(veil)
+    assert [check_text_person(r, "id, email") for r in rows[0:3]] == [1, 2, 3]
+    assert [text(r[0]) for r in rows[3:6]] == ["Paris", "Oslo", "Zürich"]
+    assert [check_text_person(r, "ssn, name, salary, id") for r in rows[6:9]] == [1, 2, 3]
+    assert [[text(v) for v in r] for r in rows[9:11]] == [["1", "city1"], ["2", "city2"]]
+    check_people_text = [check_text_person(r) for r in rows[11:14]]
+    assert check_people_text == [1, 2, 3]
+    assert text(rows[14][0]) == MASKED[1][0] and text(rows[15][0]) == "2"
+    finish()
+
+
+def test_raw_empty_query(solo, cluster):
+    pv, rec, finish = solo
+    steps = [
+        (pgwire.query_message(""), 1),
+        (pgwire.query_message(";"), 1),
+        (parse_msg("", "") + bind_msg("", "") + execute_msg("") + SYNC, 1),
+        (parse_msg("", "") + bind_msg("", "") + describe_msg(b"P", "") + execute_msg("") + SYNC, 1),
+        (pgwire.query_message(f"SELECT email FROM {T} WHERE id = 2"), 1),
+    ]
+    direct, veil = compare(cluster, rec, steps)
+    assert "".join(types(veil)) == "IZ" "IZ" "12IZ" "12nIZ" "TDCZ"
+    assert [text(r[0]) for r in datarows(veil)] == [MASKED[2][0]]
+    finish()
+
+
+def test_raw_multi_statement_query_second_fails(solo, cluster):
+    pv, rec, finish = solo
+    sql = f"SELECT id, email FROM {T} ORDER BY id; SELECT 1/0; SELECT ssn FROM {T}"
+    steps = [(pgwire.query_message(sql), 1), (pgwire.query_message(f"SELECT id, ssn FROM {T} ORDER BY id"), 1)]
+    direct, veil = compare(cluster, rec, steps)
+    assert "".join(types(veil)) == "TDDDCEZ" "TDDDCZ"
+    assert errors_of(veil) == ["22012"]
+    rows = datarows(veil)
+    assert [check_text_person(r, "id, email") for r in rows[:3]] == [1, 2, 3]
+    assert [check_text_person(r, "id, ssn") for r in rows[3:]] == [1, 2, 3]
+    finish()
+
+
+def test_raw_multi_statement_query_with_a_refused_statement(solo):
+    """A string whose second statement is refused: refused as a whole, nothing of it runs."""
+    pv, rec, finish = solo
+    with raw_veil(rec) as w:
+        rows, tags, err = w.simple_query(f"SELECT id, email FROM {T} ORDER BY id; SELECT upper(email) FROM {T}; "
+                                         f"SELECT 3")
+        assert err["C"] == "42501" and "email" in err["M"]
+        assert rows == [] and tags == []
+        rows, tags, err = w.simple_query(f"SELECT id, email FROM {T} WHERE id = 3")
+        assert err is None and [[text(v) for v in r] for r in rows] == [["3", MASKED[3][0]]]
+    finish()
+
+
+@pytest.mark.xfail(strict=True, reason="pgveil bug (leak): after a described result without masked columns whose "
+                   "RowDescription came behind ParseComplete/BindComplete in one read, relay_server_input() "
+                   "(relay.c) reads a phantom ReadyForQuery past its buffer (stale 'avail' after RMS_PASS from "
+                   "on_row_description's pass_before), batches_done runs ahead of the batches, and errors of later "
+                   "statements on masked tables are no longer scrubbed: 'Failing row contains (...)' reaches the "
+                   "client")
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_raw_errors_scrubbed_after_an_unmasked_result(solo, cluster, protocol):
+    """What node-postgres and pgjdbc send for any parameterized query (Parse,
+    Bind, Describe, Execute, Sync), once, for a result with no masked column;
+    then a statement failing on a row of the masked table: its error must
+    still be scrubbed."""
+    pv, rec, finish = solo
+    with psycopg.connect(cluster.admin_conninfo("app"), autocommit=True) as c:
+        c.execute(f"ALTER TABLE {T} DROP CONSTRAINT IF EXISTS maskdrv_salary_positive, "
+                  f"ADD CONSTRAINT maskdrv_salary_positive CHECK (salary >= 0)")
+    update = f"UPDATE {T} SET salary = -1 WHERE id = 1"
+    try:
+        with raw_veil(rec) as w:
+            w.send(parse_msg("", "SELECT $1::int + 1") + bind_msg("", "", [b"41"]) + describe_msg(b"P", "") +
+                   execute_msg("") + SYNC)
+            assert datarows(w.read_until_ready()) == [[b"42"]]
+            if protocol == "simple":
+                w.send(pgwire.query_message(update))
+            else:
+                w.send(parse_msg("", update) + bind_msg("", "") + describe_msg(b"P", "") + execute_msg("") + SYNC)
+            err = [parse_fields(p) for t, p in w.read_until_ready() if t == b"E"][0]
+            assert err["C"] == "23514"
+            assert "Failing row" not in err.get("D", ""), err
+        finish()
+    finally:
+        with psycopg.connect(cluster.admin_conninfo("app"), autocommit=True) as c:
+            c.execute(f"ALTER TABLE {T} DROP CONSTRAINT maskdrv_salary_positive")
