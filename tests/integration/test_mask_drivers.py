@@ -956,3 +956,97 @@ def test_raw_errors_scrubbed_after_an_unmasked_result(solo, cluster, protocol):
     finally:
         with psycopg.connect(cluster.admin_conninfo("app"), autocommit=True) as c:
             c.execute(f"ALTER TABLE {T} DROP CONSTRAINT maskdrv_salary_positive")
+
+
+# ---------------------------------------------------------------------------- node-postgres
+
+@pytest.fixture(scope="module")
+def node_mask(masked, node_driver, cluster, workroot):
+    """Runs tests/drivers/node/mask.js once through the Recorder: (what it decoded, leaks found)."""
+    pv, rec = masked
+    reset_log(cluster)
+    rec.take()
+    result = os.path.join(workroot, f"node-mask-{uuid.uuid4().hex[:8]}.json")
+    env = harness.clean_env(PGHOST="127.0.0.1", PGPORT=str(rec.port), PGUSER=harness.PROXY_USER,
+                            PGPASSWORD="unused", PGDATABASE="app", PGSSLMODE="disable",
+                            ITEST_TABLE=T, ITEST_MANY=MANY, ITEST_LOG=LOG, ITEST_OUT=result)
+    res = subprocess.run(["node", os.path.join(node_driver, "mask.js")], capture_output=True, text=True,
+                         timeout=180, cwd=node_driver, env=env)
+    found = leakcheck.leaks(rec.take(), SECRETS)
+    assert res.returncode == 0, f"mask.js failed ({res.returncode}):\n{res.stderr}\n{res.stdout}"
+    with open(result) as f:
+        return json.load(f), found
+
+
+def check_node_person(r):
+    i, name, email, ssn, salary, born, score, card, note, city = r
+    check_person((i, name, email, ssn, D(salary), datetime.date.fromisoformat(born), score, card, note, city))
+    return i
+
+
+def check_node_many(rows, n):
+    assert [r[0] for r in rows] == list(range(1, n + 1))
+    for i, email, salary, born, city in rows:
+        want = many_masked(i)
+        assert (email, D(salary), datetime.date.fromisoformat(born), city) == want[1:], (i, email, salary, born)
+
+
+def test_node_no_leak(node_mask):
+    assert node_mask[1] == [], f"sensitive values reached node-postgres: {node_mask[1]}"
+
+
+def test_node_select_star_params_named(node_mask):
+    out = node_mask[0]
+    assert [check_node_person(r) for r in out["plain"]] == [1, 2, 3]
+    assert [check_node_person(r) for r in out["star"]] == [1, 2, 3]
+    assert out["starFields"] == COLS.split(", ")
+    assert [check_node_person(r) for r in out["params"]] == [1, 2, 3]
+    assert [check_node_person(r) for r in out["named"]] == [1, 2, 3, 2, 1]
+    assert out["named"][0] == out["named"][4] and out["named"][1] == out["named"][3]  # hash() is stable
+    assert [check_node_person(r) for r in out["namedAfterRefusal"]] == [3]
+
+
+def test_node_array_mode_and_types(node_mask):
+    out = node_mask[0]
+    for i, email, salary, born, score in out["array"]:
+        m = MASKED[i]
+        assert (email, D(salary), born, score) == (m[0], m[2], m[3].isoformat(), m[4])
+    assert [r[0] for r in out["array"]] == [1, 2, 3]
+    assert out["manyTypes"] == [23, 25, 1700, 1082, 25]  # int4, text, numeric, date, text: types unchanged
+    check_node_many(out["many"], 400)
+
+
+def test_node_binary_results(node_mask):
+    rows = node_mask[0]["binary"]
+    assert [r[:3] + r[4:] for r in rows] == [[i, MASKED[i][0], MASKED[i][1], "****", CITY[i]] for i in (1, 2, 3)]
+    # hash() gives the same in binary as in text
+    assert [r[3] for r in rows] == [r[1] for r in node_mask[0]["plain"]]
+
+
+def test_node_refused_and_usable(node_mask):
+    out = node_mask[0]
+    assert len(out["refused"]) == 3
+    for msg, col in zip(out["refused"], ("email", "ssn", "card")):
+        assert f"public.{T}.{col}" in msg and "masked" in msg, msg
+    assert out["afterRefusal"] == [{"id": 2, "email": MASKED[2][0]}]
+    assert out["afterRollback"] == MASKED[1][1]
+    assert out["log"] == [{"id": i, "secret": "****", "city": f"town{i}"} for i in (1, 2, 7)]
+    assert out["last"] == 42
+
+
+def test_node_cursor(node_mask, node_driver):
+    rows = node_mask[0]["cursor"]
+    if rows is None:
+        pytest.skip(f"pg-cursor is not installed in {node_driver}/node_modules")
+    check_node_many(rows, MANY_ROWS)
+
+
+def test_node_copy_out(node_mask, node_driver):
+    copy = node_mask[0]["copy"]
+    if copy is None:
+        pytest.skip(f"pg-copy-streams is not installed in {node_driver}/node_modules")
+    assert copy["text"] == "".join(f"{i}\t{MASKED[i][0]}\t{MASKED[i][1]}\t****\t\\N\t{CITY[i]}\n" for i in (1, 2, 3))
+    assert copy["csv"] == "id,email,ssn,city\n" + "".join(f"{i},{MASKED[i][0]},{MASKED[i][1]},{CITY[i]}\n"
+                                                         for i in (1, 2, 3))
+    assert copy["many"] == "".join(f"{i}\tm***@corp-many.example\n" for i in range(1, MANY_ROWS + 1))
+    assert "binary" in node_mask[0]["copyBinary"]
