@@ -1050,3 +1050,119 @@ def test_node_copy_out(node_mask, node_driver):
                                                          for i in (1, 2, 3))
     assert copy["many"] == "".join(f"{i}\tm***@corp-many.example\n" for i in range(1, MANY_ROWS + 1))
     assert "binary" in node_mask[0]["copyBinary"]
+
+
+# ---------------------------------------------------------------------------- pgjdbc
+
+JDBC_MODES = ["default", "prep1", "binary"]
+JDBC_SCENARIOS = ["select", "fetchsize", "batch", "refused", "metadata", "primarykeys"]
+_jdbc_runs = {}
+
+
+@pytest.fixture
+def jdbc_mask(request, masked, java_driver, cluster):
+    """MaskCheck run once per mode through the Recorder: {"results", "data", "leaks"}."""
+    mode = request.param
+    if mode not in _jdbc_runs:
+        pv, rec = masked
+        reset_log(cluster)
+        rec.take()
+        env = harness.clean_env(PGHOST="127.0.0.1", PGPORT=str(rec.port), PGUSER=harness.PROXY_USER,
+                                PGPASSWORD="unused", PGDATABASE="app", ITEST_TABLE=T, ITEST_MANY=MANY, ITEST_LOG=LOG)
+        res = subprocess.run(["java", "-Xmx512m", "-cp", java_driver, "MaskCheck", mode] + JDBC_SCENARIOS,
+                             capture_output=True, text=True, timeout=300, env=env)
+        run = {"results": {}, "data": {}, "leaks": leakcheck.leaks(rec.take(), SECRETS)}
+        for line in res.stdout.splitlines():
+            if line.startswith("RESULT "):
+                _, name, status, detail = (line.split(" ", 3) + [""])[:4]
+                run["results"][name] = (status, detail.replace(" | ", "\n"))
+            elif line.startswith("DATA "):
+                _, name, value = line.split(" ", 2)
+                run["data"][name] = json.loads(value)
+        for name in JDBC_SCENARIOS:
+            run["results"].setdefault(name, ("FAIL", f"no result (exit {res.returncode})\nstdout:\n{res.stdout}\n"
+                                                     f"stderr:\n{res.stderr}"))
+        _jdbc_runs[mode] = run
+    return _jdbc_runs[mode]
+
+
+def check_jdbc_people(rows, ids=(1, 2, 3)):
+    assert [r[0] for r in rows] == list(ids)
+    for i, name, email, ssn, salary, born, score, card, note, city in rows:
+        check_person((i, name, email, ssn, D(salary), datetime.date.fromisoformat(born), score, card, note, city))
+
+
+PRIMARY_KEYS_BUG = pytest.mark.xfail(strict=True, reason=(
+    "pgveil bug: DatabaseMetaData.getPrimaryKeys() fails for a caller with masks (42501 'function "
+    "information_schema._pg_expandarray is not built in and this caller has masked columns'): the function is "
+    "PostgreSQL's own, created by initdb in every database, and reads no table. (After other metadata calls on "
+    "the same connection the client even gets 42601 'syntax error at or near \"pgveil\"' instead, see "
+    "test_raw_refusal_after_an_unmasked_result.)"))
+
+
+def jdbc_params(scenarios=JDBC_SCENARIOS):
+    return [pytest.param(m, s, id=f"{m}-{s}", marks=PRIMARY_KEYS_BUG if s == "primarykeys" else ())
+            for m in JDBC_MODES for s in scenarios]
+
+
+@pytest.mark.parametrize("jdbc_mask", JDBC_MODES, indirect=True)
+def test_jdbc_no_leak(jdbc_mask):
+    assert jdbc_mask["leaks"] == [], f"sensitive values reached pgjdbc: {jdbc_mask['leaks']}"
+
+
+@pytest.mark.parametrize("jdbc_mask,scenario", jdbc_params(), indirect=["jdbc_mask"])
+def test_jdbc(jdbc_mask, scenario):
+    status, detail = jdbc_mask["results"][scenario]
+    assert status == "PASS", f"MaskCheck {scenario} failed:\n{detail}"
+    data = jdbc_mask["data"]
+    if scenario == "select":
+        check_jdbc_people(data["select"])
+        check_jdbc_people(data["select_star"])
+        check_jdbc_people(data["select_by_id"], (3, 1, 2, 3, 1, 2))
+        assert data["select_by_id"][:3] == data["select_by_id"][3:]
+        assert sorted(data["select_by_id"][:3]) == data["select"]
+    elif scenario == "fetchsize":
+        check_jdbc_people(data["fetch1"])
+        assert data["turns"] == [[1, MASKED[1][0]], [3, MASKED[3][1]], [2, MASKED[2][0]], [2, MASKED[2][1]],
+                                 [3, MASKED[3][0]], [1, MASKED[1][1]]]
+    elif scenario == "batch":
+        assert data["batch_returning"] == [[i, "****", f"town{i}"] for i in (1, 2, 7)]
+        assert data["batch_rows"] == [[1, "****", "town1!"], [2, "****", "TOWN2"], [7, "****", "town7"]]
+    elif scenario == "refused":
+        msgs = data["refused_messages"]
+        assert len(msgs) == 4 and all("masked" in m for m in msgs), msgs
+        assert all(f"public.{T}.email" in m for m in msgs[:3]) and f"public.{T}.ssn" in msgs[3], msgs
+        check_jdbc_people(data["after_refusal"])
+        assert data["after_rollback"] == MASKED[2][1]
+    elif scenario == "metadata":
+        md = data["metadata"]
+        assert [c[:2] for c in md["columns"]] == [
+            ["id", "int4"], ["name", "text"], ["email", "text"], ["ssn", "varchar"], ["salary", "numeric"],
+            ["born", "date"], ["score", "int4"], ["card", "text"], ["note", "text"], ["city", "text"]]
+        assert [c[3] for c in md["columns"]][4:6] == ["java.math.BigDecimal", "java.sql.Date"]
+        assert md["base"] == [T, "email"]
+        check_jdbc_people([md["row"]], (1,))
+        assert md["getColumns"] == [c[:2] for c in md["columns"]]
+    elif scenario == "primarykeys":
+        assert data["primarykeys"] == "id"
+
+
+@pytest.mark.xfail(strict=True, reason="pgveil bug: after a described result without masked columns that came "
+                   "behind ParseComplete/BindComplete in one read, a refusal reaches the client as the server's "
+                   "42601 'syntax error at or near \"pgveil\"' (its substitution is dropped because batches_done "
+                   "ran ahead; see test_raw_errors_scrubbed_after_an_unmasked_result)")
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_raw_refusal_after_an_unmasked_result(solo, protocol):
+    pv, rec, finish = solo
+    refused = f"SELECT upper(email) FROM {T}"
+    with raw_veil(rec) as w:
+        w.send(parse_msg("", "SELECT $1::int + 1") + bind_msg("", "", [b"41"]) + describe_msg(b"P", "") +
+               execute_msg("") + SYNC)
+        assert datarows(w.read_until_ready()) == [[b"42"]]
+        if protocol == "simple":
+            w.send(pgwire.query_message(refused))
+        else:
+            w.send(parse_msg("", refused) + bind_msg("", "") + describe_msg(b"P", "") + execute_msg("") + SYNC)
+        err = [parse_fields(p) for t, p in w.read_until_ready() if t == b"E"][0]
+        assert (err["C"], "email" in err["M"]) == ("42501", True), err
+    finish()
