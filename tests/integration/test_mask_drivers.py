@@ -346,6 +346,25 @@ def test_psycopg_pipeline_error_compared(rec, cluster):
     assert ("error", "BAD") in via[0] or "BAD" in via[1]
 
 
+@pytest.mark.xfail(strict=True, reason="pgveil bug: in one pipeline, two different prepared statements executed "
+                   "through the unnamed portal: the first result is checked against the second statement "
+                   "(relay_mask.c keeps one Portal.stmt, overwritten by the later Bind before the answer comes), "
+                   "so its masked-column fields are sent as NULL with WARNINGs (see "
+                   "test_raw_portal_rebound_in_one_batch)")
+def test_psycopg_pipeline_prepared_statements(rec):
+    notices = []
+    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary))
+        with conn.pipeline():
+            a = conn.cursor().execute(f"SELECT id, email, ssn FROM {T} WHERE id = %s", (1,), prepare=True)
+            b = conn.cursor().execute(f"SELECT ssn, id, card FROM {T} WHERE id = %s", (2,), prepare=True)
+            a2 = conn.cursor().execute(f"SELECT id, email, ssn FROM {T} WHERE id = %s", (3,), prepare=True)
+        assert a.fetchall() == [(1, MASKED[1][0], MASKED[1][1])]
+        assert a2.fetchall() == [(3, MASKED[3][0], MASKED[3][1])]
+        assert b.fetchall() == [(MASKED[2][1], 2, "****")]  # pgveil sends (ssn, NULL, NULL)
+    assert notices == []
+
+
 def test_psycopg_executemany_returning(rec, cluster):
     reset_log(cluster)
     rows = [(i, f"log-secret-psycopg-{i:04d}", f"town{i}") for i in (1, 2, 7)]
