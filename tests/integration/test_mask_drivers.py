@@ -1185,3 +1185,199 @@ def test_raw_refusal_after_an_unmasked_result(solo, protocol):
         err = [parse_fields(p) for t, p in w.read_until_ready() if t == b"E"][0]
         assert (err["C"], "email" in err["M"]) == ("42501", True), err
     finish()
+
+
+# ---------------------------------------------------------------------------- masks for some callers
+#
+# Tokens need [oidc]; the Recorder cannot read TLS, so this pgveil has
+# allow_plaintext_auth = yes and clients connect through the Recorder in
+# plaintext: both the decoded values and the recorded bytes are checked.
+
+GROUP_RULES = f"""
+MASK public.{T}.ssn  USING partial(0, '***-**-', 4) FOR GROUP agents;
+MASK public.{T}.card USING redact() UNLESS GROUP billing;
+ALLOW ALL;
+"""
+SSNS = [r[3] for r in PEOPLE]
+CARDS = [r[7] for r in PEOPLE]
+
+
+@pytest.fixture(scope="module")
+def idp(workroot, pgveil_bin):
+    tool = os.path.join(os.path.dirname(pgveil_bin), "pgveil-token")
+    i = Idp(os.path.join(workroot, f"idp-maskdrv-{uuid.uuid4().hex[:8]}"), tool)
+    i.genkey("rsa", "rsa")
+    i.jwks_path = i.write_jwks("jwks.json", ("rsa", "rsa-1"))
+    return i
+
+
+@pytest.fixture
+def grouped(tables, pgveil_factory, idp, workroot, cluster):
+    rules = os.path.join(workroot, f"maskdrv-groups-{uuid.uuid4().hex[:8]}.rules")
+    with open(rules, "w") as f:
+        f.write(GROUP_RULES)
+    pv = start_oidc(pgveil_factory, idp, tls=False, allow_plaintext_auth="yes", rules=rules,
+                    default_action="block", databases={"app": harness.backend_conninfo(cluster)})
+    rec = leakcheck.Recorder("127.0.0.1", pv.port)
+    yield pv, rec
+    rec.close()
+
+
+@pytest.mark.parametrize("groups,ssn_masked,card_masked", [
+    ("agents", True, True),
+    ("billing", False, False),
+    ("others", False, True),
+    (None, False, True),
+    ("agents,billing", True, False),
+], ids=["agents", "billing", "neither", "no-groups", "agents+billing"])
+def test_masks_by_group(grouped, idp, groups, ssn_masked, card_masked):
+    pv, rec = grouped
+    token = idp.mint("rsa", "rsa-1", f"agent-{groups or 'none'}", groups=groups)
+    rec.take()
+    info = conninfo(rec, password=token, user="whoever")
+    with psycopg.connect(info, autocommit=True) as conn:
+        for binary in (False, True):
+            rows = conn.cursor(binary=binary).execute(f"SELECT id, ssn, card, email FROM {T} WHERE id > %s "
+                                                      f"ORDER BY id", (0,)).fetchall()
+            for (i, ssn, card, email), stored in zip(rows, PEOPLE):
+                assert ssn == (MASKED[i][1] if ssn_masked else stored[3])
+                assert card == ("****" if card_masked else stored[7])
+                assert email == stored[2]  # nobody masks it here
+        # a derived use is refused only where the column is masked for this caller
+        for col, masked_here in (("ssn", ssn_masked), ("card", card_masked)):
+            if masked_here:
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(f"SELECT upper({col}) FROM {T}")
+            else:
+                got = [r[0] for r in conn.execute(f"SELECT upper({col}) FROM {T} ORDER BY id").fetchall()]
+                assert got == [v.upper() for v in (SSNS if col == "ssn" else CARDS)]
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    hidden = (SSNS if ssn_masked else []) + (CARDS if card_masked else [])
+    found = leakcheck.leaks(rec.take(), hidden)
+    assert not found, f"values masked for this caller reached it: {found}"
+    assert pv.alive()
+
+
+# ---------------------------------------------------------------------------- the catalog moving under pgveil
+
+LATE = "maskdrv_late"
+PARTED = "maskdrv_parted"
+LATE_RULES = f"""
+MASK public.{LATE}.secret   USING redact();
+MASK public.{LATE}2.secret  USING redact();
+MASK public.{PARTED}.secret USING partial(1, '###', 1);
+MASK public.{T}.email USING email();
+ALLOW ALL;
+"""
+LATE_SECRETS = [f"late-secret-{i:04d}" for i in (1, 2, 3)] + [f"part-secret-{y}-{i}" for y in (2024, 2025, 2026)
+                                                              for i in (1, 2)]
+
+
+def admin_sql(cluster, *stmts):
+    with psycopg.connect(cluster.admin_conninfo("app"), autocommit=True) as c:
+        for st in stmts:
+            c.execute(st)
+
+
+@pytest.fixture
+def moving(tables, pgveil_factory, cluster, workroot):
+    """A pgveil started before the tables it masks exist (and with one partition of PARTED), with its Recorder."""
+    admin_sql(cluster, f"DROP TABLE IF EXISTS {LATE}, {LATE}2, {PARTED} CASCADE",
+              f"CREATE TABLE {PARTED} (id integer, at date NOT NULL, secret text) PARTITION BY RANGE (at)",
+              f"CREATE TABLE {PARTED}_2024 PARTITION OF {PARTED} FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')",
+              f"INSERT INTO {PARTED} VALUES (1, '2024-03-01', 'part-secret-2024-1'), (2, '2024-04-01', "
+              f"'part-secret-2024-2')",
+              f"ALTER TABLE {PARTED} OWNER TO {harness.APP_USER}",
+              f"ALTER TABLE {PARTED}_2024 OWNER TO {harness.APP_USER}")
+    rules = os.path.join(workroot, f"maskdrv-late-{uuid.uuid4().hex[:8]}.rules")
+    with open(rules, "w") as f:
+        f.write(LATE_RULES)
+    pv = pgveil_factory(rules=rules, default_action="block", databases={"app": harness.backend_conninfo(cluster)})
+    rec = leakcheck.Recorder("127.0.0.1", pv.port)
+    yield pv, rec
+    rec.close()
+    admin_sql(cluster, f"DROP TABLE IF EXISTS {LATE}, {LATE}2, {PARTED} CASCADE")
+
+
+def create_late(cluster, name=LATE):
+    admin_sql(cluster, f"CREATE TABLE {name} (id integer PRIMARY KEY, secret text, note text)",
+              f"INSERT INTO {name} SELECT i, 'late-secret-' || lpad(i::text, 4, '0'), 'n' || i "
+              f"FROM generate_series(1, 3) AS i",
+              f"ALTER TABLE {name} OWNER TO {harness.APP_USER}")
+
+
+def test_table_created_after_start(moving, cluster):
+    pv, rec = moving
+    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+        # the catalog is read (and the session has masks) before the table exists
+        assert conn.execute(f"SELECT email FROM {T} WHERE id = 1").fetchone() == (MASKED[1][0],)
+        create_late(cluster)
+        # the next statement names a table pgveil does not know: it reads the catalog again, then masks
+        assert conn.execute(f"SELECT id, secret, note FROM {LATE} ORDER BY id").fetchall() == \
+            [(i, "****", f"n{i}") for i in (1, 2, 3)]
+        assert conn.cursor(binary=True).execute(f"SELECT * FROM {LATE} WHERE id = %s", (2,)).fetchall() == \
+            [(2, "****", "n2")]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"SELECT upper(secret) FROM {LATE}")
+    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+        assert conn.execute(f"SELECT secret FROM {LATE} WHERE id = 3").fetchone() == ("****",)
+    found = leakcheck.leaks(rec.take(), LATE_SECRETS + SECRETS)
+    assert not found, found
+    assert pv.alive()
+
+
+def test_partition_attached_after_start(moving, cluster):
+    pv, rec = moving
+    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+        assert conn.execute(f"SELECT id, secret FROM {PARTED} ORDER BY id").fetchall() == [(1, "p###1"), (2, "p###2")]
+        admin_sql(cluster,
+                  f"CREATE TABLE {PARTED}_2025 (id integer, at date NOT NULL, secret text)",
+                  f"ALTER TABLE {PARTED} ATTACH PARTITION {PARTED}_2025 FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')",
+                  f"CREATE TABLE {PARTED}_2026 PARTITION OF {PARTED} FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')",
+                  f"INSERT INTO {PARTED} VALUES (3, '2025-05-01', 'part-secret-2025-1'), "
+                  f"(4, '2025-06-01', 'part-secret-2025-2'), (5, '2026-01-02', 'part-secret-2026-1'), "
+                  f"(6, '2026-02-02', 'part-secret-2026-2')",
+                  f"ALTER TABLE {PARTED}_2025 OWNER TO {harness.APP_USER}",
+                  f"ALTER TABLE {PARTED}_2026 OWNER TO {harness.APP_USER}")
+        # through the parent, and each new partition by its own name
+        assert conn.execute(f"SELECT id, secret FROM {PARTED} ORDER BY id").fetchall() == \
+            [(1, "p###1"), (2, "p###2"), (3, "p###1"), (4, "p###2"), (5, "p###1"), (6, "p###2")]
+        assert conn.execute(f"SELECT id, secret FROM {PARTED}_2025 ORDER BY id").fetchall() == \
+            [(3, "p###1"), (4, "p###2")]
+        assert conn.execute(f"SELECT * FROM {PARTED}_2026 WHERE id > %s ORDER BY id", (0,)).fetchall() == \
+            [(5, datetime.date(2026, 1, 2), "p###1"), (6, datetime.date(2026, 2, 2), "p###2")]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"SELECT upper(secret) FROM {PARTED}_2026")
+    found = leakcheck.leaks(rec.take(), LATE_SECRETS + SECRETS)
+    assert not found, found
+    assert pv.alive()
+
+
+@pytest.mark.xfail(strict=True, reason="pgveil bug (leak): a derived use of a masked column of a table or partition "
+                   "created since the catalog was last read passes unmasked: relay_mask_check() checks the "
+                   "statement against the snapshot it has and does not read the catalog again for a relation it "
+                   "does not know; the result's RowDescription names no table for an expression, so nothing "
+                   "triggers the re-read either")
+@pytest.mark.parametrize("what", ["table", "partition"])
+def test_derived_use_of_a_relation_created_after_the_catalog_was_read(moving, cluster, what):
+    pv, rec = moving
+    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+        assert conn.execute(f"SELECT email FROM {T} WHERE id = 2").fetchone() == (MASKED[2][0],)
+        if what == "table":
+            create_late(cluster, f"{LATE}2")
+            sql = f"SELECT upper(secret) FROM {LATE}2"
+        else:
+            admin_sql(cluster,
+                      f"CREATE TABLE {PARTED}_2025 PARTITION OF {PARTED} FOR VALUES FROM ('2025-01-01') TO "
+                      f"('2026-01-01')",
+                      f"INSERT INTO {PARTED} VALUES (3, '2025-05-01', 'part-secret-2025-1')",
+                      f"ALTER TABLE {PARTED}_2025 OWNER TO {harness.APP_USER}")
+            sql = f"SELECT upper(secret) FROM {PARTED}_2025"
+        try:
+            rows = conn.execute(sql).fetchall()
+        except psycopg.errors.InsufficientPrivilege:
+            rows = None
+        found = leakcheck.leaks(rec.take(), LATE_SECRETS)
+        assert not found, f"{sql} gave {rows}: {found}"
+        assert rows is None
+    assert pv.alive()
