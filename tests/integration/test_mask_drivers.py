@@ -34,7 +34,6 @@ import json
 import os
 import struct
 import subprocess
-import time
 import uuid
 
 import asyncpg
@@ -44,7 +43,7 @@ import pytest
 import harness
 import leakcheck
 import pgwire
-from pgwire import Wire, message, parse_datarow, parse_fields
+from pgwire import Wire, parse_datarow, parse_fields
 from test_jwt import Idp, start_oidc
 from test_protocol import SYNC, FLUSH, bind_msg, close_msg, describe_msg, execute_msg, parse_msg
 
@@ -704,8 +703,7 @@ def test_raw_mixed_result_formats(solo, cluster):
          + execute_msg("") + SYNC, 1),
     ]
     direct, veil = compare(cluster, rec, steps)
-    (a,), (b,), (c,) = [datarows(veil[i:j]) for i, j in ((0, 5), (5, 10), (10, None))] if False else \
-        [[r] for r in datarows(veil)]
+    a, b, c = datarows(veil)
     email, ssn, salary, born, score, card, note = MASKED[1]
     # binary id, salary, born, score, name, city; text email, ssn
     assert struct.unpack("!i", a[0])[0] == 1 and text(a[1]) == email and text(a[6]) == ssn
@@ -895,8 +893,7 @@ def test_raw_simple_query_several_statements(solo, cluster):
     assert [text(r[0]) for r in rows[3:6]] == ["Paris", "Oslo", "Zürich"]
     assert [check_text_person(r, "ssn, name, salary, id") for r in rows[6:9]] == [1, 2, 3]
     assert [[text(v) for v in r] for r in rows[9:11]] == [["1", "city1"], ["2", "city2"]]
-    check_people_text = [check_text_person(r) for r in rows[11:14]]
-    assert check_people_text == [1, 2, 3]
+    assert [check_text_person(r) for r in rows[11:14]] == [1, 2, 3]
     assert text(rows[14][0]) == MASKED[1][0] and text(rows[15][0]) == "2"
     finish()
 
@@ -1332,7 +1329,8 @@ def test_partition_attached_after_start(moving, cluster):
         assert conn.execute(f"SELECT id, secret FROM {PARTED} ORDER BY id").fetchall() == [(1, "p###1"), (2, "p###2")]
         admin_sql(cluster,
                   f"CREATE TABLE {PARTED}_2025 (id integer, at date NOT NULL, secret text)",
-                  f"ALTER TABLE {PARTED} ATTACH PARTITION {PARTED}_2025 FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')",
+                  f"ALTER TABLE {PARTED} ATTACH PARTITION {PARTED}_2025 "
+                  f"FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')",
                   f"CREATE TABLE {PARTED}_2026 PARTITION OF {PARTED} FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')",
                   f"INSERT INTO {PARTED} VALUES (3, '2025-05-01', 'part-secret-2025-1'), "
                   f"(4, '2025-06-01', 'part-secret-2025-2'), (5, '2026-01-02', 'part-secret-2026-1'), "
