@@ -1062,8 +1062,9 @@ def test_node_copy_out(node_mask, node_driver):
     if copy is None:
         pytest.skip(f"pg-copy-streams is not installed in {node_driver}/node_modules")
     assert copy["text"] == "".join(f"{i}\t{MASKED[i][0]}\t{MASKED[i][1]}\t****\t\\N\t{CITY[i]}\n" for i in (1, 2, 3))
-    assert copy["csv"] == "id,email,ssn,city\n" + "".join(f"{i},{MASKED[i][0]},{MASKED[i][1]},{CITY[i]}\n"
-                                                         for i in (1, 2, 3))
+    header, *lines = copy["csv"].splitlines()  # a table's COPY has the rows in the table's order
+    assert header == "id,email,ssn,city"
+    assert sorted(lines) == [f"{i},{MASKED[i][0]},{MASKED[i][1]},{CITY[i]}" for i in (1, 2, 3)]
     assert copy["many"] == "".join(f"{i}\tm***@corp-many.example\n" for i in range(1, MANY_ROWS + 1))
     assert "binary" in node_mask[0]["copyBinary"]
 
