@@ -1171,6 +1171,8 @@ static void result_done(RelayMask *m, bool error)
 		m->stmt_index++;
 		return;
 	}
+	if (e->kind == RESP_SYNC || e->kind == RESP_FUNCTION)
+		return; /* an error of the commit at Sync, or of the call: ReadyForQuery follows */
 	q_pop(m);
 	if (error) /* the server skips the rest up to Sync */
 		while ((e = q_front(m)) != NULL && e->kind != RESP_SYNC && e->kind != RESP_QUERY &&
