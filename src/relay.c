@@ -244,6 +244,20 @@ static void pending_unlink(Relay *r, Pending **qp, Pending *prev)
 	free(q);
 }
 
+StmtInfo *relay_bound_info(Relay *r, const char *name)
+{
+	const Pending *cur = NULL;
+	const Prepared *p;
+
+	for (const Pending *q = r->pend_head; q != NULL; q = q->next)
+		if (q->kind == PEND_PARSE && q->batch == r->batches_sent && strcmp(q->name, name) == 0)
+			cur = q; /* a Parse earlier in this batch decides what the name holds */
+	if (cur != NULL)
+		return cur->info;
+	p = relay_prepared_find(r, name);
+	return p != NULL && p->n_infos == 1 ? p->infos[0] : NULL;
+}
+
 /* Forgets the changes of finished batches that were never confirmed: the server skipped them. */
 static void pending_drop_done(Relay *r)
 {
@@ -655,6 +669,30 @@ static GuardAction mask_check(Session *s, const StmtInfo *info)
 	}
 }
 
+/*
+ * The masks' check of the prepared statements a Query EXECUTEs: their
+ * bodies were checked when prepared, perhaps against another catalog.
+ */
+static GuardAction mask_check_executed(Session *s, const StmtInfo *info)
+{
+	Relay *r = s->relay;
+	GuardAction act = GUARD_FORWARD;
+
+	for (int i = 0; r->mask != NULL && i < info->n_prep && act == GUARD_FORWARD; i++) {
+		const Prepared *p;
+
+		if (info->prep[i].op != SQL_PREP_EXECUTE)
+			continue;
+		p = relay_prepared_find(r, info->prep[i].name);
+		for (int k = 0; p != NULL && k < p->n_infos && act == GUARD_FORWARD; k++)
+			act = mask_check(s, p->infos[k]);
+		for (const Pending *q = r->pend_head; q != NULL && act == GUARD_FORWARD; q = q->next)
+			if (q->kind == PEND_PREPARE && strcmp(q->name, info->prep[i].name) == 0)
+				act = mask_check(s, q->info);
+	}
+	return act;
+}
+
 /* Query: the whole string is decided; its parts are every statement in it. */
 static GuardAction guard_query(Session *s, const char *sql, size_t msglen)
 {
@@ -674,7 +712,8 @@ static GuardAction guard_query(Session *s, const char *sql, size_t msglen)
 	if (!collect_parts(s, info, &pl))
 		goto done;
 	d = decide(s, &pl);
-	if (d.action != DECISION_BLOCK && (act = mask_check(s, info)) != GUARD_FORWARD)
+	if (d.action != DECISION_BLOCK &&
+	    ((act = mask_check(s, info)) != GUARD_FORWARD || (act = mask_check_executed(s, info)) != GUARD_FORWARD))
 		goto done;
 	act = GUARD_REFUSE;
 	if (d.action == DECISION_BLOCK)
@@ -1262,8 +1301,7 @@ void relay_client_input(Session *s)
 			if ((mr = relay_mask_update(s)) == RM_WAIT) {
 				break; /* the rest waits for the server's answers (relay_server_input resumes) */
 			} else if (mr == RM_REFUSE) {
-				session_fail(s, SQLSTATE_OUT_OF_MEMORY, "out of memory");
-				return;
+				return; /* the session was ended */
 			}
 		}
 		if (read_whole(r, h.type)) {
@@ -1396,12 +1434,13 @@ void relay_server_input(Session *s)
 
 			if (s->state != SESS_ACTIVE)
 				return;
+			/* The hook may have moved the bytes before the message on. */
+			avail = evbuffer_get_length(in);
 			if (rr == RMS_WAIT)
 				break;
-			if (rr == RMS_DONE) {
-				avail = evbuffer_get_length(in);
+			if (rr == RMS_DONE)
 				continue;
-			}
+			evbuffer_ptr_set(in, &pos, run, EVBUFFER_PTR_SET);
 		}
 		if (h.type == 'Z') {
 			if (avail - run < PG_HEADER_LEN + 1)

@@ -95,7 +95,8 @@ struct Relay {
 	struct event *hold_cancel;   /* a CancelRequest matched */
 	RelayMask *mask;             /* results of a caller with masks (relay_mask.c); NULL: results pass unread */
 	uint64_t mask_gen;           /* configuration generation the need for masks was decided at (0: not yet) */
-	bool mask_idle_wait;         /* masks must start once the server has answered everything */
+	bool mask_idle_wait;         /* the caller's masks changed: apply once the server has answered everything */
+	uint64_t mask_hash;          /* which mask rules apply to the caller (relay_mask.c), 0: none */
 	StmtInfo *cur_info;          /* analysis of the Query or Parse being decided (a reference), for relay_mask.c */
 };
 
@@ -108,6 +109,12 @@ void relay_refuse(Session *s, const char *sqlstate, const char *msg, const char 
 void relay_send_to_client(Session *s, PgBuf *b);
 /* Copies the body of the message at `off` (whole in `in`) to the relay's scratch buffer; NULL when out of memory. */
 const uint8_t *relay_copy_body(Relay *r, struct evbuffer *in, size_t off, uint32_t blen);
+/*
+ * The statement a Bind of prepared statement `name` sent now runs, when
+ * pgveil knows exactly one (a Parse earlier in the batch, else the one the
+ * server confirmed); NULL otherwise. Not a reference.
+ */
+StmtInfo *relay_bound_info(Relay *r, const char *name);
 /* The prepared statement the server holds under `name`, as pgveil knows it, or NULL. */
 Prepared *relay_prepared_find(Relay *r, const char *name);
 
@@ -117,11 +124,13 @@ typedef enum { RM_OK, RM_REFUSE, RM_WAIT } RmResult;
 
 /*
  * Follows the configuration: sets up masking when the caller has masks
- * under the current rules, drops it when no longer. Called at a message
+ * under the current rules, drops it when no longer; a session that ran
+ * statements under other masks (or none) is ended. Called at a message
  * boundary before a client message is decided; returns RM_WAIT when masking
  * must start but the server still answers earlier messages (the client's
- * input waits; relay_mask_idle() says when to go on), RM_REFUSE when out of
- * memory (refusal built).
+ * input waits; relay_mask_idle() says when to go on), RM_REFUSE when the
+ * session was ended: out of memory, or masks that start to apply to a
+ * session that already ran statements (a reload).
  */
 RmResult relay_mask_update(Session *s);
 /* True when nothing is outstanding and masking could start. */

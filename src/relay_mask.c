@@ -67,7 +67,7 @@ typedef struct Portal {
 	bool current;            /* the latest instance of its name */
 	bool sensitive;          /* its statement reads masked columns or touches a table with some */
 	int refs;                /* Resp entries pointing here */
-	char *stmt;              /* the statement it was bound from */
+	StmtInfo *info;          /* the statement it was bound from, when pgveil knows it (a reference) */
 	struct Portal *next;
 } Portal;
 
@@ -88,6 +88,7 @@ struct RelayMask {
 	bool wait_server;        /* a RowDescription waits for a snapshot */
 	uint64_t asked_after;    /* wait_server: the version asked to be replaced */
 	bool refreshed;          /* the RowDescription at the front was looked up after a refresh */
+	bool check_refreshed;    /* the statement being checked waited for a refresh already */
 	Resp *q;                 /* ring of expected answers */
 	size_t q_head, q_len, q_cap;
 	Portal *portals;
@@ -163,7 +164,8 @@ static void portal_free(Portal *p)
 {
 	plan_clear(&p->plan);
 	free(p->name);
-	free(p->stmt);
+	if (p->info != NULL)
+		sqlinfo_unref(p->info);
 	free(p);
 }
 
@@ -252,11 +254,24 @@ static void q_drop_last_syncs(RelayMask *m, int n)
 
 static void cat_wake_cb(evutil_socket_t fd, short what, void *arg);
 
-static bool caller_needs_masks(Session *s)
+/* A hash of the mask rules that apply to the caller, as written; 0 when none does. */
+static uint64_t caller_masks_hash(Session *s)
 {
-	Config *cfg = s->relay->cfg;
+	const RuleSet *rs = s->relay->cfg->ruleset;
+	uint64_t h = 1469598103934665603ull;
+	bool any = false;
 
-	return cfg->ruleset != NULL && catalog_caller_has_masks(cfg->ruleset, &s->identity);
+	for (int i = 0; rs != NULL && i < rs->n_rules; i++) {
+		const Rule *rule = &rs->rules[i];
+
+		if (rule->kind != RULE_MASK || !catalog_mask_applies(rule, &s->identity))
+			continue;
+		any = true;
+		for (const char *c = rule->text; *c; c++)
+			h = (h ^ (unsigned char)*c) * 1099511628211ull;
+		h = (h ^ 0xff) * 1099511628211ull;
+	}
+	return any ? (h != 0 ? h : 1) : 0;
 }
 
 static void mask_free(RelayMask *m)
@@ -305,31 +320,45 @@ RmResult relay_mask_update(Session *s)
 {
 	Relay *r = s->relay;
 	RelayMask *m;
-	bool need;
+	uint64_t masks;
+	bool need, changed;
 
 	if (r->mask_gen == r->cfg_gen && !r->mask_idle_wait)
 		return RM_OK;
-	need = caller_needs_masks(s);
+	masks = caller_masks_hash(s);
+	need = masks != 0;
+	changed = masks != r->mask_hash;
 	r->mask_gen = r->cfg_gen;
 	r->mask_idle_wait = false;
-	if (need == (r->mask != NULL))
+	if (!changed)
 		return RM_OK;
 	/* Answers already on their way were not recorded (or are recorded): switch between batches only. */
 	if (!relay_mask_idle(s)) {
-		r->mask_idle_wait = need;
+		r->mask_idle_wait = true;
 		return need ? RM_WAIT : RM_OK;
 	}
+	r->mask_hash = masks;
 	if (!need) {
 		relay_mask_free(s);
 		return RM_OK;
 	}
+	if (r->batches_sent > 0) {
+		/* Cursors and prepared statements opened before were checked against other masks, or none. */
+		log_write(LL_INFO, s->ctx, "the masks of this caller changed with a reload: ending the session");
+		session_fail(s, SQLSTATE_ADMIN_SHUTDOWN,
+			     "the masking rules for this caller changed; reconnect (cursors and prepared statements "
+			     "opened before cannot be checked against them)");
+		return RM_REFUSE;
+	}
+	if (r->mask != NULL)
+		return RM_OK;
 	m = calloc(1, sizeof(*m));
 	if (m == NULL || (m->cat_wake = event_new(s->worker->base, -1, 0, cat_wake_cb, s)) == NULL ||
 	    (m->copy_buf = evbuffer_new()) == NULL) {
 		if (m != NULL && m->cat_wake != NULL)
 			event_free(m->cat_wake);
 		free(m);
-		relay_refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory", NULL, NULL, 0);
+		session_fail(s, SQLSTATE_OUT_OF_MEMORY, "out of memory");
 		return RM_REFUSE;
 	}
 	r->mask = m;
@@ -401,16 +430,18 @@ static bool touches_masked_table(const CatSnap *cat, const StmtInfo *info)
 	return false;
 }
 
-/* True when every COPY ... TO STDOUT of info writes a form pgveil can rewrite (text or CSV, usual options). */
-static bool copy_out_maskable(const StmtInfo *info)
+/* True when the statement names a relation the snapshot does not have (created since it was read). */
+static bool names_unknown_relation(const CatSnap *cat, const StmtInfo *info)
 {
-	for (int i = 0; i < info->n_stmts; i++) {
-		const SqlCopyOut *c = &info->stmts[i].copy;
+	for (int i = 0; i < info->n_parts; i++)
+		for (int j = 0; j < info->parts[i].n_tables; j++) {
+			const SqlTable *t = &info->parts[i].tables[j];
+			const CatRel *rel;
 
-		if (c->format == SQL_COPY_BINARY || (c->format != SQL_COPY_NONE && c->unusual))
-			return false;
-	}
-	return true;
+			if (catalog_find_rels(cat, t->schema, t->name, &rel, 1) == 0)
+				return true;
+		}
+	return false;
 }
 
 RmResult relay_mask_check(Session *s, const StmtInfo *info)
@@ -443,17 +474,19 @@ RmResult relay_mask_check(Session *s, const StmtInfo *info)
 		log_write(LL_WARN, s->ctx, "statement refused: %s", m->cat->error);
 		return RM_REFUSE;
 	}
+	if (!m->check_refreshed && names_unknown_relation(m->cat, info) &&
+	    catalog_request(s->database, m->cat->version, m->cat_wake)) {
+		/* A relation created since the catalog was read: its masks (a new partition's) must be known. */
+		m->check_refreshed = true;
+		m->wait_client = true;
+		stream_enable_read(s->client, false);
+		return RM_WAIT;
+	}
+	m->check_refreshed = false;
 	policy_mask_check(info, m->cat, &s->identity, r->cfg->mask_predicates_allow, &v);
 	if (v.blocked) {
 		relay_refuse(s, SQLSTATE_INSUFFICIENT_PRIVILEGE, v.why, "Blocked to protect masked columns.", NULL, 0);
 		log_write(LL_INFO, s->ctx, "blocked: %s", v.why);
-		return RM_REFUSE;
-	}
-	if (v.reads_masked && (info->classes & SC_COPY) && !copy_out_maskable(info)) {
-		relay_refuse(s, SQLSTATE_FEATURE_NOT_SUPPORTED,
-			     "COPY ... TO STDOUT of masked columns in this form cannot be masked",
-			     "Use FORMAT text or csv without FORCE_QUOTE, FORCE_NOT_NULL, FORCE_NULL or ENCODING, or SELECT.",
-			     NULL, 0);
 		return RM_REFUSE;
 	}
 	if (v.reads_masked || touches_masked_table(m->cat, info))
@@ -519,8 +552,10 @@ void relay_mask_client_msg(Session *s, uint8_t type, const uint8_t *body, size_t
 			goto bad;
 		e.kind = RESP_BIND;
 		portal_retire(m, a);
-		if ((e.portal = portal_new(m, a)) == NULL || (e.portal->stmt = strdup(b)) == NULL)
+		if ((e.portal = portal_new(m, a)) == NULL)
 			goto oom;
+		if ((info = relay_bound_info(r, b)) != NULL)
+			e.portal->info = sqlinfo_ref(info);
 		break;
 	case 'D':
 	case 'C':
@@ -811,14 +846,11 @@ static const SqlStmt *query_stmt(const Resp *e, int index)
 }
 
 /* The statement a portal runs, when pgveil knows exactly one. */
-static const SqlStmt *portal_stmt(Session *s, const Portal *p)
+static const SqlStmt *portal_stmt(const Portal *p)
 {
-	const Prepared *ps;
-
-	if (p == NULL || p->stmt == NULL || (ps = relay_prepared_find(s->relay, p->stmt)) == NULL ||
-	    ps->n_infos != 1 || ps->infos[0]->n_stmts != 1 || ps->infos[0]->n_prep != 0)
+	if (p == NULL || p->info == NULL || p->info->n_stmts != 1 || p->info->n_prep != 0)
 		return NULL;
-	return &ps->infos[0]->stmts[0];
+	return &p->info->stmts[0];
 }
 
 /* Moves the bytes before the message at *run to the client. */
@@ -968,7 +1000,7 @@ static RmsResult on_copy_out(Session *s, struct evbuffer *in, size_t *run, const
 		mask_desync(s, "CopyOutResponse");
 		return RMS_WAIT;
 	}
-	st = e->kind == RESP_QUERY ? query_stmt(e, m->stmt_index) : portal_stmt(s, e->portal);
+	st = e->kind == RESP_QUERY ? query_stmt(e, m->stmt_index) : portal_stmt(e->portal);
 	body = relay_copy_body(s->relay, in, *run, h->len - 4);
 	pgproto_reader_init(&rd, body, body != NULL ? h->len - 4 : 0);
 	if (body == NULL || !pgproto_get_byte(&rd, &overall) || !pgproto_get_int16(&rd, &ncols) || ncols < 0) {
@@ -1065,7 +1097,7 @@ static RmsResult on_row_description(Session *s, struct evbuffer *in, size_t *run
 		sensitive = e->sensitive;
 	} else {
 		plan = e->portal != NULL ? &e->portal->plan : NULL;
-		st = portal_stmt(s, e->portal);
+		st = portal_stmt(e->portal);
 		sensitive = e->portal != NULL && e->portal->sensitive;
 		injected = e->injected;
 	}

@@ -349,11 +349,6 @@ def test_psycopg_pipeline_error_compared(rec, cluster):
     assert ("error", "BAD") in via[0] or "BAD" in via[1]
 
 
-@pytest.mark.xfail(strict=True, reason="pgveil bug: in one pipeline, two different prepared statements executed "
-                   "through the unnamed portal: the first result is checked against the second statement "
-                   "(relay_mask.c keeps one Portal.stmt, overwritten by the later Bind before the answer comes), "
-                   "so its masked-column fields are sent as NULL with WARNINGs (see "
-                   "test_raw_portal_rebound_in_one_batch)")
 def test_psycopg_pipeline_prepared_statements(rec):
     notices = []
     with psycopg.connect(conninfo(rec), autocommit=True) as conn:
@@ -409,10 +404,6 @@ def test_psycopg_binary_copy_refused(rec, sql):
         assert conn.execute(f"SELECT id, ssn FROM {T} WHERE id = 1").fetchone() == (1, MASKED[1][1])
 
 
-@pytest.mark.xfail(strict=True, reason="pgveil bug: a binary COPY TO STDOUT of unmasked columns of a table that "
-                   "has masked columns is refused (0A000 'COPY ... TO STDOUT of masked columns in this form cannot "
-                   "be masked'): relay_mask_check() tests MaskVerdict.reads_masked, which is also set when the "
-                   "statement only touches a relation with masks")
 def test_psycopg_binary_copy_of_unmasked_columns(rec):
     """doc/masking.md refuses COPY TO STDOUT of masked columns; binary rows of other columns pass as they are."""
     with psycopg.connect(conninfo(rec), autocommit=True) as conn:
@@ -855,10 +846,6 @@ def test_raw_close_portal_then_reuse_name(solo, cluster):
     finish()
 
 
-@pytest.mark.xfail(strict=True, reason="pgveil bug: a portal rebound (to another statement) before the answers to "
-                   "its earlier use arrived is checked against the new statement: relay_mask.c keeps one "
-                   "Portal.stmt, overwritten at the client's Bind, and on_row_description() reads it when the "
-                   "answer comes; fields are sent as NULL with WARNINGs PostgreSQL never sends")
 @pytest.mark.parametrize("portal", ["p1", ""])
 def test_raw_portal_rebound_in_one_batch(solo, cluster, portal):
     """In one batch: a portal of statement a executed, closed (the unnamed one
@@ -872,17 +859,14 @@ def test_raw_portal_rebound_in_one_batch(solo, cluster, portal):
         (COMMIT, 1),
     ]
     direct, veil = compare(cluster, rec, steps)
-    assert "".join(types(veil)) == "CZ" + ("1122Ds32DDDCZ" if portal else "1122Ds2DDDCZ") + "CZ"
+    assert types(veil) == types(direct)
+    assert "".join(types(veil)) == "CZ" + ("112Ds32DDDCZ" if portal else "112Ds2DDDCZ") + "CZ"
     rows = datarows(veil)
     check_text_person(rows[0], "id, email, ssn")
     assert b_rows(rows[1:4]) == B_WANT
     finish()
 
 
-@pytest.mark.xfail(strict=True, reason="pgveil bug: crashes (SIGSEGV in relay_server_input, relay.c) when a Query's "
-                   "second result set arrives in the same read as the first: on_row_description() moves the bytes "
-                   "before the RowDescription to the client (pass_before) and returns RMS_PASS, and "
-                   "relay_server_input() keeps its stale 'avail', reading past the end of its buffer")
 def test_raw_simple_query_several_statements(solo, cluster):
     pv, rec, finish = solo
     sql = (f"SELECT id, email FROM {T} ORDER BY id; SET application_name = 'multi'; "
@@ -891,7 +875,8 @@ def test_raw_simple_query_several_statements(solo, cluster):
     steps = [(pgwire.query_message(sql), 1), (BEGIN + pgwire.query_message(f"SELECT email FROM {T} WHERE id = 1; "
                                                                           f"COMMIT; SELECT 2"), 2)]
     direct, veil = compare(cluster, rec, steps)
-    assert "".join(types(veil)) == "TDDDC" "SC" "TDDDC" "TDDDC" "TDDC" "TDDDC" "Z" "CZ" "TDCCTDCZ"
+    assert types(veil) == types(direct)  # ParameterStatus comes just before ReadyForQuery
+    assert "".join(types(veil)) == "TDDDC" "C" "TDDDC" "TDDDC" "TDDC" "TDDDC" "SZ" "CZ" "TDCCTDCZ"
     rows = datarows(veil)
     assert [check_text_person(r, "id, email") for r in rows[0:3]] == [1, 2, 3]
     assert [text(r[0]) for r in rows[3:6]] == ["Paris", "Oslo", "Zürich"]
@@ -943,12 +928,6 @@ def test_raw_multi_statement_query_with_a_refused_statement(solo):
     finish()
 
 
-@pytest.mark.xfail(strict=True, reason="pgveil bug (leak): after a described result without masked columns whose "
-                   "RowDescription came behind ParseComplete/BindComplete in one read, relay_server_input() "
-                   "(relay.c) reads a phantom ReadyForQuery past its buffer (stale 'avail' after RMS_PASS from "
-                   "on_row_description's pass_before), batches_done runs ahead of the batches, and errors of later "
-                   "statements on masked tables are no longer scrubbed: 'Failing row contains (...)' reaches the "
-                   "client")
 @pytest.mark.parametrize("protocol", ["simple", "extended"])
 def test_raw_errors_scrubbed_after_an_unmasked_result(solo, cluster, protocol):
     """What node-postgres and pgjdbc send for any parameterized query (Parse,
@@ -1168,10 +1147,6 @@ def test_jdbc(jdbc_mask, scenario):
         assert data["primarykeys"] == "id"
 
 
-@pytest.mark.xfail(strict=True, reason="pgveil bug: after a described result without masked columns that came "
-                   "behind ParseComplete/BindComplete in one read, a refusal reaches the client as the server's "
-                   "42601 'syntax error at or near \"pgveil\"' (its substitution is dropped because batches_done "
-                   "ran ahead; see test_raw_errors_scrubbed_after_an_unmasked_result)")
 @pytest.mark.parametrize("protocol", ["simple", "extended"])
 def test_raw_refusal_after_an_unmasked_result(solo, protocol):
     pv, rec, finish = solo
@@ -1356,11 +1331,6 @@ def test_partition_attached_after_start(moving, cluster):
     assert pv.alive()
 
 
-@pytest.mark.xfail(strict=True, reason="pgveil bug (leak): a derived use of a masked column of a table or partition "
-                   "created since the catalog was last read passes unmasked: relay_mask_check() checks the "
-                   "statement against the snapshot it has and does not read the catalog again for a relation it "
-                   "does not know; the result's RowDescription names no table for an expression, so nothing "
-                   "triggers the re-read either")
 @pytest.mark.parametrize("what", ["table", "partition"])
 def test_derived_use_of_a_relation_created_after_the_catalog_was_read(moving, cluster, what):
     pv, rec = moving
@@ -1413,16 +1383,25 @@ def reloadable(request, tables, pgveil_factory, cluster, workroot):
     rec.close()
 
 
+def ended_by_reload(statement):
+    """A session that ran statements before its caller's masks changed ends at its next one (57P01)."""
+    with pytest.raises(psycopg.OperationalError) as exc:
+        statement()
+    assert "masking rules for this caller changed" in str(exc.value)
+
+
 def test_reload_adds_a_mask_under_an_open_session(reloadable):
+    """The open session ends; a new one gets the new mask at once."""
     pv, rec, add_rule = reloadable
     ssn_of = {r[0]: r[3] for r in PEOPLE}
+    sql = f"SELECT id, ssn FROM {T} WHERE id > %s ORDER BY id"
     with psycopg.connect(conninfo(rec), autocommit=True) as conn:
-        sql = f"SELECT id, ssn FROM {T} WHERE id > %s ORDER BY id"
         assert conn.execute(sql, (0,), prepare=True).fetchall() == [(i, ssn_of[i]) for i in (1, 2, 3)]
         assert conn.execute(f"SELECT ssn FROM {T} WHERE id = 1").fetchone() == (ssn_of[1],)
         add_rule()
         rec.take()
-        # the next statements of the same session: simple, then the statement prepared before the reload
+        ended_by_reload(lambda: conn.execute(f"SELECT ssn FROM {T} WHERE id = 1").fetchone())
+    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
         assert conn.execute(f"SELECT ssn FROM {T} WHERE id = 1").fetchone() == (MASKED[1][1],)
         for binary in (False, True):
             assert conn.cursor(binary=binary).execute(sql, (0,), prepare=True).fetchall() == \
@@ -1434,13 +1413,9 @@ def test_reload_adds_a_mask_under_an_open_session(reloadable):
     assert pv.alive()
 
 
-@pytest.mark.parametrize("how", ["protocol", pytest.param("sql", marks=pytest.mark.xfail(strict=True, reason=(
-    "pgveil bug (leak): a statement PREPAREd in SQL while no mask applied runs unmasked by EXECUTE after a reload "
-    "added a mask on what it computes from: guard_query() decides the policy on the PREPAREd body, but "
-    "relay_mask_check() sees only the EXECUTE statement's own analysis (Bind of a protocol-level statement is "
-    "checked again, EXECUTE is not)")))])
+@pytest.mark.parametrize("how", ["protocol", "sql"])
 def test_reload_statement_prepared_before(reloadable, how):
-    """A derived use prepared while no mask applied is refused once one does."""
+    """A derived use prepared before the caller's masks changed never runs after: the session ends."""
     pv, rec, add_rule = reloadable
     derived = f"SELECT id, upper(ssn) FROM {T} WHERE id = %s"
     with psycopg.connect(conninfo(rec), autocommit=True) as conn:
@@ -1452,44 +1427,47 @@ def test_reload_statement_prepared_before(reloadable, how):
         assert run() == [(1, PEOPLE[0][3].upper())]
         add_rule()
         rec.take()
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            run()
-        assert conn.execute("SELECT 1").fetchone() == (1,)
+        ended_by_reload(run)
     found = leakcheck.leaks(rec.take(), SSNS)
     assert not found, found
     assert pv.alive()
 
 
-def test_reload_cursor_declared_before(reloadable):
-    """A cursor over a plain column declared before the reload: what it fetches after is masked."""
+@pytest.mark.parametrize("query", ["SELECT id, ssn", "SELECT id, upper(ssn)"])
+def test_reload_cursor_declared_before(reloadable, query):
+    """A cursor declared before the caller's masks changed is never fetched after: the session ends."""
     pv, rec, add_rule = reloadable
     with psycopg.connect(conninfo(rec)) as conn:
-        conn.execute(f"DECLARE plain CURSOR FOR SELECT id, ssn FROM {T} ORDER BY id")
-        assert conn.execute("FETCH 1 FROM plain").fetchall() == [(1, PEOPLE[0][3])]
+        conn.execute(f"DECLARE c CURSOR FOR {query} FROM {T} ORDER BY id")
+        assert conn.execute("FETCH 1 FROM c").fetchone()[0] == 1
         add_rule()
         rec.take()
-        assert conn.execute("FETCH 2 FROM plain").fetchall() == [(2, MASKED[2][1]), (3, MASKED[3][1])]
-        conn.rollback()
+        ended_by_reload(lambda: conn.execute("FETCH 2 FROM c").fetchall())
     found = leakcheck.leaks(rec.take(), SSNS)
     assert not found, found
     assert pv.alive()
 
 
-@pytest.mark.xfail(strict=True, reason="pgveil bug (leak): a cursor computing on a column (upper(ssn)) declared "
-                   "before a reload adds a mask on that column is still fetched unmasked after it: FETCH's result "
-                   "names no table for the expression and pgveil does not know what the cursor computes")
-def test_reload_derived_cursor_declared_before(reloadable):
-    pv, rec, add_rule = reloadable
-    with psycopg.connect(conninfo(rec)) as conn:
-        conn.execute(f"DECLARE derived CURSOR FOR SELECT id, upper(ssn) FROM {T} ORDER BY id")
-        assert conn.execute("FETCH 1 FROM derived").fetchall() == [(1, PEOPLE[0][3].upper())]
-        add_rule()
-        rec.take()
-        try:
-            rows = conn.execute("FETCH 2 FROM derived").fetchall()
-        except psycopg.errors.InsufficientPrivilege:
-            rows = None
-        found = leakcheck.leaks(rec.take(), SSNS)
-        assert not found, f"FETCH gave {rows}: {found}"
-        conn.rollback()
-    assert pv.alive()
+def test_sql_prepared_statement_checked_again_at_execute(tables, pgveil_factory, cluster, workroot):
+    """EXECUTE checks the body again: a view it reads may have changed since PREPARE."""
+    rules = os.path.join(workroot, f"maskdrv-exec-{uuid.uuid4().hex[:8]}.rules")
+    with open(rules, "w") as f:
+        f.write(SSN_RULE + "ALLOW ALL;\n")
+    pv = pgveil_factory(rules=rules, default_action="block", databases={"app": harness.backend_conninfo(cluster)})
+    view = f"maskdrv_exec_{uuid.uuid4().hex[:6]}"
+    admin = psycopg.connect(cluster.admin_conninfo("app"), autocommit=True)
+    try:
+        admin.execute(f"CREATE VIEW {view} AS SELECT id, city::varchar(11) AS label FROM {T}")
+        admin.execute(f"GRANT SELECT ON {view} TO {harness.APP_USER}")
+        with psycopg.connect(harness.pgveil_target(pv).conninfo(), autocommit=True) as conn:
+            conn.execute(f"PREPARE pv AS SELECT id, upper(label) FROM {view} ORDER BY id")
+            assert len(conn.execute("EXECUTE pv").fetchall()) == 3
+            admin.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT id, ssn AS label FROM {T}")
+            mark = pv.log_size()
+            pv.reload()  # the catalog is read again; the caller's masks are the same
+            harness.wait_until(lambda: "configuration reloaded" in pv.log_text(mark), 15, what="the reload")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("EXECUTE pv").fetchall()
+    finally:
+        admin.execute(f"DROP VIEW IF EXISTS {view}")
+        admin.close()
