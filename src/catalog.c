@@ -471,6 +471,8 @@ CatFnKind catalog_resolve_function(const CatSnap *s, const char *call, const cha
 {
 	const CatFunc *f;
 
+	if (strncmp(call, "information_schema.", 19) == 0 && sqlinfo_is_builtin_function(call))
+		return CAT_FN_BUILTIN; /* PostgreSQL's own there */
 	if (!sqlinfo_is_builtin_function(call))
 		return CAT_FN_NOT_BUILTIN;
 	/* "name", or "pg_catalog.name" read as one quoted name: a user function of it may answer */

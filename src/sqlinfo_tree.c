@@ -65,10 +65,31 @@ bool sqlinfo_takes_whole_row(const char *name)
 		       str_cmp) != NULL;
 }
 
+/*
+ * The functions PostgreSQL 15 itself creates in information_schema: its
+ * views and drivers' metadata queries (pgjdbc's getPrimaryKeys) call them.
+ * Only a superuser can change that schema.
+ */
+static bool information_schema_builtin(const char *name)
+{
+	static const char *const names[] = {
+		"_pg_char_max_length", "_pg_char_octet_length", "_pg_datetime_precision", "_pg_expandarray",
+		"_pg_index_position", "_pg_interval_type", "_pg_numeric_precision", "_pg_numeric_precision_radix",
+		"_pg_numeric_scale", "_pg_truetypid", "_pg_truetypmod",
+	};
+
+	for (size_t i = 0; i < PGV_ARRAY_LEN(names); i++)
+		if (strcmp(name, names[i]) == 0)
+			return true;
+	return false;
+}
+
 bool sqlinfo_is_builtin_function(const char *name)
 {
 	if (name == NULL)
 		return false;
+	if (strncmp(name, "information_schema.", 19) == 0)
+		return information_schema_builtin(name + 19);
 	if (strncmp(name, "pg_catalog.", 11) == 0)
 		name += 11;
 	if (strchr(name, '.') != NULL)
@@ -621,13 +642,24 @@ static void function_effects(Walk *w, const char *bare, const JNode *call)
 	}
 }
 
+/* True for information_schema.f of PostgreSQL's own (see information_schema_builtin). */
+static bool fn_information_schema(const JNode *namelist)
+{
+	const JNode *a = fn_name_first(namelist), *c = a != NULL ? j_next(a) : NULL;
+	const char *schema = a != NULL ? j_string_node(a) : NULL, *name = c != NULL ? j_string_node(c) : NULL;
+
+	return c != NULL && c->next == NULL && schema != NULL && name != NULL &&
+	       strcmp(schema, "information_schema") == 0 && information_schema_builtin(name);
+}
+
 static void walk_funccall(Walk *w, const JNode *call)
 {
 	static const char *const skip[] = { "funcname", NULL };
 	const JNode *names = j_get(call, "funcname");
 
 	function_add(w, fn_name_first(names));
-	function_effects(w, fn_catalog_name(names), call);
+	if (!fn_information_schema(names)) /* those compute values from their arguments only */
+		function_effects(w, fn_catalog_name(names), call);
 	walk_fields(w, call, skip);
 }
 

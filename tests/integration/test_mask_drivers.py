@@ -1092,16 +1092,9 @@ def check_jdbc_people(rows, ids=(1, 2, 3)):
         check_person((i, name, email, ssn, D(salary), datetime.date.fromisoformat(born), score, card, note, city))
 
 
-PRIMARY_KEYS_BUG = pytest.mark.xfail(strict=True, reason=(
-    "pgveil bug: DatabaseMetaData.getPrimaryKeys() fails for a caller with masks (42501 'function "
-    "information_schema._pg_expandarray is not built in and this caller has masked columns'): the function is "
-    "PostgreSQL's own, created by initdb in every database, and reads no table. (After other metadata calls on "
-    "the same connection the client even gets 42601 'syntax error at or near \"pgveil\"' instead, see "
-    "test_raw_refusal_after_an_unmasked_result.)"))
-
 
 def jdbc_params(scenarios=JDBC_SCENARIOS):
-    return [pytest.param(m, s, id=f"{m}-{s}", marks=PRIMARY_KEYS_BUG if s == "primarykeys" else ())
+    return [pytest.param(m, s, id=f"{m}-{s}", marks=())
             for m in JDBC_MODES for s in scenarios]
 
 
