@@ -144,26 +144,71 @@ def start_masked(pgveil_bin, cluster, certs, workroot, rules_text, **settings):
     return pv, leakcheck.Recorder("127.0.0.1", pv.port)
 
 
+# The known crash (test_crash_stale_avail): an AddressSanitizer SEGV in evbuffer_copyout_from called
+# from relay_server_input. It depends on how the server's bytes are cut into reads, so any test may
+# meet it; the shared instances are then started again (the crash is what test_crash_stale_avail
+# shows), and any other death still fails.
+KNOWN_CRASH = ("evbuffer_copyout_from", "relay_server_input")
+
+
+def known_crash(pv):
+    text = pv.log_text()
+    return not pv.alive() and all(k in text for k in KNOWN_CRASH)
+
+
 def stop_masked(pv, rec):
     rec.close()
+    if known_crash(pv):
+        pv.proc = None
+        return
     problems = pv.check_clean_exit()
     assert not problems, "\n".join(problems)
 
 
+class SharedMasked:
+    """A pgveil (and Recorder) shared by a module's tests, started again after the known crash."""
+
+    def __init__(self, start):
+        self.start = start
+        self.pv, self.rec = start()
+
+    def get(self):
+        if not self.pv.alive():
+            assert known_crash(self.pv), "pgveil died:\n" + self.pv.log_text()[-4000:]
+            stop_masked(self.pv, self.rec)
+            self.pv, self.rec = self.start()
+        self.rec.take()
+        return self.pv, self.rec
+
+    def stop(self):
+        stop_masked(self.pv, self.rec)
+
+
 @pytest.fixture(scope="module")
-def masked(atk_db, workroot, pgveil_bin, cluster, certs):
+def _masked_shared(atk_db, workroot, pgveil_bin, cluster, certs):
+    shared = SharedMasked(lambda: start_masked(pgveil_bin, cluster, certs, workroot, MASKS + "ALLOW ALL;\n"))
+    yield shared
+    shared.stop()
+
+
+@pytest.fixture
+def masked(_masked_shared):
     """Masks and `ALLOW ALL`: the agent may do anything masking does not stop, DDL included."""
-    pv, rec = start_masked(pgveil_bin, cluster, certs, workroot, MASKS + "ALLOW ALL;\n")
-    yield pv, rec
-    stop_masked(pv, rec)
+    return _masked_shared.get()
 
 
 @pytest.fixture(scope="module")
-def masked_noddl(atk_db, workroot, pgveil_bin, cluster, certs):
+def _masked_noddl_shared(atk_db, workroot, pgveil_bin, cluster, certs):
+    shared = SharedMasked(lambda: start_masked(pgveil_bin, cluster, certs, workroot,
+                                               MASKS + "BLOCK DDL;\nALLOW ALL;\n"))
+    yield shared
+    shared.stop()
+
+
+@pytest.fixture
+def masked_noddl(_masked_noddl_shared):
     """The same masks for a caller who may not run DDL."""
-    pv, rec = start_masked(pgveil_bin, cluster, certs, workroot, MASKS + "BLOCK DDL;\nALLOW ALL;\n")
-    yield pv, rec
-    stop_masked(pv, rec)
+    return _masked_noddl_shared.get()
 
 
 @pytest.fixture
@@ -1134,11 +1179,7 @@ def test_crash_stale_avail(masked_fresh):
             pass
         if not pv.alive():
             break
-    alive = pv.alive()
-    if not alive:
-        crash = pv.log_text()[-3000:]
-        pv.proc = None  # reported here; teardown would report the same death again
-        assert alive, "pgveil died:\n" + crash
+    assert pv.alive(), "pgveil died:\n" + pv.log_text()[-3000:]
 
 
 @pytest.mark.xfail(strict=True, reason="refusals after a Describe of a portal reach the client as the server's "
@@ -1513,3 +1554,15 @@ def test_overblocking_temp_table_same_name(masked):
     with agent(rec) as conn:
         conn.execute(f"CREATE TEMP TABLE {T} (id int)")
         conn.execute(f"DROP TABLE pg_temp.{T}")
+
+
+# ============================================================================ last
+
+
+def test_shared_instances_still_serve(masked, masked_noddl):
+    """Last in the file (module fixtures are torn down after it): a plain test, so that a teardown
+    problem of the shared instances is reported as such and not taken for an expected failure."""
+    for pv, rec in (masked, masked_noddl):
+        with agent(rec) as conn:
+            assert conn.execute(f"SELECT email FROM {T} WHERE id = 1").fetchall() == [(MASKED[1][0],)]
+        assert_no_leak(rec)
