@@ -60,10 +60,11 @@ COPY_SECRETS = ["comma,SECRET-CSV-1" + chr(10) + "newline,SECRET-CSV-2",
                 "back" + chr(92) + "slash" + chr(9) + "TAB-SECRET-3@AT|PIPE-4;SEMI"]
 RELOAD_SECRET = "reload-added-mask-secret-9191"
 CAT_SECRET = "catalog-reconnect-secret-2727"
+MIG_SECRET = "migrated-table-secret-3535"
 
 SECRETS = ([v for row in PEOPLE for v in row[1:] if v is not None] + ["alice.wonder", "bob.quincy"] +
            [GEN_EMAIL, PART_SECRET, NEW_PART_SECRET, FUTURE_SECRET, RENAME_SECRET, QUOTE_FRAGMENT,
-            RELOAD_SECRET, CAT_SECRET, "SECRET-CSV-1", "SECRET-CSV-2", "TAB-SECRET-3", "PIPE-4;SEMI"])
+            RELOAD_SECRET, CAT_SECRET, MIG_SECRET, "SECRET-CSV-1", "SECRET-CSV-2", "TAB-SECRET-3", "PIPE-4;SEMI"])
 
 MASKS = f"""
 MASK public.{T}.email  USING email();
@@ -79,6 +80,7 @@ MASK public.atk_future.secret USING redact();
 MASK public.atk_future2.secret USING redact();
 MASK public.atk_ren.email USING redact();
 MASK public.atk_quote.secret USING redact();
+MASK public.atk_mig.secret USING redact();
 """
 
 MASKED = {
@@ -97,7 +99,7 @@ def atk_db(cluster):
 
     def drop():
         conn.execute(f"DROP TABLE IF EXISTS {T}, atk_gen, atk_parted, atk_future, atk_future2, atk_ren, "
-                     "atk_quote, atk_rl, atk_mine, atk_mine2 CASCADE")
+                     "atk_quote, atk_rl, atk_mig, atk_mine, atk_mine2 CASCADE")
         conn.execute("DROP FUNCTION IF EXISTS public.pg_backend_pid()")
 
     drop()
@@ -118,10 +120,12 @@ def atk_db(cluster):
     conn.execute("INSERT INTO atk_ren VALUES (1, %s)", (RENAME_SECRET,))
     conn.execute("CREATE TABLE atk_quote (id int, secret text)")
     conn.execute("INSERT INTO atk_quote VALUES (1, %s), (2, %s), (3, %s)", [QUOTE_SECRET] + COPY_SECRETS)
+    conn.execute("CREATE TABLE atk_mig (id int, secret text)")
+    conn.execute("INSERT INTO atk_mig VALUES (1, %s)", (MIG_SECRET,))
     conn.execute("CREATE TABLE atk_rl (id int, secret text)")
     conn.execute("INSERT INTO atk_rl VALUES (1, %s)", (RELOAD_SECRET,))
     conn.execute(f"GRANT ALL ON {T}, {T}_plain, {T}_upper, atk_gen, atk_parted, atk_parted_eu, atk_ren, "
-                 f"atk_quote, atk_rl TO {harness.APP_USER}")
+                 f"atk_quote, atk_rl, atk_mig TO {harness.APP_USER}")
     yield conn
     drop()
     conn.close()
@@ -567,6 +571,21 @@ def test_cursors_scroll_hold_move(masked, binary):
         assert all(got)
         if not binary:
             assert got[2][0][1] == MASKED[1][0]
+    assert_no_leak(rec)
+
+
+@pytest.mark.parametrize("setting", ["DateStyle = 'SQL, DMY'", "DateStyle = 'German'", "DateStyle = 'Postgres, MDY'",
+                                     "extra_float_digits = 3", "TimeZone = 'Asia/Kolkata'",
+                                     "IntervalStyle = 'sql_standard'", "lc_numeric = 'C'"])
+def test_session_settings_change_formats(masked, setting):
+    """Settings that change how values are written: masks apply or the value goes NULL, never raw."""
+    pv, rec = masked
+    rec.take()
+    with agent(rec) as conn:
+        conn.execute(f"SET {setting}")
+        for binary in (False, True):
+            rows = conn.cursor(binary=binary).execute(f"SELECT id, born, salary, email FROM {T} ORDER BY id").fetchall()
+            assert [r[3] for r in rows] == [MASKED[i][0] for i in (1, 2, 3)]
     assert_no_leak(rec)
 
 
@@ -1230,6 +1249,41 @@ def test_bypass_relation_created_after_load(masked, cluster, kind):
     assert_no_leak(rec)
 
 
+@pytest.mark.xfail(strict=True, reason="bypass: COPY of a whole table places its columns with the snapshot's column "
+                                       "list; after a DBA's migration the masks land on the wrong fields")
+def test_bypass_copy_star_after_migration(masked, cluster):
+    # COPY has no RowDescription: relay_mask.c copy_expand_star() lays the table's live columns out as
+    # the snapshot knows them, and only checks their count. A migration after the last catalog load
+    # (here: id dropped and added again, so the server writes secret, id) keeps the count and moves the
+    # masked column: the mask goes to `id` and `secret` is sent raw. Nothing asks for a new snapshot
+    # (no RowDescription names an unknown OID).
+    pv, rec = masked
+    with agent(rec) as conn:
+        assert conn.execute("SELECT secret FROM atk_mig").fetchall() == [("****",)]
+    admin_exec(cluster, "ALTER TABLE atk_mig DROP COLUMN id", "ALTER TABLE atk_mig ADD COLUMN id int")
+    rec.take()
+    with agent(rec) as conn:
+        try:
+            with conn.cursor().copy("COPY atk_mig TO STDOUT") as cp:
+                for _ in cp:
+                    pass
+        except psycopg.Error:
+            pass
+    assert_no_leak(rec)
+
+
+@pytest.mark.xfail(strict=True, reason="over-blocking: COPY TO of a table with a generated column sends every column "
+                                       "as NULL: PostgreSQL leaves generated columns out, pgveil counts them")
+def test_overblocking_copy_table_with_generated_column(masked):
+    pv, rec = masked
+    with agent(rec) as conn:
+        data = b""
+        with conn.cursor().copy("COPY atk_gen TO STDOUT") as cp:
+            for chunk in cp:
+                data += bytes(chunk)
+        assert data == b"1\tc***@gen-secret.example\n", data
+
+
 @pytest.mark.xfail(strict=True, reason="fails open: a DBA's rename of a masked column leaves the MASK rule naming a "
                                        "missing column; the renamed column is read raw")
 def test_bypass_dba_renames_masked_column(masked, cluster):
@@ -1512,6 +1566,31 @@ def test_predicates_allowed_still_refuse_functions(masked_fresh):
         assert conn.execute(f"SELECT id FROM {T} WHERE email LIKE 'a%'").fetchall() == [(1,)]
         refused(conn, f"SELECT id FROM {T} WHERE upper(email) = 'X'")
         refused(conn, f"SELECT upper(email) FROM {T}")
+    assert_no_leak(rec)
+
+
+@pytest.mark.xfail(strict=True, reason="bypass: pg_stat_activity.query shows other sessions' statements of the same "
+                                       "server login, with the masked values they write or look up as literals")
+def test_bypass_pg_stat_activity_query(masked, cluster):
+    # pgveil logs in as one role for every session; the application (or an agent without masks) using
+    # that role writes and looks up masked values as literals. A caller with masks reads them in
+    # pg_stat_activity.query, which policy_mask.c does not treat like pg_stats ("holds values of table
+    # columns"). Here another session of the same login sits idle in a transaction after an UPDATE.
+    pv, rec = masked
+    app = psycopg.connect(harness.backend_conninfo(cluster, sslmode="disable"))
+    try:
+        app.execute(f"UPDATE {T} SET id = id WHERE email = 'bob.quincy@hidden-domain.example' "
+                    f"AND ssn = '987-65-4321'")
+        rec.take()
+        with agent(rec) as conn:
+            try:
+                conn.execute("SELECT pid, state, query FROM pg_stat_activity WHERE datname = current_database()"
+                             ).fetchall()
+            except psycopg.Error:
+                pass
+    finally:
+        app.rollback()
+        app.close()
     assert_no_leak(rec)
 
 
