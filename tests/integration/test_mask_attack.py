@@ -1201,6 +1201,32 @@ def test_crash_stale_avail(masked_fresh):
     assert pv.alive(), "pgveil died:\n" + pv.log_text()[-3000:]
 
 
+@pytest.mark.xfail(strict=True, reason="bypass: errors are scrubbed by what the sent text names; SQL EXECUTE of a "
+                                       "prepared write, and Execute of a portal bound in an earlier batch, are not")
+@pytest.mark.parametrize("how", ["sql_execute", "portal_later_batch"])
+def test_bypass_scrub_decided_by_text(masked, how):
+    # relay_mask_check() arms scrubbing (check_scrub -> scrub_batch) from the analysis of the text it
+    # is given: `EXECUTE atk_up` names no table (touches_masked_table() looks at the EXECUTE's own
+    # parts, not the prepared body's), and an Execute message carries no text at all: the batch of a
+    # portal bound earlier in the transaction is never armed (relay_mask_client_msg() arms on Q, P, B
+    # and F only). The CHECK violation's "Failing row contains (...)" goes out with every column raw.
+    pv, rec = masked
+    rec.take()
+    with wire(rec) as w:
+        if how == "sql_execute":
+            w.simple_query(f"PREPARE atk_up AS UPDATE {T} SET salary = -1 WHERE id = 1")
+            _, _, err = w.simple_query("EXECUTE atk_up")
+        else:
+            w.simple_query("BEGIN")
+            w.send(m_parse("s", f"UPDATE {T} SET salary = -1 WHERE id = 1") + m_bind("p", "s") + M_SYNC)
+            read_until(w)
+            w.send(m_execute("p") + M_SYNC)
+            err = errors_of(read_until(w))[0]
+            w.simple_query("ROLLBACK")
+        assert err is not None and err["C"] == "23514"
+    assert_no_leak(rec)
+
+
 @pytest.mark.xfail(strict=True, reason="refusals after a Describe of a portal reach the client as the server's "
                                        "42601 error on pgveil's refusal statement (same batch accounting fault)")
 def test_refusal_message_after_describe_portal(masked):
