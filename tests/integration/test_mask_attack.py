@@ -22,7 +22,6 @@ Only the Recorder's bytes decide whether something leaked, never pgveil's log.
 """
 
 import os
-import signal
 import struct
 import time
 import uuid
@@ -556,7 +555,7 @@ def test_cursors_scroll_hold_move(masked, binary):
     pv, rec = masked
     rec.take()
     with agent(rec) as conn:
-        conn.execute(f"BEGIN")
+        conn.execute("BEGIN")
         conn.execute(f"DECLARE c1 {'BINARY' if binary else ''} SCROLL CURSOR FOR "
                      f"SELECT id, email, ssn, salary FROM {T} ORDER BY id")
         conn.execute(f"DECLARE c2 CURSOR WITH HOLD FOR SELECT * FROM {T}_plain")
