@@ -586,6 +586,10 @@ void relay_mask_client_msg(Session *s, uint8_t type, const uint8_t *body, size_t
 	default:
 		return;
 	}
+	if (type == 'E' && e.portal != NULL && e.portal->sensitive) { /* a portal bound in an earlier batch */
+		m->scrub = true;
+		m->scrub_batch = r->batches_sent;
+	}
 	e.sensitive = m->check_scrub;
 	if (type == 'B' && e.portal != NULL)
 		e.portal->sensitive = m->check_scrub;
