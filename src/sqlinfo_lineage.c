@@ -1043,13 +1043,26 @@ static const LCte *cte_find(Lin *l, const char *name)
 	return NULL;
 }
 
+/* RangeVar rv as a base table in the current scope, whatever CTEs are named like it. */
+static void table_push(Lin *l, const JNode *rv)
+{
+	const char *name = j_str(rv, "relname"), *ref = j_str(j_get(rv, "alias"), "aliasname");
+	LRel *r;
+
+	if (name == NULL || (r = rel_push(l, ref != NULL ? ref : name)) == NULL)
+		return;
+	r->schema = j_str(rv, "schemaname");
+	r->table = name;
+	r->colaliases = j_get(j_get(rv, "alias"), "colnames");
+}
+
+/* A RangeVar in FROM: a CTE in scope when unqualified and one has its name, else a base table. */
 static void from_rangevar(Lin *l, const JNode *rv)
 {
 	const char *schema = j_str(rv, "schemaname"), *name = j_str(rv, "relname");
 	const JNode *alias = j_get(rv, "alias");
 	const char *ref = j_str(alias, "aliasname");
 	const LCte *cte;
-	LRel *r;
 
 	if (name == NULL)
 		return;
@@ -1057,11 +1070,7 @@ static void from_rangevar(Lin *l, const JNode *rv)
 		rel_push_derived(l, ref != NULL ? ref : name, cte->cfirst, cte->ncols, alias, cte->uncertain);
 		return;
 	}
-	if ((r = rel_push(l, ref != NULL ? ref : name)) == NULL)
-		return;
-	r->schema = schema;
-	r->table = name;
-	r->colaliases = j_get(alias, "colnames");
+	table_push(l, rv);
 }
 
 /* Hides (or shows again) the relations of the current scope: a non-LATERAL subquery does not see them. */
@@ -1415,10 +1424,13 @@ static LRange q_select(Lin *l, const JNode *sel, unsigned out_ctx)
 	return r;
 }
 
-/* The target of INSERT/UPDATE/DELETE/MERGE as a relation in the current scope. */
+/*
+ * The target of INSERT/UPDATE/DELETE/MERGE as a relation in the current
+ * scope: always a table (PostgreSQL never takes a CTE of that name for it).
+ */
 static void dml_target(Lin *l, const JNode *s)
 {
-	from_rangevar(l, j_get(s, "relation"));
+	table_push(l, j_get(s, "relation"));
 }
 
 static LRange dml_returning(Lin *l, const JNode *s, unsigned out_ctx)
