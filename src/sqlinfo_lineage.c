@@ -1463,11 +1463,12 @@ static LRange q_insert(Lin *l, const JNode *s, unsigned out_ctx)
 	LRange src = { 0, 0 };
 	bool uncertain;
 	LRel *r;
-	int i = 0;
+	int i = 0, rels;
 
 	if (type != NULL)
 		src = q_stmt(l, type, body, SQL_USE_WRITE_SOURCE);
 	dml_target(l, s);
+	rels = l->w->n_rels;
 	if (oc != NULL) {
 		/* excluded: the row proposed for insertion, named by the column list */
 		cols = j_get(s, "cols");
@@ -1486,6 +1487,7 @@ static LRange q_insert(Lin *l, const JNode *s, unsigned out_ctx)
 		dml_set(l, j_get(oc, "targetList"));
 		expr_discard(l, j_get(oc, "whereClause"), SQL_USE_PREDICATE);
 	}
+	l->w->n_rels = rels; /* RETURNING sees the target, never `excluded` */
 	return dml_returning(l, s, out_ctx);
 }
 

@@ -1625,12 +1625,10 @@ def test_overblocking_information_schema(masked):
         assert [r[0] for r in rows] == ["id", "user_id", "amount", "status", "placed_on"]
 
 
-@pytest.mark.xfail(strict=True, reason="over-blocking: INSERT ... ON CONFLICT ... RETURNING a masked column is "
-                                       "refused: RETURNING is resolved against `excluded` too")
 def test_overblocking_upsert_returning(masked):
-    # sqlinfo_lineage.c q_insert() pushes `excluded` as a relation in scope before walking RETURNING, so
-    # an unqualified `email` there may be excluded.email (computed from VALUES: DERIVED). PostgreSQL
-    # does not let RETURNING see excluded; the column is the target's, a plain copy the result masks.
+    # sqlinfo_lineage.c q_insert() kept `excluded` in scope while walking RETURNING, so an unqualified
+    # `email` there could be excluded.email (computed from VALUES: DERIVED). PostgreSQL does not let
+    # RETURNING see excluded; the column is the target's, a plain copy the result masks.
     pv, rec = masked
     with agent(rec) as conn:
         rows = conn.execute(f"INSERT INTO {T} (id, email) VALUES (1, 'x@y.example') ON CONFLICT (id) "
