@@ -968,7 +968,9 @@ static void outputs_use(Lin *l, int mark, unsigned ctx)
 /*
  * An ORDER BY / GROUP BY / DISTINCT ON item: a position or an output name
  * makes that output's sources PREDICATE; the item is also resolved as an
- * input expression.
+ * input expression. A row of items (`GROUP BY (1, 2)`, `ROLLUP((1, 2))`,
+ * which PostgreSQL flattens into its items in GROUP BY) counts as its
+ * items, wherever it stands (fail closed).
  */
 static void sort_item(Lin *l, const JNode *n, int mark)
 {
@@ -982,8 +984,8 @@ static void sort_item(Lin *l, const JNode *n, int mark)
 		sort_item(l, j_get(body, "node"), mark);
 		return;
 	}
-	if (type != NULL && strcmp(type, "GroupingSet") == 0) {
-		for (v = j_first(j_get(body, "content")); v != NULL; v = j_next(v))
+	if (type != NULL && (strcmp(type, "GroupingSet") == 0 || strcmp(type, "RowExpr") == 0)) {
+		for (v = j_first(j_get(body, type[0] == 'G' ? "content" : "args")); v != NULL; v = j_next(v))
 			sort_item(l, v, mark);
 		return;
 	}

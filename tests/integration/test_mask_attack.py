@@ -1438,13 +1438,11 @@ def test_bypass_comparison_error_oracle(masked, via):
     assert ssn != PEOPLE[1][3], "ssn recovered through the error oracle"
 
 
-@pytest.mark.xfail(strict=True, reason="bypass: GROUP BY positions written as a row ((1, 2)), also inside ROLLUP, "
-                                       "CUBE and GROUPING SETS, are not seen: a predicate on a masked column")
 def test_bypass_group_by_position_row(masked):
     # PostgreSQL flattens an implicit row in GROUP BY ("GROUP BY (1, 2)", "ROLLUP((1, 2))") into its
-    # items, and integer items are output positions. sqlinfo_lineage.c sort_item() handles A_Const and
-    # GroupingSet items, but a RowExpr is walked as an expression of constants: the grouped masked
-    # column gets no PREDICATE context. With hash aggregation off the groups come out sorted by the
+    # items, and integer items are output positions. sqlinfo_lineage.c sort_item() handled A_Const and
+    # GroupingSet items, but walked a RowExpr as an expression of constants: the grouped masked
+    # column got no PREDICATE context (fixed: a row counts as its items). With hash aggregation off the groups come out sorted by the
     # masked column (`id + 0`, not the key `id`, which would make the planner drop salary from the
     # grouping): with a probe row of the agent's own, the order is a comparison oracle, and binary
     # search recovers the value.
