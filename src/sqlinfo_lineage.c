@@ -817,60 +817,150 @@ static void expr_discard(Lin *l, const JNode *n, unsigned ctx)
 
 /* ---- output names (the server's FigureColname) ------------------------------------ */
 
-static const char *last_string(const JNode *list)
+/* The last String of a list of String / A_Star / A_Indices nodes, or NULL. */
+static const char *last_field(const JNode *list)
 {
-	const JNode *e, *last = NULL;
+	const JNode *e;
+	const char *name = NULL, *s;
 
 	for (e = j_first(list); e != NULL; e = j_next(e))
-		last = e;
-	return last != NULL ? j_string_node(last) : NULL;
+		if ((s = j_string_node(e)) != NULL)
+			name = s;
+	return name;
 }
 
-/* The name the server gives an output column computed by `n`; NULL for "?column?" or unknown. */
-static const char *figure_name(const JNode *n)
+/* The name of enum value `value` in `map` (pairs: value, name, then NULL); NULL when not listed. */
+static const char *enum_name(const char *value, const char *const *map)
 {
-	const JNode *body, *tl, *rt;
+	for (; value != NULL && map[0] != NULL; map += 2)
+		if (strcmp(value, map[0]) == 0)
+			return map[1];
+	return NULL;
+}
+
+static const char *const svf_names[] = {
+	"SVFOP_CURRENT_DATE", "current_date", "SVFOP_CURRENT_TIME", "current_time",
+	"SVFOP_CURRENT_TIME_N", "current_time", "SVFOP_CURRENT_TIMESTAMP", "current_timestamp",
+	"SVFOP_CURRENT_TIMESTAMP_N", "current_timestamp", "SVFOP_LOCALTIME", "localtime",
+	"SVFOP_LOCALTIME_N", "localtime", "SVFOP_LOCALTIMESTAMP", "localtimestamp",
+	"SVFOP_LOCALTIMESTAMP_N", "localtimestamp", "SVFOP_CURRENT_ROLE", "current_role",
+	"SVFOP_CURRENT_USER", "current_user", "SVFOP_USER", "user", "SVFOP_SESSION_USER", "session_user",
+	"SVFOP_CURRENT_CATALOG", "current_catalog", "SVFOP_CURRENT_SCHEMA", "current_schema", NULL,
+};
+
+static const char *const xml_names[] = {
+	"IS_XMLCONCAT", "xmlconcat", "IS_XMLELEMENT", "xmlelement", "IS_XMLFOREST", "xmlforest",
+	"IS_XMLPARSE", "xmlparse", "IS_XMLPI", "xmlpi", "IS_XMLROOT", "xmlroot",
+	"IS_XMLSERIALIZE", "xmlserialize", NULL,
+};
+
+static const char *const minmax_names[] = { "IS_GREATEST", "greatest", "IS_LEAST", "least", NULL };
+
+/* Node types named after what they are, like functions (strength 2). */
+static const char *const node_names[] = {
+	"A_ArrayExpr", "array", "RowExpr", "row", "CoalesceExpr", "coalesce", "GroupingFunc", "grouping",
+	"XmlSerialize", "xmlserialize", NULL,
+};
+
+static int figure(const JNode *n, const char **name);
+
+/* A named enum value: strength 2 with its name, 0 when it has none. */
+static int figure_enum(const char *value, const char *const *map, const char **name)
+{
+	const char *s = enum_name(value, map);
+
+	if (s == NULL)
+		return 0;
+	*name = s;
+	return 2;
+}
+
+/* A sublink: EXISTS, ARRAY, or (EXPR) its query's first output's name. */
+static int figure_sublink(const JNode *body, const char **name)
+{
+	const char *kind = j_str(body, "subLinkType");
+	const JNode *q, *rt;
+
+	if (lstr_eq(kind, "EXISTS_SUBLINK") || lstr_eq(kind, "ARRAY_SUBLINK")) {
+		*name = kind[0] == 'E' ? "exists" : "array";
+		return 2;
+	}
+	if (!lstr_eq(kind, "EXPR_SUBLINK"))
+		return 0;
+	/* Named after the query's first output (always named, "?column?" maybe): when the analysis
+	 * cannot tell the name, NULL at full strength, which matches every name. */
+	*name = NULL;
+	if (j_type(j_get(body, "subselect"), &q) == NULL || j_type(j_first(j_get(q, "targetList")), &rt) == NULL)
+		return 2;
+	if ((*name = j_str(rt, "name")) == NULL)
+		(void)figure(j_get(rt, "val"), name);
+	return 2;
+}
+
+/*
+ * PostgreSQL 15's FigureColnameInternal (parse_target.c): the name the
+ * server gives an output column computed by `n`, into *name, and how sure
+ * it is: 2 a good name, 1 a second choice (a cast's type, "case"), 0 none
+ * ("?column?"; *name is left alone). A name the analysis cannot tell is
+ * NULL, which matches every name.
+ */
+static int figure(const JNode *n, const char **name)
+{
+	const JNode *body;
 	const char *type = j_type(n, &body), *s;
+	int strength;
 
 	if (type == NULL)
-		return NULL;
-	if (strcmp(type, "ColumnRef") == 0)
-		return last_string(j_get(body, "fields"));
-	if (strcmp(type, "FuncCall") == 0)
-		return last_string(j_get(body, "funcname"));
-	if (strcmp(type, "TypeCast") == 0) {
-		if ((s = figure_name(j_get(body, "arg"))) != NULL)
-			return s;
-		return last_string(j_get(j_get(body, "typeName"), "names"));
+		return 0;
+	if (strcmp(type, "ColumnRef") == 0 || strcmp(type, "A_Indirection") == 0) {
+		if ((s = last_field(j_get(body, type[0] == 'C' ? "fields" : "indirection"))) != NULL) {
+			*name = s;
+			return 2;
+		}
+		return type[0] == 'A' ? figure(j_get(body, "arg"), name) : 0;
 	}
-	if (strcmp(type, "A_Indirection") == 0) {
-		if ((s = last_string(j_get(body, "indirection"))) != NULL)
-			return s;
-		return figure_name(j_get(body, "arg"));
+	if (strcmp(type, "FuncCall") == 0) {
+		*name = last_field(j_get(body, "funcname"));
+		return 2;
+	}
+	if (strcmp(type, "TypeCast") == 0 || strcmp(type, "CaseExpr") == 0) {
+		strength = figure(j_get(body, type[0] == 'T' ? "arg" : "defresult"), name);
+		if (strength > 1)
+			return strength;
+		if (type[0] == 'C')
+			*name = "case";
+		else if (j_get(body, "typeName") != NULL)
+			*name = last_field(j_get(j_get(body, "typeName"), "names"));
+		else
+			return strength;
+		return 1;
 	}
 	if (strcmp(type, "CollateClause") == 0)
-		return figure_name(j_get(body, "arg"));
-	if (strcmp(type, "CaseExpr") == 0)
-		return "case";
-	if (strcmp(type, "CoalesceExpr") == 0)
-		return "coalesce";
-	if (strcmp(type, "A_ArrayExpr") == 0)
-		return "array";
-	if (strcmp(type, "RowExpr") == 0)
-		return "row";
-	if (strcmp(type, "SubLink") == 0) {
-		s = j_str(body, "subLinkType");
-		if (s != NULL && strcmp(s, "EXISTS_SUBLINK") == 0)
-			return "exists";
-		if (s != NULL && strcmp(s, "ARRAY_SUBLINK") == 0)
-			return "array";
-		if (s == NULL || strcmp(s, "EXPR_SUBLINK") != 0 || j_type(j_get(body, "subselect"), &tl) == NULL)
-			return NULL;
-		if (j_type(j_first(j_get(tl, "targetList")), &rt) == NULL)
-			return NULL;
-		return j_str(rt, "name") != NULL ? j_str(rt, "name") : figure_name(j_get(rt, "val"));
+		return figure(j_get(body, "arg"), name);
+	if (strcmp(type, "A_Expr") == 0) { /* NULLIF is named like a function; operators are not */
+		if (!lstr_eq(j_str(body, "kind"), "AEXPR_NULLIF"))
+			return 0;
+		*name = "nullif";
+		return 2;
 	}
-	return NULL; /* MinMaxExpr, XmlExpr and the like: not named here, they match every name */
+	if (strcmp(type, "SubLink") == 0)
+		return figure_sublink(body, name);
+	if (strcmp(type, "MinMaxExpr") == 0)
+		return figure_enum(j_str(body, "op"), minmax_names, name);
+	if (strcmp(type, "SQLValueFunction") == 0)
+		return figure_enum(j_str(body, "op"), svf_names, name);
+	if (strcmp(type, "XmlExpr") == 0)
+		return figure_enum(j_str(body, "op"), xml_names, name);
+	return figure_enum(type, node_names, name);
+}
+
+/* The name of an output computed by `n`; NULL for "?column?" or unknown (it matches every name). */
+static const char *figure_name(const JNode *n)
+{
+	const char *name = NULL;
+
+	(void)figure(n, &name);
+	return name;
 }
 
 /* ---- select lists, ORDER BY, GROUP BY, DISTINCT ------------------------------------ */
@@ -923,6 +1013,16 @@ static void expand_star(Lin *l, const char *const *f, int n, unsigned ctx)
 	pend_push(l, NULL, coll_commit(l, i), true, true);
 }
 
+/* True when `ind` (an A_Indirection) ends in `.*`: `(x).*` expands to several columns. */
+static bool indirection_star(const JNode *ind)
+{
+	const JNode *e, *last = NULL, *body;
+
+	for (e = j_first(j_get(ind, "indirection")); e != NULL; e = j_next(e))
+		last = e;
+	return last != NULL && lstr_eq(j_type(last, &body), "A_Star");
+}
+
 /* One select-list (or RETURNING) item. */
 static void target(Lin *l, const JNode *rt, unsigned ctx)
 {
@@ -930,6 +1030,12 @@ static void target(Lin *l, const JNode *rt, unsigned ctx)
 	const char *type = j_type(val, &body), *f[4] = { NULL, NULL, NULL, NULL };
 	bool star = false, derived;
 	int mark = l->w->n_coll, n = 0;
+
+	if (type != NULL && strcmp(type, "A_Indirection") == 0 && indirection_star(body)) {
+		expr(l, val, ctx); /* (x).*: columns the analysis cannot count */
+		pend_push(l, NULL, coll_commit(l, mark), true, true);
+		return;
+	}
 
 	if (type != NULL && strcmp(type, "ColumnRef") == 0) {
 		n = fields_count(j_get(body, "fields"), f, &star);
@@ -1140,7 +1246,7 @@ static void from_function(Lin *l, const JNode *f)
 		if (j_type(fn, &body) == NULL || (items = j_first(j_get(body, "items"))) == NULL)
 			continue;
 		if (name == NULL && j_type(items, &body) != NULL && strcmp(j_type(items, &body), "FuncCall") == 0)
-			name = last_string(j_get(body, "funcname"));
+			name = last_field(j_get(body, "funcname"));
 		expr(l, items, SQL_USE_FUNCTION_ARG);
 		expr(l, j_next(items), SQL_USE_FUNCTION_ARG);
 	}

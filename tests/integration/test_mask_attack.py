@@ -952,15 +952,14 @@ def test_bypass_whole_row_aggregate_attribute_notation(masked, statement):
     assert_no_leak(rec)
 
 
-@pytest.mark.xfail(strict=True, reason="bypass: output names differ between sqlinfo's figure_name and PostgreSQL's "
-                                       "FigureColname (CASE under a cast, SQLValueFunction under a cast)")
 @pytest.mark.parametrize("statement", [
     # PostgreSQL names the first column "text" (a cast of a CASE without ELSE is named by its type) and
-    # the second "current_user"; pgveil names them "case" and "text". s.text is the masked email to the
-    # server, and a constant to pgveil: a plain, unmasked copy.
+    # the second "current_user"; pgveil named them "case" and "text" (sqlinfo_lineage.c now follows
+    # FigureColnameInternal). s.text was the masked email to the server, and a constant to pgveil: a
+    # plain, unmasked copy.
     f"SELECT s.text FROM (SELECT (CASE WHEN true THEN email END)::text, current_user::text FROM {T}) s",
     f"SELECT upper(s.text) FROM (SELECT (CASE WHEN true THEN ssn END)::text, current_user::text FROM {T}) s",
-    # pgveil is sure s has a column "name" and stops looking; the server's s has "current_user", so
+    # pgveil was sure s had a column "name" and stopped looking; the server's s has "current_user", so
     # `name` is the outer row's masked name column.
     f"SELECT (SELECT name FROM (SELECT current_user::name) s) FROM {T}",
     f"SELECT (SELECT upper(name) FROM (SELECT current_user::name) s) FROM {T}",

@@ -752,6 +752,102 @@ static void test_cache_sort_position(void **state)
 	}
 }
 
+/* The number of sources of output 0 of statement 0. */
+static int output_sources(const char *sql)
+{
+	StmtInfo *info = analyze(sql);
+	int n;
+
+	if (info->error != NULL || info->n_stmts != 1 || info->stmts[0].n_outputs < 1)
+		fail_msg("%s: %s", sql, info->error != NULL ? info->error : "no output");
+	n = info->stmts[0].outputs[0].n_sources;
+	sqlinfo_unref(info);
+	return n;
+}
+
+/*
+ * Output names of computed columns, as PostgreSQL 15.18 names them
+ * (FigureColname; asked of the server). Subquery s has the computed column
+ * (no sources) and zz (users.email): s."name" reads no source when the name
+ * is right, and the whole row of s (users.email) when no column has it. A
+ * name the analysis gives as NULL (PostgreSQL's "?column?") matches every
+ * name.
+ */
+static void test_output_names(void **state)
+{
+	static const char *const cases[][2] = {
+		{ "(CASE WHEN true THEN 1 END)::text", "text" },
+		{ "current_user::text", "current_user" },
+		{ "CASE WHEN true THEN 1 ELSE 2 END", "case" },
+		{ "CASE WHEN true THEN 'a' ELSE 'x'::text END", "case" },
+		{ "CASE WHEN true THEN 1 ELSE 'x'::text::int END", "case" },
+		{ "CASE WHEN true THEN 2 ELSE b.y END", "y" },
+		{ "NULLIF(1, 2)", "nullif" },
+		{ "greatest(1, 2)", "greatest" },
+		{ "least(1, 2)", "least" },
+		{ "1::int", "int4" },
+		{ "'x'::varchar(3)", "varchar" },
+		{ "ARRAY[1]", "array" },
+		{ "ROW(1, 2)", "row" },
+		{ "(SELECT 1 AS q)", "q" },
+		{ "(SELECT 1)", NULL },
+		{ "EXISTS (SELECT 1)", "exists" },
+		{ "ARRAY(SELECT 1)", "array" },
+		{ "xmlelement(name e, 1)", "xmlelement" },
+		{ "xmlconcat('<a/>'::xml)", "xmlconcat" },
+		{ "xmlforest(1 AS a)", "xmlforest" },
+		{ "xmlparse(content '<a/>')", "xmlparse" },
+		{ "xmlpi(name x)", "xmlpi" },
+		{ "xmlroot('<a/>'::xml, version '1.0')", "xmlroot" },
+		{ "xmlserialize(content '<a/>'::xml AS text)", "xmlserialize" },
+		{ "'<a/>'::xml IS DOCUMENT", NULL },
+		{ "current_date", "current_date" },
+		{ "current_time", "current_time" },
+		{ "current_timestamp", "current_timestamp" },
+		{ "localtime", "localtime" },
+		{ "localtimestamp", "localtimestamp" },
+		{ "current_role", "current_role" },
+		{ "user", "user" },
+		{ "session_user", "session_user" },
+		{ "current_catalog", "current_catalog" },
+		{ "current_schema", "current_schema" },
+		{ "(ROW(1, 2)).f1", "f1" },
+		{ "b.y::text COLLATE \"C\"", "y" },
+		{ "coalesce(1, 2)", "coalesce" },
+		{ "1 + 1", NULL },
+		{ "-1", NULL },
+		{ "1 IN (1)", NULL },
+		{ "(ARRAY[1, 2])[1]", "array" },
+		{ "(SELECT y FROM (SELECT 1 AS y) z)::int", "y" },
+		{ "(CASE WHEN true THEN current_user END)::text", "text" },
+		{ "COALESCE(1, 2)::text", "coalesce" },
+		{ "current_time(2)", "current_time" },
+		{ "localtime(1)", "localtime" },
+		{ "CAST(b.y AS text)", "y" },
+		{ "'x'::\"char\"", "char" },
+		{ "1::double precision", "float8" },
+		{ "ARRAY[1]::bigint[]", "array" },
+		{ "grouping(b.y)", "grouping" },
+		{ "upper('x')", "upper" },
+		{ "pg_catalog.lower('x')", "lower" },
+	};
+	char sql[512];
+
+	(void)state;
+	for (size_t i = 0; i < PGV_ARRAY_LEN(cases); i++) {
+		const char *name = cases[i][1] != NULL ? cases[i][1] : "anything";
+
+		snprintf(sql, sizeof(sql), "SELECT s.\"%s\" FROM (SELECT %s, u.email AS zz FROM (SELECT 1 AS y) b, "
+			 "users u GROUP BY b.y, u.email) s", name, cases[i][0]);
+		if (output_sources(sql) != 0)
+			fail_msg("%s: not named %s", cases[i][0], name);
+		snprintf(sql, sizeof(sql), "SELECT s.bogus FROM (SELECT %s, u.email AS zz FROM (SELECT 1 AS y) b, "
+			 "users u GROUP BY b.y, u.email) s", cases[i][0]);
+		if ((output_sources(sql) == 0) != (cases[i][1] == NULL))
+			fail_msg("%s: named %s", cases[i][0], cases[i][1] != NULL ? "nothing" : "something");
+	}
+}
+
 /*
  * Unqualified columns count against every table in scope: columns x tables
  * past the lineage budget is refused as too complex, not a syntax error.
@@ -1102,6 +1198,7 @@ int main(void)
 		cmocka_unit_test(test_cache_literal_sensitive),
 		cmocka_unit_test(test_cache_sort_position),
 		cmocka_unit_test(test_cache_copy_options),
+		cmocka_unit_test(test_output_names),
 		cmocka_unit_test(test_too_complex),
 		cmocka_unit_test(test_cache_shape_hits),
 		cmocka_unit_test(test_cache_shape_spans),
