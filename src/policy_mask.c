@@ -135,6 +135,53 @@ static void check_column(MaskCheck *mc, const CatRel *rel, int attnum, unsigned 
 		check_masked_use(mc, rel, c, ctx);
 }
 
+static bool rel_masked_for(const MaskCheck *mc, const CatRel *rel);
+
+/* System columns: a table's `t.xmin` is one, never a function call (views have none). */
+static bool system_column(const CatRel *rel, const char *name)
+{
+	static const char *const names[] = { "ctid", "xmin", "xmax", "cmin", "cmax", "tableoid" };
+
+	if (rel->kind == 'v')
+		return false;
+	for (size_t i = 0; i < PGV_ARRAY_LEN(names); i++)
+		if (strcmp(name, names[i]) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * A bound reference (SqlColumnUse.bound) to `name`, which relation rel (with
+ * masks) has no column of in the snapshot, and no other relation the
+ * reference may mean has either. `t.f` is then PostgreSQL's notation for
+ * the call f(t) on the whole row, or the column is newer than the snapshot
+ * (added, or renamed: maybe away from a mask rule). Either way reading it
+ * cannot be shown safe.
+ */
+static void check_unknown_column(MaskCheck *mc, const CatRel *rel, const char *name)
+{
+	if (!rel_masked_for(mc, rel))
+		return;
+	mc->out->reads_masked = true;
+	if (sqlinfo_is_builtin_function(name) || catalog_user_function(mc->cat, NULL, name))
+		block(mc, "%s is not a column of %s.%s: it calls function %s on whole rows of %s.%s, which has masked "
+		      "columns", name, rel->schema, rel->name, name, rel->schema, rel->name);
+	else
+		block(mc, "column %s of %s.%s is not in pgveil's catalog, and %s.%s has masked columns: the column "
+		      "was added or renamed since the catalog was read (refused until it is read again), or it "
+		      "calls a function on whole rows", name, rel->schema, rel->name, rel->schema, rel->name);
+}
+
+/* True when a relation of run[0..n) that `col` may name has its column. */
+static bool column_somewhere(const CatRel *const *run, int n, const SqlColumn *col)
+{
+	for (int i = 0; i < n; i++)
+		if ((col->schema == NULL || strcmp(col->schema, run[i]->schema) == 0) &&
+		    catalog_attnum(run[i], col->column) > 0)
+			return true;
+	return false;
+}
+
 /* A column the statement reads, by name: every relation it may be (an unqualified table: any schema). */
 static void check_use(MaskCheck *mc, const SqlColumnUse *u)
 {
@@ -153,6 +200,8 @@ static void check_use(MaskCheck *mc, const SqlColumnUse *u)
 				check_column(mc, rel, a, u->contexts);
 		} else if ((a = catalog_attnum(rel, col->column)) > 0) {
 			check_column(mc, rel, a, u->contexts);
+		} else if (u->bound && !system_column(rel, col->column) && !column_somewhere(run, n, col)) {
+			check_unknown_column(mc, rel, col->column);
 		}
 	}
 }

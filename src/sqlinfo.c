@@ -570,6 +570,7 @@ static void block_fill_lineage(InfoBlock *blk, const Layout *l, const LinCounts 
 		if (st->n_columns++ == 0)
 			st->columns = &uses[nu];
 		uses[nu].column = &blk->cols[b->luses[i].col];
+		uses[nu].bound = b->luses[i].bound;
 		uses[nu++].contexts = b->luses[i].contexts;
 	}
 }

@@ -62,6 +62,7 @@ typedef struct SqlUseB {
 	int stmt;
 	int col;                 /* index in lcols */
 	unsigned contexts;       /* SQL_USE_* */
+	bool bound;              /* SqlColumnUse.bound */
 } SqlUseB;
 
 typedef struct SqlOutB {

@@ -50,6 +50,12 @@
  *   outer query reads its columns. ORDER BY, GROUP BY and DISTINCT ON
  *   items that name an output column or give a position are PREDICATE for
  *   that output's sources and are also resolved as input expressions.
+ * - A use is bound (SqlColumnUse.bound) when a reference names its base
+ *   table for sure: `t.c` with t a table (or its alias), `s.c` with s a
+ *   subquery or CTE whose only column that may be c is a DIRECT `*` of one
+ *   table, an unqualified `c` that no other relation in scope may hold
+ *   (and that is no output name ORDER BY / GROUP BY may mean, nor a
+ *   relation's name), COPY's column list, JOIN USING.
  * - Bodies that only run later or not at all (EXPLAIN without ANALYZE,
  *   CREATE VIEW) are walked without OUTPUT. A statement the walker does not
  *   model has its column references resolved against its `relation` and
@@ -65,6 +71,10 @@
 #define MAX_SPLIT_VALUES 64      /* VALUES wider than this: every column reads every source */
 
 static const char col_all[] = SQL_COLUMN_ALL;
+
+/* Bits of a context that never reach SqlColumnUse.contexts. */
+#define LIN_BOUND (1u << 30)     /* this source is bound (SqlColumnUse.bound) */
+#define LIN_INTERNAL LIN_BOUND
 
 /* A column of a query's result or of a derived relation. */
 typedef struct LCol {
@@ -121,6 +131,7 @@ typedef struct Lin {
 	int level;               /* current query nesting level */
 	int stmt_uses;           /* real column uses recorded for the statement */
 	const JNode *windows;    /* WINDOW clause of the current query */
+	bool nobind;             /* an unqualified name being resolved may be no column at all (an output name) */
 } Lin;
 
 typedef struct LRange {
@@ -248,14 +259,17 @@ static int col_intern(Lin *l, const char *schema, const char *table, const char 
 	return id;
 }
 
-/* Records that the statement reads column `col` in contexts `ctx`. */
+/* Records that the statement reads column `col` in contexts `ctx` (LIN_BOUND: a bound reference). */
 static void use_add(Lin *l, int col, unsigned ctx)
 {
 	SqlBuild *b = l->b;
 	SqlColB *c = &b->lcols[col];
+	bool bound = (ctx & LIN_BOUND) != 0;
 
+	ctx &= ~LIN_INTERNAL;
 	if (c->use_stmt == l->stmt) {
 		b->luses[c->use].contexts |= ctx;
+		b->luses[c->use].bound |= bound;
 		return;
 	}
 	if (!LGROW(l, b->luses, b->n_luses, b->cap_luses))
@@ -263,6 +277,7 @@ static void use_add(Lin *l, int col, unsigned ctx)
 	b->luses[b->n_luses].stmt = l->stmt;
 	b->luses[b->n_luses].col = col;
 	b->luses[b->n_luses].contexts = ctx;
+	b->luses[b->n_luses].bound = bound;
 	c->use_stmt = l->stmt;
 	c->use = b->n_luses++;
 	if (c->table != NULL)
@@ -451,29 +466,51 @@ static LRel *rel_find(Lin *l, const char *schema, const char *name)
 
 static void rel_whole_row(Lin *l, const LRel *r, unsigned ctx);
 
-/* Reads column `name` of base table r. */
-static void base_column(Lin *l, const LRel *r, const char *name, unsigned ctx)
+/* Reads column `name` of base table r; `bound`: the reference names r for sure. */
+static void base_column(Lin *l, const LRel *r, const char *name, unsigned ctx, bool bound)
 {
-	const char *col = (r->colaliases != NULL && name_in_list(r->colaliases, name)) ? col_all : name;
+	bool renamed = r->colaliases != NULL && name_in_list(r->colaliases, name);
 
-	src_add(l, col_intern(l, r->schema, r->table, col), ctx);
+	src_add(l, col_intern(l, r->schema, r->table, renamed ? col_all : name),
+		ctx | (bound && !renamed ? LIN_BOUND : 0));
+}
+
+/* True when column c of a derived relation may be one named `name`: that name, a star, unnamed. */
+static bool col_may_be(const LCol *c, const char *name)
+{
+	return c->star || c->name == NULL || strcmp(c->name, name) == 0;
+}
+
+/* A DIRECT star of one table (its one source is table.*): the id of that source, else -1. */
+static int direct_star(Lin *l, const LCol *c)
+{
+	int id;
+
+	if (!c->star || c->derived || c->n != 1)
+		return -1;
+	id = l->b->lsrc[c->first];
+	return strcmp(l->b->lcols[id].column, col_all) == 0 ? id : -1;
 }
 
 /*
  * Reads column `name` of derived relation r. Returns 1 when a column of that
  * name was found for sure, 0 when only stars or unnamed columns matched, -1
  * when nothing did; *derived is set when what was read is not DIRECT.
+ * `bound`: the reference names r for sure; a DIRECT star that is the only
+ * column that may be `name` then binds the table's column.
  */
-static int derived_column(Lin *l, const LRel *r, const char *name, unsigned ctx, bool *derived)
+static int derived_column(Lin *l, const LRel *r, const char *name, unsigned ctx, bool *derived, bool bound)
 {
 	const LCol *c;
-	int i, found = -1, id;
+	int i, found = -1, id, may = 0;
 
 	if (r->uncertain) {
 		flow_cols(l, l->w->cols + r->cfirst, r->ncols, ctx);
 		*derived = true;
 		return 0;
 	}
+	for (i = 0; i < r->ncols; i++)
+		may += col_may_be(&l->w->cols[r->cfirst + i], name);
 	for (i = 0; i < r->ncols; i++) {
 		c = &l->w->cols[r->cfirst + i];
 		if (!c->star && c->name != NULL && strcmp(c->name, name) == 0) {
@@ -482,11 +519,10 @@ static int derived_column(Lin *l, const LRel *r, const char *name, unsigned ctx,
 			found = 1;
 		} else if (c->star || c->name == NULL) {
 			/* a DIRECT star of one table: that table's column `name` */
-			if (c->star && !c->derived && c->n == 1 &&
-			    strcmp(l->b->lcols[l->b->lsrc[c->first]].column, col_all) == 0) {
-				id = l->b->lsrc[c->first];
-				src_add(l, col_intern(l, l->b->lcols[id].schema, l->b->lcols[id].table, name), ctx);
-			} else {
+			if ((id = direct_star(l, c)) >= 0)
+				src_add(l, col_intern(l, l->b->lcols[id].schema, l->b->lcols[id].table, name),
+					ctx | (bound && may == 1 ? LIN_BOUND : 0));
+			else {
 				flow_range(l, c->first, c->n, ctx);
 				*derived = true;
 			}
@@ -498,23 +534,41 @@ static int derived_column(Lin *l, const LRel *r, const char *name, unsigned ctx,
 }
 
 /* Column `name` of relation r; returns as derived_column (a base table: 0). */
-static int rel_column(Lin *l, const LRel *r, const char *name, unsigned ctx, bool *derived)
+static int rel_column(Lin *l, const LRel *r, const char *name, unsigned ctx, bool *derived, bool bound)
 {
 	int i, best = -1, f;
 
 	if (r->table != NULL) {
-		base_column(l, r, name, ctx);
+		base_column(l, r, name, ctx, bound);
 		if (r->merged)
 			*derived = true;
 		return 0;
 	}
 	if (!r->is_join)
-		return derived_column(l, r, name, ctx, derived);
-	for (i = r->kfirst; i < r->klast; i++) {
+		return derived_column(l, r, name, ctx, derived, bound);
+	for (i = r->kfirst; i < r->klast; i++) { /* a join's columns: any member's */
 		if (l->w->rels[i].is_join)
 			continue;
-		f = rel_column(l, &l->w->rels[i], name, ctx, derived);
+		f = rel_column(l, &l->w->rels[i], name, ctx, derived, false);
 		best = f > best ? f : best;
+	}
+	return best;
+}
+
+/* Whether relation r (not a join) may have column `name`, as rel_column would answer, reading nothing. */
+static int rel_may_hold(const Lin *l, const LRel *r, const char *name)
+{
+	int i, best = -1;
+
+	if (r->table != NULL || r->uncertain)
+		return 0;
+	for (i = 0; i < r->ncols; i++) {
+		const LCol *c = &l->w->cols[r->cfirst + i];
+
+		if (!c->star && c->name != NULL && strcmp(c->name, name) == 0)
+			return 1;
+		if (col_may_be(c, name))
+			best = 0;
 	}
 	return best;
 }
@@ -524,7 +578,7 @@ static bool qualified_column(Lin *l, const LRel *r, const char *name, unsigned c
 {
 	bool derived = false;
 
-	if (rel_column(l, r, name, ctx, &derived) < 0) {
+	if (rel_column(l, r, name, ctx, &derived, true) < 0) {
 		rel_whole_row(l, r, ctx);
 		derived = true;
 	}
@@ -541,12 +595,19 @@ static void all_whole_rows(Lin *l, unsigned ctx)
 			rel_whole_row(l, &l->w->rels[i], ctx);
 }
 
-/* Unqualified `name`: every relation that may hold it, innermost scope outwards. */
-static bool unqualified_column(Lin *l, const char *name, unsigned ctx)
+/*
+ * The relations an unqualified `name` may come from, innermost scope
+ * outwards, stopping after a scope where a derived relation has it for
+ * sure. When `record`, reads the column of each (bound for relation index
+ * `bind`); otherwise reads nothing. Returns how many there are; *last is the
+ * index of the last one.
+ */
+static int unqualified_scan(Lin *l, const char *name, unsigned ctx, bool record, int bind, bool *derived,
+			    int *last)
 {
 	LinWork *w = l->w;
-	bool derived = false, any = false, sure = false;
-	int i, level = INT_MAX, f;
+	bool sure = false;
+	int i, level = INT_MAX, f, n = 0;
 	LRel *r;
 
 	for (i = w->n_rels - 1; i >= 0; i--) {
@@ -558,13 +619,28 @@ static bool unqualified_column(Lin *l, const char *name, unsigned ctx)
 		}
 		if (r->hidden || r->is_join)
 			continue;
-		f = rel_column(l, r, name, ctx, &derived);
-		if (f >= 0)
-			any = true;
+		f = record ? rel_column(l, r, name, ctx, derived, i == bind) : rel_may_hold(l, r, name);
+		if (f >= 0) {
+			n++;
+			*last = i;
+		}
 		if (f > 0)
 			sure = true;
 	}
-	if (!any) {
+	return n;
+}
+
+/* Unqualified `name`: every relation that may hold it, innermost scope outwards. */
+static bool unqualified_column(Lin *l, const char *name, unsigned ctx)
+{
+	bool derived = false;
+	int last = -1, bind = -1;
+
+	/* one base table alone may hold it: the reference is bound to it */
+	if (!l->nobind && unqualified_scan(l, name, 0, false, -1, NULL, &last) == 1 &&
+	    l->w->rels[last].table != NULL && !l->w->rels[last].merged)
+		bind = last;
+	if (unqualified_scan(l, name, ctx, true, bind, &derived, &last) == 0) {
 		all_whole_rows(l, ctx | SQL_USE_WHOLE_ROW);
 		derived = true;
 	}
@@ -627,7 +703,7 @@ static bool attribute_call(Lin *l, const LRel *r, const char *name, unsigned ctx
 static bool expr_colref(Lin *l, const JNode *ref, unsigned ctx)
 {
 	const char *f[4] = { NULL, NULL, NULL, NULL };
-	bool star, derived;
+	bool star, derived, nobind;
 	int n = fields_count(j_get(ref, "fields"), f, &star);
 	const LRel *r;
 
@@ -650,8 +726,12 @@ static bool expr_colref(Lin *l, const JNode *ref, unsigned ctx)
 		f[2] = f[3];
 	}
 	if (n == 1) {
+		r = rel_find(l, NULL, f[0]);
+		nobind = l->nobind;
+		l->nobind |= r != NULL; /* a relation's name: maybe no column at all */
 		derived = unqualified_column(l, f[0], ctx);
-		if ((r = rel_find(l, NULL, f[0])) != NULL) {
+		l->nobind = nobind;
+		if (r != NULL) {
 			rel_whole_row(l, r, ctx); /* `t` as a value */
 			derived = true;
 		}
@@ -1110,10 +1190,13 @@ static void sort_item(Lin *l, const JNode *n, int mark)
 	if (type != NULL && strcmp(type, "ColumnRef") == 0 && j_len(j_get(body, "fields")) == 1 &&
 	    (name = j_string_node(j_first(j_get(body, "fields")))) != NULL)
 		for (i = mark; i < w->n_pend; i++)
-			if (w->pend[i].name != NULL && strcmp(w->pend[i].name, name) == 0)
+			if (w->pend[i].name != NULL && strcmp(w->pend[i].name, name) == 0) {
 				flow_range(l, w->pend[i].first, w->pend[i].n, SQL_USE_PREDICATE);
+				l->nobind = true; /* an output's name: maybe no input column at all */
+			}
 	w->n_coll = cm;
 	expr_discard(l, n, SQL_USE_PREDICATE);
+	l->nobind = false;
 }
 
 static void sort_list(Lin *l, const JNode *list, int mark)
@@ -1282,7 +1365,7 @@ static void from_join(Lin *l, const JNode *j)
 		if ((name = j_string_node(u)) != NULL)
 			for (i = first; i < last; i++)
 				if (!l->w->rels[i].is_join)
-					(void)rel_column(l, &l->w->rels[i], name, SQL_USE_PREDICATE, &derived);
+					(void)rel_column(l, &l->w->rels[i], name, SQL_USE_PREDICATE, &derived, true);
 	for (i = first; natural && i < last; i++)
 		if (!l->w->rels[i].is_join)
 			rel_whole_row(l, &l->w->rels[i], SQL_USE_PREDICATE);
@@ -1676,7 +1759,7 @@ static LRange q_copy_table(Lin *l, const JNode *s, unsigned ctx)
 		if ((col = j_string_node(a)) == NULL)
 			continue;
 		cm = l->w->n_coll;
-		src_add(l, col_intern(l, schema, name, col), ctx);
+		src_add(l, col_intern(l, schema, name, col), ctx | LIN_BOUND);
 		pend_push(l, col, coll_commit(l, cm), false, false);
 	}
 	return pend_flush(l, mark);
@@ -1795,7 +1878,7 @@ static LRange lin_top(Lin *l, const char *type, const JNode *s)
 
 void sqlinfo_lineage_stmt(SqlBuild *b, int stmt, const char *type, const JNode *body)
 {
-	Lin l = { b, b->lin, stmt, 0, 0, NULL };
+	Lin l = { b, b->lin, stmt, 0, 0, NULL, false };
 	int outs = b->n_louts;
 	LRange r;
 

@@ -42,16 +42,18 @@ static const SqlBuiltin *builtin_find(const char *name)
 }
 
 /*
- * Built-in functions callable with one argument of any row type (record,
- * "any" or a polymorphic type), from pg_proc of PostgreSQL 15: these are
- * what attribute notation `t.f` can call on a whole row. Sorted.
+ * Built-in functions and aggregates callable with one argument of any row
+ * type (record, "any" or a polymorphic type): what attribute notation `t.f`
+ * can call on a whole row. Found by asking PostgreSQL 15 to parse
+ * `SELECT x.f FROM t x` for every name of pg_catalog's pg_proc (window
+ * functions and ordered-set aggregates refuse it). Sorted.
  */
 static const char *const whole_row_functions[] = {
 	"any_out", "anycompatible_out", "anycompatiblenonarray_out", "anyelement_out", "anynonarray_out",
-	"concat", "hash_record", "json_build_array", "json_build_object", "jsonb_build_array",
-	"jsonb_build_object", "num_nonnulls", "num_nulls", "pg_collation_for", "pg_column_compression",
-	"pg_column_size", "pg_typeof", "quote_literal", "quote_nullable", "record_out", "record_send",
-	"row_to_json", "to_json", "to_jsonb",
+	"array_agg", "concat", "count", "hash_record", "json_agg", "json_build_array", "json_build_object",
+	"jsonb_agg", "jsonb_build_array", "jsonb_build_object", "num_nonnulls", "num_nulls", "pg_collation_for",
+	"pg_column_compression", "pg_column_size", "pg_typeof", "quote_literal", "quote_nullable", "record_out",
+	"record_send", "row_to_json", "to_json", "to_jsonb",
 };
 
 static int str_cmp(const void *a, const void *b)

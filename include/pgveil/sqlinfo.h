@@ -108,6 +108,7 @@ typedef struct SqlOutput {
 typedef struct SqlColumnUse {
 	SqlColumn *column;
 	unsigned contexts;     /* SQL_USE_* bits; 0 = read where it flows nowhere (a subquery column no one uses) */
+	bool bound;            /* some reference names this relation for sure: `t.c` (t a table or its alias), or an unqualified `c` no other relation in scope may hold. The relation then has column c, or the server fails, or (`t.c`) c is a function called on t's whole row */
 } SqlColumnUse;
 
 /*

@@ -302,7 +302,7 @@ static void copy_stmt(CopyStmt *c, const char *table, SqlCopyFormat format, bool
 	c->star = (SqlColumn){ "public", (char *)table, SQL_COLUMN_ALL };
 	c->sources[0] = &c->star;
 	c->out = (SqlOutput){ SQL_OUT_DIRECT, true, 1, c->sources };
-	c->use = (SqlColumnUse){ &c->star, SQL_USE_OUTPUT };
+	c->use = (SqlColumnUse){ &c->star, SQL_USE_OUTPUT, false };
 	c->table = (SqlTable){ "public", (char *)table, SQL_ACCESS_READ };
 	c->part = (SqlPart){ SC_COPY | SC_READ, 0, 1, &c->table, 0, NULL };
 	c->stmt.n_outputs = 1;

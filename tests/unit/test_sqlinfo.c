@@ -552,6 +552,25 @@ static void check_use(const char *spec, const SqlStmt *st, const Record *r)
 	fail_msg("lineage corpus line %d: no use of %s (%d uses)", r->line, col, st->n_columns);
 }
 
+/* "table.col yes|no": whether the use of that column is bound. */
+static void check_bound(const char *spec, const SqlStmt *st, const Record *r)
+{
+	char col[256], want[8], name[256];
+	int k;
+
+	if (sscanf(spec, "%255s %7s", col, want) != 2 || (strcmp(want, "yes") != 0 && strcmp(want, "no") != 0))
+		fail_msg("lineage corpus line %d: bound needs COLUMN yes|no", r->line);
+	for (k = 0; k < st->n_columns; k++) {
+		column_text(st->columns[k].column, name, sizeof(name));
+		if (strcmp(name, col) != 0)
+			continue;
+		if (st->columns[k].bound != (strcmp(want, "yes") == 0))
+			fail_msg("lineage corpus line %d: %s is %sbound", r->line, col, st->columns[k].bound ? "" : "not ");
+		return;
+	}
+	fail_msg("lineage corpus line %d: no use of %s (%d uses)", r->line, col, st->n_columns);
+}
+
 static void check_lineage(const Record *r, const StmtInfo *info)
 {
 	char name[256], buf[128];
@@ -590,6 +609,8 @@ static void check_lineage(const Record *r, const StmtInfo *info)
 		} else if (strncmp(e, "use:", 4) == 0) {
 			check_use(v, &info->stmts[stmt], r);
 			n_use++;
+		} else if (strncmp(e, "bound:", 6) == 0) {
+			check_bound(v, &info->stmts[stmt], r);
 		} else if (strcmp(e, "uses: 0") == 0) {
 			if (info->stmts[stmt].n_columns != 0)
 				fail_msg("lineage corpus line %d: statement %d has %d uses, expected none", r->line, stmt,
