@@ -6,9 +6,11 @@
  * which columns). It owns the security model's statement rules
  * (ARCHITECTURE "Masking: the security model"): a masked column may flow
  * unchanged into a result column, where the result masks it, and nowhere
- * else; a column computed from a masked column may not be read at all; and
- * paths that carry data out of reach of the masks are closed to callers
- * with masks. Pure functions over immutable data: no I/O, no allocation.
+ * else (a plain comparison in a condition when mask_predicates = allow); no
+ * expression may compute on it, even one whose result goes nowhere; a
+ * column computed from a masked column may not be read at all; and paths
+ * that carry data out of reach of the masks are closed to callers with
+ * masks. Pure functions over immutable data: no I/O, no allocation.
  */
 #include "pgveil/policy.h"
 
@@ -91,7 +93,7 @@ static const Rule *derived_rule(const MaskCheck *mc, const CatColumn *c)
 static void check_masked_use(MaskCheck *mc, const CatRel *rel, const CatColumn *c, unsigned ctx)
 {
 	const char *s = rel->schema, *t = rel->name, *n = c->name;
-	int out;
+	int out = 0;
 
 	if (ctx & SQL_USE_WRITE_SOURCE)
 		block(mc, "column %s.%s.%s is masked: it cannot be copied into stored data", s, t, n);
@@ -102,12 +104,15 @@ static void check_masked_use(MaskCheck *mc, const CatRel *rel, const CatColumn *
 	if ((ctx & SQL_USE_PREDICATE) && !mc->predicates_allow)
 		block(mc, "column %s.%s.%s is masked: it cannot be used in a predicate (mask_predicates = block)", s,
 		      t, n);
-	if (!(ctx & SQL_USE_OUTPUT) || (out = output_not_copy(mc->st, rel, c)) == 0)
-		return;
-	if (out > 0)
+	if ((ctx & SQL_USE_OUTPUT) && (out = output_not_copy(mc->st, rel, c)) > 0)
 		block(mc, "column %s.%s.%s is masked: it cannot be used in an expression (output %d)", s, t, n, out);
-	else
+	else if ((ctx & SQL_USE_OUTPUT) && out < 0)
 		block(mc, "column %s.%s.%s is masked: it flows into a result column pgveil cannot place", s, t, n);
+	/* Wherever its result goes (nowhere: EXPLAIN ANALYZE, a CTE), the server computes it: a cast's or
+	 * a function's error can show the value, a division by zero tells a comparison's outcome. */
+	if (ctx & SQL_USE_EXPRESSION)
+		block(mc, "column %s.%s.%s is masked: it cannot be used in an expression (a cast, an operator or a "
+		      "function), even one whose result is not returned", s, t, n);
 }
 
 /* Column attnum of rel, read in contexts ctx. */
@@ -128,7 +133,8 @@ static void check_column(MaskCheck *mc, const CatRel *rel, int attnum, unsigned 
 		mc->first_rel = rel;
 		mc->first_col = c;
 	}
-	if (derived && ctx != 0 && (r = derived_rule(mc, c)) != NULL)
+	/* Reading it at all may compute it (a CTE, EXPLAIN ANALYZE), even where the value goes nowhere. */
+	if (derived && (r = derived_rule(mc, c)) != NULL)
 		block(mc, "column %s.%s.%s is computed from masked column %s.%s.%s: it cannot be read", rel->schema,
 		      rel->name, c->name, r->mask_schema, r->mask_table, r->mask_column);
 	if (m != NULL && ctx != 0)

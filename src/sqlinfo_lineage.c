@@ -74,7 +74,8 @@ static const char col_all[] = SQL_COLUMN_ALL;
 
 /* Bits of a context that never reach SqlColumnUse.contexts. */
 #define LIN_BOUND (1u << 30)     /* this source is bound (SqlColumnUse.bound) */
-#define LIN_INTERNAL LIN_BOUND
+#define LIN_COND (1u << 29)      /* walking a condition: its comparisons compare plain columns, no EXPRESSION */
+#define LIN_INTERNAL (LIN_BOUND | LIN_COND)
 
 /* A column of a query's result or of a derived relation. */
 typedef struct LCol {
@@ -757,6 +758,7 @@ static bool expr_colref(Lin *l, const JNode *ref, unsigned ctx)
 static LRange q_select(Lin *l, const JNode *sel, unsigned out_ctx);
 static LRange q_stmt(Lin *l, const char *type, const JNode *body, unsigned out_ctx);
 static void expr(Lin *l, const JNode *n, unsigned ctx);
+static const char *last_field(const JNode *list);
 
 static bool is_leaf(const char *t)
 {
@@ -770,6 +772,18 @@ static bool is_leaf(const char *t)
 	case 'T': return strcmp(t, "TypeName") == 0;
 	default: return false;
 	}
+}
+
+/* The context of a value that is no longer a condition. */
+static unsigned value_ctx(unsigned ctx)
+{
+	return ctx & ~LIN_COND;
+}
+
+/* The context of the operands of an expression (a cast, an operator, a function...). */
+static unsigned operand_ctx(unsigned ctx)
+{
+	return value_ctx(ctx) | SQL_USE_EXPRESSION;
 }
 
 /* A WindowDef: PARTITION BY / ORDER BY decide the result; `OVER w` brings in w. */
@@ -791,42 +805,93 @@ static void expr_window(Lin *l, const JNode *def, unsigned ctx)
 		}
 }
 
+/* A function call (ctx: a value's): its arguments are computed on; FILTER is a condition. */
 static void expr_funccall(Lin *l, const JNode *call, unsigned ctx)
 {
-	expr(l, j_get(call, "args"), ctx | SQL_USE_FUNCTION_ARG);
-	expr(l, j_get(call, "agg_order"), ctx | SQL_USE_FUNCTION_ARG | SQL_USE_PREDICATE);
-	expr(l, j_get(call, "agg_filter"), ctx | SQL_USE_PREDICATE);
+	unsigned arg = ctx | SQL_USE_FUNCTION_ARG | SQL_USE_EXPRESSION;
+
+	expr(l, j_get(call, "args"), arg);
+	expr(l, j_get(call, "agg_order"), arg | SQL_USE_PREDICATE);
+	expr(l, j_get(call, "agg_filter"), ctx | SQL_USE_PREDICATE | LIN_COND);
 	if (j_get(call, "over") != NULL)
 		expr_window(l, j_get(call, "over"), ctx);
 }
 
+/*
+ * An operand of a comparison in a condition: a plain column (or a row or a
+ * list of them) is compared as it is; anything else is an expression.
+ */
+static void cmp_operand(Lin *l, const JNode *n, unsigned ctx)
+{
+	const JNode *body, *e;
+	const char *type = j_type(n, &body);
+
+	if (n != NULL && n->type == J_ARR) {
+		for (e = j_first(n); e != NULL; e = j_next(e))
+			cmp_operand(l, e, ctx);
+		return;
+	}
+	if (type != NULL && (strcmp(type, "RowExpr") == 0 || strcmp(type, "List") == 0)) {
+		for (e = j_first(j_get(body, type[0] == 'R' ? "args" : "items")); e != NULL; e = j_next(e))
+			cmp_operand(l, e, ctx);
+		return;
+	}
+	expr(l, n, ctx);
+}
+
+/* The operands of a comparison in a condition (its members). */
+static void cmp_operands(Lin *l, const JNode *cmp, unsigned ctx)
+{
+	const JNode *m;
+
+	for (m = j_first(cmp); m != NULL; m = j_next(m))
+		if (m->type == J_OBJ || m->type == J_ARR)
+			cmp_operand(l, m, ctx);
+}
+
+/* CASE: WHEN conditions (or CASE x WHEN v: x compared with each v) decide; the results are values. */
 static void expr_case(Lin *l, const JNode *c, unsigned ctx)
 {
-	const JNode *w, *body;
+	const JNode *arg = j_get(c, "arg"), *w, *body;
 
-	expr(l, j_get(c, "arg"), ctx | SQL_USE_PREDICATE);
+	if (arg != NULL)
+		cmp_operand(l, arg, ctx | SQL_USE_PREDICATE);
 	for (w = j_first(j_get(c, "args")); w != NULL; w = j_next(w)) {
 		if (j_type(w, &body) == NULL)
 			continue;
-		expr(l, j_get(body, "expr"), ctx | SQL_USE_PREDICATE);
+		if (arg != NULL)
+			cmp_operand(l, j_get(body, "expr"), ctx | SQL_USE_PREDICATE);
+		else
+			expr(l, j_get(body, "expr"), ctx | SQL_USE_PREDICATE | LIN_COND);
 		expr(l, j_get(body, "result"), ctx);
 	}
 	expr(l, j_get(c, "defresult"), ctx);
 }
 
-/* A subquery in an expression: its outputs flow into the expression (not for EXISTS). */
+/*
+ * A subquery in an expression: its outputs flow into the expression (not
+ * for EXISTS). IN / ANY / ALL / row comparisons compare, in a condition
+ * plainly; ARRAY() builds a value from them.
+ */
 static void expr_sublink(Lin *l, const JNode *s, unsigned ctx)
 {
 	const char *kind = j_str(s, "subLinkType");
 	const JNode *body;
 	const char *type = j_type(j_get(s, "subselect"), &body);
-	bool exists = kind != NULL && strcmp(kind, "EXISTS_SUBLINK") == 0;
+	bool exists = lstr_eq(kind, "EXISTS_SUBLINK"), cond = (ctx & LIN_COND) != 0;
 	bool compare = kind == NULL || strcmp(kind, "ANY_SUBLINK") == 0 || strcmp(kind, "ALL_SUBLINK") == 0 ||
 		       strcmp(kind, "ROWCOMPARE_SUBLINK") == 0;
-	unsigned sub = compare ? ctx | SQL_USE_PREDICATE : ctx;
+	unsigned sub = value_ctx(ctx);
 	LRange r;
 
-	expr(l, j_get(s, "testexpr"), sub);
+	if (compare)
+		sub |= SQL_USE_PREDICATE | (cond ? 0 : SQL_USE_EXPRESSION);
+	else if (!lstr_eq(kind, "EXPR_SUBLINK"))
+		sub |= SQL_USE_EXPRESSION; /* ARRAY(), a multiple assignment */
+	if (compare && cond)
+		cmp_operand(l, j_get(s, "testexpr"), sub);
+	else
+		expr(l, j_get(s, "testexpr"), sub);
 	if (type == NULL)
 		return;
 	r = q_stmt(l, type, body, 0);
@@ -852,7 +917,59 @@ static void expr_members(Lin *l, const JNode *obj, unsigned ctx)
 			expr(l, m, ctx);
 }
 
-/* Walks an expression: its column references flow into the current collection with `ctx`. */
+/* Comparison operators: a plain column they compare in a condition is not computed on. */
+static bool comparison_op(const JNode *name)
+{
+	static const char *const ops[] = {
+		"=", "<>", "!=", "<", ">", "<=", ">=", "~~", "!~~", "~~*", "!~~*", "~", "!~", "~*", "!~*",
+	};
+	const char *op = last_field(name);
+
+	for (size_t i = 0; op != NULL && i < PGV_ARRAY_LEN(ops); i++)
+		if (strcmp(op, ops[i]) == 0)
+			return true;
+	return false;
+}
+
+/* True for a comparison: =, <, LIKE, IN, BETWEEN, IS [NOT] DISTINCT FROM, IS NULL, IS TRUE... */
+static bool is_comparison(const char *type, const JNode *body)
+{
+	static const char *const kinds[] = {
+		"AEXPR_DISTINCT", "AEXPR_NOT_DISTINCT", "AEXPR_IN", "AEXPR_LIKE", "AEXPR_ILIKE", "AEXPR_SIMILAR",
+		"AEXPR_BETWEEN", "AEXPR_NOT_BETWEEN", "AEXPR_BETWEEN_SYM", "AEXPR_NOT_BETWEEN_SYM",
+	};
+	const char *kind;
+
+	if (strcmp(type, "NullTest") == 0 || strcmp(type, "BooleanTest") == 0)
+		return true;
+	if (strcmp(type, "A_Expr") != 0 || (kind = j_str(body, "kind")) == NULL)
+		return false;
+	if (strcmp(kind, "AEXPR_OP") == 0 || strcmp(kind, "AEXPR_OP_ANY") == 0 || strcmp(kind, "AEXPR_OP_ALL") == 0)
+		return comparison_op(j_get(body, "name"));
+	for (size_t i = 0; i < PGV_ARRAY_LEN(kinds); i++)
+		if (strcmp(kind, kinds[i]) == 0)
+			return true;
+	return false;
+}
+
+/* Nodes that only hold others (lists, sort keys, window definitions): nothing is computed. */
+static bool is_holder(const char *type)
+{
+	static const char *const types[] = { "List", "SortBy", "WindowDef", "GroupingSet", "CaseWhen" };
+
+	for (size_t i = 0; i < PGV_ARRAY_LEN(types); i++)
+		if (strcmp(type, types[i]) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * Walks an expression: its column references flow into the current
+ * collection with `ctx`. Every operand of a node that computes (a cast, an
+ * operator, a function, a constructor) gets SQL_USE_EXPRESSION, but a
+ * plain column compared in a condition (LIN_COND: AND / OR / NOT of
+ * comparisons).
+ */
 static void expr(Lin *l, const JNode *n, unsigned ctx)
 {
 	const JNode *body;
@@ -867,23 +984,29 @@ static void expr(Lin *l, const JNode *n, unsigned ctx)
 	if (n->type != J_OBJ)
 		return;
 	if ((type = j_type(n, &body)) == NULL) {
-		expr_members(l, n, ctx);
+		expr_members(l, n, value_ctx(ctx));
 		return;
 	}
 	if (is_leaf(type))
 		return;
 	if (strcmp(type, "ColumnRef") == 0)
-		(void)expr_colref(l, body, ctx);
+		(void)expr_colref(l, body, value_ctx(ctx));
 	else if (strcmp(type, "FuncCall") == 0)
-		expr_funccall(l, body, ctx);
+		expr_funccall(l, body, value_ctx(ctx));
 	else if (strcmp(type, "CaseExpr") == 0)
-		expr_case(l, body, ctx);
+		expr_case(l, body, value_ctx(ctx));
 	else if (strcmp(type, "SubLink") == 0)
 		expr_sublink(l, body, ctx);
 	else if (strcmp(type, "SelectStmt") == 0)
-		expr_query(l, body, ctx);
-	else
+		expr_query(l, body, value_ctx(ctx));
+	else if (strcmp(type, "BoolExpr") == 0)
 		expr_members(l, body, ctx);
+	else if (is_comparison(type, body) && (ctx & LIN_COND))
+		cmp_operands(l, body, value_ctx(ctx));
+	else if (is_holder(type))
+		expr_members(l, body, value_ctx(ctx));
+	else
+		expr_members(l, body, operand_ctx(ctx));
 }
 
 /* Walks `n` for its uses only: nothing flows on. */
@@ -893,6 +1016,12 @@ static void expr_discard(Lin *l, const JNode *n, unsigned ctx)
 
 	expr(l, n, ctx);
 	l->w->n_coll = mark;
+}
+
+/* Walks condition `n` (WHERE, JOIN ON, HAVING, ...) for its uses: PREDICATE. */
+static void cond_discard(Lin *l, const JNode *n)
+{
+	expr_discard(l, n, SQL_USE_PREDICATE | LIN_COND);
 }
 
 /* ---- output names (the server's FigureColname) ------------------------------------ */
@@ -1372,7 +1501,7 @@ static void from_join(Lin *l, const JNode *j)
 	l->w->n_coll = cm;
 	for (i = first; full && (natural || j_get(j, "usingClause") != NULL) && i < last; i++)
 		l->w->rels[i].merged = true;
-	expr_discard(l, j_get(j, "quals"), SQL_USE_PREDICATE);
+	cond_discard(l, j_get(j, "quals"));
 	if (j_str(alias, "aliasname") != NULL && (r = rel_push(l, j_str(alias, "aliasname"))) != NULL) {
 		r->is_join = true;
 		r->kfirst = first;
@@ -1597,10 +1726,10 @@ static LRange q_select(Lin *l, const JNode *sel, unsigned out_ctx)
 	} else {
 		l->windows = j_get(sel, "windowClause");
 		from_list(l, j_get(sel, "fromClause"));
-		expr_discard(l, j_get(sel, "whereClause"), SQL_USE_PREDICATE);
+		cond_discard(l, j_get(sel, "whereClause"));
 		targets(l, j_get(sel, "targetList"), out_ctx);
 		sort_list(l, j_get(sel, "groupClause"), mark);
-		expr_discard(l, j_get(sel, "havingClause"), SQL_USE_PREDICATE);
+		cond_discard(l, j_get(sel, "havingClause"));
 		expr_discard(l, j_get(sel, "windowClause"), SQL_USE_PREDICATE);
 		distinct(l, j_get(sel, "distinctClause"), mark);
 	}
@@ -1674,9 +1803,9 @@ static LRange q_insert(Lin *l, const JNode *s, unsigned out_ctx)
 			r->ncols = src.n;
 			r->uncertain = uncertain || i < src.n;
 		}
-		expr_discard(l, j_get(j_get(oc, "infer"), "whereClause"), SQL_USE_PREDICATE);
+		cond_discard(l, j_get(j_get(oc, "infer"), "whereClause"));
 		dml_set(l, j_get(oc, "targetList"));
-		expr_discard(l, j_get(oc, "whereClause"), SQL_USE_PREDICATE);
+		cond_discard(l, j_get(oc, "whereClause"));
 	}
 	l->w->n_rels = rels; /* RETURNING sees the target, never `excluded` */
 	return dml_returning(l, s, out_ctx);
@@ -1687,7 +1816,7 @@ static LRange q_update(Lin *l, const JNode *s, unsigned out_ctx)
 	dml_target(l, s);
 	from_list(l, j_get(s, "fromClause"));
 	dml_set(l, j_get(s, "targetList"));
-	expr_discard(l, j_get(s, "whereClause"), SQL_USE_PREDICATE);
+	cond_discard(l, j_get(s, "whereClause"));
 	return dml_returning(l, s, out_ctx);
 }
 
@@ -1695,7 +1824,7 @@ static LRange q_delete(Lin *l, const JNode *s, unsigned out_ctx)
 {
 	dml_target(l, s);
 	from_list(l, j_get(s, "usingClause"));
-	expr_discard(l, j_get(s, "whereClause"), SQL_USE_PREDICATE);
+	cond_discard(l, j_get(s, "whereClause"));
 	return dml_returning(l, s, out_ctx);
 }
 
@@ -1706,11 +1835,11 @@ static LRange q_merge(Lin *l, const JNode *s)
 
 	dml_target(l, s);
 	from_item(l, j_get(s, "sourceRelation"));
-	expr_discard(l, j_get(s, "joinCondition"), SQL_USE_PREDICATE);
+	cond_discard(l, j_get(s, "joinCondition"));
 	for (c = j_first(j_get(s, "mergeWhenClauses")); c != NULL; c = j_next(c)) {
 		if (j_type(c, &body) == NULL)
 			continue;
-		expr_discard(l, j_get(body, "condition"), SQL_USE_PREDICATE);
+		cond_discard(l, j_get(body, "condition"));
 		dml_set(l, j_get(body, "targetList"));
 		expr_discard(l, j_get(body, "values"), SQL_USE_WRITE_SOURCE);
 	}

@@ -103,6 +103,7 @@ typedef struct SqlOutput {
 #define SQL_USE_WRITE_SOURCE 4u /* flows into stored data: INSERT ... SELECT/VALUES, UPDATE SET, MERGE, CREATE TABLE AS, SELECT INTO, COPY TO a file or program */
 #define SQL_USE_FUNCTION_ARG 8u /* passed to a function call (aggregates and window functions included; operators are not function calls here) */
 #define SQL_USE_WHOLE_ROW 16u   /* read as part of a whole-row reference: `t` as a value, `t.*` inside an expression, row_to_json(t) */
+#define SQL_USE_EXPRESSION 32u  /* an operand of an expression the server may evaluate, wherever its value goes (even nowhere: EXPLAIN ANALYZE, a CTE no one reads): a cast, an operator, a function, a constructor (ARRAY, ROW, COALESCE, ...), a field or a subscript; not a plain reference, nor a plain column compared in a condition (`email = $1`, `ssn LIKE 'x%'`, IN, BETWEEN, IS NULL: the comparison itself) */
 
 /* A column a statement reads, anywhere in it. */
 typedef struct SqlColumnUse {

@@ -1360,8 +1360,6 @@ def test_bypass_reload_prepared_before(masked_fresh):
     assert_no_leak(rec)
 
 
-@pytest.mark.xfail(strict=True, reason="bypass: expressions whose result flows nowhere (context 0) are evaluated "
-                                       "by EXPLAIN ANALYZE and MATERIALIZED CTEs; their errors echo values unquoted")
 @pytest.mark.parametrize("statement", [
     f"EXPLAIN ANALYZE SELECT ssn::regoper FROM {T} WHERE id = 1",
     f"EXPLAIN ANALYZE SELECT email::regoper FROM {T} WHERE id = 2",
@@ -1371,11 +1369,12 @@ def test_bypass_reload_prepared_before(masked_fresh):
 ])
 def test_bypass_unused_expression_error(masked, statement):
     # sqlinfo_lineage.c walks EXPLAIN's query with out_ctx 0 (lin_top) even under ANALYZE, and a CTE's
-    # select list with 0; a cast or an operator adds no context, so the masked column is read with
-    # contexts 0 and policy_mask.c check_column() lets it through (ctx != 0 is needed to block). The
+    # select list with 0; a cast or an operator added no context, so the masked column was read with
+    # contexts 0 and policy_mask.c check_column() let it through (ctx != 0 was needed to block). The
     # server evaluates the cast: regoperin() fails with "operator does not exist: 123-45-6789" or, for a
     # dotted value, "cross-database references are not implemented: alice.wonder@...", neither quoted,
     # so mask_rows.c put_scrubbed_text(), which only blanks "quoted" parts, sends them as they are.
+    # Fixed: the cast's operand is SQL_USE_EXPRESSION, refused whatever the context.
     pv, rec = masked
     rec.take()
     with agent(rec) as conn:
@@ -1395,14 +1394,13 @@ def error_oracle(conn, template, guess):
         return True
 
 
-@pytest.mark.xfail(strict=True, reason="bypass: comparisons inside an expression whose result flows nowhere are "
-                                       "an error oracle (division by zero): full values recovered by binary search")
 @pytest.mark.parametrize("via", ["cte", "explain"])
 def test_bypass_comparison_error_oracle(masked, via):
     # Same hole as above, without any quoted text: `1/((salary >= X)::int)` fails with division by zero
-    # exactly when salary < X. A comparison is an operator (no FUNCTION_ARG), the cast and division add
-    # nothing, the column's context stays 0: allowed although mask_predicates = block. Binary search
-    # recovers salary to the cent, and ssn character by character.
+    # exactly when salary < X. A comparison is an operator (no FUNCTION_ARG), the cast and division
+    # added nothing, the column's context stayed 0: allowed although mask_predicates = block. Binary
+    # search recovered salary to the cent, and ssn character by character. Fixed: an operand of an
+    # expression is SQL_USE_EXPRESSION wherever its result goes, and refused.
     pv, rec = masked
     if via == "cte":
         num = "WITH c AS MATERIALIZED (SELECT 1/((salary >= {})::int) AS x FROM atk_people WHERE id = 1) " \
@@ -1551,8 +1549,6 @@ def test_bypass_without_ddl(masked_noddl, statement):
     assert_no_leak(rec)
 
 
-@pytest.mark.xfail(strict=True, reason="bypass (mask_predicates = allow): a predicate may read a masked column, and a "
-                                       "cast in it reports the value unquoted; quoted values with quotes leak too")
 @pytest.mark.parametrize("statement", [
     f"SELECT id FROM {T} WHERE card::regoper IS NOT NULL",
     "SELECT id FROM atk_quote WHERE secret::int = 1",
@@ -1560,7 +1556,8 @@ def test_bypass_without_ddl(masked_noddl, statement):
 def test_bypass_predicates_allowed_error_text(masked_fresh, statement):
     # With mask_predicates = allow an agent may infer values from predicates; it may not read them.
     # The predicate's cast error carries the value: unquoted (regoperin), or between the value's own
-    # double quotes, which put_scrubbed_text() takes for the end and start of quoting.
+    # double quotes, which put_scrubbed_text() takes for the end and start of quoting. Fixed: a
+    # condition may compare the plain column only; a cast (any expression) on it is refused.
     pv, rec = masked_fresh(mask_predicates="allow")
     rec.take()
     with agent(rec) as conn:

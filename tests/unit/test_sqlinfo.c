@@ -443,7 +443,7 @@ static void check_record(const Record *r, const StmtInfo *info)
 
 /* ---- the lineage corpus ---------------------------------------------------------- */
 
-static const char *const use_names[] = { "OUTPUT", "PREDICATE", "WRITE_SOURCE", "FUNCTION_ARG", "WHOLE_ROW" };
+static const char *const use_names[] = { "OUTPUT", "PREDICATE", "WRITE_SOURCE", "FUNCTION_ARG", "WHOLE_ROW", "EXPRESSION" };
 
 static void column_text(const SqlColumn *c, char *buf, size_t len)
 {
@@ -464,10 +464,10 @@ static unsigned parse_contexts(const char *s, const Record *r)
 		return 0;
 	while (*s != '\0') {
 		n = strcspn(s, ", ");
-		for (i = 0; i < 5; i++)
+		for (i = 0; i < PGV_ARRAY_LEN(use_names); i++)
 			if (strlen(use_names[i]) == n && strncmp(s, use_names[i], n) == 0)
 				break;
-		if (i == 5)
+		if (i == PGV_ARRAY_LEN(use_names))
 			fail_msg("lineage corpus line %d: unknown context '%.*s'", r->line, (int)n, s);
 		all |= 1u << i;
 		s += n;
@@ -482,7 +482,7 @@ static const char *contexts_text(unsigned ctx, char *buf, size_t len)
 	unsigned i;
 
 	buf[0] = '\0';
-	for (i = 0; i < 5; i++)
+	for (i = 0; i < PGV_ARRAY_LEN(use_names); i++)
 		if (ctx & (1u << i))
 			snprintf(buf + strlen(buf), len - strlen(buf), "%s%s", buf[0] ? "," : "", use_names[i]);
 	if (buf[0] == '\0')
