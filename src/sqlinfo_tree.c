@@ -1153,7 +1153,7 @@ static void stmt_prepare(Walk *w, const JNode *s)
 static void stmt_execute(Walk *w, const JNode *s)
 {
 	part_add(w, SC_SESSION);
-	prep_add(w, SQL_PREP_EXECUTE, j_str(s, "name"), 0, 0);
+	prep_add(w, SQL_PREP_EXECUTE, j_str(s, "name"), w->part, 0);
 	walk_value(w, j_get(s, "params"));
 }
 

@@ -154,7 +154,7 @@ typedef enum {
 typedef struct SqlPrepRef {
 	SqlPrepOp op;
 	char *name;          /* prepared statement name (NULL for DEALLOCATE ALL) */
-	int part_first;      /* PREPARE: first part of the body */
+	int part_first;      /* PREPARE: first part of the body; EXECUTE: the part of the EXECUTE itself (its statement may be a CREATE TABLE AS EXECUTE) */
 	int n_parts;         /* PREPARE: number of body parts */
 } SqlPrepRef;
 

@@ -1001,13 +1001,12 @@ def test_bypass_lexical_settings(masked, how):
     assert_no_leak(rec)
 
 
-@pytest.mark.xfail(strict=True, reason="bypass: CREATE TABLE AS EXECUTE copies a prepared statement's (masked) "
-                                       "result into a table of the agent's, unmasked")
 def test_bypass_create_table_as_execute(masked):
     # `PREPARE p AS SELECT email ...` is allowed (a plain copy, masked in results). sqlinfo_lineage.c
     # lin_top() walks CREATE TABLE AS's query, here an ExecuteStmt, with q_other(): it reads nothing, and
     # policy_mask_check() looks at this statement's own columns only (the prepared body's uses are not
-    # brought in as WRITE_SOURCE). The server stores the raw values; the agent then reads its own table.
+    # brought in as WRITE_SOURCE). The server stored the raw values; the agent then read its own table.
+    # Fixed: CREATE TABLE AS EXECUTE is refused for callers with masks.
     pv, rec = masked
     rec.take()
     with agent(rec) as conn:
