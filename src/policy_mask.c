@@ -212,6 +212,27 @@ static void check_use(MaskCheck *mc, const SqlColumnUse *u)
 	}
 }
 
+/*
+ * Statement texts of other sessions: pgveil logs every session in as the
+ * same server role, so pg_stat_activity.query (and pg_stat_statements')
+ * shows what the application, or callers without masks, write and look up,
+ * masked values as literals.
+ */
+static void check_query_text(MaskCheck *mc, const SqlColumnUse *u)
+{
+	const SqlColumn *col = u->column;
+	bool activity = strcmp(col->table, "pg_stat_activity") == 0 &&
+			(col->schema == NULL || strcmp(col->schema, "pg_catalog") == 0);
+
+	if (!activity && strcmp(col->table, "pg_stat_statements") != 0)
+		return;
+	if (strcmp(col->column, "query") != 0 && strcmp(col->column, SQL_COLUMN_ALL) != 0)
+		return;
+	mc->out->reads_masked = true;
+	block(mc, "%s.query shows the statements of other sessions, with the values they write or look up: it "
+	      "cannot be read by callers with masked columns", col->table);
+}
+
 static void check_stmt(MaskCheck *mc, const SqlStmt *st)
 {
 	const char *s, *t, *n;
@@ -219,8 +240,10 @@ static void check_stmt(MaskCheck *mc, const SqlStmt *st)
 	mc->st = st;
 	mc->first_rel = NULL;
 	mc->first_col = NULL;
-	for (int i = 0; i < st->n_columns; i++)
+	for (int i = 0; i < st->n_columns; i++) {
+		check_query_text(mc, &st->columns[i]);
 		check_use(mc, &st->columns[i]);
+	}
 	if (mc->first_col == NULL)
 		return;
 	s = mc->first_rel->schema;
@@ -247,6 +270,14 @@ static const char *const sql_running[] = {
 	"schema_to_xml", "schema_to_xml_and_xmlschema", "schema_to_xmlschema",
 	"database_to_xml", "database_to_xml_and_xmlschema", "database_to_xmlschema",
 	"ts_stat", "ts_rewrite", NULL,
+};
+
+/*
+ * Built-ins that return other sessions' statement texts (check_query_text);
+ * pg_stat_statements() is an extension's, not built in: refused anyway.
+ */
+static const char *const query_text_functions[] = {
+	"pg_stat_get_activity", "pg_stat_get_backend_activity", NULL,
 };
 
 /* Catalog tables and views that hold values of table columns (most common values, bounds). */
@@ -308,6 +339,9 @@ static bool check_function(MaskCheck *mc, const char *name)
 		      name);
 	else if (listed(sql_running, bare))
 		block(mc, "function %s runs SQL that pgveil cannot check, and this caller has masked columns", name);
+	else if (listed(query_text_functions, bare))
+		block(mc, "function %s returns the statements of other sessions, with the values they write or look "
+		      "up: it cannot be called by callers with masked columns", name);
 	else
 		return false;
 	return true;

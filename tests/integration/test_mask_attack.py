@@ -1575,13 +1575,12 @@ def test_predicates_allowed_still_refuse_functions(masked_fresh):
     assert_no_leak(rec)
 
 
-@pytest.mark.xfail(strict=True, reason="bypass: pg_stat_activity.query shows other sessions' statements of the same "
-                                       "server login, with the masked values they write or look up as literals")
 def test_bypass_pg_stat_activity_query(masked, cluster):
     # pgveil logs in as one role for every session; the application (or an agent without masks) using
-    # that role writes and looks up masked values as literals. A caller with masks reads them in
-    # pg_stat_activity.query, which policy_mask.c does not treat like pg_stats ("holds values of table
-    # columns"). Here another session of the same login sits idle in a transaction after an UPDATE.
+    # that role writes and looks up masked values as literals. A caller with masks read them in
+    # pg_stat_activity.query, which policy_mask.c did not treat like pg_stats ("holds values of table
+    # columns"); now refused. Here another session of the same login sits idle in a transaction after
+    # an UPDATE.
     pv, rec = masked
     app = psycopg.connect(harness.backend_conninfo(cluster, sslmode="disable"))
     try:
