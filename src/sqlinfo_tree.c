@@ -397,13 +397,20 @@ static bool cte_in_scope(const SqlBuild *b, const char *name)
 	return false;
 }
 
-/* A RangeVar (its fields); a name in CTE scope is not a table when `cte_ok`. */
+/*
+ * A RangeVar (its fields); a name in CTE scope is not a table when `cte_ok`.
+ * A temporary relation being created (CREATE TEMP TABLE / VIEW / SEQUENCE,
+ * SELECT INTO TEMP) is always made in pg_temp, whatever the search_path:
+ * without a schema it is recorded as pg_temp.name.
+ */
 static void rangevar_add(Walk *w, const JNode *rv, int access, bool cte_ok)
 {
 	const char *schema = j_str(rv, "schemaname"), *name = j_str(rv, "relname");
 
 	if (name == NULL || (cte_ok && schema == NULL && cte_in_scope(w->b, name)))
 		return;
+	if (schema == NULL && j_is(j_get(rv, "relpersistence"), "t"))
+		schema = "pg_temp";
 	table_add(w, schema, name, access);
 }
 

@@ -476,7 +476,6 @@ REFUSED = [
     f"CREATE TABLE atk_kid () INHERITS ({T})",
     "CREATE TABLE atk_parted_x PARTITION OF atk_parted FOR VALUES IN ('x')",
     f"CREATE TABLE atk_like (LIKE {T})",
-    f"CREATE TEMP TABLE {T} (id int, email text)",
     "CREATE FUNCTION atk_f() RETURNS text LANGUAGE sql AS 'SELECT 1::text'",
     "CREATE OPERATOR public.|| (LEFTARG = text, RIGHTARG = text, FUNCTION = textcat)",
     "CREATE CAST (text AS bytea) WITH INOUT",
@@ -1627,9 +1626,9 @@ def test_overblocking_upsert_returning(masked):
         assert rows == [(MASKED[1][0],)]
 
 
-@pytest.mark.xfail(strict=True, reason="over-blocking: a temporary table named like a masked table cannot be "
-                                       "created without a schema (pg_temp.name works)")
 def test_overblocking_temp_table_same_name(masked):
+    # CREATE TEMP TABLE makes a new relation in pg_temp, whatever the search_path: it cannot be (or
+    # change) the masked table of that name. sqlinfo records it as pg_temp.<name>.
     pv, rec = masked
     with agent(rec) as conn:
         conn.execute(f"CREATE TEMP TABLE {T} (id int)")
