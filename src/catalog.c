@@ -333,6 +333,7 @@ void catalog_snap_unref(CatSnap *s)
 			free(s->rels[i].columns[k].masks);
 		free(s->rels[i].columns);
 		free(s->rels[i].parents);
+		free(s->rels[i].broken);
 	}
 	for (int i = 0; i < s->n_problems; i++)
 		free(s->problems[i]);
@@ -563,6 +564,8 @@ typedef struct Prop {
 	int *child_list;
 	const Rule **seeded;     /* mask rules that reached their column, in rule order */
 	int n_seeded;
+	const Rule **broken;     /* mask rules whose relation no longer has their column, in rule order */
+	int n_broken;
 	VLin *views;
 	int n_views;
 	VOut *outs;
@@ -683,6 +686,53 @@ static void reach_ancestors(Prop *p, int root, const char *column, const Rule *r
 	}
 }
 
+/* Adds broken rule r to rel (once); true when rel changed. */
+static bool rel_add_broken(Prop *p, CatRel *rel, const Rule *r)
+{
+	const Rule **b;
+
+	for (int i = 0; i < rel->n_broken; i++)
+		if (rel->broken[i] == r)
+			return false;
+	if ((b = realloc(rel->broken, (size_t)(rel->n_broken + 1) * sizeof(*b))) == NULL) {
+		p->oom = true;
+		return false;
+	}
+	b[rel->n_broken++] = r;
+	rel->broken = b;
+	return true;
+}
+
+/*
+ * Rule r names a column relation `root` no longer has: root, its
+ * descendants (partitions, inheritance children) and its ancestors (whose
+ * scans return its rows) are refused to the callers r applies to. Two
+ * walks, down then up: a sibling partition is not touched.
+ */
+static void spread_broken(Prop *p, int root, const Rule *r)
+{
+	CatRel *rels = p->s->rels;
+	int sp, i, k, j;
+
+	for (int up = 0; up < 2 && !p->oom; up++) {
+		p->epoch++;
+		p->mark[root] = p->epoch;
+		sp = 0;
+		p->stack[sp++] = root;
+		while (sp > 0 && !p->oom) {
+			i = p->stack[--sp];
+			(void)rel_add_broken(p, &rels[i], r);
+			for (k = up ? 0 : p->child_first[i]; k < (up ? rels[i].n_parents : p->child_first[i + 1]); k++) {
+				j = up ? rel_index(p->s, rels[i].parents[k]) : p->child_list[k];
+				if (j < 0 || p->mark[j] == p->epoch)
+					continue;
+				p->mark[j] = p->epoch;
+				p->stack[sp++] = j;
+			}
+		}
+	}
+}
+
 /* The rules' own columns, their descendants' and ancestors'; rules naming nothing become problems. */
 static void seed_rules(Prop *p)
 {
@@ -701,8 +751,13 @@ static void seed_rules(Prop *p)
 			continue;
 		}
 		if ((a = catalog_attnum(found, r->mask_column)) == 0) {
-			p->oom |= !problem_add(s, "%s: MASK %s.%s.%s: no such column", r->where, r->mask_schema,
-					       r->mask_table, r->mask_column);
+			/* renamed or dropped since the rule was written: fail closed on the relation */
+			p->oom |= !problem_add(s, "%s: MASK %s.%s.%s: no such column (reading %s.%s is refused to the "
+					       "callers the rule applies to until the rule is fixed)", r->where,
+					       r->mask_schema, r->mask_table, r->mask_column, r->mask_schema,
+					       r->mask_table);
+			spread_broken(p, (int)(found - s->rels), r);
+			p->broken[p->n_broken++] = r;
 			continue;
 		}
 		idx = (int)(found - s->rels);
@@ -984,6 +1039,12 @@ static bool view_eval(Prop *p, const VLin *v)
 		for (int col = c0; col <= c1 && col <= rel->n_columns; col++)
 			for (int j = o->first; j < o->first + o->n; j++)
 				changed |= view_column_from(p, &rel->columns[col - 1], &p->srcs[j], o->derived);
+		for (int j = o->first; j < o->first + o->n; j++) { /* a view reading a relation refused */
+			const CatRel *src = &p->s->rels[p->srcs[j].rel];
+
+			for (int b = 0; b < src->n_broken; b++)
+				changed |= rel_add_broken(p, rel, src->broken[b]);
+		}
 	}
 	return changed;
 }
@@ -1024,6 +1085,8 @@ static void view_broken(Prop *p, const VLin *v)
 	for (int c = 0; c < rel->n_columns; c++)
 		for (int k = 0; k < p->n_seeded; k++)
 			column_add_mask(p, &rel->columns[c], p->seeded[k], true);
+	for (int k = 0; k < p->n_broken; k++)
+		rel_add_broken(p, rel, p->broken[k]);
 }
 
 static bool is_view(const CatRel *r)
@@ -1109,6 +1172,7 @@ static void prop_free(Prop *p)
 	free(p->child_first);
 	free(p->child_list);
 	free(p->seeded);
+	free(p->broken);
 	free(p->views);
 	free(p->outs);
 	free(p->srcs);
@@ -1168,12 +1232,13 @@ bool catalog_snap_finish(CatSnap *s)
 	sort_functions(s);
 	if ((p.mark = calloc(n, sizeof(int))) == NULL || (p.stack = malloc(n * sizeof(int))) == NULL ||
 	    (p.seeded = malloc((size_t)(s->rules != NULL ? s->rules->n_rules + 1 : 1) * sizeof(Rule *))) == NULL ||
+	    (p.broken = malloc((size_t)(s->rules != NULL ? s->rules->n_rules + 1 : 1) * sizeof(Rule *))) == NULL ||
 	    !build_children(&p)) {
 		prop_free(&p);
 		return false;
 	}
 	seed_rules(&p);
-	if (p.n_seeded > 0 && !p.oom)
+	if ((p.n_seeded > 0 || p.n_broken > 0) && !p.oom)
 		reach_views(&p);
 	check_types(&p);
 	prop_free(&p);

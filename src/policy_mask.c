@@ -365,6 +365,26 @@ static bool rel_masked_for(const MaskCheck *mc, const CatRel *rel)
  * without reading them, counts as reading masked data: the server's errors
  * can echo whole rows ("Failing row contains ...").
  */
+/*
+ * A MASK rule that applies to the caller names a column its relation no
+ * longer has (renamed or dropped): rel (that relation, a partition, child,
+ * ancestor or view of it) cannot be shown safe until the rule is fixed.
+ */
+static void check_broken(MaskCheck *mc, const CatRel *rel)
+{
+	for (int i = 0; i < rel->n_broken; i++) {
+		const Rule *r = rel->broken[i];
+
+		if (!catalog_mask_applies(r, mc->id))
+			continue;
+		mc->out->reads_masked = true;
+		block(mc, "rule %s names %s.%s.%s, which %s.%s no longer has: reading %s.%s is refused until the rule "
+		      "is fixed", r->where, r->mask_schema, r->mask_table, r->mask_column, r->mask_schema,
+		      r->mask_table, rel->schema, rel->name);
+		return;
+	}
+}
+
 static void check_part_table(MaskCheck *mc, const SqlPart *p, const SqlTable *t)
 {
 	const CatRel *const *run;
@@ -375,7 +395,10 @@ static void check_part_table(MaskCheck *mc, const SqlPart *p, const SqlTable *t)
 		      t->name);
 	run = catalog_rels_named(mc->cat, t->name, &n);
 	for (int i = 0; i < n; i++) {
-		if (!run[i]->has_masks || (t->schema != NULL && strcmp(t->schema, run[i]->schema) != 0))
+		if (t->schema != NULL && strcmp(t->schema, run[i]->schema) != 0)
+			continue;
+		check_broken(mc, run[i]);
+		if (!run[i]->has_masks)
 			continue;
 		if (!mc->out->reads_masked && rel_masked_for(mc, run[i]))
 			mc->out->reads_masked = true;

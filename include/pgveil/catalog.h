@@ -62,6 +62,10 @@ typedef struct CatRel {
 	uint32_t *parents;     /* direct parents (pg_inherits: partitions and inheritance children) */
 	char *viewdef;         /* 'v' and 'm': pg_get_viewdef() with every relation schema-qualified; else NULL */
 	bool has_masks;        /* a column has n_masks > 0 */
+	int n_broken;
+	const Rule **broken;   /* MASK rules naming a column their relation no longer has (renamed, dropped), when this
+				  is that relation, one of its partitions, inheritance children or ancestors, or a view
+				  reading one of them: reading it is refused to the callers a rule applies to */
 } CatRel;
 
 typedef struct CatSnap {
@@ -106,6 +110,9 @@ bool catalog_snap_add_parent(CatSnap *s, uint32_t child, uint32_t parent) PGV_WA
 bool catalog_snap_add_function(CatSnap *s, const char *schema, const char *name) PGV_WARN_UNUSED;
 /*
  * Computes where the rules' masks reach and builds the indexes. A rule
+ * naming a column its (existing) relation does not have fails closed: the
+ * relation, its partitions, inheritance children and ancestors, and every
+ * view reading one of them list it in `broken`. A rule
  * naming a relation or column that does not exist, a view definition that
  * cannot be analysed (its columns then count as derived from every masked
  * column it reads, or, when it cannot be parsed or runs code that is not

@@ -17,6 +17,7 @@ calling one counts as computed from every masked column. pgveil only.
 """
 
 import os
+import re
 import uuid
 
 import psycopg
@@ -302,7 +303,11 @@ def test_refresh_sees_a_renamed_column_without_reload(pgveil_factory, idp, pg):
     v.wait_loaded()
     assert ("crm.customers", "nope") not in v.reached()
     with v.agent() as conn:
-        assert conn.execute("SELECT ssn FROM crm.customers").fetchone() == ("123-45-6789",)
+        # rule 3 names a column crm.customers does not have: the table is refused until it does
+        with pytest.raises(psycopg.errors.InsufficientPrivilege,
+                           match=re.escape(f"rule {v.where(3)} names crm.customers.nope, which crm.customers "
+                                           "no longer has")):
+            conn.execute("SELECT ssn FROM crm.customers")
     mark = v.pv.log_size()
     pg.psql_admin("SET ROLE app_agent; ALTER TABLE crm.customers RENAME COLUMN ssn TO nope; RESET ROLE;")
     harness.wait_until(lambda: ("crm.customers", "nope") in v.reached(), 8, what="the renamed column in SHOW MASKS")
@@ -342,7 +347,9 @@ def test_user_functions_with_builtin_names(pgveil_factory, idp, pg):
     pg.psql_admin(FUNCTIONS)
     direct = pg.psql_admin("SET search_path = public, pg_catalog; SELECT version();")
     assert "ann@example.com" in direct  # the threat is real
-    v = Veil(pgveil_factory, idp, pg, RULES, databases={"app": harness.backend_conninfo(pg)})
+    # without rule 3 (a missing column: it would refuse crm.customers and the views reading it)
+    v = Veil(pgveil_factory, idp, pg, RULES.replace("MASK crm.customers.nope USING null();", "-- (none)"),
+             databases={"app": harness.backend_conninfo(pg)})
     v.wait_loaded()
     rows = v.rows_of()
     # pg_get_viewdef() names public.length: the view runs user code, every column counts as computed

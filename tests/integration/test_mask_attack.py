@@ -1295,15 +1295,13 @@ def test_overblocking_copy_table_with_generated_column(masked):
         assert data == b"1\tc***@gen-secret.example\n", data
 
 
-@pytest.mark.xfail(strict=True, reason="fails open: a DBA's rename of a masked column leaves the MASK rule naming a "
-                                       "missing column; the renamed column is read raw")
 def test_bypass_dba_renames_masked_column(masked, cluster):
     # Rules name columns; the catalog maps names to attnums on each load. After
     # `ALTER TABLE atk_ren RENAME COLUMN email TO mail` the stale snapshot does not know `mail` (so
     # derived uses pass the statement check), and once reloaded the rule "MASK atk_ren.email" reaches
-    # nothing (a problem in SHOW MASKS): the column is unmasked. A rule whose column disappeared from a
-    # table that still exists should fail closed (mask the table's columns that have no rule, or refuse
-    # statements reading it) rather than open.
+    # nothing (a problem in SHOW MASKS): the column is unmasked. Fixed both ways: while the snapshot is
+    # stale, `mail` is a column of a masked table the catalog does not know (refused); once reloaded,
+    # the rule naming a column its table no longer has refuses statements reading the table.
     pv, rec = masked
     with agent(rec) as conn:
         assert conn.execute("SELECT email FROM atk_ren").fetchall() == [("****",)]

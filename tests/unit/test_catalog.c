@@ -5,7 +5,8 @@
  * attnum, dropped columns, and where mask rules reach: partitions at depth,
  * inheritance (cycles included), ancestors, views and materialized views
  * (copies and computed columns), views of views, definitions that cannot be
- * analysed, rules that name nothing or cannot mask a column's type, FOR and
+ * analysed, rules that name nothing or cannot mask a column's type, rules
+ * naming a column their relation no longer has (refused there), FOR and
  * UNLESS callers, user-defined functions and how calls resolve against them
  * (views calling one count as calling user code), every allocation failing
  * in turn, and a snapshot of 20,000 relations.
@@ -618,6 +619,74 @@ static void test_rule_problems(void **state)
 	catalog_snap_unref(s);
 }
 
+/* "rules/x.rules:2,...": the broken rules of relation oid, by where, in order. */
+static void expect_broken(const CatSnap *s, uint32_t oid, const char *want)
+{
+	const CatRel *r = catalog_rel(s, oid);
+	char got[512] = "";
+
+	assert_non_null(r);
+	for (int i = 0; i < r->n_broken; i++) {
+		size_t l = strlen(got);
+
+		snprintf(got + l, sizeof(got) - l, "%s%s", i > 0 ? "," : "", r->broken[i]->where);
+	}
+	if (strcmp(got, want) != 0)
+		fail_msg("relation %u: broken rules \"%s\", expected \"%s\"", oid, got, want);
+}
+
+/*
+ * A rule naming a column its relation no longer has (the DBA renamed it)
+ * fails closed: the relation, its partitions at any depth, its ancestors and
+ * the views reading any of them (views of views too) list the rule; a
+ * sibling partition and an unrelated view do not.
+ */
+static void test_broken_rules(void **state)
+{
+	CatSnap *s = snap_of("MASK public.ren.email USING redact();\n"
+			     "MASK public.users.email USING email();\n"
+			     "MASK public.ren.ssn USING null() FOR GROUP agents;\n");
+
+	(void)state;
+	add_users(s);
+	add_rel(s, 3000, "public", "top", 'p', NULL, "id", "mail", "ssn", NULL);
+	add_rel(s, 3001, "public", "ren", 'p', NULL, "id", "mail", "ssn", NULL);
+	add_rel(s, 3002, "public", "ren_a", 'r', NULL, "id", "mail", "ssn", NULL);
+	add_rel(s, 3003, "public", "sibling", 'r', NULL, "id", "mail", "ssn", NULL);
+	assert_true(catalog_snap_add_parent(s, 3001, 3000));
+	assert_true(catalog_snap_add_parent(s, 3002, 3001));
+	assert_true(catalog_snap_add_parent(s, 3003, 3000));
+	add_rel(s, 3004, "public", "v_ren", 'v', " SELECT ren.id\n   FROM public.ren;", "id", NULL);
+	add_rel(s, 3005, "public", "v_v", 'v', " SELECT v_ren.id\n   FROM public.v_ren;", "id", NULL);
+	add_rel(s, 3006, "public", "v_users", 'v', " SELECT users.id\n   FROM public.users;", "id", NULL);
+	add_rel(s, 3007, "public", "v_kid", 'm', " SELECT ren_a.mail\n   FROM public.ren_a;", "mail", NULL);
+	assert_true(catalog_snap_finish(s));
+	expect_problem(s, "rules/x.rules:1: MASK public.ren.email: no such column (reading public.ren is refused");
+	expect_broken(s, 3001, "rules/x.rules:1");
+	expect_broken(s, 3002, "rules/x.rules:1");
+	expect_broken(s, 3000, "rules/x.rules:1");
+	expect_broken(s, 3003, "");
+	expect_broken(s, 3004, "rules/x.rules:1");
+	expect_broken(s, 3005, "rules/x.rules:1");
+	expect_broken(s, 3006, "");
+	expect_broken(s, 3007, "rules/x.rules:1");
+	expect_broken(s, 1000, "");
+	/* the rule that still fits keeps masking as before */
+	expect_masks(s, 3001, "ssn", "ssn:copy");
+	expect_masks(s, 3002, "ssn", "ssn:copy");
+	expect_masks(s, 3003, "ssn", "");
+	catalog_snap_unref(s);
+
+	/* the only mask rule broken: views are still followed */
+	s = snap_of("MASK public.ren.email USING redact();\n");
+	add_rel(s, 3001, "public", "ren", 'r', NULL, "id", "mail", NULL);
+	add_rel(s, 3004, "public", "v_ren", 'v', " SELECT ren.id\n   FROM public.ren;", "id", NULL);
+	assert_true(catalog_snap_finish(s));
+	expect_broken(s, 3001, "rules/x.rules:1");
+	expect_broken(s, 3004, "rules/x.rules:1");
+	catalog_snap_unref(s);
+}
+
 /* ---- callers ----------------------------------------------------------------------- */
 
 static void test_callers(void **state)
@@ -892,6 +961,7 @@ int main(void)
 		cmocka_unit_test(test_user_functions),
 		cmocka_unit_test(test_views_and_user_functions),
 		cmocka_unit_test(test_rule_problems),
+		cmocka_unit_test(test_broken_rules),
 		cmocka_unit_test(test_callers),
 		cmocka_unit_test(test_caller_has_masks),
 		cmocka_unit_test(test_out_of_memory),

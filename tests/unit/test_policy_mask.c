@@ -32,7 +32,8 @@ static const char fixture_rules[] = "MASK public.users.email USING email() FOR G
 				    "MASK public.users.ssn USING partial(0, '***-**-', 4) FOR GROUP agents;\n"
 				    "MASK public.users.salary USING null() FOR GROUP agents;\n"
 				    "MASK public.events.card USING redact() FOR GROUP agents;\n"
-				    "MASK hr.salaries.amount USING null() UNLESS GROUP hr;\n";
+				    "MASK hr.salaries.amount USING null() UNLESS GROUP hr;\n"
+				    "MASK public.legacy.email USING redact() FOR GROUP auditors;\n";
 
 static void add_rel(CatSnap *s, uint32_t oid, const char *schema, const char *name, char kind, const char *viewdef,
 		    const char *cols)
@@ -99,15 +100,21 @@ static CatSnap *fixture(void)
 		"id:int4 f:text");
 	add_rel(s, 111, "public", "v_len", 'v', " SELECT o.id,\n    length(o.note) AS n\n   FROM public.orders o;",
 		"id:int4 n:int4");
+	/* legacy.email was renamed to mail: the rule naming it is broken */
+	add_rel(s, 112, "public", "legacy", 'p', NULL, "id:int4 mail:text");
+	add_rel(s, 113, "public", "legacy_2024", 'r', NULL, "id:int4 mail:text");
+	assert_true(catalog_snap_add_parent(s, 113, 112));
+	add_rel(s, 114, "public", "v_legacy", 'v', " SELECT legacy.id\n   FROM public.legacy;", "id:int4");
 	/* user-defined functions, two of them with a built-in's name */
 	assert_true(catalog_snap_add_function(s, "public", "my_fmt"));
 	assert_true(catalog_snap_add_function(s, "public", "version"));
 	assert_true(catalog_snap_add_function(s, "util", "length"));
 	assert_true(catalog_snap_finish(s));
-	if (s->n_problems != 2 || !starts_with(s->problems[0], "view public.v_fn: it calls my_fmt, which is not built in") ||
-	    !starts_with(s->problems[1], "view public.v_len: it calls length, which may not be the built-in"))
-		fail_msg("fixture: %d problems: %s / %s", s->n_problems, s->n_problems > 0 ? s->problems[0] : "",
-			 s->n_problems > 1 ? s->problems[1] : "");
+	if (s->n_problems != 3 || !starts_with(s->problems[0], "rules/masks.rules:6: MASK public.legacy.email: no such") ||
+	    !starts_with(s->problems[1], "view public.v_fn: it calls my_fmt, which is not built in") ||
+	    !starts_with(s->problems[2], "view public.v_len: it calls length, which may not be the built-in"))
+		fail_msg("fixture: %d problems: %s / %s / %s", s->n_problems, s->n_problems > 0 ? s->problems[0] : "",
+			 s->n_problems > 1 ? s->problems[1] : "", s->n_problems > 2 ? s->problems[2] : "");
 	return s;
 }
 
