@@ -253,6 +253,22 @@ bool catalog_snap_add_column(CatSnap *s, uint32_t oid, int attnum, const char *n
 	return true;
 }
 
+bool catalog_snap_set_generated(CatSnap *s, uint32_t oid, int attnum, const char *expr)
+{
+	CatIndex *ix = s->index;
+	int i = rel_index(s, oid);
+	CatColumn *c;
+
+	if (ix->finished)
+		return false;
+	if (i < 0 || attnum < 1 || attnum > s->rels[i].n_columns)
+		return true;
+	c = &s->rels[i].columns[attnum - 1];
+	c->generated = true;
+	c->generation = NULL;
+	return expr == NULL || (c->generation = arena_strdup(ix, expr)) != NULL;
+}
+
 bool catalog_snap_add_parent(CatSnap *s, uint32_t child, uint32_t parent)
 {
 	int i = rel_index(s, child);
@@ -1089,6 +1105,113 @@ static void view_broken(Prop *p, const VLin *v)
 		rel_add_broken(p, rel, p->broken[k]);
 }
 
+/* ---- generated columns ---- */
+
+/* Appends `"name"` (quotes doubled) to buf at *len; false when it does not fit. */
+static bool put_ident(char *buf, size_t cap, size_t *len, const char *name)
+{
+	if (*len + 1 >= cap)
+		return false;
+	buf[(*len)++] = '"';
+	for (; *name != '\0'; name++) {
+		if (*len + 3 >= cap)
+			return false;
+		if (*name == '"')
+			buf[(*len)++] = '"';
+		buf[(*len)++] = *name;
+	}
+	buf[(*len)++] = '"';
+	buf[*len] = '\0';
+	return true;
+}
+
+/* "SELECT (expr) FROM "schema"."name"": the generation expression as a query on its relation; NULL without memory. */
+static char *generated_query(const CatRel *rel, const char *expr)
+{
+	size_t cap = strlen(expr) + 2 * (strlen(rel->schema) + strlen(rel->name)) + 32, len;
+	char *sql = malloc(cap);
+
+	if (sql == NULL)
+		return NULL;
+	len = (size_t)snprintf(sql, cap, "SELECT (%s) FROM ", expr);
+	if (len >= cap || !put_ident(sql, cap, &len, rel->schema) || len + 1 >= cap)
+		goto fail;
+	sql[len++] = '.';
+	if (!put_ident(sql, cap, &len, rel->name))
+		goto fail;
+	return sql;
+fail:
+	free(sql);
+	return NULL;
+}
+
+/* Column c gets the masks of column `from` of its relation: copies when `copy`, else derived. */
+static void generated_from(Prop *p, CatColumn *c, const CatColumn *from, bool copy)
+{
+	for (int m = 0; m < from->n_masks && from != c; m++)
+		column_add_mask(p, c, from->masks[m].rule, !copy || from->masks[m].derived);
+}
+
+/* Fail closed: c is computed from every column of rel (but generated ones: PostgreSQL forbids reading them). */
+static void generated_from_all(Prop *p, CatRel *rel, CatColumn *c)
+{
+	for (int a = 0; a < rel->n_columns; a++)
+		if (!rel->columns[a].generated)
+			generated_from(p, c, &rel->columns[a], false);
+}
+
+/* The masks of generated column c of rel, from the lineage of its expression. */
+static void generated_column(Prop *p, CatRel *rel, CatColumn *c)
+{
+	char *sql = c->generation != NULL ? generated_query(rel, c->generation) : NULL;
+	StmtInfo *info = NULL;
+	const SqlOutput *o;
+	char why[512];
+	int a;
+
+	if (c->generation != NULL && (sql == NULL || (info = sqlinfo_analyze(sql, strlen(sql))) == NULL))
+		p->oom = true;
+	free(sql);
+	if (p->oom) {
+		sqlinfo_unref(info);
+		return;
+	}
+	if (info == NULL) {
+		p->oom |= !problem_add(p->s, "generated column %s.%s.%s: its expression is not known: it counts as "
+				       "computed from every column of its table", rel->schema, rel->name, c->name);
+		generated_from_all(p, rel, c);
+	} else if (view_unseen(p->s, info, why, sizeof(why))) {
+		p->oom |= !problem_add(p->s, "generated column %s.%s.%s: %s: it counts as computed from every masked "
+				       "column", rel->schema, rel->name, c->name, why);
+		for (int k = 0; k < p->n_seeded; k++) /* user code: it may read anything */
+			column_add_mask(p, c, p->seeded[k], true);
+	} else if (info->stmts[0].n_outputs != 1 || info->stmts[0].outputs[0].star) {
+		generated_from_all(p, rel, c);
+	} else {
+		o = &info->stmts[0].outputs[0];
+		for (int k = 0; k < o->n_sources; k++) {
+			if (strcmp(o->sources[k]->column, SQL_COLUMN_ALL) == 0 ||
+			    (a = catalog_attnum(rel, o->sources[k]->column)) == 0)
+				generated_from_all(p, rel, c);
+			else
+				generated_from(p, c, &rel->columns[a - 1],
+					       o->kind == SQL_OUT_DIRECT && o->n_sources == 1);
+		}
+	}
+	sqlinfo_unref(info);
+}
+
+/* Every generated column, from the masks of the columns its expression reads (before views read it). */
+static void reach_generated(Prop *p)
+{
+	CatSnap *s = p->s;
+
+	for (int i = 0; i < s->n_rels && !p->oom; i++)
+		for (int a = 0; a < s->rels[i].n_columns && !p->oom; a++)
+			if (s->rels[i].columns[a].generated && s->rels[i].columns[a].name != NULL)
+				generated_column(p, &s->rels[i], &s->rels[i].columns[a]);
+}
+
 static bool is_view(const CatRel *r)
 {
 	return r->kind == 'v' || r->kind == 'm';
@@ -1238,6 +1361,8 @@ bool catalog_snap_finish(CatSnap *s)
 		return false;
 	}
 	seed_rules(&p);
+	if (p.n_seeded > 0 && !p.oom)
+		reach_generated(&p);
 	if ((p.n_seeded > 0 || p.n_broken > 0) && !p.oom)
 		reach_views(&p);
 	check_types(&p);

@@ -52,9 +52,10 @@
 #define CATALOG_APP_NAME "pgveil:catalog"
 
 /*
- * The whole load. search_path = '' makes pg_get_viewdef() qualify every
- * relation name and every function outside pg_catalog; SET (not SET
- * LOCAL) keeps it for the connection. The
+ * The whole load. search_path = '' makes pg_get_viewdef() (and
+ * pg_get_expr() of generated columns) qualify every relation name and every
+ * function outside pg_catalog; SET (not SET LOCAL) keeps it for the
+ * connection. The
  * column types follow domains, nested ones included, to their base type and
  * typmod, as RowDescription shows them (getBaseTypeAndTypmod()). The
  * user-defined functions are those of every schema but pg_catalog and the
@@ -79,10 +80,12 @@ static const char catalog_sql[] =
 	" resolved AS (SELECT d.oid, d.base, d.typmod FROM dom d"
 	" JOIN pg_catalog.pg_type t ON t.oid = d.base AND t.typtype <> 'd')"
 	"SELECT a.attrelid, a.attnum, a.attname, COALESCE(r.base, a.atttypid),"
-	" CASE WHEN r.oid IS NULL THEN a.atttypmod ELSE r.typmod END, a.attisdropped"
+	" CASE WHEN r.oid IS NULL THEN a.atttypmod ELSE r.typmod END, a.attisdropped, a.attgenerated,"
+	" CASE WHEN a.attgenerated <> '' THEN pg_catalog.pg_get_expr(d.adbin, d.adrelid) END"
 	" FROM pg_catalog.pg_attribute a"
 	" JOIN pg_catalog.pg_class c ON c.oid = a.attrelid AND c.relkind IN ('r', 'p', 'v', 'm', 'f')"
 	" LEFT JOIN resolved r ON r.oid = a.atttypid"
+	" LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
 	" WHERE a.attnum > 0;"
 	"SELECT i.inhrelid, i.inhparent FROM pg_catalog.pg_inherits i"
 	" JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid AND c.relkind IN ('r', 'p', 'f')"
@@ -95,7 +98,7 @@ static const char catalog_sql[] =
 
 /* The result sets of catalog_sql, in order, and how many columns each has. */
 enum { SET_RELS = 1, SET_COLUMNS = 2, SET_PARENTS = 3, SET_FUNCTIONS = 4, N_SETS = 4 };
-static const int set_width[N_SETS + 1] = { 0, 5, 6, 2, 2 };
+static const int set_width[N_SETS + 1] = { 0, 5, 8, 2, 2 };
 
 typedef enum {
 	CONN_NONE,       /* no connection */
@@ -492,11 +495,14 @@ static int add_row(CatSnap *s, int set, const char *const *v)
 		return catalog_snap_add_rel(s, a, v[1], v[2], v[3][0], v[4]);
 	case SET_COLUMNS:
 		if (!parse_u32(v[0], &a) || !parse_i32(v[1], &attnum) || attnum < 1 || v[2] == NULL ||
-		    !parse_u32(v[3], &b) || !parse_i32(v[4], &typmod) || v[5] == NULL)
+		    !parse_u32(v[3], &b) || !parse_i32(v[4], &typmod) || v[5] == NULL || v[6] == NULL)
 			return -1;
 		if (v[5][0] == 't')
 			return catalog_snap_add_column(s, a, attnum, NULL, b, typmod);
-		return catalog_snap_add_column(s, a, attnum, v[2], b, typmod);
+		if (!catalog_snap_add_column(s, a, attnum, v[2], b, typmod))
+			return 0;
+		/* attgenerated: '' for an ordinary column, 's' stored (any other kind counts as generated) */
+		return v[6][0] == '\0' || catalog_snap_set_generated(s, a, attnum, v[7]);
 	case SET_PARENTS:
 		if (!parse_u32(v[0], &a) || !parse_u32(v[1], &b))
 			return -1;
@@ -512,7 +518,7 @@ static int add_row(CatSnap *s, int set, const char *const *v)
 
 static void on_data_row(CatDb *db, const uint8_t *body, size_t len)
 {
-	const char *vals[6];
+	const char *vals[8];
 	bool oom = false;
 	int rc;
 

@@ -188,11 +188,21 @@ static bool column_somewhere(const CatRel *const *run, int n, const SqlColumn *c
 	return false;
 }
 
+/* True when the statement is a `COPY t TO`: its star reads no generated column (PostgreSQL leaves them out). */
+static bool copy_without_generated(const SqlStmt *st)
+{
+	for (int i = 0; i < st->n_outputs; i++)
+		if (!st->outputs[i].no_generated)
+			return false;
+	return st->n_outputs > 0;
+}
+
 /* A column the statement reads, by name: every relation it may be (an unqualified table: any schema). */
 static void check_use(MaskCheck *mc, const SqlColumnUse *u)
 {
 	const SqlColumn *col = u->column;
 	const CatRel *const *run;
+	bool no_generated = copy_without_generated(mc->st);
 	int n, a;
 
 	run = catalog_rels_named(mc->cat, col->table, &n);
@@ -203,7 +213,8 @@ static void check_use(MaskCheck *mc, const SqlColumnUse *u)
 			continue;
 		if (strcmp(col->column, SQL_COLUMN_ALL) == 0) {
 			for (a = 1; a <= rel->n_columns; a++)
-				check_column(mc, rel, a, u->contexts);
+				if (!(no_generated && rel->columns[a - 1].generated))
+					check_column(mc, rel, a, u->contexts);
 		} else if ((a = catalog_attnum(rel, col->column)) > 0) {
 			check_column(mc, rel, a, u->contexts);
 		} else if (u->bound && !system_column(rel, col->column) && !column_somewhere(run, n, col)) {

@@ -882,9 +882,11 @@ static void field_from_column(MaskField *f, const CatColumn *c, const CatMask *c
 }
 
 /*
- * Fields for a star output (every live column of its table, in order) from
- * field *k on. False when the table is unknown, or when the relations an
- * unqualified name may be do not agree on their columns.
+ * Fields for a star output (every live column of its table, in order; for
+ * `COPY t TO`, o->no_generated, without the generated ones, which
+ * PostgreSQL leaves out) from field *k on. False when the table is unknown,
+ * or when the relations an unqualified name may be do not agree on their
+ * columns.
  */
 static bool copy_expand_star(Session *s, const SqlOutput *o, MaskField *fields, int ncols, int *k)
 {
@@ -904,13 +906,14 @@ static bool copy_expand_star(Session *s, const SqlOutput *o, MaskField *fields, 
 		const CatMask *cm;
 		bool derived;
 
-		if (c->name == NULL)
+		if (c->name == NULL || (o->no_generated && c->generated))
 			continue;
 		for (int j = 1; j < n; j++) { /* an unqualified name: every candidate must have the same column */
 			int att = catalog_attnum(rels[j], c->name);
 
-			if (att < 1 || catalog_mask_for(&rels[j]->columns[att - 1], &s->identity, &derived) !=
-					       catalog_mask_for(c, &s->identity, &derived))
+			if (att < 1 || rels[j]->columns[att - 1].generated != c->generated ||
+			    catalog_mask_for(&rels[j]->columns[att - 1], &s->identity, &derived) !=
+				    catalog_mask_for(c, &s->identity, &derived))
 				return false;
 		}
 		if (*k >= ncols)

@@ -558,6 +558,7 @@ static void block_fill_lineage(InfoBlock *blk, const Layout *l, const LinCounts 
 			st->outputs = &outs[i];
 		outs[i].kind = b->louts[i].derived ? SQL_OUT_DERIVED : SQL_OUT_DIRECT;
 		outs[i].star = b->louts[i].star;
+		outs[i].no_generated = b->louts[i].no_generated;
 		outs[i].n_sources = b->louts[i].n;
 		outs[i].sources = srcs;
 		for (k = 0; k < b->louts[i].n; k++)

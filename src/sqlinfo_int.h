@@ -70,6 +70,7 @@ typedef struct SqlOutB {
 	int first, n;            /* sources: column indexes lsrc[first .. first+n) */
 	bool derived;
 	bool star;
+	bool no_generated;       /* SqlOutput.no_generated */
 } SqlOutB;
 
 typedef struct LinWork LinWork;

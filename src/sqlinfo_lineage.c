@@ -83,6 +83,7 @@ typedef struct LCol {
 	int first, n;            /* sources: b->lsrc[first .. first+n) */
 	bool derived;
 	bool star;               /* zero or more columns */
+	bool no_generated;       /* a star of COPY t TO: no generated columns */
 } LCol;
 
 /* A relation in a FROM scope. */
@@ -354,6 +355,7 @@ static void pend_push(Lin *l, const char *name, LRange r, bool derived, bool sta
 	c->n = r.n;
 	c->derived = derived;
 	c->star = star;
+	c->no_generated = false;
 }
 
 /* Moves the pending outputs above `mark` into w->cols; returns their range there. */
@@ -1883,6 +1885,8 @@ static LRange q_copy_table(Lin *l, const JNode *s, unsigned ctx)
 		cm = l->w->n_coll;
 		src_add(l, col_intern(l, schema, name, col_all), ctx);
 		pend_push(l, NULL, coll_commit(l, cm), false, true);
+		if (l->w->n_pend > mark) /* COPY t TO leaves generated columns out */
+			l->w->pend[l->w->n_pend - 1].no_generated = true;
 	}
 	for (a = j_first(j_get(s, "attlist")); a != NULL; a = j_next(a)) {
 		if ((col = j_string_node(a)) == NULL)
@@ -1951,6 +1955,7 @@ static void outputs_record(Lin *l, LRange r)
 		o->stmt = l->stmt;
 		o->derived = c->derived;
 		o->star = c->star;
+		o->no_generated = c->no_generated;
 	}
 }
 

@@ -10,6 +10,8 @@
  * unchanged (a copy: the rule masks the view column too) or computed (the
  * view column is derived from a masked column: reading it is a derived use).
  * Views are followed through their definitions, views of views included.
+ * Generated columns count like view columns computed from the columns
+ * their expression reads.
  * It also lists the user-defined functions (every schema but pg_catalog and
  * the temporary ones), by schema and name: a call pgveil takes for a
  * built-in may reach one of them instead (CatFnKind).
@@ -47,6 +49,8 @@ typedef struct CatColumn {
 	char *name;            /* NULL: a dropped column */
 	uint32_t type_oid;     /* pg_attribute.atttypid with domains resolved to their base type (what RowDescription shows) */
 	int32_t typmod;
+	bool generated;        /* GENERATED ALWAYS AS (...): computed from the row's other columns; `COPY t TO` leaves it out */
+	char *generation;      /* generated: its expression (pg_get_expr()), NULL when unknown */
 	int n_masks;
 	CatMask *masks;        /* the rules reaching it, in rule order; a rule appears at most once */
 } CatColumn;
@@ -97,6 +101,17 @@ bool catalog_snap_add_rel(CatSnap *s, uint32_t oid, const char *schema, const ch
  */
 bool catalog_snap_add_column(CatSnap *s, uint32_t oid, int attnum, const char *name, uint32_t type_oid,
 			     int32_t typmod) PGV_WARN_UNUSED;
+/*
+ * Marks column `attnum` of relation `oid` (both added before; an unknown
+ * one is ignored) as generated (pg_attribute.attgenerated), computed by
+ * `expr`: pg_get_expr() of its default, with names qualified as in view
+ * definitions; NULL when unknown (it then counts as computed from every
+ * column of its relation). catalog_snap_finish treats it like a view
+ * column: a plain copy of a masked column (`GENERATED ALWAYS AS (email)`)
+ * is masked by the same rule, anything else computed from one is derived.
+ * False when out of memory.
+ */
+bool catalog_snap_set_generated(CatSnap *s, uint32_t oid, int attnum, const char *expr) PGV_WARN_UNUSED;
 /*
  * Records that `child` (added before) inherits from `parent` (a partition or
  * an inheritance child); the parent may be added later.

@@ -95,6 +95,7 @@ typedef struct SqlOutput {
 	bool star;             /* zero or more columns, see above */
 	int n_sources;
 	SqlColumn **sources;   /* deduplicated; may be empty (a constant) */
+	bool no_generated;     /* a star of `COPY t TO`: t's columns less its generated ones (PostgreSQL leaves them out) */
 } SqlOutput;
 
 /* How a statement reads a column (SqlColumnUse.contexts bits). */

@@ -149,14 +149,15 @@ static void answer_ok(PgBuf *b, bool bad_function)
 	put_data(b, 5, "16390", "public", "users_old", "r", NULL);
 	put_data(b, 5, "16400", "public", "v", "v", " SELECT users.email FROM public.users;");
 	put_complete(b, "SELECT 3");
-	put_desc(b, 6);
-	put_data(b, 6, "16384", "1", "id", "23", "-1", "f");
-	put_data(b, 6, "16384", "2", "email", "25", "-1", "f");
-	put_data(b, 6, "16384", "3", "........pg.dropped.3........", "0", "-1", "t");
-	put_data(b, 6, "16390", "1", "id", "23", "-1", "f");
-	put_data(b, 6, "16390", "2", "email", "25", "-1", "f");
-	put_data(b, 6, "16400", "1", "email", "25", "-1", "f");
-	put_complete(b, "SELECT 6");
+	put_desc(b, 8);
+	put_data(b, 8, "16384", "1", "id", "23", "-1", "f", "", NULL);
+	put_data(b, 8, "16384", "2", "email", "25", "-1", "f", "", NULL);
+	put_data(b, 8, "16384", "3", "........pg.dropped.3........", "0", "-1", "t", "", NULL);
+	put_data(b, 8, "16390", "1", "id", "23", "-1", "f", "", NULL);
+	put_data(b, 8, "16390", "2", "email", "25", "-1", "f", "", NULL);
+	put_data(b, 8, "16390", "3", "email_lc", "25", "-1", "f", "s", "lower(email)"); /* generated */
+	put_data(b, 8, "16400", "1", "email", "25", "-1", "f", "", NULL);
+	put_complete(b, "SELECT 7");
 	put_desc(b, 2);
 	put_data(b, 2, "16390", "16384");
 	put_complete(b, "SELECT 1");
@@ -464,6 +465,11 @@ static void starts_and_reads_every_database(void **state)
 	assert_int_equal(rel->n_parents, 1);
 	assert_int_equal(rel->parents[0], 16384);
 	assert_int_equal(rel->columns[1].n_masks, 1);       /* the child's column too */
+	assert_false(rel->columns[1].generated);
+	assert_true(rel->columns[2].generated);             /* lower(email): computed from a masked column */
+	assert_string_equal(rel->columns[2].generation, "lower(email)");
+	assert_int_equal(rel->columns[2].n_masks, 1);
+	assert_true(rel->columns[2].masks[0].derived);
 	assert_string_equal(catalog_rel(s, 16400)->viewdef, " SELECT users.email FROM public.users;");
 	assert_true(s->n_problems >= 1);                    /* the missing column */
 	/* the user-defined functions, overloads as one */

@@ -33,7 +33,8 @@ static const char fixture_rules[] = "MASK public.users.email USING email() FOR G
 				    "MASK public.users.salary USING null() FOR GROUP agents;\n"
 				    "MASK public.events.card USING redact() FOR GROUP agents;\n"
 				    "MASK hr.salaries.amount USING null() UNLESS GROUP hr;\n"
-				    "MASK public.legacy.email USING redact() FOR GROUP auditors;\n";
+				    "MASK public.legacy.email USING redact() FOR GROUP auditors;\n"
+				    "MASK public.gen.email USING email() FOR GROUP agents;\n";
 
 static void add_rel(CatSnap *s, uint32_t oid, const char *schema, const char *name, char kind, const char *viewdef,
 		    const char *cols)
@@ -105,6 +106,10 @@ static CatSnap *fixture(void)
 	add_rel(s, 113, "public", "legacy_2024", 'r', NULL, "id:int4 mail:text");
 	assert_true(catalog_snap_add_parent(s, 113, 112));
 	add_rel(s, 114, "public", "v_legacy", 'v', " SELECT legacy.id\n   FROM public.legacy;", "id:int4");
+	/* generated columns: norm computed from email, copy a copy of it */
+	add_rel(s, 115, "public", "gen", 'r', NULL, "id:int4 email:text norm:text copy:text");
+	assert_true(catalog_snap_set_generated(s, 115, 3, "lower(email)"));
+	assert_true(catalog_snap_set_generated(s, 115, 4, "email"));
 	/* user-defined functions, two of them with a built-in's name */
 	assert_true(catalog_snap_add_function(s, "public", "my_fmt"));
 	assert_true(catalog_snap_add_function(s, "public", "version"));
@@ -308,7 +313,7 @@ static void copy_stmt(CopyStmt *c, const char *table, SqlCopyFormat format, bool
 	memset(c, 0, sizeof(*c));
 	c->star = (SqlColumn){ "public", (char *)table, SQL_COLUMN_ALL };
 	c->sources[0] = &c->star;
-	c->out = (SqlOutput){ SQL_OUT_DIRECT, true, 1, c->sources };
+	c->out = (SqlOutput){ SQL_OUT_DIRECT, true, 1, c->sources, false };
 	c->use = (SqlColumnUse){ &c->star, SQL_USE_OUTPUT, false };
 	c->table = (SqlTable){ "public", (char *)table, SQL_ACCESS_READ };
 	c->part = (SqlPart){ SC_COPY | SC_READ, 0, 1, &c->table, 0, NULL };

@@ -786,6 +786,33 @@ static int output_sources(const char *sql)
 	return n;
 }
 
+/* `COPY t TO` leaves generated columns out: its star says so; a query's star does not. */
+static void test_copy_no_generated(void **state)
+{
+	static const struct {
+		const char *sql;
+		bool no_generated;
+	} cases[] = {
+		{ "COPY users TO STDOUT", true },
+		{ "COPY public.users TO STDOUT (FORMAT csv)", true },
+		{ "COPY (SELECT * FROM users) TO STDOUT", false },
+		{ "COPY (TABLE users) TO STDOUT", false },
+		{ "COPY users (email) TO STDOUT", false },
+		{ "SELECT * FROM users", false },
+	};
+
+	(void)state;
+	for (size_t i = 0; i < PGV_ARRAY_LEN(cases); i++) {
+		StmtInfo *info = analyze(cases[i].sql);
+
+		if (info->n_stmts != 1 || info->stmts[0].n_outputs != 1)
+			fail_msg("%s: %d outputs", cases[i].sql, info->n_stmts == 1 ? info->stmts[0].n_outputs : -1);
+		if (info->stmts[0].outputs[0].no_generated != cases[i].no_generated)
+			fail_msg("%s: no_generated %d", cases[i].sql, info->stmts[0].outputs[0].no_generated);
+		sqlinfo_unref(info);
+	}
+}
+
 /*
  * Output names of computed columns, as PostgreSQL 15.18 names them
  * (FigureColname; asked of the server). Subquery s has the computed column
@@ -1220,6 +1247,7 @@ int main(void)
 		cmocka_unit_test(test_cache_sort_position),
 		cmocka_unit_test(test_cache_copy_options),
 		cmocka_unit_test(test_output_names),
+		cmocka_unit_test(test_copy_no_generated),
 		cmocka_unit_test(test_too_complex),
 		cmocka_unit_test(test_cache_shape_hits),
 		cmocka_unit_test(test_cache_shape_spans),
