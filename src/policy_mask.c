@@ -371,12 +371,6 @@ static bool rel_masked_for(const MaskCheck *mc, const CatRel *rel)
 }
 
 /*
- * A table of a part: catalog statistics, or DDL on a relation with masked
- * columns. Touching a relation with columns masked for the caller, even
- * without reading them, counts as reading masked data: the server's errors
- * can echo whole rows ("Failing row contains ...").
- */
-/*
  * A MASK rule that applies to the caller names a column its relation no
  * longer has (renamed or dropped): rel (that relation, a partition, child,
  * ancestor or view of it) cannot be shown safe until the rule is fixed.
@@ -396,6 +390,12 @@ static void check_broken(MaskCheck *mc, const CatRel *rel)
 	}
 }
 
+/*
+ * A table of a part: catalog statistics, or DDL on a relation with masked
+ * columns. Touching a relation with columns masked for the caller, even
+ * without reading them, counts as reading masked data: the server's errors
+ * can echo whole rows ("Failing row contains ...").
+ */
 static void check_part_table(MaskCheck *mc, const SqlPart *p, const SqlTable *t)
 {
 	const CatRel *const *run;

@@ -76,9 +76,15 @@ typedef struct MaskVerdict {
  * catalog snapshot `cat` (ARCHITECTURE "Masking: the security model", doc/masking.md):
  *  - a derived use of a masked column (any output that is not a plain copy
  *    of it: expressions, casts, functions, aggregates, whole-row
- *    references, set operations; a function argument; a view column
- *    computed from it) blocks;
- *  - a predicate on a masked column blocks unless predicates_allow;
+ *    references, set operations; a function argument; an operand of any
+ *    expression, wherever its result goes (SQL_USE_EXPRESSION); a view or
+ *    generated column computed from it, read anywhere) blocks;
+ *  - a bound reference to a column a relation with masks does not have
+ *    (`t.f` calling f on the whole row, or a column newer than the
+ *    snapshot) blocks; so does reading a relation a mask rule applying to
+ *    the caller names a column of that it no longer has (CatRel.broken);
+ *  - a predicate on a masked column blocks unless predicates_allow (then a
+ *    condition may compare the plain column, nothing more);
  *  - moving masked data into stored data (INSERT ... SELECT, UPDATE ... SET,
  *    MERGE, CREATE TABLE AS, SELECT INTO, COPY to a file) blocks;
  *  - for a caller with masks (catalog_caller_has_masks): DO, functions that
@@ -87,9 +93,10 @@ typedef struct MaskVerdict {
  *    function of that name exists in any schema, or when the catalog could
  *    not be read), pg_notify, set_config, large-object functions,
  *    built-ins that run SQL given as text (query_to_xml, ...), catalog
- *    statistics (pg_stats, pg_statistic, ...), DDL on a relation with
- *    masked columns and DDL that names no table (ALTER SCHEMA ... RENAME:
- *    what it changes is not known) block;
+ *    statistics (pg_stats, pg_statistic, ...), other sessions' statement
+ *    texts (pg_stat_activity.query, ...), CREATE TABLE AS EXECUTE, DDL on
+ *    a relation with masked columns and DDL that names no table (ALTER
+ *    SCHEMA ... RENAME: what it changes is not known) block;
  *  - COPY ... TO STDOUT in binary of masked columns blocks.
  * A column is matched by name as the statement writes it: an unqualified
  * table may be one of any schema. cat NULL means there are no masks: the
