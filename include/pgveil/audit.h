@@ -26,7 +26,7 @@
 
 struct event;
 
-/* A session's row. Strings are copied; NULL allowed where noted. */
+/* A session's row. Strings are copied; NULL allowed where noted (elsewhere NULL is stored as ''). */
 typedef struct AuditSession {
 	uint64_t session_id;       /* pgveil's session id */
 	int64_t started_us;        /* microseconds since the epoch */
@@ -77,7 +77,13 @@ typedef enum {
 bool audit_start(const Config *cfg, char *err, size_t errlen) PGV_WARN_UNUSED;
 /* A reload: mode and retention follow; a changed audit_db path is refused with a log line (restart needed). */
 void audit_reconfigure(const Config *cfg);
-/* Writes every queued row, then stops the writer and closes the database (SIGTERM, clean exit). */
+/*
+ * Writes every queued row, then stops the writer and closes the database
+ * (SIGTERM, clean exit). Call it after the event loops whose `durable` and
+ * `room` events were handed in are stopped: pending wake-ups are dropped,
+ * never activated. When the database still cannot be written after a few
+ * tries a second apart, what is left is counted in an error log line.
+ */
 void audit_stop(void);
 
 /* The current mode; AUDIT_OFF-like when not started: audit_enabled() false. */
@@ -104,7 +110,14 @@ void audit_session_end(uint64_t session_id, int64_t ended_us, const char *end_re
  */
 AuditStatus audit_query_start(const AuditQuery *q, struct event *durable, struct event *room, uint64_t *id)
 	PGV_WARN_UNUSED;
-/* Strict mode, after `durable` fired: AUDIT_OK when row `id` is committed, AUDIT_FAILED when it could not be. */
+/*
+ * Strict mode, after `durable` fired: AUDIT_OK when row `id` is committed,
+ * AUDIT_FAILED when it could not be (the row is kept and written once the
+ * database can be written again, but the statement must be refused). Asked
+ * once per row: the answer is forgotten when given. AUDIT_FAILED too for a
+ * row queued without a `durable` event in strict mode or asked before it
+ * fired; AUDIT_OK in async mode.
+ */
 AuditStatus audit_query_durable(uint64_t id);
 /* Queues the outcome of row `id`. Never blocks and never drops (an overflow list takes what the queue cannot). */
 void audit_query_finish(uint64_t id, const AuditOutcome *o);
@@ -131,6 +144,15 @@ const char *audit_error(char *buf, size_t buflen);
 
 /* Counters for SHOW STATS: rows written, rows waiting, commits. */
 void audit_stats(uint64_t *written, uint64_t *queued, uint64_t *commits);
+
+/*
+ * pgveil's session and approval ids start at 1 with every run; in the
+ * database they are offset so they never repeat: sessions.id =
+ * session_base + pgveil's session id, approvals.id (and queries.approval_id)
+ * = approval_base + pgveil's approval id. Both 0 when the log is off. Fixed
+ * for the life of the process (audit_start logs them too).
+ */
+void audit_id_bases(uint64_t *session_base, uint64_t *approval_base);
 
 /*
  * Walks the hash chain of the database at `path` (opened read-only) and
