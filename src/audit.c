@@ -24,22 +24,22 @@
 #include "audit_int.h"
 #include "pgveil/log.h"
 
-#define AUDIT_QUEUE_MAX 65536u               /* unwritten statement rows before AUDIT_FULL (async) */
-#define AUDIT_BATCH_MAX 8192u                /* events per transaction */
-#define AUDIT_ASYNC_BATCH 1024u              /* async: write at once when this many wait */
-#define AUDIT_TICK_US 100000u                /* async: at most this long before a queued row is written */
-#define AUDIT_RETRY_US 1000000u              /* after a failure, try again after this */
-#define AUDIT_PRUNE_US (3600ull * 1000000u)  /* retention runs this often */
+#define AUDIT_QUEUE_MAX 65536u              /* unwritten statement rows before AUDIT_FULL (async) */
+#define AUDIT_BATCH_MAX 8192u               /* events per transaction */
+#define AUDIT_ASYNC_BATCH 1024u             /* async: write at once when this many wait */
+#define AUDIT_TICK_US 100000u               /* async: at most this long before a queued row is written */
+#define AUDIT_RETRY_US 1000000u             /* after a failure, try again after this */
+#define AUDIT_PRUNE_US (3600ull * 1000000u) /* retention runs this often */
 #define AUDIT_PRUNE_RETRY_US (60ull * 1000000u)
-#define AUDIT_STOP_RETRIES 3                 /* failed writes at shutdown before the rest is given up */
+#define AUDIT_STOP_RETRIES 3 /* failed writes at shutdown before the rest is given up */
 
 typedef enum { W_PENDING, W_OK, W_FAILED } WaitState;
 
 /* A strict statement waiting for its row to be committed. */
 typedef struct Waiter {
-	struct Waiter *prev, *next;  /* the waiters list, in id order */
+	struct Waiter *prev, *next; /* the waiters list, in id order */
 	uint64_t id;
-	struct event *ev;            /* the caller's `durable`; activated once, when state leaves W_PENDING */
+	struct event *ev; /* the caller's `durable`; activated once, when state leaves W_PENDING */
 	WaitState state;
 } Waiter;
 
@@ -51,37 +51,37 @@ typedef struct Room {
 
 static struct {
 	pthread_mutex_t lock;
-	pthread_cond_t wake;         /* the writer sleeps on it */
-	pthread_cond_t done;         /* audit_test_exec() sleeps on it */
-	bool running;                /* started and not stopped (read without the lock: atomic) */
-	bool stopping;               /* audit_stop() asked the writer to drain and end */
-	int mode;                    /* AuditMode (read without the lock: atomic) */
-	uint64_t retention;          /* seconds, 0 = off */
-	bool sync_dirty;             /* the mode changed: the writer sets PRAGMA synchronous */
-	uint64_t next_prune_us;      /* monotonic */
-	AuditDb db;                  /* the writer's; opened by audit_start() */
+	pthread_cond_t wake;    /* the writer sleeps on it */
+	pthread_cond_t done;    /* audit_test_exec() sleeps on it */
+	bool running;           /* started and not stopped (read without the lock: atomic) */
+	bool stopping;          /* audit_stop() asked the writer to drain and end */
+	int mode;               /* AuditMode (read without the lock: atomic) */
+	uint64_t retention;     /* seconds, 0 = off */
+	bool sync_dirty;        /* the mode changed: the writer sets PRAGMA synchronous */
+	uint64_t next_prune_us; /* monotonic */
+	AuditDb db;             /* the writer's; opened by audit_start() */
 	pthread_t thread;
-	AuditItem *head, *tail;      /* queued events, oldest first */
-	uint64_t n_queued;           /* in the list */
-	uint64_t n_items;            /* in the list or being written */
-	uint64_t n_starts;           /* statement rows in the list or being written */
+	AuditItem *head, *tail; /* queued events, oldest first */
+	uint64_t n_queued;      /* in the list */
+	uint64_t n_items;       /* in the list or being written */
+	uint64_t n_starts;      /* statement rows in the list or being written */
 	size_t queue_max;
-	bool urgent;                 /* strict: a statement waits for its row */
-	uint64_t next_id;            /* next queries id */
+	bool urgent;      /* strict: a statement waits for its row */
+	uint64_t next_id; /* next queries id */
 	Waiter *waiters, *waiters_tail;
 	Room *rooms;
-	bool failed;                 /* the last write failed */
-	char error[512];             /* why */
+	bool failed;     /* the last write failed */
+	char error[512]; /* why */
 	uint64_t retry_at_us;
 	int stop_failures;
 	uint64_t last_write_us;
 	uint64_t written, commits;
-	const char *test_sql;        /* audit_test_exec() */
+	const char *test_sql; /* audit_test_exec() */
 	bool test_done, test_ok;
 	char test_err[256];
-} au = { .lock = PTHREAD_MUTEX_INITIALIZER, .queue_max = AUDIT_QUEUE_MAX };
+} au = {.lock = PTHREAD_MUTEX_INITIALIZER, .queue_max = AUDIT_QUEUE_MAX};
 
-static const char *const mode_names[] = { "async", "strict" };
+static const char *const mode_names[] = {"async", "strict"};
 
 /* ---- items -------------------------------------------------------------------------------- */
 
@@ -120,9 +120,9 @@ static AuditItem *item_session(const AuditSession *s)
 {
 	char *p;
 	AuditItem *it = item_new(AI_SESSION_START,
-				 slen(s->subject) + slen(s->groups) + slen(s->client_addr) + slen(s->database) +
-					 slen(s->backend_user),
-				 &p);
+	                         slen(s->subject) + slen(s->groups) + slen(s->client_addr) +
+	                             slen(s->database) + slen(s->backend_user),
+	                         &p);
 
 	if (it == NULL)
 		return NULL;
@@ -152,9 +152,9 @@ static AuditItem *item_query(const AuditQuery *q)
 {
 	char *p;
 	AuditItem *it = item_new(AI_QUERY_START,
-				 slen(q->subject) + slen(q->database) + slen(q->sql) + slen(q->fingerprint) +
-					 slen(q->classes) + slen(q->decision) + slen(q->rule),
-				 &p);
+	                         slen(q->subject) + slen(q->database) + slen(q->sql) + slen(q->fingerprint) +
+	                             slen(q->classes) + slen(q->decision) + slen(q->rule),
+	                         &p);
 
 	if (it == NULL)
 		return NULL;
@@ -173,7 +173,7 @@ static AuditItem *item_outcome(uint64_t id, const AuditOutcome *o)
 {
 	char *p;
 	AuditItem *it =
-		item_new(AI_QUERY_FINISH, slen(o->sqlstate) + slen(o->error) + slen(o->masked_columns), &p);
+	    item_new(AI_QUERY_FINISH, slen(o->sqlstate) + slen(o->error) + slen(o->masked_columns), &p);
 
 	if (it == NULL)
 		return NULL;
@@ -189,9 +189,9 @@ static AuditItem *item_approval(const AuditApproval *a)
 {
 	char *p;
 	AuditItem *it = item_new(AI_APPROVAL,
-				 slen(a->subject) + slen(a->sql) + slen(a->rule) + slen(a->decided_by) +
-					 slen(a->decision) + slen(a->reason),
-				 &p);
+	                         slen(a->subject) + slen(a->sql) + slen(a->rule) + slen(a->decided_by) +
+	                             slen(a->decision) + slen(a->reason),
+	                         &p);
 
 	if (it == NULL)
 		return NULL;
@@ -318,7 +318,8 @@ static AuditStatus admit_locked(struct event *room)
 	if (r == NULL) {
 		r = malloc(sizeof(*r));
 		if (r == NULL) {
-			log_error("audit: out of memory: a statement is refused for want of room in the audit queue");
+			log_error("audit: out of memory: a statement is refused for want of room in the "
+			          "audit queue");
 			return AUDIT_FAILED;
 		}
 		r->ev = room;
@@ -394,10 +395,11 @@ static void batch_written_locked(uint64_t n, uint64_t starts, uint64_t max_id)
 static void batch_failed_locked(AuditItem *batch, AuditItem *last, uint64_t n, const char *err)
 {
 	if (!au.failed || strcmp(au.error, err) != 0)
-		log_error("audit: %s; %s", err,
-			  au.mode == AUDIT_STRICT
-				  ? "statements are refused until the audit log can be written (tried every second)"
-				  : "rows are kept in memory and written when the audit log can be written again");
+		log_error(
+		    "audit: %s; %s", err,
+		    au.mode == AUDIT_STRICT
+		        ? "statements are refused until the audit log can be written (tried every second)"
+		        : "rows are kept in memory and written when the audit log can be written again");
 	au.failed = true;
 	snprintf(au.error, sizeof(au.error), "%s", err);
 	au.retry_at_us = pgv_now_us() + AUDIT_RETRY_US;
@@ -562,11 +564,12 @@ bool audit_start(const Config *cfg, char *err, size_t errlen)
 		auditdb_close(&au.db);
 		return false;
 	}
-	log_info("audit: writing to %s (%s mode, retention %s); statement ids from %llu, session ids are pgveil's + "
-		 "%llu, approval ids pgveil's + %llu; the chain continues at chain_seq %lld",
-		 au.db.path, mode_names[cfg->audit_mode], cfg->audit_retention > 0 ? "on" : "off",
-		 (unsigned long long)au.db.first_query_id, (unsigned long long)au.db.session_base,
-		 (unsigned long long)au.db.approval_base, (long long)au.db.next_seq);
+	log_info("audit: writing to %s (%s mode, retention %s); statement ids from %llu, session ids are "
+	         "pgveil's + "
+	         "%llu, approval ids pgveil's + %llu; the chain continues at chain_seq %lld",
+	         au.db.path, mode_names[cfg->audit_mode], cfg->audit_retention > 0 ? "on" : "off",
+	         (unsigned long long)au.db.first_query_id, (unsigned long long)au.db.session_base,
+	         (unsigned long long)au.db.approval_base, (long long)au.db.next_seq);
 	return true;
 }
 
@@ -628,10 +631,11 @@ void audit_stop(void)
 	au.n_queued = au.n_items = au.n_starts = 0;
 	pthread_mutex_unlock(&au.lock);
 	if (lost > 0)
-		log_error("audit: %llu events could not be written before exit: %s", (unsigned long long)lost, au.error);
+		log_error("audit: %llu events could not be written before exit: %s", (unsigned long long)lost,
+		          au.error);
 	log_info("audit: %llu events written in %llu transactions; chain head at chain_seq %lld: %s",
-		 (unsigned long long)au.written, (unsigned long long)au.commits, (long long)au.db.next_seq - 1,
-		 au.db.last_hash[0] != '\0' ? au.db.last_hash : "(none)");
+	         (unsigned long long)au.written, (unsigned long long)au.commits,
+	         (long long)au.db.next_seq - 1, au.db.last_hash[0] != '\0' ? au.db.last_hash : "(none)");
 	auditdb_close(&au.db);
 	pthread_cond_destroy(&au.wake);
 	pthread_cond_destroy(&au.done);
@@ -669,7 +673,7 @@ void audit_approval(const AuditApproval *a)
 
 void audit_query_finish(uint64_t id, const AuditOutcome *o)
 {
-	static const AuditOutcome unknown = { .rows = -1, .duration_us = -1 };
+	static const AuditOutcome unknown = {.rows = -1, .duration_us = -1};
 
 	if (id != 0 && audit_enabled())
 		enqueue(item_outcome(id, o != NULL ? o : &unknown), "the outcome of a statement");

@@ -59,8 +59,7 @@ static bool put_column(EVP_MD_CTX *ctx, sqlite3_stmt *st, int col)
 		n = sqlite3_column_bytes(st, col);
 		return put_tag(ctx, TAG_BLOB) && put_u64(ctx, (uint64_t)n) &&
 		       (n == 0 || EVP_DigestUpdate(ctx, p, (size_t)n) == 1);
-	default:
-		return put_tag(ctx, TAG_NULL);
+	default: return put_tag(ctx, TAG_NULL);
 	}
 }
 
@@ -105,7 +104,7 @@ void audit_format_time(int64_t us, char buf[32])
 		return;
 	}
 	snprintf(buf, 32, "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-		 tm.tm_hour, tm.tm_min, tm.tm_sec, (int)frac);
+	         tm.tm_hour, tm.tm_min, tm.tm_sec, (int)frac);
 }
 
 /* ---- the verifier ---------------------------------------------------------------------- */
@@ -114,11 +113,11 @@ void audit_format_time(int64_t us, char buf[32])
 typedef struct Walk {
 	sqlite3 *db;
 	FILE *out;
-	int64_t n_rows;           /* chained rows checked */
-	int64_t first_seq;        /* chain_seq of the first chained row */
-	int64_t prev_seq;         /* chain_seq of the previous row, 0 before the first */
+	int64_t n_rows;    /* chained rows checked */
+	int64_t first_seq; /* chain_seq of the first chained row */
+	int64_t prev_seq;  /* chain_seq of the previous row, 0 before the first */
 	char prev_hash[AUDIT_HASH_HEX];
-	bool from_checkpoint;     /* the chain starts after a retention checkpoint */
+	bool from_checkpoint; /* the chain starts after a retention checkpoint */
 } Walk;
 
 static const char *col_text(sqlite3_stmt *st, int col)
@@ -145,17 +144,18 @@ static int verify_open(const char *path, Walk *w)
 	st = NULL;
 	if (version == 0 || version > AUDIT_SCHEMA_VERSION) {
 		fprintf(w->out, "%s: %s\n", path,
-			version == 0 ? "not a pgveil audit database (no schema version)"
-				     : "the schema is from a newer pgveil");
+		        version == 0 ? "not a pgveil audit database (no schema version)"
+		                     : "the schema is from a newer pgveil");
 		return 2;
 	}
-	if (sqlite3_prepare_v2(w->db, "SELECT 1 FROM queries, checkpoints LIMIT 0", -1, &st, NULL) != SQLITE_OK)
+	if (sqlite3_prepare_v2(w->db, "SELECT 1 FROM queries, checkpoints LIMIT 0", -1, &st, NULL) !=
+	    SQLITE_OK)
 		goto fail;
 	sqlite3_finalize(st);
 	return 0;
 fail:
 	fprintf(w->out, "%s: cannot read the audit database: %s\n", path,
-		w->db != NULL ? sqlite3_errmsg(w->db) : "out of memory");
+	        w->db != NULL ? sqlite3_errmsg(w->db) : "out of memory");
 	sqlite3_finalize(st);
 	return 2;
 }
@@ -170,24 +170,28 @@ static int verify_start(Walk *w, sqlite3_stmt *row, int64_t seq, const char *pre
 	if (seq == 1) {
 		if (prev != NULL && prev[0] == '\0')
 			return 0;
-		fprintf(w->out, "broken: row id %lld (chain_seq 1): prev_hash is not '' as the first row's must be\n",
-			(long long)sqlite3_column_int64(row, 1));
+		fprintf(w->out,
+		        "broken: row id %lld (chain_seq 1): prev_hash is not '' as the first row's must be\n",
+		        (long long)sqlite3_column_int64(row, 1));
 		return 1;
 	}
-	if (sqlite3_prepare_v2(w->db, "SELECT hash FROM checkpoints WHERE chain_seq = ?1 ORDER BY id DESC LIMIT 1",
-			       -1, &st, NULL) != SQLITE_OK) {
+	if (sqlite3_prepare_v2(w->db,
+	                       "SELECT hash FROM checkpoints WHERE chain_seq = ?1 ORDER BY id DESC LIMIT 1",
+	                       -1, &st, NULL) != SQLITE_OK) {
 		fprintf(w->out, "cannot read the checkpoints: %s\n", sqlite3_errmsg(w->db));
 		return 2;
 	}
 	sqlite3_bind_int64(st, 1, seq - 1);
 	if (sqlite3_step(st) != SQLITE_ROW) {
-		fprintf(w->out, "broken: rows deleted before chain_seq %lld (no retention checkpoint covers them)\n",
-			(long long)seq);
+		fprintf(w->out,
+		        "broken: rows deleted before chain_seq %lld (no retention checkpoint covers them)\n",
+		        (long long)seq);
 	} else if (prev == NULL || col_text(st, 0) == NULL || strcmp(prev, col_text(st, 0)) != 0) {
 		fprintf(w->out,
-			"broken: row id %lld (chain_seq %lld): prev_hash does not match the checkpoint at chain_seq %lld "
-			"(row inserted or checkpoint altered)\n",
-			(long long)sqlite3_column_int64(row, 1), (long long)seq, (long long)(seq - 1));
+		        "broken: row id %lld (chain_seq %lld): prev_hash does not match the checkpoint at "
+		        "chain_seq %lld "
+		        "(row inserted or checkpoint altered)\n",
+		        (long long)sqlite3_column_int64(row, 1), (long long)seq, (long long)(seq - 1));
 	} else {
 		w->from_checkpoint = true;
 		rc = 0;
@@ -209,8 +213,9 @@ static int verify_row(Walk *w, sqlite3_stmt *st)
 		return 2;
 	}
 	if (hash == NULL || strcmp(calc, hash) != 0) {
-		fprintf(w->out, "broken: row id %lld (chain_seq %lld): hash does not match its contents (altered)\n",
-			id, (long long)seq);
+		fprintf(w->out,
+		        "broken: row id %lld (chain_seq %lld): hash does not match its contents (altered)\n",
+		        id, (long long)seq);
 		return 1;
 	}
 	if (w->n_rows == 0) {
@@ -219,14 +224,16 @@ static int verify_row(Walk *w, sqlite3_stmt *st)
 		if (rc != 0)
 			return rc;
 	} else if (seq != w->prev_seq + 1) {
-		fprintf(w->out, "broken: rows deleted after chain_seq %lld (the next is chain_seq %lld, row id %lld)\n",
-			(long long)w->prev_seq, (long long)seq, id);
+		fprintf(
+		    w->out,
+		    "broken: rows deleted after chain_seq %lld (the next is chain_seq %lld, row id %lld)\n",
+		    (long long)w->prev_seq, (long long)seq, id);
 		return 1;
 	} else if (prev == NULL || strcmp(prev, w->prev_hash) != 0) {
 		fprintf(w->out,
-			"broken: row id %lld (chain_seq %lld): prev_hash is not the hash of chain_seq %lld "
-			"(row inserted or rows reordered)\n",
-			id, (long long)seq, (long long)w->prev_seq);
+		        "broken: row id %lld (chain_seq %lld): prev_hash is not the hash of chain_seq %lld "
+		        "(row inserted or rows reordered)\n",
+		        id, (long long)seq, (long long)w->prev_seq);
 		return 1;
 	}
 	w->n_rows++;
@@ -241,8 +248,8 @@ static int64_t count_unfinished(Walk *w)
 	sqlite3_stmt *st = NULL;
 	int64_t n = -1;
 
-	if (sqlite3_prepare_v2(w->db, "SELECT count(*) FROM queries WHERE chain_seq IS NULL", -1, &st, NULL) ==
-		    SQLITE_OK &&
+	if (sqlite3_prepare_v2(w->db, "SELECT count(*) FROM queries WHERE chain_seq IS NULL", -1, &st,
+	                       NULL) == SQLITE_OK &&
 	    sqlite3_step(st) == SQLITE_ROW)
 		n = sqlite3_column_int64(st, 0);
 	sqlite3_finalize(st);
@@ -257,8 +264,8 @@ static void verify_report_ok(Walk *w)
 		fprintf(w->out, "ok: 0 rows, chain intact (nothing chained yet)");
 	else
 		fprintf(w->out, "ok: %lld rows, chain intact (chain_seq %lld..%lld%s); head hash %s",
-			(long long)w->n_rows, (long long)w->first_seq, (long long)w->prev_seq,
-			w->from_checkpoint ? ", after a retention checkpoint" : "", w->prev_hash);
+		        (long long)w->n_rows, (long long)w->first_seq, (long long)w->prev_seq,
+		        w->from_checkpoint ? ", after a retention checkpoint" : "", w->prev_hash);
 	if (unfinished > 0)
 		fprintf(w->out, "; %lld unfinished rows (not chained)", (long long)unfinished);
 	fputc('\n', w->out);
@@ -266,7 +273,7 @@ static void verify_report_ok(Walk *w)
 
 int audit_verify(const char *path, void *out)
 {
-	Walk w = { .out = out != NULL ? out : stdout };
+	Walk w = {.out = out != NULL ? out : stdout};
 	sqlite3_stmt *st = NULL;
 	int rc, step = SQLITE_DONE;
 
@@ -274,9 +281,9 @@ int audit_verify(const char *path, void *out)
 	if (rc != 0)
 		goto done;
 	if (sqlite3_prepare_v2(w.db,
-			       "SELECT " AUDIT_CHAIN_COLUMNS ", hash FROM queries WHERE chain_seq IS NOT NULL"
-			       " ORDER BY chain_seq",
-			       -1, &st, NULL) != SQLITE_OK) {
+	                       "SELECT " AUDIT_CHAIN_COLUMNS ", hash FROM queries WHERE chain_seq IS NOT NULL"
+	                       " ORDER BY chain_seq",
+	                       -1, &st, NULL) != SQLITE_OK) {
 		fprintf(w.out, "%s: cannot read the queries: %s\n", path, sqlite3_errmsg(w.db));
 		rc = 2;
 		goto done;

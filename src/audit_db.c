@@ -21,25 +21,27 @@
 /* sql/audit.sql, turned into a string literal at build time. */
 static const char audit_schema_sql[] =
 #include "audit_schema.inc"
-	;
+    ;
 
 static const char *const stmt_sql[ST_COUNT] = {
-	[ST_INSERT_QUERY] = "INSERT INTO queries (id, session_id, ts, subject, database, sql, fingerprint, classes,"
-			    " decision, rule, approval_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-	[ST_FINISH_QUERY] = "UPDATE queries SET masked_columns = ?1, rows = ?2, duration_ms = ?3, sqlstate = ?4,"
-			    " error = ?5, chain_seq = ?6, prev_hash = ?7 WHERE id = ?8 AND chain_seq IS NULL",
-	[ST_SELECT_CHAINED] = "SELECT " AUDIT_CHAIN_COLUMNS " FROM queries WHERE id = ?1",
-	[ST_SET_HASH] = "UPDATE queries SET hash = ?1 WHERE id = ?2",
-	[ST_INSERT_SESSION] = "INSERT INTO sessions (id, started_at, subject, groups, client_addr, database,"
-			      " backend_user, tls) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-	[ST_END_SESSION] = "UPDATE sessions SET ended_at = ?2, end_reason = ?3 WHERE id = ?1",
-	[ST_UPSERT_APPROVAL] = "INSERT INTO approvals (id, query_id, session_id, subject, sql, rule, requested_at,"
-			       " decided_at, decided_by, decision, reason, grant_until)"
-			       " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
-			       " ON CONFLICT (id) DO UPDATE SET query_id = coalesce(excluded.query_id, query_id),"
-			       " decided_at = excluded.decided_at, decided_by = excluded.decided_by,"
-			       " decision = excluded.decision, reason = excluded.reason,"
-			       " grant_until = excluded.grant_until",
+    [ST_INSERT_QUERY] =
+        "INSERT INTO queries (id, session_id, ts, subject, database, sql, fingerprint, classes,"
+        " decision, rule, approval_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    [ST_FINISH_QUERY] = "UPDATE queries SET masked_columns = ?1, rows = ?2, duration_ms = ?3, sqlstate = ?4,"
+                        " error = ?5, chain_seq = ?6, prev_hash = ?7 WHERE id = ?8 AND chain_seq IS NULL",
+    [ST_SELECT_CHAINED] = "SELECT " AUDIT_CHAIN_COLUMNS " FROM queries WHERE id = ?1",
+    [ST_SET_HASH] = "UPDATE queries SET hash = ?1 WHERE id = ?2",
+    [ST_INSERT_SESSION] = "INSERT INTO sessions (id, started_at, subject, groups, client_addr, database,"
+                          " backend_user, tls) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    [ST_END_SESSION] = "UPDATE sessions SET ended_at = ?2, end_reason = ?3 WHERE id = ?1",
+    [ST_UPSERT_APPROVAL] =
+        "INSERT INTO approvals (id, query_id, session_id, subject, sql, rule, requested_at,"
+        " decided_at, decided_by, decision, reason, grant_until)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+        " ON CONFLICT (id) DO UPDATE SET query_id = coalesce(excluded.query_id, query_id),"
+        " decided_at = excluded.decided_at, decided_by = excluded.decided_by,"
+        " decision = excluded.decision, reason = excluded.reason,"
+        " grant_until = excluded.grant_until",
 };
 
 typedef enum { STEP_OK, STEP_SKIP, STEP_FAIL } StepResult;
@@ -49,7 +51,8 @@ typedef enum { STEP_OK, STEP_SKIP, STEP_FAIL } StepResult;
 /* "audit_db PATH: SQLite's message"; returns false. */
 static bool db_fail(const AuditDb *d, char *err, size_t errlen)
 {
-	snprintf(err, errlen, "audit_db %s: %s", d->path, d->db != NULL ? sqlite3_errmsg(d->db) : "out of memory");
+	snprintf(err, errlen, "audit_db %s: %s", d->path,
+	         d->db != NULL ? sqlite3_errmsg(d->db) : "out of memory");
 	return false;
 }
 
@@ -126,21 +129,20 @@ static void bind_id(sqlite3_stmt *st, int i, uint64_t base, uint64_t id)
  * database, with err set.
  */
 static StepResult step_write(AuditDb *d, sqlite3_stmt *st, const char *what, uint64_t id, char *err,
-			     size_t errlen)
+                             size_t errlen)
 {
 	StepResult r = STEP_OK;
 	int rc = sqlite3_step(st);
 
 	switch (rc & 0xff) {
 	case SQLITE_DONE:
-	case SQLITE_ROW:
-		break;
+	case SQLITE_ROW: break;
 	case SQLITE_CONSTRAINT:
 	case SQLITE_MISMATCH:
 	case SQLITE_TOOBIG:
 	case SQLITE_RANGE:
-		log_error("audit: %s %llu not written to audit_db %s: %s", what, (unsigned long long)id, d->path,
-			  sqlite3_errmsg(d->db));
+		log_error("audit: %s %llu not written to audit_db %s: %s", what, (unsigned long long)id,
+		          d->path, sqlite3_errmsg(d->db));
 		r = STEP_SKIP;
 		break;
 	default:
@@ -168,8 +170,8 @@ static bool set_wal(AuditDb *d, char *err, size_t errlen)
 
 		ok = mode != NULL && strcmp((const char *)mode, "wal") == 0;
 		if (!ok)
-			snprintf(err, errlen, "audit_db %s: cannot use WAL mode (journal_mode is %s)", d->path,
-				 mode != NULL ? (const char *)mode : "unknown");
+			snprintf(err, errlen, "audit_db %s: cannot use WAL mode (journal_mode is %s)",
+			         d->path, mode != NULL ? (const char *)mode : "unknown");
 	}
 	sqlite3_finalize(st);
 	return ok;
@@ -187,11 +189,14 @@ static bool apply_schema(AuditDb *d, int64_t version, char *err, size_t errlen)
 	char sql[64];
 
 	if (version == 0) {
-		if (!db_int64(d, "SELECT count(*) FROM sqlite_master WHERE type = 'table'", NULL, &tables, err, errlen))
+		if (!db_int64(d, "SELECT count(*) FROM sqlite_master WHERE type = 'table'", NULL, &tables,
+		              err, errlen))
 			return false;
 		if (tables > 0) {
-			snprintf(err, errlen, "audit_db %s: not a pgveil audit database (it has tables but no schema version)",
-				 d->path);
+			snprintf(
+			    err, errlen,
+			    "audit_db %s: not a pgveil audit database (it has tables but no schema version)",
+			    d->path);
 			return false;
 		}
 	}
@@ -210,8 +215,8 @@ static bool apply_schema(AuditDb *d, int64_t version, char *err, size_t errlen)
 static bool load_chain_head(AuditDb *d, char *err, size_t errlen)
 {
 	static const char *const heads[] = {
-		"SELECT chain_seq, hash FROM queries WHERE chain_seq IS NOT NULL ORDER BY chain_seq DESC LIMIT 1",
-		"SELECT chain_seq, hash FROM checkpoints ORDER BY chain_seq DESC LIMIT 1",
+	    "SELECT chain_seq, hash FROM queries WHERE chain_seq IS NOT NULL ORDER BY chain_seq DESC LIMIT 1",
+	    "SELECT chain_seq, hash FROM checkpoints ORDER BY chain_seq DESC LIMIT 1",
 	};
 	int64_t best = 0;
 
@@ -259,7 +264,8 @@ static bool load_ids(AuditDb *d, char *err, size_t errlen)
 static bool prepare_all(AuditDb *d, char *err, size_t errlen)
 {
 	for (int i = 0; i < ST_COUNT; i++)
-		if (sqlite3_prepare_v3(d->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &d->st[i], NULL) != SQLITE_OK)
+		if (sqlite3_prepare_v3(d->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &d->st[i], NULL) !=
+		    SQLITE_OK)
 			return db_fail(d, err, errlen);
 	return true;
 }
@@ -274,8 +280,8 @@ bool auditdb_open(AuditDb *d, const char *path, bool strict, char *err, size_t e
 		snprintf(err, errlen, "audit_db %s: out of memory", path);
 		return false;
 	}
-	if (sqlite3_open_v2(path, &d->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL) !=
-	    SQLITE_OK) {
+	if (sqlite3_open_v2(path, &d->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+	                    NULL) != SQLITE_OK) {
 		db_fail(d, err, errlen);
 		goto fail;
 	}
@@ -287,13 +293,14 @@ bool auditdb_open(AuditDb *d, const char *path, bool strict, char *err, size_t e
 	if (!db_int64(d, "PRAGMA user_version", NULL, &version, err, errlen))
 		goto fail;
 	if (version > AUDIT_SCHEMA_VERSION) {
-		snprintf(err, errlen, "audit_db %s: its schema version %lld is newer than this pgveil knows (%d)", path,
-			 (long long)version, AUDIT_SCHEMA_VERSION);
+		snprintf(err, errlen,
+		         "audit_db %s: its schema version %lld is newer than this pgveil knows (%d)", path,
+		         (long long)version, AUDIT_SCHEMA_VERSION);
 		goto fail;
 	}
 	if (!set_wal(d, err, errlen) || !auditdb_set_sync(d, strict, err, errlen) ||
-	    !apply_schema(d, version, err, errlen) || !load_chain_head(d, err, errlen) || !load_ids(d, err, errlen) ||
-	    !prepare_all(d, err, errlen))
+	    !apply_schema(d, version, err, errlen) || !load_chain_head(d, err, errlen) ||
+	    !load_ids(d, err, errlen) || !prepare_all(d, err, errlen))
 		goto fail;
 	return true;
 fail:
@@ -349,7 +356,7 @@ static bool chain_row(AuditDb *d, uint64_t id, char hash[AUDIT_HASH_HEX], char *
 	if (rc != SQLITE_ROW) {
 		if (rc == SQLITE_DONE)
 			snprintf(err, errlen, "audit_db %s: row %llu vanished while it was chained", d->path,
-				 (unsigned long long)id);
+			         (unsigned long long)id);
 		else
 			db_fail(d, err, errlen);
 		sqlite3_reset(sel);
@@ -368,7 +375,7 @@ static bool chain_row(AuditDb *d, uint64_t id, char hash[AUDIT_HASH_HEX], char *
 
 /* Fills in the outcome of a row and makes it the next link of the chain. */
 static bool write_query_finish(AuditDb *d, const AuditItem *it, int64_t *seq, char prev[AUDIT_HASH_HEX],
-			       char *err, size_t errlen)
+                               char *err, size_t errlen)
 {
 	const AuditOutcome *o = &it->u.outcome;
 	sqlite3_stmt *st = d->st[ST_FINISH_QUERY];
@@ -390,7 +397,7 @@ static bool write_query_finish(AuditDb *d, const AuditItem *it, int64_t *seq, ch
 		return r == STEP_SKIP;
 	if (sqlite3_changes(d->db) != 1) {
 		log_warn("audit: the outcome of statement row %llu has no unfinished row to go to: ignored",
-			 (unsigned long long)it->id);
+		         (unsigned long long)it->id);
 		return true;
 	}
 	if (!chain_row(d, it->id, hash, err, errlen))
@@ -447,7 +454,7 @@ static bool write_approval(AuditDb *d, const AuditItem *it, char *err, size_t er
 }
 
 static bool write_item(AuditDb *d, const AuditItem *it, int64_t *seq, char prev[AUDIT_HASH_HEX], char *err,
-		       size_t errlen)
+                       size_t errlen)
 {
 	switch (it->kind) {
 	case AI_SESSION_START: return write_session_start(d, it, err, errlen);
@@ -484,7 +491,7 @@ bool auditdb_write(AuditDb *d, const AuditItem *items, char *err, size_t errlen)
 
 /* Runs a DELETE with ?1 = text `a`, ?2 = `n` (either may be absent); *changes gets the rows changed. */
 static bool prune_exec(AuditDb *d, const char *sql, const char *a, int64_t n, int64_t *changes, char *err,
-		       size_t errlen)
+                       size_t errlen)
 {
 	sqlite3_stmt *st = NULL;
 	int rc;
@@ -508,8 +515,8 @@ static bool prune_exec(AuditDb *d, const char *sql, const char *a, int64_t n, in
  * records the checkpoint. *pruned gets the rows removed, *upto their last
  * chain_seq.
  */
-static bool prune_chain(AuditDb *d, const char *cutoff, const char *now, uint64_t max_query_id, int64_t *pruned,
-			int64_t *upto, char *err, size_t errlen)
+static bool prune_chain(AuditDb *d, const char *cutoff, const char *now, uint64_t max_query_id,
+                        int64_t *pruned, int64_t *upto, char *err, size_t errlen)
 {
 	char hash[AUDIT_HASH_HEX] = "";
 	sqlite3_stmt *st = NULL;
@@ -517,13 +524,15 @@ static bool prune_chain(AuditDb *d, const char *cutoff, const char *now, uint64_
 
 	*pruned = 0;
 	if (!db_int64(d,
-		      "SELECT coalesce((SELECT min(chain_seq) FROM queries WHERE chain_seq IS NOT NULL AND ts >= ?1) - 1,"
-		      " (SELECT max(chain_seq) FROM queries))",
-		      cutoff, &last, err, errlen))
+	              "SELECT coalesce((SELECT min(chain_seq) FROM queries WHERE chain_seq IS NOT NULL AND "
+	              "ts >= ?1) - 1,"
+	              " (SELECT max(chain_seq) FROM queries))",
+	              cutoff, &last, err, errlen))
 		return false;
 	if (last <= 0)
 		return true;
-	if (sqlite3_prepare_v2(d->db, "SELECT hash FROM queries WHERE chain_seq = ?1", -1, &st, NULL) != SQLITE_OK)
+	if (sqlite3_prepare_v2(d->db, "SELECT hash FROM queries WHERE chain_seq = ?1", -1, &st, NULL) !=
+	    SQLITE_OK)
 		return db_fail(d, err, errlen);
 	sqlite3_bind_int64(st, 1, last);
 	if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0) != NULL)
@@ -531,13 +540,13 @@ static bool prune_chain(AuditDb *d, const char *cutoff, const char *now, uint64_
 	sqlite3_finalize(st);
 	if (hash[0] == '\0')
 		return true; /* already pruned up to there */
-	if (!prune_exec(d, "DELETE FROM queries WHERE chain_seq <= ?2", cutoff, last, pruned, err,
-			errlen))
+	if (!prune_exec(d, "DELETE FROM queries WHERE chain_seq <= ?2", cutoff, last, pruned, err, errlen))
 		return false;
-	if (sqlite3_prepare_v2(d->db,
-			       "INSERT INTO checkpoints (created_at, chain_seq, hash, rows_pruned, last_query_id)"
-			       " VALUES (?1, ?2, ?3, ?4, ?5)",
-			       -1, &st, NULL) != SQLITE_OK)
+	if (sqlite3_prepare_v2(
+	        d->db,
+	        "INSERT INTO checkpoints (created_at, chain_seq, hash, rows_pruned, last_query_id)"
+	        " VALUES (?1, ?2, ?3, ?4, ?5)",
+	        -1, &st, NULL) != SQLITE_OK)
 		return db_fail(d, err, errlen);
 	sqlite3_bind_text(st, 1, now, -1, SQLITE_TRANSIENT);
 	sqlite3_bind_int64(st, 2, last);
@@ -560,24 +569,24 @@ static bool prune_rest(AuditDb *d, const char *cutoff, int64_t *n, char *err, si
 	int64_t a = 0, b = 0, c = 0;
 
 	if (!prune_exec(d, "DELETE FROM queries WHERE chain_seq IS NULL AND ts < ?1 AND id < ?2", cutoff,
-			(int64_t)d->first_query_id, &a, err, errlen) ||
+	                (int64_t)d->first_query_id, &a, err, errlen) ||
 	    !prune_exec(d,
-			"DELETE FROM sessions WHERE started_at < ?1"
-			" AND (ended_at < ?1 OR (ended_at IS NULL AND id <= ?2))"
-			" AND NOT EXISTS (SELECT 1 FROM queries q WHERE q.session_id = sessions.id)",
-			cutoff, (int64_t)d->session_base, &b, err, errlen) ||
+	                "DELETE FROM sessions WHERE started_at < ?1"
+	                " AND (ended_at < ?1 OR (ended_at IS NULL AND id <= ?2))"
+	                " AND NOT EXISTS (SELECT 1 FROM queries q WHERE q.session_id = sessions.id)",
+	                cutoff, (int64_t)d->session_base, &b, err, errlen) ||
 	    !prune_exec(d,
-			"DELETE FROM approvals WHERE requested_at < ?1"
-			" AND (decided_at < ?1 OR (decided_at IS NULL AND id <= ?2))"
-			" AND NOT EXISTS (SELECT 1 FROM queries q WHERE q.id = approvals.query_id)",
-			cutoff, (int64_t)d->approval_base, &c, err, errlen))
+	                "DELETE FROM approvals WHERE requested_at < ?1"
+	                " AND (decided_at < ?1 OR (decided_at IS NULL AND id <= ?2))"
+	                " AND NOT EXISTS (SELECT 1 FROM queries q WHERE q.id = approvals.query_id)",
+	                cutoff, (int64_t)d->approval_base, &c, err, errlen))
 		return false;
 	*n = a + b + c;
 	return true;
 }
 
 bool auditdb_prune(AuditDb *d, uint64_t retention_s, int64_t now_us, uint64_t max_query_id, char *err,
-		   size_t errlen)
+                   size_t errlen)
 {
 	char cutoff[32], now[32];
 	int64_t pruned = 0, upto = 0, rest = 0;
@@ -593,8 +602,9 @@ bool auditdb_prune(AuditDb *d, uint64_t retention_s, int64_t now_us, uint64_t ma
 		return false;
 	}
 	if (pruned > 0 || rest > 0)
-		log_info("audit: retention removed %lld chained statements (checkpoint at chain_seq %lld) and %lld other "
-			 "rows older than %s",
-			 (long long)pruned, (long long)upto, (long long)rest, cutoff);
+		log_info("audit: retention removed %lld chained statements (checkpoint at chain_seq %lld) "
+		         "and %lld other "
+		         "rows older than %s",
+		         (long long)pruned, (long long)upto, (long long)rest, cutoff);
 	return true;
 }

@@ -32,17 +32,17 @@ typedef enum {
 typedef struct AuditItem {
 	struct AuditItem *next;
 	AuditItemKind kind;
-	uint64_t id;                 /* queries row id (start, finish); unused otherwise */
+	uint64_t id; /* queries row id (start, finish); unused otherwise */
 	union {
-		AuditSession session;    /* AI_SESSION_START */
+		AuditSession session; /* AI_SESSION_START */
 		struct {
 			uint64_t session_id;
 			int64_t ended_us;
 			const char *reason;
-		} end;                   /* AI_SESSION_END */
-		AuditQuery query;        /* AI_QUERY_START */
-		AuditOutcome outcome;    /* AI_QUERY_FINISH */
-		AuditApproval approval;  /* AI_APPROVAL */
+		} end;                  /* AI_SESSION_END */
+		AuditQuery query;       /* AI_QUERY_START */
+		AuditOutcome outcome;   /* AI_QUERY_FINISH */
+		AuditApproval approval; /* AI_APPROVAL */
 	} u;
 } AuditItem;
 
@@ -62,11 +62,11 @@ typedef struct AuditDb {
 	sqlite3 *db;
 	char *path;
 	sqlite3_stmt *st[ST_COUNT];
-	int64_t next_seq;            /* chain_seq of the next row finished */
+	int64_t next_seq;               /* chain_seq of the next row finished */
 	char last_hash[AUDIT_HASH_HEX]; /* hash of chain_seq next_seq - 1 ('' before the first) */
-	uint64_t first_query_id;     /* the first queries id this run may use */
-	uint64_t session_base;       /* stored session id = session_base + pgveil's */
-	uint64_t approval_base;      /* stored approval id = approval_base + pgveil's */
+	uint64_t first_query_id;        /* the first queries id this run may use */
+	uint64_t session_base;          /* stored session id = session_base + pgveil's */
+	uint64_t approval_base;         /* stored approval id = approval_base + pgveil's */
 } AuditDb;
 
 /*
@@ -92,7 +92,7 @@ bool auditdb_write(AuditDb *d, const AuditItem *items, char *err, size_t errlen)
  * are never reused. False with err on a database failure (nothing removed).
  */
 bool auditdb_prune(AuditDb *d, uint64_t retention_s, int64_t now_us, uint64_t max_query_id, char *err,
-		   size_t errlen) PGV_WARN_UNUSED;
+                   size_t errlen) PGV_WARN_UNUSED;
 /* Runs SQL on the writer's connection (tests). */
 bool auditdb_exec(AuditDb *d, const char *sql, char *err, size_t errlen) PGV_WARN_UNUSED;
 
@@ -104,8 +104,8 @@ void audit_format_time(int64_t us, char buf[32]);
  * selecting exactly these (and possibly more after them) can be hashed by
  * audit_chain_hash.
  */
-#define AUDIT_CHAIN_COLUMNS                                                                         \
-	"prev_hash, id, session_id, ts, subject, database, sql, fingerprint, classes, decision, rule, " \
+#define AUDIT_CHAIN_COLUMNS                                                                                  \
+	"prev_hash, id, session_id, ts, subject, database, sql, fingerprint, classes, decision, rule, "      \
 	"masked_columns, rows, duration_ms, sqlstate, error, approval_id, chain_seq"
 #define AUDIT_CHAIN_NCOLS 18
 

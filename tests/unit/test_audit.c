@@ -129,7 +129,9 @@ static const char *query_text(const char *sql)
 		fail_msg("%s: %s", sql, sqlite3_errmsg(db));
 	if (sqlite3_step(st) == SQLITE_ROW)
 		snprintf(buf, sizeof(buf), "%s",
-			 sqlite3_column_type(st, 0) == SQLITE_NULL ? "(null)" : (const char *)sqlite3_column_text(st, 0));
+		         sqlite3_column_type(st, 0) == SQLITE_NULL
+		             ? "(null)"
+		             : (const char *)sqlite3_column_text(st, 0));
 	sqlite3_finalize(st);
 	sqlite3_close(db);
 	return buf;
@@ -169,8 +171,15 @@ static void assert_contains(const char *hay, const char *needle)
 
 static uint64_t add_query(uint64_t session, const char *sql, int64_t ts)
 {
-	AuditQuery q = { .session_id = session, .ts_us = ts, .subject = "agent-7", .database = "app", .sql = sql,
-			 .fingerprint = "abc123", .classes = "SELECT,READ", .decision = "allow", .rule = "x.rules:3" };
+	AuditQuery q = {.session_id = session,
+	                .ts_us = ts,
+	                .subject = "agent-7",
+	                .database = "app",
+	                .sql = sql,
+	                .fingerprint = "abc123",
+	                .classes = "SELECT,READ",
+	                .decision = "allow",
+	                .rule = "x.rules:3"};
 	uint64_t id = 0;
 
 	assert_int_equal(audit_query_start(&q, NULL, NULL, &id), AUDIT_OK);
@@ -180,7 +189,8 @@ static uint64_t add_query(uint64_t session, const char *sql, int64_t ts)
 
 static void finish(uint64_t id, int64_t rows)
 {
-	AuditOutcome o = { .rows = rows, .duration_us = 1500, .masked_columns = rows > 0 ? "public.users.email" : NULL };
+	AuditOutcome o = {
+	    .rows = rows, .duration_us = 1500, .masked_columns = rows > 0 ? "public.users.email" : NULL};
 
 	audit_query_finish(id, &o);
 }
@@ -230,7 +240,7 @@ typedef struct Fired {
 	struct event *ev;
 	int count;
 	uint64_t id;
-	int64_t rows_seen;        /* the row's count in the database when the event fired */
+	int64_t rows_seen; /* the row's count in the database when the event fired */
 } Fired;
 
 static void fired_cb(evutil_socket_t fd, short what, void *arg)
@@ -273,10 +283,10 @@ static void schema_created_and_newer_refused(void **state)
 	assert_int_equal(query_int("PRAGMA user_version"), AUDIT_SCHEMA_VERSION);
 	assert_string_equal(query_text("PRAGMA journal_mode"), "wal");
 	assert_int_equal(query_int("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN "
-				   "('sessions', 'queries', 'approvals', 'checkpoints')"),
-			 4);
-	assert_int_equal(query_int("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'queries_ts'"),
-			 1);
+	                           "('sessions', 'queries', 'approvals', 'checkpoints')"),
+	                 4);
+	assert_int_equal(
+	    query_int("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'queries_ts'"), 1);
 	/* again: nothing to create */
 	start(AUDIT_STRICT);
 	audit_stop();
@@ -312,7 +322,7 @@ static void off_without_audit_db(void **state)
 {
 	char err[64];
 	uint64_t id = 99;
-	AuditQuery q = { .sql = "SELECT 1" };
+	AuditQuery q = {.sql = "SELECT 1"};
 
 	(void)state;
 	cfg.audit_db = NULL;
@@ -335,14 +345,29 @@ static bool one_query_row(void)
 
 static void async_rows_written(void **state)
 {
-	AuditSession s = { .session_id = 1, .started_us = 1764000000123456, .subject = "agent-7", .groups = "a,b",
-			   .client_addr = "127.0.0.1:5000", .database = "app", .backend_user = "app_agent", .tls = true };
-	AuditQuery q = { .session_id = 1, .ts_us = 1764000001000001, .subject = "agent-7", .database = "app",
-			 .sql = "SELECT email FROM users", .classes = "SELECT,READ", .decision = "approve",
-			 .approval_id = 4 };
-	AuditOutcome o = { .rows = 7, .duration_us = 1234, .masked_columns = "public.users.email" };
-	AuditApproval a = { .approval_id = 4, .session_id = 1, .subject = "agent-7", .sql = q.sql, .rule = "r:1",
-			    .requested_us = 1764000001000000 };
+	AuditSession s = {.session_id = 1,
+	                  .started_us = 1764000000123456,
+	                  .subject = "agent-7",
+	                  .groups = "a,b",
+	                  .client_addr = "127.0.0.1:5000",
+	                  .database = "app",
+	                  .backend_user = "app_agent",
+	                  .tls = true};
+	AuditQuery q = {.session_id = 1,
+	                .ts_us = 1764000001000001,
+	                .subject = "agent-7",
+	                .database = "app",
+	                .sql = "SELECT email FROM users",
+	                .classes = "SELECT,READ",
+	                .decision = "approve",
+	                .approval_id = 4};
+	AuditOutcome o = {.rows = 7, .duration_us = 1234, .masked_columns = "public.users.email"};
+	AuditApproval a = {.approval_id = 4,
+	                   .session_id = 1,
+	                   .subject = "agent-7",
+	                   .sql = q.sql,
+	                   .rule = "r:1",
+	                   .requested_us = 1764000001000000};
 	uint64_t id, written, commits;
 	char out[512];
 
@@ -364,20 +389,25 @@ static void async_rows_written(void **state)
 	audit_stats(&written, NULL, &commits);
 	assert_int_equal(written, 6);
 	assert_true(commits >= 1 && commits <= 6);
-	assert_string_equal(query_text("SELECT started_at || '|' || ended_at || '|' || end_reason || '|' || groups"
-				       " || '|' || backend_user || '|' || tls FROM sessions"),
-			    "2025-11-24T16:00:00.123456Z|2025-11-24T16:00:03.000000Z|client closed|a,b|app_agent|1");
-	assert_string_equal(query_text("SELECT ts || '|' || sql || '|' || classes || '|' || decision || '|' || rows"
-				       " || '|' || masked_columns || '|' || approval_id || '|' || chain_seq FROM queries"),
-			    "2025-11-24T16:00:01.000001Z|SELECT email FROM users|SELECT,READ|approve|7|"
-			    "public.users.email|4|1");
-	assert_string_equal(query_text("SELECT typeof(duration_ms) || ' ' || duration_ms FROM queries"), "real 1.234");
-	assert_string_equal(query_text("SELECT quote(rule) || quote(sqlstate) || quote(error) || quote(fingerprint)"
-				       " || quote(prev_hash) FROM queries"),
-			    "NULLNULLNULLNULL''");
-	assert_string_equal(query_text("SELECT query_id || '|' || decided_by || '|' || decision || '|' || decided_at"
-				       " || '|' || quote(grant_until) FROM approvals"),
-			    "1|dba-1|approve|2025-11-24T16:00:02.000000Z|NULL");
+	assert_string_equal(
+	    query_text("SELECT started_at || '|' || ended_at || '|' || end_reason || '|' || groups"
+	               " || '|' || backend_user || '|' || tls FROM sessions"),
+	    "2025-11-24T16:00:00.123456Z|2025-11-24T16:00:03.000000Z|client closed|a,b|app_agent|1");
+	assert_string_equal(
+	    query_text("SELECT ts || '|' || sql || '|' || classes || '|' || decision || '|' || rows"
+	               " || '|' || masked_columns || '|' || approval_id || '|' || chain_seq FROM queries"),
+	    "2025-11-24T16:00:01.000001Z|SELECT email FROM users|SELECT,READ|approve|7|"
+	    "public.users.email|4|1");
+	assert_string_equal(query_text("SELECT typeof(duration_ms) || ' ' || duration_ms FROM queries"),
+	                    "real 1.234");
+	assert_string_equal(
+	    query_text("SELECT quote(rule) || quote(sqlstate) || quote(error) || quote(fingerprint)"
+	               " || quote(prev_hash) FROM queries"),
+	    "NULLNULLNULLNULL''");
+	assert_string_equal(
+	    query_text("SELECT query_id || '|' || decided_by || '|' || decision || '|' || decided_at"
+	               " || '|' || quote(grant_until) FROM approvals"),
+	    "1|dba-1|approve|2025-11-24T16:00:02.000000Z|NULL");
 	assert_int_equal(verify(out, sizeof(out)), 0);
 	assert_contains(out, "ok: 1 rows, chain intact");
 }
@@ -392,8 +422,13 @@ static void strict_row_is_durable_when_event_fires(void **state)
 	start(AUDIT_STRICT);
 	assert_int_equal(query_int("PRAGMA user_version"), 1);
 	for (int i = 0; i < N; i++) {
-		AuditQuery q = { .session_id = (uint64_t)i + 1, .ts_us = now_us(), .subject = "s", .database = "d",
-				 .sql = "INSERT INTO t VALUES (1)", .classes = "INSERT,WRITE", .decision = "allow" };
+		AuditQuery q = {.session_id = (uint64_t)i + 1,
+		                .ts_us = now_us(),
+		                .subject = "s",
+		                .database = "d",
+		                .sql = "INSERT INTO t VALUES (1)",
+		                .classes = "INSERT,WRITE",
+		                .decision = "allow"};
 
 		memset(&f[i], 0, sizeof(f[i]));
 		f[i].rows_seen = -1;
@@ -420,8 +455,8 @@ static void strict_row_is_durable_when_event_fires(void **state)
 
 static void forgotten_event_never_fires(void **state)
 {
-	Fired f = { .rows_seen = -1 };
-	AuditQuery q = { .session_id = 1, .ts_us = now_us(), .sql = "SELECT 1", .decision = "allow" };
+	Fired f = {.rows_seen = -1};
+	AuditQuery q = {.session_id = 1, .ts_us = now_us(), .sql = "SELECT 1", .decision = "allow"};
 
 	(void)state;
 	start(AUDIT_STRICT);
@@ -450,9 +485,10 @@ static void put_u64(EVP_MD_CTX *ctx, uint64_t v)
 /* The hash of row `id` computed here from doc/audit.md's description, independently of audit_chain.c. */
 static void doc_hash(uint64_t id, char out[65])
 {
-	static const char *const cols[] = { "prev_hash", "id", "session_id", "ts", "subject", "database", "sql",
-					    "fingerprint", "classes", "decision", "rule", "masked_columns", "rows",
-					    "duration_ms", "sqlstate", "error", "approval_id", "chain_seq" };
+	static const char *const cols[] = {
+	    "prev_hash", "id",          "session_id", "ts",       "subject",     "database",
+	    "sql",       "fingerprint", "classes",    "decision", "rule",        "masked_columns",
+	    "rows",      "duration_ms", "sqlstate",   "error",    "approval_id", "chain_seq"};
 	sqlite3 *db = open_db();
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
 	unsigned char md[32];
@@ -466,7 +502,8 @@ static void doc_hash(uint64_t id, char out[65])
 		double d;
 		uint64_t bits;
 
-		snprintf(sql, sizeof(sql), "SELECT %s FROM queries WHERE id = %llu", cols[i], (unsigned long long)id);
+		snprintf(sql, sizeof(sql), "SELECT %s FROM queries WHERE id = %llu", cols[i],
+		         (unsigned long long)id);
 		assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
 		assert_int_equal(sqlite3_step(st), SQLITE_ROW);
 		switch (sqlite3_column_type(st, 0)) {
@@ -490,7 +527,8 @@ static void doc_hash(uint64_t id, char out[65])
 			tag = 3;
 			EVP_DigestUpdate(ctx, &tag, 1);
 			put_u64(ctx, (uint64_t)sqlite3_column_bytes(st, 0));
-			EVP_DigestUpdate(ctx, sqlite3_column_text(st, 0), (size_t)sqlite3_column_bytes(st, 0));
+			EVP_DigestUpdate(ctx, sqlite3_column_text(st, 0),
+			                 (size_t)sqlite3_column_bytes(st, 0));
 			break;
 		}
 		sqlite3_finalize(st);
@@ -515,23 +553,28 @@ static void chain_follows_finish_order(void **state)
 	assert_true(a < b && b < c);
 	finish(c, 3);
 	finish(a, 0);
-	audit_query_finish(b, &(AuditOutcome){ .rows = -1, .duration_us = -1, .sqlstate = "42P01",
-					      .error = "relation \"x\" does not exist" });
+	audit_query_finish(b, &(AuditOutcome){.rows = -1,
+	                                      .duration_us = -1,
+	                                      .sqlstate = "42P01",
+	                                      .error = "relation \"x\" does not exist"});
 	audit_stop();
-	snprintf(sql, sizeof(sql), "SELECT group_concat(id, ',') FROM (SELECT id FROM queries ORDER BY chain_seq)");
+	snprintf(sql, sizeof(sql),
+	         "SELECT group_concat(id, ',') FROM (SELECT id FROM queries ORDER BY chain_seq)");
 	snprintf(out, sizeof(out), "%llu,%llu,%llu", (unsigned long long)c, (unsigned long long)a,
-		 (unsigned long long)b);
+	         (unsigned long long)b);
 	assert_string_equal(query_text(sql), out);
 	assert_string_equal(query_text("SELECT prev_hash FROM queries WHERE chain_seq = 1"), "");
-	assert_int_equal(query_int("SELECT count(*) FROM queries q JOIN queries p ON p.chain_seq = q.chain_seq - 1"
-				   " WHERE q.prev_hash = p.hash"),
-			 2);
+	assert_int_equal(
+	    query_int("SELECT count(*) FROM queries q JOIN queries p ON p.chain_seq = q.chain_seq - 1"
+	              " WHERE q.prev_hash = p.hash"),
+	    2);
 	assert_string_equal(query_text("SELECT quote(rows) || quote(duration_ms) || sqlstate FROM queries"
-				       " WHERE chain_seq = 3"),
-			    "NULLNULL42P01");
+	                               " WHERE chain_seq = 3"),
+	                    "NULLNULL42P01");
 	for (uint64_t id = a; id <= c; id++) {
 		doc_hash(id, h);
-		snprintf(sql, sizeof(sql), "SELECT hash FROM queries WHERE id = %llu", (unsigned long long)id);
+		snprintf(sql, sizeof(sql), "SELECT hash FROM queries WHERE id = %llu",
+		         (unsigned long long)id);
 		assert_string_equal(query_text(sql), h);
 	}
 	/* a second run continues the chain and the ids */
@@ -539,7 +582,8 @@ static void chain_follows_finish_order(void **state)
 	finish(add_query(1, "SELECT 'd'", now_us()), 1);
 	audit_stop();
 	assert_int_equal(query_int("SELECT max(id) FROM queries"), (int64_t)c + 1);
-	assert_int_equal(query_int("SELECT chain_seq FROM queries WHERE id = (SELECT max(id) FROM queries)"), 4);
+	assert_int_equal(query_int("SELECT chain_seq FROM queries WHERE id = (SELECT max(id) FROM queries)"),
+	                 4);
 	assert_int_equal(verify(out, sizeof(out)), 0);
 	assert_contains(out, "ok: 4 rows, chain intact (chain_seq 1..4)");
 }
@@ -576,7 +620,8 @@ static void verifier_finds_an_edited_row(void **state)
 	five_rows(out, sizeof(out));
 	exec_db("UPDATE queries SET sql = 'SELECT 42' WHERE chain_seq = 3");
 	assert_int_equal(verify(out, sizeof(out)), 1);
-	assert_string_equal(out, "broken: row id 3 (chain_seq 3): hash does not match its contents (altered)\n");
+	assert_string_equal(out,
+	                    "broken: row id 3 (chain_seq 3): hash does not match its contents (altered)\n");
 	/* put back, it verifies again; a REAL changed in its last digits does not */
 	exec_db("UPDATE queries SET sql = 'SELECT 2' WHERE chain_seq = 3");
 	assert_int_equal(verify(out, sizeof(out)), 0);
@@ -604,14 +649,16 @@ static void verifier_finds_deleted_rows(void **state)
 	/* a row in the middle */
 	exec_db("DELETE FROM queries WHERE chain_seq = 3");
 	assert_int_equal(verify(out, sizeof(out)), 1);
-	assert_string_equal(out, "broken: rows deleted after chain_seq 2 (the next is chain_seq 4, row id 4)\n");
+	assert_string_equal(out,
+	                    "broken: rows deleted after chain_seq 2 (the next is chain_seq 4, row id 4)\n");
 	/* the first row, without a checkpoint */
 	exec_db("DELETE FROM queries WHERE chain_seq IN (1, 4)");
 	assert_int_equal(verify(out, sizeof(out)), 1);
-	assert_string_equal(out, "broken: rows deleted before chain_seq 2 (no retention checkpoint covers them)\n");
+	assert_string_equal(
+	    out, "broken: rows deleted before chain_seq 2 (no retention checkpoint covers them)\n");
 	/* a forged checkpoint must carry the right hash */
 	exec_db("INSERT INTO checkpoints (created_at, chain_seq, hash, rows_pruned, last_query_id)"
-		" VALUES ('x', 1, 'deadbeef', 1, 1)");
+	        " VALUES ('x', 1, 'deadbeef', 1, 1)");
 	assert_int_equal(verify(out, sizeof(out)), 1);
 	assert_contains(out, "prev_hash does not match the checkpoint at chain_seq 1");
 	/* turning a chained row into an "unfinished" one is a deletion from the chain */
@@ -628,11 +675,13 @@ static void insert_forged(int64_t id, int64_t seq, const char *prev)
 {
 	char sql[512], h[65];
 
-	snprintf(sql, sizeof(sql),
-		 "INSERT INTO queries (id, session_id, ts, subject, database, sql, classes, decision, chain_seq,"
-		 " prev_hash) VALUES (%lld, 1, '2026-01-01T00:00:00.000000Z', 'agent-7', 'app', 'DROP TABLE users',"
-		 " 'DROP,DDL', 'allow', %lld, '%s')",
-		 (long long)id, (long long)seq, prev);
+	snprintf(
+	    sql, sizeof(sql),
+	    "INSERT INTO queries (id, session_id, ts, subject, database, sql, classes, decision, chain_seq,"
+	    " prev_hash) VALUES (%lld, 1, '2026-01-01T00:00:00.000000Z', 'agent-7', 'app', 'DROP TABLE "
+	    "users',"
+	    " 'DROP,DDL', 'allow', %lld, '%s')",
+	    (long long)id, (long long)seq, prev);
 	exec_db(sql);
 	doc_hash((uint64_t)id, h);
 	snprintf(sql, sizeof(sql), "UPDATE queries SET hash = '%s' WHERE id = %lld", h, (long long)id);
@@ -649,7 +698,7 @@ static void verifier_finds_inserted_rows(void **state)
 	insert_forged(100, 6, "0000000000000000000000000000000000000000000000000000000000000000");
 	assert_int_equal(verify(out, sizeof(out)), 1);
 	assert_string_equal(out, "broken: row id 100 (chain_seq 6): prev_hash is not the hash of chain_seq 5 "
-				 "(row inserted or rows reordered)\n");
+	                         "(row inserted or rows reordered)\n");
 	exec_db("DELETE FROM queries WHERE id = 100");
 	/* in the middle, rightly linked to its predecessor: the rows after it had to move */
 	exec_db("UPDATE queries SET chain_seq = chain_seq + 100 WHERE chain_seq >= 3");
@@ -657,7 +706,8 @@ static void verifier_finds_inserted_rows(void **state)
 	snprintf(prev, sizeof(prev), "%s", query_text("SELECT hash FROM queries WHERE chain_seq = 2"));
 	insert_forged(101, 3, prev);
 	assert_int_equal(verify(out, sizeof(out)), 1);
-	assert_string_equal(out, "broken: row id 3 (chain_seq 4): hash does not match its contents (altered)\n");
+	assert_string_equal(out,
+	                    "broken: row id 3 (chain_seq 4): hash does not match its contents (altered)\n");
 }
 
 static void verifier_finds_reordered_rows(void **state)
@@ -669,14 +719,16 @@ static void verifier_finds_reordered_rows(void **state)
 	exec_db("UPDATE queries SET chain_seq = -chain_seq WHERE chain_seq IN (2, 3)");
 	exec_db("UPDATE queries SET chain_seq = 5 + chain_seq WHERE chain_seq IN (-2, -3)");
 	assert_int_equal(verify(out, sizeof(out)), 1);
-	assert_string_equal(out, "broken: row id 3 (chain_seq 2): hash does not match its contents (altered)\n");
+	assert_string_equal(out,
+	                    "broken: row id 3 (chain_seq 2): hash does not match its contents (altered)\n");
 	/* two rows exchanging their ids (the order statements arrived in) */
 	exec_db("DELETE FROM queries");
 	five_rows(out, sizeof(out));
 	exec_db("UPDATE queries SET id = -id WHERE id IN (2, 3)");
 	exec_db("UPDATE queries SET id = CASE id WHEN -2 THEN 3 ELSE 2 END WHERE id IN (-2, -3)");
 	assert_int_equal(verify(out, sizeof(out)), 1);
-	assert_string_equal(out, "broken: row id 3 (chain_seq 2): hash does not match its contents (altered)\n");
+	assert_string_equal(out,
+	                    "broken: row id 3 (chain_seq 2): hash does not match its contents (altered)\n");
 }
 
 /* ---- retention -------------------------------------------------------------------------------- */
@@ -689,8 +741,12 @@ static bool checkpoint_made(void)
 static void retention_keeps_the_chain_verifiable(void **state)
 {
 	int64_t old = now_us() - 10 * 86400 * 1000000LL;
-	AuditSession s = { .session_id = 5, .started_us = old, .subject = "a", .groups = "", .client_addr = "x",
-			   .database = "app" };
+	AuditSession s = {.session_id = 5,
+	                  .started_us = old,
+	                  .subject = "a",
+	                  .groups = "",
+	                  .client_addr = "x",
+	                  .database = "app"};
 	uint64_t long_runner;
 	char out[512];
 
@@ -703,8 +759,8 @@ static void retention_keeps_the_chain_verifiable(void **state)
 	long_runner = add_query(2, "SELECT old_but_finished_late", old);
 	write_rows(5, old);
 	write_rows(3, now_us());
-	finish(long_runner, 1);       /* chain_seq 9: old, but after newer rows in the chain */
-	write_rows(2, old);           /* chain_seq 10, 11 */
+	finish(long_runner, 1); /* chain_seq 9: old, but after newer rows in the chain */
+	write_rows(2, old);     /* chain_seq 10, 11 */
 	assert_true(wait_for(nothing_queued, 2000));
 	cfg.audit_retention = 86400;
 	audit_reconfigure(&cfg);
@@ -772,8 +828,8 @@ static void test_exec(const char *sql)
 
 static void strict_readonly_refuses(void **state)
 {
-	Fired f = { .rows_seen = -1 };
-	AuditQuery q = { .session_id = 1, .ts_us = now_us(), .sql = "DELETE FROM t", .decision = "allow" };
+	Fired f = {.rows_seen = -1};
+	AuditQuery q = {.session_id = 1, .ts_us = now_us(), .sql = "DELETE FROM t", .decision = "allow"};
 	uint64_t id = 7;
 	char buf[256], expect[256], out[512];
 
@@ -787,8 +843,10 @@ static void strict_readonly_refuses(void **state)
 	assert_true(run_until_fired(&f, 1, 5000));
 	assert_int_equal(f.rows_seen, 0);
 	assert_int_equal(audit_query_durable(f.id), AUDIT_FAILED);
-	audit_query_finish(f.id, &(AuditOutcome){ .rows = -1, .duration_us = -1, .sqlstate = "58030",
-						  .error = "the audit log cannot be written" });
+	audit_query_finish(f.id, &(AuditOutcome){.rows = -1,
+	                                         .duration_us = -1,
+	                                         .sqlstate = "58030",
+	                                         .error = "the audit log cannot be written"});
 	snprintf(expect, sizeof(expect), "audit_db %s: attempt to write a readonly database", dbpath);
 	assert_non_null(audit_error(buf, sizeof(buf)));
 	assert_string_equal(buf, expect);
@@ -833,9 +891,9 @@ static void async_failure_keeps_rows(void **state)
 
 static void full_disk_is_reported(void **state)
 {
-	Fired f = { .rows_seen = -1 };
+	Fired f = {.rows_seen = -1};
 	char *big = malloc(200000), buf[256], sql[64];
-	AuditQuery q = { .session_id = 1, .ts_us = now_us(), .sql = big, .decision = "allow" };
+	AuditQuery q = {.session_id = 1, .ts_us = now_us(), .sql = big, .decision = "allow"};
 
 	(void)state;
 	assert_non_null(big);
@@ -867,9 +925,10 @@ static void locked_database_is_reported(void **state)
 
 	(void)state;
 	start(AUDIT_ASYNC);
-	assert_int_equal(sqlite3_exec(other, "BEGIN IMMEDIATE; INSERT INTO checkpoints VALUES (99, 'x', 0, '', 0, 0)",
-				      NULL, NULL, NULL),
-			 SQLITE_OK);
+	assert_int_equal(
+	    sqlite3_exec(other, "BEGIN IMMEDIATE; INSERT INTO checkpoints VALUES (99, 'x', 0, '', 0, 0)",
+	                 NULL, NULL, NULL),
+	    SQLITE_OK);
 	write_rows(2, now_us());
 	assert_true(wait_for(has_error, 6000));
 	assert_contains(audit_error(buf, sizeof(buf)), "database is locked");
@@ -883,8 +942,8 @@ static void locked_database_is_reported(void **state)
 
 static void full_queue_then_room(void **state)
 {
-	Fired room = { .rows_seen = -1 }, room2 = { .rows_seen = -1 };
-	AuditQuery q = { .session_id = 1, .ts_us = now_us(), .sql = "SELECT 1", .decision = "allow" };
+	Fired room = {.rows_seen = -1}, room2 = {.rows_seen = -1};
+	AuditQuery q = {.session_id = 1, .ts_us = now_us(), .sql = "SELECT 1", .decision = "allow"};
 	uint64_t ids[8], id = 5, queued;
 
 	(void)state;
@@ -926,7 +985,8 @@ static void full_queue_then_room(void **state)
 static void stop_writes_everything_queued(void **state)
 {
 	enum { N = 5000 };
-	AuditSession s = { .session_id = 1, .subject = "a", .groups = "", .client_addr = "x", .database = "app" };
+	AuditSession s = {
+	    .session_id = 1, .subject = "a", .groups = "", .client_addr = "x", .database = "app"};
 	char out[512];
 
 	(void)state;
@@ -944,8 +1004,9 @@ static void stop_writes_everything_queued(void **state)
 
 static void ids_stay_unique_across_restarts(void **state)
 {
-	AuditSession s = { .session_id = 1, .subject = "a", .groups = "", .client_addr = "x", .database = "app" };
-	AuditApproval a = { .approval_id = 1, .session_id = 1, .subject = "a", .sql = "DROP TABLE t" };
+	AuditSession s = {
+	    .session_id = 1, .subject = "a", .groups = "", .client_addr = "x", .database = "app"};
+	AuditApproval a = {.approval_id = 1, .session_id = 1, .subject = "a", .sql = "DROP TABLE t"};
 	uint64_t sb, ab;
 
 	(void)state;
@@ -978,27 +1039,27 @@ static void ids_stay_unique_across_restarts(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(schema_created_and_newer_refused, setup, teardown),
-		cmocka_unit_test_setup_teardown(foreign_database_refused, setup, teardown),
-		cmocka_unit_test_setup_teardown(off_without_audit_db, setup, teardown),
-		cmocka_unit_test_setup_teardown(async_rows_written, setup, teardown),
-		cmocka_unit_test_setup_teardown(strict_row_is_durable_when_event_fires, setup, teardown),
-		cmocka_unit_test_setup_teardown(forgotten_event_never_fires, setup, teardown),
-		cmocka_unit_test_setup_teardown(chain_follows_finish_order, setup, teardown),
-		cmocka_unit_test_setup_teardown(unfinished_rows_are_not_tampering, setup, teardown),
-		cmocka_unit_test_setup_teardown(verifier_finds_an_edited_row, setup, teardown),
-		cmocka_unit_test_setup_teardown(verifier_finds_deleted_rows, setup, teardown),
-		cmocka_unit_test_setup_teardown(verifier_finds_inserted_rows, setup, teardown),
-		cmocka_unit_test_setup_teardown(verifier_finds_reordered_rows, setup, teardown),
-		cmocka_unit_test_setup_teardown(retention_keeps_the_chain_verifiable, setup, teardown),
-		cmocka_unit_test_setup_teardown(retention_of_everything, setup, teardown),
-		cmocka_unit_test_setup_teardown(strict_readonly_refuses, setup, teardown),
-		cmocka_unit_test_setup_teardown(async_failure_keeps_rows, setup, teardown),
-		cmocka_unit_test_setup_teardown(full_disk_is_reported, setup, teardown),
-		cmocka_unit_test_setup_teardown(locked_database_is_reported, setup, teardown),
-		cmocka_unit_test_setup_teardown(full_queue_then_room, setup, teardown),
-		cmocka_unit_test_setup_teardown(stop_writes_everything_queued, setup, teardown),
-		cmocka_unit_test_setup_teardown(ids_stay_unique_across_restarts, setup, teardown),
+	    cmocka_unit_test_setup_teardown(schema_created_and_newer_refused, setup, teardown),
+	    cmocka_unit_test_setup_teardown(foreign_database_refused, setup, teardown),
+	    cmocka_unit_test_setup_teardown(off_without_audit_db, setup, teardown),
+	    cmocka_unit_test_setup_teardown(async_rows_written, setup, teardown),
+	    cmocka_unit_test_setup_teardown(strict_row_is_durable_when_event_fires, setup, teardown),
+	    cmocka_unit_test_setup_teardown(forgotten_event_never_fires, setup, teardown),
+	    cmocka_unit_test_setup_teardown(chain_follows_finish_order, setup, teardown),
+	    cmocka_unit_test_setup_teardown(unfinished_rows_are_not_tampering, setup, teardown),
+	    cmocka_unit_test_setup_teardown(verifier_finds_an_edited_row, setup, teardown),
+	    cmocka_unit_test_setup_teardown(verifier_finds_deleted_rows, setup, teardown),
+	    cmocka_unit_test_setup_teardown(verifier_finds_inserted_rows, setup, teardown),
+	    cmocka_unit_test_setup_teardown(verifier_finds_reordered_rows, setup, teardown),
+	    cmocka_unit_test_setup_teardown(retention_keeps_the_chain_verifiable, setup, teardown),
+	    cmocka_unit_test_setup_teardown(retention_of_everything, setup, teardown),
+	    cmocka_unit_test_setup_teardown(strict_readonly_refuses, setup, teardown),
+	    cmocka_unit_test_setup_teardown(async_failure_keeps_rows, setup, teardown),
+	    cmocka_unit_test_setup_teardown(full_disk_is_reported, setup, teardown),
+	    cmocka_unit_test_setup_teardown(locked_database_is_reported, setup, teardown),
+	    cmocka_unit_test_setup_teardown(full_queue_then_room, setup, teardown),
+	    cmocka_unit_test_setup_teardown(stop_writes_everything_queued, setup, teardown),
+	    cmocka_unit_test_setup_teardown(ids_stay_unique_across_restarts, setup, teardown),
 	};
 	int rc;
 
