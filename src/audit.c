@@ -679,6 +679,28 @@ void audit_query_finish(uint64_t id, const AuditOutcome *o)
 		enqueue(item_outcome(id, o != NULL ? o : &unknown), "the outcome of a statement");
 }
 
+/* Queues a statement row (admitted) and the waiter for its `durable` event, if any. */
+static void query_queue_locked(AuditItem *it, Waiter *w, struct event *durable)
+{
+	it->id = au.next_id++;
+	queue_append_locked(it);
+	if (w != NULL) {
+		/* one waiter per event: an answer the session did not collect is no longer wanted */
+		for (Waiter *o = au.waiters, *next; o != NULL; o = next) {
+			next = o->next;
+			if (o->ev == durable)
+				waiter_remove_locked(o);
+		}
+		w->id = it->id;
+		w->ev = durable;
+		waiter_append_locked(w);
+	}
+	if (w != NULL || au.mode == AUDIT_STRICT) {
+		au.urgent = true;
+		pthread_cond_signal(&au.wake);
+	}
+}
+
 AuditStatus audit_query_start(const AuditQuery *q, struct event *durable, struct event *room, uint64_t *id)
 {
 	AuditItem *it;
@@ -701,21 +723,11 @@ AuditStatus audit_query_start(const AuditQuery *q, struct event *durable, struct
 	pthread_mutex_lock(&au.lock);
 	st = admit_locked(room);
 	if (st == AUDIT_OK) {
-		it->id = au.next_id++;
+		query_queue_locked(it, w, durable);
 		if (id != NULL)
 			*id = it->id;
-		queue_append_locked(it);
 		it = NULL;
-		if (au.mode == AUDIT_STRICT) {
-			if (w != NULL) {
-				w->id = *id;
-				w->ev = durable;
-				waiter_append_locked(w);
-				w = NULL;
-			}
-			au.urgent = true;
-			pthread_cond_signal(&au.wake);
-		}
+		w = NULL;
 	}
 	pthread_mutex_unlock(&au.lock);
 	free(it);

@@ -100,23 +100,28 @@ void audit_session_end(uint64_t session_id, int64_t ended_us, const char *end_re
 
 /*
  * Queues a statement's row; *id gets its row id (> 0), to finish it later.
- * In strict mode `durable` (an event of the caller's base) is activated once
- * the row is committed (or the commit failed: check audit_query_durable);
- * the statement must not be forwarded before. In async mode durable is not
- * used. AUDIT_FULL (async, queue full): nothing queued; `room` (an event of
- * the caller's base) is activated when there is room again — the session
- * stops reading its client meanwhile. AUDIT_FAILED: strict mode and the
- * database cannot be written; the statement must be refused.
+ * `durable` (an event of the caller's base) is for a statement that waits
+ * for its row: pass it in strict mode (audit_strict() before the call) and
+ * NULL in async mode. When given, it is activated once the row is committed
+ * (or the commit failed: check audit_query_durable) — whatever the mode is
+ * by then, so a reload changing audit_mode cannot leave the statement
+ * waiting forever; the statement must not be forwarded before. One pending
+ * answer per event: a new row given the same event drops the answer of the
+ * previous one. AUDIT_FULL (async, queue full): nothing queued; `room` (an
+ * event of the caller's base) is activated when there is room again — the
+ * session stops reading its client meanwhile. AUDIT_FAILED: strict mode and
+ * the database cannot be written (or no memory); the statement must be
+ * refused.
  */
 AuditStatus audit_query_start(const AuditQuery *q, struct event *durable, struct event *room, uint64_t *id)
 	PGV_WARN_UNUSED;
 /*
- * Strict mode, after `durable` fired: AUDIT_OK when row `id` is committed,
- * AUDIT_FAILED when it could not be (the row is kept and written once the
- * database can be written again, but the statement must be refused). Asked
- * once per row: the answer is forgotten when given. AUDIT_FAILED too for a
- * row queued without a `durable` event in strict mode or asked before it
- * fired; AUDIT_OK in async mode.
+ * After `durable` fired: AUDIT_OK when row `id` is committed, AUDIT_FAILED
+ * when it could not be (the row is kept and written once the database can
+ * be written again, but the statement must be refused). Asked once per
+ * row: the answer is forgotten when given. Asked before `durable` fired:
+ * AUDIT_FAILED. For a row without an answer (none was asked for, or it was
+ * already given): AUDIT_FAILED in strict mode, AUDIT_OK in async mode.
  */
 AuditStatus audit_query_durable(uint64_t id);
 /* Queues the outcome of row `id`. Never blocks and never drops (an overflow list takes what the queue cannot). */

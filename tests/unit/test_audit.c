@@ -14,8 +14,9 @@
  * by another writer) gives AUDIT_FAILED with the reason in strict mode and
  * keeps the rows in async mode until it can be written again; a full queue
  * says AUDIT_FULL and fires `room` later; audit_forget() means an event is
- * never woken; audit_stop() writes thousands of queued rows; ids continue
- * across restarts.
+ * never woken; a `durable` event given in async mode (a reload raced the
+ * caller) still fires, and one event holds one answer; audit_stop() writes thousands of queued rows; ids
+ * continue across restarts.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -468,6 +469,38 @@ static void forgotten_event_never_fires(void **state)
 	for (int i = 0; i < 100; i++)
 		event_base_loop(base, EVLOOP_NONBLOCK);
 	assert_int_equal(f.count, 0);
+	event_free(f.ev);
+}
+
+static void durable_given_in_async_mode(void **state)
+{
+	Fired f = {.rows_seen = -1};
+	AuditQuery q = {.session_id = 1, .ts_us = now_us(), .sql = "SELECT 1", .decision = "allow"};
+	uint64_t first;
+
+	(void)state;
+	/* a statement that waits (the caller saw strict mode) is woken even if the mode is async by then */
+	start(AUDIT_ASYNC);
+	f.ev = event_new(base, -1, 0, fired_cb, &f);
+	assert_int_equal(audit_query_start(&q, f.ev, NULL, &f.id), AUDIT_OK);
+	first = f.id;
+	assert_true(run_until_fired(&f, 1, 3000));
+	assert_int_equal(f.rows_seen, 1);
+	assert_int_equal(audit_query_durable(first), AUDIT_OK);
+	assert_int_equal(audit_query_durable(first), AUDIT_OK); /* async: no answer left means OK */
+	/* one answer per event: an uncollected one is dropped by the next row with the same event */
+	audit_stop();
+	start(AUDIT_STRICT);
+	f.count = 0;
+	assert_int_equal(audit_query_start(&q, f.ev, NULL, &f.id), AUDIT_OK);
+	first = f.id;
+	assert_true(run_until_fired(&f, 1, 3000));
+	f.count = 0;
+	assert_int_equal(audit_query_start(&q, f.ev, NULL, &f.id), AUDIT_OK);
+	assert_true(run_until_fired(&f, 1, 3000));
+	assert_int_equal(audit_query_durable(first), AUDIT_FAILED);
+	assert_int_equal(audit_query_durable(f.id), AUDIT_OK);
+	audit_stop();
 	event_free(f.ev);
 }
 
@@ -1045,6 +1078,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(async_rows_written, setup, teardown),
 	    cmocka_unit_test_setup_teardown(strict_row_is_durable_when_event_fires, setup, teardown),
 	    cmocka_unit_test_setup_teardown(forgotten_event_never_fires, setup, teardown),
+	    cmocka_unit_test_setup_teardown(durable_given_in_async_mode, setup, teardown),
 	    cmocka_unit_test_setup_teardown(chain_follows_finish_order, setup, teardown),
 	    cmocka_unit_test_setup_teardown(unfinished_rows_are_not_tampering, setup, teardown),
 	    cmocka_unit_test_setup_teardown(verifier_finds_an_edited_row, setup, teardown),
