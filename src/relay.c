@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "pgveil/admin.h"
 #include "pgveil/approval.h"
@@ -490,6 +491,20 @@ static void refuse_unparsable(Session *s, const StmtInfo *info)
 	log_write(LL_INFO, s->ctx, "refused a statement it could not analyse: %s", info->error);
 }
 
+/*
+ * standard_conforming_strings off, or a client_encoding other than UTF8:
+ * the server would then split statements differently from pgveil's parser,
+ * and what pgveil checked would not be what runs. Refused whatever the rules.
+ */
+static void refuse_lexical(Session *s)
+{
+	relay_refuse(s, SQLSTATE_INSUFFICIENT_PRIVILEGE,
+		     "pgveil does not allow changing standard_conforming_strings or client_encoding",
+		     "Statements are checked as PostgreSQL reads them with standard_conforming_strings = on and "
+		     "client_encoding = UTF8.", NULL, 0);
+	log_write(LL_INFO, s->ctx, "refused a change of standard_conforming_strings or client_encoding");
+}
+
 /* Builds the refusal for a blocked decision. */
 static void refuse_blocked(Session *s, const Decision *d)
 {
@@ -709,6 +724,10 @@ static GuardAction guard_query(Session *s, const char *sql, size_t msglen)
 		refuse_unparsable(s, info);
 		goto done;
 	}
+	if (info->changes_lexical) {
+		refuse_lexical(s);
+		goto done;
+	}
 	if (!collect_parts(s, info, &pl))
 		goto done;
 	d = decide(s, &pl);
@@ -756,6 +775,8 @@ static GuardAction guard_parse(Session *s, PgReader *rd)
 	}
 	if (info->error != NULL) {
 		refuse_unparsable(s, info);
+	} else if (info->changes_lexical) {
+		refuse_lexical(s);
 	} else if (collect_parts(s, info, &pl)) {
 		d = decide(s, &pl);
 		if (d.action == DECISION_BLOCK)
@@ -877,9 +898,15 @@ static GuardAction guard_bind(Session *s, PgReader *rd, size_t msglen)
 	}
 	(void)relay_config(r);
 	p = relay_prepared_find(r, stmt);
-	for (int i = 0; r->mask != NULL && p != NULL && i < p->n_infos; i++) /* the catalog or masks may have changed since Parse */
-		if ((act = mask_check(s, p->infos[i])) != GUARD_FORWARD)
+	if (r->mask != NULL) { /* the catalog or masks may have changed since Parse; what it runs may read masked columns */
+		StmtInfo *bound = relay_bound_info(r, stmt);
+
+		if (bound != NULL && (act = mask_check(s, bound)) != GUARD_FORWARD)
 			return act;
+		for (int i = 0; bound == NULL && p != NULL && i < p->n_infos; i++)
+			if ((act = mask_check(s, p->infos[i])) != GUARD_FORWARD)
+				return act;
+	}
 	if (p != NULL && p->decided && p->decided_gen == r->cfg_gen && p->decision.action == DECISION_ALLOW &&
 	    r->pend_head == NULL) {
 		admin_stat_add(STAT_ALLOWED, 1);
@@ -954,6 +981,12 @@ static GuardAction guard_function_call(Session *s, PgReader *rd, size_t msglen)
 		return GUARD_HOLD;
 	}
 	admin_stat_add(STAT_STATEMENTS, 1);
+	if (s->relay->mask != NULL) {
+		/* It runs a function pgveil cannot name, whose result it cannot place. */
+		relay_refuse(s, SQLSTATE_INSUFFICIENT_PRIVILEGE,
+			     "fast-path function calls are not allowed for a caller with masked columns", NULL, NULL, 0);
+		return GUARD_REFUSE;
+	}
 	parts_add(&pl, &part);
 	d = decide(s, &pl);
 	if (d.action == DECISION_ALLOW)
@@ -1408,6 +1441,32 @@ static void command_complete(Session *s, struct evbuffer *in, size_t run, const 
 		pending_confirm(r, PEND_DEALLOCATE);
 }
 
+/*
+ * ParameterStatus: a setting that would make the server read statements
+ * differently from pgveil (changed by code pgveil cannot see into, such as
+ * a function) ends the session. False when it did.
+ */
+static bool parameter_status_safe(Session *s, struct evbuffer *in, size_t run, const PgHeader *h)
+{
+	const uint8_t *body = relay_copy_body(s->relay, in, run, h->len - 4);
+	const char *name, *value;
+	PgReader rd;
+
+	if (body == NULL)
+		return true;
+	pgproto_reader_init(&rd, body, h->len - 4);
+	if (!pgproto_get_string(&rd, &name) || !pgproto_get_string(&rd, &value))
+		return true;
+	if ((strcmp(name, "standard_conforming_strings") == 0 && strcmp(value, "on") != 0) ||
+	    (strcmp(name, "client_encoding") == 0 && strcasecmp(value, "UTF8") != 0)) {
+		log_write(LL_WARN, s->ctx, "the server reports %s = %s: ending the session", name, value);
+		session_fail(s, SQLSTATE_INSUFFICIENT_PRIVILEGE,
+			     "the session's %s became %s, under which pgveil cannot check statements", name, value);
+		return false;
+	}
+	return true;
+}
+
 void relay_server_input(Session *s)
 {
 	Relay *r = s->relay;
@@ -1461,6 +1520,11 @@ void relay_server_input(Session *s)
 			if (avail - run < (size_t)h.len + 1)
 				break; /* read the tag whole */
 			command_complete(s, in, run, &h);
+		} else if (h.type == 'S') {
+			if (avail - run < (size_t)h.len + 1)
+				break; /* read it whole */
+			if (!parameter_status_safe(s, in, run, &h))
+				return;
 		} else if (h.type == 'G') {
 			r->copy_in_seen = true;
 		} else if (h.type == 'E') {

@@ -108,6 +108,7 @@ typedef struct SqlBuild {
 	int n_lsrc, cap_lsrc;
 	LinWork *lin;            /* the lineage walker's scratch */
 	bool literal_sensitive;  /* the result depends on a literal's value */
+	bool changes_lexical;    /* sets standard_conforming_strings or client_encoding to a value pgveil cannot read under */
 	bool oom;
 	const char *error;       /* static message when the tree could not be walked (too deep, malformed) */
 } SqlBuild;

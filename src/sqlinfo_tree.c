@@ -575,8 +575,10 @@ static void fn_set_config(Walk *w, const JNode *call)
 		part_add(w, SC_PRIVILEGE);
 	} else {
 		part_add(w, SC_SESSION);
-		if (setting_is_lexical(name))
+		if (setting_is_lexical(name)) {
 			part_add(w, SC_ADMIN);
+			w->b->changes_lexical = true; /* the value is not known before it runs */
+		}
 	}
 	if (name != NULL)
 		w->b->literal_sensitive = true;
@@ -1252,8 +1254,10 @@ static void stmt_set(Walk *w, const JNode *s)
 		part_add(w, SC_TRANSACTION);
 	} else {
 		part_add(w, SC_SESSION);
-		if (name != NULL && setting_is_lexical(name) && !set_lexical_safe(w, s, name))
+		if (name != NULL && setting_is_lexical(name) && !set_lexical_safe(w, s, name)) {
 			part_add(w, SC_ADMIN);
+			w->b->changes_lexical = true;
+		}
 	}
 	walk_value(w, j_get(s, "args"));
 }
@@ -1559,6 +1563,7 @@ void sqlinfo_build_reset(SqlBuild *b)
 	b->set_used = 0;
 	sqlinfo_lineage_reset(b);
 	b->literal_sensitive = false;
+	b->changes_lexical = false;
 	b->oom = false;
 	b->error = NULL;
 }

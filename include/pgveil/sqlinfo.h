@@ -169,6 +169,7 @@ typedef struct StmtInfo {
 	int n_prep;
 	SqlPrepRef *prep;
 	bool literal_sensitive;  /* the analysis looked at a literal's value: cached by exact text only */
+	bool changes_lexical;    /* sets standard_conforming_strings off, or client_encoding to an encoding pgveil does not read (SET, set_config): afterwards the server would split statements differently from pgveil */
 	uint64_t fingerprint;    /* hash of the normalized form: equal for statements differing only in literals */
 } StmtInfo;
 
