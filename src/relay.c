@@ -31,6 +31,7 @@
 
 #include "pgveil/admin.h"
 #include "pgveil/approval.h"
+#include "pgveil/audit.h"
 #include "pgveil/log.h"
 #include "pgveil/pgproto.h"
 #include "pgveil/policy.h"
@@ -45,6 +46,8 @@
 #define SQLSTATE_SYNTAX_ERROR "42601"
 #define MAX_PARTS 64
 #define MAX_HOLD_TABLES 64
+/* The name FunctionCalls are audited under (no portal can have it: it starts with a control byte). */
+#define FASTPATH_PORTAL "\001fastpath"
 /* Bytes of a Bind read to find its names; the parameters are read only when it is held. */
 #define BIND_PEEK 256
 /* A copy buffer larger than this is freed after use. */
@@ -524,6 +527,7 @@ static Decision decide(Session *s, const PartList *pl)
 	Config *cfg = relay_config(s->relay);
 	Decision d = policy_decide(cfg->ruleset, cfg->default_action, &s->identity, pl->parts, pl->n);
 
+	s->relay->audit_rule = d.rule != NULL ? d.rule->where : NULL;
 	admin_stat_add(d.action == DECISION_ALLOW ? STAT_ALLOWED : d.action == DECISION_BLOCK ? STAT_BLOCKED : STAT_HELD,
 		       1);
 	return d;
@@ -708,6 +712,21 @@ static GuardAction mask_check_executed(Session *s, const StmtInfo *info)
 	return act;
 }
 
+/* The audit row of a statement refused with the ErrorResponse in r->refusal. */
+static void audit_refusal(Session *s, const char *sql, const StmtInfo *info, const char *decision,
+			  uint64_t approval_id)
+{
+	Relay *r = s->relay;
+	PgErrorFields f;
+
+	if (!audit_enabled())
+		return;
+	if (r->refusal.len <= PG_HEADER_LEN ||
+	    !pgproto_parse_error(r->refusal.data + PG_HEADER_LEN, r->refusal.len - PG_HEADER_LEN, &f))
+		memset(&f, 0, sizeof(f));
+	relay_audit_refused(s, sql, info, decision, r->audit_rule, f.sqlstate, f.message, approval_id, true);
+}
+
 /* Query: the whole string is decided; its parts are every statement in it. */
 static GuardAction guard_query(Session *s, const char *sql, size_t msglen)
 {
@@ -716,6 +735,7 @@ static GuardAction guard_query(Session *s, const char *sql, size_t msglen)
 	GuardAction act = GUARD_REFUSE;
 	Decision d;
 
+	s->relay->audit_rule = NULL;
 	if (info == NULL) {
 		relay_refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory while analysing the statement", NULL, NULL, 0);
 		return GUARD_REFUSE;
@@ -746,8 +766,11 @@ static GuardAction guard_query(Session *s, const char *sql, size_t msglen)
 	if (act == GUARD_FORWARD) {
 		prepared_track(s->relay, info, sql);
 		s->relay->cur_info = sqlinfo_ref(info);
+		relay_audit_query(s, sql, info, "allow", s->relay->audit_rule, 0);
 	}
 done:
+	if (act == GUARD_REFUSE)
+		audit_refusal(s, sql, info, "block", 0);
 	sqlinfo_unref(info);
 	return act;
 }
@@ -769,6 +792,7 @@ static GuardAction guard_parse(Session *s, PgReader *rd)
 		return GUARD_HOLD;
 	}
 	info = analyze(sql);
+	s->relay->audit_rule = NULL;
 	if (info == NULL) {
 		relay_refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory while analysing the statement", NULL, NULL, 0);
 		return GUARD_REFUSE;
@@ -792,6 +816,8 @@ static GuardAction guard_parse(Session *s, PgReader *rd)
 		sqlinfo_unref(info);
 		return act;
 	}
+	if (act == GUARD_REFUSE)
+		audit_refusal(s, sql, info, "block", 0);
 	if (act == GUARD_REFUSE && name[0] == '\0')
 		prepared_remove(s->relay, name); /* the server drops its unnamed statement first */
 	sqlinfo_unref(info);
@@ -880,7 +906,7 @@ static char *bind_display_whole(Session *s, const char *sql)
 }
 
 /* Bind: decided on everything the named statement can run; held here, not at Parse. */
-static GuardAction guard_bind(Session *s, PgReader *rd, size_t msglen)
+static GuardAction guard_bind_decide(Session *s, PgReader *rd, size_t msglen)
 {
 	Relay *r = s->relay;
 	const char *portal, *stmt, *sql = NULL;
@@ -910,6 +936,7 @@ static GuardAction guard_bind(Session *s, PgReader *rd, size_t msglen)
 	if (p != NULL && p->decided && p->decided_gen == r->cfg_gen && p->decision.action == DECISION_ALLOW &&
 	    r->pend_head == NULL) {
 		admin_stat_add(STAT_ALLOWED, 1);
+		r->audit_rule = p->decision.rule != NULL ? p->decision.rule->where : NULL;
 		return GUARD_FORWARD; /* the common case: a prepared statement run again */
 	}
 	switch (add_named(s, stmt, &pl, 0, &settled, &sql)) {
@@ -940,6 +967,39 @@ static GuardAction guard_bind(Session *s, PgReader *rd, size_t msglen)
 	text = bind_display_whole(s, sql);
 	act = hold_start(s, 'B', msglen, text != NULL ? text : sql, &d, &pl);
 	free(text);
+	return act;
+}
+
+/* The text a Bind of prepared statement `name` runs, for the audit log. */
+static const char *bound_sql(Relay *r, const char *name)
+{
+	const char *sql = NULL;
+	const Prepared *p;
+
+	for (const Pending *q = r->pend_head; q != NULL; q = q->next)
+		if (q->kind == PEND_PARSE && q->batch == r->batches_sent && strcmp(q->name, name) == 0)
+			sql = q->sql;
+	if (sql == NULL && (p = relay_prepared_find(r, name)) != NULL)
+		sql = p->sql;
+	return sql != NULL ? sql : "";
+}
+
+static GuardAction guard_bind(Session *s, PgReader *rd, size_t msglen)
+{
+	PgReader names = *rd;
+	const char *portal = NULL, *stmt = NULL;
+	GuardAction act;
+
+	s->relay->audit_rule = NULL;
+	act = guard_bind_decide(s, rd, msglen);
+	if (!audit_enabled() || s->state != SESS_ACTIVE || !pgproto_get_string(&names, &portal) ||
+	    !pgproto_get_string(&names, &stmt))
+		return act;
+	if (act == GUARD_FORWARD)
+		relay_audit_bind(s, portal, bound_sql(s->relay, stmt), relay_bound_info(s->relay, stmt), "allow",
+				 s->relay->audit_rule, 0);
+	else if (act == GUARD_REFUSE)
+		audit_refusal(s, bound_sql(s->relay, stmt), NULL, "block", 0);
 	return act;
 }
 
@@ -989,13 +1049,17 @@ static GuardAction guard_function_call(Session *s, PgReader *rd, size_t msglen)
 	}
 	parts_add(&pl, &part);
 	d = decide(s, &pl);
-	if (d.action == DECISION_ALLOW)
+	snprintf(text, sizeof(text), "-- FunctionCall (fast-path protocol) of the function with oid %u", oid);
+	if (d.action == DECISION_ALLOW) {
+		relay_audit_bind(s, FASTPATH_PORTAL, text, NULL, "allow", s->relay->audit_rule, 0);
+		relay_audit_execute(s, FASTPATH_PORTAL);
 		return GUARD_FORWARD;
+	}
 	if (d.action == DECISION_BLOCK) {
 		refuse_blocked(s, &d);
+		audit_refusal(s, text, NULL, "block", 0);
 		return GUARD_REFUSE;
 	}
-	snprintf(text, sizeof(text), "-- FunctionCall (fast-path protocol) of the function with oid %u", oid);
 	return hold_start(s, 'F', msglen, text, &d, &pl);
 }
 
@@ -1170,7 +1234,8 @@ static bool needs_guard(uint8_t type)
 /* Messages read one by one: guarded ones, and for a caller with masks those that get an answer. */
 static bool read_whole(const Relay *r, uint8_t type)
 {
-	return needs_guard(type) || (r->mask != NULL && (type == 'D' || type == 'E' || type == 'S'));
+	return needs_guard(type) || (r->mask != NULL && (type == 'D' || type == 'E' || type == 'S')) ||
+	       (type == 'E' && audit_enabled());
 }
 
 /*
@@ -1205,6 +1270,51 @@ static size_t mask_forward(Session *s, struct evbuffer *in, size_t run, const Pg
 	return run;
 }
 
+/* The name at the start of the message at `run` (Execute's portal), into buf. */
+static const char *message_name(struct evbuffer *in, size_t run, const PgHeader *h, char *buf, size_t len)
+{
+	struct evbuffer_ptr pos;
+	size_t n = h->len - 4 < len - 1 ? h->len - 4 : len - 1;
+
+	evbuffer_ptr_set(in, &pos, run + PG_HEADER_LEN, EVBUFFER_PTR_SET);
+	evbuffer_copyout_from(in, &pos, buf, n);
+	buf[n] = '\0';
+	return buf;
+}
+
+static void audit_execute(Session *s, struct evbuffer *in, size_t run, const PgHeader *h)
+{
+	char portal[256];
+
+	if (audit_enabled())
+		relay_audit_execute(s, message_name(in, run, h, portal, sizeof(portal)));
+}
+
+/* An approved message goes on: its audit rows say so. */
+static void audit_released(Session *s, struct evbuffer *in, size_t run, const PgHeader *h)
+{
+	Relay *r = s->relay;
+	const uint8_t *body;
+	const char *a, *b;
+	PgReader rd;
+	StmtInfo *info;
+
+	if (!audit_enabled() || (body = relay_copy_body(r, in, run, h->len - 4)) == NULL)
+		return;
+	pgproto_reader_init(&rd, body, h->len - 4);
+	if (h->type == 'Q' && pgproto_get_string(&rd, &a) && (info = analyze(a)) != NULL) {
+		relay_audit_query(s, a, info, "approve", r->audit_rule, r->released_id);
+		sqlinfo_unref(info);
+	} else if (h->type == 'B' && pgproto_get_string(&rd, &a) && pgproto_get_string(&rd, &b)) {
+		relay_audit_bind(s, a, bound_sql(r, b), relay_bound_info(r, b), "approve", r->audit_rule,
+				 r->released_id);
+	} else if (h->type == 'F') {
+		relay_audit_bind(s, FASTPATH_PORTAL, "-- FunctionCall (fast-path protocol)", NULL, "approve",
+				 r->audit_rule, r->released_id);
+		relay_audit_execute(s, FASTPATH_PORTAL);
+	}
+}
+
 static size_t guard_at(Session *s, struct evbuffer *in, size_t run, const PgHeader *h)
 {
 	Relay *r = s->relay;
@@ -1218,6 +1328,7 @@ static size_t guard_at(Session *s, struct evbuffer *in, size_t run, const PgHead
 		if (r->hold_info != NULL)
 			prepared_track(r, r->hold_info, r->hold_sql);
 		hold_forget_query(r);
+		audit_released(s, in, run, h);
 	} else {
 		uint32_t blen = guarded_length(in, run, h);
 
@@ -1251,6 +1362,8 @@ static size_t guard_at(Session *s, struct evbuffer *in, size_t run, const PgHead
 			r->last_starter = 'Q';
 		} else if (!needs_guard(h->type)) {
 			count_client_message(s, h->type);
+			if (h->type == 'E')
+				audit_execute(s, in, run, h);
 		}
 		return run + msglen;
 	}
@@ -1488,6 +1601,14 @@ void relay_server_input(Session *s)
 			session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "invalid message from the server");
 			return;
 		}
+		if (r->audit != NULL && strchr("CEIsV", h.type) != NULL) {
+			const uint8_t *body;
+
+			if (avail - run < (size_t)h.len + 1)
+				break; /* its outcome is read whole */
+			if ((body = relay_copy_body(r, in, run, h.len - 4)) != NULL)
+				relay_audit_server(s, h.type, body, h.len - 4);
+		}
 		if (r->mask != NULL) {
 			RmsResult rr = relay_mask_server_msg(s, in, &run, avail, &h);
 
@@ -1510,6 +1631,7 @@ void relay_server_input(Session *s)
 				s->pending_ready--;
 			r->batches_done++;
 			pending_drop_done(r);
+			relay_audit_server(s, 'Z', NULL, 0);
 			while (r->subst_head != NULL && r->subst_head->batch < r->batches_done)
 				subst_pop(r); /* an earlier error of that batch skipped the refusal */
 		} else if (h.type == '1') {
@@ -1566,6 +1688,23 @@ void relay_server_input(Session *s)
 
 /* ---- decisions arriving ------------------------------------------------------------------ */
 
+/* A held statement that will not run: its row, with the text the approver saw. */
+static void audit_hold_refused(Session *s, uint64_t id, HoldState st)
+{
+	HeldInfo *held = NULL;
+
+	if (!audit_enabled())
+		return;
+	if (approval_get(id, &held) != 1)
+		held = NULL;
+	relay_audit_refused(s, held != NULL ? held->sql : "", NULL,
+			    st == HOLD_DENIED ? "deny" : st == HOLD_TIMEOUT ? "timeout" : "cancel",
+			    held != NULL ? held->rule : NULL, st == HOLD_DENIED ? SQLSTATE_INSUFFICIENT_PRIVILEGE : SQLSTATE_QUERY_CANCELED,
+			    NULL, id, true);
+	if (held != NULL)
+		approval_free_held(held, 1);
+}
+
 static void hold_end(Session *s, HoldState st, const char *reason)
 {
 	Relay *r = s->relay;
@@ -1580,6 +1719,7 @@ static void hold_end(Session *s, HoldState st, const char *reason)
 	if (st == HOLD_APPROVED) {
 		log_write(LL_INFO, s->ctx, "held statement %llu approved", (unsigned long long)id);
 		r->released = true;
+		r->released_id = id;
 		stream_enable_read(s->client, true);
 		relay_client_input(s);
 		return;
@@ -1597,6 +1737,7 @@ static void hold_end(Session *s, HoldState st, const char *reason)
 		relay_refuse(s, SQLSTATE_QUERY_CANCELED, msg, NULL, NULL, 0);
 	}
 	log_write(LL_INFO, s->ctx, "held statement %llu: %s", (unsigned long long)id, msg);
+	audit_hold_refused(s, id, st);
 	hold_forget_query(r);
 	evbuffer_drain(stream_input(s->client), r->hold_len);
 	send_refusal(s, type);
@@ -1698,6 +1839,7 @@ void relay_free(Session *s)
 		pending_unlink(r, &r->pend_head, NULL);
 	hold_forget_query(r);
 	relay_mask_free(s);
+	relay_audit_free(s);
 	if (r->cur_info != NULL)
 		sqlinfo_unref(r->cur_info);
 	if (r->inject != NULL)

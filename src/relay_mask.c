@@ -809,7 +809,7 @@ static PlanResult plan_build(Session *s, Plan *plan, const uint8_t *body, size_t
 				have = catalog_mask_for(col, &s->identity, &derived);
 				if (have != NULL && nlen < sizeof(names))
 					nlen += (size_t)snprintf(names + nlen, sizeof(names) - nlen, "%s%s.%s.%s",
-								 nlen > 0 ? ", " : "", rel->schema, rel->name, col->name);
+								 nlen > 0 ? "," : "", rel->schema, rel->name, col->name);
 			} else if (rel->has_masks) {
 				mf->to_null = true;
 				warn_null(s, i, f.name, "its column is not in the server's catalog");
@@ -851,9 +851,11 @@ static PlanResult plan_build(Session *s, Plan *plan, const uint8_t *body, size_t
 	plan->cfg = config_ref(s->relay->cfg);
 	plan->mp.key = plan->cfg->mask_key;
 	plan->valid = true;
-	if (plan->mp.n_masked > 0)
+	if (plan->mp.n_masked > 0) {
 		log_write(LL_INFO, s->ctx, "result masked: %d of %d columns (%s)", plan->mp.n_masked, n,
 			  names[0] != '\0' ? names : "sent as NULL");
+		relay_audit_masked(s, names);
+	}
 	return PLAN_OK;
 }
 

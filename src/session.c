@@ -24,6 +24,7 @@
 #include <time.h>
 
 #include "pgveil/admin.h"
+#include "pgveil/audit.h"
 #include "pgveil/approval.h"
 #include "pgveil/backend.h"
 #include "pgveil/jwks.h"
@@ -67,10 +68,46 @@ static void session_free_cb(evutil_socket_t fd, short what, void *arg)
 	free(s);
 }
 
+/* Microseconds since the epoch, for the audit log. */
+static int64_t now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* The session's row in the audit log: its start (a login that succeeded). */
+static void audit_open(Session *s, const char *backend_user)
+{
+	char groups[1024];
+	size_t n = 0;
+	AuditSession a;
+
+	if (!audit_enabled())
+		return;
+	groups[0] = '\0';
+	for (int i = 0; i < s->identity.n_groups && n < sizeof(groups); i++)
+		n += (size_t)snprintf(groups + n, sizeof(groups) - n, "%s%s", i > 0 ? "," : "", s->identity.groups[i]);
+	memset(&a, 0, sizeof(a));
+	a.session_id = s->id;
+	a.started_us = now_us();
+	a.subject = s->identity.subject != NULL ? s->identity.subject : "";
+	a.groups = groups;
+	a.client_addr = s->addr;
+	a.database = s->database != NULL ? s->database : "";
+	a.backend_user = backend_user;
+	a.tls = s->tls_done;
+	audit_session_start(&a);
+	s->audited = true;
+}
+
 void session_close(Session *s, const char *reason)
 {
 	if (s->state == SESS_CLOSING)
 		return;
+	if (s->audited)
+		audit_session_end(s->id, now_us(), reason);
 	log_write(LL_DEBUG, s->ctx, "closing: %s", reason);
 	s->state = SESS_CLOSING;
 	stream_flush(s->client);
@@ -820,6 +857,7 @@ static void backend_ready_cb(Backend *be, void *arg)
 	stream_enable_read(s->server, true);
 	stream_enable_read(s->client, true);
 	log_write(LL_INFO, s->ctx, "session started on server %s (%s)", s->db->name, backend_get_addr(be)->display);
+	audit_open(s, s->db->user);
 	if (evbuffer_get_length(stream_input(s->client)) > 0)
 		relay_client_input(s);
 }
@@ -973,6 +1011,7 @@ static void console_login(Session *s)
 	pgproto_buf_free(&b);
 	s->state = SESS_ADMIN;
 	event_del(s->timer);
+	audit_open(s, NULL);
 	log_write(LL_INFO, s->ctx, "admin console opened (roles:%s%s%s)", (roles & ADMIN_ROLE_ADMIN) ? " admin" : "",
 		  (roles & ADMIN_ROLE_APPROVER) ? " approver" : "", (roles & ADMIN_ROLE_AUDITOR) ? " auditor" : "");
 	stream_enable_read(s->client, true);

@@ -64,6 +64,7 @@ struct Session {
 	bool shutdown_pending;       /* close when idle */
 	bool server_sent_fatal;      /* the server already told the client why it goes */
 	bool client_eof;             /* the client half-closed: answer what it sent, then end */
+	bool audited;                /* its start is in the audit log: its end goes there too */
 	char addr[64];               /* client address as text */
 	struct sockaddr_storage peer;/* client address */
 	char ctx[192];               /* log context */
