@@ -93,6 +93,7 @@ void audit_format_time(int64_t us, char buf[32])
 	int64_t sec = us / 1000000, frac = us % 1000000;
 	time_t t;
 	struct tm tm;
+	char tmp[96];
 
 	if (frac < 0) {
 		frac += 1000000;
@@ -103,8 +104,9 @@ void audit_format_time(int64_t us, char buf[32])
 		snprintf(buf, 32, "%s", "0000-00-00T00:00:00.000000Z");
 		return;
 	}
-	snprintf(buf, 32, "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-	         tm.tm_hour, tm.tm_min, tm.tm_sec, (int)frac);
+	snprintf(tmp, sizeof(tmp), "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+		 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)frac);
+	snprintf(buf, 32, "%.31s", tmp); /* 27 characters for every year 0-9999 */
 }
 
 /* ---- the verifier ---------------------------------------------------------------------- */

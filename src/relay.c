@@ -727,6 +727,38 @@ static void audit_refusal(Session *s, const char *sql, const StmtInfo *info, con
 	relay_audit_refused(s, sql, info, decision, r->audit_rule, f.sqlstate, f.message, approval_id, true);
 }
 
+/*
+ * After rows were started for a message: GUARD_FORWARD, or GUARD_WAIT when
+ * the audit queue is full (the room event resumes), or GUARD_REFUSE (refusal
+ * built) when the audit log cannot be written in strict mode.
+ */
+static GuardAction audit_stopped(Session *s)
+{
+	Relay *r = s->relay;
+	int stop = r->audit_stop;
+	char why[256], msg[400];
+
+	r->audit_stop = AUDIT_OK;
+	if (stop == AUDIT_FULL) {
+		r->audit_wait_id = 0;
+		return GUARD_WAIT;
+	}
+	if (stop != AUDIT_FAILED)
+		return GUARD_FORWARD;
+	r->audit_wait_id = 0;
+	snprintf(msg, sizeof(msg), "the audit log cannot be written, so the statement is refused: %s",
+		 audit_error(why, sizeof(why)) != NULL ? why : "unknown error");
+	relay_refuse(s, SQLSTATE_IO_ERROR, msg, "audit_mode = strict: nothing runs without its audit record.", NULL, 0);
+	log_write(LL_WARN, s->ctx, "%s", msg);
+	return GUARD_REFUSE;
+}
+
+static GuardAction audit_start_query(Session *s, const char *sql, const StmtInfo *info)
+{
+	relay_audit_query(s, sql, info, "allow", s->relay->audit_rule, 0);
+	return audit_stopped(s);
+}
+
 /* Query: the whole string is decided; its parts are every statement in it. */
 static GuardAction guard_query(Session *s, const char *sql, size_t msglen)
 {
@@ -763,10 +795,9 @@ static GuardAction guard_query(Session *s, const char *sql, size_t msglen)
 		hold_forget_query(s->relay);
 	else if (d.action == DECISION_ALLOW)
 		act = GUARD_FORWARD;
-	if (act == GUARD_FORWARD) {
+	if (act == GUARD_FORWARD && (act = audit_start_query(s, sql, info)) == GUARD_FORWARD) {
 		prepared_track(s->relay, info, sql);
 		s->relay->cur_info = sqlinfo_ref(info);
-		relay_audit_query(s, sql, info, "allow", s->relay->audit_rule, 0);
 	}
 done:
 	if (act == GUARD_REFUSE)
@@ -1053,7 +1084,7 @@ static GuardAction guard_function_call(Session *s, PgReader *rd, size_t msglen)
 	if (d.action == DECISION_ALLOW) {
 		relay_audit_bind(s, FASTPATH_PORTAL, text, NULL, "allow", s->relay->audit_rule, 0);
 		relay_audit_execute(s, FASTPATH_PORTAL);
-		return GUARD_FORWARD;
+		return audit_stopped(s);
 	}
 	if (d.action == DECISION_BLOCK) {
 		refuse_blocked(s, &d);
@@ -1110,10 +1141,11 @@ void relay_send_to_client(Session *s, PgBuf *b)
 }
 
 /*
- * Puts the refusal statement in the server's output in place of a message
- * of `type`, and queues the refusal in r->refusal to replace its error.
+ * Sends the refusal statement for a message of `type` to the server and
+ * queues r->refusal to replace its error in batch `batch`. False when the
+ * session failed (out of memory).
  */
-static void send_refusal(Session *s, uint8_t type)
+static bool queue_refusal(Session *s, uint8_t type, uint64_t batch)
 {
 	Relay *r = s->relay;
 	Substitute *sub = calloc(1, sizeof(*sub));
@@ -1128,11 +1160,11 @@ static void send_refusal(Session *s, uint8_t type)
 		free(sub);
 		pgproto_buf_free(&b);
 		session_fail(s, SQLSTATE_OUT_OF_MEMORY, "out of memory");
-		return;
+		return false;
 	}
 	evbuffer_add(stream_output(s->server), b.data, b.len);
 	pgproto_buf_free(&b);
-	sub->batch = r->batches_sent;
+	sub->batch = batch;
 	pgproto_buf_init(&sub->msg);
 	pgproto_put_bytes(&sub->msg, r->refusal.data, r->refusal.len);
 	if (r->subst_tail != NULL)
@@ -1140,11 +1172,37 @@ static void send_refusal(Session *s, uint8_t type)
 	else
 		r->subst_head = sub;
 	r->subst_tail = sub;
+	return true;
+}
+
+/*
+ * Puts the refusal statement in the server's output in place of a message
+ * of `type`, and queues the refusal in r->refusal to replace its error.
+ */
+static void send_refusal(Session *s, uint8_t type)
+{
+	Relay *r = s->relay;
+
+	if (!queue_refusal(s, type, r->batches_sent))
+		return;
 	relay_mask_client_msg(s, type == 'Q' || type == 'F' ? 'Q' : 'P', (const uint8_t *)"", 1, NULL);
 	if (type == 'Q' || type == 'F') {
 		r->batches_sent++;
 		s->pending_ready++;
 	}
+}
+
+/*
+ * The refusal statement in place of a message whose bookkeeping was done
+ * when it was forwarded (a strict-mode message whose audit row failed):
+ * only the server's error is replaced. A Query was counted as the latest
+ * batch; anything else belongs to the open one.
+ */
+static void send_refusal_in_place(Session *s, uint8_t type)
+{
+	Relay *r = s->relay;
+
+	(void)queue_refusal(s, type, type == 'Q' || type == 'F' ? r->batches_sent - 1 : r->batches_sent);
 }
 
 /* Copies the body of the message at `off` (whole in the buffer) to scratch. */
@@ -1329,6 +1387,8 @@ static size_t guard_at(Session *s, struct evbuffer *in, size_t run, const PgHead
 			prepared_track(r, r->hold_info, r->hold_sql);
 		hold_forget_query(r);
 		audit_released(s, in, run, h);
+		if ((act = audit_stopped(s)) == GUARD_WAIT)
+			act = GUARD_FORWARD; /* approved already: it runs, its row is logged as lost */
 	} else {
 		uint32_t blen = guarded_length(in, run, h);
 
@@ -1349,6 +1409,15 @@ static size_t guard_at(Session *s, struct evbuffer *in, size_t run, const PgHead
 		if (s->state != SESS_ACTIVE)
 			return (size_t)-1;
 	}
+	if (act == GUARD_FORWARD && h->type == 'E' && audit_enabled()) {
+		audit_execute(s, in, run, h);
+		act = audit_stopped(s);
+		if (act == GUARD_WAIT) {
+			if (run > 0)
+				evbuffer_remove_buffer(in, stream_output(s->server), run);
+			return (size_t)-1;
+		}
+	}
 	if (act == GUARD_FORWARD) {
 		if (r->mask != NULL)
 			run = mask_forward(s, in, run, h);
@@ -1362,8 +1431,13 @@ static size_t guard_at(Session *s, struct evbuffer *in, size_t run, const PgHead
 			r->last_starter = 'Q';
 		} else if (!needs_guard(h->type)) {
 			count_client_message(s, h->type);
-			if (h->type == 'E')
-				audit_execute(s, in, run, h);
+		}
+		if (r->audit_wait_id != 0) { /* strict: it goes once its row is durable */
+			if (run > 0)
+				evbuffer_remove_buffer(in, stream_output(s->server), run);
+			r->audit_wait_len = msglen;
+			r->audit_wait_type = h->type;
+			return (size_t)-1;
 		}
 		return run + msglen;
 	}
@@ -1415,8 +1489,8 @@ void relay_client_input(Session *s)
 			stream_enable_read(s->client, false); /* the rest waits in the kernel behind the held message */
 		return;
 	}
-	if (relay_mask_client_waits(s))
-		return; /* resumed once the catalog is loaded */
+	if (relay_mask_client_waits(s) || r->audit_wait_id != 0)
+		return; /* resumed once the catalog is loaded, or the audit row is durable */
 	if (s->token_expired && s->client_pass == 0) {
 		session_fail(s, SQLSTATE_INVALID_AUTHORIZATION, "the agent's token has expired; reconnect with a new token");
 		return;
@@ -1787,6 +1861,53 @@ static void hold_cancel_cb(evutil_socket_t fd, short what, void *arg)
 		hold_give_up(s, HOLD_CANCELED);
 }
 
+/* ---- the audit log's answers ------------------------------------------------------------------ */
+
+/*
+ * Strict mode: the row of the message waiting at the front of the client's
+ * input is durable (it goes to the server now), or could not be written
+ * (the message is refused in its place: nothing runs without its record).
+ */
+static void audit_durable_cb(evutil_socket_t fd, short what, void *arg)
+{
+	Session *s = arg;
+	Relay *r = s->relay;
+	uint64_t id = r->audit_wait_id;
+	struct evbuffer *in = stream_input(s->client);
+	char why[256], msg[400];
+
+	(void)fd;
+	(void)what;
+	if (s->state != SESS_ACTIVE || id == 0)
+		return;
+	r->audit_wait_id = 0;
+	if (audit_query_durable(id) == AUDIT_OK) {
+		evbuffer_remove_buffer(in, stream_output(s->server), r->audit_wait_len);
+	} else {
+		snprintf(msg, sizeof(msg), "the audit log cannot be written, so the statement is refused: %s",
+			 audit_error(why, sizeof(why)) != NULL ? why : "unknown error");
+		log_write(LL_WARN, s->ctx, "%s", msg);
+		relay_refuse(s, SQLSTATE_IO_ERROR, msg, "audit_mode = strict: nothing runs without its audit record.",
+			     NULL, 0);
+		relay_audit_fail_waiting(s, id, SQLSTATE_IO_ERROR, msg);
+		evbuffer_drain(in, r->audit_wait_len);
+		send_refusal_in_place(s, r->audit_wait_type);
+	}
+	stream_flush(s->server);
+	relay_client_input(s);
+}
+
+/* The audit queue has room again: the message that found it full is decided again. */
+static void audit_room_cb(evutil_socket_t fd, short what, void *arg)
+{
+	Session *s = arg;
+
+	(void)fd;
+	(void)what;
+	if (s->state == SESS_ACTIVE && s->relay->audit_wait_id == 0)
+		relay_client_input(s);
+}
+
 /* ---- lifecycle ------------------------------------------------------------------------------ */
 
 bool relay_start(Session *s)
@@ -1803,11 +1924,13 @@ bool relay_start(Session *s)
 	r->hold_wake = event_new(base, -1, 0, hold_wake_cb, s);
 	r->hold_timer = evtimer_new(base, hold_timer_cb, s);
 	r->hold_cancel = event_new(base, -1, 0, hold_cancel_cb, s);
+	r->audit_durable = event_new(base, -1, 0, audit_durable_cb, s);
+	r->audit_room = event_new(base, -1, 0, audit_room_cb, s);
 	pgproto_buf_init(&r->refusal);
 	r->cfg = config_ref(s->cfg);
 	r->cfg_gen = config_generation();
 	return r->buckets != NULL && r->inject != NULL && r->hold_wake != NULL && r->hold_timer != NULL &&
-	       r->hold_cancel != NULL;
+	       r->hold_cancel != NULL && r->audit_durable != NULL && r->audit_room != NULL;
 }
 
 void relay_stop(Session *s)
@@ -1850,6 +1973,12 @@ void relay_free(Session *s)
 		event_free(r->hold_timer);
 	if (r->hold_cancel != NULL)
 		event_free(r->hold_cancel);
+	if (r->audit_durable != NULL || r->audit_room != NULL)
+		audit_forget(r->audit_durable, r->audit_room);
+	if (r->audit_durable != NULL)
+		event_free(r->audit_durable);
+	if (r->audit_room != NULL)
+		event_free(r->audit_room);
 	pgproto_buf_free(&r->refusal);
 	free(r->scratch);
 	config_unref(r->cfg);

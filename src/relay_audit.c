@@ -135,10 +135,33 @@ static uint64_t start_row(Session *s, const char *sql, const char *classes, cons
 	q.decision = decision;
 	q.rule = rule;
 	q.approval_id = approval_id;
-	/* Async mode: a full queue was already waited for by relay_audit_room(); strict is not followed here. */
-	if (audit_query_start(&q, NULL, NULL, &id) != AUDIT_OK)
+	switch (audit_query_start(&q, audit_strict() ? s->relay->audit_durable : NULL, s->relay->audit_room, &id)) {
+	case AUDIT_OK:
+		if (audit_strict())
+			s->relay->audit_wait_id = id; /* the message goes on once its row is durable */
+		return id;
+	case AUDIT_FULL:
+		s->relay->audit_stop = AUDIT_FULL; /* the message waits for room */
 		return 0;
-	return id;
+	case AUDIT_FAILED:
+		s->relay->audit_stop = AUDIT_FAILED;
+		return 0;
+	default:
+		return 0;
+	}
+}
+
+void relay_audit_fail_waiting(Session *s, uint64_t id, const char *sqlstate, const char *message)
+{
+	RelayAudit *a = s->relay->audit;
+	AuditOutcome o = { .rows = -1, .duration_us = 0, .sqlstate = sqlstate, .error = message };
+
+	for (Waiting *w = a != NULL ? a->head : NULL; w != NULL; w = w->next)
+		if (w->id == id) {
+			audit_query_finish(id, &o);
+			w->id = 0; /* now the refusal's marker */
+			return;
+		}
 }
 
 static void fingerprint_hex(const StmtInfo *info, char *buf, size_t len)

@@ -102,6 +102,12 @@ struct Relay {
 	RelayAudit *audit;           /* statements waiting for their outcome in the audit log (relay_audit.c) */
 	const char *audit_rule;      /* the rule that decided the latest statement ("file:line"), NULL: default_action */
 	uint64_t released_id;        /* the approval that released the message at the front */
+	struct event *audit_durable; /* strict audit: the row of the message at the front is durable */
+	struct event *audit_room;    /* the audit queue has room again */
+	uint64_t audit_wait_id;      /* strict: the row the message at the front waits for (0: none) */
+	int audit_stop;              /* AuditStatus of the latest row started: AUDIT_FULL or AUDIT_FAILED stop the message */
+	size_t audit_wait_len;       /* the waiting message's length */
+	uint8_t audit_wait_type;
 };
 
 /* ---- relay.c, for relay_mask.c ---- */
@@ -197,5 +203,7 @@ void relay_audit_masked(Session *s, const char *columns);
 /* A server message (whole for C and E): finishes rows. */
 void relay_audit_server(Session *s, uint8_t type, const uint8_t *body, size_t len);
 void relay_audit_free(Session *s);
+/* The row `id` will not run (its message is refused in place): finished with the error, its answer a refusal's. */
+void relay_audit_fail_waiting(Session *s, uint64_t id, const char *sqlstate, const char *message);
 
 #endif
