@@ -108,18 +108,27 @@ static Waiting *wait_pop(RelayAudit *a)
 static char *stmt_text(const char *sql, const StmtInfo *info, int i)
 {
 	const SqlStmt *st = &info->stmts[i];
-	size_t len = st->len > 0 ? (size_t)st->len : strlen(sql + st->offset);
-	char *t = malloc(len + 1);
+	const char *from = sql + st->offset;
+	size_t len = st->len > 0 ? (size_t)st->len : strlen(from);
+	char *t;
 
-	if (t != NULL) {
-		memcpy(t, sql + st->offset, len);
+	while (len > 0 && (*from == ' ' || *from == '\t' || *from == '\n' || *from == '\r')) {
+		from++;
+		len--;
+	}
+	if ((t = malloc(len + 1)) != NULL) {
+		memcpy(t, from, len);
 		t[len] = '\0';
 	}
 	return t;
 }
 
+/*
+ * Starts a row. gate: the statement is forwarded once the row is durable
+ * (strict mode); a refusal's row is not waited for (nothing runs).
+ */
 static uint64_t start_row(Session *s, const char *sql, const char *classes, const char *decision, const char *rule,
-			  uint64_t approval_id, const char *fingerprint)
+			  uint64_t approval_id, const char *fingerprint, bool gate)
 {
 	AuditQuery q;
 	uint64_t id = 0;
@@ -135,9 +144,10 @@ static uint64_t start_row(Session *s, const char *sql, const char *classes, cons
 	q.decision = decision;
 	q.rule = rule;
 	q.approval_id = approval_id;
-	switch (audit_query_start(&q, audit_strict() ? s->relay->audit_durable : NULL, s->relay->audit_room, &id)) {
+	gate = gate && audit_strict();
+	switch (audit_query_start(&q, gate ? s->relay->audit_durable : NULL, s->relay->audit_room, &id)) {
 	case AUDIT_OK:
-		if (audit_strict())
+		if (gate)
 			s->relay->audit_wait_id = id; /* the message goes on once its row is durable */
 		return id;
 	case AUDIT_FULL:
@@ -184,7 +194,7 @@ void relay_audit_query(Session *s, const char *sql, const StmtInfo *info, const 
 		char *norm = s->relay->cfg->audit_redact_literals ? sqlinfo_normalize(shown, strlen(shown)) : NULL;
 
 		sqlinfo_class_names(info->stmts[i].classes, classes, sizeof(classes));
-		wait_push(s, a, start_row(s, norm != NULL ? norm : shown, classes, decision, rule, approval_id, fp));
+		wait_push(s, a, start_row(s, norm != NULL ? norm : shown, classes, decision, rule, approval_id, fp, true));
 		free(norm);
 		free(text);
 	}
@@ -206,7 +216,9 @@ void relay_audit_refused(Session *s, const char *sql, const StmtInfo *info, cons
 		fingerprint_hex(info, fp, sizeof(fp));
 	}
 	norm = s->relay->cfg->audit_redact_literals && sql != NULL ? sqlinfo_normalize(sql, strlen(sql)) : NULL;
-	id = start_row(s, norm != NULL ? norm : sql, classes, decision, rule, approval_id, info != NULL ? fp : NULL);
+	id = start_row(s, norm != NULL ? norm : sql, classes, decision, rule, approval_id, info != NULL ? fp : NULL,
+		       false);
+	s->relay->audit_stop = AUDIT_OK; /* a refusal goes out whatever the log says */
 	free(norm);
 	if (id != 0)
 		audit_query_finish(id, &o);
@@ -262,10 +274,10 @@ void relay_audit_execute(Session *s, const char *portal)
 	for (b = a->bound; b != NULL && strcmp(b->portal, portal) != 0; b = b->next)
 		;
 	if (b == NULL) { /* a portal pgveil did not see bound (a cursor declared in SQL) */
-		wait_push(s, a, start_row(s, "", "", "allow", NULL, 0, NULL));
+		wait_push(s, a, start_row(s, "", "", "allow", NULL, 0, NULL, true));
 		return;
 	}
-	wait_push(s, a, start_row(s, b->sql, b->classes, b->decision, b->rule, b->approval_id, NULL));
+	wait_push(s, a, start_row(s, b->sql, b->classes, b->decision, b->rule, b->approval_id, NULL, true));
 }
 
 void relay_audit_masked(Session *s, const char *columns)
