@@ -10,7 +10,10 @@
  * limits (54000), syntax and name errors with their SQLSTATEs, a missing
  * file; then the reader threads: concurrent requests woken through events,
  * a request canceled while it runs never waking its event, an interrupted
- * one answering 57014, and stopping the pool.
+ * one answering 57014, and stopping the pool. Last, the admin console over
+ * it: a string of commands waiting for the audit log and going on when the
+ * session's event fires, result sets with their type OIDs, SHOW SESSION n,
+ * errors with positions in the whole string, a closed console never woken.
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -28,8 +31,11 @@
 #include <event2/thread.h>
 #include <sqlite3.h>
 
+#include "pgveil/admin.h"
 #include "pgveil/audit_read.h"
+#include "pgveil/config.h"
 #include "pgveil/log.h"
+#include "pgveil/pgproto.h"
 
 static char db_path[320];
 static char dir_path[256];
@@ -63,15 +69,15 @@ static const char sample_rows[] =
 	"INSERT INTO sessions VALUES (2, '2026-01-02T11:00:00.000000Z', NULL, 'etl', 'agents,etl',"
 	" '10.0.0.6:5001', 'app', 'app_agent', 0, NULL);"
 	"INSERT INTO queries (id, session_id, ts, subject, database, sql, classes, decision, rule, masked_columns,"
-	" rows, duration_ms, sqlstate, error) VALUES"
+	" rows, duration_ms, sqlstate, error, approval_id) VALUES"
 	" (1, 1, '2026-01-02T10:00:01.000000Z', 'ci-bot', 'app', 'SELECT * FROM users', 'SELECT,READ', 'allow',"
-	"  NULL, 'public.users.email', 100, 1.5, NULL, NULL),"
+	"  NULL, 'public.users.email', 100, 1.5, NULL, NULL, NULL),"
 	" (2, 1, '2026-01-02T10:00:02.000000Z', 'ci-bot', 'app', 'DELETE FROM orders', 'DELETE,WRITE', 'block',"
-	"  'rules/10.rules:4', NULL, NULL, 0.25, '42501', 'blocked'),"
+	"  'rules/10.rules:4', NULL, NULL, 0.25, '42501', 'blocked', NULL),"
 	" (3, 2, '2026-01-02T11:00:01.000000Z', 'etl', 'app', 'UPDATE orders SET x = 1', 'UPDATE,WRITE',"
-	"  'approve', 'rules/10.rules:7', NULL, 3, 2000, NULL, NULL),"
+	"  'approve', 'rules/10.rules:7', NULL, 3, 2000, NULL, NULL, 1),"
 	" (4, 1, '2026-01-02T10:00:03.000000Z', 'ci-bot', 'app', 'SELECT 1', 'SELECT,READ', 'allow', NULL, NULL,"
-	"  1, 0.1, NULL, NULL);"
+	"  1, 0.1, NULL, NULL, NULL);"
 	"INSERT INTO approvals (id, query_id, session_id, subject, sql, rule, requested_at, decided_at, decided_by,"
 	" decision) VALUES (1, 3, 2, 'etl', 'UPDATE orders SET x = 1', 'rules/10.rules:7',"
 	" '2026-01-02T11:00:01.000000Z', '2026-01-02T11:00:03.000000Z', 'alice', 'approve');";
@@ -647,6 +653,278 @@ static void cancel_and_interrupt(void **state)
 	event_base_free(base);
 }
 
+/* ---- the admin console over the audit log ---------------------------------------------------- */
+
+/* An answer of the console, message by message. */
+typedef struct Answer {
+	char order[64];       /* message types */
+	int n_cols;
+	char cols[20][32];
+	int32_t oids[20];
+	int n_rows;
+	char rows[16][20][96]; /* "NULL" for NULL */
+	char tags[4][32];
+	int n_tags;
+	char code[6], message[256];
+	int position;
+} Answer;
+
+static void parse_answer(const PgBuf *b, Answer *a)
+{
+	size_t at = 0;
+
+	memset(a, 0, sizeof(*a));
+	while (at < b->len) {
+		uint8_t type = b->data[at];
+		uint32_t len = (uint32_t)b->data[at + 1] << 24 | (uint32_t)b->data[at + 2] << 16 |
+			       (uint32_t)b->data[at + 3] << 8 | b->data[at + 4];
+		PgReader r;
+		int16_t n;
+		const char *str;
+
+		a->order[strlen(a->order)] = (char)type;
+		pgproto_reader_init(&r, b->data + at + 5, len - 4);
+		if (type == 'T') {
+			assert_true(pgproto_get_int16(&r, &n));
+			a->n_cols = n;
+			for (int i = 0; i < n; i++) {
+				int32_t oid, i32;
+				int16_t i16;
+
+				assert_true(pgproto_get_string(&r, &str));
+				snprintf(a->cols[i], sizeof(a->cols[i]), "%s", str);
+				assert_true(pgproto_get_int32(&r, &i32) && pgproto_get_int16(&r, &i16));
+				assert_true(pgproto_get_int32(&r, &oid));
+				a->oids[i] = oid;
+				assert_true(pgproto_get_int16(&r, &i16) && pgproto_get_int32(&r, &i32));
+				assert_true(pgproto_get_int16(&r, &i16));
+			}
+		} else if (type == 'D') {
+			assert_true(pgproto_get_int16(&r, &n));
+			for (int i = 0; i < n; i++) {
+				int32_t vlen;
+				const uint8_t *v;
+
+				assert_true(pgproto_get_int32(&r, &vlen));
+				if (vlen < 0) {
+					snprintf(a->rows[a->n_rows][i], sizeof(a->rows[0][0]), "NULL");
+					continue;
+				}
+				assert_true(pgproto_get_bytes(&r, (size_t)vlen, &v));
+				snprintf(a->rows[a->n_rows][i], sizeof(a->rows[0][0]), "%.*s", (int)vlen, v);
+			}
+			a->n_rows++;
+		} else if (type == 'C') {
+			assert_true(pgproto_get_string(&r, &str));
+			snprintf(a->tags[a->n_tags++], sizeof(a->tags[0]), "%s", str);
+		} else if (type == 'E') {
+			uint8_t f;
+
+			while (pgproto_get_byte(&r, &f) && f != 0) {
+				assert_true(pgproto_get_string(&r, &str));
+				if (f == 'C')
+					snprintf(a->code, sizeof(a->code), "%s", str);
+				else if (f == 'M')
+					snprintf(a->message, sizeof(a->message), "%s", str);
+				else if (f == 'P')
+					a->position = atoi(str);
+			}
+		}
+		at += 1 + len;
+	}
+}
+
+static int wake_count;
+
+static void wake_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	wake_count++;
+}
+
+/* Runs sql on the console to the end, waiting for the audit log as a session would. */
+static void console_run(AdminConsole *ac, struct event_base *base, const char *sql, Answer *a, int *waits)
+{
+	PgBuf b;
+	AdminStatus st;
+	uint64_t end = pgv_now_us() + 10000000;
+
+	pgproto_buf_init(&b);
+	*waits = 0;
+	st = admin_query(ac, sql, &b);
+	while (st == ADMIN_WAIT) {
+		wake_count = 0;
+		while (wake_count == 0) {
+			assert_true(pgv_now_us() < end);
+			event_base_loop(base, EVLOOP_NONBLOCK);
+			usleep(1000);
+		}
+		(*waits)++;
+		st = admin_resume(ac, &b);
+	}
+	assert_true(pgproto_buf_ok(&b));
+	parse_answer(&b, a);
+	pgproto_buf_free(&b);
+}
+
+static Config *console_config(const char *audit_db)
+{
+	char path[] = "/tmp/pgveil-test-audit-read-XXXXXX", text[1024];
+	int fd = mkstemp(path);
+	char *errs = NULL;
+	int nerrors = 0, n;
+	Config *c;
+
+	n = snprintf(text, sizeof(text), "[pgveil]\nlisten_port = 6432\n%s%s%s[databases]\napp = host=/tmp user=u\n",
+		     audit_db ? "audit_db = " : "", audit_db ? audit_db : "", audit_db ? "\n" : "");
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, text, (size_t)n), n);
+	close(fd);
+	c = config_load(path, &errs, &nerrors);
+	unlink(path);
+	if (c == NULL)
+		fail_msg("%s", errs ? errs : "config_load failed");
+	return c;
+}
+
+static void console_reads_the_audit_log(void **state)
+{
+	struct event_base *base = event_base_new();
+	struct event *wake = event_new(base, -1, 0, wake_cb, NULL);
+	char *aud[] = { "audit" }, *dba[] = { "dba" };
+	Identity auditor = { .subject = "aud", .groups = aud, .n_groups = 1 };
+	Identity approver = { .subject = "appr", .groups = dba, .n_groups = 1 };
+	Config *cfg = console_config(db_path);
+	AdminConsole *ac;
+	Answer *a = calloc(1, sizeof(Answer));
+	int waits;
+
+	(void)state;
+	assert_non_null(a);
+	config_set_current(config_ref(cfg));
+	ac = admin_open(&auditor, admin_roles(cfg, &auditor), 7, wake);
+	assert_non_null(ac);
+
+	/* commands before, between and after two reads: all in order, each read waited for */
+	console_run(ac, base, "SHOW BLOCKED; SELECT id, subject, duration_ms, rows FROM queries ORDER BY id;"
+			      " SHOW SESSION 1; SHOW HELD", a, &waits);
+	assert_int_equal(waits, 2);
+	assert_string_equal(a->order, "TCTDDDDCTDDDDCTC");
+	assert_string_equal(a->tags[0], "SHOW 0");
+	assert_string_equal(a->tags[1], "SELECT 4");
+	assert_string_equal(a->tags[2], "SHOW 4");
+	assert_string_equal(a->tags[3], "SHOW 0");
+	assert_string_equal(a->rows[0][1], "ci-bot");
+	assert_string_equal(a->rows[0][2], "1.5");
+	assert_string_equal(a->rows[1][3], "NULL");
+	/* SHOW SESSION 1: its row, then its statements by id */
+	assert_string_equal(a->rows[4][0], "session");
+	assert_string_equal(a->rows[4][1], "1");
+	assert_string_equal(a->rows[4][2], "2026-01-02T10:00:00.000000Z");
+	assert_string_equal(a->rows[4][3], "ci-bot");
+	assert_string_equal(a->rows[4][4], "2026-01-02T10:05:00.500000Z");
+	assert_string_equal(a->rows[4][5], "client closed");
+	assert_string_equal(a->rows[4][9], "300500");
+	assert_string_equal(a->rows[5][0], "statement");
+	assert_string_equal(a->rows[5][1], "1");
+	assert_string_equal(a->rows[5][6], "allow");
+	assert_string_equal(a->rows[5][10], "100");
+	assert_string_equal(a->rows[5][13], "public.users.email");
+	assert_string_equal(a->rows[5][15], "SELECT * FROM users");
+	assert_string_equal(a->rows[6][1], "2");
+	assert_string_equal(a->rows[6][6], "block");
+	assert_string_equal(a->rows[6][7], "rules/10.rules:4");
+	assert_string_equal(a->rows[6][11], "42501");
+	assert_string_equal(a->rows[7][1], "4");
+
+	/* the column types of a SELECT */
+	console_run(ac, base, "SELECT id, subject, duration_ms, x'01' AS b FROM queries WHERE id = 1", a, &waits);
+	assert_int_equal(a->oids[0], 20);
+	assert_int_equal(a->oids[1], 25);
+	assert_int_equal(a->oids[2], 701);
+	assert_int_equal(a->oids[3], 17);
+	assert_string_equal(a->rows[0][3], "\\x01");
+
+	/* SHOW SESSION's columns, and a session with no statements but its row */
+	console_run(ac, base, "SHOW SESSION 2", a, &waits);
+	assert_int_equal(a->n_cols, 16);
+	assert_string_equal(a->cols[0], "kind");
+	assert_string_equal(a->cols[9], "duration_ms");
+	assert_int_equal(a->oids[1], 20);
+	assert_int_equal(a->oids[9], 701);
+	assert_int_equal(a->oids[10], 20);
+	assert_string_equal(a->rows[0][4], "NULL"); /* still open */
+	assert_string_equal(a->rows[1][14], "alice");   /* approved by */
+	console_run(ac, base, "SHOW SESSION 99", a, &waits);
+	assert_string_equal(a->code, "42704");
+	assert_string_equal(a->message, "session 99 is not in the audit log");
+
+	/* errors end the string; positions count from the start of the whole string */
+	console_run(ac, base, "SHOW HELD; SELECT * FRM queries; SHOW BLOCKED", a, &waits);
+	assert_string_equal(a->order, "TCE");
+	assert_string_equal(a->code, "42601");
+	assert_int_equal(a->position, 21);
+	console_run(ac, base, "select load_extension('x')", a, &waits);
+	assert_string_equal(a->code, "42501");
+	console_run(ac, base, "WITH d AS (SELECT 1) DELETE FROM queries", a, &waits);
+	assert_string_equal(a->code, "42501");
+	assert_string_equal(a->message, "the audit log is read-only: DELETE is not allowed");
+	/* the console stays usable */
+	console_run(ac, base, "VALUES (1)", a, &waits);
+	assert_string_equal(a->order, "TDC");
+
+	/* a console closed while its read runs is never woken */
+	{
+		PgBuf b;
+
+		pgproto_buf_init(&b);
+		assert_int_equal(admin_query(ac, "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c)"
+						 " SELECT count(*) FROM c", &b), ADMIN_WAIT);
+		assert_int_equal(admin_resume(ac, &b), ADMIN_WAIT); /* not done yet */
+		admin_cancel(ac);
+		wake_count = 0;
+		while (wake_count == 0)
+			event_base_loop(base, EVLOOP_ONCE);
+		assert_int_equal(admin_resume(ac, &b), ADMIN_DONE);
+		parse_answer(&b, a);
+		assert_string_equal(a->code, "57014");
+		pgproto_buf_free(&b);
+
+		pgproto_buf_init(&b);
+		assert_int_equal(admin_query(ac, "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c)"
+						 " SELECT count(*) FROM c", &b), ADMIN_WAIT);
+		pgproto_buf_free(&b);
+		admin_close(ac);
+		wake_count = 0;
+		usleep(100000);
+		event_base_loop(base, EVLOOP_NONBLOCK);
+		assert_int_equal(wake_count, 0);
+	}
+
+	/* approvers may not; without a wake event or audit_db nothing is read */
+	ac = admin_open(&approver, admin_roles(cfg, &approver), 8, wake);
+	console_run(ac, base, "SELECT 1", a, &waits);
+	assert_string_equal(a->code, "42501");
+	assert_string_equal(a->message, "SELECT needs the auditor or admin group");
+	admin_close(ac);
+	config_unref(cfg);
+	cfg = console_config(NULL);
+	config_set_current(config_ref(cfg));
+	ac = admin_open(&auditor, admin_roles(cfg, &auditor), 9, wake);
+	console_run(ac, base, "SHOW SESSION 1", a, &waits);
+	assert_string_equal(a->code, "0A000");
+	assert_string_equal(a->message, "the audit log is not available");
+	admin_close(ac);
+
+	config_set_current(NULL);
+	config_unref(cfg);
+	free(a);
+	event_free(wake);
+	event_base_free(base);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -659,6 +937,7 @@ int main(void)
 		cmocka_unit_test(limits),
 		cmocka_unit_test(pool_serves_requests),
 		cmocka_unit_test(cancel_and_interrupt),
+		cmocka_unit_test(console_reads_the_audit_log),
 	};
 
 	evthread_use_pthreads();
