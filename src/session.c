@@ -920,6 +920,7 @@ static void session_server_cb(Stream *st, StreamEvent ev, void *arg)
 /* ---- the admin console ------------------------------------------------------------------ */
 
 #define CONSOLE_MAX_MESSAGE (1u << 20) /* no console command is anywhere near this */
+#define CONSOLE_READ_AHEAD (64u << 10)  /* read while a command waits: enough to notice the client leave */
 
 /* The client asked for the admin console's virtual database. */
 static bool wants_console(const Session *s)
@@ -984,9 +985,11 @@ static void console_login(Session *s)
 }
 
 /*
- * Sends what the console answered. When it waits for the audit log the
- * client is not read until console_wake_cb() finishes the answer; a
- * CancelRequest for the console wakes it too.
+ * Sends what the console answered. When it waits for the audit log, the
+ * client's next messages wait until console_wake_cb() finishes the answer
+ * (a CancelRequest for the console wakes it too); meanwhile the client is
+ * read only up to CONSOLE_READ_AHEAD, so that its going away is noticed
+ * and ends the read.
  */
 static void console_answer(Session *s, AdminStatus st, PgBuf *b)
 {
@@ -1002,7 +1005,6 @@ static void console_answer(Session *s, AdminStatus st, PgBuf *b)
 	if (st == ADMIN_WAIT && !s->admin_busy) {
 		s->admin_busy = true;
 		cancel_watch(&s->cancel, s->admin_wake);
-		stream_enable_read(s->client, false);
 	} else if (st == ADMIN_DONE && s->admin_busy) {
 		s->admin_busy = false;
 		cancel_watch(&s->cancel, NULL);
@@ -1122,5 +1124,8 @@ static void console_input(Session *s)
 	if (s->state != SESS_ADMIN)
 		return;
 	stream_flush(s->client);
-	stream_enable_read(s->client, !s->admin_busy && !stream_output_full(s->client));
+	if (s->admin_busy)
+		stream_enable_read(s->client, evbuffer_get_length(in) < CONSOLE_READ_AHEAD);
+	else
+		stream_enable_read(s->client, !stream_output_full(s->client));
 }
