@@ -10,7 +10,7 @@
  * and an allow-list of built-in functions) and refuses everything else,
  * extension loading switched off, no ATTACH, one statement per request, and
  * sqlite3_stmt_readonly() required after preparing. Errors come back with a
- * PostgreSQL SQLSTATE. Only this module, audit and admin include sqlite3.h.
+ * PostgreSQL SQLSTATE. Only this module and audit include sqlite3.h.
  */
 #ifndef PGVEIL_AUDIT_READ_H
 #define PGVEIL_AUDIT_READ_H
@@ -21,7 +21,7 @@ struct event;
 
 /* Defaults, used for a limit given as 0. */
 #define AUDIT_READ_MAX_ROWS 100000
-#define AUDIT_READ_MAX_BYTES (64u << 20)  /* of result values, as sent (4 bytes per field + the text) */
+#define AUDIT_READ_MAX_BYTES (32u << 20)  /* of result values, as sent (4 bytes per field + the text) */
 #define AUDIT_READ_TIMEOUT_MS 30000u
 #define AUDIT_READ_THREADS 4              /* readers started as requests need them */
 
