@@ -1501,7 +1501,8 @@ static bool put_read_answer(AdminConsole *ac, const AdminCmd *c, const AuditRead
 	}
 	if (session && res->n_rows == 0) {
 		snprintf(msg, sizeof(msg), "session %llu is not in the audit log", (unsigned long long)c->n);
-		put_error(out, SQLSTATE_UNDEFINED_OBJECT, msg, "SELECT id, subject, started_at FROM sessions lists them", 0);
+		put_error(out, SQLSTATE_UNDEFINED_OBJECT, msg, "SELECT id, subject, started_at FROM sessions lists them",
+			  0);
 		return false;
 	}
 	if (session && res->n_cols != (int)PGV_ARRAY_LEN(show_session_types)) {

@@ -40,7 +40,9 @@ enum { SEEN_INT = 1, SEEN_FLOAT = 2, SEEN_TEXT = 4, SEEN_BLOB = 8 };
 /* ---- results ------------------------------------------------------------------------------ */
 
 /* Kept when nothing else can be allocated; never freed. */
-static AuditReadResult oom_result = { .sqlstate = SQLSTATE_OUT_OF_MEMORY, .message = "out of memory", .err_offset = -1 };
+static AuditReadResult oom_result = { .sqlstate = SQLSTATE_OUT_OF_MEMORY,
+				      .message = "out of memory",
+				      .err_offset = -1 };
 
 const char *audit_read_value(const AuditReadResult *res, int64_t row, int col)
 {
@@ -167,8 +169,13 @@ static const char *action_name(int action)
 /* The schema table (sqlite_master and its other names): CREATE, DROP and ALTER change it first. */
 static bool is_schema_table(const char *name)
 {
-	return name != NULL && (strcasecmp(name, "sqlite_master") == 0 || strcasecmp(name, "sqlite_schema") == 0 ||
-				strcasecmp(name, "sqlite_temp_master") == 0 || strcasecmp(name, "sqlite_temp_schema") == 0);
+	static const char *const names[] = { "sqlite_master", "sqlite_schema", "sqlite_temp_master",
+					     "sqlite_temp_schema" };
+
+	for (size_t i = 0; name != NULL && i < PGV_ARRAY_LEN(names); i++)
+		if (strcasecmp(name, names[i]) == 0)
+			return true;
+	return false;
 }
 
 /*
@@ -257,7 +264,8 @@ static sqlite3 *db_open(const char *path, const AuditReadLimits *lim, AuthState 
 	return db;
 fail:
 	result_fail(res, "58030", "audit_db names the database pgveil writes; it must exist and be readable",
-		    "the audit log cannot be read: %s", err != NULL ? err : db != NULL ? sqlite3_errmsg(db) : "out of memory");
+		    "the audit log cannot be read: %s",
+		    err != NULL ? err : db != NULL ? sqlite3_errmsg(db) : "out of memory");
 	sqlite3_free(err);
 	sqlite3_close(db);
 	return NULL;
@@ -425,8 +433,17 @@ static bool data_add(Builder *b, const char *s, size_t n)
 /* Length of the valid UTF-8 sequence at p (n bytes left), 0 when invalid. */
 static size_t utf8_len(const unsigned char *p, size_t n)
 {
-	size_t len = p[0] < 0x80 ? 1 : (p[0] & 0xE0) == 0xC0 ? 2 : (p[0] & 0xF0) == 0xE0 ? 3 : (p[0] & 0xF8) == 0xF0 ? 4 : 0;
+	size_t len = 0;
 	uint32_t cp;
+
+	if (p[0] < 0x80)
+		len = 1;
+	else if ((p[0] & 0xE0) == 0xC0)
+		len = 2;
+	else if ((p[0] & 0xF0) == 0xE0)
+		len = 3;
+	else if ((p[0] & 0xF8) == 0xF0)
+		len = 4;
 
 	if (len == 0 || len > n || p[0] == 0)
 		return 0;
