@@ -18,6 +18,7 @@
 #include "config.h"
 #include "pgveil/approval.h"
 #include "pgveil/audit.h"
+#include "pgveil/audit_read.h"
 #include "pgveil/catalog.h"
 #include "pgveil/config.h"
 #include "pgveil/jwks.h"
@@ -253,6 +254,7 @@ static int run(const char *path)
 	}
 	event_base_dispatch(main_base);
 	catalog_stop(); /* before server_free(): requests wake events of the workers' bases */
+	audit_read_stop(); /* the same for auditors' reads */
 	server_free();
 	audit_stop(); /* after the workers: every row they queued is written */
 	approval_shutdown();

@@ -44,6 +44,7 @@ static void drop_pending_token(Session *s);
 static bool wants_console(const Session *s);
 static void console_login(Session *s);
 static void console_input(Session *s);
+static void console_wake_cb(evutil_socket_t fd, short what, void *arg);
 
 /* ---- lifecycle ---------------------------------------------------------------- */
 
@@ -59,7 +60,9 @@ static void session_free_cb(evutil_socket_t fd, short what, void *arg)
 	event_free(s->timer);
 	event_free(s->expiry);
 	event_free(s->free_ev);
-	admin_close(s->console);
+	admin_close(s->console); /* before its wake event goes */
+	if (s->admin_wake != NULL)
+		event_free(s->admin_wake);
 	jwtauth_identity_clear(&s->identity);
 	drop_pending_token(s);
 	free(s->startup_pkt);
@@ -955,6 +958,7 @@ static void session_server_cb(Stream *st, StreamEvent ev, void *arg)
 /* ---- the admin console ------------------------------------------------------------------ */
 
 #define CONSOLE_MAX_MESSAGE (1u << 20) /* no console command is anywhere near this */
+#define CONSOLE_READ_AHEAD (64u << 10)  /* read while a command waits: enough to notice the client leave */
 
 /* The client asked for the admin console's virtual database. */
 static bool wants_console(const Session *s)
@@ -995,7 +999,9 @@ static void console_login(Session *s)
 	}
 	if (!session_publish(s))
 		return;
-	s->console = admin_open(&s->identity, roles, s->id);
+	s->admin_wake = event_new(s->worker->base, -1, 0, console_wake_cb, s);
+	if (s->admin_wake != NULL)
+		s->console = admin_open(&s->identity, roles, s->id, s->admin_wake);
 	if (s->console == NULL || !cancel_register(&s->cancel)) {
 		session_fail(s, SQLSTATE_OUT_OF_MEMORY, "could not open the admin console");
 		return;
@@ -1017,7 +1023,34 @@ static void console_login(Session *s)
 	stream_enable_read(s->client, true);
 }
 
-/* Runs one Query message and answers it, ReadyForQuery included. */
+/*
+ * Sends what the console answered. When it waits for the audit log, the
+ * client's next messages wait until console_wake_cb() finishes the answer
+ * (a CancelRequest for the console wakes it too); meanwhile the client is
+ * read only up to CONSOLE_READ_AHEAD, so that its going away is noticed
+ * and ends the read.
+ */
+static void console_answer(Session *s, AdminStatus st, PgBuf *b)
+{
+	if (st == ADMIN_DONE)
+		pgproto_build_ready(b, 'I');
+	if (!pgproto_buf_ok(b)) {
+		pgproto_buf_free(b);
+		session_fail(s, SQLSTATE_OUT_OF_MEMORY, "out of memory");
+		return;
+	}
+	evbuffer_add(stream_output(s->client), b->data, b->len);
+	pgproto_buf_free(b);
+	if (st == ADMIN_WAIT && !s->admin_busy) {
+		s->admin_busy = true;
+		cancel_watch(&s->cancel, s->admin_wake);
+	} else if (st == ADMIN_DONE && s->admin_busy) {
+		s->admin_busy = false;
+		cancel_watch(&s->cancel, NULL);
+	}
+}
+
+/* Runs one Query message and answers it, ReadyForQuery included (now or once the audit log answered). */
 static void console_query(Session *s, const uint8_t *body, uint32_t len)
 {
 	PgBuf b;
@@ -1027,15 +1060,27 @@ static void console_query(Session *s, const uint8_t *body, uint32_t len)
 		return;
 	}
 	pgproto_buf_init(&b);
-	admin_query(s->console, (const char *)body, &b);
-	pgproto_build_ready(&b, 'I');
-	if (!pgproto_buf_ok(&b)) {
-		pgproto_buf_free(&b);
-		session_fail(s, SQLSTATE_OUT_OF_MEMORY, "out of memory");
+	console_answer(s, admin_query(s->console, (const char *)body, &b), &b);
+}
+
+/* The audit log answered, or a CancelRequest came: the console goes on, then reads its client again. */
+static void console_wake_cb(evutil_socket_t fd, short what, void *arg)
+{
+	Session *s = arg;
+	PgBuf b;
+
+	if (s->state != SESS_ADMIN || !s->admin_busy)
 		return;
-	}
-	evbuffer_add(stream_output(s->client), b.data, b.len);
-	pgproto_buf_free(&b);
+	if (cancel_take(&s->cancel))
+		admin_cancel(s->console);
+	pgproto_buf_init(&b);
+	console_answer(s, admin_resume(s->console, &b), &b);
+	if (s->state != SESS_ADMIN)
+		return;
+	if (s->admin_busy)
+		stream_flush(s->client);
+	else
+		console_input(s); /* what the client sent meanwhile */
 }
 
 /* Appends an ErrorResponse (and ReadyForQuery when `ready`) to the client's output. */
@@ -1094,7 +1139,7 @@ static void console_input(Session *s)
 	struct evbuffer *in = stream_input(s->client);
 	uint32_t max = s->cfg->max_packet_size < CONSOLE_MAX_MESSAGE ? s->cfg->max_packet_size : CONSOLE_MAX_MESSAGE;
 
-	while (s->state == SESS_ADMIN && !stream_output_full(s->client)) {
+	while (s->state == SESS_ADMIN && !s->admin_busy && !stream_output_full(s->client)) {
 		uint8_t hdr[PG_HEADER_LEN], *msg;
 		const char *why;
 		PgHeader h;
@@ -1118,5 +1163,8 @@ static void console_input(Session *s)
 	if (s->state != SESS_ADMIN)
 		return;
 	stream_flush(s->client);
-	stream_enable_read(s->client, !stream_output_full(s->client));
+	if (s->admin_busy)
+		stream_enable_read(s->client, evbuffer_get_length(in) < CONSOLE_READ_AHEAD);
+	else
+		stream_enable_read(s->client, !stream_output_full(s->client));
 }

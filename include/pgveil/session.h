@@ -71,6 +71,8 @@ struct Session {
 	time_t started_at;           /* wall clock at accept, for SHOW SESSIONS */
 	AdminConsole *console;       /* SESS_ADMIN: the console's state */
 	bool admin_skip;             /* SESS_ADMIN: skipping extended-protocol messages until Sync */
+	bool admin_busy;             /* SESS_ADMIN: a command waits for the audit log; the client is not read */
+	struct event *admin_wake;    /* SESS_ADMIN: activated when it can go on (or a CancelRequest came) */
 	/* Published to other threads (under the worker's lock): */
 	bool listed;                 /* logged in: shown by SHOW SESSIONS, may be killed */
 	bool kill_requested;         /* KILL SESSION / BLOCK AGENT asked the worker to end it */
