@@ -290,6 +290,14 @@ static void record_outcome(HeldEntry *e)
 	prune_decided();
 }
 
+void approval_set_first_id(uint64_t id)
+{
+	pthread_mutex_lock(&reg.lock);
+	if (id > reg.next_id)
+		reg.next_id = id;
+	pthread_mutex_unlock(&reg.lock);
+}
+
 void approval_init(void)
 {
 	/* The registry is statically initialised; this exists for symmetry with shutdown. */

@@ -564,9 +564,8 @@ bool audit_start(const Config *cfg, char *err, size_t errlen)
 		auditdb_close(&au.db);
 		return false;
 	}
-	log_info("audit: writing to %s (%s mode, retention %s); statement ids from %llu, session ids are "
-	         "pgveil's + "
-	         "%llu, approval ids pgveil's + %llu; the chain continues at chain_seq %lld",
+	log_info("audit: writing to %s (%s mode, retention %s); statement ids from %llu, session ids after "
+	         "%llu, approval ids after %llu; the chain continues at chain_seq %lld",
 	         au.db.path, mode_names[cfg->audit_mode], cfg->audit_retention > 0 ? "on" : "off",
 	         (unsigned long long)au.db.first_query_id, (unsigned long long)au.db.session_base,
 	         (unsigned long long)au.db.approval_base, (long long)au.db.next_seq);

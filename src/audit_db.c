@@ -331,7 +331,7 @@ static bool write_query_start(AuditDb *d, const AuditItem *it, char *err, size_t
 	sqlite3_stmt *st = d->st[ST_INSERT_QUERY];
 
 	sqlite3_bind_int64(st, 1, (sqlite3_int64)it->id);
-	sqlite3_bind_int64(st, 2, (sqlite3_int64)(d->session_base + q->session_id));
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)q->session_id);
 	bind_time(st, 3, q->ts_us, false);
 	bind_text(st, 4, nz(q->subject));
 	bind_text(st, 5, nz(q->database));
@@ -340,7 +340,7 @@ static bool write_query_start(AuditDb *d, const AuditItem *it, char *err, size_t
 	bind_text(st, 8, nz(q->classes));
 	bind_text(st, 9, nz(q->decision));
 	bind_text(st, 10, q->rule);
-	bind_id(st, 11, d->approval_base, q->approval_id);
+	bind_id(st, 11, 0, q->approval_id);
 	return step_write(d, st, "statement row", it->id, err, errlen) != STEP_FAIL;
 }
 
@@ -412,7 +412,7 @@ static bool write_session_start(AuditDb *d, const AuditItem *it, char *err, size
 	const AuditSession *s = &it->u.session;
 	sqlite3_stmt *st = d->st[ST_INSERT_SESSION];
 
-	sqlite3_bind_int64(st, 1, (sqlite3_int64)(d->session_base + s->session_id));
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)s->session_id);
 	bind_time(st, 2, s->started_us, false);
 	bind_text(st, 3, nz(s->subject));
 	bind_text(st, 4, nz(s->groups));
@@ -427,7 +427,7 @@ static bool write_session_end(AuditDb *d, const AuditItem *it, char *err, size_t
 {
 	sqlite3_stmt *st = d->st[ST_END_SESSION];
 
-	sqlite3_bind_int64(st, 1, (sqlite3_int64)(d->session_base + it->u.end.session_id));
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)it->u.end.session_id);
 	bind_time(st, 2, it->u.end.ended_us, false);
 	bind_text(st, 3, it->u.end.reason);
 	return step_write(d, st, "end of session", it->u.end.session_id, err, errlen) != STEP_FAIL;
@@ -438,9 +438,9 @@ static bool write_approval(AuditDb *d, const AuditItem *it, char *err, size_t er
 	const AuditApproval *a = &it->u.approval;
 	sqlite3_stmt *st = d->st[ST_UPSERT_APPROVAL];
 
-	sqlite3_bind_int64(st, 1, (sqlite3_int64)(d->approval_base + a->approval_id));
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)a->approval_id);
 	bind_id(st, 2, 0, a->query_id);
-	sqlite3_bind_int64(st, 3, (sqlite3_int64)(d->session_base + a->session_id));
+	sqlite3_bind_int64(st, 3, (sqlite3_int64)a->session_id);
 	bind_text(st, 4, nz(a->subject));
 	bind_text(st, 5, nz(a->sql));
 	bind_text(st, 6, a->rule);

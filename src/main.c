@@ -26,6 +26,7 @@
 #include "pgveil/log.h"
 #include "pgveil/rules.h"
 #include "pgveil/server.h"
+#include "pgveil/session.h"
 #include "pgveil/tls.h"
 
 static struct event_base *main_base;
@@ -245,6 +246,13 @@ static int run(const char *path)
 		evsignal_add(sigev[i], NULL);
 	}
 	approval_init();
+	{
+		uint64_t session_base, approval_base;
+
+		audit_id_bases(&session_base, &approval_base);
+		session_set_first_id(session_base + 1);
+		approval_set_first_id(approval_base + 1);
+	}
 	if (!start_config(cfg) || !catalog_start(cfg) || !server_start(main_base, cfg, err, sizeof(err))) {
 		if (err[0] != '\0')
 			log_error("%s", err);

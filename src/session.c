@@ -37,6 +37,11 @@
 
 static uint64_t next_session_id = 1;
 
+void session_set_first_id(uint64_t id)
+{
+	__atomic_store_n(&next_session_id, id, __ATOMIC_RELAXED);
+}
+
 static void session_client_cb(Stream *st, StreamEvent ev, void *arg);
 static void session_server_cb(Stream *st, StreamEvent ev, void *arg);
 static void request_token(Session *s);

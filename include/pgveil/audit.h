@@ -151,11 +151,11 @@ const char *audit_error(char *buf, size_t buflen);
 void audit_stats(uint64_t *written, uint64_t *queued, uint64_t *commits);
 
 /*
- * pgveil's session and approval ids start at 1 with every run; in the
- * database they are offset so they never repeat: sessions.id =
- * session_base + pgveil's session id, approvals.id (and queries.approval_id)
- * = approval_base + pgveil's approval id. Both 0 when the log is off. Fixed
- * for the life of the process (audit_start logs them too).
+ * The largest session and approval ids the database already holds (0 when
+ * the log is off or empty). pgveil numbers this run's sessions and
+ * approvals after them (main sets the counters), so ids never repeat across
+ * restarts and the ids the console shows are the database's. Fixed for the
+ * life of the process (audit_start logs them too).
  */
 void audit_id_bases(uint64_t *session_base, uint64_t *approval_base);
 

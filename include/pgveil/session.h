@@ -112,4 +112,7 @@ void session_kill(Session *s);
  */
 const char *session_state_text(const Session *s);
 
+/* Numbers the sessions from `id` on (the audit log's ids continue across restarts). Before any session starts. */
+void session_set_first_id(uint64_t id);
+
 #endif

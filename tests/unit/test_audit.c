@@ -1058,10 +1058,13 @@ static void ids_stay_unique_across_restarts(void **state)
 	audit_id_bases(&sb, &ab);
 	assert_int_equal(sb, 2);
 	assert_int_equal(ab, 1);
-	s.session_id = 1;
+	/* pgveil numbers this run's sessions and approvals after the bases (main sets the counters) */
+	s.session_id = sb + 1;
 	audit_session_start(&s);
+	a.approval_id = ab + 1;
+	a.session_id = sb + 1;
 	audit_approval(&a);
-	finish(add_query(1, "SELECT 1", now_us()), 1);
+	finish(add_query(sb + 1, "SELECT 1", now_us()), 1);
 	audit_stop();
 	assert_string_equal(query_text("SELECT group_concat(id) FROM sessions"), "1,2,3");
 	assert_string_equal(query_text("SELECT group_concat(id) FROM approvals"), "1,2");
