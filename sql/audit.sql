@@ -1,10 +1,11 @@
 -- SPDX-License-Identifier: MIT
 -- pgveil audit database, schema version 1 (PRAGMA user_version = 1).
--- INTERFACE §6. Times are ISO-8601 UTC with microseconds
+-- INTERFACE §6; doc/audit.md. pgveil applies this file at start (it is
+-- compiled in) and sets user_version itself. Times are ISO-8601 UTC with microseconds
 -- ('2026-11-24T00:41:07.123456Z'). Tokens and passwords are never stored.
 
 CREATE TABLE IF NOT EXISTS sessions (
-    id           INTEGER PRIMARY KEY,   -- pgveil's session id
+    id           INTEGER PRIMARY KEY,   -- pgveil's session id + this run's base (doc/audit.md)
     started_at   TEXT NOT NULL,
     ended_at     TEXT,                  -- NULL while open (or when pgveil was killed)
     subject      TEXT NOT NULL,
@@ -18,7 +19,7 @@ CREATE TABLE IF NOT EXISTS sessions (
 
 CREATE TABLE IF NOT EXISTS queries (
     id             INTEGER PRIMARY KEY, -- assigned by pgveil in the order statements arrive
-    session_id     INTEGER NOT NULL,
+    session_id     INTEGER NOT NULL,    -- sessions.id
     ts             TEXT NOT NULL,       -- when pgveil received the statement
     subject        TEXT NOT NULL,
     database       TEXT NOT NULL,
@@ -32,14 +33,14 @@ CREATE TABLE IF NOT EXISTS queries (
     duration_ms    REAL,                -- from receipt to completion
     sqlstate       TEXT,                -- NULL on success
     error          TEXT,
-    approval_id    INTEGER,
+    approval_id    INTEGER,             -- approvals.id
     chain_seq      INTEGER UNIQUE,      -- position in the hash chain (rows are chained when finished); NULL: unfinished
     prev_hash      TEXT,                -- hex SHA-256 of the previous chained row ('' before the first)
     hash           TEXT                 -- hex SHA-256(prev_hash || this row), NULL: unfinished
 );
 
 CREATE TABLE IF NOT EXISTS approvals (
-    id           INTEGER PRIMARY KEY,   -- the approval id shown to agents and approvers
+    id           INTEGER PRIMARY KEY,   -- the approval id shown to agents and approvers + this run's base
     query_id     INTEGER,
     session_id   INTEGER NOT NULL,
     subject      TEXT NOT NULL,
@@ -54,13 +55,15 @@ CREATE TABLE IF NOT EXISTS approvals (
 );
 
 -- Where the chain continues after retention removed older rows: the last
--- removed row's chain position and hash.
+-- removed row's chain position and hash. The verifier starts the chain at
+-- chain_seq + 1 only when no older chained row is left.
 CREATE TABLE IF NOT EXISTS checkpoints (
-    id          INTEGER PRIMARY KEY,
-    created_at  TEXT NOT NULL,
-    chain_seq   INTEGER NOT NULL,
-    hash        TEXT NOT NULL,
-    rows_pruned INTEGER NOT NULL
+    id            INTEGER PRIMARY KEY,
+    created_at    TEXT NOT NULL,
+    chain_seq     INTEGER NOT NULL,
+    hash          TEXT NOT NULL,
+    rows_pruned   INTEGER NOT NULL,     -- queries rows removed by this pass
+    last_query_id INTEGER NOT NULL      -- largest queries id handed out so far: ids continue above it
 );
 
 CREATE INDEX IF NOT EXISTS queries_subject_ts ON queries (subject, ts);

@@ -7,9 +7,13 @@
  * command runs in turn if the caller's roles allow it, until one fails.
  * Answers are real result sets (RowDescription, DataRow, CommandComplete),
  * errors carry SQLSTATEs and, for syntax errors, the position psql points
- * at. The console owns no state of its own beyond the caller's identity:
- * held statements, grants and blocks live in the approval registry, the
- * sessions in their workers. Also owns the process-wide SHOW STATS counters.
+ * at. The console owns no state of its own beyond the caller's identity
+ * and the string it is running: held statements, grants and blocks live in
+ * the approval registry, the sessions in their workers, the audit log in
+ * SQLite. SHOW SESSION n and SQL read the audit log on the audit_read
+ * threads; the string then waits (admin_query returns ADMIN_WAIT) and goes
+ * on in admin_resume() when the session's event fires. Also owns the
+ * process-wide SHOW STATS counters.
  */
 #include "pgveil/admin.h"
 
@@ -24,6 +28,7 @@
 #include <unistd.h>
 
 #include "pgveil/approval.h"
+#include "pgveil/audit_read.h"
 #include "pgveil/catalog.h"
 #include "pgveil/log.h"
 #include "pgveil/mask.h"
@@ -41,6 +46,8 @@
 #define SQLSTATE_INVALID_PARAMETER "22023"
 #define SQLSTATE_OUT_OF_RANGE "22003"
 
+typedef struct AdminCmd AdminCmd;
+
 struct AdminConsole {
 	char *subject;        /* the caller, recorded as approver */
 	int roles;            /* ADMIN_ROLE_* bits, as of configuration generation roles_gen */
@@ -48,6 +55,13 @@ struct AdminConsole {
 	const Identity *id;   /* the caller (the session's; it outlives the console) */
 	uint64_t session_id;  /* the console's own session */
 	char ctx[96];         /* log context */
+	struct event *wake;   /* the session's: activated when a read of the audit log is done */
+	/* The Query string being run (between admin_query and its ADMIN_DONE): */
+	char *sql;            /* a copy of it; the commands point into it */
+	AdminCmd *cmds;
+	int n_cmds;
+	int next;             /* the command to run next */
+	AuditRead *pending;   /* the read of the audit log cmds[next - 1] waits for, or NULL */
 };
 
 /* ---- counters ------------------------------------------------------------------------- */
@@ -82,7 +96,7 @@ int admin_roles(const Config *cfg, const Identity *id)
 	return roles;
 }
 
-AdminConsole *admin_open(const Identity *id, int roles, uint64_t session_id)
+AdminConsole *admin_open(const Identity *id, int roles, uint64_t session_id, struct event *wake)
 {
 	AdminConsole *ac = calloc(1, sizeof(AdminConsole));
 
@@ -97,14 +111,18 @@ AdminConsole *admin_open(const Identity *id, int roles, uint64_t session_id)
 	ac->roles_gen = config_generation();
 	ac->id = id;
 	ac->session_id = session_id;
+	ac->wake = wake;
 	snprintf(ac->ctx, sizeof(ac->ctx), "c%llu admin %s", (unsigned long long)session_id, ac->subject);
 	return ac;
 }
+
+static void end_query(AdminConsole *ac);
 
 void admin_close(AdminConsole *ac)
 {
 	if (ac == NULL)
 		return;
+	end_query(ac);
 	free(ac->subject);
 	free(ac);
 }
@@ -405,14 +423,15 @@ static const struct {
 	[CMD_TRANSACTION] = { "BEGIN", ROLES_ALL, NULL },
 };
 
-typedef struct AdminCmd {
+struct AdminCmd {
 	CmdKind kind;
 	const char *name;     /* SQL and transaction commands: the word written ("WITH"); else NULL */
 	size_t name_len;
+	size_t end;           /* SQL: byte offset just past its last token (name starts it) */
 	uint64_t n;           /* the id */
 	uint64_t seconds;     /* FOR ...; 0 = none */
 	char *text;           /* REASON or subject */
-} AdminCmd;
+};
 
 /* FOR k SECOND(S) | MINUTE(S) | HOUR(S) | DAY(S) after the FOR keyword. */
 static bool parse_duration(Lexer *lx, uint64_t *seconds)
@@ -470,9 +489,11 @@ static bool parse_passthrough(Lexer *lx, AdminCmd *c, CmdKind kind)
 	c->kind = kind;
 	c->name = lx->src + lx->tok.off;
 	c->name_len = lx->tok.len;
-	while (lx->tok.kind != TOK_END && lx->tok.kind != TOK_SEMI)
+	while (lx->tok.kind != TOK_END && lx->tok.kind != TOK_SEMI) {
+		c->end = lx->tok.off + lx->tok.len;
 		if (!lex_next(lx))
 			return false;
+	}
 	return true;
 }
 
@@ -1348,12 +1369,148 @@ static bool run_reload(AdminConsole *ac, const AdminCmd *c, PgBuf *out)
 	return true;
 }
 
-static bool run_audit_log(AdminConsole *ac, const AdminCmd *c, PgBuf *out)
+/* ---- the audit log ---------------------------------------------------------------------- */
+
+/*
+ * SHOW SESSION n: the session's row, then its statements in the order they
+ * arrived, as one result set. The session row has kind 'session', its
+ * start in ts and its length in duration_ms; statement rows have kind
+ * 'statement' and the queries row, with the approver of a held statement.
+ */
+static const char show_session_sql[] =
+	"SELECT kind, id, ts, subject, ended_at, end_reason, decision, rule, classes, duration_ms, rows,"
+	" sqlstate, error, masked_columns, decided_by, sql FROM ("
+	"SELECT 0 AS k, 'session' AS kind, id, started_at AS ts, subject, ended_at, end_reason,"
+	" NULL AS decision, NULL AS rule, NULL AS classes,"
+	" round((julianday(ended_at) - julianday(started_at)) * 86400000.0, 3) AS duration_ms,"
+	" NULL AS rows, NULL AS sqlstate, NULL AS error, NULL AS masked_columns, NULL AS decided_by, NULL AS sql"
+	" FROM sessions WHERE id = %llu"
+	" UNION ALL "
+	"SELECT 1, 'statement', q.id, q.ts, q.subject, NULL, NULL, q.decision, q.rule, q.classes,"
+	" CAST(q.duration_ms AS REAL), CAST(q.rows AS INTEGER), q.sqlstate, q.error, q.masked_columns,"
+	" a.decided_by, q.sql"
+	" FROM queries q LEFT JOIN approvals a ON a.id = q.approval_id WHERE q.session_id = %llu"
+	") ORDER BY k, id";
+
+/* SHOW SESSION's column types, whatever the rows hold (a session without statements too). */
+static const uint32_t show_session_types[] = {
+	AUDIT_READ_OID_TEXT, AUDIT_READ_OID_INT8, AUDIT_READ_OID_TEXT, AUDIT_READ_OID_TEXT, AUDIT_READ_OID_TEXT,
+	AUDIT_READ_OID_TEXT, AUDIT_READ_OID_TEXT, AUDIT_READ_OID_TEXT, AUDIT_READ_OID_TEXT, AUDIT_READ_OID_FLOAT8,
+	AUDIT_READ_OID_INT8, AUDIT_READ_OID_TEXT, AUDIT_READ_OID_TEXT, AUDIT_READ_OID_TEXT, AUDIT_READ_OID_TEXT,
+	AUDIT_READ_OID_TEXT,
+};
+
+/* Hands sql to a reader thread; the string waits for it. False after an error. */
+static bool submit_read(AdminConsole *ac, const char *sql, PgBuf *out)
 {
-	put_error(out, SQLSTATE_FEATURE_NOT_SUPPORTED, "the audit log is not available yet",
-		  "SHOW SESSION and SQL queries read the audit log (audit_db), which this build does not write yet",
-		  0);
-	return false;
+	Config *cfg = config_current();
+	const char *path = cfg != NULL ? cfg->audit_db : NULL;
+
+	if (path == NULL || path[0] == '\0') {
+		config_unref(cfg);
+		put_error(out, SQLSTATE_FEATURE_NOT_SUPPORTED, "the audit log is not available",
+			  "SHOW SESSION and SQL queries read the audit log, and audit_db is not set", 0);
+		return false;
+	}
+	if (ac->wake != NULL)
+		ac->pending = audit_read_submit(path, sql, NULL, ac->wake);
+	config_unref(cfg);
+	if (ac->pending == NULL) {
+		put_error(out, SQLSTATE_INTERNAL_ERROR, "could not start reading the audit log", NULL, 0);
+		return false;
+	}
+	return true;
+}
+
+static bool run_show_session(AdminConsole *ac, const AdminCmd *c, PgBuf *out)
+{
+	char sql[sizeof(show_session_sql) + 64];
+
+	snprintf(sql, sizeof(sql), show_session_sql, (unsigned long long)c->n, (unsigned long long)c->n);
+	log_write(LL_INFO, ac->ctx, "SHOW SESSION %llu", (unsigned long long)c->n);
+	return submit_read(ac, sql, out);
+}
+
+static bool run_audit_sql(AdminConsole *ac, const AdminCmd *c, PgBuf *out)
+{
+	size_t off = (size_t)(c->name - ac->sql);
+	char *sql = strndup(c->name, c->end - off);
+	bool ok;
+
+	if (sql == NULL)
+		return out_of_memory(out);
+	log_write(LL_INFO, ac->ctx, "audit log query: %.300s", sql);
+	ok = submit_read(ac, sql, out);
+	free(sql);
+	return ok;
+}
+
+static int16_t type_len(uint32_t oid)
+{
+	return oid == AUDIT_READ_OID_INT8 || oid == AUDIT_READ_OID_FLOAT8 ? 8 : -1;
+}
+
+/* RowDescription, DataRows and CommandComplete of a result; types NULL: the result's own. */
+static void put_read_result(PgBuf *out, const AuditReadResult *res, const uint32_t *types, const char *verb)
+{
+	char tag[48];
+
+	pgproto_begin(out, 'T');
+	pgproto_put_int16(out, (int16_t)res->n_cols);
+	for (int i = 0; i < res->n_cols; i++) {
+		uint32_t oid = types != NULL ? types[i] : res->col_types[i];
+
+		pgproto_put_string(out, res->col_names[i]);
+		pgproto_put_int32(out, 0);
+		pgproto_put_int16(out, 0);
+		pgproto_put_int32(out, (int32_t)oid);
+		pgproto_put_int16(out, type_len(oid));
+		pgproto_put_int32(out, -1);
+		pgproto_put_int16(out, 0);
+	}
+	pgproto_end(out);
+	for (int64_t r = 0; r < res->n_rows; r++) {
+		pgproto_begin(out, 'D');
+		pgproto_put_int16(out, (int16_t)res->n_cols);
+		for (int i = 0; i < res->n_cols; i++) {
+			const char *val = audit_read_value(res, r, i);
+
+			pgproto_put_int32(out, val != NULL ? (int32_t)strlen(val) : -1);
+			if (val != NULL)
+				pgproto_put_bytes(out, val, strlen(val));
+		}
+		pgproto_end(out);
+	}
+	snprintf(tag, sizeof(tag), "%s %lld", verb, (long long)res->n_rows);
+	put_complete(out, tag);
+}
+
+/* The answer of the command that waited for res; false after an error. */
+static bool put_read_answer(AdminConsole *ac, const AdminCmd *c, const AuditReadResult *res, PgBuf *out)
+{
+	bool session = c->kind == CMD_SHOW_SESSION;
+	char msg[96];
+
+	if (res->sqlstate[0] != '\0') {
+		int pos = !session && res->err_offset >= 0 ?
+				  char_position(ac->sql, (size_t)(c->name - ac->sql) + (size_t)res->err_offset) : 0;
+
+		log_write(LL_INFO, ac->ctx, "audit log: %s %s", res->sqlstate, res->message);
+		put_error(out, res->sqlstate, res->message, res->hint, pos);
+		return false;
+	}
+	if (session && res->n_rows == 0) {
+		snprintf(msg, sizeof(msg), "session %llu is not in the audit log", (unsigned long long)c->n);
+		put_error(out, SQLSTATE_UNDEFINED_OBJECT, msg, "SELECT id, subject, started_at FROM sessions lists them",
+			  0);
+		return false;
+	}
+	if (session && res->n_cols != (int)PGV_ARRAY_LEN(show_session_types)) {
+		put_error(out, SQLSTATE_INTERNAL_ERROR, "unexpected shape of the audit log", NULL, 0);
+		return false;
+	}
+	put_read_result(out, res, session ? show_session_types : NULL, session ? "SHOW" : "SELECT");
+	return true;
 }
 
 static bool run_transaction(AdminConsole *ac, const AdminCmd *c, PgBuf *out)
@@ -1365,14 +1522,14 @@ static bool run_transaction(AdminConsole *ac, const AdminCmd *c, PgBuf *out)
 
 static const CmdRunner runners[] = {
 	[CMD_SHOW_HELD] = run_show_held,	 [CMD_SHOW_GRANTS] = run_show_grants,
-	[CMD_SHOW_SESSIONS] = run_show_sessions, [CMD_SHOW_SESSION] = run_audit_log,
+	[CMD_SHOW_SESSIONS] = run_show_sessions, [CMD_SHOW_SESSION] = run_show_session,
 	[CMD_SHOW_RULES] = run_show_rules,	 [CMD_SHOW_STATS] = run_show_stats,
 	[CMD_SHOW_BLOCKED] = run_show_blocked,	 [CMD_SHOW_MASKS] = run_show_masks,
 	[CMD_SHOW_HELP] = run_show_help,
 	[CMD_APPROVE] = run_decide,		 [CMD_DENY] = run_decide,
 	[CMD_REVOKE_GRANT] = run_revoke,	 [CMD_KILL_SESSION] = run_kill,
 	[CMD_BLOCK_AGENT] = run_block,		 [CMD_UNBLOCK_AGENT] = run_unblock,
-	[CMD_RELOAD] = run_reload,		 [CMD_AUDIT_SQL] = run_audit_log,
+	[CMD_RELOAD] = run_reload,		 [CMD_AUDIT_SQL] = run_audit_sql,
 	[CMD_TRANSACTION] = run_transaction,
 };
 
@@ -1409,15 +1566,47 @@ static void refresh_roles(AdminConsole *ac)
 	config_unref(cfg);
 }
 
-void admin_query(AdminConsole *ac, const char *sql, PgBuf *out)
+/* Forgets the string being run (and a read it waits for). */
+static void end_query(AdminConsole *ac)
 {
-	Lexer lx = { .src = sql };
-	AdminCmd *cmds;
+	audit_read_cancel(ac->pending);
+	ac->pending = NULL;
+	free_cmds(ac->cmds, ac->n_cmds);
+	ac->cmds = NULL;
+	ac->n_cmds = ac->next = 0;
+	free(ac->sql);
+	ac->sql = NULL;
+}
+
+/* Runs the commands from ac->next on, until one fails or waits for the audit log. */
+static AdminStatus run_rest(AdminConsole *ac, PgBuf *out)
+{
+	while (ac->next < ac->n_cmds) {
+		if (!run_command(ac, &ac->cmds[ac->next++], out))
+			break;
+		if (ac->pending != NULL)
+			return ADMIN_WAIT;
+	}
+	end_query(ac);
+	return ADMIN_DONE;
+}
+
+AdminStatus admin_query(AdminConsole *ac, const char *sql, PgBuf *out)
+{
+	Lexer lx = { 0 };
 	int n;
 
+	if (ac->sql != NULL) {
+		put_error(out, SQLSTATE_INTERNAL_ERROR, "the previous command is still running", NULL, 0);
+		return ADMIN_DONE;
+	}
 	refresh_roles(ac);
-	n = parse_all(&lx, &cmds);
-
+	if ((ac->sql = strdup(sql)) == NULL) {
+		out_of_memory(out);
+		return ADMIN_DONE;
+	}
+	lx.src = ac->sql;
+	n = parse_all(&lx, &ac->cmds);
 	if (n < 0) {
 		bool syntax = strcmp(lx.err_state, SQLSTATE_SYNTAX_ERROR) == 0;
 		bool oom = strcmp(lx.err_state, SQLSTATE_OUT_OF_MEMORY) == 0;
@@ -1425,15 +1614,36 @@ void admin_query(AdminConsole *ac, const char *sql, PgBuf *out)
 		log_write(LL_DEBUG, ac->ctx, "%s", lx.err);
 		put_error(out, lx.err_state, lx.err, syntax ? "SHOW HELP lists the commands" : NULL,
 			  oom ? 0 : char_position(sql, lx.err_off));
-		return;
+		end_query(ac);
+		return ADMIN_DONE;
 	}
 	if (n == 0) {
 		pgproto_begin(out, 'I'); /* EmptyQueryResponse */
 		pgproto_end(out);
-		return;
 	}
-	for (int i = 0; i < n; i++)
-		if (!run_command(ac, &cmds[i], out))
-			break;
-	free_cmds(cmds, n);
+	ac->n_cmds = n;
+	return run_rest(ac, out);
+}
+
+AdminStatus admin_resume(AdminConsole *ac, PgBuf *out)
+{
+	AuditReadResult *res;
+
+	if (ac->pending == NULL)
+		return ac->sql != NULL ? run_rest(ac, out) : ADMIN_DONE;
+	if ((res = audit_read_take(ac->pending)) == NULL)
+		return ADMIN_WAIT;
+	ac->pending = NULL;
+	if (!put_read_answer(ac, &ac->cmds[ac->next - 1], res, out))
+		ac->next = ac->n_cmds; /* an error ends the string */
+	audit_read_result_free(res);
+	return run_rest(ac, out);
+}
+
+void admin_cancel(AdminConsole *ac)
+{
+	if (ac != NULL && ac->pending != NULL) {
+		log_write(LL_INFO, ac->ctx, "cancel request: stopping the audit log query");
+		audit_read_interrupt(ac->pending);
+	}
 }

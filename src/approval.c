@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pgveil/audit.h"
 #include "pgveil/log.h"
 
 #define APPROVAL_MAX_GRANT_SECONDS (100ULL * 366 * 86400) /* keeps time_t arithmetic sane */
@@ -245,9 +246,38 @@ static void prune_decided(void)
  * (the audit log's approvals table) hooks in. The entry stays valid (it is
  * the newest decided one, never pruned here).
  */
+/* The entry's row in the audit log's approvals table (queued; written by the audit writer). */
+static void audit_entry(const HeldEntry *e)
+{
+	static const char *const decisions[] = {
+		[HOLD_WAITING] = NULL, [HOLD_APPROVED] = "approve", [HOLD_DENIED] = "deny",
+		[HOLD_TIMEOUT] = "timeout", [HOLD_CANCELED] = "cancel",
+	};
+	AuditApproval a;
+
+	if (!audit_enabled())
+		return;
+	memset(&a, 0, sizeof(a));
+	a.approval_id = e->id;
+	a.session_id = e->session_id;
+	a.subject = e->subject;
+	a.sql = e->sql;
+	a.rule = e->rule;
+	a.requested_us = (int64_t)e->held_at * 1000000;
+	if (e->state != HOLD_WAITING) {
+		a.decided_us = (int64_t)(e->decided_at != 0 ? e->decided_at : time(NULL)) * 1000000;
+		a.decided_by = e->decided_by;
+		a.decision = decisions[e->state];
+		a.reason = e->reason;
+		a.grant_until_us = (int64_t)e->grant_until * 1000000;
+	}
+	audit_approval(&a);
+}
+
 static void record_outcome(HeldEntry *e)
 {
 	move_to_decided(e);
+	audit_entry(e);
 	if (e->state == HOLD_APPROVED || e->state == HOLD_DENIED)
 		log_write(LL_INFO, NULL, "held statement %llu of agent '%s' (session %llu) %s by '%s'%s%s%s",
 			  (unsigned long long)e->id, e->subject, (unsigned long long)e->session_id,
@@ -258,6 +288,14 @@ static void record_outcome(HeldEntry *e)
 			  (unsigned long long)e->id, e->subject, (unsigned long long)e->session_id,
 			  approval_state_name(e->state));
 	prune_decided();
+}
+
+void approval_set_first_id(uint64_t id)
+{
+	pthread_mutex_lock(&reg.lock);
+	if (id > reg.next_id)
+		reg.next_id = id;
+	pthread_mutex_unlock(&reg.lock);
 }
 
 void approval_init(void)
@@ -315,6 +353,7 @@ uint64_t approval_submit(const HoldSpec *spec, struct event *wake)
 	pthread_mutex_lock(&reg.lock);
 	id = e->id = reg.next_id++;
 	append(&reg.waiting, &reg.waiting_tail, e);
+	audit_entry(e);
 	pthread_mutex_unlock(&reg.lock);
 	log_write(LL_INFO, NULL, "statement of agent '%s' (session %llu) held for approval: id %llu",
 		  spec->subject != NULL ? spec->subject : "", (unsigned long long)spec->session_id,

@@ -3,7 +3,8 @@
  * pgveil's entry point: command-line arguments, loading and checking the
  * configuration, the main event loop with its signal handlers (SIGHUP
  * reload, SIGTERM graceful shutdown, SIGINT immediate exit), and starting
- * the listeners, the workers and the catalog thread.
+ * the audit writer, the listeners, the workers and the catalog thread;
+ * `--verify-audit FILE` checks an audit log's hash chain and starts nothing.
  */
 #include <event2/event.h>
 #include <event2/thread.h>
@@ -16,6 +17,8 @@
 
 #include "config.h"
 #include "pgveil/approval.h"
+#include "pgveil/audit.h"
+#include "pgveil/audit_read.h"
 #include "pgveil/catalog.h"
 #include "pgveil/config.h"
 #include "pgveil/jwks.h"
@@ -23,6 +26,7 @@
 #include "pgveil/log.h"
 #include "pgveil/rules.h"
 #include "pgveil/server.h"
+#include "pgveil/session.h"
 #include "pgveil/tls.h"
 
 static struct event_base *main_base;
@@ -48,6 +52,10 @@ static void usage(FILE *out)
 		"Usage:\n"
 		"  pgveil -c FILE            run the proxy in the foreground, logging to stderr\n"
 		"  pgveil --check -c FILE    check the configuration and rules, start nothing\n"
+		"  pgveil --verify-audit FILE\n"
+		"                            check the hash chain of an audit database; exit 0 when\n"
+		"                            intact, 1 when a row was altered, inserted or deleted,\n"
+		"                            2 when FILE is not a readable audit database\n"
 		"  pgveil --version          print the version\n"
 		"  pgveil --help             print this help\n"
 		"\n"
@@ -173,6 +181,7 @@ static void reload(const char *path)
 	log_rules(cfg);
 	config_set_current(cfg);
 	catalog_reconfigure(cfg);
+	audit_reconfigure(cfg);
 	config_unref(old);
 	log_info("configuration reloaded");
 }
@@ -220,9 +229,16 @@ static int run(const char *path)
 	warn_risky(cfg);
 	log_rules(cfg);
 	config_set_current(cfg);
+	if (!audit_start(cfg, err, sizeof(err))) {
+		log_error("%s", err);
+		config_set_current(NULL);
+		return 1;
+	}
 	main_base = event_base_new();
 	if (main_base == NULL) {
 		log_error("cannot create the event loop");
+		audit_stop();
+		config_set_current(NULL);
 		return 1;
 	}
 	for (int i = 0; i < 3; i++) {
@@ -230,6 +246,13 @@ static int run(const char *path)
 		evsignal_add(sigev[i], NULL);
 	}
 	approval_init();
+	{
+		uint64_t session_base, approval_base;
+
+		audit_id_bases(&session_base, &approval_base);
+		session_set_first_id(session_base + 1);
+		approval_set_first_id(approval_base + 1);
+	}
 	if (!start_config(cfg) || !catalog_start(cfg) || !server_start(main_base, cfg, err, sizeof(err))) {
 		if (err[0] != '\0')
 			log_error("%s", err);
@@ -239,7 +262,9 @@ static int run(const char *path)
 	}
 	event_base_dispatch(main_base);
 	catalog_stop(); /* before server_free(): requests wake events of the workers' bases */
+	audit_read_stop(); /* the same for auditors' reads */
 	server_free();
+	audit_stop(); /* after the workers: every row they queued is written */
 	approval_shutdown();
 	for (int i = 0; i < 3; i++)
 		event_free(sigev[i]);
@@ -253,11 +278,12 @@ int main(int argc, char **argv)
 	static const struct option opts[] = {
 		{ "config", required_argument, NULL, 'c' },
 		{ "check", no_argument, NULL, 'k' },
+		{ "verify-audit", required_argument, NULL, 'A' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *path = NULL;
+	const char *path = NULL, *verify = NULL;
 	bool check = false;
 	int c;
 
@@ -265,12 +291,15 @@ int main(int argc, char **argv)
 		switch (c) {
 		case 'c': path = optarg; break;
 		case 'k': check = true; break;
+		case 'A': verify = optarg; break;
 		case 'V': printf("pgveil %s\n", PACKAGE_VERSION); return 0;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
 	}
-	if (path == NULL || optind != argc) {
+	if (verify != NULL && path == NULL && !check && optind == argc)
+		return audit_verify(verify, stdout);
+	if (path == NULL || optind != argc || verify != NULL) {
 		usage(stderr);
 		return 2;
 	}

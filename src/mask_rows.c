@@ -131,13 +131,25 @@ static bool field_kept(uint8_t code)
 	return strchr("SVCPpFLRstcdn", code) != NULL;
 }
 
-/* Appends message text with every "quoted" part replaced by "***". */
+static bool is_hex(char c)
+{
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+/*
+ * Appends message text with every "quoted" part replaced by "***", and
+ * every byte written as 0xNN (encoding conversion errors) by 0x**.
+ */
 static void put_scrubbed_text(PgBuf *b, const char *m)
 {
 	bool quoted = false;
 
 	for (; *m; m++) {
-		if (*m == '"') {
+		if (!quoted && m[0] == '0' && m[1] == 'x' && is_hex(m[2])) {
+			pgproto_put_bytes(b, "0x**", 4);
+			for (m += 2; is_hex(m[1]); m++)
+				;
+		} else if (*m == '"') {
 			pgproto_put_bytes(b, m, 1);
 			if (!quoted)
 				pgproto_put_bytes(b, "***", 3);

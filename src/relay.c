@@ -31,6 +31,7 @@
 
 #include "pgveil/admin.h"
 #include "pgveil/approval.h"
+#include "pgveil/audit.h"
 #include "pgveil/log.h"
 #include "pgveil/pgproto.h"
 #include "pgveil/policy.h"
@@ -45,6 +46,8 @@
 #define SQLSTATE_SYNTAX_ERROR "42601"
 #define MAX_PARTS 64
 #define MAX_HOLD_TABLES 64
+/* The name FunctionCalls are audited under (no portal can have it: it starts with a control byte). */
+#define FASTPATH_PORTAL "\001fastpath"
 /* Bytes of a Bind read to find its names; the parameters are read only when it is held. */
 #define BIND_PEEK 256
 /* A copy buffer larger than this is freed after use. */
@@ -524,6 +527,7 @@ static Decision decide(Session *s, const PartList *pl)
 	Config *cfg = relay_config(s->relay);
 	Decision d = policy_decide(cfg->ruleset, cfg->default_action, &s->identity, pl->parts, pl->n);
 
+	s->relay->audit_rule = d.rule != NULL ? d.rule->where : NULL;
 	admin_stat_add(d.action == DECISION_ALLOW ? STAT_ALLOWED : d.action == DECISION_BLOCK ? STAT_BLOCKED : STAT_HELD,
 		       1);
 	return d;
@@ -708,6 +712,53 @@ static GuardAction mask_check_executed(Session *s, const StmtInfo *info)
 	return act;
 }
 
+/* The audit row of a statement refused with the ErrorResponse in r->refusal. */
+static void audit_refusal(Session *s, const char *sql, const StmtInfo *info, const char *decision,
+			  uint64_t approval_id)
+{
+	Relay *r = s->relay;
+	PgErrorFields f;
+
+	if (!audit_enabled())
+		return;
+	if (r->refusal.len <= PG_HEADER_LEN ||
+	    !pgproto_parse_error(r->refusal.data + PG_HEADER_LEN, r->refusal.len - PG_HEADER_LEN, &f))
+		memset(&f, 0, sizeof(f));
+	relay_audit_refused(s, sql, info, decision, r->audit_rule, f.sqlstate, f.message, approval_id, true);
+}
+
+/*
+ * After rows were started for a message: GUARD_FORWARD, or GUARD_WAIT when
+ * the audit queue is full (the room event resumes), or GUARD_REFUSE (refusal
+ * built) when the audit log cannot be written in strict mode.
+ */
+static GuardAction audit_stopped(Session *s)
+{
+	Relay *r = s->relay;
+	int stop = r->audit_stop;
+	char why[256], msg[400];
+
+	r->audit_stop = AUDIT_OK;
+	if (stop == AUDIT_FULL) {
+		r->audit_wait_id = 0;
+		return GUARD_WAIT;
+	}
+	if (stop != AUDIT_FAILED)
+		return GUARD_FORWARD;
+	r->audit_wait_id = 0;
+	snprintf(msg, sizeof(msg), "the audit log cannot be written, so the statement is refused: %s",
+		 audit_error(why, sizeof(why)) != NULL ? why : "unknown error");
+	relay_refuse(s, SQLSTATE_IO_ERROR, msg, "audit_mode = strict: nothing runs without its audit record.", NULL, 0);
+	log_write(LL_WARN, s->ctx, "%s", msg);
+	return GUARD_REFUSE;
+}
+
+static GuardAction audit_start_query(Session *s, const char *sql, const StmtInfo *info)
+{
+	relay_audit_query(s, sql, info, "allow", s->relay->audit_rule, 0);
+	return audit_stopped(s);
+}
+
 /* Query: the whole string is decided; its parts are every statement in it. */
 static GuardAction guard_query(Session *s, const char *sql, size_t msglen)
 {
@@ -716,6 +767,7 @@ static GuardAction guard_query(Session *s, const char *sql, size_t msglen)
 	GuardAction act = GUARD_REFUSE;
 	Decision d;
 
+	s->relay->audit_rule = NULL;
 	if (info == NULL) {
 		relay_refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory while analysing the statement", NULL, NULL, 0);
 		return GUARD_REFUSE;
@@ -743,11 +795,13 @@ static GuardAction guard_query(Session *s, const char *sql, size_t msglen)
 		hold_forget_query(s->relay);
 	else if (d.action == DECISION_ALLOW)
 		act = GUARD_FORWARD;
-	if (act == GUARD_FORWARD) {
+	if (act == GUARD_FORWARD && (act = audit_start_query(s, sql, info)) == GUARD_FORWARD) {
 		prepared_track(s->relay, info, sql);
 		s->relay->cur_info = sqlinfo_ref(info);
 	}
 done:
+	if (act == GUARD_REFUSE)
+		audit_refusal(s, sql, info, "block", 0);
 	sqlinfo_unref(info);
 	return act;
 }
@@ -769,6 +823,7 @@ static GuardAction guard_parse(Session *s, PgReader *rd)
 		return GUARD_HOLD;
 	}
 	info = analyze(sql);
+	s->relay->audit_rule = NULL;
 	if (info == NULL) {
 		relay_refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory while analysing the statement", NULL, NULL, 0);
 		return GUARD_REFUSE;
@@ -792,6 +847,8 @@ static GuardAction guard_parse(Session *s, PgReader *rd)
 		sqlinfo_unref(info);
 		return act;
 	}
+	if (act == GUARD_REFUSE)
+		audit_refusal(s, sql, info, "block", 0);
 	if (act == GUARD_REFUSE && name[0] == '\0')
 		prepared_remove(s->relay, name); /* the server drops its unnamed statement first */
 	sqlinfo_unref(info);
@@ -880,7 +937,7 @@ static char *bind_display_whole(Session *s, const char *sql)
 }
 
 /* Bind: decided on everything the named statement can run; held here, not at Parse. */
-static GuardAction guard_bind(Session *s, PgReader *rd, size_t msglen)
+static GuardAction guard_bind_decide(Session *s, PgReader *rd, size_t msglen)
 {
 	Relay *r = s->relay;
 	const char *portal, *stmt, *sql = NULL;
@@ -910,6 +967,7 @@ static GuardAction guard_bind(Session *s, PgReader *rd, size_t msglen)
 	if (p != NULL && p->decided && p->decided_gen == r->cfg_gen && p->decision.action == DECISION_ALLOW &&
 	    r->pend_head == NULL) {
 		admin_stat_add(STAT_ALLOWED, 1);
+		r->audit_rule = p->decision.rule != NULL ? p->decision.rule->where : NULL;
 		return GUARD_FORWARD; /* the common case: a prepared statement run again */
 	}
 	switch (add_named(s, stmt, &pl, 0, &settled, &sql)) {
@@ -940,6 +998,39 @@ static GuardAction guard_bind(Session *s, PgReader *rd, size_t msglen)
 	text = bind_display_whole(s, sql);
 	act = hold_start(s, 'B', msglen, text != NULL ? text : sql, &d, &pl);
 	free(text);
+	return act;
+}
+
+/* The text a Bind of prepared statement `name` runs, for the audit log. */
+static const char *bound_sql(Relay *r, const char *name)
+{
+	const char *sql = NULL;
+	const Prepared *p;
+
+	for (const Pending *q = r->pend_head; q != NULL; q = q->next)
+		if (q->kind == PEND_PARSE && q->batch == r->batches_sent && strcmp(q->name, name) == 0)
+			sql = q->sql;
+	if (sql == NULL && (p = relay_prepared_find(r, name)) != NULL)
+		sql = p->sql;
+	return sql != NULL ? sql : "";
+}
+
+static GuardAction guard_bind(Session *s, PgReader *rd, size_t msglen)
+{
+	PgReader names = *rd;
+	const char *portal = NULL, *stmt = NULL;
+	GuardAction act;
+
+	s->relay->audit_rule = NULL;
+	act = guard_bind_decide(s, rd, msglen);
+	if (!audit_enabled() || s->state != SESS_ACTIVE || !pgproto_get_string(&names, &portal) ||
+	    !pgproto_get_string(&names, &stmt))
+		return act;
+	if (act == GUARD_FORWARD)
+		relay_audit_bind(s, portal, bound_sql(s->relay, stmt), relay_bound_info(s->relay, stmt), "allow",
+				 s->relay->audit_rule, 0);
+	else if (act == GUARD_REFUSE)
+		audit_refusal(s, bound_sql(s->relay, stmt), NULL, "block", 0);
 	return act;
 }
 
@@ -989,13 +1080,17 @@ static GuardAction guard_function_call(Session *s, PgReader *rd, size_t msglen)
 	}
 	parts_add(&pl, &part);
 	d = decide(s, &pl);
-	if (d.action == DECISION_ALLOW)
-		return GUARD_FORWARD;
+	snprintf(text, sizeof(text), "-- FunctionCall (fast-path protocol) of the function with oid %u", oid);
+	if (d.action == DECISION_ALLOW) {
+		relay_audit_bind(s, FASTPATH_PORTAL, text, NULL, "allow", s->relay->audit_rule, 0);
+		relay_audit_execute(s, FASTPATH_PORTAL);
+		return audit_stopped(s);
+	}
 	if (d.action == DECISION_BLOCK) {
 		refuse_blocked(s, &d);
+		audit_refusal(s, text, NULL, "block", 0);
 		return GUARD_REFUSE;
 	}
-	snprintf(text, sizeof(text), "-- FunctionCall (fast-path protocol) of the function with oid %u", oid);
 	return hold_start(s, 'F', msglen, text, &d, &pl);
 }
 
@@ -1046,10 +1141,11 @@ void relay_send_to_client(Session *s, PgBuf *b)
 }
 
 /*
- * Puts the refusal statement in the server's output in place of a message
- * of `type`, and queues the refusal in r->refusal to replace its error.
+ * Sends the refusal statement for a message of `type` to the server and
+ * queues r->refusal to replace its error in batch `batch`. False when the
+ * session failed (out of memory).
  */
-static void send_refusal(Session *s, uint8_t type)
+static bool queue_refusal(Session *s, uint8_t type, uint64_t batch)
 {
 	Relay *r = s->relay;
 	Substitute *sub = calloc(1, sizeof(*sub));
@@ -1064,11 +1160,11 @@ static void send_refusal(Session *s, uint8_t type)
 		free(sub);
 		pgproto_buf_free(&b);
 		session_fail(s, SQLSTATE_OUT_OF_MEMORY, "out of memory");
-		return;
+		return false;
 	}
 	evbuffer_add(stream_output(s->server), b.data, b.len);
 	pgproto_buf_free(&b);
-	sub->batch = r->batches_sent;
+	sub->batch = batch;
 	pgproto_buf_init(&sub->msg);
 	pgproto_put_bytes(&sub->msg, r->refusal.data, r->refusal.len);
 	if (r->subst_tail != NULL)
@@ -1076,11 +1172,37 @@ static void send_refusal(Session *s, uint8_t type)
 	else
 		r->subst_head = sub;
 	r->subst_tail = sub;
+	return true;
+}
+
+/*
+ * Puts the refusal statement in the server's output in place of a message
+ * of `type`, and queues the refusal in r->refusal to replace its error.
+ */
+static void send_refusal(Session *s, uint8_t type)
+{
+	Relay *r = s->relay;
+
+	if (!queue_refusal(s, type, r->batches_sent))
+		return;
 	relay_mask_client_msg(s, type == 'Q' || type == 'F' ? 'Q' : 'P', (const uint8_t *)"", 1, NULL);
 	if (type == 'Q' || type == 'F') {
 		r->batches_sent++;
 		s->pending_ready++;
 	}
+}
+
+/*
+ * The refusal statement in place of a message whose bookkeeping was done
+ * when it was forwarded (a strict-mode message whose audit row failed):
+ * only the server's error is replaced. A Query was counted as the latest
+ * batch; anything else belongs to the open one.
+ */
+static void send_refusal_in_place(Session *s, uint8_t type)
+{
+	Relay *r = s->relay;
+
+	(void)queue_refusal(s, type, type == 'Q' || type == 'F' ? r->batches_sent - 1 : r->batches_sent);
 }
 
 /* Copies the body of the message at `off` (whole in the buffer) to scratch. */
@@ -1170,7 +1292,8 @@ static bool needs_guard(uint8_t type)
 /* Messages read one by one: guarded ones, and for a caller with masks those that get an answer. */
 static bool read_whole(const Relay *r, uint8_t type)
 {
-	return needs_guard(type) || (r->mask != NULL && (type == 'D' || type == 'E' || type == 'S'));
+	return needs_guard(type) || (r->mask != NULL && (type == 'D' || type == 'E' || type == 'S')) ||
+	       (type == 'E' && audit_enabled());
 }
 
 /*
@@ -1205,6 +1328,51 @@ static size_t mask_forward(Session *s, struct evbuffer *in, size_t run, const Pg
 	return run;
 }
 
+/* The name at the start of the message at `run` (Execute's portal), into buf. */
+static const char *message_name(struct evbuffer *in, size_t run, const PgHeader *h, char *buf, size_t len)
+{
+	struct evbuffer_ptr pos;
+	size_t n = h->len - 4 < len - 1 ? h->len - 4 : len - 1;
+
+	evbuffer_ptr_set(in, &pos, run + PG_HEADER_LEN, EVBUFFER_PTR_SET);
+	evbuffer_copyout_from(in, &pos, buf, n);
+	buf[n] = '\0';
+	return buf;
+}
+
+static void audit_execute(Session *s, struct evbuffer *in, size_t run, const PgHeader *h)
+{
+	char portal[256];
+
+	if (audit_enabled())
+		relay_audit_execute(s, message_name(in, run, h, portal, sizeof(portal)));
+}
+
+/* An approved message goes on: its audit rows say so. */
+static void audit_released(Session *s, struct evbuffer *in, size_t run, const PgHeader *h)
+{
+	Relay *r = s->relay;
+	const uint8_t *body;
+	const char *a, *b;
+	PgReader rd;
+	StmtInfo *info;
+
+	if (!audit_enabled() || (body = relay_copy_body(r, in, run, h->len - 4)) == NULL)
+		return;
+	pgproto_reader_init(&rd, body, h->len - 4);
+	if (h->type == 'Q' && pgproto_get_string(&rd, &a) && (info = analyze(a)) != NULL) {
+		relay_audit_query(s, a, info, "approve", r->audit_rule, r->released_id);
+		sqlinfo_unref(info);
+	} else if (h->type == 'B' && pgproto_get_string(&rd, &a) && pgproto_get_string(&rd, &b)) {
+		relay_audit_bind(s, a, bound_sql(r, b), relay_bound_info(r, b), "approve", r->audit_rule,
+				 r->released_id);
+	} else if (h->type == 'F') {
+		relay_audit_bind(s, FASTPATH_PORTAL, "-- FunctionCall (fast-path protocol)", NULL, "approve",
+				 r->audit_rule, r->released_id);
+		relay_audit_execute(s, FASTPATH_PORTAL);
+	}
+}
+
 static size_t guard_at(Session *s, struct evbuffer *in, size_t run, const PgHeader *h)
 {
 	Relay *r = s->relay;
@@ -1218,6 +1386,9 @@ static size_t guard_at(Session *s, struct evbuffer *in, size_t run, const PgHead
 		if (r->hold_info != NULL)
 			prepared_track(r, r->hold_info, r->hold_sql);
 		hold_forget_query(r);
+		audit_released(s, in, run, h);
+		if ((act = audit_stopped(s)) == GUARD_WAIT)
+			act = GUARD_FORWARD; /* approved already: it runs, its row is logged as lost */
 	} else {
 		uint32_t blen = guarded_length(in, run, h);
 
@@ -1238,6 +1409,15 @@ static size_t guard_at(Session *s, struct evbuffer *in, size_t run, const PgHead
 		if (s->state != SESS_ACTIVE)
 			return (size_t)-1;
 	}
+	if (act == GUARD_FORWARD && h->type == 'E' && audit_enabled()) {
+		audit_execute(s, in, run, h);
+		act = audit_stopped(s);
+		if (act == GUARD_WAIT) {
+			if (run > 0)
+				evbuffer_remove_buffer(in, stream_output(s->server), run);
+			return (size_t)-1;
+		}
+	}
 	if (act == GUARD_FORWARD) {
 		if (r->mask != NULL)
 			run = mask_forward(s, in, run, h);
@@ -1251,6 +1431,13 @@ static size_t guard_at(Session *s, struct evbuffer *in, size_t run, const PgHead
 			r->last_starter = 'Q';
 		} else if (!needs_guard(h->type)) {
 			count_client_message(s, h->type);
+		}
+		if (r->audit_wait_id != 0) { /* strict: it goes once its row is durable */
+			if (run > 0)
+				evbuffer_remove_buffer(in, stream_output(s->server), run);
+			r->audit_wait_len = msglen;
+			r->audit_wait_type = h->type;
+			return (size_t)-1;
 		}
 		return run + msglen;
 	}
@@ -1302,8 +1489,8 @@ void relay_client_input(Session *s)
 			stream_enable_read(s->client, false); /* the rest waits in the kernel behind the held message */
 		return;
 	}
-	if (relay_mask_client_waits(s))
-		return; /* resumed once the catalog is loaded */
+	if (relay_mask_client_waits(s) || r->audit_wait_id != 0)
+		return; /* resumed once the catalog is loaded, or the audit row is durable */
 	if (s->token_expired && s->client_pass == 0) {
 		session_fail(s, SQLSTATE_INVALID_AUTHORIZATION, "the agent's token has expired; reconnect with a new token");
 		return;
@@ -1488,6 +1675,14 @@ void relay_server_input(Session *s)
 			session_fail(s, SQLSTATE_PROTOCOL_VIOLATION, "invalid message from the server");
 			return;
 		}
+		if (r->audit != NULL && strchr("CEIsV", h.type) != NULL) {
+			const uint8_t *body;
+
+			if (avail - run < (size_t)h.len + 1)
+				break; /* its outcome is read whole */
+			if ((body = relay_copy_body(r, in, run, h.len - 4)) != NULL)
+				relay_audit_server(s, h.type, body, h.len - 4);
+		}
 		if (r->mask != NULL) {
 			RmsResult rr = relay_mask_server_msg(s, in, &run, avail, &h);
 
@@ -1510,6 +1705,7 @@ void relay_server_input(Session *s)
 				s->pending_ready--;
 			r->batches_done++;
 			pending_drop_done(r);
+			relay_audit_server(s, 'Z', NULL, 0);
 			while (r->subst_head != NULL && r->subst_head->batch < r->batches_done)
 				subst_pop(r); /* an earlier error of that batch skipped the refusal */
 		} else if (h.type == '1') {
@@ -1566,6 +1762,23 @@ void relay_server_input(Session *s)
 
 /* ---- decisions arriving ------------------------------------------------------------------ */
 
+/* A held statement that will not run: its row, with the text the approver saw. */
+static void audit_hold_refused(Session *s, uint64_t id, HoldState st)
+{
+	HeldInfo *held = NULL;
+
+	if (!audit_enabled())
+		return;
+	if (approval_get(id, &held) != 1)
+		held = NULL;
+	relay_audit_refused(s, held != NULL ? held->sql : "", NULL,
+			    st == HOLD_DENIED ? "deny" : st == HOLD_TIMEOUT ? "timeout" : "cancel",
+			    held != NULL ? held->rule : NULL, st == HOLD_DENIED ? SQLSTATE_INSUFFICIENT_PRIVILEGE : SQLSTATE_QUERY_CANCELED,
+			    NULL, id, true);
+	if (held != NULL)
+		approval_free_held(held, 1);
+}
+
 static void hold_end(Session *s, HoldState st, const char *reason)
 {
 	Relay *r = s->relay;
@@ -1580,6 +1793,7 @@ static void hold_end(Session *s, HoldState st, const char *reason)
 	if (st == HOLD_APPROVED) {
 		log_write(LL_INFO, s->ctx, "held statement %llu approved", (unsigned long long)id);
 		r->released = true;
+		r->released_id = id;
 		stream_enable_read(s->client, true);
 		relay_client_input(s);
 		return;
@@ -1597,6 +1811,7 @@ static void hold_end(Session *s, HoldState st, const char *reason)
 		relay_refuse(s, SQLSTATE_QUERY_CANCELED, msg, NULL, NULL, 0);
 	}
 	log_write(LL_INFO, s->ctx, "held statement %llu: %s", (unsigned long long)id, msg);
+	audit_hold_refused(s, id, st);
 	hold_forget_query(r);
 	evbuffer_drain(stream_input(s->client), r->hold_len);
 	send_refusal(s, type);
@@ -1646,6 +1861,53 @@ static void hold_cancel_cb(evutil_socket_t fd, short what, void *arg)
 		hold_give_up(s, HOLD_CANCELED);
 }
 
+/* ---- the audit log's answers ------------------------------------------------------------------ */
+
+/*
+ * Strict mode: the row of the message waiting at the front of the client's
+ * input is durable (it goes to the server now), or could not be written
+ * (the message is refused in its place: nothing runs without its record).
+ */
+static void audit_durable_cb(evutil_socket_t fd, short what, void *arg)
+{
+	Session *s = arg;
+	Relay *r = s->relay;
+	uint64_t id = r->audit_wait_id;
+	struct evbuffer *in = stream_input(s->client);
+	char why[256], msg[400];
+
+	(void)fd;
+	(void)what;
+	if (s->state != SESS_ACTIVE || id == 0)
+		return;
+	r->audit_wait_id = 0;
+	if (audit_query_durable(id) == AUDIT_OK) {
+		evbuffer_remove_buffer(in, stream_output(s->server), r->audit_wait_len);
+	} else {
+		snprintf(msg, sizeof(msg), "the audit log cannot be written, so the statement is refused: %s",
+			 audit_error(why, sizeof(why)) != NULL ? why : "unknown error");
+		log_write(LL_WARN, s->ctx, "%s", msg);
+		relay_refuse(s, SQLSTATE_IO_ERROR, msg, "audit_mode = strict: nothing runs without its audit record.",
+			     NULL, 0);
+		relay_audit_fail_waiting(s, id, SQLSTATE_IO_ERROR, msg);
+		evbuffer_drain(in, r->audit_wait_len);
+		send_refusal_in_place(s, r->audit_wait_type);
+	}
+	stream_flush(s->server);
+	relay_client_input(s);
+}
+
+/* The audit queue has room again: the message that found it full is decided again. */
+static void audit_room_cb(evutil_socket_t fd, short what, void *arg)
+{
+	Session *s = arg;
+
+	(void)fd;
+	(void)what;
+	if (s->state == SESS_ACTIVE && s->relay->audit_wait_id == 0)
+		relay_client_input(s);
+}
+
 /* ---- lifecycle ------------------------------------------------------------------------------ */
 
 bool relay_start(Session *s)
@@ -1662,11 +1924,13 @@ bool relay_start(Session *s)
 	r->hold_wake = event_new(base, -1, 0, hold_wake_cb, s);
 	r->hold_timer = evtimer_new(base, hold_timer_cb, s);
 	r->hold_cancel = event_new(base, -1, 0, hold_cancel_cb, s);
+	r->audit_durable = event_new(base, -1, 0, audit_durable_cb, s);
+	r->audit_room = event_new(base, -1, 0, audit_room_cb, s);
 	pgproto_buf_init(&r->refusal);
 	r->cfg = config_ref(s->cfg);
 	r->cfg_gen = config_generation();
 	return r->buckets != NULL && r->inject != NULL && r->hold_wake != NULL && r->hold_timer != NULL &&
-	       r->hold_cancel != NULL;
+	       r->hold_cancel != NULL && r->audit_durable != NULL && r->audit_room != NULL;
 }
 
 void relay_stop(Session *s)
@@ -1698,6 +1962,7 @@ void relay_free(Session *s)
 		pending_unlink(r, &r->pend_head, NULL);
 	hold_forget_query(r);
 	relay_mask_free(s);
+	relay_audit_free(s);
 	if (r->cur_info != NULL)
 		sqlinfo_unref(r->cur_info);
 	if (r->inject != NULL)
@@ -1708,6 +1973,12 @@ void relay_free(Session *s)
 		event_free(r->hold_timer);
 	if (r->hold_cancel != NULL)
 		event_free(r->hold_cancel);
+	if (r->audit_durable != NULL || r->audit_room != NULL)
+		audit_forget(r->audit_durable, r->audit_room);
+	if (r->audit_durable != NULL)
+		event_free(r->audit_durable);
+	if (r->audit_room != NULL)
+		event_free(r->audit_room);
 	pgproto_buf_free(&r->refusal);
 	free(r->scratch);
 	config_unref(r->cfg);

@@ -16,6 +16,7 @@
 #include "pgveil/sqlinfo.h"
 
 typedef struct RelayMask RelayMask;
+typedef struct RelayAudit RelayAudit;
 
 /* A prepared statement the server may hold under one name. */
 typedef struct Prepared {
@@ -98,6 +99,15 @@ struct Relay {
 	bool mask_idle_wait;         /* the caller's masks changed: apply once the server has answered everything */
 	uint64_t mask_hash;          /* which mask rules apply to the caller (relay_mask.c), 0: none */
 	StmtInfo *cur_info;          /* analysis of the Query or Parse being decided (a reference), for relay_mask.c */
+	RelayAudit *audit;           /* statements waiting for their outcome in the audit log (relay_audit.c) */
+	const char *audit_rule;      /* the rule that decided the latest statement ("file:line"), NULL: default_action */
+	uint64_t released_id;        /* the approval that released the message at the front */
+	struct event *audit_durable; /* strict audit: the row of the message at the front is durable */
+	struct event *audit_room;    /* the audit queue has room again */
+	uint64_t audit_wait_id;      /* strict: the row the message at the front waits for (0: none) */
+	int audit_stop;              /* AuditStatus of the latest row started: AUDIT_FULL or AUDIT_FAILED stop the message */
+	size_t audit_wait_len;       /* the waiting message's length */
+	uint8_t audit_wait_type;
 };
 
 /* ---- relay.c, for relay_mask.c ---- */
@@ -170,5 +180,30 @@ typedef enum { RMS_PASS, RMS_DONE, RMS_WAIT } RmsResult;
 RmsResult relay_mask_server_msg(Session *s, struct evbuffer *in, size_t *run, size_t avail, const PgHeader *h);
 /* Frees the masking state. */
 void relay_mask_free(Session *s);
+
+/* ---- relay_audit.c: one audit row per statement (nothing when the audit log is off) ---- */
+
+/* A Query forwarded: a row per statement of it. */
+void relay_audit_query(Session *s, const char *sql, const StmtInfo *info, const char *decision, const char *rule,
+		       uint64_t approval_id);
+/*
+ * A statement refused (blocked, denied, timed out): its row, finished at
+ * once. marker: a refusal statement goes to the server in its place, whose
+ * error must not finish another row.
+ */
+void relay_audit_refused(Session *s, const char *sql, const StmtInfo *info, const char *decision, const char *rule,
+			 const char *sqlstate, const char *message, uint64_t approval_id, bool marker);
+/* A Bind forwarded: what the Executes of `portal` run. */
+void relay_audit_bind(Session *s, const char *portal, const char *sql, const StmtInfo *info, const char *decision,
+		      const char *rule, uint64_t approval_id);
+/* An Execute (or FunctionCall, portal NULL) forwarded: its row. */
+void relay_audit_execute(Session *s, const char *portal);
+/* The masked columns of the result now answering ("public.t.a,public.t.b"). */
+void relay_audit_masked(Session *s, const char *columns);
+/* A server message (whole for C and E): finishes rows. */
+void relay_audit_server(Session *s, uint8_t type, const uint8_t *body, size_t len);
+void relay_audit_free(Session *s);
+/* The row `id` will not run (its message is refused in place): finished with the error, its answer a refusal's. */
+void relay_audit_fail_waiting(Session *s, uint64_t id, const char *sqlstate, const char *message);
 
 #endif

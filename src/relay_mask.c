@@ -184,6 +184,20 @@ static void portal_sweep(RelayMask *m)
 	}
 }
 
+/*
+ * A statement is about to run (a Query, or an Execute of `running`): SQL
+ * can close and declare cursors, which are portals too, so no other idle
+ * portal keeps its description; the next Execute of one describes it again.
+ */
+static void portals_forget_plans(RelayMask *m, const Portal *running)
+{
+	for (Portal *p = m->portals; p != NULL; p = p->next)
+		if (p != running && p->refs == 0 && p->plan.valid) {
+			plan_clear(&p->plan);
+			p->describe_pending = false;
+		}
+}
+
 /* `name` no longer has a current instance (a new Bind, a Close, the end of the transaction). */
 static void portal_retire(RelayMask *m, const char *name)
 {
@@ -586,6 +600,8 @@ void relay_mask_client_msg(Session *s, uint8_t type, const uint8_t *body, size_t
 	default:
 		return;
 	}
+	if (type == 'Q' || type == 'E')
+		portals_forget_plans(m, e.portal);
 	if (type == 'E' && e.portal != NULL && e.portal->sensitive) { /* a portal bound in an earlier batch */
 		m->scrub = true;
 		m->scrub_batch = r->batches_sent;
@@ -793,7 +809,7 @@ static PlanResult plan_build(Session *s, Plan *plan, const uint8_t *body, size_t
 				have = catalog_mask_for(col, &s->identity, &derived);
 				if (have != NULL && nlen < sizeof(names))
 					nlen += (size_t)snprintf(names + nlen, sizeof(names) - nlen, "%s%s.%s.%s",
-								 nlen > 0 ? ", " : "", rel->schema, rel->name, col->name);
+								 nlen > 0 ? "," : "", rel->schema, rel->name, col->name);
 			} else if (rel->has_masks) {
 				mf->to_null = true;
 				warn_null(s, i, f.name, "its column is not in the server's catalog");
@@ -835,9 +851,11 @@ static PlanResult plan_build(Session *s, Plan *plan, const uint8_t *body, size_t
 	plan->cfg = config_ref(s->relay->cfg);
 	plan->mp.key = plan->cfg->mask_key;
 	plan->valid = true;
-	if (plan->mp.n_masked > 0)
+	if (plan->mp.n_masked > 0) {
 		log_write(LL_INFO, s->ctx, "result masked: %d of %d columns (%s)", plan->mp.n_masked, n,
 			  names[0] != '\0' ? names : "sent as NULL");
+		relay_audit_masked(s, names);
+	}
 	return PLAN_OK;
 }
 
@@ -879,6 +897,76 @@ static void field_from_column(MaskField *f, const CatColumn *c, const CatMask *c
 		f->to_null = true;
 	else
 		f->rule = cm->rule;
+}
+
+/* What the columns one output may come from say for the caller. */
+typedef struct OutMasks {
+	const CatMask *rule;     /* the one mask found (copies of masked columns), NULL: none */
+	const CatColumn *col;    /* a column with that mask (its type), or any column found */
+	bool conflict;           /* several masks, columns of several types, a derived use, or more than pgveil looks at */
+} OutMasks;
+
+static void out_masks_column(OutMasks *om, const CatColumn *c, const Identity *id)
+{
+	bool derived;
+	const CatMask *cm = catalog_mask_for(c, id, &derived);
+
+	if (derived)
+		om->conflict = true;
+	if (cm == NULL) {
+		if (om->col == NULL)
+			om->col = c;
+		return;
+	}
+	if (om->rule != NULL && (om->rule->rule != cm->rule || om->col->type_oid != c->type_oid))
+		om->conflict = true;
+	om->rule = cm;
+	om->col = c;
+}
+
+/* Every relation `src` may name (unqualified: in any schema) and its column(s), into om. */
+static void out_masks_source(OutMasks *om, const CatSnap *cat, const Identity *id, const SqlColumn *src)
+{
+	const CatRel *one, *const *rels = &one;
+	int n;
+
+	if (src->schema != NULL)
+		n = catalog_find_rels(cat, src->schema, src->table, &one, 1);
+	else
+		rels = catalog_rels_named(cat, src->table, &n);
+	for (int r = 0; r < n && (src->schema == NULL || r < 1); r++) {
+		const CatRel *rel = rels[r];
+		int att = strcmp(src->column, SQL_COLUMN_ALL) == 0 ? 0 : catalog_attnum(rel, src->column);
+
+		if (att > 0) {
+			out_masks_column(om, &rel->columns[att - 1], id);
+			continue;
+		}
+		for (int a = 0; a < rel->n_columns; a++) /* "*", or a name the relation does not have */
+			if (rel->columns[a].name != NULL && rel->has_masks)
+				out_masks_column(om, &rel->columns[a], id);
+	}
+}
+
+/*
+ * The field of a COPY output that is not a star: a plain copy of a column
+ * with one mask gets it; one whose possible sources disagree, or that is
+ * computed from a masked column, is sent as NULL.
+ */
+static void copy_output_field(Session *s, const SqlOutput *o, MaskField *f)
+{
+	OutMasks om = { NULL, NULL, false };
+
+	for (int j = 0; j < o->n_sources; j++)
+		out_masks_source(&om, s->relay->mask->cat, &s->identity, o->sources[j]);
+	if (om.rule != NULL && (o->kind == SQL_OUT_DERIVED || o->n_sources != 1))
+		om.conflict = true;
+	if (om.conflict) {
+		f->to_null = true;
+		f->type_oid = om.col != NULL ? om.col->type_oid : 0;
+		return;
+	}
+	field_from_column(f, o->kind == SQL_OUT_DIRECT && o->n_sources == 1 ? om.col : NULL, om.rule);
 }
 
 /*
@@ -946,8 +1034,6 @@ static bool copy_plan_build(Session *s, const SqlStmt *st, int ncols)
 		return false;
 	for (int i = 0; known && i < st->n_outputs; i++) {
 		const SqlOutput *o = &st->outputs[i];
-		const CatColumn *col;
-		const CatMask *cm;
 
 		if (o->star) {
 			known = copy_expand_star(s, o, fields, ncols, &k);
@@ -957,10 +1043,7 @@ static bool copy_plan_build(Session *s, const SqlStmt *st, int ncols)
 			known = false;
 			break;
 		}
-		cm = expected_mask(m->cat, &s->identity, o, &col);
-		for (int j = 0; j < o->n_sources && o->kind == SQL_OUT_DERIVED; j++)
-			fields[k].to_null = true; /* refused before it ran; never trusted */
-		field_from_column(&fields[k], col, cm);
+		copy_output_field(s, o, &fields[k]);
 		k++;
 	}
 	if (!known || k != ncols) {
@@ -992,6 +1075,14 @@ static bool copy_plan_build(Session *s, const SqlStmt *st, int ncols)
 	return true;
 }
 
+static bool copy_has_star(const SqlStmt *st)
+{
+	for (int i = 0; st != NULL && i < st->n_outputs; i++)
+		if (st->outputs[i].star)
+			return true;
+	return false;
+}
+
 /* CopyOutResponse: the plan of the rows that follow. */
 static RmsResult on_copy_out(Session *s, struct evbuffer *in, size_t *run, const PgHeader *h)
 {
@@ -1016,6 +1107,14 @@ static RmsResult on_copy_out(Session *s, struct evbuffer *in, size_t *run, const
 	}
 	cat_update(s);
 	pass_before(s, in, run);
+	if (overall == 0 && !m->refreshed && copy_has_star(st) &&
+	    catalog_request(s->database, m->cat->version, m->cat_wake)) {
+		/* A whole table: its columns as they are now (a migration may have moved them). */
+		m->wait_server = true;
+		stream_enable_read(s->server, false);
+		return RMS_WAIT;
+	}
+	m->refreshed = false;
 	if (overall != 0) {
 		/* Binary COPY of masked columns was refused; of others its rows pass as they are. */
 		plan_clear(&m->copy);

@@ -24,6 +24,7 @@
 #include <time.h>
 
 #include "pgveil/admin.h"
+#include "pgveil/audit.h"
 #include "pgveil/approval.h"
 #include "pgveil/backend.h"
 #include "pgveil/jwks.h"
@@ -36,6 +37,11 @@
 
 static uint64_t next_session_id = 1;
 
+void session_set_first_id(uint64_t id)
+{
+	__atomic_store_n(&next_session_id, id, __ATOMIC_RELAXED);
+}
+
 static void session_client_cb(Stream *st, StreamEvent ev, void *arg);
 static void session_server_cb(Stream *st, StreamEvent ev, void *arg);
 static void request_token(Session *s);
@@ -43,6 +49,7 @@ static void drop_pending_token(Session *s);
 static bool wants_console(const Session *s);
 static void console_login(Session *s);
 static void console_input(Session *s);
+static void console_wake_cb(evutil_socket_t fd, short what, void *arg);
 
 /* ---- lifecycle ---------------------------------------------------------------- */
 
@@ -58,7 +65,9 @@ static void session_free_cb(evutil_socket_t fd, short what, void *arg)
 	event_free(s->timer);
 	event_free(s->expiry);
 	event_free(s->free_ev);
-	admin_close(s->console);
+	admin_close(s->console); /* before its wake event goes */
+	if (s->admin_wake != NULL)
+		event_free(s->admin_wake);
 	jwtauth_identity_clear(&s->identity);
 	drop_pending_token(s);
 	free(s->startup_pkt);
@@ -67,10 +76,46 @@ static void session_free_cb(evutil_socket_t fd, short what, void *arg)
 	free(s);
 }
 
+/* Microseconds since the epoch, for the audit log. */
+static int64_t now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* The session's row in the audit log: its start (a login that succeeded). */
+static void audit_open(Session *s, const char *backend_user)
+{
+	char groups[1024];
+	size_t n = 0;
+	AuditSession a;
+
+	if (!audit_enabled())
+		return;
+	groups[0] = '\0';
+	for (int i = 0; i < s->identity.n_groups && n < sizeof(groups); i++)
+		n += (size_t)snprintf(groups + n, sizeof(groups) - n, "%s%s", i > 0 ? "," : "", s->identity.groups[i]);
+	memset(&a, 0, sizeof(a));
+	a.session_id = s->id;
+	a.started_us = now_us();
+	a.subject = s->identity.subject != NULL ? s->identity.subject : "";
+	a.groups = groups;
+	a.client_addr = s->addr;
+	a.database = s->database != NULL ? s->database : "";
+	a.backend_user = backend_user;
+	a.tls = s->tls_done;
+	audit_session_start(&a);
+	s->audited = true;
+}
+
 void session_close(Session *s, const char *reason)
 {
 	if (s->state == SESS_CLOSING)
 		return;
+	if (s->audited)
+		audit_session_end(s->id, now_us(), reason);
 	log_write(LL_DEBUG, s->ctx, "closing: %s", reason);
 	s->state = SESS_CLOSING;
 	stream_flush(s->client);
@@ -820,6 +865,7 @@ static void backend_ready_cb(Backend *be, void *arg)
 	stream_enable_read(s->server, true);
 	stream_enable_read(s->client, true);
 	log_write(LL_INFO, s->ctx, "session started on server %s (%s)", s->db->name, backend_get_addr(be)->display);
+	audit_open(s, s->db->user);
 	if (evbuffer_get_length(stream_input(s->client)) > 0)
 		relay_client_input(s);
 }
@@ -917,6 +963,7 @@ static void session_server_cb(Stream *st, StreamEvent ev, void *arg)
 /* ---- the admin console ------------------------------------------------------------------ */
 
 #define CONSOLE_MAX_MESSAGE (1u << 20) /* no console command is anywhere near this */
+#define CONSOLE_READ_AHEAD (64u << 10)  /* read while a command waits: enough to notice the client leave */
 
 /* The client asked for the admin console's virtual database. */
 static bool wants_console(const Session *s)
@@ -957,7 +1004,9 @@ static void console_login(Session *s)
 	}
 	if (!session_publish(s))
 		return;
-	s->console = admin_open(&s->identity, roles, s->id);
+	s->admin_wake = event_new(s->worker->base, -1, 0, console_wake_cb, s);
+	if (s->admin_wake != NULL)
+		s->console = admin_open(&s->identity, roles, s->id, s->admin_wake);
 	if (s->console == NULL || !cancel_register(&s->cancel)) {
 		session_fail(s, SQLSTATE_OUT_OF_MEMORY, "could not open the admin console");
 		return;
@@ -973,12 +1022,40 @@ static void console_login(Session *s)
 	pgproto_buf_free(&b);
 	s->state = SESS_ADMIN;
 	event_del(s->timer);
+	audit_open(s, NULL);
 	log_write(LL_INFO, s->ctx, "admin console opened (roles:%s%s%s)", (roles & ADMIN_ROLE_ADMIN) ? " admin" : "",
 		  (roles & ADMIN_ROLE_APPROVER) ? " approver" : "", (roles & ADMIN_ROLE_AUDITOR) ? " auditor" : "");
 	stream_enable_read(s->client, true);
 }
 
-/* Runs one Query message and answers it, ReadyForQuery included. */
+/*
+ * Sends what the console answered. When it waits for the audit log, the
+ * client's next messages wait until console_wake_cb() finishes the answer
+ * (a CancelRequest for the console wakes it too); meanwhile the client is
+ * read only up to CONSOLE_READ_AHEAD, so that its going away is noticed
+ * and ends the read.
+ */
+static void console_answer(Session *s, AdminStatus st, PgBuf *b)
+{
+	if (st == ADMIN_DONE)
+		pgproto_build_ready(b, 'I');
+	if (!pgproto_buf_ok(b)) {
+		pgproto_buf_free(b);
+		session_fail(s, SQLSTATE_OUT_OF_MEMORY, "out of memory");
+		return;
+	}
+	evbuffer_add(stream_output(s->client), b->data, b->len);
+	pgproto_buf_free(b);
+	if (st == ADMIN_WAIT && !s->admin_busy) {
+		s->admin_busy = true;
+		cancel_watch(&s->cancel, s->admin_wake);
+	} else if (st == ADMIN_DONE && s->admin_busy) {
+		s->admin_busy = false;
+		cancel_watch(&s->cancel, NULL);
+	}
+}
+
+/* Runs one Query message and answers it, ReadyForQuery included (now or once the audit log answered). */
 static void console_query(Session *s, const uint8_t *body, uint32_t len)
 {
 	PgBuf b;
@@ -988,15 +1065,27 @@ static void console_query(Session *s, const uint8_t *body, uint32_t len)
 		return;
 	}
 	pgproto_buf_init(&b);
-	admin_query(s->console, (const char *)body, &b);
-	pgproto_build_ready(&b, 'I');
-	if (!pgproto_buf_ok(&b)) {
-		pgproto_buf_free(&b);
-		session_fail(s, SQLSTATE_OUT_OF_MEMORY, "out of memory");
+	console_answer(s, admin_query(s->console, (const char *)body, &b), &b);
+}
+
+/* The audit log answered, or a CancelRequest came: the console goes on, then reads its client again. */
+static void console_wake_cb(evutil_socket_t fd, short what, void *arg)
+{
+	Session *s = arg;
+	PgBuf b;
+
+	if (s->state != SESS_ADMIN || !s->admin_busy)
 		return;
-	}
-	evbuffer_add(stream_output(s->client), b.data, b.len);
-	pgproto_buf_free(&b);
+	if (cancel_take(&s->cancel))
+		admin_cancel(s->console);
+	pgproto_buf_init(&b);
+	console_answer(s, admin_resume(s->console, &b), &b);
+	if (s->state != SESS_ADMIN)
+		return;
+	if (s->admin_busy)
+		stream_flush(s->client);
+	else
+		console_input(s); /* what the client sent meanwhile */
 }
 
 /* Appends an ErrorResponse (and ReadyForQuery when `ready`) to the client's output. */
@@ -1055,7 +1144,7 @@ static void console_input(Session *s)
 	struct evbuffer *in = stream_input(s->client);
 	uint32_t max = s->cfg->max_packet_size < CONSOLE_MAX_MESSAGE ? s->cfg->max_packet_size : CONSOLE_MAX_MESSAGE;
 
-	while (s->state == SESS_ADMIN && !stream_output_full(s->client)) {
+	while (s->state == SESS_ADMIN && !s->admin_busy && !stream_output_full(s->client)) {
 		uint8_t hdr[PG_HEADER_LEN], *msg;
 		const char *why;
 		PgHeader h;
@@ -1079,5 +1168,8 @@ static void console_input(Session *s)
 	if (s->state != SESS_ADMIN)
 		return;
 	stream_flush(s->client);
-	stream_enable_read(s->client, !stream_output_full(s->client));
+	if (s->admin_busy)
+		stream_enable_read(s->client, evbuffer_get_length(in) < CONSOLE_READ_AHEAD);
+	else
+		stream_enable_read(s->client, !stream_output_full(s->client));
 }

@@ -65,6 +65,8 @@ typedef struct GrantInfo {
 
 /* Initialises the registry (once, before workers start) and frees it at exit. */
 void approval_init(void);
+/* Numbers held statements from `id` on (the audit log's ids continue across restarts). */
+void approval_set_first_id(uint64_t id);
 void approval_shutdown(void);
 
 /*

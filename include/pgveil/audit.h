@@ -26,7 +26,7 @@
 
 struct event;
 
-/* A session's row. Strings are copied; NULL allowed where noted. */
+/* A session's row. Strings are copied; NULL allowed where noted (elsewhere NULL is stored as ''). */
 typedef struct AuditSession {
 	uint64_t session_id;       /* pgveil's session id */
 	int64_t started_us;        /* microseconds since the epoch */
@@ -77,7 +77,13 @@ typedef enum {
 bool audit_start(const Config *cfg, char *err, size_t errlen) PGV_WARN_UNUSED;
 /* A reload: mode and retention follow; a changed audit_db path is refused with a log line (restart needed). */
 void audit_reconfigure(const Config *cfg);
-/* Writes every queued row, then stops the writer and closes the database (SIGTERM, clean exit). */
+/*
+ * Writes every queued row, then stops the writer and closes the database
+ * (SIGTERM, clean exit). Call it after the event loops whose `durable` and
+ * `room` events were handed in are stopped: pending wake-ups are dropped,
+ * never activated. When the database still cannot be written after a few
+ * tries a second apart, what is left is counted in an error log line.
+ */
 void audit_stop(void);
 
 /* The current mode; AUDIT_OFF-like when not started: audit_enabled() false. */
@@ -94,17 +100,29 @@ void audit_session_end(uint64_t session_id, int64_t ended_us, const char *end_re
 
 /*
  * Queues a statement's row; *id gets its row id (> 0), to finish it later.
- * In strict mode `durable` (an event of the caller's base) is activated once
- * the row is committed (or the commit failed: check audit_query_durable);
- * the statement must not be forwarded before. In async mode durable is not
- * used. AUDIT_FULL (async, queue full): nothing queued; `room` (an event of
- * the caller's base) is activated when there is room again — the session
- * stops reading its client meanwhile. AUDIT_FAILED: strict mode and the
- * database cannot be written; the statement must be refused.
+ * `durable` (an event of the caller's base) is for a statement that waits
+ * for its row: pass it in strict mode (audit_strict() before the call) and
+ * NULL in async mode. When given, it is activated once the row is committed
+ * (or the commit failed: check audit_query_durable) — whatever the mode is
+ * by then, so a reload changing audit_mode cannot leave the statement
+ * waiting forever; the statement must not be forwarded before. One pending
+ * answer per event: a new row given the same event drops the answer of the
+ * previous one. AUDIT_FULL (async, queue full): nothing queued; `room` (an
+ * event of the caller's base) is activated when there is room again — the
+ * session stops reading its client meanwhile. AUDIT_FAILED: strict mode and
+ * the database cannot be written (or no memory); the statement must be
+ * refused.
  */
 AuditStatus audit_query_start(const AuditQuery *q, struct event *durable, struct event *room, uint64_t *id)
 	PGV_WARN_UNUSED;
-/* Strict mode, after `durable` fired: AUDIT_OK when row `id` is committed, AUDIT_FAILED when it could not be. */
+/*
+ * After `durable` fired: AUDIT_OK when row `id` is committed, AUDIT_FAILED
+ * when it could not be (the row is kept and written once the database can
+ * be written again, but the statement must be refused). Asked once per
+ * row: the answer is forgotten when given. Asked before `durable` fired:
+ * AUDIT_FAILED. For a row without an answer (none was asked for, or it was
+ * already given): AUDIT_FAILED in strict mode, AUDIT_OK in async mode.
+ */
 AuditStatus audit_query_durable(uint64_t id);
 /* Queues the outcome of row `id`. Never blocks and never drops (an overflow list takes what the queue cannot). */
 void audit_query_finish(uint64_t id, const AuditOutcome *o);
@@ -131,6 +149,15 @@ const char *audit_error(char *buf, size_t buflen);
 
 /* Counters for SHOW STATS: rows written, rows waiting, commits. */
 void audit_stats(uint64_t *written, uint64_t *queued, uint64_t *commits);
+
+/*
+ * The largest session and approval ids the database already holds (0 when
+ * the log is off or empty). pgveil numbers this run's sessions and
+ * approvals after them (main sets the counters), so ids never repeat across
+ * restarts and the ids the console shows are the database's. Fixed for the
+ * life of the process (audit_start logs them too).
+ */
+void audit_id_bases(uint64_t *session_base, uint64_t *approval_base);
 
 /*
  * Walks the hash chain of the database at `path` (opened read-only) and

@@ -64,12 +64,15 @@ struct Session {
 	bool shutdown_pending;       /* close when idle */
 	bool server_sent_fatal;      /* the server already told the client why it goes */
 	bool client_eof;             /* the client half-closed: answer what it sent, then end */
+	bool audited;                /* its start is in the audit log: its end goes there too */
 	char addr[64];               /* client address as text */
 	struct sockaddr_storage peer;/* client address */
 	char ctx[192];               /* log context */
 	time_t started_at;           /* wall clock at accept, for SHOW SESSIONS */
 	AdminConsole *console;       /* SESS_ADMIN: the console's state */
 	bool admin_skip;             /* SESS_ADMIN: skipping extended-protocol messages until Sync */
+	bool admin_busy;             /* SESS_ADMIN: a command waits for the audit log; the client is not read */
+	struct event *admin_wake;    /* SESS_ADMIN: activated when it can go on (or a CancelRequest came) */
 	/* Published to other threads (under the worker's lock): */
 	bool listed;                 /* logged in: shown by SHOW SESSIONS, may be killed */
 	bool kill_requested;         /* KILL SESSION / BLOCK AGENT asked the worker to end it */
@@ -108,5 +111,8 @@ void session_kill(Session *s);
  * only small fields, so the answer may be a moment old.
  */
 const char *session_state_text(const Session *s);
+
+/* Numbers the sessions from `id` on (the audit log's ids continue across restarts). Before any session starts. */
+void session_set_first_id(uint64_t id);
 
 #endif

@@ -236,13 +236,19 @@ start_pgbouncer() {
 
 # bench_start_pgveil NAME RULES: a pgveil process named NAME (directory
 # $BENCH_DIR/NAME, port PGVEIL_PORTS[NAME], pid PGVEIL_PIDS[NAME]) checking
-# statements against the rules file RULES. Returns 1, with the reason in
-# PGVEIL_START_ERROR, when it does not start.
+# statements against the rules file RULES, with the audit log
+# PGVEIL_AUDIT_OF[NAME] (off, async or strict; off by default) in its
+# directory. Returns 1, with the reason in PGVEIL_START_ERROR, when it does
+# not start.
+declare -A PGVEIL_AUDIT_OF=()
 bench_start_pgveil() {
-	local name=$1 rules=$2 dir=$BENCH_DIR/$1 port pid
+	local name=$1 rules=$2 dir=$BENCH_DIR/$1 port pid audit=${PGVEIL_AUDIT_OF[$1]:-off} audit_lines
 	port=$(free_port 6510)
 	rm -rf "$dir"
 	mkdir -p "$dir"
+	audit_lines="audit_db ="
+	[ "$audit" = off ] || audit_lines="audit_db = $dir/audit.db
+audit_mode = $audit"
 	cat >"$dir/pgveil.ini" <<-EOF
 		[pgveil]
 		listen_addr = 127.0.0.1
@@ -253,6 +259,7 @@ bench_start_pgveil() {
 		log_level = warn
 		rules = $rules
 		default_action = block
+		$audit_lines
 
 		[databases]
 		bench = host=127.0.0.1 port=$PG_PORT dbname=bench user=app_agent password=secret sslmode=disable
@@ -267,7 +274,7 @@ bench_start_pgveil() {
 	fi
 	PGVEIL_PIDS[$name]=$pid
 	PGVEIL_PORTS[$name]=$port
-	log "$name $("$PGVEIL_BIN" --version 2>/dev/null | awk '{print $2; exit}') on 127.0.0.1:$port ($PGVEIL_BIN, rules $rules)"
+	log "$name $("$PGVEIL_BIN" --version 2>/dev/null | awk '{print $2; exit}') on 127.0.0.1:$port ($PGVEIL_BIN, rules $rules, audit $audit)"
 }
 
 # bench_start_targets: starts every target of TARGETS and marks those that

@@ -65,6 +65,11 @@ run_pgbench() { # TARGET MODE SECONDS
 start_postgres "loading pgbench tables (scale $SCALE)" --pgbench "$SCALE"
 pg_sandbox_psql "$PG_DIR" -d bench -c 'VACUUM ANALYZE' || die "VACUUM failed"
 PGVEIL_RULES_OF[pgveil]=$PGVEIL_RULES
+# The same with the audit log on (--targets "... pgveil-async pgveil-strict").
+PGVEIL_RULES_OF[pgveil-async]=$PGVEIL_RULES
+PGVEIL_AUDIT_OF[pgveil-async]=async
+PGVEIL_RULES_OF[pgveil-strict]=$PGVEIL_RULES
+PGVEIL_AUDIT_OF[pgveil-strict]=strict
 bench_check_modes
 bench_start_targets
 
@@ -88,20 +93,27 @@ report_text() {
 	echo "PostgreSQL $(postgres_version), $(nproc) CPUs;" \
 		"every target reached over TCP 127.0.0.1; proxies connect to the server over TCP 127.0.0.1 (SCRAM)"
 	echo
-	printf '%-9s %-10s %12s %14s %10s %17s\n' mode target tps "latency avg ms" "vs direct" "pgveil/pgbouncer"
-	printf '%-9s %-10s %12s %14s %10s %17s\n' --------- ---------- ------------ -------------- ---------- -----------------
+	printf '%-9s %-13s %12s %14s %10s %17s %14s\n' mode target tps "latency avg ms" "vs direct" "pgveil/pgbouncer" \
+		"vs pgveil"
+	printf '%-9s %-13s %12s %14s %10s %17s %14s\n' --------- ------------- ------------ -------------- ---------- \
+		----------------- --------------
 	for m in $MODES; do
 		for t in $TARGETS; do
 			if [ -z "${ACTIVE[$t]:-}" ]; then
-				printf '%-9s %-10s %12s %14s %10s %17s\n' "$m" "$t" skipped - - -
+				printf '%-9s %-13s %12s %14s %10s %17s %14s\n' "$m" "$t" skipped - - - -
 				continue
 			fi
 			vs=$(ratio "${TPS[$m,$t]}" "${TPS[$m,direct]:-}")
 			pb=""
 			[ "$t" != pgveil ] || pb=$(ratio "${TPS[$m,pgveil]}" "${TPS[$m,pgbouncer]:-}")
+			vp="" # the audit log's cost: against pgveil without it, strict also against async
+			case $t in
+			pgveil-async) vp=$(ratio "${TPS[$m,$t]}" "${TPS[$m,pgveil]:-}") ;;
+			pgveil-strict) vp="$(ratio "${TPS[$m,$t]}" "${TPS[$m,pgveil]:-}")/$(ratio "${TPS[$m,$t]}" "${TPS[$m,pgveil-async]:-}")" ;;
+			esac
 			tps_fmt=$(awk -v x="${TPS[$m,$t]}" 'BEGIN { if (x == "error") print x; else printf "%.1f\n", x }')
 			lat_fmt=$(awk -v x="${LAT[$m,$t]}" 'BEGIN { if (x == "error") print x; else printf "%.3f\n", x }')
-			printf '%-9s %-10s %12s %14s %10s %17s\n' "$m" "$t" "$tps_fmt" "$lat_fmt" "$vs" "$pb"
+			printf '%-9s %-13s %12s %14s %10s %17s %14s\n' "$m" "$t" "$tps_fmt" "$lat_fmt" "$vs" "$pb" "$vp"
 		done
 	done
 	echo

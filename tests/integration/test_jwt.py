@@ -665,9 +665,11 @@ def test_jwks_uri_rotation_and_outage(pgveil_factory, idp, certs, jwks_server):
     unknown = idp.mint("next", "rsa-9", "agent-x")
     time.sleep(1.1)
     requests = server.requests
+    t0 = time.monotonic()
     for _ in range(3):
         assert wire_refusal(pv, certs, unknown).get("C") == "28P01"
-    assert server.requests - requests <= 1
+    # one fetch per jwks_min_refresh (1s) at most, however slow the machine makes the burst
+    assert server.requests - requests <= 1 + int(time.monotonic() - t0)
     with connect(pv, token_a) as conn:  # (resets the failure count of this address)
         assert_works(conn)
 

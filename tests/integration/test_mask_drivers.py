@@ -310,6 +310,13 @@ PIPE_GOOD = [f"SELECT {COLS} FROM {T} ORDER BY id", f"SELECT id, email, city FRO
              f"SELECT id, email, salary, born, city FROM {MANY} WHERE id <= 5 ORDER BY id"]
 
 
+def same_pipeline_shape(a, b):
+    """The same outcomes; psycopg's PipelineAborted depends on timing (whether the
+    later queries were sent before the error came back), so it is not compared."""
+    strip = lambda raised: [r for r in raised if r != "PipelineAborted"]  # noqa: E731
+    return a[0] == b[0] and strip(a[1]) == strip(b[1])
+
+
 @pytest.mark.parametrize("sync_after", [(), (2,)], ids=["one-sync", "sync-after-bad"])
 def test_psycopg_pipeline_refusal_in_the_middle(rec, cluster, sync_after):
     """A refused statement in the middle of a pipeline: statements before it
@@ -334,7 +341,7 @@ def test_psycopg_pipeline_refusal_in_the_middle(rec, cluster, sync_after):
         stmts[2] = f"SELECT no_such_column FROM {T}"
         outcomes, raised = pipeline_run(conn, stmts, sync_after)
         direct = pipeline_shape(outcomes, raised, "42703")
-    assert via == direct, (via, direct)
+    assert same_pipeline_shape(via, direct), (via, direct)
 
 
 def test_psycopg_pipeline_error_compared(rec, cluster):
@@ -345,7 +352,7 @@ def test_psycopg_pipeline_error_compared(rec, cluster):
         assert conn.execute(f"SELECT {COLS} FROM {T} ORDER BY id").fetchall()[0][2] == MASKED[1][0]
     with psycopg.connect(direct_conninfo(cluster), autocommit=True) as conn:
         direct = pipeline_shape(*pipeline_run(conn, stmts, (2,)), "22012")
-    assert via == direct, (via, direct)
+    assert same_pipeline_shape(via, direct), (via, direct)
     assert ("error", "BAD") in via[0] or "BAD" in via[1]
 
 

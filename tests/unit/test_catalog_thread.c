@@ -627,7 +627,7 @@ static Rows *show_masks(const char *group)
 	char *groups[] = { (char *)group };
 	Identity id = { .subject = "someone", .groups = groups, .n_groups = 1 };
 	Config *cfg = config_current();
-	AdminConsole *ac = admin_open(&id, admin_roles(cfg, &id), 1);
+	AdminConsole *ac = admin_open(&id, admin_roles(cfg, &id), 1, NULL);
 	Rows *rows = calloc(1, sizeof(Rows));
 	PgBuf out;
 	PgReader r;

@@ -304,6 +304,18 @@ static void test_scrub(void **state)
 	assert_null(strstr(out, "pgveil removed")); /* nothing removed, nothing said */
 	free(out);
 
+	/* bytes named in an encoding conversion error */
+	static const char *const conversion[] = {
+		"SERROR", "C22P05",
+		"Mcharacter with byte sequence 0xc3 0xab in encoding \"UTF8\" has no equivalent in encoding \"KOI8R\"",
+		NULL,
+	};
+	in = error_body(conversion);
+	out = scrub('E', &in, &rc);
+	assert_int_equal(rc, MASK_OK);
+	assert_non_null(strstr(out, "Mcharacter with byte sequence 0x** 0x** in encoding \"***\" has no equivalent"));
+	free(out);
+
 	/* an unterminated quote hides the rest */
 	static const char *const open_quote[] = { "SERROR", "C22P02", "Mvalue \"jane@example.com", NULL };
 	in = error_body(open_quote);

@@ -1,0 +1,305 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The audit log's hash chain: the canonical encoding of a queries row and
+ * its SHA-256 (OpenSSL EVP), shared by the writer, which hashes each row as
+ * SQLite stored it, and by the verifier behind `pgveil --verify-audit`,
+ * which walks the chained rows in chain_seq order from the beginning or
+ * from the retention checkpoint that precedes the oldest one. Both read the
+ * values back from SQLite, so what is hashed is exactly what an auditor
+ * reads. The encoding is documented in doc/audit.md.
+ */
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "audit_int.h"
+
+/* ---- the encoding --------------------------------------------------------------------- */
+
+enum { TAG_NULL = 0, TAG_INTEGER = 1, TAG_REAL = 2, TAG_TEXT = 3, TAG_BLOB = 4 };
+
+static bool put_u64(EVP_MD_CTX *ctx, uint64_t v)
+{
+	unsigned char b[8];
+
+	for (int i = 7; i >= 0; i--, v >>= 8)
+		b[i] = (unsigned char)(v & 0xff);
+	return EVP_DigestUpdate(ctx, b, sizeof(b)) == 1;
+}
+
+static bool put_tag(EVP_MD_CTX *ctx, unsigned char tag)
+{
+	return EVP_DigestUpdate(ctx, &tag, 1) == 1;
+}
+
+/* One value: a type tag, then 8 bytes (integer, real) or an 8-byte length and the bytes. */
+static bool put_column(EVP_MD_CTX *ctx, sqlite3_stmt *st, int col)
+{
+	uint64_t bits;
+	double d;
+	const void *p;
+	int n;
+
+	switch (sqlite3_column_type(st, col)) {
+	case SQLITE_INTEGER:
+		return put_tag(ctx, TAG_INTEGER) && put_u64(ctx, (uint64_t)sqlite3_column_int64(st, col));
+	case SQLITE_FLOAT:
+		d = sqlite3_column_double(st, col);
+		memcpy(&bits, &d, sizeof(bits));
+		return put_tag(ctx, TAG_REAL) && put_u64(ctx, bits);
+	case SQLITE_TEXT:
+		p = sqlite3_column_text(st, col);
+		n = sqlite3_column_bytes(st, col);
+		return p != NULL && put_tag(ctx, TAG_TEXT) && put_u64(ctx, (uint64_t)n) &&
+		       EVP_DigestUpdate(ctx, p, (size_t)n) == 1;
+	case SQLITE_BLOB:
+		p = sqlite3_column_blob(st, col);
+		n = sqlite3_column_bytes(st, col);
+		return put_tag(ctx, TAG_BLOB) && put_u64(ctx, (uint64_t)n) &&
+		       (n == 0 || EVP_DigestUpdate(ctx, p, (size_t)n) == 1);
+	default: return put_tag(ctx, TAG_NULL);
+	}
+}
+
+bool audit_chain_hash(sqlite3_stmt *st, char out[AUDIT_HASH_HEX])
+{
+	static const char hex[] = "0123456789abcdef";
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+	bool ok;
+
+	if (ctx == NULL)
+		return false;
+	ok = EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1;
+	for (int i = 0; ok && i < AUDIT_CHAIN_NCOLS; i++)
+		ok = put_column(ctx, st, i);
+	ok = ok && EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 && mdlen == 32;
+	EVP_MD_CTX_free(ctx);
+	if (!ok)
+		return false;
+	for (unsigned int i = 0; i < mdlen; i++) {
+		out[2 * i] = hex[md[i] >> 4];
+		out[2 * i + 1] = hex[md[i] & 15];
+	}
+	out[64] = '\0';
+	return true;
+}
+
+void audit_format_time(int64_t us, char buf[32])
+{
+	int64_t sec = us / 1000000, frac = us % 1000000;
+	time_t t;
+	struct tm tm;
+	char tmp[96];
+
+	if (frac < 0) {
+		frac += 1000000;
+		sec--;
+	}
+	t = (time_t)sec;
+	if (gmtime_r(&t, &tm) == NULL || tm.tm_year + 1900 > 9999 || tm.tm_year + 1900 < 0) {
+		snprintf(buf, 32, "%s", "0000-00-00T00:00:00.000000Z");
+		return;
+	}
+	snprintf(tmp, sizeof(tmp), "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+		 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)frac);
+	snprintf(buf, 32, "%.31s", tmp); /* 27 characters for every year 0-9999 */
+}
+
+/* ---- the verifier ---------------------------------------------------------------------- */
+
+/* Where the walk is. */
+typedef struct Walk {
+	sqlite3 *db;
+	FILE *out;
+	int64_t n_rows;    /* chained rows checked */
+	int64_t first_seq; /* chain_seq of the first chained row */
+	int64_t prev_seq;  /* chain_seq of the previous row, 0 before the first */
+	char prev_hash[AUDIT_HASH_HEX];
+	bool from_checkpoint; /* the chain starts after a retention checkpoint */
+} Walk;
+
+static const char *col_text(sqlite3_stmt *st, int col)
+{
+	const unsigned char *t = sqlite3_column_text(st, col);
+
+	return t != NULL ? (const char *)t : NULL;
+}
+
+/* 2 (with a message) unless `path` is a pgveil audit database this pgveil can read. */
+static int verify_open(const char *path, Walk *w)
+{
+	sqlite3_stmt *st = NULL;
+	int version = -1;
+
+	if (sqlite3_open_v2(path, &w->db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
+		goto fail;
+	sqlite3_busy_timeout(w->db, 5000);
+	if (sqlite3_prepare_v2(w->db, "PRAGMA user_version", -1, &st, NULL) != SQLITE_OK ||
+	    sqlite3_step(st) != SQLITE_ROW)
+		goto fail;
+	version = sqlite3_column_int(st, 0);
+	sqlite3_finalize(st);
+	st = NULL;
+	if (version == 0 || version > AUDIT_SCHEMA_VERSION) {
+		fprintf(w->out, "%s: %s\n", path,
+		        version == 0 ? "not a pgveil audit database (no schema version)"
+		                     : "the schema is from a newer pgveil");
+		return 2;
+	}
+	if (sqlite3_prepare_v2(w->db, "SELECT 1 FROM queries, checkpoints LIMIT 0", -1, &st, NULL) !=
+	    SQLITE_OK)
+		goto fail;
+	sqlite3_finalize(st);
+	return 0;
+fail:
+	fprintf(w->out, "%s: cannot read the audit database: %s\n", path,
+	        w->db != NULL ? sqlite3_errmsg(w->db) : "out of memory");
+	sqlite3_finalize(st);
+	return 2;
+}
+
+/* 0 when the first chained row (chain_seq `seq`, prev_hash `prev`) starts the chain rightly. */
+static int verify_start(Walk *w, sqlite3_stmt *row, int64_t seq, const char *prev)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = 1;
+
+	w->first_seq = seq;
+	if (seq == 1) {
+		if (prev != NULL && prev[0] == '\0')
+			return 0;
+		fprintf(w->out,
+		        "broken: row id %lld (chain_seq 1): prev_hash is not '' as the first row's must be\n",
+		        (long long)sqlite3_column_int64(row, 1));
+		return 1;
+	}
+	if (sqlite3_prepare_v2(w->db,
+	                       "SELECT hash FROM checkpoints WHERE chain_seq = ?1 ORDER BY id DESC LIMIT 1",
+	                       -1, &st, NULL) != SQLITE_OK) {
+		fprintf(w->out, "cannot read the checkpoints: %s\n", sqlite3_errmsg(w->db));
+		return 2;
+	}
+	sqlite3_bind_int64(st, 1, seq - 1);
+	if (sqlite3_step(st) != SQLITE_ROW) {
+		fprintf(w->out,
+		        "broken: rows deleted before chain_seq %lld (no retention checkpoint covers them)\n",
+		        (long long)seq);
+	} else if (prev == NULL || col_text(st, 0) == NULL || strcmp(prev, col_text(st, 0)) != 0) {
+		fprintf(w->out,
+		        "broken: row id %lld (chain_seq %lld): prev_hash does not match the checkpoint at "
+		        "chain_seq %lld "
+		        "(row inserted or checkpoint altered)\n",
+		        (long long)sqlite3_column_int64(row, 1), (long long)seq, (long long)(seq - 1));
+	} else {
+		w->from_checkpoint = true;
+		rc = 0;
+	}
+	sqlite3_finalize(st);
+	return rc;
+}
+
+/* 0 when the current row of `st` (AUDIT_CHAIN_COLUMNS, then hash) is intact and follows the previous one. */
+static int verify_row(Walk *w, sqlite3_stmt *st)
+{
+	long long id = sqlite3_column_int64(st, 1);
+	int64_t seq = sqlite3_column_int64(st, 17);
+	const char *prev = col_text(st, 0), *hash = col_text(st, AUDIT_CHAIN_NCOLS);
+	char calc[AUDIT_HASH_HEX];
+
+	if (!audit_chain_hash(st, calc)) {
+		fprintf(w->out, "cannot compute a hash (out of memory)\n");
+		return 2;
+	}
+	if (hash == NULL || strcmp(calc, hash) != 0) {
+		fprintf(w->out,
+		        "broken: row id %lld (chain_seq %lld): hash does not match its contents (altered)\n",
+		        id, (long long)seq);
+		return 1;
+	}
+	if (w->n_rows == 0) {
+		int rc = verify_start(w, st, seq, prev);
+
+		if (rc != 0)
+			return rc;
+	} else if (seq != w->prev_seq + 1) {
+		fprintf(
+		    w->out,
+		    "broken: rows deleted after chain_seq %lld (the next is chain_seq %lld, row id %lld)\n",
+		    (long long)w->prev_seq, (long long)seq, id);
+		return 1;
+	} else if (prev == NULL || strcmp(prev, w->prev_hash) != 0) {
+		fprintf(w->out,
+		        "broken: row id %lld (chain_seq %lld): prev_hash is not the hash of chain_seq %lld "
+		        "(row inserted or rows reordered)\n",
+		        id, (long long)seq, (long long)w->prev_seq);
+		return 1;
+	}
+	w->n_rows++;
+	w->prev_seq = seq;
+	snprintf(w->prev_hash, sizeof(w->prev_hash), "%s", hash);
+	return 0;
+}
+
+/* Rows without a chain position: statements that never finished (pgveil stopped while they ran). */
+static int64_t count_unfinished(Walk *w)
+{
+	sqlite3_stmt *st = NULL;
+	int64_t n = -1;
+
+	if (sqlite3_prepare_v2(w->db, "SELECT count(*) FROM queries WHERE chain_seq IS NULL", -1, &st,
+	                       NULL) == SQLITE_OK &&
+	    sqlite3_step(st) == SQLITE_ROW)
+		n = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	return n;
+}
+
+static void verify_report_ok(Walk *w)
+{
+	int64_t unfinished = count_unfinished(w);
+
+	if (w->n_rows == 0)
+		fprintf(w->out, "ok: 0 rows, chain intact (nothing chained yet)");
+	else
+		fprintf(w->out, "ok: %lld rows, chain intact (chain_seq %lld..%lld%s); head hash %s",
+		        (long long)w->n_rows, (long long)w->first_seq, (long long)w->prev_seq,
+		        w->from_checkpoint ? ", after a retention checkpoint" : "", w->prev_hash);
+	if (unfinished > 0)
+		fprintf(w->out, "; %lld unfinished rows (not chained)", (long long)unfinished);
+	fputc('\n', w->out);
+}
+
+int audit_verify(const char *path, void *out)
+{
+	Walk w = {.out = out != NULL ? out : stdout};
+	sqlite3_stmt *st = NULL;
+	int rc, step = SQLITE_DONE;
+
+	rc = verify_open(path, &w);
+	if (rc != 0)
+		goto done;
+	if (sqlite3_prepare_v2(w.db,
+	                       "SELECT " AUDIT_CHAIN_COLUMNS ", hash FROM queries WHERE chain_seq IS NOT NULL"
+	                       " ORDER BY chain_seq",
+	                       -1, &st, NULL) != SQLITE_OK) {
+		fprintf(w.out, "%s: cannot read the queries: %s\n", path, sqlite3_errmsg(w.db));
+		rc = 2;
+		goto done;
+	}
+	while (rc == 0 && (step = sqlite3_step(st)) == SQLITE_ROW)
+		rc = verify_row(&w, st);
+	if (rc == 0 && step != SQLITE_DONE) {
+		fprintf(w.out, "%s: cannot read the queries: %s\n", path, sqlite3_errmsg(w.db));
+		rc = 2;
+	}
+	if (rc == 0)
+		verify_report_ok(&w);
+done:
+	sqlite3_finalize(st);
+	sqlite3_close(w.db);
+	return rc;
+}

@@ -1,0 +1,122 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Internals of the audit module shared by its three files: audit.c (the
+ * public calls, the queue and the writer thread), audit_db.c (the SQLite
+ * side of the writer: opening and migrating the database, writing one batch
+ * in one transaction, retention) and audit_chain.c (the canonical encoding
+ * of a queries row, its hash, and the verifier). The unit tests include it
+ * for two hooks. Nothing outside the audit module includes this file.
+ */
+#ifndef PGVEIL_AUDIT_INT_H
+#define PGVEIL_AUDIT_INT_H
+
+#include <sqlite3.h>
+
+#include "pgveil/audit.h"
+
+#define AUDIT_SCHEMA_VERSION 1 /* PRAGMA user_version of sql/audit.sql */
+#define AUDIT_HASH_HEX 65      /* 64 hex digits and the NUL */
+
+typedef enum {
+	AI_SESSION_START,
+	AI_SESSION_END,
+	AI_QUERY_START,
+	AI_QUERY_FINISH,
+	AI_APPROVAL,
+} AuditItemKind;
+
+/*
+ * One queued event. Allocated in one block: the strings the union points to
+ * follow the struct, so an item is freed with one free().
+ */
+typedef struct AuditItem {
+	struct AuditItem *next;
+	AuditItemKind kind;
+	uint64_t id; /* queries row id (start, finish); unused otherwise */
+	union {
+		AuditSession session; /* AI_SESSION_START */
+		struct {
+			uint64_t session_id;
+			int64_t ended_us;
+			const char *reason;
+		} end;                  /* AI_SESSION_END */
+		AuditQuery query;       /* AI_QUERY_START */
+		AuditOutcome outcome;   /* AI_QUERY_FINISH */
+		AuditApproval approval; /* AI_APPROVAL */
+	} u;
+} AuditItem;
+
+enum {
+	ST_INSERT_QUERY,
+	ST_FINISH_QUERY,
+	ST_SELECT_CHAINED,
+	ST_SET_HASH,
+	ST_INSERT_SESSION,
+	ST_END_SESSION,
+	ST_UPSERT_APPROVAL,
+	ST_COUNT
+};
+
+/* The writer's connection and what it keeps between batches: the writer thread's alone. */
+typedef struct AuditDb {
+	sqlite3 *db;
+	char *path;
+	sqlite3_stmt *st[ST_COUNT];
+	int64_t next_seq;               /* chain_seq of the next row finished */
+	char last_hash[AUDIT_HASH_HEX]; /* hash of chain_seq next_seq - 1 ('' before the first) */
+	uint64_t first_query_id;        /* the first queries id this run may use */
+	uint64_t session_base;          /* stored session id = session_base + pgveil's */
+	uint64_t approval_base;         /* stored approval id = approval_base + pgveil's */
+} AuditDb;
+
+/*
+ * Opens (creating, migrating) the database at `path` for writing, with the
+ * synchronous level of the mode, and reads where the chain and the ids
+ * continue. False with "audit_db path: reason" in err.
+ */
+bool auditdb_open(AuditDb *d, const char *path, bool strict, char *err, size_t errlen) PGV_WARN_UNUSED;
+void auditdb_close(AuditDb *d);
+/* PRAGMA synchronous = FULL (strict) or NORMAL (async). */
+bool auditdb_set_sync(AuditDb *d, bool strict, char *err, size_t errlen) PGV_WARN_UNUSED;
+/*
+ * Writes the items of the list in one transaction and commits. A row that
+ * SQLite refuses by itself (a constraint) is logged and skipped; any other
+ * failure rolls everything back, leaves the chain where it was and returns
+ * false with "audit_db path: reason" in err.
+ */
+bool auditdb_write(AuditDb *d, const AuditItem *items, char *err, size_t errlen) PGV_WARN_UNUSED;
+/*
+ * Retention: removes what is older than now_us - retention_s (see
+ * doc/audit.md) and records a checkpoint when chained rows went. The max_*
+ * are the largest ids this run handed out, kept in the checkpoint so ids
+ * are never reused. False with err on a database failure (nothing removed).
+ */
+bool auditdb_prune(AuditDb *d, uint64_t retention_s, int64_t now_us, uint64_t max_query_id, char *err,
+                   size_t errlen) PGV_WARN_UNUSED;
+/* Runs SQL on the writer's connection (tests). */
+bool auditdb_exec(AuditDb *d, const char *sql, char *err, size_t errlen) PGV_WARN_UNUSED;
+
+/* "2026-11-24T00:41:07.123456Z" for microseconds since the epoch. */
+void audit_format_time(int64_t us, char buf[32]);
+
+/*
+ * The columns a row's hash covers, in order (prev_hash first); a statement
+ * selecting exactly these (and possibly more after them) can be hashed by
+ * audit_chain_hash.
+ */
+#define AUDIT_CHAIN_COLUMNS                                                                                  \
+	"prev_hash, id, session_id, ts, subject, database, sql, fingerprint, classes, decision, rule, "      \
+	"masked_columns, rows, duration_ms, sqlstate, error, approval_id, chain_seq"
+#define AUDIT_CHAIN_NCOLS 18
+
+/* Hex SHA-256 of the canonical encoding of the first AUDIT_CHAIN_NCOLS columns of the current row. */
+bool audit_chain_hash(sqlite3_stmt *st, char out[AUDIT_HASH_HEX]) PGV_WARN_UNUSED;
+
+/* ---- test hooks (audit.c) ---- */
+
+/* The number of unwritten statement rows at which audit_query_start says AUDIT_FULL (default 65536). */
+void audit_test_set_queue_max(size_t n);
+/* Runs `sql` on the writer's connection from the writer thread, between two batches; waits for it. */
+bool audit_test_exec(const char *sql, char *err, size_t errlen) PGV_WARN_UNUSED;
+
+#endif

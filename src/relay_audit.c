@@ -1,0 +1,375 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * A session's statements in the audit log: one queries row per statement,
+ * whatever becomes of it. A row starts when pgveil decides the statement
+ * (every statement of a Query string, every Execute of the extended
+ * protocol, every refusal) and is finished with what the server answered:
+ * the row count of its CommandComplete, its error, or, when the server
+ * skipped it after an earlier error, "not run".
+ *
+ * Rows wait for their answer in the order their messages were sent. The
+ * server answers statements in that order: each CommandComplete,
+ * EmptyQueryResponse or PortalSuspended finishes the oldest row; an
+ * ErrorResponse finishes it with the error and the server skips the rest of
+ * the batch; ReadyForQuery ends the batch. A refusal sent in place of a
+ * statement waits as a marker without a row (its row was finished when it
+ * was refused), so that the server's error for it lines up.
+ */
+#include <event2/buffer.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "pgveil/audit.h"
+#include "pgveil/log.h"
+
+#include "relay_int.h"
+
+/* A statement waiting for its answer. */
+typedef struct Waiting {
+	uint64_t id;             /* audit row; 0: a refusal's marker */
+	uint64_t batch;          /* the batch (Query or Sync) it belongs to */
+	int64_t started_us;
+	struct Waiting *next;
+} Waiting;
+
+/* What a portal was bound to, for the rows of its Executes. */
+typedef struct Bound {
+	char *portal;
+	char *sql;
+	char classes[160];
+	char decision[16];
+	char *rule;
+	uint64_t approval_id;
+	struct Bound *next;
+} Bound;
+
+struct RelayAudit {
+	Waiting *head, *tail;
+	Bound *bound;
+	char masked[512];        /* the masked columns of the result now answering */
+};
+
+static int64_t now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static RelayAudit *tracker(Session *s)
+{
+	Relay *r = s->relay;
+
+	if (!audit_enabled())
+		return NULL;
+	if (r->audit == NULL)
+		r->audit = calloc(1, sizeof(*r->audit));
+	return r->audit;
+}
+
+static void wait_push(Session *s, RelayAudit *a, uint64_t id)
+{
+	Waiting *w = calloc(1, sizeof(*w));
+
+	if (w == NULL) {
+		AuditOutcome o = { .rows = -1, .duration_us = -1, .sqlstate = SQLSTATE_OUT_OF_MEMORY,
+				   .error = "pgveil ran out of memory while following the statement" };
+
+		if (id != 0)
+			audit_query_finish(id, &o);
+		return;
+	}
+	w->id = id;
+	w->batch = s->relay->batches_sent;
+	w->started_us = now_us();
+	if (a->tail != NULL)
+		a->tail->next = w;
+	else
+		a->head = w;
+	a->tail = w;
+}
+
+static Waiting *wait_pop(RelayAudit *a)
+{
+	Waiting *w = a->head;
+
+	if (w != NULL) {
+		a->head = w->next;
+		if (a->head == NULL)
+			a->tail = NULL;
+	}
+	return w;
+}
+
+/* The text of statement i of a Query (its span), in buf or a malloc'd copy. */
+static char *stmt_text(const char *sql, const StmtInfo *info, int i)
+{
+	const SqlStmt *st = &info->stmts[i];
+	const char *from = sql + st->offset;
+	size_t len = st->len > 0 ? (size_t)st->len : strlen(from);
+	char *t;
+
+	while (len > 0 && (*from == ' ' || *from == '\t' || *from == '\n' || *from == '\r')) {
+		from++;
+		len--;
+	}
+	if ((t = malloc(len + 1)) != NULL) {
+		memcpy(t, from, len);
+		t[len] = '\0';
+	}
+	return t;
+}
+
+/*
+ * Starts a row. gate: the statement is forwarded once the row is durable
+ * (strict mode); a refusal's row is not waited for (nothing runs).
+ */
+static uint64_t start_row(Session *s, const char *sql, const char *classes, const char *decision, const char *rule,
+			  uint64_t approval_id, const char *fingerprint, bool gate)
+{
+	AuditQuery q;
+	uint64_t id = 0;
+
+	memset(&q, 0, sizeof(q));
+	q.session_id = s->id;
+	q.ts_us = now_us();
+	q.subject = s->identity.subject != NULL ? s->identity.subject : "";
+	q.database = s->database != NULL ? s->database : "";
+	q.sql = sql != NULL ? sql : "";
+	q.fingerprint = fingerprint;
+	q.classes = classes != NULL ? classes : "";
+	q.decision = decision;
+	q.rule = rule;
+	q.approval_id = approval_id;
+	gate = gate && audit_strict();
+	switch (audit_query_start(&q, gate ? s->relay->audit_durable : NULL, s->relay->audit_room, &id)) {
+	case AUDIT_OK:
+		if (gate)
+			s->relay->audit_wait_id = id; /* the message goes on once its row is durable */
+		return id;
+	case AUDIT_FULL:
+		s->relay->audit_stop = AUDIT_FULL; /* the message waits for room */
+		return 0;
+	case AUDIT_FAILED:
+		s->relay->audit_stop = AUDIT_FAILED;
+		return 0;
+	default:
+		return 0;
+	}
+}
+
+void relay_audit_fail_waiting(Session *s, uint64_t id, const char *sqlstate, const char *message)
+{
+	RelayAudit *a = s->relay->audit;
+	AuditOutcome o = { .rows = -1, .duration_us = 0, .sqlstate = sqlstate, .error = message };
+
+	for (Waiting *w = a != NULL ? a->head : NULL; w != NULL; w = w->next)
+		if (w->id == id) {
+			audit_query_finish(id, &o);
+			w->id = 0; /* now the refusal's marker */
+			return;
+		}
+}
+
+static void fingerprint_hex(const StmtInfo *info, char *buf, size_t len)
+{
+	snprintf(buf, len, "%016llx", (unsigned long long)info->fingerprint);
+}
+
+void relay_audit_query(Session *s, const char *sql, const StmtInfo *info, const char *decision, const char *rule,
+		       uint64_t approval_id)
+{
+	RelayAudit *a = tracker(s);
+	char classes[160], fp[24];
+
+	if (a == NULL || info == NULL)
+		return;
+	fingerprint_hex(info, fp, sizeof(fp));
+	for (int i = 0; i < info->n_stmts; i++) {
+		char *text = stmt_text(sql, info, i);
+		const char *shown = text != NULL ? text : sql;
+		char *norm = s->relay->cfg->audit_redact_literals ? sqlinfo_normalize(shown, strlen(shown)) : NULL;
+
+		sqlinfo_class_names(info->stmts[i].classes, classes, sizeof(classes));
+		wait_push(s, a, start_row(s, norm != NULL ? norm : shown, classes, decision, rule, approval_id, fp, true));
+		free(norm);
+		free(text);
+	}
+}
+
+void relay_audit_refused(Session *s, const char *sql, const StmtInfo *info, const char *decision, const char *rule,
+			 const char *sqlstate, const char *message, uint64_t approval_id, bool marker)
+{
+	RelayAudit *a = tracker(s);
+	AuditOutcome o = { .rows = -1, .duration_us = 0, .sqlstate = sqlstate, .error = message };
+	char classes[160] = "", fp[24];
+	char *norm;
+	uint64_t id;
+
+	if (a == NULL)
+		return;
+	if (info != NULL) {
+		sqlinfo_class_names(info->classes, classes, sizeof(classes));
+		fingerprint_hex(info, fp, sizeof(fp));
+	}
+	norm = s->relay->cfg->audit_redact_literals && sql != NULL ? sqlinfo_normalize(sql, strlen(sql)) : NULL;
+	id = start_row(s, norm != NULL ? norm : sql, classes, decision, rule, approval_id, info != NULL ? fp : NULL,
+		       false);
+	s->relay->audit_stop = AUDIT_OK; /* a refusal goes out whatever the log says */
+	free(norm);
+	if (id != 0)
+		audit_query_finish(id, &o);
+	if (marker)
+		wait_push(s, a, 0); /* the server's error for the refusal statement */
+}
+
+static void bound_free(Bound *b)
+{
+	free(b->portal);
+	free(b->sql);
+	free(b->rule);
+	free(b);
+}
+
+void relay_audit_bind(Session *s, const char *portal, const char *sql, const StmtInfo *info, const char *decision,
+		      const char *rule, uint64_t approval_id)
+{
+	RelayAudit *a = tracker(s);
+	Bound *b, **bp;
+
+	if (a == NULL)
+		return;
+	for (bp = &a->bound; *bp != NULL; bp = &(*bp)->next)
+		if (strcmp((*bp)->portal, portal) == 0) {
+			b = *bp;
+			*bp = b->next;
+			bound_free(b);
+			break;
+		}
+	b = calloc(1, sizeof(*b));
+	if (b == NULL || (b->portal = strdup(portal)) == NULL || (b->sql = strdup(sql != NULL ? sql : "")) == NULL ||
+	    (rule != NULL && (b->rule = strdup(rule)) == NULL)) {
+		if (b != NULL)
+			bound_free(b);
+		return;
+	}
+	if (info != NULL)
+		sqlinfo_class_names(info->classes, b->classes, sizeof(b->classes));
+	snprintf(b->decision, sizeof(b->decision), "%s", decision);
+	b->approval_id = approval_id;
+	b->next = a->bound;
+	a->bound = b;
+}
+
+void relay_audit_execute(Session *s, const char *portal)
+{
+	RelayAudit *a = tracker(s);
+	const Bound *b;
+
+	if (a == NULL)
+		return;
+	for (b = a->bound; b != NULL && strcmp(b->portal, portal) != 0; b = b->next)
+		;
+	if (b == NULL) { /* a portal pgveil did not see bound (a cursor declared in SQL) */
+		wait_push(s, a, start_row(s, "", "", "allow", NULL, 0, NULL, true));
+		return;
+	}
+	wait_push(s, a, start_row(s, b->sql, b->classes, b->decision, b->rule, b->approval_id, NULL, true));
+}
+
+void relay_audit_masked(Session *s, const char *columns)
+{
+	RelayAudit *a = s->relay->audit;
+
+	if (a != NULL)
+		snprintf(a->masked, sizeof(a->masked), "%s", columns != NULL ? columns : "");
+}
+
+/* The row count of a CommandComplete tag ("SELECT 3", "INSERT 0 5"), -1 for none. */
+static int64_t tag_rows(const char *tag)
+{
+	const char *sp = strrchr(tag, ' ');
+
+	if (sp == NULL || sp[1] < '0' || sp[1] > '9')
+		return -1;
+	return strtoll(sp + 1, NULL, 10);
+}
+
+static void finish(RelayAudit *a, Waiting *w, int64_t rows, const char *sqlstate, const char *error)
+{
+	AuditOutcome o;
+
+	if (w->id != 0) {
+		o.rows = rows;
+		o.duration_us = now_us() - w->started_us;
+		o.sqlstate = sqlstate;
+		o.error = error;
+		o.masked_columns = a->masked[0] != '\0' ? a->masked : NULL;
+		audit_query_finish(w->id, &o);
+	}
+	a->masked[0] = '\0';
+	free(w);
+}
+
+void relay_audit_server(Session *s, uint8_t type, const uint8_t *body, size_t len)
+{
+	Relay *r = s->relay;
+	RelayAudit *a = r->audit;
+	Waiting *w;
+	PgErrorFields f;
+
+	if (a == NULL)
+		return;
+	switch (type) {
+	case 'C':
+		if ((w = wait_pop(a)) != NULL)
+			finish(a, w, len > 0 && body[len - 1] == '\0' ? tag_rows((const char *)body) : -1, NULL, NULL);
+		break;
+	case 'I':
+	case 's':
+		if ((w = wait_pop(a)) != NULL)
+			finish(a, w, type == 'I' ? 0 : -1, NULL, NULL);
+		break;
+	case 'E':
+		if (!pgproto_parse_error(body, len, &f) || (f.severity != NULL && strcmp(f.severity, "ERROR") != 0))
+			break;
+		if ((w = wait_pop(a)) != NULL) {
+			uint64_t batch = w->batch;
+
+			finish(a, w, -1, f.sqlstate, f.message);
+			while (a->head != NULL && a->head->batch == batch) /* the server skips the rest of the batch */
+				finish(a, wait_pop(a), -1, NULL, "not run: an earlier statement of its batch failed");
+		}
+		break;
+	case 'Z':
+		while (a->head != NULL && a->head->batch < r->batches_done)
+			finish(a, wait_pop(a), -1, NULL, "not run");
+		break;
+	default:
+		break;
+	}
+}
+
+void relay_audit_free(Session *s)
+{
+	RelayAudit *a = s->relay->audit;
+
+	if (a == NULL)
+		return;
+	while (a->head != NULL) {
+		Waiting *w = wait_pop(a);
+
+		finish(a, w, -1, NULL, "the session ended before the server answered");
+	}
+	while (a->bound != NULL) {
+		Bound *b = a->bound;
+
+		a->bound = b->next;
+		bound_free(b);
+	}
+	free(a);
+	s->relay->audit = NULL;
+}

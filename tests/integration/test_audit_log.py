@@ -1,0 +1,122 @@
+"""The audit log as sessions write it: one queries row per statement, with
+its decision and outcome, in async and strict mode; every statement that
+changed the database has its row even after kill -9 in strict mode."""
+
+import os
+import signal
+import sqlite3
+import threading
+import uuid
+
+import psycopg
+import pytest
+
+import harness
+
+RULES = """
+BLOCK DROP MESSAGE 'no drops';
+ALLOW ALL;
+"""
+
+
+@pytest.fixture
+def audited(pgveil_factory, workroot, request):
+    def make(mode):
+        rules = os.path.join(workroot, f"audit-{uuid.uuid4().hex[:8]}.rules")
+        with open(rules, "w") as f:
+            f.write(RULES)
+        db = os.path.join(workroot, f"audit-{uuid.uuid4().hex[:8]}.db")
+        pv = pgveil_factory(rules=rules, audit_db=db, audit_mode=mode, default_action="block")
+        return pv, db
+    return make
+
+
+@pytest.fixture
+def marks_table(admin):
+    name = "audit_t_" + uuid.uuid4().hex[:8]
+    admin.execute(f"CREATE TABLE {name} (id serial PRIMARY KEY, mark text NOT NULL)")
+    admin.execute(f"GRANT ALL ON {name}, {name}_id_seq TO {harness.APP_USER}")
+    yield name
+    admin.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+def rows(db, sql, args=()):
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("mode", ["async", "strict"])
+def test_one_row_per_statement(audited, marks_table, mode):
+    pv, db = audited(mode)
+    t = harness.pgveil_target(pv)
+    n_clients, n_each = 6, 25
+
+    def client(k):
+        with psycopg.connect(t.conninfo(application_name=f"c{k}"), autocommit=True) as conn:
+            for i in range(n_each):
+                conn.execute(f"INSERT INTO {marks_table} (mark) VALUES (%s)", (f"m-{k}-{i}",))
+                conn.execute(f"SELECT count(*) FROM {marks_table} WHERE mark = 'x-{k}-{i}'").fetchone()
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(f"DROP TABLE {marks_table}")
+            conn.execute(f"SELECT 1; SELECT 'multi-{k}'")
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(n_clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert pv.stop() == 0  # SIGTERM writes every queued row
+    got = rows(db, "SELECT decision, count(*) FROM queries WHERE sql LIKE ? OR sql LIKE 'SELECT %' "
+                   "OR sql LIKE 'DROP TABLE%' GROUP BY decision ORDER BY decision", (f"INSERT INTO {marks_table}%",))
+    total = n_clients * n_each
+    assert dict(got)["block"] == total
+    inserts = rows(db, "SELECT count(*), count(DISTINCT id), sum(rows) FROM queries WHERE sql LIKE ? "
+                       "AND decision = 'allow' AND sqlstate IS NULL", (f"INSERT INTO {marks_table}%",))
+    assert inserts == [(total, total, total)]
+    drops = rows(db, "SELECT sqlstate, rule IS NOT NULL, error FROM queries WHERE decision = 'block' LIMIT 1")
+    assert drops[0][0] == "42501" and drops[0][1] and "no drops" in drops[0][2]
+    multi = rows(db, "SELECT count(*) FROM queries WHERE sql LIKE 'SELECT ''multi-%'")
+    assert multi == [(n_clients,)], rows(db, "SELECT sql, decision, rows, error FROM queries WHERE sql LIKE '%multi%' "
+                                             "OR sql LIKE 'SELECT 1%' LIMIT 5")
+    sessions = rows(db, "SELECT count(*), count(ended_at) FROM sessions")
+    assert sessions[0][0] >= n_clients and sessions[0][0] == sessions[0][1]
+    res = harness.run([pv.binary, "--verify-audit", db], check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_strict_kill9_loses_no_row_of_a_change(audited, marks_table, admin):
+    pv, db = audited("strict")
+    t = harness.pgveil_target(pv)
+    stop = threading.Event()
+
+    def client(k):
+        i = 0
+        try:
+            with psycopg.connect(t.conninfo(), autocommit=True) as conn:
+                while not stop.is_set():
+                    conn.execute(f"INSERT INTO {marks_table} (mark) VALUES ('k9-{k}-{i}')")
+                    i += 1
+        except psycopg.Error:
+            pass
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for th in threads:
+        th.start()
+    harness.wait_until(lambda: admin.execute(f"SELECT count(*) FROM {marks_table}").fetchone()[0] > 200, 30,
+                       what="some inserts")
+    os.kill(pv.pid, signal.SIGKILL)
+    stop.set()
+    for th in threads:
+        th.join()
+    pv.proc.wait()
+    pv.proc = None  # killed on purpose: no clean exit to check
+    if pv.logf:
+        pv.logf.close()
+        pv.logf = None
+    marks = {m for (m,) in admin.execute(f"SELECT mark FROM {marks_table}").fetchall()}
+    logged = "\n".join(s for (s,) in rows(db, "SELECT sql FROM queries WHERE sql LIKE 'INSERT INTO %'"))
+    missing = [m for m in marks if f"'{m}'" not in logged]
+    assert not missing, f"{len(missing)} inserts ran without an audit row: {missing[:5]}"
