@@ -330,6 +330,20 @@ bool relay_mask_client_waits(const Session *s)
 	return s->relay->mask != NULL && s->relay->mask->wait_client;
 }
 
+/* A search_path startup parameter (or one in options) that puts a schema before pg_catalog. */
+static bool startup_shadows_builtins(const Session *s)
+{
+	for (int i = 0; i < s->startup.n_params; i++) {
+		const PgStartupParam *p = &s->startup.params[i];
+
+		if (strcmp(p->name, "search_path") == 0 && sqlinfo_search_path_shadows(p->value))
+			return true;
+		if (strcmp(p->name, "options") == 0 && strstr(p->value, "search_path") != NULL)
+			return true; /* not parsed: refused */
+	}
+	return false;
+}
+
 RmResult relay_mask_update(Session *s)
 {
 	Relay *r = s->relay;
@@ -366,6 +380,11 @@ RmResult relay_mask_update(Session *s)
 	}
 	if (r->mask != NULL)
 		return RM_OK;
+	if (startup_shadows_builtins(s)) {
+		session_fail(s, SQLSTATE_INSUFFICIENT_PRIVILEGE,
+			     "a caller with masked columns may not put a schema before pg_catalog in search_path");
+		return RM_REFUSE;
+	}
 	m = calloc(1, sizeof(*m));
 	if (m == NULL || (m->cat_wake = event_new(s->worker->base, -1, 0, cat_wake_cb, s)) == NULL ||
 	    (m->copy_buf = evbuffer_new()) == NULL) {
@@ -486,6 +505,12 @@ RmResult relay_mask_check(Session *s, const StmtInfo *info)
 		if (!catalog_request(s->database, m->cat->version, m->cat_wake)) /* a later statement tries again */
 			log_write(LL_WARN, s->ctx, "cannot ask for the catalog again");
 		log_write(LL_WARN, s->ctx, "statement refused: %s", m->cat->error);
+		return RM_REFUSE;
+	}
+	if (info->shadows_builtins) {
+		relay_refuse(s, SQLSTATE_INSUFFICIENT_PRIVILEGE,
+			     "a caller with masked columns may not put a schema before pg_catalog in search_path",
+			     "A function there with a built-in's name would be called in its place.", NULL, 0);
 		return RM_REFUSE;
 	}
 	if (!m->check_refreshed && names_unknown_relation(m->cat, info) &&

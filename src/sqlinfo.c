@@ -651,6 +651,7 @@ static StmtInfo *block_build(SqlThread *t, size_t len, bool cache_text, bool sha
 	}
 	info->literal_sensitive = b->literal_sensitive;
 	info->changes_lexical = b->changes_lexical;
+	info->shadows_builtins = b->shadows_builtins;
 	blk->anchors = (int *)(void *)((char *)blk + l.anchors);
 	if (shape_ok && block_anchor(blk, t)) {
 		blk->shape = memcpy(sp, t->key, t->key_len);

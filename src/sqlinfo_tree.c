@@ -588,6 +588,8 @@ static void fn_set_config(Walk *w, const JNode *call)
 			part_add(w, SC_ADMIN);
 			w->b->changes_lexical = true; /* the value is not known before it runs */
 		}
+		if (strcasecmp(name, "search_path") == 0)
+			w->b->shadows_builtins = true; /* the value may put a schema before pg_catalog */
 	}
 	if (name != NULL)
 		w->b->literal_sensitive = true;
@@ -1253,9 +1255,59 @@ static bool set_lexical_safe(Walk *w, const JNode *s, const char *name)
 	return false;
 }
 
+bool sqlinfo_search_path_shadows(const char *value)
+{
+	const char *p = value;
+	int entry = 0;
+
+	while (*p != '\0') {
+		const char *start, *end;
+
+		while (*p == ' ' || *p == '\t' || *p == ',' || *p == '"')
+			p += *p == ',' ? (entry++, 1) : 1;
+		start = p;
+		while (*p != '\0' && *p != ',' && *p != '"')
+			p++;
+		end = p;
+		while (end > start && (end[-1] == ' ' || end[-1] == '\t'))
+			end--;
+		if (entry > 0 && (size_t)(end - start) == 10 && strncasecmp(start, "pg_catalog", 10) == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * SET search_path with a schema before pg_catalog: a function there with a
+ * built-in's name is what the server calls. Values the analysis cannot read
+ * count as such.
+ */
+static bool set_search_path_shadows(Walk *w, const JNode *s)
+{
+	const JNode *a, *body, *sv;
+	const char *type, *v;
+	int i = 0;
+
+	if (!j_is(j_get(s, "kind"), "VAR_SET_VALUE"))
+		return false; /* RESET, SET ... TO DEFAULT */
+	w->b->literal_sensitive = true;
+	for (a = j_first(j_get(s, "args")); a != NULL; a = j_next(a), i++) {
+		type = j_type(a, &body);
+		if (type == NULL || strcmp(type, "A_Const") != 0 || (sv = j_get(body, "sval")) == NULL ||
+		    (v = j_str(sv, "sval")) == NULL)
+			return true;
+		if ((i > 0 && strcasecmp(v, "pg_catalog") == 0) || sqlinfo_search_path_shadows(v))
+			return true;
+	}
+	return false;
+}
+
 static void stmt_set(Walk *w, const JNode *s)
 {
 	const char *name = j_str(s, "name");
+
+	if (name != NULL && strcasecmp(name, "search_path") == 0 && set_search_path_shadows(w, s))
+		w->b->shadows_builtins = true;
 
 	if (name != NULL && setting_is_privilege(name)) {
 		part_add(w, SC_PRIVILEGE);
@@ -1573,6 +1625,7 @@ void sqlinfo_build_reset(SqlBuild *b)
 	sqlinfo_lineage_reset(b);
 	b->literal_sensitive = false;
 	b->changes_lexical = false;
+	b->shadows_builtins = false;
 	b->oom = false;
 	b->error = NULL;
 }

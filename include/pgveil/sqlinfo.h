@@ -172,6 +172,7 @@ typedef struct StmtInfo {
 	int n_prep;
 	SqlPrepRef *prep;
 	bool literal_sensitive;  /* the analysis looked at a literal's value: cached by exact text only */
+	bool shadows_builtins;   /* sets search_path with a schema before pg_catalog (or to a value not known): functions there take the place of built-ins of the same name */
 	bool changes_lexical;    /* sets standard_conforming_strings off, or client_encoding to an encoding pgveil does not read (SET, set_config): afterwards the server would split statements differently from pgveil */
 	uint64_t fingerprint;    /* hash of the normalized form: equal for statements differing only in literals */
 } StmtInfo;
@@ -210,6 +211,9 @@ const char *sqlinfo_class_names(uint32_t classes, char *buf, size_t buflen);
 
 /* Parses a class name (case-insensitive, "ALL" included); returns 0 when unknown. */
 uint32_t sqlinfo_class_from_name(const char *name, size_t len);
+
+/* True when a search_path value ("a, pg_catalog") puts a schema before pg_catalog. */
+bool sqlinfo_search_path_shadows(const char *value);
 
 /* True when `name` ("name" or "pg_catalog.name") is a function built into PostgreSQL 15. */
 bool sqlinfo_is_builtin_function(const char *name);

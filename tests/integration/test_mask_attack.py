@@ -1494,8 +1494,6 @@ def test_bypass_unique_constraint_oracle(masked):
     assert hits.get("alice.wonder@secret-mail.example") != 1, "the guess was confirmed: it is row 1's email"
 
 
-@pytest.mark.xfail(strict=True, reason="bypass: a function in a schema put before pg_catalog on search_path is "
-                                       "taken for the built-in of the same name")
 def test_bypass_builtin_name_shadowed_by_search_path(masked, cluster):
     # policy_mask.c check_function() accepts a call when sqlinfo_is_builtin_function() knows the *name*;
     # which function runs depends on search_path, which the agent sets. A function
@@ -1509,11 +1507,19 @@ def test_bypass_builtin_name_shadowed_by_search_path(masked, cluster):
     try:
         rec.take()
         with agent(rec) as conn:
-            conn.execute("SET search_path = public, pg_catalog")
-            try:
+            for sql in ("SET search_path = public, pg_catalog", "SET search_path TO 'public, pg_catalog'",
+                        "SELECT set_config('search_path', 'public,pg_catalog', false)"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(sql)
+            conn.execute("SET search_path = pg_catalog, public")  # pg_catalog first: the built-ins win
+            try:  # refused while the catalog lists a user function of that name; the built-in otherwise
                 conn.execute("SELECT pg_backend_pid()").fetchall()
-            except psycopg.Error:
+            except psycopg.errors.InsufficientPrivilege:
                 pass
+        for params in ({"options": "-c search_path=public,pg_catalog"},):
+            with pytest.raises(psycopg.OperationalError):
+                with agent(rec, **params) as conn:
+                    conn.execute("SELECT pg_backend_pid()").fetchall()
     finally:
         admin_exec(cluster, "DROP FUNCTION IF EXISTS public.pg_backend_pid()")
     assert_no_leak(rec)

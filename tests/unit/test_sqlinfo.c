@@ -1240,6 +1240,41 @@ static void test_ref_unref(void **state)
 	sqlinfo_unref(a);
 }
 
+/* search_path values and statements that put a schema before pg_catalog. */
+static void test_search_path_shadows(void **state)
+{
+	static const struct {
+		const char *sql;
+		bool shadows;
+	} cases[] = {
+		{ "SET search_path = public", false },
+		{ "SET search_path = pg_catalog, public", false },
+		{ "SET search_path = public, pg_catalog", true },
+		{ "SET search_path TO 'public, pg_catalog'", true },
+		{ "SET search_path = '$user', PG_CATALOG", true },
+		{ "SET LOCAL search_path = app, \"pg_catalog\"", true },
+		{ "RESET search_path", false },
+		{ "SELECT set_config('search_path', 'public', false)", true }, /* set_config: not read */
+		{ "SET work_mem = '64MB'", false },
+	};
+
+	(void)state;
+	for (size_t i = 0; i < PGV_ARRAY_LEN(cases); i++) {
+		StmtInfo *info = sqlinfo_analyze(cases[i].sql, strlen(cases[i].sql));
+
+		assert_non_null(info);
+		if (info->shadows_builtins != cases[i].shadows)
+			fail_msg("%s: shadows_builtins %d", cases[i].sql, info->shadows_builtins);
+		sqlinfo_unref(info);
+	}
+	assert_true(sqlinfo_search_path_shadows("a,pg_catalog"));
+	assert_true(sqlinfo_search_path_shadows(" \"$user\" , pg_catalog , x"));
+	assert_false(sqlinfo_search_path_shadows("pg_catalog,a"));
+	assert_false(sqlinfo_search_path_shadows(" pg_catalog"));
+	assert_false(sqlinfo_search_path_shadows("a, pg_catalogue"));
+	assert_false(sqlinfo_search_path_shadows(""));
+}
+
 int main(void)
 {
 	static const struct CMUnitTest unit[] = {
@@ -1260,6 +1295,7 @@ int main(void)
 		cmocka_unit_test(test_builtin_functions),
 		cmocka_unit_test(test_refusals),
 		cmocka_unit_test(test_ref_unref),
+		cmocka_unit_test(test_search_path_shadows),
 	};
 	struct CMUnitTest *tests;
 	int i, rc;
