@@ -1755,6 +1755,23 @@ static void dml_target(Lin *l, const JNode *s)
 	table_push(l, j_get(s, "relation"));
 }
 
+/*
+ * An ON CONFLICT arbiter column of the DML target: which row conflicts is
+ * a lookup by value (the row it finds is updated and returned), so it
+ * counts as a predicate on the column. name NULL: every column (an
+ * expression).
+ */
+static void arbiter_used(Lin *l, const char *name)
+{
+	const LRel *r = l->w->n_rels > 0 ? &l->w->rels[l->w->n_rels - 1] : NULL;
+
+	if (r == NULL || r->table == NULL)
+		return;
+	src_add(l, col_intern(l, r->schema, r->table, name != NULL ? name : col_all), SQL_USE_PREDICATE);
+}
+
+
+
 static LRange dml_returning(Lin *l, const JNode *s, unsigned out_ctx)
 {
 	int mark = l->w->n_pend;
@@ -1792,6 +1809,9 @@ static LRange q_insert(Lin *l, const JNode *s, unsigned out_ctx)
 	dml_target(l, s);
 	rels = l->w->n_rels;
 	if (oc != NULL) {
+		for (e = j_first(j_get(j_get(oc, "infer"), "indexElems")); e != NULL; e = j_next(e))
+			if (j_type(e, &body) != NULL)
+				arbiter_used(l, j_str(body, "name")); /* NULL for an expression: every column */
 		/* excluded: the row proposed for insertion, named by the column list */
 		cols = j_get(s, "cols");
 		uncertain = cols == NULL;

@@ -1470,8 +1470,6 @@ def test_bypass_group_by_position_row(masked):
     assert recovered != PEOPLE[0][4], "salary recovered through GROUP BY (1, 2)"
 
 
-@pytest.mark.xfail(strict=True, reason="inference: a unique constraint on a masked column is an equality oracle "
-                                       "(ON CONFLICT arbiter; unique_violation) although mask_predicates = block")
 def test_bypass_unique_constraint_oracle(masked):
     # email() shows the first character and the domain; the rest can be guessed and each guess checked:
     # INSERT ... ON CONFLICT (email) DO UPDATE ... RETURNING id returns the id of the row holding the
