@@ -209,7 +209,7 @@ step_pgveil() {
 	fi
 	port_busy "$PGVEIL_PORT" && die "port $PGVEIL_PORT is in use (set DEMO_PGVEIL_PORT)"
 	: >"$DEMO/pgveil.log"
-	rm -rf "$DEMO/rules"
+	rm -rf "$DEMO/rules" "$DEMO"/audit.db*
 	mkdir -p "$DEMO/rules"
 	cp "$SRCDIR/rules/default.rules" "$DEMO/rules/10-default.rules"
 	cat >"$DEMO/rules/20-masks.rules" <<-EOF
@@ -232,6 +232,8 @@ step_pgveil() {
 		log_level = info
 		rules = $DEMO/rules
 		mask_key_file = $DEMO/mask.key
+		audit_db = $DEMO/audit.db
+		audit_mode = strict
 		default_action = block
 		hold_timeout = 5m
 
@@ -344,6 +346,21 @@ step_server_view() {
 	say "The role is pgveil's; application_name tells the DBA which agent is behind the session."
 }
 
+step_audit() {
+	section "Every statement is in the audit log"
+	local auditor console
+	say "audit_mode = strict: no statement ran before its record was on disk. An auditor (group audit)"
+	say "reads the log with SQL on the admin console; the last statements of this demo:"
+	auditor=$("$TOKEN_BIN" --key "$JWT_DIR/signing.pem" --kid demo-1 --sub carol --groups audit \
+		--aud pgveil --iss "$ISS" --ttl 600)
+	console="host=127.0.0.1 port=$PGVEIL_PORT dbname=pgveil user=carol password=$auditor sslmode=require"
+	demo_psql "$console" -c "SELECT id, subject, decision, rule, rows, sqlstate, masked_columns, substr(sql, 1, 48) AS sql
+		FROM queries ORDER BY id DESC LIMIT 12"
+	say "Each row is chained to the one before by SHA-256; pgveil --verify-audit checks the whole file:"
+	printf '%s$ pgveil --verify-audit .demo/audit.db%s\n' "$DIM" "$RESET"
+	"$PGVEIL_BIN" --verify-audit "$DEMO/audit.db" | sed 's/^/    /'
+}
+
 step_stop() {
 	section "Stopping"
 	if [ "$KEEP" = yes ]; then
@@ -375,6 +392,7 @@ STEPS=(
 	step_approval
 	step_refused
 	step_server_view
+	step_audit
 	step_stop
 )
 

@@ -684,6 +684,7 @@ static GuardAction mask_check(Session *s, const StmtInfo *info)
 	case RM_WAIT:
 		return GUARD_WAIT;
 	default:
+		s->relay->audit_rule = NULL; /* refused by the masks, not by the rule that allowed it */
 		return GUARD_REFUSE;
 	}
 }
