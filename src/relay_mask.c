@@ -86,7 +86,6 @@ struct RelayMask {
 	struct event *cat_wake;  /* a snapshot was published */
 	bool wait_client;        /* a client message waits for a snapshot */
 	bool wait_server;        /* a RowDescription waits for a snapshot */
-	uint64_t asked_after;    /* wait_server: the version asked to be replaced */
 	bool refreshed;          /* the RowDescription at the front was looked up after a refresh */
 	bool check_refreshed;    /* the statement being checked waited for a refresh already */
 	Resp *q;                 /* ring of expected answers */
@@ -442,6 +441,20 @@ static void cat_update(Session *s)
 }
 
 /*
+ * The relations a name the statement writes may be: the one of its schema,
+ * or, unqualified, every relation of that name (the session's search_path
+ * is not known). Points into the snapshot, or at *one.
+ */
+static const CatRel *const *rels_named(const CatSnap *cat, const char *schema, const char *name, const CatRel **one,
+				       int *n)
+{
+	if (schema == NULL)
+		return catalog_rels_named(cat, name, n);
+	*n = catalog_find_rels(cat, schema, name, one, 1) > 0 ? 1 : 0;
+	return one;
+}
+
+/*
  * True when the statement names a relation with masked columns: its errors
  * can echo stored rows ("Failing row contains (...)") even when it reads no
  * masked column itself.
@@ -451,11 +464,10 @@ static bool touches_masked_table(const CatSnap *cat, const StmtInfo *info)
 	for (int i = 0; i < info->n_parts; i++)
 		for (int j = 0; j < info->parts[i].n_tables; j++) {
 			const SqlTable *t = &info->parts[i].tables[j];
-			const CatRel *rels[16];
-			int n = catalog_find_rels(cat, t->schema, t->name, rels, 16);
+			const CatRel *one, *const *rels;
+			int n;
 
-			if (n > 16)
-				return true;
+			rels = rels_named(cat, t->schema, t->name, &one, &n);
 			for (int k = 0; k < n; k++)
 				if (rels[k]->has_masks)
 					return true;
@@ -469,9 +481,11 @@ static bool names_unknown_relation(const CatSnap *cat, const StmtInfo *info)
 	for (int i = 0; i < info->n_parts; i++)
 		for (int j = 0; j < info->parts[i].n_tables; j++) {
 			const SqlTable *t = &info->parts[i].tables[j];
-			const CatRel *rel;
+			const CatRel *one;
+			int n;
 
-			if (catalog_find_rels(cat, t->schema, t->name, &rel, 1) == 0)
+			(void)rels_named(cat, t->schema, t->name, &one, &n);
+			if (n == 0)
 				return true;
 		}
 	return false;
@@ -715,7 +729,7 @@ static bool read_field(PgReader *rd, Field *f)
 static const CatMask *expected_mask(const CatSnap *cat, const Identity *id, const SqlOutput *o,
 				    const CatColumn **col)
 {
-	const CatRel *rels[8];
+	const CatRel *one, *const *rels;
 	const SqlColumn *c;
 	int n;
 
@@ -725,8 +739,8 @@ static const CatMask *expected_mask(const CatSnap *cat, const Identity *id, cons
 	c = o->sources[0];
 	if (strcmp(c->column, SQL_COLUMN_ALL) == 0)
 		return NULL;
-	n = catalog_find_rels(cat, c->schema, c->table, rels, 8);
-	for (int i = 0; i < n && i < 8; i++) {
+	rels = rels_named(cat, c->schema, c->table, &one, &n);
+	for (int i = 0; i < n; i++) {
 		int att = catalog_attnum(rels[i], c->column);
 		bool derived;
 		const CatMask *cm;
@@ -952,14 +966,11 @@ static void out_masks_column(OutMasks *om, const CatColumn *c, const Identity *i
 /* Every relation `src` may name (unqualified: in any schema) and its column(s), into om. */
 static void out_masks_source(OutMasks *om, const CatSnap *cat, const Identity *id, const SqlColumn *src)
 {
-	const CatRel *one, *const *rels = &one;
+	const CatRel *one, *const *rels;
 	int n;
 
-	if (src->schema != NULL)
-		n = catalog_find_rels(cat, src->schema, src->table, &one, 1);
-	else
-		rels = catalog_rels_named(cat, src->table, &n);
-	for (int r = 0; r < n && (src->schema == NULL || r < 1); r++) {
+	rels = rels_named(cat, src->schema, src->table, &one, &n);
+	for (int r = 0; r < n; r++) {
 		const CatRel *rel = rels[r];
 		int att = strcmp(src->column, SQL_COLUMN_ALL) == 0 ? 0 : catalog_attnum(rel, src->column);
 
@@ -1003,15 +1014,15 @@ static void copy_output_field(Session *s, const SqlOutput *o, MaskField *f)
  */
 static bool copy_expand_star(Session *s, const SqlOutput *o, MaskField *fields, int ncols, int *k)
 {
-	const CatRel *rels[8], *rel;
+	const CatRel *one, *const *rels, *rel;
 	const SqlColumn *src;
 	int n;
 
 	if (o->kind != SQL_OUT_DIRECT || o->n_sources != 1)
 		return false;
 	src = o->sources[0];
-	n = catalog_find_rels(s->relay->mask->cat, src->schema, src->table, rels, 8);
-	if (n < 1 || n > 8)
+	rels = rels_named(s->relay->mask->cat, src->schema, src->table, &one, &n);
+	if (n < 1)
 		return false;
 	rel = rels[0];
 	for (int a = 0; a < rel->n_columns; a++) {
