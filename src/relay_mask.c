@@ -475,17 +475,37 @@ static bool touches_masked_table(const CatSnap *cat, const StmtInfo *info)
 	return false;
 }
 
-/* True when the statement names a relation the snapshot does not have (created since it was read). */
-static bool names_unknown_relation(const CatSnap *cat, const StmtInfo *info)
+/*
+ * True when the statement names what the snapshot does not have (created
+ * since it was read): a relation, or a column of a relation with masked
+ * columns (added or renamed, the masks may reach it).
+ */
+static bool names_unknown(const CatSnap *cat, const StmtInfo *info)
 {
+	const CatRel *one, *const *rels;
+	int n;
+
 	for (int i = 0; i < info->n_parts; i++)
 		for (int j = 0; j < info->parts[i].n_tables; j++) {
 			const SqlTable *t = &info->parts[i].tables[j];
-			const CatRel *one;
-			int n;
 
 			(void)rels_named(cat, t->schema, t->name, &one, &n);
 			if (n == 0)
+				return true;
+		}
+	for (int i = 0; i < info->n_stmts; i++)
+		for (int j = 0; j < info->stmts[i].n_columns; j++) {
+			const SqlColumn *c = info->stmts[i].columns[j].column;
+			bool masked = false, found = false;
+
+			if (strcmp(c->column, SQL_COLUMN_ALL) == 0)
+				continue;
+			rels = rels_named(cat, c->schema, c->table, &one, &n);
+			for (int k = 0; k < n && !found; k++) {
+				masked = masked || rels[k]->has_masks;
+				found = catalog_attnum(rels[k], c->column) > 0;
+			}
+			if (masked && !found)
 				return true;
 		}
 	return false;
@@ -527,9 +547,9 @@ RmResult relay_mask_check(Session *s, const StmtInfo *info)
 			     "A function there with a built-in's name would be called in its place.", NULL, 0);
 		return RM_REFUSE;
 	}
-	if (!m->check_refreshed && names_unknown_relation(m->cat, info) &&
+	if (!m->check_refreshed && names_unknown(m->cat, info) &&
 	    catalog_request(s->database, m->cat->version, m->cat_wake)) {
-		/* A relation created since the catalog was read: its masks (a new partition's) must be known. */
+		/* Created since the catalog was read (a new partition, a column added): its masks must be known. */
 		m->check_refreshed = true;
 		m->wait_client = true;
 		stream_enable_read(s->client, false);
@@ -774,8 +794,8 @@ typedef enum { PLAN_OK, PLAN_REFRESH, PLAN_FAIL } PlanResult;
 /*
  * Builds `plan` from the RowDescription body. `st` is the statement the
  * analysis expects (NULL when unknown); `sensitive`: it reads masked columns
- * or touches a table with some. PLAN_REFRESH: a table OID is not in
- * the snapshot (ask the catalog again first).
+ * or touches a table with some. PLAN_REFRESH: a table OID or one of its
+ * columns is not in the snapshot (ask the catalog again first).
  */
 static PlanResult plan_build(Session *s, Plan *plan, const uint8_t *body, size_t blen, const SqlStmt *st,
 			     bool sensitive, bool may_refresh)
@@ -798,7 +818,8 @@ static PlanResult plan_build(Session *s, Plan *plan, const uint8_t *body, size_t
 
 		if (!read_field(&rd, &f))
 			return PLAN_FAIL;
-		if (f.table != 0 && catalog_rel(cat, f.table) == NULL)
+		if (f.table != 0 && (catalog_rel(cat, f.table) == NULL ||
+				     (f.attnum > 0 && catalog_column(cat, f.table, f.attnum) == NULL)))
 			return PLAN_REFRESH;
 	}
 	pgproto_reader_init(&rd, body, blen);
@@ -849,7 +870,7 @@ static PlanResult plan_build(Session *s, Plan *plan, const uint8_t *body, size_t
 				if (have != NULL && nlen < sizeof(names))
 					nlen += (size_t)snprintf(names + nlen, sizeof(names) - nlen, "%s%s.%s.%s",
 								 nlen > 0 ? "," : "", rel->schema, rel->name, col->name);
-			} else if (rel->has_masks) {
+			} else if (f.attnum > 0) { /* not even after the catalog was read again */
 				mf->to_null = true;
 				warn_null(s, i, f.name, "its column is not in the server's catalog");
 			}

@@ -369,3 +369,23 @@ def test_mask_that_cannot_apply_sends_null_and_says_why(masked):
     assert any("column 2 (\"code\")" in n and "email() cannot mask" in n for n in notices), notices
     data = rec.take()
     assert b"424242" not in data
+
+
+def test_column_added_after_the_catalog_was_read(masked, cluster):
+    """A column the DBA adds later is looked up in a fresh catalog: its values pass, masked ones stay masked."""
+    pv, rec = masked
+    conn = psycopg.connect(cluster.admin_conninfo("app"), autocommit=True)
+    try:
+        conn.execute(f"ALTER TABLE {TABLE} ADD COLUMN nickname text")
+        conn.execute(f"UPDATE {TABLE} SET nickname = 'nick-' || id")
+        rec.take()
+        notices = []
+        with psycopg.connect(conninfo(rec), autocommit=True) as agent:
+            agent.add_notice_handler(lambda d: notices.append(d.message_primary))
+            rows = agent.execute(f"SELECT id, nickname, email FROM {TABLE} ORDER BY id").fetchall()
+        assert rows == [(i, f"nick-{i}", MASKED[i][0]) for i in (1, 2, 3)]
+        assert not notices, notices
+        assert_no_leak(rec)
+    finally:
+        conn.execute(f"ALTER TABLE {TABLE} DROP COLUMN IF EXISTS nickname")
+        conn.close()
