@@ -137,29 +137,29 @@ static bool is_hex(char c)
 }
 
 /*
- * Appends message text with every "quoted" part replaced by "***", and
- * every byte written as 0xNN (encoding conversion errors) by 0x**.
+ * Appends message text cut where a value may start: at the first '"'
+ * (conversion errors quote the value; a value may itself hold quotes) or
+ * ": " (some messages name it unquoted, "operator does not exist: ..."),
+ * with "***" in its place; any 0xNN (the bytes an encoding conversion
+ * error names) before that becomes 0x**.
  */
 static void put_scrubbed_text(PgBuf *b, const char *m)
 {
-	bool quoted = false;
-
 	for (; *m; m++) {
-		if (!quoted && m[0] == '0' && m[1] == 'x' && is_hex(m[2])) {
+		if (m[0] == '0' && m[1] == 'x' && is_hex(m[2])) {
 			pgproto_put_bytes(b, "0x**", 4);
 			for (m += 2; is_hex(m[1]); m++)
 				;
 		} else if (*m == '"') {
-			pgproto_put_bytes(b, m, 1);
-			if (!quoted)
-				pgproto_put_bytes(b, "***", 3);
-			quoted = !quoted;
-		} else if (!quoted) {
+			pgproto_put_bytes(b, "\"***\"", 5);
+			return;
+		} else if (m[0] == ':' && m[1] == ' ') {
+			pgproto_put_bytes(b, ": ***", 5);
+			return;
+		} else {
 			pgproto_put_bytes(b, m, 1);
 		}
 	}
-	if (quoted)
-		pgproto_put_bytes(b, "\"", 1);
 }
 
 int mask_scrub_message(uint8_t type, const uint8_t *body, size_t len, struct evbuffer *out)

@@ -145,8 +145,9 @@ int mask_datarow(const MaskPlan *plan, const uint8_t *body, size_t len, struct e
  * Rewrites an ErrorResponse or NoticeResponse (`type` 'E' or 'N', body of
  * len bytes) of a statement that read masked columns, appending the whole
  * new message to out: severity, SQLSTATE, position, source location and
- * object names are kept; in the message every "quoted" part becomes
- * "***" (conversion errors quote the value); detail, context, hint and
+ * object names are kept; the message is cut where a value may start (the
+ * first '"' or ": ", as in conversion errors) and "***" put in its place;
+ * detail, context, hint and
  * internal query (which can hold row contents: "Failing row contains
  * (...)", "Key (email)=(...)") are replaced by one detail saying so.
  * Returns MASK_OK, MASK_EVALUE for a malformed body (nothing appended), or
