@@ -1208,14 +1208,15 @@ static RmsResult on_copy_data(Session *s, struct evbuffer *in, size_t *run, size
 		m->copy_first = first;
 		return RMS_WAIT;
 	}
-	body = relay_copy_body(s->relay, in, *run, h->len - 4);
+	pass_before(s, in, run);
+	body = evbuffer_pullup(in, (ssize_t)h->len + 1); /* the message at the front, in one piece */
 	if (body == NULL) {
 		session_fail(s, SQLSTATE_OUT_OF_MEMORY, "out of memory");
 		return RMS_WAIT;
 	}
-	pass_before(s, in, run);
 	evbuffer_drain(m->copy_buf, evbuffer_get_length(m->copy_buf));
-	if (mask_copy_data(&m->copy.mp, &m->copy_fmt, first, body, h->len - 4, m->copy_buf) != MASK_OK) {
+	if (mask_copy_data(&m->copy.mp, &m->copy_fmt, first, body + PG_HEADER_LEN, h->len - 4, m->copy_buf) !=
+	    MASK_OK) {
 		evbuffer_drain(m->copy_buf, evbuffer_get_length(m->copy_buf));
 		mask_desync(s, "COPY data that does not match its columns");
 		return RMS_WAIT;
