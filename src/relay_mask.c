@@ -1387,8 +1387,12 @@ static RmsResult on_error_or_notice(Session *s, struct evbuffer *in, size_t *run
 	if (avail - *run < (size_t)h->len + 1)
 		return scrub || h->type == 'E' ? RMS_WAIT : RMS_PASS;
 	body = relay_copy_body(r, in, *run, h->len - 4);
-	if (body == NULL || !pgproto_parse_error(body, h->len - 4, &f))
-		return RMS_PASS; /* relay.c treats it as it is */
+	if (body == NULL || !pgproto_parse_error(body, h->len - 4, &f)) {
+		if (!scrub)
+			return RMS_PASS; /* relay.c treats it as it is */
+		session_fail(s, SQLSTATE_INTERNAL_ERROR, "pgveil could not read a message of the server");
+		return RMS_WAIT;
+	}
 	if (h->type == 'E') {
 		bool fatal = f.severity != NULL && (strcmp(f.severity, "FATAL") == 0 || strcmp(f.severity, "PANIC") == 0);
 
