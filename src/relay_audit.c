@@ -42,6 +42,7 @@ typedef struct Bound {
 	char decision[16];
 	char *rule;
 	uint64_t approval_id;
+	uint64_t batch;          /* the batch the Bind was sent in */
 	struct Bound *next;
 } Bound;
 
@@ -234,6 +235,21 @@ static void bound_free(Bound *b)
 	free(b);
 }
 
+/* The transaction ended: portals bound in batches before `done` are gone from the server. */
+static void forget_bound(RelayAudit *a, uint64_t done)
+{
+	for (Bound **bp = &a->bound; *bp != NULL;) {
+		Bound *b = *bp;
+
+		if (b->batch < done) {
+			*bp = b->next;
+			bound_free(b);
+		} else {
+			bp = &b->next;
+		}
+	}
+}
+
 void relay_audit_bind(Session *s, const char *portal, const char *sql, const StmtInfo *info, const char *decision,
 		      const char *rule, uint64_t approval_id)
 {
@@ -260,6 +276,7 @@ void relay_audit_bind(Session *s, const char *portal, const char *sql, const Stm
 		sqlinfo_class_names(info->classes, b->classes, sizeof(b->classes));
 	snprintf(b->decision, sizeof(b->decision), "%s", decision);
 	b->approval_id = approval_id;
+	b->batch = s->relay->batches_sent;
 	b->next = a->bound;
 	a->bound = b;
 }
@@ -347,6 +364,8 @@ void relay_audit_server(Session *s, uint8_t type, const uint8_t *body, size_t le
 	case 'Z':
 		while (a->head != NULL && a->head->batch < r->batches_done)
 			finish(a, wait_pop(a), -1, NULL, "not run");
+		if (s->txn_status == 'I')
+			forget_bound(a, r->batches_done);
 		break;
 	default:
 		break;

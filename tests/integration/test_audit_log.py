@@ -120,3 +120,33 @@ def test_strict_kill9_loses_no_row_of_a_change(audited, marks_table, admin):
     logged = "\n".join(s for (s,) in rows(db, "SELECT sql FROM queries WHERE sql LIKE 'INSERT INTO %'"))
     missing = [m for m in marks if f"'{m}'" not in logged]
     assert not missing, f"{len(missing)} inserts ran without an audit row: {missing[:5]}"
+
+
+def test_many_named_portals_keep_memory_bounded(pgveil_factory, pgveil_bin, workroot):
+    """What pgveil keeps for the audit rows of a portal's Executes is dropped when its transaction ends."""
+    import pgwire
+    from test_memory import ASAN_ENV
+    from test_protocol import SYNC, bind_msg, execute_msg, parse_msg
+
+    pv = pgveil_factory(env=ASAN_ENV if harness.is_sanitizer_build(pgveil_bin) else None,
+                        audit_db=os.path.join(workroot, f"audit-{uuid.uuid4().hex[:8]}.db"), audit_mode="async")
+    w = pgwire.connect("127.0.0.1", pv.port)
+    try:
+        w.send(parse_msg("s", "SELECT 1") + SYNC)
+        w.read_until_ready()
+
+        def burst(start, n):
+            w.send(b"".join(bind_msg(f"portal_{i}", "s") + execute_msg(f"portal_{i}") + SYNC
+                            for i in range(start, start + n)))
+            for _ in range(n):
+                w.read_until_ready(timeout=60)
+
+        burst(0, 2000)  # warm up allocators
+        before = pv.rss_kb()
+        for k in range(20):
+            burst(10000 + k * 2000, 2000)
+        grown = pv.rss_kb() - before
+    finally:
+        w.close()
+    # 40,000 portal names: kept, they would take about 10 MB
+    assert grown < 4 * 1024, f"RSS grew by {grown} kB over 40,000 named portals"
