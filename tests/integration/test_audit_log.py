@@ -128,18 +128,25 @@ def test_many_named_portals_keep_memory_bounded(pgveil_factory, pgveil_bin, work
     from test_memory import ASAN_ENV
     from test_protocol import SYNC, bind_msg, execute_msg, parse_msg
 
-    pv = pgveil_factory(env=ASAN_ENV if harness.is_sanitizer_build(pgveil_bin) else None,
-                        audit_db=os.path.join(workroot, f"audit-{uuid.uuid4().hex[:8]}.db"), audit_mode="async")
+    db = os.path.join(workroot, f"audit-{uuid.uuid4().hex[:8]}.db")
+    pv = pgveil_factory(env=ASAN_ENV if harness.is_sanitizer_build(pgveil_bin) else None, audit_db=db,
+                        audit_mode="async")
     w = pgwire.connect("127.0.0.1", pv.port)
+    sent = 0
     try:
         w.send(parse_msg("s", "SELECT 1") + SYNC)
         w.read_until_ready()
 
         def burst(start, n):
+            nonlocal sent
             w.send(b"".join(bind_msg(f"portal_{i}", "s") + execute_msg(f"portal_{i}") + SYNC
                             for i in range(start, start + n)))
             for _ in range(n):
                 w.read_until_ready(timeout=60)
+            sent += n
+            # the audit queue is not what is measured: let the writer catch up
+            harness.wait_until(lambda: rows(db, "SELECT count(*) FROM queries WHERE hash IS NOT NULL")[0][0] >= sent,
+                               60, what="the audit writer")
 
         burst(0, 2000)  # warm up allocators
         before = pv.rss_kb()
