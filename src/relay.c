@@ -1345,8 +1345,7 @@ static void audit_execute(Session *s, struct evbuffer *in, size_t run, const PgH
 {
 	char portal[256];
 
-	if (audit_enabled())
-		relay_audit_execute(s, message_name(in, run, h, portal, sizeof(portal)));
+	relay_audit_execute(s, message_name(in, run, h, portal, sizeof(portal)));
 }
 
 /* An approved message goes on: its audit rows say so. */
@@ -1383,7 +1382,6 @@ static size_t guard_at(Session *s, struct evbuffer *in, size_t run, const PgHead
 
 	if (r->released) {
 		r->released = false;
-		act = GUARD_FORWARD;
 		if (r->hold_info != NULL)
 			prepared_track(r, r->hold_info, r->hold_sql);
 		hold_forget_query(r);
@@ -1411,13 +1409,8 @@ static size_t guard_at(Session *s, struct evbuffer *in, size_t run, const PgHead
 			return (size_t)-1;
 	}
 	if (act == GUARD_FORWARD && h->type == 'E' && audit_enabled()) {
-		audit_execute(s, in, run, h);
+		audit_execute(s, in, run, h); /* its row, before anything of it is counted */
 		act = audit_stopped(s);
-		if (act == GUARD_WAIT) {
-			if (run > 0)
-				evbuffer_remove_buffer(in, stream_output(s->server), run);
-			return (size_t)-1;
-		}
 	}
 	if (act == GUARD_FORWARD) {
 		if (r->mask != NULL)
