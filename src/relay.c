@@ -1360,7 +1360,7 @@ static void audit_released(Session *s, struct evbuffer *in, size_t run, const Pg
 	if (!audit_enabled() || (body = relay_copy_body(r, in, run, h->len - 4)) == NULL)
 		return;
 	pgproto_reader_init(&rd, body, h->len - 4);
-	if (h->type == 'Q' && pgproto_get_string(&rd, &a) && (info = analyze(a)) != NULL) {
+	if (h->type == 'Q' && pgproto_get_string(&rd, &a) && (info = sqlinfo_analyze(a, strlen(a))) != NULL) {
 		relay_audit_query(s, a, info, "approve", r->audit_rule, r->released_id);
 		sqlinfo_unref(info);
 	} else if (h->type == 'B' && pgproto_get_string(&rd, &a) && pgproto_get_string(&rd, &b)) {
