@@ -1348,21 +1348,22 @@ static void audit_execute(Session *s, struct evbuffer *in, size_t run, const PgH
 	relay_audit_execute(s, message_name(in, run, h, portal, sizeof(portal)));
 }
 
-/* An approved message goes on: its audit rows say so. */
-static void audit_released(Session *s, struct evbuffer *in, size_t run, const PgHeader *h)
+/*
+ * An approved message goes on. A Query's analysis is taken again (from the
+ * thread's cache), for the masks' record of its results and its audit rows.
+ */
+static void released(Session *s, struct evbuffer *in, size_t run, const PgHeader *h)
 {
 	Relay *r = s->relay;
 	const uint8_t *body;
 	const char *a, *b;
 	PgReader rd;
-	StmtInfo *info;
 
-	if (!audit_enabled() || (body = relay_copy_body(r, in, run, h->len - 4)) == NULL)
+	if ((r->mask == NULL && !audit_enabled()) || (body = relay_copy_body(r, in, run, h->len - 4)) == NULL)
 		return;
 	pgproto_reader_init(&rd, body, h->len - 4);
-	if (h->type == 'Q' && pgproto_get_string(&rd, &a) && (info = sqlinfo_analyze(a, strlen(a))) != NULL) {
-		relay_audit_query(s, a, info, "approve", r->audit_rule, r->released_id);
-		sqlinfo_unref(info);
+	if (h->type == 'Q' && pgproto_get_string(&rd, &a) && (r->cur_info = sqlinfo_analyze(a, strlen(a))) != NULL) {
+		relay_audit_query(s, a, r->cur_info, "approve", r->audit_rule, r->released_id);
 	} else if (h->type == 'B' && pgproto_get_string(&rd, &a) && pgproto_get_string(&rd, &b)) {
 		relay_audit_bind(s, a, bound_sql(r, b), relay_bound_info(r, b), "approve", r->audit_rule,
 				 r->released_id);
@@ -1385,7 +1386,7 @@ static size_t guard_at(Session *s, struct evbuffer *in, size_t run, const PgHead
 		if (r->hold_info != NULL)
 			prepared_track(r, r->hold_info, r->hold_sql);
 		hold_forget_query(r);
-		audit_released(s, in, run, h);
+		released(s, in, run, h);
 		if ((act = audit_stopped(s)) == GUARD_WAIT)
 			act = GUARD_FORWARD; /* approved already: it runs, its row is logged as lost */
 	} else {
@@ -1434,6 +1435,10 @@ static size_t guard_at(Session *s, struct evbuffer *in, size_t run, const PgHead
 			return (size_t)-1;
 		}
 		return run + msglen;
+	}
+	if (r->cur_info != NULL) { /* kept for a message that does not go on now */
+		sqlinfo_unref(r->cur_info);
+		r->cur_info = NULL;
 	}
 	if (run > 0)
 		evbuffer_remove_buffer(in, stream_output(s->server), run);

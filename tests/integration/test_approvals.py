@@ -221,3 +221,26 @@ def test_approved_query_prepares(hc, table, admin):
     th.join(15)
     assert isinstance(out.get("error"), psycopg.errors.InsufficientPrivilege), out
     assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (10,)
+
+
+def test_approved_copy_is_masked(pgveil_factory, idp, certs, workroot, table):  # noqa: F811
+    """An approved COPY ... TO STDOUT gets its masks from its statement like any other: v masked, id as it is."""
+    path = os.path.join(workroot, f"held-{uuid.uuid4().hex[:8]}.rules")
+    with open(path, "w") as f:
+        f.write(f"MASK public.{table}.v USING constant('7');\nHOLD COPY;\nALLOW ALL;\n")
+    pv = start_oidc(pgveil_factory, idp, rules=path, default_action="block", hold_timeout="20s")
+    c = Console(pv, idp, certs)
+    out = {}
+
+    def agent():
+        out["res"] = c.psql(c.agent, "-At", "-c", f"COPY (SELECT id, v FROM {table} ORDER BY id) TO STDOUT",
+                            dbname="app")
+
+    t = threading.Thread(target=agent, daemon=True)
+    t.start()
+    held = wait_held(c, "COPY")
+    res = c.psql(c.approver, "-c", f"APPROVE {held[0]}")
+    assert res.returncode == 0, res.stderr
+    t.join(15)
+    assert out["res"].returncode == 0, out["res"].stderr
+    assert out["res"].stdout.split("\n")[:10] == [f"{i}\t7" for i in range(1, 11)]
