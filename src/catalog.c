@@ -401,7 +401,12 @@ static size_t by_name_lower(const CatSnap *s, const char *schema, const char *na
 	return lo;
 }
 
-const CatRel *const *catalog_rels_named(const CatSnap *s, const char *name, int *n)
+/*
+ * The relations named `name` in `schema` (NULL: in any schema): *n of them
+ * from the returned pointer into by_name. A schema is found by the binary
+ * search, not by walking every relation of that name.
+ */
+static const CatRel *const *by_name_run(const CatSnap *s, const char *schema, const char *name, int *n)
 {
 	const CatIndex *ix = s != NULL ? s->index : NULL;
 	size_t first, end;
@@ -409,27 +414,26 @@ const CatRel *const *catalog_rels_named(const CatSnap *s, const char *name, int 
 	*n = 0;
 	if (ix == NULL || ix->by_name == NULL || name == NULL)
 		return NULL;
-	first = by_name_lower(s, NULL, name);
-	for (end = first; end < (size_t)s->n_rels && strcmp(ix->by_name[end]->name, name) == 0; end++)
+	first = by_name_lower(s, schema, name);
+	for (end = first; end < (size_t)s->n_rels && name_cmp(name, schema, ix->by_name[end]) == 0; end++)
 		;
 	*n = (int)(end - first);
 	return *n > 0 ? ix->by_name + first : NULL;
 }
 
+const CatRel *const *catalog_rels_named(const CatSnap *s, const char *name, int *n)
+{
+	return by_name_run(s, NULL, name, n);
+}
+
 int catalog_find_rels(const CatSnap *s, const char *schema, const char *name, const CatRel **out, int max)
 {
-	const CatRel *const *run;
-	int n, found = 0;
+	int n;
+	const CatRel *const *run = by_name_run(s, schema, name, &n);
 
-	run = catalog_rels_named(s, name, &n);
-	for (int i = 0; i < n; i++) {
-		if (schema != NULL && strcmp(run[i]->schema, schema) != 0)
-			continue;
-		if (found < max)
-			out[found] = run[i];
-		found++;
-	}
-	return found;
+	for (int i = 0; i < n && i < max; i++)
+		out[i] = run[i];
+	return n;
 }
 
 int catalog_attnum(const CatRel *rel, const char *name)
@@ -810,10 +814,8 @@ static int vsrc_resolve(Prop *p, const SqlColumn *c)
 	const CatRel *const *run;
 	int n, added = 0, a;
 
-	run = catalog_rels_named(p->s, c->table, &n);
+	run = by_name_run(p->s, c->schema, c->table, &n);
 	for (int i = 0; i < n; i++) {
-		if (c->schema != NULL && strcmp(c->schema, run[i]->schema) != 0)
-			continue;
 		a = strcmp(c->column, SQL_COLUMN_ALL) == 0 ? 0 : catalog_attnum(run[i], c->column);
 		if (a == 0 && strcmp(c->column, SQL_COLUMN_ALL) != 0)
 			continue; /* a system column, or not this relation's */

@@ -750,7 +750,6 @@ static void validate_databases(LoadState *st)
 	}
 }
 
-/* Checks that need the whole file: pairs of keys, files that must exist. */
 /*
  * Reads mask_key_file when a rule masks with hash(): a key that cannot be
  * read is an error of the configuration, not values that turn NULL later.
@@ -759,9 +758,8 @@ static void load_mask_key(LoadState *st)
 {
 	Config *cfg = st->cfg;
 	const RuleSet *rs = cfg->ruleset;
-	char err[512];
-
 	const Rule *hash_rule = NULL;
+	char err[512];
 
 	for (int i = 0; rs != NULL && i < rs->n_rules && hash_rule == NULL; i++)
 		if (rs->rules[i].kind == RULE_MASK && rs->rules[i].mask_fn == MASK_HASH)
@@ -786,6 +784,7 @@ static void load_mask_key(LoadState *st)
 	}
 }
 
+/* Checks that need the whole file: pairs of keys, files that must exist. */
 static void validate_whole(LoadState *st)
 {
 	Config *cfg = st->cfg;

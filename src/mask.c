@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Mask functions applied to one field value (INTERFACE §4; the exact
- * behaviour is in doc/masking.md). This module owns the key of hash(), the
+ * behaviour is in doc/masking.md). This module owns the key of hash() (and
+ * each thread's HMAC keyed with it), the
  * table of which function applies to which column type, and the reading and
  * writing of the values masks change: UTF-8 text, integers, numeric and
  * floats in decimal (rounded on their decimal digits, half away from zero),
@@ -14,6 +15,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,9 +24,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
+#include <openssl/params.h>
 
 #define MASK_HASH_HEX 64                /* hex characters of a full HMAC-SHA-256 */
 #define MASK_EMAIL_PAD "***"
@@ -367,20 +370,80 @@ static void mask_email(const uint8_t *in, size_t len, MaskOut *o)
 	out_put_utf8(o, at, len - local);
 }
 
+/*
+ * This thread's HMAC-SHA-256, keyed once per key: setting HMAC up (fetching
+ * the algorithm, a context, the key schedule) costs several times what
+ * hashing one value does. Freed when the thread exits.
+ */
+typedef struct HashCtx {
+	EVP_MAC_CTX *mac;
+	MaskKey key;                    /* the key mac holds */
+} HashCtx;
+
+static pthread_key_t hash_tls;
+static pthread_once_t hash_tls_once = PTHREAD_ONCE_INIT;
+static bool hash_tls_ok;
+
+static void hash_ctx_free(void *p)
+{
+	HashCtx *h = p;
+
+	EVP_MAC_CTX_free(h->mac);
+	OPENSSL_cleanse(&h->key, sizeof(h->key));
+	free(h);
+}
+
+static void hash_tls_init(void)
+{
+	hash_tls_ok = pthread_key_create(&hash_tls, hash_ctx_free) == 0;
+}
+
+/* This thread's HMAC, initialised for a new message under key; NULL when out of memory. */
+static EVP_MAC_CTX *hash_begin(const MaskKey *key)
+{
+	OSSL_PARAM params[] = { OSSL_PARAM_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+				OSSL_PARAM_END };
+	HashCtx *h;
+	EVP_MAC *mac;
+
+	if (pthread_once(&hash_tls_once, hash_tls_init) != 0 || !hash_tls_ok)
+		return NULL;
+	if ((h = pthread_getspecific(hash_tls)) != NULL && h->key.len == key->len &&
+	    CRYPTO_memcmp(h->key.bytes, key->bytes, key->len) == 0)
+		return EVP_MAC_init(h->mac, NULL, 0, NULL) == 1 ? h->mac : NULL;
+	if (h == NULL) {
+		if ((h = calloc(1, sizeof(*h))) == NULL)
+			return NULL;
+		mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+		h->mac = mac != NULL ? EVP_MAC_CTX_new(mac) : NULL;
+		EVP_MAC_free(mac);
+		if (h->mac == NULL || pthread_setspecific(hash_tls, h) != 0) {
+			hash_ctx_free(h);
+			return NULL;
+		}
+	}
+	h->key.len = 0; /* until the new key is in place */
+	if (EVP_MAC_init(h->mac, key->bytes, key->len, params) != 1)
+		return NULL;
+	memcpy(h->key.bytes, key->bytes, key->len);
+	h->key.len = key->len;
+	return h->mac;
+}
+
 /* hash([length]): HMAC-SHA-256 of the bytes, lower-case hex, the first `length` characters. */
 static int mask_hash(const Rule *r, const MaskKey *key, const uint8_t *in, size_t len, MaskOut *o)
 {
 	static const char hex[] = "0123456789abcdef";
 	uint8_t md[EVP_MAX_MD_SIZE];
 	char txt[MASK_HASH_HEX];
-	unsigned mdlen = 0;
+	size_t mdlen = 0;
 	size_t keep = r->n_args > 0 ? (size_t)r->args[0].ival : MASK_HASH_HEX;
+	EVP_MAC_CTX *mac;
 
 	if (key == NULL || key->len < MASK_KEY_MIN || key->len > MASK_KEY_MAX)
 		return MASK_ENOKEY;
-	if (HMAC(EVP_sha256(), key->bytes, (int)key->len, len > 0 ? in : (const uint8_t *)"", len, md,
-		 &mdlen) == NULL ||
-	    mdlen != 32)
+	if ((mac = hash_begin(key)) == NULL || EVP_MAC_update(mac, in, len) != 1 ||
+	    EVP_MAC_final(mac, md, &mdlen, sizeof(md)) != 1 || mdlen != 32)
 		return MASK_ENOMEM;
 	for (unsigned i = 0; i < 32; i++) {
 		txt[2 * i] = hex[md[i] >> 4];

@@ -1146,7 +1146,6 @@ static void parse_rule(Parser *p)
 		advance(p);
 }
 
-/* Parses len bytes of text named `name`, appending rules to p->rules and errors to errs. */
 /* The first NUL byte of a text, reported at its place; true when there is none. */
 static bool text_has_no_nul(const char *name, const char *text, size_t len, ErrSink *errs)
 {
@@ -1167,6 +1166,7 @@ static bool text_has_no_nul(const char *name, const char *text, size_t len, ErrS
 	return false;
 }
 
+/* Parses len bytes of text named `name`, appending rules to p->rules and errors to errs. */
 static void parse_text(Parser *p, const char *name, const char *text, size_t len, ErrSink *errs)
 {
 	if (!text_has_no_nul(name, text, len, errs))

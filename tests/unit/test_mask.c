@@ -8,7 +8,8 @@
  * independently (PostgreSQL 15's *_send() functions, `openssl dgst -sha256
  * -hmac`). Then which function applies to which type, the hash() key file,
  * large values and properties over many inputs (valid UTF-8 out, nothing
- * kept that the function does not keep).
+ * kept that the function does not keep), and hash() keyed once per thread
+ * and key (OpenSSL's allocations are counted).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -21,6 +22,8 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <openssl/crypto.h>
+#include <pthread.h>
 
 #include "pgveil/mask.h"
 
@@ -414,6 +417,95 @@ static void test_hash_same_across_formats(void **state)
 	}
 }
 
+/* OpenSSL's allocations, counted (installed first thing in main). */
+static long ossl_allocs;
+
+static void *count_malloc(size_t n, const char *file, int line)
+{
+	(void)file;
+	(void)line;
+	__atomic_add_fetch(&ossl_allocs, 1, __ATOMIC_RELAXED);
+	return malloc(n);
+}
+
+static void *count_realloc(void *p, size_t n, const char *file, int line)
+{
+	(void)file;
+	(void)line;
+	__atomic_add_fetch(&ossl_allocs, 1, __ATOMIC_RELAXED);
+	return realloc(p, n);
+}
+
+static void count_free(void *p, const char *file, int line)
+{
+	(void)file;
+	(void)line;
+	free(p);
+}
+
+/* hash(16) of "john.doe@example.com" under key k into out (17 bytes). */
+static void hash16(const MaskKey *k, char *out)
+{
+	RuleSet *rs;
+	const Rule *r = rule_of("hash(16)", &rs);
+	MaskOut mo;
+
+	assert_int_equal(mask_apply(r, k, MASK_OID_TEXT, T, (const uint8_t *)"john.doe@example.com", 20, &mo),
+			 MASK_OK);
+	assert_int_equal(mo.len, 16);
+	memcpy(out, mo.data, 16);
+	out[16] = '\0';
+	mask_out_release(&mo);
+	rules_unref(rs);
+}
+
+static void *hash16_thread(void *arg)
+{
+	hash16(test_key(), arg);
+	return NULL;
+}
+
+/* hash() sets HMAC up once per thread and key, not per value; a new key is used at once. */
+static void test_hash_keyed_once(void **state)
+{
+	RuleSet *rs;
+	const Rule *r = rule_of("hash()", &rs);
+	MaskKey other = *test_key();
+	char a[17], b[17], c[17];
+	pthread_t th;
+	MaskOut mo;
+	long before;
+
+	(void)state;
+	other.bytes[5] ^= 0x20;
+	hash16(test_key(), a);
+	before = __atomic_load_n(&ossl_allocs, __ATOMIC_RELAXED);
+	for (int i = 0; i < 1000; i++) {
+		assert_int_equal(mask_apply(r, test_key(), MASK_OID_TEXT, T, (const uint8_t *)"x", 1, &mo), MASK_OK);
+		mask_out_release(&mo);
+	}
+	/* HMAC() set up afresh for each value made 13 allocations; reinitialising a keyed one makes 2 */
+	assert_true(__atomic_load_n(&ossl_allocs, __ATOMIC_RELAXED) - before < 4 * 1000);
+	assert_string_equal(a, "a7e47445166f3ab2");
+	for (int i = 0; i < 3; i++) { /* keys taking turns */
+		hash16(&other, b);
+		assert_string_not_equal(b, "a7e47445166f3ab2");
+		hash16(test_key(), a);
+		assert_string_equal(a, "a7e47445166f3ab2");
+		hash16(&other, c);
+		assert_string_equal(b, c);
+	}
+	other = *test_key();
+	other.len = MASK_KEY_MIN + 1; /* the same bytes, one more of them */
+	other.bytes[MASK_KEY_MIN] = '0';
+	hash16(&other, b);
+	assert_string_not_equal(b, "a7e47445166f3ab2");
+	assert_int_equal(pthread_create(&th, NULL, hash16_thread, c), 0);
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_string_equal(c, "a7e47445166f3ab2");
+	rules_unref(rs);
+}
+
 /* Values larger than the inline buffer go to the heap. */
 static void test_large_values(void **state)
 {
@@ -728,6 +820,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_table),
 		cmocka_unit_test(test_hash_same_across_formats),
+		cmocka_unit_test(test_hash_keyed_once),
 		cmocka_unit_test(test_large_values),
 		cmocka_unit_test(test_text_properties),
 		cmocka_unit_test(test_bad_format_and_args),
@@ -737,9 +830,12 @@ int main(void)
 		cmocka_unit_test(test_type_name),
 		cmocka_unit_test(test_key_file),
 	};
-	int rc = cmocka_run_group_tests(tests, NULL, NULL);
 	char cmd[128];
+	int rc;
 
+	if (CRYPTO_set_mem_functions(count_malloc, count_realloc, count_free) != 1)
+		return 1; /* before OpenSSL allocates anything */
+	rc = cmocka_run_group_tests(tests, NULL, NULL);
 	if (key_dir[strlen(key_dir) - 1] != 'X') {
 		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", key_dir);
 		if (system(cmd) != 0)
