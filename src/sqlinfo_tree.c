@@ -1255,6 +1255,12 @@ static bool set_lexical_safe(Walk *w, const JNode *s, const char *name)
 	return false;
 }
 
+/* White space around the items of a list setting (PostgreSQL's scanner_isspace, and \v). */
+static bool list_space(char c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+
 bool sqlinfo_search_path_shadows(const char *value)
 {
 	const char *p = value;
@@ -1263,13 +1269,13 @@ bool sqlinfo_search_path_shadows(const char *value)
 	while (*p != '\0') {
 		const char *start, *end;
 
-		while (*p == ' ' || *p == '\t' || *p == ',' || *p == '"')
+		while (list_space(*p) || *p == ',' || *p == '"')
 			p += *p == ',' ? (entry++, 1) : 1;
 		start = p;
 		while (*p != '\0' && *p != ',' && *p != '"')
 			p++;
 		end = p;
-		while (end > start && (end[-1] == ' ' || end[-1] == '\t'))
+		while (end > start && list_space(end[-1]))
 			end--;
 		if (entry > 0 && (size_t)(end - start) == 10 && strncasecmp(start, "pg_catalog", 10) == 0)
 			return true;

@@ -1273,6 +1273,12 @@ static void test_search_path_shadows(void **state)
 	assert_false(sqlinfo_search_path_shadows(" pg_catalog"));
 	assert_false(sqlinfo_search_path_shadows("a, pg_catalogue"));
 	assert_false(sqlinfo_search_path_shadows(""));
+	/* PostgreSQL skips \n, \r and \f around list items as it does spaces and tabs */
+	assert_true(sqlinfo_search_path_shadows("a,\npg_catalog"));
+	assert_true(sqlinfo_search_path_shadows("a, pg_catalog\n"));
+	assert_true(sqlinfo_search_path_shadows("a,\r\n\tpg_catalog\r\n"));
+	assert_true(sqlinfo_search_path_shadows("a\f,\fpg_catalog"));
+	assert_false(sqlinfo_search_path_shadows("\npg_catalog,\na"));
 }
 
 int main(void)
