@@ -1255,17 +1255,41 @@ static void test_search_path_shadows(void **state)
 		{ "SET LOCAL search_path = app, \"pg_catalog\"", true },
 		{ "RESET search_path", false },
 		{ "SELECT set_config('search_path', 'public', false)", true }, /* set_config: not read */
+		{ "SELECT set_config(lower('SEARCH_PATH'), 'public, pg_catalog', false)", true }, /* name not known */
 		{ "SET work_mem = '64MB'", false },
+		{ "SET SESSION search_path = public, pg_catalog", true },
+		{ "SET search_path = DEFAULT", false },
+		{ "SET search_path FROM CURRENT", false },
+		{ "RESET ALL", false },
+		/* pg_settings' update rule calls set_config() */
+		{ "UPDATE pg_settings SET setting = 'public, pg_catalog' WHERE name = 'search_path'", true },
+		{ "UPDATE pg_catalog.pg_settings SET setting = 'on' WHERE name = 'jit'", true },
+		{ "EXPLAIN UPDATE pg_settings SET setting = 'public, pg_catalog' WHERE name = 'search_path'", false },
+		/* the settings of later sessions */
+		{ "ALTER ROLE CURRENT_USER SET search_path = public, pg_catalog", true },
+		{ "ALTER ROLE bob IN DATABASE app SET search_path TO 'public', 'pg_catalog'", true },
+		{ "ALTER DATABASE app SET search_path = public, pg_catalog", true },
+		{ "ALTER SYSTEM SET search_path = public, pg_catalog", true },
+		{ "ALTER ROLE bob SET search_path = public", false },
+		{ "ALTER ROLE bob RESET search_path", false },
+		{ "ALTER ROLE bob SET search_path FROM CURRENT", false },
 	};
+	int pass;
 
 	(void)state;
-	for (size_t i = 0; i < PGV_ARRAY_LEN(cases); i++) {
-		StmtInfo *info = sqlinfo_analyze(cases[i].sql, strlen(cases[i].sql));
+	for (pass = 0; pass < 3; pass++) { /* cache off, then on twice */
+		if (pass == 0)
+			sqlinfo_set_cache_capacity(0);
+		else if (pass == 1)
+			cache_on(state);
+		for (size_t i = 0; i < PGV_ARRAY_LEN(cases); i++) {
+			StmtInfo *info = sqlinfo_analyze(cases[i].sql, strlen(cases[i].sql));
 
-		assert_non_null(info);
-		if (info->shadows_builtins != cases[i].shadows)
-			fail_msg("%s: shadows_builtins %d", cases[i].sql, info->shadows_builtins);
-		sqlinfo_unref(info);
+			assert_non_null(info);
+			if (info->shadows_builtins != cases[i].shadows)
+				fail_msg("%s: shadows_builtins %d", cases[i].sql, info->shadows_builtins);
+			sqlinfo_unref(info);
+		}
 	}
 	assert_true(sqlinfo_search_path_shadows("a,pg_catalog"));
 	assert_true(sqlinfo_search_path_shadows(" \"$user\" , pg_catalog , x"));
@@ -1279,6 +1303,50 @@ static void test_search_path_shadows(void **state)
 	assert_true(sqlinfo_search_path_shadows("a,\r\n\tpg_catalog\r\n"));
 	assert_true(sqlinfo_search_path_shadows("a\f,\fpg_catalog"));
 	assert_false(sqlinfo_search_path_shadows("\npg_catalog,\na"));
+}
+
+/* Statements after which the server would read statement text differently from pgveil. */
+static void test_changes_lexical(void **state)
+{
+	static const struct {
+		const char *sql;
+		bool lexical;
+	} cases[] = {
+		{ "SET client_encoding = 'UTF8'", false },
+		{ "SET client_encoding = 'SJIS'", true },
+		{ "SET standard_conforming_strings = 'on'", false },
+		{ "SET standard_conforming_strings = 'off'", true },
+		{ "SET application_name = 'x'", false },
+		{ "SELECT set_config('client_encoding', 'UTF8', false)", true }, /* the value is not read */
+		{ "SELECT set_config('application_name', 'x', false)", false },
+		{ "SELECT set_config(lower('CLIENT_ENCODING'), 'SJIS', false)", true }, /* name not known */
+		{ "UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'", true },
+		{ "EXPLAIN UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'", false },
+		/* the settings of later sessions */
+		{ "ALTER ROLE CURRENT_USER SET standard_conforming_strings = 'on'", false },
+		{ "ALTER ROLE CURRENT_USER SET standard_conforming_strings = 'off'", true },
+		{ "ALTER DATABASE app SET client_encoding = 'UTF8'", false },
+		{ "ALTER DATABASE app SET client_encoding = 'SJIS'", true },
+		{ "ALTER SYSTEM SET standard_conforming_strings = off", true },
+		{ "ALTER ROLE bob RESET client_encoding", false },
+		{ "ALTER ROLE bob SET work_mem = '1GB'", false },
+	};
+	int pass;
+
+	for (pass = 0; pass < 3; pass++) { /* cache off, then on twice */
+		if (pass == 0)
+			sqlinfo_set_cache_capacity(0);
+		else if (pass == 1)
+			cache_on(state);
+		for (size_t i = 0; i < PGV_ARRAY_LEN(cases); i++) {
+			StmtInfo *info = sqlinfo_analyze(cases[i].sql, strlen(cases[i].sql));
+
+			assert_non_null(info);
+			if (info->changes_lexical != cases[i].lexical)
+				fail_msg("%s: changes_lexical %d", cases[i].sql, info->changes_lexical);
+			sqlinfo_unref(info);
+		}
+	}
 }
 
 int main(void)
@@ -1302,6 +1370,7 @@ int main(void)
 		cmocka_unit_test(test_refusals),
 		cmocka_unit_test(test_ref_unref),
 		cmocka_unit_test(test_search_path_shadows),
+		cmocka_unit_test(test_changes_lexical),
 	};
 	struct CMUnitTest *tests;
 	int i, rc;
