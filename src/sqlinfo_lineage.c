@@ -123,6 +123,8 @@ struct LinWork {
 	uint32_t epoch;
 	uint32_t *hash;          /* interned columns: index+1, open addressing */
 	size_t hash_cap, hash_used;
+	const JNode **rowcur;    /* VALUES: each row's next item */
+	size_t cap_rowcur;
 };
 
 /* The walk of one statement. */
@@ -1682,12 +1684,34 @@ static void q_setop(Lin *l, const JNode *sel, unsigned out_ctx)
 	setop_merge(l, a, b);
 }
 
+/* Points w->rowcur[r] at the first item of each row of VALUES; returns the number of rows, -1 when out of memory. */
+static long values_cursors(Lin *l, const JNode *rows)
+{
+	LinWork *w = l->w;
+	size_t n = (size_t)j_len(rows), r = 0;
+	const JNode *row, *body;
+	const JNode **p;
+
+	if (n > w->cap_rowcur) {
+		if ((p = realloc(w->rowcur, n * sizeof(*p))) == NULL) {
+			l->b->oom = true;
+			return -1;
+		}
+		w->rowcur = p;
+		w->cap_rowcur = n;
+	}
+	for (row = j_first(rows); row != NULL; row = j_next(row))
+		w->rowcur[r++] = j_type(row, &body) != NULL ? j_first(j_get(body, "items")) : NULL;
+	return (long)n;
+}
+
 static void q_values(Lin *l, const JNode *rows, unsigned ctx)
 {
 	static const char *const names[] = { "column1", "column2", "column3", "column4", "column5", "column6",
 					     "column7", "column8", "column9", "column10", "column11", "column12" };
-	const JNode *row, *body, *item;
-	int n = 0, i, k, mark;
+	const JNode *body, **cur;
+	long n_rows, r;
+	int n = 0, i, mark;
 
 	if (j_type(j_first(rows), &body) != NULL)
 		n = j_len(j_get(body, "items"));
@@ -1697,14 +1721,16 @@ static void q_values(Lin *l, const JNode *rows, unsigned ctx)
 		pend_push(l, NULL, coll_commit(l, mark), true, true);
 		return;
 	}
-	for (i = 0; i < n; i++) {
+	if ((n_rows = values_cursors(l, rows)) < 0)
+		return;
+	cur = l->w->rowcur;
+	for (i = 0; i < n; i++) { /* column i: item i of every row */
 		mark = l->w->n_coll;
-		for (row = j_first(rows); row != NULL; row = j_next(row)) {
-			if (j_type(row, &body) == NULL)
+		for (r = 0; r < n_rows; r++) {
+			if (cur[r] == NULL)
 				continue;
-			for (k = 0, item = j_first(j_get(body, "items")); item != NULL && k < i; k++)
-				item = j_next(item);
-			expr(l, item, ctx);
+			expr(l, cur[r], ctx);
+			cur[r] = j_next(cur[r]);
 		}
 		pend_push(l, i < (int)PGV_ARRAY_LEN(names) ? names[i] : NULL, coll_commit(l, mark), true, false);
 	}
@@ -2065,6 +2091,11 @@ void sqlinfo_lineage_reset(SqlBuild *b)
 		memset(w->hash, 0, w->hash_cap * sizeof(*w->hash));
 	}
 	w->hash_used = 0;
+	if (w->cap_rowcur > 4096) {
+		free(w->rowcur);
+		w->rowcur = NULL;
+		w->cap_rowcur = 0;
+	}
 }
 
 void sqlinfo_lineage_free(SqlBuild *b)
@@ -2083,6 +2114,7 @@ void sqlinfo_lineage_free(SqlBuild *b)
 		free(w->coll);
 		free(w->mark);
 		free(w->hash);
+		free(w->rowcur);
 		free(w);
 	}
 	b->lin = NULL;
