@@ -178,6 +178,12 @@ static bool lgrow(SqlBuild *b, void **arr, int *cap, int need, size_t elem)
 
 #define LGROW(l, arr, n, cap) lgrow((l)->b, (void **)&(arr), &(cap), (n) + 1, sizeof(*(arr)))
 
+/* Counts n steps of the analysis' budget (sqlinfo_work); false once it is spent. */
+static bool lwork(Lin *l, int n)
+{
+	return sqlinfo_work(l->b, n > 0 ? (size_t)n : 0);
+}
+
 static uint32_t lhash(const char *schema, const char *table, const char *column)
 {
 	const char *parts[3] = { schema, table, column };
@@ -295,7 +301,7 @@ static void src_add(Lin *l, int col, unsigned ctx)
 {
 	LinWork *w = l->w;
 
-	if (col < 0)
+	if (col < 0 || !lwork(l, 1))
 		return;
 	use_add(l, col, ctx);
 	if (LGROW(l, w->coll, w->n_coll, w->cap_coll))
@@ -392,12 +398,12 @@ static LRel *rel_push(Lin *l, const char *name)
 	return r;
 }
 
-static bool name_in_list(const JNode *list, const char *name)
+static bool name_in_list(Lin *l, const JNode *list, const char *name)
 {
 	const JNode *e;
 	const char *s;
 
-	for (e = j_first(list); e != NULL; e = j_next(e))
+	for (e = j_first(list); e != NULL && lwork(l, 1); e = j_next(e))
 		if ((s = j_string_node(e)) != NULL && strcmp(s, name) == 0)
 			return true;
 	return false;
@@ -454,6 +460,8 @@ static LRel *rel_find(Lin *l, const char *schema, const char *name)
 	LRel *r;
 	int i;
 
+	if (!lwork(l, w->n_rels))
+		return NULL;
 	for (i = w->n_rels - 1; i >= 0; i--) {
 		r = &w->rels[i];
 		if (r->hidden || r->name == NULL || strcmp(r->name, name) != 0)
@@ -474,7 +482,7 @@ static void rel_whole_row(Lin *l, const LRel *r, unsigned ctx);
 /* Reads column `name` of base table r; `bound`: the reference names r for sure. */
 static void base_column(Lin *l, const LRel *r, const char *name, unsigned ctx, bool bound)
 {
-	bool renamed = r->colaliases != NULL && name_in_list(r->colaliases, name);
+	bool renamed = r->colaliases != NULL && name_in_list(l, r->colaliases, name);
 
 	src_add(l, col_intern(l, r->schema, r->table, renamed ? col_all : name),
 		ctx | (bound && !renamed ? LIN_BOUND : 0));
@@ -514,6 +522,8 @@ static int derived_column(Lin *l, const LRel *r, const char *name, unsigned ctx,
 		*derived = true;
 		return 0;
 	}
+	if (!lwork(l, 2 * r->ncols))
+		return -1;
 	for (i = 0; i < r->ncols; i++)
 		may += col_may_be(&l->w->cols[r->cfirst + i], name);
 	for (i = 0; i < r->ncols; i++) {
@@ -561,12 +571,14 @@ static int rel_column(Lin *l, const LRel *r, const char *name, unsigned ctx, boo
 }
 
 /* Whether relation r (not a join) may have column `name`, as rel_column would answer, reading nothing. */
-static int rel_may_hold(const Lin *l, const LRel *r, const char *name)
+static int rel_may_hold(Lin *l, const LRel *r, const char *name)
 {
 	int i, best = -1;
 
 	if (r->table != NULL || r->uncertain)
 		return 0;
+	if (!lwork(l, r->ncols))
+		return -1;
 	for (i = 0; i < r->ncols; i++) {
 		const LCol *c = &l->w->cols[r->cfirst + i];
 
@@ -595,6 +607,8 @@ static void all_whole_rows(Lin *l, unsigned ctx)
 {
 	int i;
 
+	if (!lwork(l, l->w->n_rels))
+		return;
 	for (i = 0; i < l->w->n_rels; i++)
 		if (!l->w->rels[i].hidden && !l->w->rels[i].is_join)
 			rel_whole_row(l, &l->w->rels[i], ctx);
@@ -615,6 +629,8 @@ static int unqualified_scan(Lin *l, const char *name, unsigned ctx, bool record,
 	int i, level = INT_MAX, f, n = 0;
 	LRel *r;
 
+	if (!lwork(l, w->n_rels))
+		return 0;
 	for (i = w->n_rels - 1; i >= 0; i--) {
 		r = &w->rels[i];
 		if (r->level != level) {
@@ -802,7 +818,7 @@ static void expr_window(Lin *l, const JNode *def, unsigned ctx)
 	expr(l, j_get(def, "endOffset"), ctx | SQL_USE_PREDICATE);
 	if (ref == NULL)
 		return;
-	for (w = j_first(l->windows); w != NULL; w = j_next(w))
+	for (w = j_first(l->windows); w != NULL && lwork(l, 1); w = j_next(w))
 		if (j_type(w, &body) != NULL && lstr_eq(j_str(body, "name"), ref) && body != def) {
 			expr(l, j_get(body, "partitionClause"), ctx | SQL_USE_PREDICATE);
 			expr(l, j_get(body, "orderClause"), ctx | SQL_USE_PREDICATE);
@@ -979,7 +995,7 @@ static void expr(Lin *l, const JNode *n, unsigned ctx)
 	const JNode *body;
 	const char *type;
 
-	if (n == NULL || l->b->oom)
+	if (n == NULL || l->b->oom || !lwork(l, 1))
 		return;
 	if (n->type == J_ARR) {
 		expr_members(l, n, ctx);
@@ -1209,6 +1225,8 @@ static void expand_star(Lin *l, const char *const *f, int n, unsigned ctx)
 	int i;
 
 	if (n == 0) {
+		if (!lwork(l, l->w->n_rels))
+			return;
 		for (i = 0; i < l->w->n_rels; i++) {
 			r = &l->w->rels[i];
 			if (r->level == l->level && !r->hidden && !r->is_join)
@@ -1279,6 +1297,8 @@ static void outputs_use(Lin *l, int mark, unsigned ctx)
 {
 	int i, cm = l->w->n_coll;
 
+	if (!lwork(l, l->w->n_pend - mark))
+		return;
 	for (i = mark; i < l->w->n_pend; i++)
 		flow_range(l, l->w->pend[i].first, l->w->pend[i].n, ctx);
 	l->w->n_coll = cm;
@@ -1299,6 +1319,8 @@ static void sort_item(Lin *l, const JNode *n, int mark)
 	long long k;
 	int i, cm = w->n_coll;
 
+	if (!lwork(l, w->n_pend - mark))
+		return;
 	if (type != NULL && strcmp(type, "SortBy") == 0) {
 		sort_item(l, j_get(body, "node"), mark);
 		return;
@@ -1361,6 +1383,8 @@ static const LCte *cte_find(Lin *l, const char *name)
 {
 	int i;
 
+	if (!lwork(l, l->w->n_ctes))
+		return NULL;
 	for (i = l->w->n_ctes - 1; i >= 0; i--)
 		if (strcmp(l->w->ctes[i].name, name) == 0)
 			return &l->w->ctes[i];
@@ -1415,6 +1439,8 @@ static void from_subselect(Lin *l, const JNode *s)
 	int scope_first = 0, n = l->w->n_rels;
 	LRange r = { 0, 0 };
 
+	if (!lwork(l, 2 * n))
+		return;
 	while (scope_first < n && l->w->rels[scope_first].level != l->level)
 		scope_first++;
 	if (!lateral)

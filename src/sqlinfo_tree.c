@@ -388,10 +388,12 @@ static void table_add(Walk *w, const char *schema, const char *name, int access)
 	}
 }
 
-static bool cte_in_scope(const SqlBuild *b, const char *name)
+static bool cte_in_scope(SqlBuild *b, const char *name)
 {
 	int i;
 
+	if (!sqlinfo_work(b, (size_t)b->n_ctes))
+		return false;
 	for (i = b->n_ctes - 1; i >= 0; i--)
 		if (strcmp(b->ctes[i], name) == 0)
 			return true;
@@ -1731,6 +1733,8 @@ bool sqlinfo_tree_analyze(SqlBuild *b, char *json)
 
 	if (root == NULL)
 		return false;
+	b->work = 0;
+	b->work_max = SQLINFO_WORK_BASE + SQLINFO_WORK_PER_NODE * b->n_jnodes;
 	if (root->type != J_OBJ) {
 		b->error = "statement could not be analysed";
 		return false;

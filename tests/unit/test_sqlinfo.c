@@ -924,6 +924,76 @@ static void test_too_complex(void **state)
 	free(sql);
 }
 
+/* `n` items "<prefix><i>" joined by `sep`, appended to sql (cap bytes) at *len. */
+static void append_items(char *sql, size_t cap, size_t *len, const char *prefix, int n, const char *sep)
+{
+	for (int i = 0; i < n; i++)
+		*len += (size_t)snprintf(sql + *len, cap - *len, "%s%s%d", i > 0 ? sep : "", prefix, i);
+}
+
+/*
+ * Statements whose analysis would grow faster than their text (every
+ * reference looked up in every scope entry) are refused as too complex, not
+ * analysed for minutes: a few times their size in steps is the budget.
+ */
+static void test_too_slow(void **state)
+{
+	size_t cap = 1 << 20, len;
+	char *sql = malloc(cap);
+	StmtInfo *info;
+	int i;
+
+	(void)state;
+	assert_non_null(sql);
+	for (i = 0; i < 3; i++) {
+		len = 0;
+		if (i == 0) { /* a named window re-read for every call that names it */
+			len += (size_t)snprintf(sql + len, cap - len, "SELECT ");
+			append_items(sql, cap, &len, "row_number() OVER w AS r", 4000, ", ");
+			len += (size_t)snprintf(sql + len, cap - len, " FROM t WINDOW w AS (PARTITION BY c");
+			for (int k = 1; k < 4000; k++)
+				len += (size_t)snprintf(sql + len, cap - len, ", c");
+			len += (size_t)snprintf(sql + len, cap - len, ")");
+		} else if (i == 1) { /* CTE names, each looked up among all those before it */
+			len += (size_t)snprintf(sql + len, cap - len, "WITH ");
+			for (int k = 0; k < 6000; k++)
+				len += (size_t)snprintf(sql + len, cap - len, "%sa%d AS (SELECT 1 FROM t)", k > 0 ? ", " : "",
+							k);
+			len += (size_t)snprintf(sql + len, cap - len, " SELECT 1");
+		} else { /* unqualified columns against many relations of one name */
+			len += (size_t)snprintf(sql + len, cap - len, "SELECT ");
+			append_items(sql, cap, &len, "c", 4000, ", ");
+			len += (size_t)snprintf(sql + len, cap - len, " FROM t");
+			for (int k = 1; k < 4000; k++)
+				len += (size_t)snprintf(sql + len, cap - len, ", t");
+		}
+		info = sqlinfo_analyze(sql, len);
+		assert_non_null(info);
+		if (info->error == NULL || strcmp(info->error, "statement too complex to analyse") != 0)
+			fail_msg("case %d (%zu bytes): %s", i, len, info->error != NULL ? info->error : "analysed");
+		assert_false(info->error_is_syntax);
+		sqlinfo_unref(info);
+	}
+	/* Large statements that cost steps in proportion to their size are analysed. */
+	len = 0;
+	len += (size_t)snprintf(sql + len, cap - len, "SELECT ");
+	append_items(sql, cap, &len, "t.c", 20000, ", ");
+	len += (size_t)snprintf(sql + len, cap - len, " FROM t, u, v WHERE ");
+	append_items(sql, cap, &len, "t.d = ", 20000, " OR ");
+	info = sqlinfo_analyze(sql, len);
+	assert_non_null(info);
+	assert_null(info->error);
+	sqlinfo_unref(info);
+	len = (size_t)snprintf(sql, cap, "INSERT INTO t VALUES ");
+	for (i = 0; i < 20000; i++)
+		len += (size_t)snprintf(sql + len, cap - len, "%s(%d, 'x', 2.5, now(), $1)", i > 0 ? ", " : "", i);
+	info = sqlinfo_analyze(sql, len);
+	assert_non_null(info);
+	assert_null(info->error);
+	sqlinfo_unref(info);
+	free(sql);
+}
+
 /* Statements differing only in literals share one analysis; their spans are their own. */
 static void test_cache_shape_hits(void **state)
 {
@@ -1358,6 +1428,7 @@ int main(void)
 		cmocka_unit_test(test_output_names),
 		cmocka_unit_test(test_copy_no_generated),
 		cmocka_unit_test(test_too_complex),
+		cmocka_unit_test(test_too_slow),
 		cmocka_unit_test(test_cache_shape_hits),
 		cmocka_unit_test(test_cache_shape_spans),
 		cmocka_unit_test(test_cache_uescape),
