@@ -615,7 +615,6 @@ static void fn_set_config(Walk *w, const JNode *call)
 		w->b->shadows_builtins = true; /* the value may put a schema before pg_catalog */
 }
 
-/* A FuncCall's bare name when it calls pg_catalog (unqualified or qualified so), else NULL. */
 /*
  * The first name of a function's name list that matters: a leading
  * database name (database.schema.function, accepted by the server when it
@@ -628,6 +627,7 @@ static const JNode *fn_name_first(const JNode *namelist)
 	return b != NULL && j_next(b) != NULL ? b : a;
 }
 
+/* A FuncCall's bare name when it calls pg_catalog (unqualified or qualified so), else NULL. */
 static const char *fn_catalog_name(const JNode *namelist)
 {
 	const JNode *a = fn_name_first(namelist), *c;
