@@ -1310,13 +1310,50 @@ static void test_ref_unref(void **state)
 	sqlinfo_unref(a);
 }
 
+/* A statement and the value a flag of its StmtInfo must have. */
+typedef struct FlagCase {
+	const char *sql;
+	bool want;
+} FlagCase;
+
+/*
+ * Checks flag `name` (read by `get`) of each case, with the cache off, then
+ * twice with it on: cases differing only in a literal must not share an
+ * answer that depends on it.
+ */
+static void check_flag(void **state, const FlagCase *cases, size_t n, const char *name,
+		       bool (*get)(const StmtInfo *))
+{
+	for (int pass = 0; pass < 3; pass++) {
+		if (pass == 0)
+			sqlinfo_set_cache_capacity(0);
+		else if (pass == 1)
+			cache_on(state);
+		for (size_t i = 0; i < n; i++) {
+			StmtInfo *info = sqlinfo_analyze(cases[i].sql, strlen(cases[i].sql));
+
+			assert_non_null(info);
+			if (get(info) != cases[i].want)
+				fail_msg("%s: %s %d (pass %d)", cases[i].sql, name, get(info), pass);
+			sqlinfo_unref(info);
+		}
+	}
+}
+
+static bool get_shadows(const StmtInfo *info)
+{
+	return info->shadows_builtins;
+}
+
+static bool get_lexical(const StmtInfo *info)
+{
+	return info->changes_lexical;
+}
+
 /* search_path values and statements that put a schema before pg_catalog. */
 static void test_search_path_shadows(void **state)
 {
-	static const struct {
-		const char *sql;
-		bool shadows;
-	} cases[] = {
+	static const FlagCase cases[] = {
 		{ "SET search_path = public", false },
 		{ "SET search_path = pg_catalog, public", false },
 		{ "SET search_path = public, pg_catalog", true },
@@ -1344,23 +1381,8 @@ static void test_search_path_shadows(void **state)
 		{ "ALTER ROLE bob RESET search_path", false },
 		{ "ALTER ROLE bob SET search_path FROM CURRENT", false },
 	};
-	int pass;
 
-	(void)state;
-	for (pass = 0; pass < 3; pass++) { /* cache off, then on twice */
-		if (pass == 0)
-			sqlinfo_set_cache_capacity(0);
-		else if (pass == 1)
-			cache_on(state);
-		for (size_t i = 0; i < PGV_ARRAY_LEN(cases); i++) {
-			StmtInfo *info = sqlinfo_analyze(cases[i].sql, strlen(cases[i].sql));
-
-			assert_non_null(info);
-			if (info->shadows_builtins != cases[i].shadows)
-				fail_msg("%s: shadows_builtins %d", cases[i].sql, info->shadows_builtins);
-			sqlinfo_unref(info);
-		}
-	}
+	check_flag(state, cases, PGV_ARRAY_LEN(cases), "shadows_builtins", get_shadows);
 	assert_true(sqlinfo_search_path_shadows("a,pg_catalog"));
 	assert_true(sqlinfo_search_path_shadows(" \"$user\" , pg_catalog , x"));
 	assert_false(sqlinfo_search_path_shadows("pg_catalog,a"));
@@ -1378,10 +1400,7 @@ static void test_search_path_shadows(void **state)
 /* Statements after which the server would read statement text differently from pgveil. */
 static void test_changes_lexical(void **state)
 {
-	static const struct {
-		const char *sql;
-		bool lexical;
-	} cases[] = {
+	static const FlagCase cases[] = {
 		{ "SET client_encoding = 'UTF8'", false },
 		{ "SET client_encoding = 'SJIS'", true },
 		{ "SET standard_conforming_strings = 'on'", false },
@@ -1401,22 +1420,8 @@ static void test_changes_lexical(void **state)
 		{ "ALTER ROLE bob RESET client_encoding", false },
 		{ "ALTER ROLE bob SET work_mem = '1GB'", false },
 	};
-	int pass;
 
-	for (pass = 0; pass < 3; pass++) { /* cache off, then on twice */
-		if (pass == 0)
-			sqlinfo_set_cache_capacity(0);
-		else if (pass == 1)
-			cache_on(state);
-		for (size_t i = 0; i < PGV_ARRAY_LEN(cases); i++) {
-			StmtInfo *info = sqlinfo_analyze(cases[i].sql, strlen(cases[i].sql));
-
-			assert_non_null(info);
-			if (info->changes_lexical != cases[i].lexical)
-				fail_msg("%s: changes_lexical %d", cases[i].sql, info->changes_lexical);
-			sqlinfo_unref(info);
-		}
-	}
+	check_flag(state, cases, PGV_ARRAY_LEN(cases), "changes_lexical", get_lexical);
 }
 
 int main(void)
