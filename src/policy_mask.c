@@ -27,6 +27,7 @@ typedef struct MaskCheck {
 	bool predicates_allow;
 	MaskVerdict *out;
 	const SqlStmt *st;         /* the statement being checked */
+	bool no_generated;         /* it is a `COPY t TO`: its star reads no generated column */
 	const CatRel *first_rel;   /* the first masked column it reads (for COPY's messages) */
 	const CatColumn *first_col;
 } MaskCheck;
@@ -202,7 +203,6 @@ static void check_use(MaskCheck *mc, const SqlColumnUse *u)
 {
 	const SqlColumn *col = u->column;
 	const CatRel *const *run;
-	bool no_generated = copy_without_generated(mc->st);
 	int n, a;
 
 	run = catalog_rels_named(mc->cat, col->table, &n);
@@ -213,7 +213,7 @@ static void check_use(MaskCheck *mc, const SqlColumnUse *u)
 			continue;
 		if (strcmp(col->column, SQL_COLUMN_ALL) == 0) {
 			for (a = 1; a <= rel->n_columns; a++)
-				if (!(no_generated && rel->columns[a - 1].generated))
+				if (!(mc->no_generated && rel->columns[a - 1].generated))
 					check_column(mc, rel, a, u->contexts);
 		} else if ((a = catalog_attnum(rel, col->column)) > 0) {
 			check_column(mc, rel, a, u->contexts);
@@ -249,6 +249,7 @@ static void check_stmt(MaskCheck *mc, const SqlStmt *st)
 	const char *s, *t, *n;
 
 	mc->st = st;
+	mc->no_generated = copy_without_generated(st);
 	mc->first_rel = NULL;
 	mc->first_col = NULL;
 	for (int i = 0; i < st->n_columns; i++) {
@@ -482,7 +483,7 @@ fail:
 void policy_mask_check(const StmtInfo *info, const struct CatSnap *cat, const Identity *id, bool predicates_allow,
 		       MaskVerdict *out)
 {
-	MaskCheck mc = { cat, id, predicates_allow, out, NULL, NULL, NULL };
+	MaskCheck mc = { cat, id, predicates_allow, out, NULL, false, NULL, NULL };
 
 	out->blocked = false;
 	out->why[0] = '\0';

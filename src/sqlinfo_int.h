@@ -84,6 +84,8 @@ typedef struct JChunk JChunk;
 typedef struct SqlBuild {
 	JChunk *jchunks;         /* arena of JSON nodes (sqlinfo_json.c) */
 	JChunk *jcur;            /* chunk being filled */
+	size_t n_jnodes;         /* nodes of the tree being walked */
+	size_t work, work_max;   /* steps the walks took, and their budget (sqlinfo_work) */
 	SqlPartB *parts;
 	int n_parts, cap_parts;
 	SqlTableB *tables;
@@ -238,6 +240,32 @@ static inline const char *j_string_node(const JNode *n)
 }
 
 /* ---- the builder ---- */
+
+/*
+ * The walks' budget: SQLINFO_WORK_BASE steps and SQLINFO_WORK_PER_NODE per
+ * node of the tree. A walk counts a step for each node it visits and for
+ * each entry of a scope, list or table it searches, so that a statement
+ * whose analysis would grow faster than its text (every reference looked up
+ * among thousands of CTEs, relations or outputs) is refused as too complex
+ * instead of holding a worker thread for minutes.
+ */
+#define SQLINFO_WORK_BASE (1u << 20)
+#define SQLINFO_WORK_PER_NODE 32
+
+/*
+ * Counts `n` steps of b's budget. False once it is spent: b->error says the
+ * statement is too complex and b->oom stops every walk (the result is
+ * discarded).
+ */
+static inline bool sqlinfo_work(SqlBuild *b, size_t n)
+{
+	b->work += n;
+	if (b->work <= b->work_max)
+		return true;
+	b->error = "statement too complex to analyse";
+	b->oom = true;
+	return false;
+}
 
 /* Empties the builder for a new analysis (keeps its memory, trims what grew very large). */
 void sqlinfo_build_reset(SqlBuild *b);

@@ -54,6 +54,7 @@ static JNode *jnode_new(JParser *jp, uint8_t type)
 		b->jcur = c;
 	}
 	n = &c->nodes[c->used++];
+	b->n_jnodes++;
 	memset(n, 0, sizeof(*n));
 	n->type = type;
 	return n;
@@ -287,6 +288,7 @@ void sqlinfo_json_reset(SqlBuild *b)
 		}
 	}
 	b->jcur = b->jchunks;
+	b->n_jnodes = 0;
 }
 
 void sqlinfo_json_free(SqlBuild *b)

@@ -3,10 +3,12 @@
  * Column lineage for the sqlinfo module: walks each top-level statement's
  * parse tree (as sqlinfo_json.c reads it) to find, without the catalog,
  * which source columns flow into each output column and which columns the
- * statement reads anywhere, and how. It owns the FROM-clause scopes (tables,
- * aliases, joins, subqueries, CTEs, LATERAL, outer references), the rules
- * that resolve a column reference to the relations it may come from, and the
- * per-statement outputs and column uses that sqlinfo.c copies into StmtInfo.
+ * statement reads anywhere, and how. It owns the walk over statements,
+ * clauses and expressions: the FROM clauses that make the scopes (tables,
+ * aliases, joins, subqueries, CTEs, LATERAL, outer references), the output
+ * names, and the per-statement outputs and column uses that sqlinfo.c copies
+ * into StmtInfo. The scopes themselves, and the rules that resolve a column
+ * reference to the relations it may come from, are sqlinfo_scope.c's.
  *
  * The model (fail closed: when in doubt, more sources and more contexts):
  *
@@ -61,699 +63,12 @@
  *   model has its column references resolved against its `relation` and
  *   recorded as PREDICATE | WRITE_SOURCE.
  */
-#include "sqlinfo_int.h"
+#include "sqlinfo_lineage_int.h"
 
-#include <limits.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define MAX_SPLIT_VALUES 64      /* VALUES wider than this: every column reads every source */
-
-static const char col_all[] = SQL_COLUMN_ALL;
-
-/* Bits of a context that never reach SqlColumnUse.contexts. */
-#define LIN_BOUND (1u << 30)     /* this source is bound (SqlColumnUse.bound) */
-#define LIN_COND (1u << 29)      /* walking a condition: its comparisons compare plain columns, no EXPRESSION */
-#define LIN_INTERNAL (LIN_BOUND | LIN_COND)
-
-/* A column of a query's result or of a derived relation. */
-typedef struct LCol {
-	const char *name;        /* NULL: unknown, matches every name */
-	int first, n;            /* sources: b->lsrc[first .. first+n) */
-	bool derived;
-	bool star;               /* zero or more columns */
-	bool no_generated;       /* a star of COPY t TO: no generated columns */
-} LCol;
-
-/* A relation in a FROM scope. */
-typedef struct LRel {
-	const char *name;        /* reference name (alias, table, CTE, function); NULL: an unaliased join */
-	const char *schema;      /* base table */
-	const char *table;       /* base table; NULL for derived relations and joins */
-	const JNode *colaliases; /* base table: its column alias list */
-	int cfirst, ncols;       /* derived: columns in w->cols */
-	int kfirst, klast;       /* join: its members, rels [kfirst, klast) */
-	int level;               /* query nesting level of its scope */
-	bool hidden;             /* a sibling of a non-LATERAL subquery being walked */
-	bool uncertain;          /* derived: column names unknown, every reference reads everything */
-	bool is_join;
-	bool merged;             /* member of a FULL JOIN USING / NATURAL: unqualified references are derived */
-} LRel;
-
-typedef struct LCte {
-	const char *name;
-	int cfirst, ncols;       /* columns in w->cols */
-	bool uncertain;
-} LCte;
-
-struct LinWork {
-	LCol *cols;              /* columns of derived relations and query results */
-	int n_cols, cap_cols;
-	LCol *pend;              /* outputs of the queries being walked (a stack) */
-	int n_pend, cap_pend;
-	LRel *rels;              /* scopes (a stack) */
-	int n_rels, cap_rels;
-	LCte *ctes;              /* CTEs in scope (a stack) */
-	int n_ctes, cap_ctes;
-	int *coll;               /* sources being collected (a stack of collections) */
-	int n_coll, cap_coll;
-	uint32_t *mark;          /* per column: last deduplication epoch */
-	int cap_mark;
-	uint32_t epoch;
-	uint32_t *hash;          /* interned columns: index+1, open addressing */
-	size_t hash_cap, hash_used;
-};
-
-/* The walk of one statement. */
-typedef struct Lin {
-	SqlBuild *b;
-	LinWork *w;
-	int stmt;
-	int level;               /* current query nesting level */
-	int stmt_uses;           /* real column uses recorded for the statement */
-	const JNode *windows;    /* WINDOW clause of the current query */
-	bool nobind;             /* an unqualified name being resolved may be no column at all (an output name) */
-} Lin;
-
-typedef struct LRange {
-	int first, n;
-} LRange;
-
-/* ---- storage ------------------------------------------------------------------ */
-
-/*
- * No lineage array grows past this many entries. Unqualified columns count
- * against every table in scope, so columns x tables can grow quadratically
- * with the text; past the budget the statement is refused (fail closed)
- * rather than costing a worker seconds and gigabytes.
- */
-#define LIN_MAX_ENTRIES (256 * 1024)
-
-static bool lgrow(SqlBuild *b, void **arr, int *cap, int need, size_t elem)
-{
-	int ncap;
-	void *p;
-
-	if (need <= *cap)
-		return true;
-	if (need > LIN_MAX_ENTRIES) {
-		b->error = "statement too complex to analyse";
-		b->oom = true; /* stops every walk; sqlinfo refuses the statement with b->error */
-		return false;
-	}
-	ncap = *cap ? *cap * 2 : 32;
-	if (ncap < need)
-		ncap = need;
-	if ((p = realloc(*arr, (size_t)ncap * elem)) == NULL) {
-		b->oom = true;
-		return false;
-	}
-	*arr = p;
-	*cap = ncap;
-	return true;
-}
-
-#define LGROW(l, arr, n, cap) lgrow((l)->b, (void **)&(arr), &(cap), (n) + 1, sizeof(*(arr)))
-
-static uint32_t lhash(const char *schema, const char *table, const char *column)
-{
-	const char *parts[3] = { schema, table, column };
-	uint32_t h = 2166136261u;
-	const char *s;
-	int i;
-
-	for (i = 0; i < 3; i++) {
-		for (s = parts[i]; s != NULL && *s != '\0'; s++)
-			h = (h ^ (unsigned char)*s) * 16777619u;
-		h = (h ^ (uint32_t)(parts[i] != NULL ? 0xfe : 0xff)) * 16777619u;
-	}
-	return h;
-}
-
-static bool lstr_eq(const char *a, const char *b)
-{
-	return (a == NULL || b == NULL) ? a == b : strcmp(a, b) == 0;
-}
-
-static bool hash_grow(Lin *l)
-{
-	LinWork *w = l->w;
-	size_t ncap = w->hash_cap ? w->hash_cap * 2 : 64, i, j;
-	uint32_t *ns = calloc(ncap, sizeof(*ns));
-	const SqlColB *c;
-
-	if (ns == NULL) {
-		l->b->oom = true;
-		return false;
-	}
-	for (i = 0; i < w->hash_cap; i++) {
-		if (w->hash[i] == 0)
-			continue;
-		c = &l->b->lcols[w->hash[i] - 1];
-		for (j = lhash(c->schema, c->table, c->column) & (ncap - 1); ns[j] != 0; j = (j + 1) & (ncap - 1))
-			;
-		ns[j] = w->hash[i];
-	}
-	free(w->hash);
-	w->hash = ns;
-	w->hash_cap = ncap;
-	return true;
-}
-
-static int col_append(Lin *l, const char *schema, const char *table, const char *column)
-{
-	SqlBuild *b = l->b;
-	SqlColB *c;
-
-	if (!LGROW(l, b->lcols, b->n_lcols, b->cap_lcols) ||
-	    !lgrow(b, (void **)&l->w->mark, &l->w->cap_mark, b->n_lcols + 1, sizeof(uint32_t)))
-		return -1;
-	c = &b->lcols[b->n_lcols];
-	c->schema = schema;
-	c->table = table;
-	c->column = column;
-	c->use_stmt = -1;
-	c->use = -1;
-	l->w->mark[b->n_lcols] = 0;
-	return b->n_lcols++;
-}
-
-/* The index of column (schema, table, column), interned; -1 when out of memory. */
-static int col_intern(Lin *l, const char *schema, const char *table, const char *column)
-{
-	LinWork *w = l->w;
-	const SqlColB *c;
-	size_t j;
-	int id;
-
-	if ((w->hash_used + 1) * 2 > w->hash_cap && !hash_grow(l))
-		return -1;
-	for (j = lhash(schema, table, column) & (w->hash_cap - 1); w->hash[j] != 0; j = (j + 1) & (w->hash_cap - 1)) {
-		c = &l->b->lcols[w->hash[j] - 1];
-		if (lstr_eq(c->schema, schema) && strcmp(c->table, table) == 0 && strcmp(c->column, column) == 0)
-			return (int)w->hash[j] - 1;
-	}
-	if ((id = col_append(l, schema, table, column)) < 0)
-		return -1;
-	w->hash[j] = (uint32_t)id + 1;
-	w->hash_used++;
-	return id;
-}
-
-/* Records that the statement reads column `col` in contexts `ctx` (LIN_BOUND: a bound reference). */
-static void use_add(Lin *l, int col, unsigned ctx)
-{
-	SqlBuild *b = l->b;
-	SqlColB *c = &b->lcols[col];
-	bool bound = (ctx & LIN_BOUND) != 0;
-
-	ctx &= ~LIN_INTERNAL;
-	if (c->use_stmt == l->stmt) {
-		b->luses[c->use].contexts |= ctx;
-		b->luses[c->use].bound |= bound;
-		return;
-	}
-	if (!LGROW(l, b->luses, b->n_luses, b->cap_luses))
-		return;
-	b->luses[b->n_luses].stmt = l->stmt;
-	b->luses[b->n_luses].col = col;
-	b->luses[b->n_luses].contexts = ctx;
-	b->luses[b->n_luses].bound = bound;
-	c->use_stmt = l->stmt;
-	c->use = b->n_luses++;
-	if (c->table != NULL)
-		l->stmt_uses++;
-}
-
-/* ---- collecting sources ---------------------------------------------------------- */
-
-/* A source flows into the expression being collected, in contexts `ctx`. */
-static void src_add(Lin *l, int col, unsigned ctx)
-{
-	LinWork *w = l->w;
-
-	if (col < 0)
-		return;
-	use_add(l, col, ctx);
-	if (LGROW(l, w->coll, w->n_coll, w->cap_coll))
-		w->coll[w->n_coll++] = col;
-}
-
-static void flow_range(Lin *l, int first, int n, unsigned ctx)
-{
-	int i;
-
-	for (i = 0; i < n; i++)
-		src_add(l, l->b->lsrc[first + i], ctx);
-}
-
-static void flow_cols(Lin *l, const LCol *cols, int n, unsigned ctx)
-{
-	int i;
-
-	for (i = 0; i < n; i++)
-		flow_range(l, cols[i].first, cols[i].n, ctx);
-}
-
-/* Ends the collection begun at `mark`: its sources, deduplicated, become a range of b->lsrc. */
-static LRange coll_commit(Lin *l, int mark)
-{
-	LinWork *w = l->w;
-	SqlBuild *b = l->b;
-	LRange r = { b->n_lsrc, 0 };
-	int i, c;
-
-	if (++w->epoch == 0) {
-		memset(w->mark, 0, (size_t)w->cap_mark * sizeof(*w->mark));
-		w->epoch = 1;
-	}
-	for (i = mark; i < w->n_coll; i++) {
-		c = w->coll[i];
-		if (w->mark[c] == w->epoch)
-			continue;
-		w->mark[c] = w->epoch;
-		if (!LGROW(l, b->lsrc, b->n_lsrc, b->cap_lsrc))
-			break;
-		b->lsrc[b->n_lsrc++] = c;
-		r.n++;
-	}
-	w->n_coll = mark;
-	return r;
-}
-
-static void pend_push(Lin *l, const char *name, LRange r, bool derived, bool star)
-{
-	LinWork *w = l->w;
-	LCol *c;
-
-	if (!LGROW(l, w->pend, w->n_pend, w->cap_pend))
-		return;
-	c = &w->pend[w->n_pend++];
-	c->name = name;
-	c->first = r.first;
-	c->n = r.n;
-	c->derived = derived;
-	c->star = star;
-	c->no_generated = false;
-}
-
-/* Moves the pending outputs above `mark` into w->cols; returns their range there. */
-static LRange pend_flush(Lin *l, int mark)
-{
-	LinWork *w = l->w;
-	LRange r = { w->n_cols, 0 };
-	int n = w->n_pend - mark;
-
-	if (n > 0 && lgrow(l->b, (void **)&w->cols, &w->cap_cols, w->n_cols + n, sizeof(LCol))) {
-		memcpy(w->cols + w->n_cols, w->pend + mark, (size_t)n * sizeof(LCol));
-		w->n_cols += n;
-		r.n = n;
-	}
-	w->n_pend = mark;
-	return r;
-}
-
-/* ---- scopes ---------------------------------------------------------------------- */
-
-static LRel *rel_push(Lin *l, const char *name)
-{
-	LinWork *w = l->w;
-	LRel *r;
-
-	if (!LGROW(l, w->rels, w->n_rels, w->cap_rels))
-		return NULL;
-	r = &w->rels[w->n_rels++];
-	memset(r, 0, sizeof(*r));
-	r->name = name;
-	r->level = l->level;
-	return r;
-}
-
-static bool name_in_list(const JNode *list, const char *name)
-{
-	const JNode *e;
-	const char *s;
-
-	for (e = j_first(list); e != NULL; e = j_next(e))
-		if ((s = j_string_node(e)) != NULL && strcmp(s, name) == 0)
-			return true;
-	return false;
-}
-
-/*
- * Copies columns [first, first+n) of w->cols renamed by the String list
- * `aliases`; returns the copy's first index. Sets *uncertain when the names
- * cannot be lined up with the columns (a star among the renamed ones).
- */
-static int cols_rename(Lin *l, int first, int n, const JNode *aliases, bool *uncertain)
-{
-	LinWork *w = l->w;
-	const JNode *a = j_first(aliases);
-	int start = w->n_cols, i;
-	LCol c;
-
-	if (a == NULL)
-		return first;
-	for (i = 0; i < n; i++) {
-		if (!LGROW(l, w->cols, w->n_cols, w->cap_cols))
-			return first;
-		c = w->cols[first + i];
-		if (c.star && a != NULL)
-			*uncertain = true;
-		if (a != NULL && !c.star) {
-			c.name = j_string_node(a);
-			a = j_next(a);
-		}
-		w->cols[w->n_cols++] = c;
-	}
-	if (a != NULL)
-		*uncertain = true; /* more names than known columns */
-	return start;
-}
-
-/* A derived relation over columns [first, first+n), renamed by `alias`'s colnames. */
-static void rel_push_derived(Lin *l, const char *name, int first, int n, const JNode *alias, bool uncertain)
-{
-	LRel *r;
-
-	first = cols_rename(l, first, n, j_get(alias, "colnames"), &uncertain);
-	if ((r = rel_push(l, name)) == NULL)
-		return;
-	r->cfirst = first;
-	r->ncols = n;
-	r->uncertain = uncertain;
-}
-
-/* The relation named `name` (and, for a base table, in `schema`), innermost first; NULL when none. */
-static LRel *rel_find(Lin *l, const char *schema, const char *name)
-{
-	LinWork *w = l->w;
-	LRel *r;
-	int i;
-
-	for (i = w->n_rels - 1; i >= 0; i--) {
-		r = &w->rels[i];
-		if (r->hidden || r->name == NULL || strcmp(r->name, name) != 0)
-			continue;
-		if (schema == NULL)
-			return r;
-		/* s.t: a table named t not renamed by an alias, in schema s or unqualified (search_path) */
-		if (r->table != NULL && strcmp(r->table, name) == 0 && (r->schema == NULL || strcmp(r->schema, schema) == 0))
-			return r;
-	}
-	return NULL;
-}
-
-/* ---- resolving column references -------------------------------------------------- */
-
-static void rel_whole_row(Lin *l, const LRel *r, unsigned ctx);
-
-/* Reads column `name` of base table r; `bound`: the reference names r for sure. */
-static void base_column(Lin *l, const LRel *r, const char *name, unsigned ctx, bool bound)
-{
-	bool renamed = r->colaliases != NULL && name_in_list(r->colaliases, name);
-
-	src_add(l, col_intern(l, r->schema, r->table, renamed ? col_all : name),
-		ctx | (bound && !renamed ? LIN_BOUND : 0));
-}
-
-/* True when column c of a derived relation may be one named `name`: that name, a star, unnamed. */
-static bool col_may_be(const LCol *c, const char *name)
-{
-	return c->star || c->name == NULL || strcmp(c->name, name) == 0;
-}
-
-/* A DIRECT star of one table (its one source is table.*): the id of that source, else -1. */
-static int direct_star(Lin *l, const LCol *c)
-{
-	int id;
-
-	if (!c->star || c->derived || c->n != 1)
-		return -1;
-	id = l->b->lsrc[c->first];
-	return strcmp(l->b->lcols[id].column, col_all) == 0 ? id : -1;
-}
-
-/*
- * Reads column `name` of derived relation r. Returns 1 when a column of that
- * name was found for sure, 0 when only stars or unnamed columns matched, -1
- * when nothing did; *derived is set when what was read is not DIRECT.
- * `bound`: the reference names r for sure; a DIRECT star that is the only
- * column that may be `name` then binds the table's column.
- */
-static int derived_column(Lin *l, const LRel *r, const char *name, unsigned ctx, bool *derived, bool bound)
-{
-	const LCol *c;
-	int i, found = -1, id, may = 0;
-
-	if (r->uncertain) {
-		flow_cols(l, l->w->cols + r->cfirst, r->ncols, ctx);
-		*derived = true;
-		return 0;
-	}
-	for (i = 0; i < r->ncols; i++)
-		may += col_may_be(&l->w->cols[r->cfirst + i], name);
-	for (i = 0; i < r->ncols; i++) {
-		c = &l->w->cols[r->cfirst + i];
-		if (!c->star && c->name != NULL && strcmp(c->name, name) == 0) {
-			flow_range(l, c->first, c->n, ctx);
-			*derived |= c->derived;
-			found = 1;
-		} else if (c->star || c->name == NULL) {
-			/* a DIRECT star of one table: that table's column `name` */
-			if ((id = direct_star(l, c)) >= 0)
-				src_add(l, col_intern(l, l->b->lcols[id].schema, l->b->lcols[id].table, name),
-					ctx | (bound && may == 1 ? LIN_BOUND : 0));
-			else {
-				flow_range(l, c->first, c->n, ctx);
-				*derived = true;
-			}
-			if (found < 0)
-				found = 0;
-		}
-	}
-	return found;
-}
-
-/* Column `name` of relation r; returns as derived_column (a base table: 0). */
-static int rel_column(Lin *l, const LRel *r, const char *name, unsigned ctx, bool *derived, bool bound)
-{
-	int i, best = -1, f;
-
-	if (r->table != NULL) {
-		base_column(l, r, name, ctx, bound);
-		if (r->merged)
-			*derived = true;
-		return 0;
-	}
-	if (!r->is_join)
-		return derived_column(l, r, name, ctx, derived, bound);
-	for (i = r->kfirst; i < r->klast; i++) { /* a join's columns: any member's */
-		if (l->w->rels[i].is_join)
-			continue;
-		f = rel_column(l, &l->w->rels[i], name, ctx, derived, false);
-		best = f > best ? f : best;
-	}
-	return best;
-}
-
-/* Whether relation r (not a join) may have column `name`, as rel_column would answer, reading nothing. */
-static int rel_may_hold(const Lin *l, const LRel *r, const char *name)
-{
-	int i, best = -1;
-
-	if (r->table != NULL || r->uncertain)
-		return 0;
-	for (i = 0; i < r->ncols; i++) {
-		const LCol *c = &l->w->cols[r->cfirst + i];
-
-		if (!c->star && c->name != NULL && strcmp(c->name, name) == 0)
-			return 1;
-		if (col_may_be(c, name))
-			best = 0;
-	}
-	return best;
-}
-
-/* `t.c`: column `name` of relation r; nothing matched reads all of r, DERIVED. */
-static bool qualified_column(Lin *l, const LRel *r, const char *name, unsigned ctx)
-{
-	bool derived = false;
-
-	if (rel_column(l, r, name, ctx, &derived, true) < 0) {
-		rel_whole_row(l, r, ctx);
-		derived = true;
-	}
-	return derived;
-}
-
-/* Whole rows of every visible relation (the last resort of a name nothing holds). */
-static void all_whole_rows(Lin *l, unsigned ctx)
-{
-	int i;
-
-	for (i = 0; i < l->w->n_rels; i++)
-		if (!l->w->rels[i].hidden && !l->w->rels[i].is_join)
-			rel_whole_row(l, &l->w->rels[i], ctx);
-}
-
-/*
- * The relations an unqualified `name` may come from, innermost scope
- * outwards, stopping after a scope where a derived relation has it for
- * sure. When `record`, reads the column of each (bound for relation index
- * `bind`); otherwise reads nothing. Returns how many there are; *last is the
- * index of the last one.
- */
-static int unqualified_scan(Lin *l, const char *name, unsigned ctx, bool record, int bind, bool *derived,
-			    int *last)
-{
-	LinWork *w = l->w;
-	bool sure = false;
-	int i, level = INT_MAX, f, n = 0;
-	LRel *r;
-
-	for (i = w->n_rels - 1; i >= 0; i--) {
-		r = &w->rels[i];
-		if (r->level != level) {
-			if (sure)
-				break;
-			level = r->level;
-		}
-		if (r->hidden || r->is_join)
-			continue;
-		f = record ? rel_column(l, r, name, ctx, derived, i == bind) : rel_may_hold(l, r, name);
-		if (f >= 0) {
-			n++;
-			*last = i;
-		}
-		if (f > 0)
-			sure = true;
-	}
-	return n;
-}
-
-/* Unqualified `name`: every relation that may hold it, innermost scope outwards. */
-static bool unqualified_column(Lin *l, const char *name, unsigned ctx)
-{
-	bool derived = false;
-	int last = -1, bind = -1;
-
-	/* one base table alone may hold it: the reference is bound to it */
-	if (!l->nobind && unqualified_scan(l, name, 0, false, -1, NULL, &last) == 1 &&
-	    l->w->rels[last].table != NULL && !l->w->rels[last].merged)
-		bind = last;
-	if (unqualified_scan(l, name, ctx, true, bind, &derived, &last) == 0) {
-		all_whole_rows(l, ctx | SQL_USE_WHOLE_ROW);
-		derived = true;
-	}
-	return derived;
-}
-
-static void rel_whole_row(Lin *l, const LRel *r, unsigned ctx)
-{
-	int i;
-
-	ctx |= SQL_USE_WHOLE_ROW;
-	if (r->table != NULL) {
-		src_add(l, col_intern(l, r->schema, r->table, col_all), ctx);
-	} else if (r->is_join) {
-		for (i = r->kfirst; i < r->klast; i++)
-			if (!l->w->rels[i].is_join)
-				rel_whole_row(l, &l->w->rels[i], ctx);
-	} else {
-		flow_cols(l, l->w->cols + r->cfirst, r->ncols, ctx);
-	}
-}
-
-static int fields_count(const JNode *fields, const char **f, bool *star)
-{
-	const JNode *e, *body;
-	int n = 0;
-
-	*star = false;
-	for (e = j_first(fields); e != NULL; e = j_next(e)) {
-		const char *t = j_type(e, &body);
-
-		if (t != NULL && strcmp(t, "A_Star") == 0) {
-			*star = true;
-			break;
-		}
-		if (n < 4)
-			f[n] = j_string_node(e);
-		n++;
-	}
-	return n;
-}
-
-/* A ColumnRef inside an expression; returns true when what it reads is not DIRECT. */
-/*
- * `t.f` is also PostgreSQL's notation for f(t) when t has no column f, so
- * `u.row_to_json` returns the whole row. Without the catalog pgveil cannot
- * tell a column from such a call: when f is a built-in that takes a whole
- * row, the reference counts as the column and as the whole row (DERIVED).
- * (A user function taking the row type needs the catalog to be seen.)
- */
-static bool attribute_call(Lin *l, const LRel *r, const char *name, unsigned ctx)
-{
-	if (!sqlinfo_takes_whole_row(name))
-		return false;
-	(void)qualified_column(l, r, name, ctx);
-	rel_whole_row(l, r, ctx);
-	return true;
-}
-
-static bool expr_colref(Lin *l, const JNode *ref, unsigned ctx)
-{
-	const char *f[4] = { NULL, NULL, NULL, NULL };
-	bool star, derived, nobind;
-	int n = fields_count(j_get(ref, "fields"), f, &star);
-	const LRel *r;
-
-	if (n > 4 || (n > 0 && (f[0] == NULL || f[n - 1] == NULL))) {
-		all_whole_rows(l, ctx);
-		return true;
-	}
-	if (star) { /* t.* (or *) inside an expression: a whole row */
-		if (n == 0)
-			all_whole_rows(l, ctx);
-		else if ((r = rel_find(l, n >= 2 ? f[n >= 2 ? n - 2 : 0] : NULL, f[n > 0 ? n - 1 : 0])) != NULL)
-			rel_whole_row(l, r, ctx);
-		else
-			(void)unqualified_column(l, f[0], ctx);
-		return true;
-	}
-	if (n == 4) { /* database.schema.table.column */
-		f[0] = f[1];
-		f[1] = f[2];
-		f[2] = f[3];
-	}
-	if (n == 1) {
-		r = rel_find(l, NULL, f[0]);
-		nobind = l->nobind;
-		l->nobind |= r != NULL; /* a relation's name: maybe no column at all */
-		derived = unqualified_column(l, f[0], ctx);
-		l->nobind = nobind;
-		if (r != NULL) {
-			rel_whole_row(l, r, ctx); /* `t` as a value */
-			derived = true;
-		}
-		return derived;
-	}
-	if (n == 2) {
-		if ((r = rel_find(l, NULL, f[0])) != NULL)
-			return attribute_call(l, r, f[1], ctx) || qualified_column(l, r, f[1], ctx);
-		(void)unqualified_column(l, f[0], ctx); /* a composite column's field */
-		return true;
-	}
-	if ((r = rel_find(l, f[0], f[1])) != NULL)
-		return attribute_call(l, r, f[2], ctx) || qualified_column(l, r, f[2], ctx);
-	if ((r = rel_find(l, NULL, f[0])) != NULL) /* t.composite.field */
-		(void)qualified_column(l, r, f[1], ctx);
-	else
-		(void)unqualified_column(l, f[0], ctx);
-	return true;
-}
 
 /* ---- expressions ------------------------------------------------------------------ */
 
@@ -800,8 +115,8 @@ static void expr_window(Lin *l, const JNode *def, unsigned ctx)
 	expr(l, j_get(def, "endOffset"), ctx | SQL_USE_PREDICATE);
 	if (ref == NULL)
 		return;
-	for (w = j_first(l->windows); w != NULL; w = j_next(w))
-		if (j_type(w, &body) != NULL && lstr_eq(j_str(body, "name"), ref) && body != def) {
+	for (w = j_first(l->windows); w != NULL && lin_work(l, 1); w = j_next(w))
+		if (j_type(w, &body) != NULL && lin_str_eq(j_str(body, "name"), ref) && body != def) {
 			expr(l, j_get(body, "partitionClause"), ctx | SQL_USE_PREDICATE);
 			expr(l, j_get(body, "orderClause"), ctx | SQL_USE_PREDICATE);
 		}
@@ -880,7 +195,7 @@ static void expr_sublink(Lin *l, const JNode *s, unsigned ctx)
 	const char *kind = j_str(s, "subLinkType");
 	const JNode *body;
 	const char *type = j_type(j_get(s, "subselect"), &body);
-	bool exists = lstr_eq(kind, "EXISTS_SUBLINK"), cond = (ctx & LIN_COND) != 0;
+	bool exists = lin_str_eq(kind, "EXISTS_SUBLINK"), cond = (ctx & LIN_COND) != 0;
 	bool compare = kind == NULL || strcmp(kind, "ANY_SUBLINK") == 0 || strcmp(kind, "ALL_SUBLINK") == 0 ||
 		       strcmp(kind, "ROWCOMPARE_SUBLINK") == 0;
 	unsigned sub = value_ctx(ctx);
@@ -888,7 +203,7 @@ static void expr_sublink(Lin *l, const JNode *s, unsigned ctx)
 
 	if (compare)
 		sub |= SQL_USE_PREDICATE | (cond ? 0 : SQL_USE_EXPRESSION);
-	else if (!lstr_eq(kind, "EXPR_SUBLINK"))
+	else if (!lin_str_eq(kind, "EXPR_SUBLINK"))
 		sub |= SQL_USE_EXPRESSION; /* ARRAY(), a multiple assignment */
 	if (compare && cond)
 		cmp_operand(l, j_get(s, "testexpr"), sub);
@@ -899,7 +214,7 @@ static void expr_sublink(Lin *l, const JNode *s, unsigned ctx)
 	r = q_stmt(l, type, body, 0);
 	if (exists)
 		return;
-	flow_cols(l, l->w->cols + r.first, r.n, sub);
+	lin_flow_cols(l, l->w->cols + r.first, r.n, sub);
 }
 
 /* A query met as a value: its outputs flow into the expression. */
@@ -907,7 +222,7 @@ static void expr_query(Lin *l, const JNode *sel, unsigned ctx)
 {
 	LRange r = q_select(l, sel, 0);
 
-	flow_cols(l, l->w->cols + r.first, r.n, ctx);
+	lin_flow_cols(l, l->w->cols + r.first, r.n, ctx);
 }
 
 static void expr_members(Lin *l, const JNode *obj, unsigned ctx)
@@ -977,7 +292,7 @@ static void expr(Lin *l, const JNode *n, unsigned ctx)
 	const JNode *body;
 	const char *type;
 
-	if (n == NULL || l->b->oom)
+	if (n == NULL || l->b->oom || !lin_work(l, 1))
 		return;
 	if (n->type == J_ARR) {
 		expr_members(l, n, ctx);
@@ -992,7 +307,7 @@ static void expr(Lin *l, const JNode *n, unsigned ctx)
 	if (is_leaf(type))
 		return;
 	if (strcmp(type, "ColumnRef") == 0)
-		(void)expr_colref(l, body, value_ctx(ctx));
+		(void)lin_expr_colref(l, body, value_ctx(ctx));
 	else if (strcmp(type, "FuncCall") == 0)
 		expr_funccall(l, body, value_ctx(ctx));
 	else if (strcmp(type, "CaseExpr") == 0)
@@ -1092,11 +407,11 @@ static int figure_sublink(const JNode *body, const char **name)
 	const char *kind = j_str(body, "subLinkType");
 	const JNode *q, *rt;
 
-	if (lstr_eq(kind, "EXISTS_SUBLINK") || lstr_eq(kind, "ARRAY_SUBLINK")) {
+	if (lin_str_eq(kind, "EXISTS_SUBLINK") || lin_str_eq(kind, "ARRAY_SUBLINK")) {
 		*name = kind[0] == 'E' ? "exists" : "array";
 		return 2;
 	}
-	if (!lstr_eq(kind, "EXPR_SUBLINK"))
+	if (!lin_str_eq(kind, "EXPR_SUBLINK"))
 		return 0;
 	/* Named after the query's first output (always named, "?column?" maybe): when the analysis
 	 * cannot tell the name, NULL at full strength, which matches every name. */
@@ -1149,7 +464,7 @@ static int figure(const JNode *n, const char **name)
 	if (strcmp(type, "CollateClause") == 0)
 		return figure(j_get(body, "arg"), name);
 	if (strcmp(type, "A_Expr") == 0) { /* NULLIF is named like a function; operators are not */
-		if (!lstr_eq(j_str(body, "kind"), "AEXPR_NULLIF"))
+		if (!lin_str_eq(j_str(body, "kind"), "AEXPR_NULLIF"))
 			return 0;
 		*name = "nullif";
 		return 2;
@@ -1184,8 +499,8 @@ static void expand_rel(Lin *l, const LRel *r, unsigned ctx)
 
 	if (r->table != NULL) {
 		mark = l->w->n_coll;
-		src_add(l, col_intern(l, r->schema, r->table, col_all), ctx);
-		pend_push(l, NULL, coll_commit(l, mark), r->merged, true);
+		lin_src_add(l, lin_col_intern(l, r->schema, r->table, col_all), ctx);
+		lin_pend_push(l, NULL, lin_coll_commit(l, mark), r->merged, true);
 	} else if (r->is_join) {
 		for (i = r->kfirst; i < r->klast; i++)
 			if (!l->w->rels[i].is_join && !l->w->rels[i].hidden)
@@ -1194,9 +509,9 @@ static void expand_rel(Lin *l, const LRel *r, unsigned ctx)
 		for (i = 0; i < r->ncols; i++) {
 			c = l->w->cols[r->cfirst + i];
 			mark = l->w->n_coll;
-			flow_range(l, c.first, c.n, ctx);
+			lin_flow_range(l, c.first, c.n, ctx);
 			l->w->n_coll = mark;
-			pend_push(l, c.name, (LRange){ c.first, c.n }, c.derived || r->uncertain, c.star);
+			lin_pend_push(l, c.name, (LRange){ c.first, c.n }, c.derived || r->uncertain, c.star);
 		}
 	}
 }
@@ -1207,6 +522,8 @@ static void expand_star(Lin *l, const char *const *f, int n, unsigned ctx)
 	int i;
 
 	if (n == 0) {
+		if (!lin_work(l, l->w->n_rels))
+			return;
 		for (i = 0; i < l->w->n_rels; i++) {
 			r = &l->w->rels[i];
 			if (r->level == l->level && !r->hidden && !r->is_join)
@@ -1214,14 +531,14 @@ static void expand_star(Lin *l, const char *const *f, int n, unsigned ctx)
 		}
 		return;
 	}
-	if ((r = rel_find(l, n >= 2 ? f[n - 2] : NULL, f[n - 1])) != NULL) {
+	if ((r = lin_rel_find(l, n >= 2 ? f[n - 2] : NULL, f[n - 1])) != NULL) {
 		expand_rel(l, r, ctx);
 		return;
 	}
 	/* not a relation: the server refuses it; read whole rows to be safe */
 	i = l->w->n_coll;
-	all_whole_rows(l, ctx);
-	pend_push(l, NULL, coll_commit(l, i), true, true);
+	lin_all_whole_rows(l, ctx);
+	lin_pend_push(l, NULL, lin_coll_commit(l, i), true, true);
 }
 
 /* True when `ind` (an A_Indirection) ends in `.*`: `(x).*` expands to several columns. */
@@ -1231,7 +548,7 @@ static bool indirection_star(const JNode *ind)
 
 	for (e = j_first(j_get(ind, "indirection")); e != NULL; e = j_next(e))
 		last = e;
-	return last != NULL && lstr_eq(j_type(last, &body), "A_Star");
+	return last != NULL && lin_str_eq(j_type(last, &body), "A_Star");
 }
 
 /* One select-list (or RETURNING) item. */
@@ -1244,22 +561,22 @@ static void target(Lin *l, const JNode *rt, unsigned ctx)
 
 	if (type != NULL && strcmp(type, "A_Indirection") == 0 && indirection_star(body)) {
 		expr(l, val, ctx); /* (x).*: columns the analysis cannot count */
-		pend_push(l, NULL, coll_commit(l, mark), true, true);
+		lin_pend_push(l, NULL, lin_coll_commit(l, mark), true, true);
 		return;
 	}
 
 	if (type != NULL && strcmp(type, "ColumnRef") == 0) {
-		n = fields_count(j_get(body, "fields"), f, &star);
+		n = lin_fields_count(j_get(body, "fields"), f, &star);
 		if (star && n <= 3) {
 			expand_star(l, f, n, ctx);
 			return;
 		}
-		derived = expr_colref(l, body, ctx);
+		derived = lin_expr_colref(l, body, ctx);
 	} else {
 		expr(l, val, ctx);
 		derived = true;
 	}
-	pend_push(l, j_str(rt, "name") != NULL ? j_str(rt, "name") : figure_name(val), coll_commit(l, mark),
+	lin_pend_push(l, j_str(rt, "name") != NULL ? j_str(rt, "name") : figure_name(val), lin_coll_commit(l, mark),
 		  derived, false);
 }
 
@@ -1277,8 +594,10 @@ static void outputs_use(Lin *l, int mark, unsigned ctx)
 {
 	int i, cm = l->w->n_coll;
 
+	if (!lin_work(l, l->w->n_pend - mark))
+		return;
 	for (i = mark; i < l->w->n_pend; i++)
-		flow_range(l, l->w->pend[i].first, l->w->pend[i].n, ctx);
+		lin_flow_range(l, l->w->pend[i].first, l->w->pend[i].n, ctx);
 	l->w->n_coll = cm;
 }
 
@@ -1297,6 +616,8 @@ static void sort_item(Lin *l, const JNode *n, int mark)
 	long long k;
 	int i, cm = w->n_coll;
 
+	if (!lin_work(l, w->n_pend - mark))
+		return;
 	if (type != NULL && strcmp(type, "SortBy") == 0) {
 		sort_item(l, j_get(body, "node"), mark);
 		return;
@@ -1312,7 +633,7 @@ static void sort_item(Lin *l, const JNode *n, int mark)
 		for (i = mark; i < w->n_pend && i - mark < k - 1 && !w->pend[i].star; i++)
 			;
 		if (i < w->n_pend && i - mark == k - 1 && !w->pend[i].star)
-			flow_range(l, w->pend[i].first, w->pend[i].n, SQL_USE_PREDICATE);
+			lin_flow_range(l, w->pend[i].first, w->pend[i].n, SQL_USE_PREDICATE);
 		else
 			outputs_use(l, mark, SQL_USE_PREDICATE);
 		w->n_coll = cm;
@@ -1322,7 +643,7 @@ static void sort_item(Lin *l, const JNode *n, int mark)
 	    (name = j_string_node(j_first(j_get(body, "fields")))) != NULL)
 		for (i = mark; i < w->n_pend; i++)
 			if (w->pend[i].name != NULL && strcmp(w->pend[i].name, name) == 0) {
-				flow_range(l, w->pend[i].first, w->pend[i].n, SQL_USE_PREDICATE);
+				lin_flow_range(l, w->pend[i].first, w->pend[i].n, SQL_USE_PREDICATE);
 				l->nobind = true; /* an output's name: maybe no input column at all */
 			}
 	w->n_coll = cm;
@@ -1359,6 +680,8 @@ static const LCte *cte_find(Lin *l, const char *name)
 {
 	int i;
 
+	if (!lin_work(l, l->w->n_ctes))
+		return NULL;
 	for (i = l->w->n_ctes - 1; i >= 0; i--)
 		if (strcmp(l->w->ctes[i].name, name) == 0)
 			return &l->w->ctes[i];
@@ -1371,7 +694,7 @@ static void table_push(Lin *l, const JNode *rv)
 	const char *name = j_str(rv, "relname"), *ref = j_str(j_get(rv, "alias"), "aliasname");
 	LRel *r;
 
-	if (name == NULL || (r = rel_push(l, ref != NULL ? ref : name)) == NULL)
+	if (name == NULL || (r = lin_rel_push(l, ref != NULL ? ref : name)) == NULL)
 		return;
 	r->schema = j_str(rv, "schemaname");
 	r->table = name;
@@ -1389,7 +712,7 @@ static void from_rangevar(Lin *l, const JNode *rv)
 	if (name == NULL)
 		return;
 	if (schema == NULL && (cte = cte_find(l, name)) != NULL) {
-		rel_push_derived(l, ref != NULL ? ref : name, cte->cfirst, cte->ncols, alias, cte->uncertain);
+		lin_rel_push_derived(l, ref != NULL ? ref : name, cte->cfirst, cte->ncols, alias, cte->uncertain);
 		return;
 	}
 	table_push(l, rv);
@@ -1413,6 +736,8 @@ static void from_subselect(Lin *l, const JNode *s)
 	int scope_first = 0, n = l->w->n_rels;
 	LRange r = { 0, 0 };
 
+	if (!lin_work(l, 2 * n))
+		return;
 	while (scope_first < n && l->w->rels[scope_first].level != l->level)
 		scope_first++;
 	if (!lateral)
@@ -1421,7 +746,7 @@ static void from_subselect(Lin *l, const JNode *s)
 		r = q_stmt(l, type, body, 0);
 	if (!lateral)
 		scope_hide(l, scope_first, false);
-	rel_push_derived(l, j_str(alias, "aliasname"), r.first, r.n, alias, false);
+	lin_rel_push_derived(l, j_str(alias, "aliasname"), r.first, r.n, alias, false);
 }
 
 /*
@@ -1438,13 +763,13 @@ static void from_computed(Lin *l, const char *name, LRange src, const JNode *nam
 	LRel *r;
 
 	for (e = j_first(names); e != NULL; e = j_next(e))
-		pend_push(l, j_string_node(e), src, true, false);
+		lin_pend_push(l, j_string_node(e), src, true, false);
 	for (e = j_first(defs); e != NULL; e = j_next(e))
 		if (j_type(e, &body) != NULL)
-			pend_push(l, j_str(body, "colname"), src, true, false);
-	pend_push(l, NULL, src, true, true);
-	cols = pend_flush(l, mark);
-	if ((r = rel_push(l, name)) != NULL) {
+			lin_pend_push(l, j_str(body, "colname"), src, true, false);
+	lin_pend_push(l, NULL, src, true, true);
+	cols = lin_pend_flush(l, mark);
+	if ((r = lin_rel_push(l, name)) != NULL) {
 		r->cfirst = cols.first;
 		r->ncols = cols.n;
 	}
@@ -1464,7 +789,7 @@ static void from_function(Lin *l, const JNode *f)
 		expr(l, items, SQL_USE_FUNCTION_ARG);
 		expr(l, j_next(items), SQL_USE_FUNCTION_ARG);
 	}
-	from_computed(l, name, coll_commit(l, mark), j_get(alias, "colnames"), j_get(f, "coldeflist"));
+	from_computed(l, name, lin_coll_commit(l, mark), j_get(alias, "colnames"), j_get(f, "coldeflist"));
 }
 
 static void from_tablefunc(Lin *l, const JNode *f)
@@ -1475,7 +800,7 @@ static void from_tablefunc(Lin *l, const JNode *f)
 
 	for (i = 0; keys[i] != NULL; i++)
 		expr(l, j_get(f, keys[i]), SQL_USE_FUNCTION_ARG);
-	from_computed(l, j_str(alias, "aliasname"), coll_commit(l, mark), j_get(alias, "colnames"),
+	from_computed(l, j_str(alias, "aliasname"), lin_coll_commit(l, mark), j_get(alias, "colnames"),
 		      j_get(f, "columns"));
 }
 
@@ -1496,15 +821,15 @@ static void from_join(Lin *l, const JNode *j)
 		if ((name = j_string_node(u)) != NULL)
 			for (i = first; i < last; i++)
 				if (!l->w->rels[i].is_join)
-					(void)rel_column(l, &l->w->rels[i], name, SQL_USE_PREDICATE, &derived, true);
+					(void)lin_rel_column(l, &l->w->rels[i], name, SQL_USE_PREDICATE, &derived, true);
 	for (i = first; natural && i < last; i++)
 		if (!l->w->rels[i].is_join)
-			rel_whole_row(l, &l->w->rels[i], SQL_USE_PREDICATE);
+			lin_rel_whole_row(l, &l->w->rels[i], SQL_USE_PREDICATE);
 	l->w->n_coll = cm;
 	for (i = first; full && (natural || j_get(j, "usingClause") != NULL) && i < last; i++)
 		l->w->rels[i].merged = true;
 	cond_discard(l, j_get(j, "quals"));
-	if (j_str(alias, "aliasname") != NULL && (r = rel_push(l, j_str(alias, "aliasname"))) != NULL) {
+	if (j_str(alias, "aliasname") != NULL && (r = lin_rel_push(l, j_str(alias, "aliasname"))) != NULL) {
 		r->is_join = true;
 		r->kfirst = first;
 		r->klast = last;
@@ -1557,7 +882,7 @@ static void cte_push(Lin *l, const char *name, LRange cols, const JNode *aliases
 		return;
 	c = &w->ctes[w->n_ctes++];
 	c->name = name;
-	c->cfirst = cols_rename(l, cols.first, cols.n, aliases, &uncertain);
+	c->cfirst = lin_cols_rename(l, cols.first, cols.n, aliases, &uncertain);
 	c->ncols = cols.n;
 	c->uncertain = uncertain;
 }
@@ -1579,22 +904,22 @@ static void recursive_close(Lin *l, int cte_first, int self)
 	for (i = cte_first; i < w->n_ctes; i++)
 		for (k = 0; k < w->ctes[i].ncols; k++) {
 			c = &w->cols[w->ctes[i].cfirst + k];
-			flow_range(l, c->first, c->n, 0);
+			lin_flow_range(l, c->first, c->n, 0);
 		}
 	for (i = mark, k = mark; i < w->n_coll; i++) /* placeholders stand for nothing themselves */
 		if (b->lcols[w->coll[i]].table != NULL)
 			w->coll[k++] = w->coll[i];
 	w->n_coll = k;
-	all = coll_commit(l, mark);
-	flow_range(l, all.first, all.n, ctx); /* the placeholder's contexts go to every source */
+	all = lin_coll_commit(l, mark);
+	lin_flow_range(l, all.first, all.n, ctx); /* the placeholder's contexts go to every source */
 	w->n_coll = mark;
 	for (i = cte_first; i < w->n_ctes; i++) {
 		for (k = 0; k < w->ctes[i].ncols; k++) {
 			c = &w->cols[w->ctes[i].cfirst + k];
 			umark = w->n_coll;
-			flow_range(l, c->first, c->n, 0);
-			flow_range(l, all.first, all.n, 0);
-			r = coll_commit(l, umark);
+			lin_flow_range(l, c->first, c->n, 0);
+			lin_flow_range(l, all.first, all.n, 0);
+			r = lin_coll_commit(l, umark);
 			c->first = r.first;
 			c->n = r.n;
 			c->derived = true;
@@ -1612,13 +937,13 @@ static void lin_with(Lin *l, const JNode *with)
 
 	if (recursive) {
 		/* every CTE of the clause first reads the placeholder, as one DERIVED star */
-		if ((self = col_append(l, NULL, NULL, col_all)) < 0 ||
+		if ((self = lin_col_append(l, NULL, NULL, col_all)) < 0 ||
 		    !LGROW(l, l->b->lsrc, l->b->n_lsrc, l->b->cap_lsrc))
 			return;
 		l->b->lsrc[l->b->n_lsrc++] = self;
 		mark = l->w->n_pend;
-		pend_push(l, NULL, (LRange){ l->b->n_lsrc - 1, 1 }, true, true);
-		r = pend_flush(l, mark);
+		lin_pend_push(l, NULL, (LRange){ l->b->n_lsrc - 1, 1 }, true, true);
+		r = lin_pend_flush(l, mark);
 		for (c = j_first(j_get(with, "ctes")); c != NULL; c = j_next(c))
 			if (j_type(c, &body) != NULL)
 				cte_push(l, j_str(body, "ctename"), r, NULL, false);
@@ -1654,16 +979,16 @@ static void setop_merge(Lin *l, LRange a, LRange b)
 		star = w->cols[b.first + i].star;
 	if (star) {
 		mark = w->n_coll;
-		flow_cols(l, w->cols + a.first, a.n, 0);
-		flow_cols(l, w->cols + b.first, b.n, 0);
-		pend_push(l, NULL, coll_commit(l, mark), true, true);
+		lin_flow_cols(l, w->cols + a.first, a.n, 0);
+		lin_flow_cols(l, w->cols + b.first, b.n, 0);
+		lin_pend_push(l, NULL, lin_coll_commit(l, mark), true, true);
 		return;
 	}
 	for (i = 0; i < a.n; i++) {
 		mark = w->n_coll;
-		flow_range(l, w->cols[a.first + i].first, w->cols[a.first + i].n, 0);
-		flow_range(l, w->cols[b.first + i].first, w->cols[b.first + i].n, 0);
-		pend_push(l, w->cols[a.first + i].name, coll_commit(l, mark), true, false);
+		lin_flow_range(l, w->cols[a.first + i].first, w->cols[a.first + i].n, 0);
+		lin_flow_range(l, w->cols[b.first + i].first, w->cols[b.first + i].n, 0);
+		lin_pend_push(l, w->cols[a.first + i].name, lin_coll_commit(l, mark), true, false);
 	}
 }
 
@@ -1675,38 +1000,62 @@ static void q_setop(Lin *l, const JNode *sel, unsigned out_ctx)
 	int mark = l->w->n_coll;
 
 	if (!j_true(sel, "all") || (op != NULL && strcmp(op, "SETOP_UNION") != 0)) {
-		flow_cols(l, l->w->cols + a.first, a.n, SQL_USE_PREDICATE); /* duplicates compared */
-		flow_cols(l, l->w->cols + b.first, b.n, SQL_USE_PREDICATE);
+		lin_flow_cols(l, l->w->cols + a.first, a.n, SQL_USE_PREDICATE); /* duplicates compared */
+		lin_flow_cols(l, l->w->cols + b.first, b.n, SQL_USE_PREDICATE);
 		l->w->n_coll = mark;
 	}
 	setop_merge(l, a, b);
+}
+
+/* Points w->rowcur[r] at the first item of each row of VALUES; returns the number of rows, -1 when out of memory. */
+static long values_cursors(Lin *l, const JNode *rows)
+{
+	LinWork *w = l->w;
+	size_t n = (size_t)j_len(rows), r = 0;
+	const JNode *row, *body;
+	const JNode **p;
+
+	if (n > w->cap_rowcur) {
+		if ((p = realloc(w->rowcur, n * sizeof(*p))) == NULL) {
+			l->b->oom = true;
+			return -1;
+		}
+		w->rowcur = p;
+		w->cap_rowcur = n;
+	}
+	for (row = j_first(rows); row != NULL; row = j_next(row))
+		w->rowcur[r++] = j_type(row, &body) != NULL ? j_first(j_get(body, "items")) : NULL;
+	return (long)n;
 }
 
 static void q_values(Lin *l, const JNode *rows, unsigned ctx)
 {
 	static const char *const names[] = { "column1", "column2", "column3", "column4", "column5", "column6",
 					     "column7", "column8", "column9", "column10", "column11", "column12" };
-	const JNode *row, *body, *item;
-	int n = 0, i, k, mark;
+	const JNode *body, **cur;
+	long n_rows, r;
+	int n = 0, i, mark;
 
 	if (j_type(j_first(rows), &body) != NULL)
 		n = j_len(j_get(body, "items"));
 	if (n > MAX_SPLIT_VALUES) {
 		mark = l->w->n_coll;
 		expr(l, rows, ctx);
-		pend_push(l, NULL, coll_commit(l, mark), true, true);
+		lin_pend_push(l, NULL, lin_coll_commit(l, mark), true, true);
 		return;
 	}
-	for (i = 0; i < n; i++) {
+	if ((n_rows = values_cursors(l, rows)) < 0)
+		return;
+	cur = l->w->rowcur;
+	for (i = 0; i < n; i++) { /* column i: item i of every row */
 		mark = l->w->n_coll;
-		for (row = j_first(rows); row != NULL; row = j_next(row)) {
-			if (j_type(row, &body) == NULL)
+		for (r = 0; r < n_rows; r++) {
+			if (cur[r] == NULL)
 				continue;
-			for (k = 0, item = j_first(j_get(body, "items")); item != NULL && k < i; k++)
-				item = j_next(item);
-			expr(l, item, ctx);
+			expr(l, cur[r], ctx);
+			cur[r] = j_next(cur[r]);
 		}
-		pend_push(l, i < (int)PGV_ARRAY_LEN(names) ? names[i] : NULL, coll_commit(l, mark), true, false);
+		lin_pend_push(l, i < (int)PGV_ARRAY_LEN(names) ? names[i] : NULL, lin_coll_commit(l, mark), true, false);
 	}
 }
 
@@ -1738,7 +1087,7 @@ static LRange q_select(Lin *l, const JNode *sel, unsigned out_ctx)
 	sort_list(l, j_get(sel, "sortClause"), mark);
 	expr_discard(l, j_get(sel, "limitCount"), SQL_USE_PREDICATE);
 	expr_discard(l, j_get(sel, "limitOffset"), SQL_USE_PREDICATE);
-	r = pend_flush(l, mark);
+	r = lin_pend_flush(l, mark);
 	l->windows = saved_windows;
 	w->n_rels = rels;
 	w->n_ctes = ctes;
@@ -1767,7 +1116,7 @@ static void arbiter_used(Lin *l, const char *name)
 
 	if (r == NULL || r->table == NULL)
 		return;
-	src_add(l, col_intern(l, r->schema, r->table, name != NULL ? name : col_all), SQL_USE_PREDICATE);
+	lin_src_add(l, lin_col_intern(l, r->schema, r->table, name != NULL ? name : col_all), SQL_USE_PREDICATE);
 }
 
 
@@ -1777,7 +1126,7 @@ static LRange dml_returning(Lin *l, const JNode *s, unsigned out_ctx)
 	int mark = l->w->n_pend;
 
 	targets(l, j_get(s, "returningList"), out_ctx);
-	return pend_flush(l, mark);
+	return lin_pend_flush(l, mark);
 }
 
 /* SET / ON CONFLICT DO UPDATE SET items: their values are written. */
@@ -1820,7 +1169,7 @@ static LRange q_insert(Lin *l, const JNode *s, unsigned out_ctx)
 				l->w->cols[src.first + i].name = j_str(body, "name");
 			else
 				uncertain = true;
-		if ((r = rel_push(l, "excluded")) != NULL) {
+		if ((r = lin_rel_push(l, "excluded")) != NULL) {
 			r->cfirst = src.first;
 			r->ncols = src.n;
 			r->uncertain = uncertain || i < src.n;
@@ -1900,11 +1249,11 @@ static LRange q_copy_table(Lin *l, const JNode *s, unsigned ctx)
 	int mark = l->w->n_pend, cm;
 
 	if (name == NULL)
-		return pend_flush(l, mark);
+		return lin_pend_flush(l, mark);
 	if (j_get(s, "attlist") == NULL) {
 		cm = l->w->n_coll;
-		src_add(l, col_intern(l, schema, name, col_all), ctx);
-		pend_push(l, NULL, coll_commit(l, cm), false, true);
+		lin_src_add(l, lin_col_intern(l, schema, name, col_all), ctx);
+		lin_pend_push(l, NULL, lin_coll_commit(l, cm), false, true);
 		if (l->w->n_pend > mark) /* COPY t TO leaves generated columns out */
 			l->w->pend[l->w->n_pend - 1].no_generated = true;
 	}
@@ -1912,10 +1261,10 @@ static LRange q_copy_table(Lin *l, const JNode *s, unsigned ctx)
 		if ((col = j_string_node(a)) == NULL)
 			continue;
 		cm = l->w->n_coll;
-		src_add(l, col_intern(l, schema, name, col), ctx | LIN_BOUND);
-		pend_push(l, col, coll_commit(l, cm), false, false);
+		lin_src_add(l, lin_col_intern(l, schema, name, col), ctx | LIN_BOUND);
+		lin_pend_push(l, col, lin_coll_commit(l, cm), false, false);
 	}
-	return pend_flush(l, mark);
+	return lin_pend_flush(l, mark);
 }
 
 /* A statement the walker does not model: references against its `relation`, PREDICATE | WRITE_SOURCE. */
@@ -1969,7 +1318,7 @@ static void outputs_record(Lin *l, LRange r)
 		if (!LGROW(l, b->louts, b->n_louts, b->cap_louts))
 			return;
 		o = &b->louts[b->n_louts++];
-		rr = coll_commit(l, mark);
+		rr = lin_coll_commit(l, mark);
 		o->first = rr.first;
 		o->n = rr.n;
 		o->stmt = l->stmt;
@@ -2048,42 +1397,4 @@ void sqlinfo_lineage_stmt(SqlBuild *b, int stmt, const char *type, const JNode *
 		outputs_record(&l, r);
 	if (l.stmt_uses == 0)
 		b->n_louts = outs;
-}
-
-void sqlinfo_lineage_reset(SqlBuild *b)
-{
-	LinWork *w = b->lin;
-
-	b->n_lcols = b->n_luses = b->n_louts = b->n_lsrc = 0;
-	if (w == NULL)
-		return;
-	if (w->hash_cap > 4096) {
-		free(w->hash);
-		w->hash = NULL;
-		w->hash_cap = 0;
-	} else if (w->hash != NULL) {
-		memset(w->hash, 0, w->hash_cap * sizeof(*w->hash));
-	}
-	w->hash_used = 0;
-}
-
-void sqlinfo_lineage_free(SqlBuild *b)
-{
-	LinWork *w = b->lin;
-
-	free(b->lcols);
-	free(b->luses);
-	free(b->louts);
-	free(b->lsrc);
-	if (w != NULL) {
-		free(w->cols);
-		free(w->pend);
-		free(w->rels);
-		free(w->ctes);
-		free(w->coll);
-		free(w->mark);
-		free(w->hash);
-		free(w);
-	}
-	b->lin = NULL;
 }

@@ -10,7 +10,8 @@
  *
  * Fail-closed conventions: a statement type this file does not know is
  * DDL|ADMIN; a column-free WHERE it cannot evaluate counts as constant true;
- * a set_config() whose setting name is not a plain literal is PRIVILEGE.
+ * a set_config() whose setting name is not a plain literal is PRIVILEGE
+ * and may set search_path or a lexical setting to anything.
  */
 #include "sqlinfo_int.h"
 
@@ -387,10 +388,12 @@ static void table_add(Walk *w, const char *schema, const char *name, int access)
 	}
 }
 
-static bool cte_in_scope(const SqlBuild *b, const char *name)
+static bool cte_in_scope(SqlBuild *b, const char *name)
 {
 	int i;
 
+	if (!sqlinfo_work(b, (size_t)b->n_ctes))
+		return false;
 	for (i = b->n_ctes - 1; i >= 0; i--)
 		if (strcmp(b->ctes[i], name) == 0)
 			return true;
@@ -572,6 +575,19 @@ static bool setting_is_lexical(const char *name)
 	return strcasecmp(name, "client_encoding") == 0 || strcasecmp(name, "standard_conforming_strings") == 0;
 }
 
+/*
+ * A setting this analysis cannot name is given a value it does not read
+ * (set_config() of a name that is not a literal, UPDATE pg_settings): it may
+ * be search_path or one that changes how the server reads statement text.
+ */
+static void setting_unknown(Walk *w)
+{
+	if (w->explain_only)
+		return;
+	w->b->changes_lexical = true;
+	w->b->shadows_builtins = true;
+}
+
 /* set_config(name, value, is_local): PRIVILEGE for role names or a name that is not a literal. */
 static void fn_set_config(Walk *w, const JNode *call)
 {
@@ -580,22 +596,25 @@ static void fn_set_config(Walk *w, const JNode *call)
 
 	if (type != NULL && strcmp(type, "A_Const") == 0 && (sv = j_get(body, "sval")) != NULL)
 		name = j_str(sv, "sval") != NULL ? j_str(sv, "sval") : "";
-	if (name == NULL || setting_is_privilege(name)) {
+	if (name == NULL) {
 		part_add(w, SC_PRIVILEGE);
-	} else {
-		part_add(w, SC_SESSION);
-		if (setting_is_lexical(name)) {
-			part_add(w, SC_ADMIN);
-			w->b->changes_lexical = true; /* the value is not known before it runs */
-		}
-		if (strcasecmp(name, "search_path") == 0)
-			w->b->shadows_builtins = true; /* the value may put a schema before pg_catalog */
+		setting_unknown(w);
+		return;
 	}
-	if (name != NULL)
-		w->b->literal_sensitive = true;
+	w->b->literal_sensitive = true;
+	if (setting_is_privilege(name)) {
+		part_add(w, SC_PRIVILEGE);
+		return;
+	}
+	part_add(w, SC_SESSION);
+	if (setting_is_lexical(name)) {
+		part_add(w, SC_ADMIN);
+		w->b->changes_lexical = true; /* the value is not known before it runs */
+	}
+	if (strcasecmp(name, "search_path") == 0)
+		w->b->shadows_builtins = true; /* the value may put a schema before pg_catalog */
 }
 
-/* A FuncCall's bare name when it calls pg_catalog (unqualified or qualified so), else NULL. */
 /*
  * The first name of a function's name list that matters: a leading
  * database name (database.schema.function, accepted by the server when it
@@ -608,6 +627,7 @@ static const JNode *fn_name_first(const JNode *namelist)
 	return b != NULL && j_next(b) != NULL ? b : a;
 }
 
+/* A FuncCall's bare name when it calls pg_catalog (unqualified or qualified so), else NULL. */
 static const char *fn_catalog_name(const JNode *namelist)
 {
 	const JNode *a = fn_name_first(namelist), *c;
@@ -1047,8 +1067,10 @@ static void stmt_update(Walk *w, const JNode *s)
 	const char *schema = j_str(rel, "schemaname");
 
 	/* Updating pg_settings runs set_config(): client_encoding and the like included. */
-	if (str_eq(j_str(rel, "relname"), "pg_settings") && (schema == NULL || strcmp(schema, "pg_catalog") == 0))
+	if (str_eq(j_str(rel, "relname"), "pg_settings") && (schema == NULL || strcmp(schema, "pg_catalog") == 0)) {
 		part_add(w, SC_SESSION | SC_ADMIN);
+		setting_unknown(w);
+	}
 	if (!w->explain_only && where_all_rows(w, j_get(s, "whereClause")))
 		part_add(w, SC_DESTRUCTIVE);
 	walk_fields(w, s, dml_skip);
@@ -1255,6 +1277,12 @@ static bool set_lexical_safe(Walk *w, const JNode *s, const char *name)
 	return false;
 }
 
+/* White space around the items of a list setting (PostgreSQL's scanner_isspace, and \v). */
+static bool list_space(char c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+
 bool sqlinfo_search_path_shadows(const char *value)
 {
 	const char *p = value;
@@ -1263,13 +1291,13 @@ bool sqlinfo_search_path_shadows(const char *value)
 	while (*p != '\0') {
 		const char *start, *end;
 
-		while (*p == ' ' || *p == '\t' || *p == ',' || *p == '"')
+		while (list_space(*p) || *p == ',' || *p == '"')
 			p += *p == ',' ? (entry++, 1) : 1;
 		start = p;
 		while (*p != '\0' && *p != ',' && *p != '"')
 			p++;
 		end = p;
-		while (end > start && (end[-1] == ' ' || end[-1] == '\t'))
+		while (end > start && list_space(end[-1]))
 			end--;
 		if (entry > 0 && (size_t)(end - start) == 10 && strncasecmp(start, "pg_catalog", 10) == 0)
 			return true;
@@ -1302,25 +1330,54 @@ static bool set_search_path_shadows(Walk *w, const JNode *s)
 	return false;
 }
 
+/*
+ * What VariableSetStmt `s` does to the flags: search_path with a schema
+ * before pg_catalog shadows built-ins; client_encoding or
+ * standard_conforming_strings set to a value pgveil does not read under
+ * changes the lexical rules (returns true then).
+ */
+static bool setting_flags(Walk *w, const JNode *s)
+{
+	const char *name = j_str(s, "name");
+
+	if (name == NULL)
+		return false;
+	if (strcasecmp(name, "search_path") == 0 && set_search_path_shadows(w, s))
+		w->b->shadows_builtins = true;
+	if (!setting_is_lexical(name) || set_lexical_safe(w, s, name))
+		return false;
+	w->b->changes_lexical = true;
+	return true;
+}
+
 static void stmt_set(Walk *w, const JNode *s)
 {
 	const char *name = j_str(s, "name");
 
-	if (name != NULL && strcasecmp(name, "search_path") == 0 && set_search_path_shadows(w, s))
-		w->b->shadows_builtins = true;
-
-	if (name != NULL && setting_is_privilege(name)) {
+	if (name != NULL && setting_is_privilege(name))
 		part_add(w, SC_PRIVILEGE);
-	} else if (name != NULL && (strncmp(name, "TRANSACTION", 11) == 0 || strncmp(name, "transaction_", 12) == 0)) {
+	else if (name != NULL && (strncmp(name, "TRANSACTION", 11) == 0 || strncmp(name, "transaction_", 12) == 0))
 		part_add(w, SC_TRANSACTION);
-	} else {
+	else
 		part_add(w, SC_SESSION);
-		if (name != NULL && setting_is_lexical(name) && !set_lexical_safe(w, s, name)) {
-			part_add(w, SC_ADMIN);
-			w->b->changes_lexical = true;
-		}
-	}
+	if (setting_flags(w, s))
+		part_add(w, SC_ADMIN);
 	walk_value(w, j_get(s, "args"));
+}
+
+/*
+ * ALTER ROLE / DATABASE / SYSTEM ... SET: the setting of later sessions (of
+ * every session, after a reload), which start with it unchecked. Only a
+ * value set matters: RESET and DEFAULT take one away, FROM CURRENT keeps
+ * this session's.
+ */
+static void stmt_alter_set(Walk *w, const JNode *s)
+{
+	const JNode *set = j_get(s, "setstmt");
+
+	if (j_is(j_get(set, "kind"), "VAR_SET_VALUE"))
+		(void)setting_flags(w, set);
+	walk_fields(w, s, NULL);
 }
 
 /*
@@ -1412,7 +1469,7 @@ typedef struct StmtKind {
 static const StmtKind stmt_kinds[] = {
 	{ "AlterCollationStmt", DDL, NULL },
 	{ "AlterDatabaseRefreshCollStmt", DDL | ADM, NULL },
-	{ "AlterDatabaseSetStmt", DDL | ADM, NULL },
+	{ "AlterDatabaseSetStmt", DDL | ADM, stmt_alter_set },
 	{ "AlterDatabaseStmt", DDL | ADM, NULL },
 	{ "AlterDefaultPrivilegesStmt", PRIV, NULL },
 	{ "AlterDomainStmt", DDL, NULL },
@@ -1430,12 +1487,12 @@ static const StmtKind stmt_kinds[] = {
 	{ "AlterOwnerStmt", DDL | PRIV, NULL },
 	{ "AlterPolicyStmt", DDL, NULL },
 	{ "AlterPublicationStmt", DDL, NULL },
-	{ "AlterRoleSetStmt", DDL | PRIV, NULL },
+	{ "AlterRoleSetStmt", DDL | PRIV, stmt_alter_set },
 	{ "AlterRoleStmt", DDL | PRIV, NULL },
 	{ "AlterSeqStmt", DDL, NULL },
 	{ "AlterStatsStmt", DDL, NULL },
 	{ "AlterSubscriptionStmt", DDL, NULL },
-	{ "AlterSystemStmt", ADM, NULL },
+	{ "AlterSystemStmt", ADM, stmt_alter_set },
 	{ "AlterTSConfigurationStmt", DDL, NULL },
 	{ "AlterTSDictionaryStmt", DDL, NULL },
 	{ "AlterTableMoveAllStmt", DDL | ADM, NULL },
@@ -1676,6 +1733,8 @@ bool sqlinfo_tree_analyze(SqlBuild *b, char *json)
 
 	if (root == NULL)
 		return false;
+	b->work = 0;
+	b->work_max = SQLINFO_WORK_BASE + SQLINFO_WORK_PER_NODE * b->n_jnodes;
 	if (root->type != J_OBJ) {
 		b->error = "statement could not be analysed";
 		return false;

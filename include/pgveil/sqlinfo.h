@@ -172,8 +172,8 @@ typedef struct StmtInfo {
 	int n_prep;
 	SqlPrepRef *prep;
 	bool literal_sensitive;  /* the analysis looked at a literal's value: cached by exact text only */
-	bool shadows_builtins;   /* sets search_path with a schema before pg_catalog (or to a value not known): functions there take the place of built-ins of the same name */
-	bool changes_lexical;    /* sets standard_conforming_strings off, or client_encoding to an encoding pgveil does not read (SET, set_config): afterwards the server would split statements differently from pgveil */
+	bool shadows_builtins;   /* sets search_path with a schema before pg_catalog (or to a value not known): functions there take the place of built-ins of the same name (SET, set_config, UPDATE pg_settings; ALTER ROLE / DATABASE / SYSTEM ... SET for later sessions) */
+	bool changes_lexical;    /* sets standard_conforming_strings off, or client_encoding to an encoding pgveil does not read (or a setting not known to a value not known; the same statements as above): afterwards the server would split statements differently from pgveil */
 	uint64_t fingerprint;    /* hash of the normalized form: equal for statements differing only in literals */
 } StmtInfo;
 

@@ -1506,7 +1506,9 @@ def test_bypass_builtin_name_shadowed_by_search_path(masked, cluster):
         rec.take()
         with agent(rec) as conn:
             for sql in ("SET search_path = public, pg_catalog", "SET search_path TO 'public, pg_catalog'",
-                        "SELECT set_config('search_path', 'public,pg_catalog', false)"):
+                        "SELECT set_config('search_path', 'public,pg_catalog', false)",
+                        "SELECT set_config(lower('SEARCH_PATH'), 'public,pg_catalog', false)",
+                        "UPDATE pg_settings SET setting = 'public, pg_catalog' WHERE name = 'search_path'"):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     conn.execute(sql)
             conn.execute("SET search_path = pg_catalog, public")  # pg_catalog first: the built-ins win
@@ -1518,6 +1520,11 @@ def test_bypass_builtin_name_shadowed_by_search_path(masked, cluster):
             with pytest.raises(psycopg.OperationalError):
                 with agent(rec, **params) as conn:
                     conn.execute("SELECT pg_backend_pid()").fetchall()
+        for value in ("public,\npg_catalog", "public, pg_catalog\r\n"):  # PostgreSQL skips these as spaces
+            with pytest.raises(pgwire.PgError):
+                with pgwire.connect("127.0.0.1", rec.port, user=harness.PROXY_USER, database="app",
+                                    search_path=value) as w:
+                    w.simple_query("SELECT pg_backend_pid()")
     finally:
         admin_exec(cluster, "DROP FUNCTION IF EXISTS public.pg_backend_pid()")
     assert_no_leak(rec)

@@ -924,6 +924,76 @@ static void test_too_complex(void **state)
 	free(sql);
 }
 
+/* `n` items "<prefix><i>" joined by `sep`, appended to sql (cap bytes) at *len. */
+static void append_items(char *sql, size_t cap, size_t *len, const char *prefix, int n, const char *sep)
+{
+	for (int i = 0; i < n; i++)
+		*len += (size_t)snprintf(sql + *len, cap - *len, "%s%s%d", i > 0 ? sep : "", prefix, i);
+}
+
+/*
+ * Statements whose analysis would grow faster than their text (every
+ * reference looked up in every scope entry) are refused as too complex, not
+ * analysed for minutes: a few times their size in steps is the budget.
+ */
+static void test_too_slow(void **state)
+{
+	size_t cap = 1 << 20, len;
+	char *sql = malloc(cap);
+	StmtInfo *info;
+	int i;
+
+	(void)state;
+	assert_non_null(sql);
+	for (i = 0; i < 3; i++) {
+		len = 0;
+		if (i == 0) { /* a named window re-read for every call that names it */
+			len += (size_t)snprintf(sql + len, cap - len, "SELECT ");
+			append_items(sql, cap, &len, "row_number() OVER w AS r", 4000, ", ");
+			len += (size_t)snprintf(sql + len, cap - len, " FROM t WINDOW w AS (PARTITION BY c");
+			for (int k = 1; k < 4000; k++)
+				len += (size_t)snprintf(sql + len, cap - len, ", c");
+			len += (size_t)snprintf(sql + len, cap - len, ")");
+		} else if (i == 1) { /* CTE names, each looked up among all those before it */
+			len += (size_t)snprintf(sql + len, cap - len, "WITH ");
+			for (int k = 0; k < 6000; k++)
+				len += (size_t)snprintf(sql + len, cap - len, "%sa%d AS (SELECT 1 FROM t)", k > 0 ? ", " : "",
+							k);
+			len += (size_t)snprintf(sql + len, cap - len, " SELECT 1");
+		} else { /* unqualified columns against many relations of one name */
+			len += (size_t)snprintf(sql + len, cap - len, "SELECT ");
+			append_items(sql, cap, &len, "c", 4000, ", ");
+			len += (size_t)snprintf(sql + len, cap - len, " FROM t");
+			for (int k = 1; k < 4000; k++)
+				len += (size_t)snprintf(sql + len, cap - len, ", t");
+		}
+		info = sqlinfo_analyze(sql, len);
+		assert_non_null(info);
+		if (info->error == NULL || strcmp(info->error, "statement too complex to analyse") != 0)
+			fail_msg("case %d (%zu bytes): %s", i, len, info->error != NULL ? info->error : "analysed");
+		assert_false(info->error_is_syntax);
+		sqlinfo_unref(info);
+	}
+	/* Large statements that cost steps in proportion to their size are analysed. */
+	len = 0;
+	len += (size_t)snprintf(sql + len, cap - len, "SELECT ");
+	append_items(sql, cap, &len, "t.c", 20000, ", ");
+	len += (size_t)snprintf(sql + len, cap - len, " FROM t, u, v WHERE ");
+	append_items(sql, cap, &len, "t.d = ", 20000, " OR ");
+	info = sqlinfo_analyze(sql, len);
+	assert_non_null(info);
+	assert_null(info->error);
+	sqlinfo_unref(info);
+	len = (size_t)snprintf(sql, cap, "INSERT INTO t VALUES ");
+	for (i = 0; i < 20000; i++)
+		len += (size_t)snprintf(sql + len, cap - len, "%s(%d, 'x', 2.5, now(), $1)", i > 0 ? ", " : "", i);
+	info = sqlinfo_analyze(sql, len);
+	assert_non_null(info);
+	assert_null(info->error);
+	sqlinfo_unref(info);
+	free(sql);
+}
+
 /* Statements differing only in literals share one analysis; their spans are their own. */
 static void test_cache_shape_hits(void **state)
 {
@@ -1240,13 +1310,50 @@ static void test_ref_unref(void **state)
 	sqlinfo_unref(a);
 }
 
+/* A statement and the value a flag of its StmtInfo must have. */
+typedef struct FlagCase {
+	const char *sql;
+	bool want;
+} FlagCase;
+
+/*
+ * Checks flag `name` (read by `get`) of each case, with the cache off, then
+ * twice with it on: cases differing only in a literal must not share an
+ * answer that depends on it.
+ */
+static void check_flag(void **state, const FlagCase *cases, size_t n, const char *name,
+		       bool (*get)(const StmtInfo *))
+{
+	for (int pass = 0; pass < 3; pass++) {
+		if (pass == 0)
+			sqlinfo_set_cache_capacity(0);
+		else if (pass == 1)
+			cache_on(state);
+		for (size_t i = 0; i < n; i++) {
+			StmtInfo *info = sqlinfo_analyze(cases[i].sql, strlen(cases[i].sql));
+
+			assert_non_null(info);
+			if (get(info) != cases[i].want)
+				fail_msg("%s: %s %d (pass %d)", cases[i].sql, name, get(info), pass);
+			sqlinfo_unref(info);
+		}
+	}
+}
+
+static bool get_shadows(const StmtInfo *info)
+{
+	return info->shadows_builtins;
+}
+
+static bool get_lexical(const StmtInfo *info)
+{
+	return info->changes_lexical;
+}
+
 /* search_path values and statements that put a schema before pg_catalog. */
 static void test_search_path_shadows(void **state)
 {
-	static const struct {
-		const char *sql;
-		bool shadows;
-	} cases[] = {
+	static const FlagCase cases[] = {
 		{ "SET search_path = public", false },
 		{ "SET search_path = pg_catalog, public", false },
 		{ "SET search_path = public, pg_catalog", true },
@@ -1255,24 +1362,66 @@ static void test_search_path_shadows(void **state)
 		{ "SET LOCAL search_path = app, \"pg_catalog\"", true },
 		{ "RESET search_path", false },
 		{ "SELECT set_config('search_path', 'public', false)", true }, /* set_config: not read */
+		{ "SELECT set_config(lower('SEARCH_PATH'), 'public, pg_catalog', false)", true }, /* name not known */
 		{ "SET work_mem = '64MB'", false },
+		{ "SET SESSION search_path = public, pg_catalog", true },
+		{ "SET search_path = DEFAULT", false },
+		{ "SET search_path FROM CURRENT", false },
+		{ "RESET ALL", false },
+		/* pg_settings' update rule calls set_config() */
+		{ "UPDATE pg_settings SET setting = 'public, pg_catalog' WHERE name = 'search_path'", true },
+		{ "UPDATE pg_catalog.pg_settings SET setting = 'on' WHERE name = 'jit'", true },
+		{ "EXPLAIN UPDATE pg_settings SET setting = 'public, pg_catalog' WHERE name = 'search_path'", false },
+		/* the settings of later sessions */
+		{ "ALTER ROLE CURRENT_USER SET search_path = public, pg_catalog", true },
+		{ "ALTER ROLE bob IN DATABASE app SET search_path TO 'public', 'pg_catalog'", true },
+		{ "ALTER DATABASE app SET search_path = public, pg_catalog", true },
+		{ "ALTER SYSTEM SET search_path = public, pg_catalog", true },
+		{ "ALTER ROLE bob SET search_path = public", false },
+		{ "ALTER ROLE bob RESET search_path", false },
+		{ "ALTER ROLE bob SET search_path FROM CURRENT", false },
 	};
 
-	(void)state;
-	for (size_t i = 0; i < PGV_ARRAY_LEN(cases); i++) {
-		StmtInfo *info = sqlinfo_analyze(cases[i].sql, strlen(cases[i].sql));
-
-		assert_non_null(info);
-		if (info->shadows_builtins != cases[i].shadows)
-			fail_msg("%s: shadows_builtins %d", cases[i].sql, info->shadows_builtins);
-		sqlinfo_unref(info);
-	}
+	check_flag(state, cases, PGV_ARRAY_LEN(cases), "shadows_builtins", get_shadows);
 	assert_true(sqlinfo_search_path_shadows("a,pg_catalog"));
 	assert_true(sqlinfo_search_path_shadows(" \"$user\" , pg_catalog , x"));
 	assert_false(sqlinfo_search_path_shadows("pg_catalog,a"));
 	assert_false(sqlinfo_search_path_shadows(" pg_catalog"));
 	assert_false(sqlinfo_search_path_shadows("a, pg_catalogue"));
 	assert_false(sqlinfo_search_path_shadows(""));
+	/* PostgreSQL skips \n, \r and \f around list items as it does spaces and tabs */
+	assert_true(sqlinfo_search_path_shadows("a,\npg_catalog"));
+	assert_true(sqlinfo_search_path_shadows("a, pg_catalog\n"));
+	assert_true(sqlinfo_search_path_shadows("a,\r\n\tpg_catalog\r\n"));
+	assert_true(sqlinfo_search_path_shadows("a\f,\fpg_catalog"));
+	assert_false(sqlinfo_search_path_shadows("\npg_catalog,\na"));
+}
+
+/* Statements after which the server would read statement text differently from pgveil. */
+static void test_changes_lexical(void **state)
+{
+	static const FlagCase cases[] = {
+		{ "SET client_encoding = 'UTF8'", false },
+		{ "SET client_encoding = 'SJIS'", true },
+		{ "SET standard_conforming_strings = 'on'", false },
+		{ "SET standard_conforming_strings = 'off'", true },
+		{ "SET application_name = 'x'", false },
+		{ "SELECT set_config('client_encoding', 'UTF8', false)", true }, /* the value is not read */
+		{ "SELECT set_config('application_name', 'x', false)", false },
+		{ "SELECT set_config(lower('CLIENT_ENCODING'), 'SJIS', false)", true }, /* name not known */
+		{ "UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'", true },
+		{ "EXPLAIN UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'", false },
+		/* the settings of later sessions */
+		{ "ALTER ROLE CURRENT_USER SET standard_conforming_strings = 'on'", false },
+		{ "ALTER ROLE CURRENT_USER SET standard_conforming_strings = 'off'", true },
+		{ "ALTER DATABASE app SET client_encoding = 'UTF8'", false },
+		{ "ALTER DATABASE app SET client_encoding = 'SJIS'", true },
+		{ "ALTER SYSTEM SET standard_conforming_strings = off", true },
+		{ "ALTER ROLE bob RESET client_encoding", false },
+		{ "ALTER ROLE bob SET work_mem = '1GB'", false },
+	};
+
+	check_flag(state, cases, PGV_ARRAY_LEN(cases), "changes_lexical", get_lexical);
 }
 
 int main(void)
@@ -1284,6 +1433,7 @@ int main(void)
 		cmocka_unit_test(test_output_names),
 		cmocka_unit_test(test_copy_no_generated),
 		cmocka_unit_test(test_too_complex),
+		cmocka_unit_test(test_too_slow),
 		cmocka_unit_test(test_cache_shape_hits),
 		cmocka_unit_test(test_cache_shape_spans),
 		cmocka_unit_test(test_cache_uescape),
@@ -1296,6 +1446,7 @@ int main(void)
 		cmocka_unit_test(test_refusals),
 		cmocka_unit_test(test_ref_unref),
 		cmocka_unit_test(test_search_path_shadows),
+		cmocka_unit_test(test_changes_lexical),
 	};
 	struct CMUnitTest *tests;
 	int i, rc;
