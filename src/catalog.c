@@ -758,7 +758,7 @@ static void seed_rules(Prop *p)
 {
 	CatSnap *s = p->s;
 	const Rule *r;
-	const CatRel *found;
+	const CatRel *found = NULL;
 	int idx, a;
 
 	for (int i = 0; s->rules != NULL && i < s->rules->n_rules && !p->oom; i++) {
