@@ -730,7 +730,7 @@ static void scope_hide(Lin *l, int from, bool hide)
 
 static void from_subselect(Lin *l, const JNode *s)
 {
-	const JNode *alias = j_get(s, "alias"), *body;
+	const JNode *alias = j_get(s, "alias"), *body = NULL;
 	const char *type = j_type(j_get(s, "subquery"), &body);
 	bool lateral = j_true(s, "lateral");
 	int scope_first = 0, n = l->w->n_rels;
