@@ -23,11 +23,13 @@
  * The server's errors and notices are scrubbed for statements that read
  * masked columns (their batch).
  */
+#include <ctype.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "pgveil/catalog.h"
 #include "pgveil/log.h"
@@ -329,16 +331,39 @@ bool relay_mask_client_waits(const Session *s)
 	return s->relay->mask != NULL && s->relay->mask->wait_client;
 }
 
-/* A search_path startup parameter (or one in options) that puts a schema before pg_catalog. */
+/*
+ * True when `text`, read as PostgreSQL reads setting names (any case, '-'
+ * for '_'), mentions search_path.
+ */
+static bool mentions_search_path(const char *text)
+{
+	static const char want[] = "search_path";
+
+	for (; *text != '\0'; text++) {
+		size_t i = 0;
+
+		while (want[i] != '\0' && text[i] != '\0' &&
+		       (tolower((unsigned char)text[i]) == want[i] || (text[i] == '-' && want[i] == '_')))
+			i++;
+		if (want[i] == '\0')
+			return true;
+	}
+	return false;
+}
+
+/*
+ * A search_path startup parameter that puts a schema before pg_catalog, or
+ * one in options (not parsed here: any mention is refused).
+ */
 static bool startup_shadows_builtins(const Session *s)
 {
 	for (int i = 0; i < s->startup.n_params; i++) {
 		const PgStartupParam *p = &s->startup.params[i];
 
-		if (strcmp(p->name, "search_path") == 0 && sqlinfo_search_path_shadows(p->value))
+		if (strcasecmp(p->name, "search_path") == 0 && sqlinfo_search_path_shadows(p->value))
 			return true;
-		if (strcmp(p->name, "options") == 0 && strstr(p->value, "search_path") != NULL)
-			return true; /* not parsed: refused */
+		if (strcasecmp(p->name, "options") == 0 && mentions_search_path(p->value))
+			return true;
 	}
 	return false;
 }

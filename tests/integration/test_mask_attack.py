@@ -1516,14 +1516,16 @@ def test_bypass_builtin_name_shadowed_by_search_path(masked, cluster):
                 conn.execute("SELECT pg_backend_pid()").fetchall()
             except psycopg.errors.InsufficientPrivilege:
                 pass
-        for params in ({"options": "-c search_path=public,pg_catalog"},):
+        for params in ({"options": "-c search_path=public,pg_catalog"}, {"options": "-c SEARCH_PATH=public,pg_catalog"},
+                       {"options": "--search-path=public,pg_catalog"}):
             with pytest.raises(psycopg.OperationalError):
                 with agent(rec, **params) as conn:
                     conn.execute("SELECT pg_backend_pid()").fetchall()
-        for value in ("public,\npg_catalog", "public, pg_catalog\r\n"):  # PostgreSQL skips these as spaces
+        for name, value in (("search_path", "public,\npg_catalog"),  # PostgreSQL skips these as spaces
+                            ("search_path", "public, pg_catalog\r\n"), ("Search_Path", "public, pg_catalog")):
             with pytest.raises(pgwire.PgError):
                 with pgwire.connect("127.0.0.1", rec.port, user=harness.PROXY_USER, database="app",
-                                    search_path=value) as w:
+                                    **{name: value}) as w:
                     w.simple_query("SELECT pg_backend_pid()")
     finally:
         admin_exec(cluster, "DROP FUNCTION IF EXISTS public.pg_backend_pid()")
