@@ -828,6 +828,39 @@ static bool session_publish(Session *s)
 	return true;
 }
 
+/*
+ * The settings the server reports at login (role and database defaults
+ * included) must be ones under which pgveil reads statements as the server
+ * does: the same test as for the client's own startup parameters. False
+ * when the session was refused.
+ */
+static bool server_settings_safe(Session *s, const uint8_t *msgs, size_t len)
+{
+	size_t off = 0;
+
+	while (len - off >= PG_HEADER_LEN) {
+		uint32_t mlen = ((uint32_t)msgs[off + 1] << 24) | ((uint32_t)msgs[off + 2] << 16) |
+				((uint32_t)msgs[off + 3] << 8) | msgs[off + 4];
+		const char *name, *value;
+		PgReader rd;
+
+		if (mlen < 4 || mlen - 4 > len - off - PG_HEADER_LEN)
+			break;
+		pgproto_reader_init(&rd, msgs + off + PG_HEADER_LEN, mlen - 4);
+		if (msgs[off] == 'S' && pgproto_get_string(&rd, &name) && pgproto_get_string(&rd, &value) &&
+		    ((strcmp(name, "standard_conforming_strings") == 0 && strcmp(value, "on") != 0) ||
+		     (strcmp(name, "client_encoding") == 0 && unsafe_client_encoding(value)))) {
+			log_write(LL_WARN, s->ctx, "the server reports %s = %s at login: refusing the session", name, value);
+			session_fail(s, SQLSTATE_FEATURE_NOT_SUPPORTED,
+				     "the server session has %s = %s, under which pgveil cannot check statements", name,
+				     value);
+			return false;
+		}
+		off += (size_t)mlen + 1;
+	}
+	return true;
+}
+
 static void backend_ready_cb(Backend *be, void *arg)
 {
 	Session *s = arg;
@@ -844,9 +877,11 @@ static void backend_ready_cb(Backend *be, void *arg)
 	}
 	backend_get_key(be, &pid, &key);
 	cancel_set_backend(&s->cancel, backend_get_addr(be), pid, key);
+	msgs = backend_startup_messages(be, &len);
+	if (!server_settings_safe(s, msgs, len))
+		return;
 	pgproto_buf_init(&b);
 	pgproto_build_auth(&b, PG_AUTH_OK, NULL, 0);
-	msgs = backend_startup_messages(be, &len);
 	pgproto_put_bytes(&b, msgs, len);
 	pgproto_build_backend_key(&b, s->cancel.pid, s->cancel.key);
 	pgproto_build_ready(&b, 'I');

@@ -634,3 +634,19 @@ def test_client_names_cannot_forge_log_lines(guard_target):
         w.simple_query("SELECT 1")
     harness.wait_until(lambda: "evil\\x0a2099" in pv.log_text(mark), 10, what="the escaped name in the log")
     assert not any(line.startswith("2099-01-01") for line in pv.log_text(mark).splitlines())
+
+
+@pytest.mark.parametrize("setting", ["standard_conforming_strings = off", "client_encoding = 'SJIS'"])
+def test_server_session_defaults_pgveil_cannot_read_under(guard, admin, setting):
+    """A role default under which the server would read statements differently from pgveil refuses the session."""
+    admin.execute(f"ALTER ROLE {harness.PLAIN_USER} SET {setting}")
+    try:
+        t = harness.pgveil_target(guard)
+        with pytest.raises(psycopg.OperationalError) as exc:
+            with psycopg.connect(t.conninfo(dbname="app_plain"), autocommit=True) as conn:
+                conn.execute("SELECT 1")
+        assert "under which pgveil cannot check statements" in str(exc.value)
+        with psycopg.connect(t.conninfo(), autocommit=True) as conn:  # other roles are not affected
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        admin.execute(f"ALTER ROLE {harness.PLAIN_USER} RESET ALL")
