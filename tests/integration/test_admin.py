@@ -230,8 +230,7 @@ def test_console_protocol_details(console):
     with wire(c.pv, c.certs, c.admin, database=ADMIN_DB) as w:
         assert w.params["server_encoding"] == "UTF8"
         assert w.backend_key is not None
-        w.send(pgwire.message(b"P", b"\0SHOW HELD\0\0\0") + pgwire.message(b"B", b"\0\0\0\0\0\0\0\0")
-               + pgwire.message(b"E", b"\0\0\0\0\0") + pgwire.message(b"S"))
+        w.send(pgwire.parse_msg("", "SHOW HELD") + pgwire.bind_msg("", "") + pgwire.execute_msg("") + pgwire.SYNC)
         msgs = w.read_until_ready()
         assert [m[0] for m in msgs] == [b"E", b"Z"]
         assert pgwire.parse_fields(msgs[0][1])["C"] == "0A000"
@@ -243,7 +242,7 @@ def test_console_protocol_details(console):
         pgwire.send_cancel("127.0.0.1", c.pv.port, *w.backend_key)
         rows, tags, err = w.simple_query("SHOW HELD")
         assert err is None and tags == ["SHOW 0"]
-        w.send(pgwire.message(b"X"))
+        w.send(pgwire.TERMINATE)
         assert w.peer_closed(5)
 
 
