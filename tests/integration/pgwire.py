@@ -119,6 +119,21 @@ def parse_datarow(payload):
     return values
 
 
+def types_of(msgs):
+    """The type bytes of [(type, payload)] messages as one string, e.g. "12DCZ"."""
+    return "".join(t.decode() for t, _ in msgs)
+
+
+def datarows(msgs):
+    """The values of every DataRow among [(type, payload)] messages."""
+    return [parse_datarow(p) for t, p in msgs if t == b"D"]
+
+
+def errors_of(msgs):
+    """The fields of every ErrorResponse among [(type, payload)] messages."""
+    return [parse_fields(p) for t, p in msgs if t == b"E"]
+
+
 class PgError(Exception):
     def __init__(self, fields):
         self.fields = fields
