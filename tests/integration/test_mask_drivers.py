@@ -37,7 +37,6 @@ import io
 import json
 import os
 import struct
-import subprocess
 import uuid
 
 import asyncpg
@@ -47,10 +46,12 @@ import pytest
 import harness
 import leakcheck
 import pgwire
-from masking import admin_exec, agent, conninfo, start_masked, stop_masked, wire, write_rules
+from masking import admin_exec, agent, agent_target, conninfo, start_masked, stop_masked, wire, write_rules
 from pgwire import (FLUSH, SYNC, bind_msg, close_msg, datarows, describe_msg, errors_of, execute_msg, parse_datarow,
                     parse_msg, types_of)
+from test_jdbc import java_program
 from test_jwt import Idp, start_oidc
+from test_node import node
 
 D = decimal.Decimal
 T = "maskdrv_people"
@@ -925,18 +926,15 @@ def node_mask(masked, node_driver, cluster, workroot):
     reset_log(cluster)
     rec.take()
     result = os.path.join(workroot, f"node-mask-{uuid.uuid4().hex[:8]}.json")
-    env = harness.clean_env(PGHOST="127.0.0.1", PGPORT=str(rec.port), PGUSER=harness.PROXY_USER,
-                            PGPASSWORD="unused", PGDATABASE="app", PGSSLMODE="disable",
-                            ITEST_TABLE=T, ITEST_MANY=MANY, ITEST_LOG=LOG, ITEST_OUT=result)
-    res = subprocess.run(["node", os.path.join(node_driver, "mask.js")], capture_output=True, text=True,
-                         timeout=180, cwd=node_driver, env=env)
+    node(node_driver, "mask.js", agent_target(rec), timeout=180, PGSSLMODE="disable", ITEST_TABLE=T, ITEST_MANY=MANY,
+         ITEST_LOG=LOG, ITEST_OUT=result)
     found = leakcheck.leaks(rec.take(), SECRETS)
-    assert res.returncode == 0, f"mask.js failed ({res.returncode}):\n{res.stderr}\n{res.stdout}"
     with open(result) as f:
         return json.load(f), found
 
 
-def check_node_person(r):
+def check_json_person(r):
+    """A row of COLS as a driver program wrote it in JSON (salary a string, born YYYY-MM-DD)."""
     i, name, email, ssn, salary, born, score, card, note, city = r
     check_person((i, name, email, ssn, D(salary), datetime.date.fromisoformat(born), score, card, note, city))
     return i
@@ -955,13 +953,13 @@ def test_node_no_leak(node_mask):
 
 def test_node_select_star_params_named(node_mask):
     out = node_mask[0]
-    assert [check_node_person(r) for r in out["plain"]] == [1, 2, 3]
-    assert [check_node_person(r) for r in out["star"]] == [1, 2, 3]
+    assert [check_json_person(r) for r in out["plain"]] == [1, 2, 3]
+    assert [check_json_person(r) for r in out["star"]] == [1, 2, 3]
     assert out["starFields"] == COLS.split(", ")
-    assert [check_node_person(r) for r in out["params"]] == [1, 2, 3]
-    assert [check_node_person(r) for r in out["named"]] == [1, 2, 3, 2, 1]
+    assert [check_json_person(r) for r in out["params"]] == [1, 2, 3]
+    assert [check_json_person(r) for r in out["named"]] == [1, 2, 3, 2, 1]
     assert out["named"][0] == out["named"][4] and out["named"][1] == out["named"][3]  # hash() is stable
-    assert [check_node_person(r) for r in out["namedAfterRefusal"]] == [3]
+    assert [check_json_person(r) for r in out["namedAfterRefusal"]] == [3]
 
 
 def test_node_array_mode_and_types(node_mask):
@@ -1026,29 +1024,16 @@ def jdbc_mask(request, masked, java_driver, cluster):
         pv, rec = masked
         reset_log(cluster)
         rec.take()
-        env = harness.clean_env(PGHOST="127.0.0.1", PGPORT=str(rec.port), PGUSER=harness.PROXY_USER,
-                                PGPASSWORD="unused", PGDATABASE="app", ITEST_TABLE=T, ITEST_MANY=MANY, ITEST_LOG=LOG)
-        res = subprocess.run(["java", "-Xmx512m", "-cp", java_driver, "MaskCheck", mode] + JDBC_SCENARIOS,
-                             capture_output=True, text=True, timeout=300, env=env)
-        run = {"results": {}, "data": {}, "leaks": leakcheck.leaks(rec.take(), SECRETS)}
-        for line in res.stdout.splitlines():
-            if line.startswith("RESULT "):
-                _, name, status, detail = (line.split(" ", 3) + [""])[:4]
-                run["results"][name] = (status, detail.replace(" | ", "\n"))
-            elif line.startswith("DATA "):
-                _, name, value = line.split(" ", 2)
-                run["data"][name] = json.loads(value)
-        for name in JDBC_SCENARIOS:
-            run["results"].setdefault(name, ("FAIL", f"no result (exit {res.returncode})\nstdout:\n{res.stdout}\n"
-                                                     f"stderr:\n{res.stderr}"))
-        _jdbc_runs[mode] = run
+        results, data = java_program(java_driver, agent_target(rec), ["MaskCheck", mode], JDBC_SCENARIOS,
+                                     ITEST_TABLE=T, ITEST_MANY=MANY, ITEST_LOG=LOG)
+        _jdbc_runs[mode] = {"results": results, "data": data, "leaks": leakcheck.leaks(rec.take(), SECRETS)}
     return _jdbc_runs[mode]
 
 
 def check_jdbc_people(rows, ids=(1, 2, 3)):
     assert [r[0] for r in rows] == list(ids)
-    for i, name, email, ssn, salary, born, score, card, note, city in rows:
-        check_person((i, name, email, ssn, D(salary), datetime.date.fromisoformat(born), score, card, note, city))
+    for r in rows:
+        check_json_person(r)
 
 
 
