@@ -24,7 +24,8 @@ import psycopg
 import pytest
 
 import harness
-from test_jwt import AUDIENCE, ISSUER, Idp
+from test_admin import idp  # noqa: F401 (fixture)
+from test_jwt import AUDIENCE, ISSUER
 
 ADMIN_DB = "pgveil"
 COLUMNS = ["database", "relation", "column", "rule", "function", "derived", "problem"]
@@ -63,15 +64,6 @@ MASK crm.customers.nope USING null();
 MASK crm.events.secret USING redact();
 MASK crm.notes.note USING partial(1, 'it''s', 1) UNLESS GROUP billing;
 """
-
-
-@pytest.fixture(scope="module")
-def idp(workroot, pgveil_bin):
-    tool = os.path.join(os.path.dirname(pgveil_bin), "pgveil-token")
-    i = Idp(os.path.join(workroot, f"idp-catalog-{uuid.uuid4().hex[:8]}"), tool)
-    i.genkey("rsa", "rsa")
-    i.jwks_path = i.write_jwks("jwks.json", ("rsa", "rsa-1"))
-    return i
 
 
 class Veil:

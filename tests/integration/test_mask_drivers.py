@@ -49,8 +49,9 @@ import pgwire
 from masking import admin_exec, agent, agent_target, conninfo, start_masked, stop_masked, wire, write_rules
 from pgwire import (FLUSH, SYNC, bind_msg, close_msg, datarows, describe_msg, errors_of, execute_msg, parse_datarow,
                     parse_msg, types_of)
+from test_admin import idp  # noqa: F401 (fixture)
 from test_jdbc import java_program
-from test_jwt import Idp, start_oidc
+from test_jwt import start_oidc
 from test_node import node
 
 D = decimal.Decimal
@@ -1114,15 +1115,6 @@ ALLOW ALL;
 """
 SSNS = [r[3] for r in PEOPLE]
 CARDS = [r[7] for r in PEOPLE]
-
-
-@pytest.fixture(scope="module")
-def idp(workroot, pgveil_bin):
-    tool = os.path.join(os.path.dirname(pgveil_bin), "pgveil-token")
-    i = Idp(os.path.join(workroot, f"idp-maskdrv-{uuid.uuid4().hex[:8]}"), tool)
-    i.genkey("rsa", "rsa")
-    i.jwks_path = i.write_jwks("jwks.json", ("rsa", "rsa-1"))
-    return i
 
 
 @pytest.fixture
