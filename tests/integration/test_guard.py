@@ -22,6 +22,7 @@ import pytest
 import harness
 import pgwire
 from pgwire import SYNC, bind_msg, close_msg, execute_msg, function_call_msg, parse_msg
+from test_node import scratch_table  # noqa: F401 (fixture)
 
 GUARD_RULES = """
 -- rules for the guardrail tests
@@ -410,28 +411,19 @@ def test_hold_does_not_block_others(hold_pgveil, table):
 
 # --------------------------------------------------------------------------- other drivers
 
-@pytest.fixture
-def note_table(admin):
-    name = "g_" + uuid.uuid4().hex[:12]
-    admin.execute(f"CREATE TABLE {name} (id integer PRIMARY KEY, note text)")
-    admin.execute(f"ALTER TABLE {name} OWNER TO {harness.APP_USER}")
-    yield name
-    admin.execute(f"DROP TABLE IF EXISTS {name}")
-
-
-def test_node(node_driver, guard_target, note_table, admin):
+def test_node(node_driver, guard_target, scratch_table, admin):
     import test_node
-    out = test_node.node(node_driver, "guard.js", guard_target, ITEST_TABLE=note_table)
+    out = test_node.node(node_driver, "guard.js", guard_target, ITEST_TABLE=scratch_table)
     assert out == {"rows": 0, "ok": "usable"}
-    assert admin.execute("SELECT to_regclass(%s)", (note_table,)).fetchone()[0] is not None
+    assert admin.execute("SELECT to_regclass(%s)", (scratch_table,)).fetchone()[0] is not None
 
 
-def test_jdbc(java_driver, guard_target, note_table, admin):
+def test_jdbc(java_driver, guard_target, scratch_table, admin):
     import test_jdbc
-    res = test_jdbc.run_java(java_driver, guard_target, ["guard"], ITEST_TABLE=note_table)
+    res = test_jdbc.run_java(java_driver, guard_target, ["guard"], ITEST_TABLE=scratch_table)
     status, detail = res["guard"]
     assert status == "PASS", detail
-    assert admin.execute("SELECT to_regclass(%s)", (note_table,)).fetchone()[0] is not None
+    assert admin.execute("SELECT to_regclass(%s)", (scratch_table,)).fetchone()[0] is not None
 
 
 def test_protocol_statement_that_executes(guard_target, table, admin):
