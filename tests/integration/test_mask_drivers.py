@@ -889,33 +889,35 @@ def test_raw_multi_statement_query_with_a_refused_statement(solo):
     finish()
 
 
-@pytest.mark.parametrize("protocol", ["simple", "extended"])
-def test_raw_errors_scrubbed_after_an_unmasked_result(solo, cluster, protocol):
+def error_after_an_unmasked_result(w, protocol, sql):
     """What node-postgres and pgjdbc send for any parameterized query (Parse,
     Bind, Describe, Execute, Sync), once, for a result with no masked column;
-    then a statement failing on a row of the masked table: its error must
-    still be scrubbed."""
+    then sql, which must fail, by that protocol: its error's fields."""
+    w.send(parse_msg("", "SELECT $1::int + 1") + bind_msg("", "", [b"41"]) + describe_msg(b"P", "") +
+           execute_msg("") + SYNC)
+    assert datarows(w.read_until_ready()) == [[b"42"]]
+    if protocol == "simple":
+        w.send(pgwire.query_message(sql))
+    else:
+        w.send(parse_msg("", sql) + bind_msg("", "") + describe_msg(b"P", "") + execute_msg("") + SYNC)
+    return errors_of(w.read_until_ready())[0]
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_raw_errors_scrubbed_after_an_unmasked_result(solo, cluster, protocol):
+    """After error_after_an_unmasked_result()'s prelude, a statement failing on
+    a row of the masked table: its error must still be scrubbed."""
     pv, rec, finish = solo
-    with psycopg.connect(cluster.admin_conninfo("app"), autocommit=True) as c:
-        c.execute(f"ALTER TABLE {T} DROP CONSTRAINT IF EXISTS maskdrv_salary_positive, "
-                  f"ADD CONSTRAINT maskdrv_salary_positive CHECK (salary >= 0)")
-    update = f"UPDATE {T} SET salary = -1 WHERE id = 1"
+    admin_exec(cluster, f"ALTER TABLE {T} DROP CONSTRAINT IF EXISTS maskdrv_salary_positive, "
+                        f"ADD CONSTRAINT maskdrv_salary_positive CHECK (salary >= 0)")
     try:
         with wire(rec) as w:
-            w.send(parse_msg("", "SELECT $1::int + 1") + bind_msg("", "", [b"41"]) + describe_msg(b"P", "") +
-                   execute_msg("") + SYNC)
-            assert datarows(w.read_until_ready()) == [[b"42"]]
-            if protocol == "simple":
-                w.send(pgwire.query_message(update))
-            else:
-                w.send(parse_msg("", update) + bind_msg("", "") + describe_msg(b"P", "") + execute_msg("") + SYNC)
-            err = errors_of(w.read_until_ready())[0]
+            err = error_after_an_unmasked_result(w, protocol, f"UPDATE {T} SET salary = -1 WHERE id = 1")
             assert err["C"] == "23514"
             assert "Failing row" not in err.get("D", ""), err
         finish()
     finally:
-        with psycopg.connect(cluster.admin_conninfo("app"), autocommit=True) as c:
-            c.execute(f"ALTER TABLE {T} DROP CONSTRAINT maskdrv_salary_positive")
+        admin_exec(cluster, f"ALTER TABLE {T} DROP CONSTRAINT maskdrv_salary_positive")
 
 
 # ---------------------------------------------------------------------------- node-postgres
@@ -1088,16 +1090,8 @@ def test_jdbc(jdbc_mask, scenario):
 @pytest.mark.parametrize("protocol", ["simple", "extended"])
 def test_raw_refusal_after_an_unmasked_result(solo, protocol):
     pv, rec, finish = solo
-    refused = f"SELECT upper(email) FROM {T}"
     with wire(rec) as w:
-        w.send(parse_msg("", "SELECT $1::int + 1") + bind_msg("", "", [b"41"]) + describe_msg(b"P", "") +
-               execute_msg("") + SYNC)
-        assert datarows(w.read_until_ready()) == [[b"42"]]
-        if protocol == "simple":
-            w.send(pgwire.query_message(refused))
-        else:
-            w.send(parse_msg("", refused) + bind_msg("", "") + describe_msg(b"P", "") + execute_msg("") + SYNC)
-        err = errors_of(w.read_until_ready())[0]
+        err = error_after_an_unmasked_result(w, protocol, f"SELECT upper(email) FROM {T}")
         assert (err["C"], "email" in err["M"]) == ("42501", True), err
     finish()
 
