@@ -17,7 +17,6 @@ tests (tests/unit/test_admin.c, test_approval.c).
 
 import os
 import re
-import struct
 import subprocess
 import time
 import uuid
@@ -27,23 +26,15 @@ import pytest
 
 import harness
 import pgwire
-from test_jwt import Idp, start_oidc
+from test_jwt import Idp, conninfo, start_oidc
+from test_jwt import wire as token_wire
 
 ADMIN_DB = "pgveil"
 
 
 def wire(pv, certs, token, database="app", **params):
     """Raw protocol login over TLS with the token as cleartext password."""
-    w = pgwire.Wire("127.0.0.1", pv.port, timeout=20)
-    try:
-        w.send(struct.pack("!II", 8, pgwire.SSL_REQUEST_CODE))
-        assert w.read_bytes(1) == b"S"
-        w.wrap_tls(certs.ca_crt)
-        w.startup(user="whoever", database=database, password=token, **params)
-    except BaseException:
-        w.close()
-        raise
-    return w
+    return token_wire(pv, certs, token, user="whoever", database=database, **params)
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +66,7 @@ class Console:
         self.other = idp.mint("rsa", "rsa-1", self.other_sub, groups="agents")
 
     def conninfo(self, token, dbname=ADMIN_DB, **kw):
-        params = {"host": "127.0.0.1", "port": self.pv.port, "dbname": dbname, "user": "whoever",
-                  "password": token, "sslmode": "require", "connect_timeout": 10}
-        params.update(kw)
-        return " ".join(f"{k}={harness._quote(v)}" for k, v in params.items())
+        return conninfo(self.pv, token, user="whoever", dbname=dbname, **kw)
 
     def connect(self, token, dbname=ADMIN_DB, **kw):
         return psycopg.connect(self.conninfo(token, dbname, **kw), autocommit=True)
