@@ -63,19 +63,11 @@ def create_people(conn, table):
     conn.execute(f"GRANT ALL ON {table}, {table}_plain, {table}_upper TO {harness.APP_USER}")
 
 
-def write_rules(workroot, name, text):
-    """Writes a rules file of its own under workroot; returns its path."""
-    path = os.path.join(workroot, f"{name}-{uuid.uuid4().hex[:8]}.rules")
-    with open(path, "w") as f:
-        f.write(text)
-    return path
-
-
 def start_masked(pgveil_bin, cluster, certs, workroot, rules_text, name, **settings):
     """Starts a pgveil with these rules, a hash() key and default_action = block
     (settings may add or override any), and a Recorder in front of it. Returns
     (pv, rec); pv.rules_path is the rules file."""
-    rules = write_rules(workroot, name, rules_text)
+    rules = harness.write_rules(workroot, name, rules_text)
     key = os.path.join(workroot, f"{name}-{uuid.uuid4().hex[:8]}.key")
     with open(key, "w") as f:
         f.write("k" * 48 + "\n")

@@ -11,7 +11,6 @@ sent through the simple and the extended protocol.
 """
 
 import asyncio
-import os
 import time
 import uuid
 
@@ -39,10 +38,7 @@ TABLE = "guard_t"
 
 @pytest.fixture
 def rules_file(workroot):
-    path = os.path.join(workroot, f"guard-{uuid.uuid4().hex[:8]}.rules")
-    with open(path, "w") as f:
-        f.write(GUARD_RULES)
-    return path
+    return harness.write_rules(workroot, "guard", GUARD_RULES)
 
 
 @pytest.fixture
@@ -344,9 +340,7 @@ ALLOW ALL;
 
 @pytest.fixture
 def hold_pgveil(pgveil_factory, workroot, table):
-    path = os.path.join(workroot, f"hold-{uuid.uuid4().hex[:8]}.rules")
-    with open(path, "w") as f:
-        f.write(HOLD_RULES.format(table=table))
+    path = harness.write_rules(workroot, "hold", HOLD_RULES.format(table=table))
     return pgveil_factory(rules=path, default_action="block", hold_timeout="1500ms")
 
 
@@ -469,9 +463,7 @@ def test_set_client_encoding_blocked(guard_target):
 def test_reload_applies_to_open_sessions(pgveil_factory, workroot, table, admin):
     """After SIGHUP with valid rules the next statement of an open session is
     decided under them; a broken file keeps the rules in force."""
-    path = os.path.join(workroot, f"reload-{uuid.uuid4().hex[:8]}.rules")
-    with open(path, "w") as f:
-        f.write("ALLOW ALL;\n")
+    path = harness.write_rules(workroot, "reload", "ALLOW ALL;\n")
     pv = pgveil_factory(rules=path, default_action="block")
     with psycopg.connect(harness.pgveil_target(pv).conninfo(), autocommit=True) as conn:
         assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (20,)

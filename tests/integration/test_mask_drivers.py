@@ -46,7 +46,8 @@ import pytest
 import harness
 import leakcheck
 import pgwire
-from masking import admin_exec, agent, agent_target, conninfo, start_masked, stop_masked, wire, write_rules
+from harness import write_rules
+from masking import admin_exec, agent, agent_target, conninfo, start_masked, stop_masked, wire
 from pgwire import (FLUSH, SYNC, bind_msg, close_msg, datarows, describe_msg, errors_of, execute_msg, parse_datarow,
                     parse_msg, types_of)
 from test_admin import idp  # noqa: F401 (fixture)
