@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import textwrap
 import time
+import uuid
 from dataclasses import dataclass, field
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -538,6 +539,14 @@ def pgveil_target(pv):
     # never passed on to the server.
     return Target("pgveil", "127.0.0.1", pv.port, PROXY_USER, "client-password-not-used",
                   cluster=pv.cluster, pgveil=pv)
+
+
+def write_rules(workroot, name, text):
+    """Writes a rules file of its own under workroot; returns its path."""
+    path = os.path.join(workroot, f"{name}-{uuid.uuid4().hex[:8]}.rules")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
 
 
 def make_tempdir(prefix):

@@ -101,3 +101,12 @@ def leaks(data, secrets):
             if f in data:
                 found.append((s, name))
     return found
+
+
+def assert_no_leak(rec, secrets):
+    """Takes the bytes rec received since the last take(); fails if any form of
+    any secret is among them. Returns the bytes."""
+    data = rec.take()
+    found = leaks(data, secrets)
+    assert not found, f"sensitive values reached the client: {found}"
+    return data

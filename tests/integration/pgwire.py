@@ -22,8 +22,9 @@ class Closed(Exception):
 
 
 def startup_packet(params, version=PROTOCOL_3_0):
+    """params: a dict, or (name, value) pairs (a name may then repeat)."""
     body = struct.pack("!I", version)
-    for k, v in params.items():
+    for k, v in (params.items() if isinstance(params, dict) else params):
         body += k.encode() + b"\0" + v.encode() + b"\0"
     body += b"\0"
     return struct.pack("!I", len(body) + 4) + body
@@ -35,6 +36,56 @@ def message(mtype, payload=b""):
 
 def query_message(sql):
     return message(b"Q", sql.encode() + b"\0")
+
+
+def cstr(s):
+    return s.encode() + b"\0"
+
+
+# -- extended protocol and other frontend messages
+
+def parse_msg(name, sql, oids=()):
+    return message(b"P", cstr(name) + cstr(sql) + struct.pack("!h", len(oids)) +
+                   b"".join(struct.pack("!I", o) for o in oids))
+
+
+def _values(values):
+    """A count, then each value as length and bytes (None: length -1)."""
+    out = struct.pack("!h", len(values))
+    for v in values:
+        out += struct.pack("!i", -1) if v is None else struct.pack("!i", len(v)) + v
+    return out
+
+
+def _formats(formats):
+    return struct.pack("!h", len(formats)) + b"".join(struct.pack("!h", f) for f in formats)
+
+
+def bind_msg(portal, stmt, params=(), result_formats=(), param_formats=()):
+    return message(b"B", cstr(portal) + cstr(stmt) + _formats(param_formats) + _values(params) +
+                   _formats(result_formats))
+
+
+def execute_msg(portal, max_rows=0):
+    return message(b"E", cstr(portal) + struct.pack("!i", max_rows))
+
+
+def describe_msg(kind, name):
+    return message(b"D", kind + cstr(name))
+
+
+def close_msg(kind, name):
+    return message(b"C", kind + cstr(name))
+
+
+def function_call_msg(oid, args=(), arg_formats=(), result_format=0):
+    return message(b"F", struct.pack("!I", oid) + _formats(arg_formats) + _values(args) +
+                   struct.pack("!h", result_format))
+
+
+SYNC = message(b"S")
+FLUSH = message(b"H")
+TERMINATE = message(b"X")
 
 
 def cancel_packet(pid, key):
@@ -66,6 +117,21 @@ def parse_datarow(payload):
             values.append(bytes(payload[off:off + ln]))
             off += ln
     return values
+
+
+def types_of(msgs):
+    """The type bytes of [(type, payload)] messages as one string, e.g. "12DCZ"."""
+    return "".join(t.decode() for t, _ in msgs)
+
+
+def datarows(msgs):
+    """The values of every DataRow among [(type, payload)] messages."""
+    return [parse_datarow(p) for t, p in msgs if t == b"D"]
+
+
+def errors_of(msgs):
+    """The fields of every ErrorResponse among [(type, payload)] messages."""
+    return [parse_fields(p) for t, p in msgs if t == b"E"]
 
 
 class PgError(Exception):
@@ -146,6 +212,17 @@ class Wire:
         payload = bytes(self.buf[5:1 + ln])
         del self.buf[:1 + ln]
         return mtype, payload
+
+    def read_until(self, until=b"Z", count=1, timeout=None):
+        """Reads messages up to the count-th one of type `until`; returns them."""
+        msgs = []
+        while True:
+            mtype, payload = self.read_message(timeout)
+            msgs.append((mtype, payload))
+            if mtype == until:
+                count -= 1
+                if count == 0:
+                    return msgs
 
     def read_until_closed(self, timeout=None):
         """Reads messages until the server closes; returns them. Raises TimeoutError

@@ -17,7 +17,6 @@ tests (tests/unit/test_admin.c, test_approval.c).
 
 import os
 import re
-import struct
 import subprocess
 import time
 import uuid
@@ -27,23 +26,15 @@ import pytest
 
 import harness
 import pgwire
-from test_jwt import Idp, start_oidc
+from test_jwt import Idp, conninfo, start_oidc
+from test_jwt import wire as token_wire
 
 ADMIN_DB = "pgveil"
 
 
 def wire(pv, certs, token, database="app", **params):
     """Raw protocol login over TLS with the token as cleartext password."""
-    w = pgwire.Wire("127.0.0.1", pv.port, timeout=20)
-    try:
-        w.send(struct.pack("!II", 8, pgwire.SSL_REQUEST_CODE))
-        assert w.read_bytes(1) == b"S"
-        w.wrap_tls(certs.ca_crt)
-        w.startup(user="whoever", database=database, password=token, **params)
-    except BaseException:
-        w.close()
-        raise
-    return w
+    return token_wire(pv, certs, token, user="whoever", database=database, **params)
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +66,7 @@ class Console:
         self.other = idp.mint("rsa", "rsa-1", self.other_sub, groups="agents")
 
     def conninfo(self, token, dbname=ADMIN_DB, **kw):
-        params = {"host": "127.0.0.1", "port": self.pv.port, "dbname": dbname, "user": "whoever",
-                  "password": token, "sslmode": "require", "connect_timeout": 10}
-        params.update(kw)
-        return " ".join(f"{k}={harness._quote(v)}" for k, v in params.items())
+        return conninfo(self.pv, token, user="whoever", dbname=dbname, **kw)
 
     def connect(self, token, dbname=ADMIN_DB, **kw):
         return psycopg.connect(self.conninfo(token, dbname, **kw), autocommit=True)
@@ -230,8 +218,7 @@ def test_console_protocol_details(console):
     with wire(c.pv, c.certs, c.admin, database=ADMIN_DB) as w:
         assert w.params["server_encoding"] == "UTF8"
         assert w.backend_key is not None
-        w.send(pgwire.message(b"P", b"\0SHOW HELD\0\0\0") + pgwire.message(b"B", b"\0\0\0\0\0\0\0\0")
-               + pgwire.message(b"E", b"\0\0\0\0\0") + pgwire.message(b"S"))
+        w.send(pgwire.parse_msg("", "SHOW HELD") + pgwire.bind_msg("", "") + pgwire.execute_msg("") + pgwire.SYNC)
         msgs = w.read_until_ready()
         assert [m[0] for m in msgs] == [b"E", b"Z"]
         assert pgwire.parse_fields(msgs[0][1])["C"] == "0A000"
@@ -243,7 +230,7 @@ def test_console_protocol_details(console):
         pgwire.send_cancel("127.0.0.1", c.pv.port, *w.backend_key)
         rows, tags, err = w.simple_query("SHOW HELD")
         assert err is None and tags == ["SHOW 0"]
-        w.send(pgwire.message(b"X"))
+        w.send(pgwire.TERMINATE)
         assert w.peer_closed(5)
 
 

@@ -7,11 +7,7 @@ back on a superuser connection: exactly once on approval, never on denial or
 timeout.
 """
 
-import os
-import re
-import subprocess
 import threading
-import time
 import uuid
 
 import psycopg
@@ -38,15 +34,18 @@ def table(admin):
     admin.execute(f"DROP TABLE IF EXISTS {name}")
 
 
-@pytest.fixture
-def hc(pgveil_factory, idp, certs, workroot, table):  # noqa: F811
-    path = os.path.join(workroot, f"held-{uuid.uuid4().hex[:8]}.rules")
-    with open(path, "w") as f:
-        f.write(RULES.format(table=table))
-    pv = start_oidc(pgveil_factory, idp, rules=path, default_action="block", hold_timeout="20s")
+def held_console(pgveil_factory, idp, certs, workroot, table, hold_timeout):
+    """A Console whose pgveil holds DELETE and UPDATE of table for agents (RULES); c.rules_path is the file."""
+    path = harness.write_rules(workroot, "held", RULES.format(table=table))
+    pv = start_oidc(pgveil_factory, idp, rules=path, default_action="block", hold_timeout=hold_timeout)
     c = Console(pv, idp, certs)
     c.rules_path = path
     return c
+
+
+@pytest.fixture
+def hc(pgveil_factory, idp, certs, workroot, table):  # noqa: F811
+    return held_console(pgveil_factory, idp, certs, workroot, table, "20s")
 
 
 class Agent(threading.Thread):
@@ -114,11 +113,7 @@ def test_deny(hc, table, admin):
 
 
 def test_timeout(pgveil_factory, idp, certs, workroot, table, admin):  # noqa: F811
-    path = os.path.join(workroot, f"held-{uuid.uuid4().hex[:8]}.rules")
-    with open(path, "w") as f:
-        f.write(RULES.format(table=table))
-    pv = start_oidc(pgveil_factory, idp, rules=path, default_action="block", hold_timeout="1s")
-    c = Console(pv, idp, certs)
+    c = held_console(pgveil_factory, idp, certs, workroot, table, "1s")
     a = Agent(c, f"DELETE FROM {table} WHERE id = 5")
     a.start()
     a.join(15)

@@ -14,7 +14,6 @@ console stays usable after every error.
 
 import os
 import sqlite3
-import struct
 import threading
 import time
 import uuid
@@ -22,7 +21,6 @@ import uuid
 import psycopg
 import pytest
 
-import harness
 import pgwire
 from test_admin import ADMIN_DB, Console, idp, wire  # noqa: F401 (idp is a fixture)
 from test_jwt import start_oidc

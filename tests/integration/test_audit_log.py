@@ -22,9 +22,7 @@ ALLOW ALL;
 @pytest.fixture
 def audited(pgveil_factory, workroot, request):
     def make(mode):
-        rules = os.path.join(workroot, f"audit-{uuid.uuid4().hex[:8]}.rules")
-        with open(rules, "w") as f:
-            f.write(RULES)
+        rules = harness.write_rules(workroot, "audit", RULES)
         db = os.path.join(workroot, f"audit-{uuid.uuid4().hex[:8]}.db")
         pv = pgveil_factory(rules=rules, audit_db=db, audit_mode=mode, default_action="block")
         return pv, db

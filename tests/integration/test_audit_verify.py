@@ -7,7 +7,6 @@ too): intact -> exit 0 and "ok"; an edited, deleted or inserted row ->
 exit 1 naming the row; a file that is not an audit database -> exit 2."""
 
 import hashlib
-import os
 import sqlite3
 import struct
 import subprocess

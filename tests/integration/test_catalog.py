@@ -24,7 +24,8 @@ import psycopg
 import pytest
 
 import harness
-from test_jwt import AUDIENCE, ISSUER, Idp
+from test_admin import idp  # noqa: F401 (fixture)
+from test_jwt import conninfo, connect, write_oidc_config
 
 ADMIN_DB = "pgveil"
 COLUMNS = ["database", "relation", "column", "rule", "function", "derived", "problem"]
@@ -65,15 +66,6 @@ MASK crm.notes.note USING partial(1, 'it''s', 1) UNLESS GROUP billing;
 """
 
 
-@pytest.fixture(scope="module")
-def idp(workroot, pgveil_bin):
-    tool = os.path.join(os.path.dirname(pgveil_bin), "pgveil-token")
-    i = Idp(os.path.join(workroot, f"idp-catalog-{uuid.uuid4().hex[:8]}"), tool)
-    i.genkey("rsa", "rsa")
-    i.jwks_path = i.write_jwks("jwks.json", ("rsa", "rsa-1"))
-    return i
-
-
 class Veil:
     """A pgveil with [oidc], MASK rules in a file of its own, and console tokens."""
 
@@ -99,8 +91,7 @@ class Veil:
         self.pv.start()
 
     def write_config(self):
-        self.pv.write_config(self.pv.config_text() + "\n[oidc]\n" + f"issuer = {ISSUER}\n"
-                             f"audience = {AUDIENCE}\njwks_file = {self.idp.jwks_path}\n")
+        write_oidc_config(self.pv, self.idp)
 
     def write_rules(self, text):
         with open(self.rules + ".tmp", "w") as f:
@@ -111,15 +102,12 @@ class Veil:
         return f"{self.rules}:{line}"
 
     def connect(self, token):
-        info = (f"host=127.0.0.1 port={self.pv.port} dbname={ADMIN_DB} user=whoever "
-                f"password={token} sslmode=require connect_timeout=10")
-        return psycopg.connect(info, autocommit=True)
+        return connect(self.pv, token, user="whoever", dbname=ADMIN_DB)
 
     def agent(self, groups="agents"):
         """A connection of an agent (every rule of RULES applies to it) to database app."""
         token = self.idp.mint("rsa", "rsa-1", f"agent-{uuid.uuid4().hex[:6]}", groups=groups)
-        return psycopg.connect(f"host=127.0.0.1 port={self.pv.port} dbname=app user=a password={token} "
-                               "sslmode=require connect_timeout=10", autocommit=True)
+        return connect(self.pv, token, user="a")
 
     def show_masks(self, token=None):
         with self.connect(token or self.admin) as conn:
@@ -277,8 +265,7 @@ def test_dead_server_is_reported_and_a_later_load_works(pgveil_factory, idp, pg)
         assert v.pv.alive()
         with pytest.raises(psycopg.OperationalError):
             agent = v.idp.mint("rsa", "rsa-1", "agent-x", groups="agents")
-            psycopg.connect(f"host=127.0.0.1 port={v.pv.port} dbname=app user=a password={agent} "
-                            "sslmode=require connect_timeout=10").close()
+            psycopg.connect(conninfo(v.pv, agent, user="a")).close()
     finally:
         pg.start()
     v.reload_and_wait(lambda: ("crm.customers", "email") in v.reached(), what="a load after the restart")

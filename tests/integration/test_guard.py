@@ -11,8 +11,6 @@ sent through the simple and the extended protocol.
 """
 
 import asyncio
-import os
-import struct
 import time
 import uuid
 
@@ -22,6 +20,8 @@ import pytest
 
 import harness
 import pgwire
+from pgwire import SYNC, bind_msg, close_msg, execute_msg, function_call_msg, parse_msg
+from test_node import scratch_table  # noqa: F401 (fixture)
 
 GUARD_RULES = """
 -- rules for the guardrail tests
@@ -38,10 +38,7 @@ TABLE = "guard_t"
 
 @pytest.fixture
 def rules_file(workroot):
-    path = os.path.join(workroot, f"guard-{uuid.uuid4().hex[:8]}.rules")
-    with open(path, "w") as f:
-        f.write(GUARD_RULES)
-    return path
+    return harness.write_rules(workroot, "guard", GUARD_RULES)
 
 
 @pytest.fixture
@@ -239,16 +236,8 @@ def test_raw_pipeline_messages(guard_target, table, admin):
     """Parse/Bind/Execute of a blocked statement followed by an allowed batch:
     one ErrorResponse, ReadyForQuery, then the allowed batch runs normally."""
     with pgwire.connect("127.0.0.1", guard_target.port, user="agent", database="app") as c:
-        bad = f"DROP TABLE {table}".encode()
-        batch = (pgwire.message(b"P", b"\0" + bad + b"\0\0\0")
-                 + pgwire.message(b"B", b"\0\0\0\0\0\0\0\0")
-                 + pgwire.message(b"E", b"\0\0\0\0\0")
-                 + pgwire.message(b"S")
-                 + pgwire.message(b"P", b"\0SELECT 42\0\0\0")
-                 + pgwire.message(b"B", b"\0\0\0\0\0\0\0\0")
-                 + pgwire.message(b"E", b"\0\0\0\0\0")
-                 + pgwire.message(b"S"))
-        c.send(batch)
+        c.send(parse_msg("", f"DROP TABLE {table}") + bind_msg("", "") + execute_msg("") + SYNC
+               + parse_msg("", "SELECT 42") + bind_msg("", "") + execute_msg("") + SYNC)
         types = []
         errors = []
         rows = []
@@ -270,7 +259,7 @@ def test_function_call_protocol_is_procedural(guard_target):
     which these rules do not allow (default_action = block)."""
     with pgwire.connect("127.0.0.1", guard_target.port, user="agent", database="app") as c:
         # FunctionCall of pg_backend_pid (oid 2026), no arguments, text result
-        c.send(pgwire.message(b"F", b"\0\0\x07\xea" + b"\0\0" + b"\0\0" + b"\0\0"))
+        c.send(function_call_msg(2026))
         t, payload = c.read_message()
         assert t == b"E"
         assert pgwire.parse_fields(payload)["C"] == "42501"
@@ -351,9 +340,7 @@ ALLOW ALL;
 
 @pytest.fixture
 def hold_pgveil(pgveil_factory, workroot, table):
-    path = os.path.join(workroot, f"hold-{uuid.uuid4().hex[:8]}.rules")
-    with open(path, "w") as f:
-        f.write(HOLD_RULES.format(table=table))
+    path = harness.write_rules(workroot, "hold", HOLD_RULES.format(table=table))
     return pgveil_factory(rules=path, default_action="block", hold_timeout="1500ms")
 
 
@@ -418,28 +405,19 @@ def test_hold_does_not_block_others(hold_pgveil, table):
 
 # --------------------------------------------------------------------------- other drivers
 
-@pytest.fixture
-def note_table(admin):
-    name = "g_" + uuid.uuid4().hex[:12]
-    admin.execute(f"CREATE TABLE {name} (id integer PRIMARY KEY, note text)")
-    admin.execute(f"ALTER TABLE {name} OWNER TO {harness.APP_USER}")
-    yield name
-    admin.execute(f"DROP TABLE IF EXISTS {name}")
-
-
-def test_node(node_driver, guard_target, note_table, admin):
+def test_node(node_driver, guard_target, scratch_table, admin):
     import test_node
-    out = test_node.node(node_driver, "guard.js", guard_target, ITEST_TABLE=note_table)
+    out = test_node.node(node_driver, "guard.js", guard_target, ITEST_TABLE=scratch_table)
     assert out == {"rows": 0, "ok": "usable"}
-    assert admin.execute("SELECT to_regclass(%s)", (note_table,)).fetchone()[0] is not None
+    assert admin.execute("SELECT to_regclass(%s)", (scratch_table,)).fetchone()[0] is not None
 
 
-def test_jdbc(java_driver, guard_target, note_table, admin):
+def test_jdbc(java_driver, guard_target, scratch_table, admin):
     import test_jdbc
-    res = test_jdbc.run_java(java_driver, guard_target, ["guard"], ITEST_TABLE=note_table)
+    res = test_jdbc.run_java(java_driver, guard_target, ["guard"], ITEST_TABLE=scratch_table)
     status, detail = res["guard"]
     assert status == "PASS", detail
-    assert admin.execute("SELECT to_regclass(%s)", (note_table,)).fetchone()[0] is not None
+    assert admin.execute("SELECT to_regclass(%s)", (scratch_table,)).fetchone()[0] is not None
 
 
 def test_protocol_statement_that_executes(guard_target, table, admin):
@@ -485,9 +463,7 @@ def test_set_client_encoding_blocked(guard_target):
 def test_reload_applies_to_open_sessions(pgveil_factory, workroot, table, admin):
     """After SIGHUP with valid rules the next statement of an open session is
     decided under them; a broken file keeps the rules in force."""
-    path = os.path.join(workroot, f"reload-{uuid.uuid4().hex[:8]}.rules")
-    with open(path, "w") as f:
-        f.write("ALLOW ALL;\n")
+    path = harness.write_rules(workroot, "reload", "ALLOW ALL;\n")
     pv = pgveil_factory(rules=path, default_action="block")
     with psycopg.connect(harness.pgveil_target(pv).conninfo(), autocommit=True) as conn:
         assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (20,)
@@ -512,20 +488,19 @@ def test_skipped_parse_does_not_replace_the_statement(hold_pgveil, table, admin)
     """A Parse the server skips (after an error earlier in its batch) leaves
     the old unnamed statement in place; a later Bind of it is decided on that
     old statement, not on the skipped text."""
-    from test_protocol import SYNC, bind_msg, execute_msg, parse_msg, read_types
     t = harness.pgveil_target(hold_pgveil)
     with pgwire.connect("127.0.0.1", t.port, user="agent", database="app") as w:
         # batch 1: the server's unnamed statement becomes a DELETE (a Parse runs nothing)
         w.send(parse_msg("", f"DELETE FROM {table} WHERE id = 1") + SYNC)
-        assert [m for m, _ in read_types(w)] == [b"1", b"Z"]
+        assert [m for m, _ in w.read_until()] == [b"1", b"Z"]
         # batch 2: an error first, so the server skips the Parse of a harmless SELECT
         w.send(execute_msg("no_such_portal") + parse_msg("", "SELECT 1") + SYNC)
-        msgs = read_types(w)
+        msgs = w.read_until()
         assert [m for m, _ in msgs] == [b"E", b"Z"]
         assert pgwire.parse_fields(msgs[0][1])["C"] == "34000"
         # batch 3: Bind of the unnamed statement runs the DELETE: it must be held, then time out
         w.send(bind_msg("", "") + execute_msg("") + SYNC)
-        msgs = read_types(w, timeout=10)
+        msgs = w.read_until(timeout=10)
         kinds = [m for m, _ in msgs]
         assert kinds[0] == b"N" and kinds[-2:] == [b"E", b"Z"], kinds
         assert pgwire.parse_fields(msgs[-2][1])["C"] == "57014"
@@ -534,9 +509,8 @@ def test_skipped_parse_does_not_replace_the_statement(hold_pgveil, table, admin)
 
 def _held_then_timed_out(w, msgs_to_send):
     """Sends a batch whose Bind must be held: a notice, then 57014 at hold_timeout."""
-    from test_protocol import read_types
     w.send(msgs_to_send)
-    msgs = read_types(w, timeout=10)
+    msgs = w.read_until(timeout=10)
     kinds = [m for m, _ in msgs]
     assert b"N" in kinds and kinds[-2:] == [b"E", b"Z"], kinds
     assert pgwire.parse_fields(msgs[-2][1])["C"] == "57014"
@@ -545,13 +519,12 @@ def _held_then_timed_out(w, msgs_to_send):
 def test_skipped_close_keeps_the_statement(hold_pgveil, table, admin):
     """A Close the server skips does not make pgveil forget the statement, so a
     failed PREPARE of the same name cannot stand in for it."""
-    from test_protocol import SYNC, bind_msg, close_msg, execute_msg, parse_msg, read_types
     t = harness.pgveil_target(hold_pgveil)
     with pgwire.connect("127.0.0.1", t.port, user="agent", database="app") as w:
         w.send(parse_msg("s3", f"DELETE FROM {table} WHERE id = 1") + SYNC)
-        assert [m for m, _ in read_types(w)] == [b"1", b"Z"]
+        assert [m for m, _ in w.read_until()] == [b"1", b"Z"]
         w.send(execute_msg("no_such_portal") + close_msg(b"S", "s3") + SYNC)  # the Close is skipped
-        assert [m for m, _ in read_types(w)] == [b"E", b"Z"]
+        assert [m for m, _ in w.read_until()] == [b"E", b"Z"]
         rows, _, err = w.simple_query("PREPARE s3 AS SELECT 1")
         assert err is not None and err["C"] == "42P05"  # the server still has s3
         _held_then_timed_out(w, bind_msg("", "s3") + execute_msg("") + SYNC)
@@ -562,15 +535,14 @@ def test_skipped_close_keeps_the_statement(hold_pgveil, table, admin):
 def test_failed_deallocate_keeps_the_statement(hold_pgveil, table, admin, forget):
     """DEALLOCATE or DISCARD ALL that fails on the server (inside a failed
     transaction, or DISCARD ALL in a transaction block) changes nothing."""
-    from test_protocol import SYNC, parse_msg, read_types
     t = harness.pgveil_target(hold_pgveil)
     with pgwire.connect("127.0.0.1", t.port, user="agent", database="app") as w:
         w.send(parse_msg("s2", f"DELETE FROM {table} WHERE id = 2") + SYNC)
-        assert [m for m, _ in read_types(w)] == [b"1", b"Z"]
+        assert [m for m, _ in w.read_until()] == [b"1", b"Z"]
         for sql in ("BEGIN", "SELECT 1/0", forget, "ROLLBACK", "PREPARE s2 AS SELECT 1"):
             w.simple_query(sql)
         w.send(pgwire.query_message("EXECUTE s2"))
-        msgs = read_types(w, timeout=10)
+        msgs = w.read_until(timeout=10)
         kinds = [m for m, _ in msgs]
         assert kinds[0] == b"N" and kinds[-2:] == [b"E", b"Z"], kinds
         assert pgwire.parse_fields(msgs[-2][1])["C"] == "57014"
@@ -579,11 +551,10 @@ def test_failed_deallocate_keeps_the_statement(hold_pgveil, table, admin, forget
 
 def test_long_parameter_held(hold_pgveil, table, admin):
     """A held Bind with a long parameter: shown in part, the session survives."""
-    from test_protocol import SYNC, bind_msg, execute_msg, parse_msg, read_types
     t = harness.pgveil_target(hold_pgveil)
     with pgwire.connect("127.0.0.1", t.port, user="agent", database="app") as w:
         w.send(parse_msg("h", f"UPDATE {table} SET v = 0 WHERE id::text = $1 AND $2 = $3") + SYNC)
-        assert [m for m, _ in read_types(w)] == [b"1", b"Z"]
+        assert [m for m, _ in w.read_until()] == [b"1", b"Z"]
         _held_then_timed_out(w, bind_msg("", "h", [b"x" * 9000, b"1", b"2"]) + execute_msg("") + SYNC)
         rows, _, err = w.simple_query("SELECT 1")
         assert err is None and rows == [[b"1"]]
@@ -594,13 +565,12 @@ def test_extended_copy_keeps_batches_in_step(guard_target, table, admin):
     """COPY FROM STDIN through the extended protocol: the Sync libpq sends right
     after Execute is ignored by the server; refusals afterwards still carry
     pgveil's message, not the server's syntax error."""
-    from test_protocol import SYNC, bind_msg, execute_msg, parse_msg, read_types
     with pgwire.connect("127.0.0.1", guard_target.port, user="agent", database="app") as w:
         w.send(parse_msg("", f"COPY {table} FROM STDIN") + bind_msg("", "") + execute_msg("") + SYNC)
-        msgs = read_types(w, until=b"G")
+        msgs = w.read_until(b"G")
         assert [m for m, _ in msgs] == [b"1", b"2", b"G"]
         w.send(pgwire.message(b"d", b"500\t5\n") + pgwire.message(b"c") + SYNC)
-        assert [m for m, _ in read_types(w)] == [b"C", b"Z"]
+        assert [m for m, _ in w.read_until()] == [b"C", b"Z"]
         for _ in range(2):
             rows, _, err = w.simple_query(f"DROP TABLE {table}")
             assert err is not None and err["C"] == "42501", err
@@ -613,12 +583,8 @@ def test_repeated_startup_parameter_refused(guard_target):
     """The server keeps the last of a repeated startup parameter: a second
     `options` could otherwise carry a setting the first one was checked for."""
     with pgwire.Wire("127.0.0.1", guard_target.port) as w:
-        body = struct.pack("!I", pgwire.PROTOCOL_3_0)
-        for k, v in (("user", "agent"), ("database", "app"), ("options", "-c work_mem=4MB"),
-                     ("options", "-c standard_conforming_strings=off")):
-            body += k.encode() + b"\0" + v.encode() + b"\0"
-        body += b"\0"
-        w.send(struct.pack("!I", len(body) + 4) + body)
+        w.send(pgwire.startup_packet([("user", "agent"), ("database", "app"), ("options", "-c work_mem=4MB"),
+                                      ("options", "-c standard_conforming_strings=off")]))
         t, payload = w.read_message()
         assert t == b"E"
         fields = pgwire.parse_fields(payload)

@@ -2,6 +2,7 @@
 scenarios live in tests/drivers/java/DriverCheck.java; one JVM per target runs
 them all, and each scenario is reported as its own test."""
 
+import json
 import subprocess
 
 import pytest
@@ -12,18 +13,28 @@ SCENARIOS = ["basic", "binary", "transaction", "error", "copy", "notify", "cance
 _results = {}
 
 
-def run_java(classpath, target, scenarios, timeout=300, **env):
-    res = subprocess.run(["java", "-Xmx512m", "-cp", classpath, "DriverCheck"] + scenarios,
+def java_program(classpath, target, argv, scenarios, timeout=300, **env):
+    """Runs `java <argv> <scenarios>` (a program of tests/drivers/java) in one JVM. Returns
+    ({scenario: (status, detail)}, {name: value of each "DATA <name> <json>" line})."""
+    res = subprocess.run(["java", "-Xmx512m", "-cp", classpath] + argv + scenarios,
                          capture_output=True, text=True, timeout=timeout, env=target.env(**env))
-    results = {}
+    results, data = {}, {}
     for line in res.stdout.splitlines():
         if line.startswith("RESULT "):
             _, name, status, detail = (line.split(" ", 3) + [""])[:4]
             results[name] = (status, detail.replace(" | ", "\n"))
+        elif line.startswith("DATA "):
+            _, name, value = line.split(" ", 2)
+            data[name] = json.loads(value)
     for name in scenarios:
         results.setdefault(name, ("FAIL", f"no result (exit {res.returncode})\nstdout:\n{res.stdout}\n"
                                           f"stderr:\n{res.stderr}"))
-    return results
+    return results, data
+
+
+def run_java(classpath, target, scenarios, timeout=300, **env):
+    """DriverCheck's scenarios: {scenario: (status, detail)}."""
+    return java_program(classpath, target, ["DriverCheck"], scenarios, timeout, **env)[0]
 
 
 @pytest.fixture

@@ -141,14 +141,19 @@ def test_token_tool_jwks_output(idp):
 
 # --------------------------------------------------------------------------- pgveil with [oidc]
 
-def start_oidc(factory, idp, oidc=None, tls=True, start=True, **settings):
-    """A pgveil with an [oidc] section (written after the harness's own sections)."""
+def write_oidc_config(pv, idp, oidc=None):
+    """Writes pv's configuration with an [oidc] section for idp after the harness's own sections
+    (oidc: settings to change; None removes one)."""
     section = {"issuer": ISSUER, "audience": AUDIENCE, "jwks_file": idp.jwks_path}
     section.update(oidc or {})
     section = {k: v for k, v in section.items() if v is not None}
+    pv.write_config(pv.config_text() + "\n[oidc]\n" + "".join(f"{k} = {v}\n" for k, v in section.items()))
+
+
+def start_oidc(factory, idp, oidc=None, tls=True, start=True, **settings):
+    """A pgveil with an [oidc] section (written after the harness's own sections)."""
     pv = factory(start=False, tls=tls, **settings)
-    text = pv.config_text() + "\n[oidc]\n" + "".join(f"{k} = {v}\n" for k, v in section.items())
-    pv.write_config(text)
+    write_oidc_config(pv, idp, oidc)
     return pv.start() if start else pv
 
 
@@ -169,7 +174,7 @@ def psql(pv, token, *args, env=None, timeout=60, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env or harness.clean_env())
 
 
-def wire(pv, certs, token, tls=True, user=harness.PROXY_USER, **params):
+def wire(pv, certs, token, tls=True, user=harness.PROXY_USER, database="app", **params):
     """Raw protocol login (SSLRequest, startup, the token as cleartext password)."""
     w = pgwire.Wire("127.0.0.1", pv.port, timeout=20)
     try:
@@ -177,7 +182,7 @@ def wire(pv, certs, token, tls=True, user=harness.PROXY_USER, **params):
             w.send(struct.pack("!II", 8, pgwire.SSL_REQUEST_CODE))
             assert w.read_bytes(1) == b"S"
             w.wrap_tls(certs.ca_crt)
-        w.startup(user=user, database="app", password=token, **params)
+        w.startup(user=user, database=database, password=token, **params)
     except BaseException:
         w.close()
         raise

@@ -9,10 +9,7 @@ masked; which one is checked too, but the bytes decide.
 """
 
 import asyncio
-import json
-import os
 import subprocess
-import uuid
 
 import asyncpg
 import psycopg
@@ -20,56 +17,25 @@ import pytest
 
 import harness
 import leakcheck
+from masking import (PEOPLE_MASKED as MASKED, PEOPLE_SECRETS, agent, conninfo, copy_out, create_people,
+                     people_masks, refused, start_masked, stop_masked)
 
 TABLE = "mask_people"
 
-PEOPLE = [
-    # id, name, email, ssn, salary, born, card, note
-    (1, "Alice Wonderland-Secret", "alice.wonder@secret-mail.example", "123-45-6789", "123456.78", "1987-06-05",
-     "4111-1111-1111-1111", "confidential note alpha"),
-    (2, "Bob Quincy-Hidden", "bob.quincy@hidden-domain.example", "987-65-4321", "98765.43", "1990-12-31",
-     "5500-0000-0000-0004", "confidential note bravo"),
-    (3, "Zoë Müller-Private", "zoe.mueller@private-host.example", "555-12-3456", "55555.55", "2001-02-03",
-     "3400-0000-0000-009", None),
-]
-
-SECRETS = [v for row in PEOPLE for v in row[1:] if v is not None] + ["alice.wonder", "bob.quincy"]
-
-MASK_RULES = f"""
-MASK public.{TABLE}.email  USING email();
-MASK public.{TABLE}.ssn    USING partial(0, '***-**-', 4);
-MASK public.{TABLE}.name   USING hash(16);
-MASK public.{TABLE}.salary USING round(1);
-MASK public.{TABLE}.born   USING truncate('year');
-MASK public.{TABLE}.card   USING redact();
-MASK public.{TABLE}.note   USING null();
-MASK public.{TABLE}_typed.code USING email();
+MASK_RULES = people_masks(TABLE) + f"""MASK public.{TABLE}_typed.code USING email();
 ALLOW ALL;
 """
-
-# What the agent must see for each row, as text.
-MASKED = {
-    1: ("a***@secret-mail.example", "***-**-6789", "100000", "1987-01-01", "****", None),
-    2: ("b***@hidden-domain.example", "***-**-4321", "100000", "1990-01-01", "****", None),
-    3: ("z***@private-host.example", "***-**-3456", "60000", "2001-01-01", "****", None),
-}
 
 
 @pytest.fixture(scope="module")
 def people(cluster):
     conn = psycopg.connect(cluster.admin_conninfo("app"), autocommit=True)
     conn.execute(f"DROP TABLE IF EXISTS {TABLE} CASCADE")
-    conn.execute(f"""CREATE TABLE {TABLE} (id integer PRIMARY KEY, name text, email text NOT NULL UNIQUE,
-                     ssn varchar(11), salary numeric(10,2) CHECK (salary >= 0), born date, card text, note text)""")
-    for row in PEOPLE:
-        conn.execute(f"INSERT INTO {TABLE} VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", row)
+    create_people(conn, TABLE)
     conn.execute(f"DROP TABLE IF EXISTS {TABLE}_typed")
     conn.execute(f"CREATE TABLE {TABLE}_typed (id integer, code integer)")
     conn.execute(f"INSERT INTO {TABLE}_typed VALUES (1, 424242)")
     conn.execute(f"GRANT ALL ON {TABLE}_typed TO {harness.APP_USER}")
-    conn.execute(f"CREATE VIEW {TABLE}_plain AS SELECT id, email, ssn FROM {TABLE}")
-    conn.execute(f"CREATE VIEW {TABLE}_upper AS SELECT id, upper(email) AS shout FROM {TABLE}")
-    conn.execute(f"GRANT ALL ON {TABLE}, {TABLE}_plain, {TABLE}_upper TO {harness.APP_USER}")
     yield TABLE
     conn.execute(f"DROP TABLE IF EXISTS {TABLE} CASCADE")
     conn.execute(f"DROP TABLE IF EXISTS {TABLE}_typed")
@@ -79,40 +45,13 @@ def people(cluster):
 @pytest.fixture(scope="module")
 def masked(people, workroot, pgveil_bin, cluster, certs):
     """A pgveil with MASK_RULES and a hash() key, and a Recorder in front of it."""
-    rules = os.path.join(workroot, f"mask-{uuid.uuid4().hex[:8]}.rules")
-    with open(rules, "w") as f:
-        f.write(MASK_RULES)
-    key = os.path.join(workroot, f"mask-{uuid.uuid4().hex[:8]}.key")
-    with open(key, "w") as f:
-        f.write("k" * 48 + "\n")
-    os.chmod(key, 0o600)
-    pv = harness.Pgveil(pgveil_bin, os.path.join(workroot, f"pgveil-mask-{uuid.uuid4().hex[:8]}"), cluster, certs,
-                        rules=rules, mask_key_file=key, default_action="block")
-    pv.start()
-    rec = leakcheck.Recorder("127.0.0.1", pv.port)
+    pv, rec = start_masked(pgveil_bin, cluster, certs, workroot, MASK_RULES, "mask")
     yield pv, rec
-    rec.close()
-    problems = pv.check_clean_exit()
-    assert not problems, "\n".join(problems)
-
-
-def conninfo(rec, **kw):
-    params = {"host": "127.0.0.1", "port": rec.port, "dbname": "app", "user": harness.PROXY_USER,
-              "password": "unused", "sslmode": "disable", "connect_timeout": 10}
-    params.update(kw)
-    return " ".join(f"{k}={harness._quote(v)}" for k, v in params.items())
+    stop_masked(pv, rec)
 
 
 def assert_no_leak(rec):
-    data = rec.take()
-    found = leakcheck.leaks(data, SECRETS)
-    assert not found, f"sensitive values reached the client: {found}"
-    return data
-
-
-def expected_row(i):
-    email, ssn, salary, born, card, note = MASKED[i]
-    return email, ssn, salary, born, card, note
+    leakcheck.assert_no_leak(rec, PEOPLE_SECRETS)
 
 
 # ---------------------------------------------------------------------------- psql
@@ -166,7 +105,7 @@ def check_rows(rows):
 def test_psycopg_select(masked, binary, prepare):
     pv, rec = masked
     rec.take()
-    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+    with agent(rec) as conn:
         for _ in range(3):  # prepared: Parse once, then Bind/Execute without Describe
             cur = conn.cursor(binary=binary)
             rows = cur.execute(f"SELECT id, name, email, ssn, salary, born, card, note FROM {TABLE} "
@@ -191,7 +130,7 @@ def test_psycopg_server_cursor(masked):
 def test_views(masked):
     pv, rec = masked
     rec.take()
-    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+    with agent(rec) as conn:
         rows = conn.execute(f"SELECT id, email, ssn FROM {TABLE}_plain ORDER BY id").fetchall()
         assert [(r[1], r[2]) for r in rows] == [(MASKED[i][0], MASKED[i][1]) for i in (1, 2, 3)]
         with pytest.raises(psycopg.errors.InsufficientPrivilege) as exc:
@@ -283,11 +222,8 @@ REFUSED = [
 def test_bypass_refused(masked, sql):
     pv, rec = masked
     rec.take()
-    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
-        with pytest.raises(psycopg.Error) as exc:
-            conn.execute(sql).fetchall()
-        assert exc.value.sqlstate in ("42501", "0A000"), f"{exc.value.sqlstate}: {exc.value}"
-        assert conn.execute("SELECT 1").fetchone() == (1,)
+    with agent(rec) as conn:
+        refused(conn, sql)
     assert_no_leak(rec)
 
 
@@ -295,7 +231,7 @@ def test_errors_scrubbed(masked):
     """A server error about a row of a masked table must not echo its values."""
     pv, rec = masked
     rec.take()
-    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+    with agent(rec) as conn:
         with pytest.raises(psycopg.errors.CheckViolation) as exc:
             conn.execute(f"UPDATE {TABLE} SET salary = -1 WHERE id = 1")
         assert "Failing row" not in str(exc.value.diag.message_detail or "")
@@ -309,21 +245,13 @@ def test_errors_scrubbed(masked):
 def test_copy_out(masked, options):
     pv, rec = masked
     rec.take()
-    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
-        with conn.cursor() as cur:
-            data = b""
-            with cur.copy(f"COPY (SELECT id, email, ssn, card, note FROM {TABLE} ORDER BY id) TO STDOUT {options}") as cp:
-                for chunk in cp:
-                    data += bytes(chunk)
-            text = data.decode()
-            for i in (1, 2, 3):
-                email, ssn, salary, born, card, note = MASKED[i]
-                assert email in text and ssn in text
-            data = b""
-            with cur.copy(f"COPY {TABLE} TO STDOUT {options}") as cp:
-                for chunk in cp:
-                    data += bytes(chunk)
-            assert MASKED[1][0] in data.decode()
+    with agent(rec) as conn:
+        text = copy_out(conn, f"COPY (SELECT id, email, ssn, card, note FROM {TABLE} ORDER BY id) TO STDOUT {options}"
+                        ).decode()
+        for i in (1, 2, 3):
+            email, ssn, salary, born, card, note = MASKED[i]
+            assert email in text and ssn in text
+        assert MASKED[1][0] in copy_out(conn, f"COPY {TABLE} TO STDOUT {options}").decode()
     assert_no_leak(rec)
 
 
@@ -331,12 +259,11 @@ def test_leakcheck_sees_unmasked_values(masked, cluster):
     """The checker itself: straight from PostgreSQL, the same query leaks every value."""
     rec = leakcheck.Recorder("127.0.0.1", cluster.port)
     try:
-        info = (f"host=127.0.0.1 port={rec.port} dbname=app user={harness.APP_USER} "
-                f"password={harness._quote(harness.APP_PASSWORD)} sslmode=disable connect_timeout=10")
-        with psycopg.connect(info, autocommit=True) as conn:
+        direct = harness.Target("direct", "127.0.0.1", rec.port, harness.APP_USER, harness.APP_PASSWORD)
+        with psycopg.connect(direct.conninfo(sslmode="disable"), autocommit=True) as conn:
             conn.execute(f"SELECT md5(email), encode(convert_to(ssn, 'UTF8'), 'base64'), * FROM {TABLE}").fetchall()
-        found = {s for s, _ in leakcheck.leaks(rec.take(), SECRETS)}
-        assert found == set(SECRETS)
+        found = {s for s, _ in leakcheck.leaks(rec.take(), PEOPLE_SECRETS)}
+        assert found == set(PEOPLE_SECRETS)
     finally:
         rec.close()
 
@@ -345,7 +272,7 @@ def test_pipeline_rebinds_the_unnamed_portal(masked):
     """Several Bind/Execute of the unnamed portal before one Sync: each Execute's rows follow its own Bind."""
     pv, rec = masked
     rec.take()
-    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+    with agent(rec) as conn:
         with conn.pipeline():
             curs = []
             for i in (1, 2, 3, 1, 2):
@@ -362,7 +289,7 @@ def test_mask_that_cannot_apply_sends_null_and_says_why(masked):
     pv, rec = masked
     rec.take()
     notices = []
-    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+    with agent(rec) as conn:
         conn.add_notice_handler(lambda d: notices.append(d.message_primary))
         for binary in (False, True):
             assert conn.cursor(binary=binary).execute(f"SELECT id, code FROM {TABLE}_typed").fetchall() == [(1, None)]

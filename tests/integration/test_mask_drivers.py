@@ -37,7 +37,6 @@ import io
 import json
 import os
 import struct
-import subprocess
 import uuid
 
 import asyncpg
@@ -47,9 +46,14 @@ import pytest
 import harness
 import leakcheck
 import pgwire
-from pgwire import Wire, parse_datarow, parse_fields
-from test_jwt import Idp, start_oidc
-from test_protocol import SYNC, FLUSH, bind_msg, close_msg, describe_msg, execute_msg, parse_msg
+from harness import write_rules
+from masking import admin_exec, agent, agent_target, conninfo, start_masked, stop_masked, wire
+from pgwire import (FLUSH, SYNC, bind_msg, close_msg, datarows, describe_msg, errors_of, execute_msg, parse_datarow,
+                    parse_msg, types_of)
+from test_admin import idp  # noqa: F401 (fixture)
+from test_jdbc import java_program
+from test_jwt import start_oidc
+from test_node import node
 
 D = decimal.Decimal
 T = "maskdrv_people"
@@ -144,31 +148,18 @@ def tables(cluster):
     conn.close()
 
 
-def start_masked(workroot, pgveil_bin, cluster, certs):
-    """A pgveil with RULES and a hash() key, and a Recorder in front of it."""
-    tag = uuid.uuid4().hex[:8]
-    rules = os.path.join(workroot, f"maskdrv-{tag}.rules")
-    with open(rules, "w") as f:
-        f.write(RULES)
-    key = os.path.join(workroot, f"maskdrv-{tag}.key")
-    with open(key, "w") as f:
-        f.write("d" * 48 + "\n")
-    os.chmod(key, 0o600)
-    pv = harness.Pgveil(pgveil_bin, os.path.join(workroot, f"pgveil-maskdrv-{tag}"), cluster, certs,
-                        databases={"app": harness.backend_conninfo(cluster)}, rules=rules, mask_key_file=key,
-                        default_action="block")
-    pv.start()
-    return pv, leakcheck.Recorder("127.0.0.1", pv.port)
+def start_maskdrv(workroot, pgveil_bin, cluster, certs):
+    """A pgveil with RULES (its one database entry is `app`) and its Recorder."""
+    return start_masked(pgveil_bin, cluster, certs, workroot, RULES, "maskdrv",
+                        databases={"app": harness.backend_conninfo(cluster)})
 
 
 @pytest.fixture(scope="module")
 def masked(tables, workroot, pgveil_bin, cluster, certs):
     """The pgveil most tests share, with its Recorder."""
-    pv, rec = start_masked(workroot, pgveil_bin, cluster, certs)
+    pv, rec = start_maskdrv(workroot, pgveil_bin, cluster, certs)
     yield pv, rec
-    rec.close()
-    problems = pv.check_clean_exit()
-    assert not problems, "\n".join(problems)
+    stop_masked(pv, rec)
 
 
 @pytest.fixture
@@ -177,7 +168,7 @@ def solo(tables, workroot, pgveil_bin, cluster, certs):
     (those marked xfail): the test ends with finish(), which checks the
     recorded bytes and that pgveil is still running without a sanitizer
     report. (pv, rec, finish)."""
-    pv, rec = start_masked(workroot, pgveil_bin, cluster, certs)
+    pv, rec = start_maskdrv(workroot, pgveil_bin, cluster, certs)
     finished = []
 
     def finish():
@@ -203,23 +194,12 @@ def rec(masked):
     assert pv.alive(), "pgveil died:\n" + pv.log_text()[-6000:]
 
 
-def assert_no_leak(rec, secrets=SECRETS):
-    data = rec.take()
-    found = leakcheck.leaks(data, secrets)
-    assert not found, f"sensitive values reached the client: {found}"
-    return data
-
-
-def conninfo(rec, **kw):
-    params = {"host": "127.0.0.1", "port": rec.port, "dbname": "app", "user": harness.PROXY_USER,
-              "password": "unused", "sslmode": "disable", "connect_timeout": 10}
-    params.update(kw)
-    return " ".join(f"{k}={harness._quote(v)}" for k, v in params.items())
+def assert_no_leak(rec):
+    leakcheck.assert_no_leak(rec, SECRETS)
 
 
 def direct_conninfo(cluster):
-    return (f"host=127.0.0.1 port={cluster.port} dbname=app user={harness.APP_USER} "
-            f"password={harness._quote(harness.APP_PASSWORD)} sslmode=disable connect_timeout=10")
+    return harness.direct_target(cluster).conninfo(sslmode="disable")
 
 
 def is_hash16(v):
@@ -253,8 +233,7 @@ def check_many(rows, n=MANY_ROWS):
 
 
 def reset_log(cluster):
-    with psycopg.connect(cluster.admin_conninfo("app"), autocommit=True) as c:
-        c.execute(f"TRUNCATE {LOG}")
+    admin_exec(cluster, f"TRUNCATE {LOG}")
 
 
 # ---------------------------------------------------------------------------- psycopg
@@ -324,7 +303,7 @@ def test_psycopg_pipeline_refusal_in_the_middle(rec, cluster, sync_after):
     after the Sync run; PostgreSQL failing a statement at the same place
     (42703 at Parse, as a refusal is) gives the same outcome."""
     stmts = PIPE_GOOD[:2] + [f"SELECT upper(email) FROM {T}"] + PIPE_GOOD[2:] + PIPE_GOOD[:1]
-    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+    with agent(rec) as conn:
         outcomes, raised = pipeline_run(conn, stmts, sync_after)
         via = pipeline_shape(outcomes, raised, "42501")
         assert "42501" in raised or ("error", "42501") in outcomes, (outcomes, raised)
@@ -347,7 +326,7 @@ def test_psycopg_pipeline_refusal_in_the_middle(rec, cluster, sync_after):
 def test_psycopg_pipeline_error_compared(rec, cluster):
     """An error of the server (at Execute) in a pipeline of masked SELECTs: the same outcome as directly."""
     stmts = PIPE_GOOD[:2] + ["SELECT 1/0"] + PIPE_GOOD
-    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+    with agent(rec) as conn:
         via = pipeline_shape(*pipeline_run(conn, stmts, (2,)), "22012")
         assert conn.execute(f"SELECT {COLS} FROM {T} ORDER BY id").fetchall()[0][2] == MASKED[1][0]
     with psycopg.connect(direct_conninfo(cluster), autocommit=True) as conn:
@@ -358,7 +337,7 @@ def test_psycopg_pipeline_error_compared(rec, cluster):
 
 def test_psycopg_pipeline_prepared_statements(rec):
     notices = []
-    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+    with agent(rec) as conn:
         conn.add_notice_handler(lambda d: notices.append(d.message_primary))
         with conn.pipeline():
             a = conn.cursor().execute(f"SELECT id, email, ssn FROM {T} WHERE id = %s", (1,), prepare=True)
@@ -373,7 +352,7 @@ def test_psycopg_pipeline_prepared_statements(rec):
 def test_psycopg_executemany_returning(rec, cluster):
     reset_log(cluster)
     rows = [(i, f"log-secret-psycopg-{i:04d}", f"town{i}") for i in (1, 2, 7)]
-    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+    with agent(rec) as conn:
         cur = conn.cursor()
         cur.executemany(f"INSERT INTO {LOG} (id, secret, city) VALUES (%s, %s, %s) RETURNING id, secret, city",
                         rows, returning=True)
@@ -398,7 +377,7 @@ def test_psycopg_executemany_returning(rec, cluster):
                                  f"COPY {T} TO STDOUT WITH (FORMAT binary)",
                                  f"COPY {T} (id, ssn) TO STDOUT WITH BINARY"])
 def test_psycopg_binary_copy_refused(rec, sql):
-    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+    with agent(rec) as conn:
         with conn.cursor() as cur:
             with pytest.raises(psycopg.errors.InsufficientPrivilege) as exc:
                 with cur.copy(sql) as cp:
@@ -413,7 +392,7 @@ def test_psycopg_binary_copy_refused(rec, sql):
 
 def test_psycopg_binary_copy_of_unmasked_columns(rec):
     """doc/masking.md refuses COPY TO STDOUT of masked columns; binary rows of other columns pass as they are."""
-    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+    with agent(rec) as conn:
         with conn.cursor() as cur:
             with cur.copy(f"COPY (SELECT id, city FROM {T} ORDER BY id) TO STDOUT (FORMAT binary)") as cp:
                 cp.set_types(["int4", "text"])
@@ -422,7 +401,7 @@ def test_psycopg_binary_copy_of_unmasked_columns(rec):
 
 @pytest.mark.parametrize("binary", [False, True])
 def test_psycopg_stream(rec, binary):
-    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+    with agent(rec) as conn:
         cur = conn.cursor(binary=binary)
         rows = list(cur.stream(f"SELECT id, email, salary, born, city FROM {MANY} ORDER BY id"))
         check_many(rows)
@@ -545,15 +524,8 @@ def test_asyncpg_executemany_and_refusal(rec, cluster):
 # (so are the numbers of DataRows); pgveil's rows carry masked values.
 
 def raw_direct(cluster):
-    w = Wire("127.0.0.1", cluster.port)
-    w.startup(user=harness.APP_USER, database="app", password=harness.APP_PASSWORD)
-    return w
-
-
-def raw_veil(rec):
-    w = Wire("127.0.0.1", rec.port)
-    w.startup(user=harness.PROXY_USER, database="app")
-    return w
+    return pgwire.connect("127.0.0.1", cluster.port, user=harness.APP_USER, database="app",
+                          password=harness.APP_PASSWORD)
 
 
 def exchange(w, steps, who):
@@ -563,16 +535,7 @@ def exchange(w, steps, who):
     msgs = []
     for data, until in steps:
         w.send(data[who] if isinstance(data, dict) else data)
-        seen = 0
-        while True:
-            t, p = w.read_message()
-            msgs.append((t, p))
-            if isinstance(until, int):
-                seen += t == b"Z"
-                if seen == until:
-                    break
-            elif t == until:
-                break
+        msgs += w.read_until(b"Z", until) if isinstance(until, int) else w.read_until(until)
     # nothing more may follow: the next query's answer comes next, and only it
     w.send(pgwire.query_message("SELECT 'end of sequence'"))
     tail = [w.read_message() for _ in range(4)]
@@ -581,26 +544,18 @@ def exchange(w, steps, who):
     return msgs
 
 
-def types(msgs):
-    return [t.decode() for t, _ in msgs]
-
-
 def compare(cluster, rec, steps):
     """Runs steps directly and through pgveil; returns (direct, veil) messages after checking their types agree."""
     with raw_direct(cluster) as w:
         direct = exchange(w, steps, "direct")
-    with raw_veil(rec) as w:
+    with wire(rec) as w:
         veil = exchange(w, steps, "veil")
-    assert types(veil) == types(direct), f"\nthrough pgveil: {types(veil)}\ndirectly:       {types(direct)}"
+    assert types_of(veil) == types_of(direct), f"\nthrough pgveil: {types_of(veil)}\ndirectly: {types_of(direct)}"
     return direct, veil
 
 
-def datarows(msgs):
-    return [parse_datarow(p) for t, p in msgs if t == b"D"]
-
-
-def errors_of(msgs):
-    return [parse_fields(p)["C"] for t, p in msgs if t == b"E"]
+def sqlstates(msgs):
+    return [e["C"] for e in errors_of(msgs)]
 
 
 def text(v):
@@ -653,7 +608,7 @@ def test_raw_execute_without_describe(solo, cluster):
          + SYNC, 1),
     ]
     direct, veil = compare(cluster, rec, steps)
-    assert types(veil) == list("12DDDCZ" "1Z" "2DDCZ" "2DDDC2DCZ" "12CSZ" "12CZ")
+    assert types_of(veil) == ("12DDDCZ" "1Z" "2DDCZ" "2DDDC2DCZ" "12CSZ" "12CZ")
     assert [check_text_person(r) for r in datarows(veil)] == [1, 2, 3, 2, 3, 1, 2, 3, 3]
     for r in datarows(direct):
         check_direct_person(r)
@@ -676,7 +631,7 @@ def test_raw_row_limit_named_portal(solo, cluster):
         (COMMIT, 1),
     ]
     direct, veil = compare(cluster, rec, steps)
-    assert "".join(types(veil)) == "CZ" "12DsDsZ" "DsZ" "CZ" "2TDDsDCZ" "CZ"
+    assert types_of(veil) == "CZ" "12DsDsZ" "DsZ" "CZ" "2TDDsDCZ" "CZ"
     assert [check_text_person(r) for r in datarows(veil)] == [1, 2, 3, 1, 2, 3]
     finish()
 
@@ -734,7 +689,7 @@ def test_raw_describe_statement_only(solo, cluster):
         (describe_msg(b"S", "ds") + bind_msg("", "ds", [b"1"], result_formats=[1]) + execute_msg("") + SYNC, 1),
     ]
     direct, veil = compare(cluster, rec, steps)
-    assert "".join(types(veil)) == "1tTZ" "2DDDCZ" "tT2DDCZ"
+    assert types_of(veil) == "1tTZ" "2DDDCZ" "tT2DDCZ"
     rows = datarows(veil)
     assert [check_text_person(r) for r in rows[:3]] == [1, 2, 3]
     assert [text(r[2]) for r in rows[3:]] == [MASKED[2][0], MASKED[3][0]]
@@ -750,8 +705,8 @@ def test_raw_error_in_the_middle_of_a_pipeline(solo, cluster):
     bad = parse_msg("", "SELECT 1/0") + bind_msg("", "") + execute_msg("")
     steps = [(ok + bad + many + SYNC, 1), (many + ok + SYNC, 1)]
     direct, veil = compare(cluster, rec, steps)
-    assert "".join(types(veil)) == "12DDDC" "1EZ" "12DDDDC12DDDCZ"  # 1/0 fails when planned, at Bind
-    assert errors_of(veil) == ["22012"]
+    assert types_of(veil) == "12DDDC" "1EZ" "12DDDDC12DDDCZ"  # 1/0 fails when planned, at Bind
+    assert sqlstates(veil) == ["22012"]
     rows = datarows(veil)
     assert [check_text_person(r) for r in rows[:3] + rows[7:]] == [1, 2, 3, 1, 2, 3]
     assert [text(r[1]) for r in rows[3:7]] == ["m***@corp-many.example"] * 4
@@ -766,8 +721,8 @@ def test_raw_refusal_in_the_middle_of_a_pipeline(solo, cluster):
            "veil": parse_msg("", f"SELECT upper(email) FROM {T}") + bind_msg("", "") + execute_msg("")}
     steps = [(ok + SYNC, 1), ({k: ok + v + ok + SYNC for k, v in bad.items()}, 1), (ok + SYNC, 1)]
     direct, veil = compare(cluster, rec, steps)
-    assert "".join(types(veil)) == "12DDDCZ" "12DDDCEZ" "12DDDCZ"
-    assert errors_of(veil) == ["42501"] and errors_of(direct) == ["42703"]
+    assert types_of(veil) == "12DDDCZ" "12DDDCEZ" "12DDDCZ"
+    assert sqlstates(veil) == ["42501"] and sqlstates(direct) == ["42703"]
     assert [check_text_person(r) for r in datarows(veil)] == [1, 2, 3] * 3
     finish()
 
@@ -783,7 +738,7 @@ def test_raw_flush_without_sync(solo, cluster):
         (SYNC, 1),
     ]
     direct, veil = compare(cluster, rec, steps)
-    assert "".join(types(veil)) == "12TDDDC" "12DDC" "2Ds" "DDC" "Z"
+    assert types_of(veil) == "12TDDDC" "12DDC" "2Ds" "DDC" "Z"
     assert [check_text_person(r) for r in datarows(veil)] == [1, 2, 3, 2, 3, 1, 2, 3]
     finish()
 
@@ -801,7 +756,7 @@ def test_raw_interleaved_named_portals(solo, cluster):
         (COMMIT, 1),
     ]
     direct, veil = compare(cluster, rec, steps)
-    assert "".join(types(veil)) == "CZ" "1122DsDsDsDsZ" "DsDCCZ" "CZ"
+    assert types_of(veil) == "CZ" "1122DsDsDsDsZ" "DsDCCZ" "CZ"
     rows = datarows(veil)
     order = ["a", "b", "a", "b", "b", "a", "b"]
     ids = {"a": [], "b": []}
@@ -845,7 +800,7 @@ def test_raw_close_portal_then_reuse_name(solo, cluster):
         (COMMIT, 1),
     ]
     direct, veil = compare(cluster, rec, steps)
-    assert "".join(types(veil)) == "CZ" "11Z" "2DsZ" "3Z" "2DDDCZ" "2DsZ" "3Z" "312TDDDCZ" "3Z" "2DDDCZ" "CZ"
+    assert types_of(veil) == "CZ" "11Z" "2DsZ" "3Z" "2DDDCZ" "2DsZ" "3Z" "312TDDDCZ" "3Z" "2DDDCZ" "CZ"
     rows = datarows(veil)
     check_text_person(rows[0], "id, email, ssn")
     assert b_rows(rows[1:4]) == B_WANT and b_rows(rows[4:5]) == B_WANT[:1]
@@ -866,8 +821,8 @@ def test_raw_portal_rebound_in_one_batch(solo, cluster, portal):
         (COMMIT, 1),
     ]
     direct, veil = compare(cluster, rec, steps)
-    assert types(veil) == types(direct)
-    assert "".join(types(veil)) == "CZ" + ("112Ds32DDDCZ" if portal else "112Ds2DDDCZ") + "CZ"
+    assert types_of(veil) == types_of(direct)
+    assert types_of(veil) == "CZ" + ("112Ds32DDDCZ" if portal else "112Ds2DDDCZ") + "CZ"
     rows = datarows(veil)
     check_text_person(rows[0], "id, email, ssn")
     assert b_rows(rows[1:4]) == B_WANT
@@ -882,8 +837,8 @@ def test_raw_simple_query_several_statements(solo, cluster):
     steps = [(pgwire.query_message(sql), 1), (BEGIN + pgwire.query_message(f"SELECT email FROM {T} WHERE id = 1; "
                                                                           f"COMMIT; SELECT 2"), 2)]
     direct, veil = compare(cluster, rec, steps)
-    assert types(veil) == types(direct)  # ParameterStatus comes just before ReadyForQuery
-    assert "".join(types(veil)) == "TDDDC" "C" "TDDDC" "TDDDC" "TDDC" "TDDDC" "SZ" "CZ" "TDCCTDCZ"
+    assert types_of(veil) == types_of(direct)  # ParameterStatus comes just before ReadyForQuery
+    assert types_of(veil) == "TDDDC" "C" "TDDDC" "TDDDC" "TDDC" "TDDDC" "SZ" "CZ" "TDCCTDCZ"
     rows = datarows(veil)
     assert [check_text_person(r, "id, email") for r in rows[0:3]] == [1, 2, 3]
     assert [text(r[0]) for r in rows[3:6]] == ["Paris", "Oslo", "Zürich"]
@@ -904,7 +859,7 @@ def test_raw_empty_query(solo, cluster):
         (pgwire.query_message(f"SELECT email FROM {T} WHERE id = 2"), 1),
     ]
     direct, veil = compare(cluster, rec, steps)
-    assert "".join(types(veil)) == "IZ" "IZ" "12IZ" "12nIZ" "TDCZ"
+    assert types_of(veil) == "IZ" "IZ" "12IZ" "12nIZ" "TDCZ"
     assert [text(r[0]) for r in datarows(veil)] == [MASKED[2][0]]
     finish()
 
@@ -914,8 +869,8 @@ def test_raw_multi_statement_query_second_fails(solo, cluster):
     sql = f"SELECT id, email FROM {T} ORDER BY id; SELECT 1/0; SELECT ssn FROM {T}"
     steps = [(pgwire.query_message(sql), 1), (pgwire.query_message(f"SELECT id, ssn FROM {T} ORDER BY id"), 1)]
     direct, veil = compare(cluster, rec, steps)
-    assert "".join(types(veil)) == "TDDDCEZ" "TDDDCZ"
-    assert errors_of(veil) == ["22012"]
+    assert types_of(veil) == "TDDDCEZ" "TDDDCZ"
+    assert sqlstates(veil) == ["22012"]
     rows = datarows(veil)
     assert [check_text_person(r, "id, email") for r in rows[:3]] == [1, 2, 3]
     assert [check_text_person(r, "id, ssn") for r in rows[3:]] == [1, 2, 3]
@@ -925,7 +880,7 @@ def test_raw_multi_statement_query_second_fails(solo, cluster):
 def test_raw_multi_statement_query_with_a_refused_statement(solo):
     """A string whose second statement is refused: refused as a whole, nothing of it runs."""
     pv, rec, finish = solo
-    with raw_veil(rec) as w:
+    with wire(rec) as w:
         rows, tags, err = w.simple_query(f"SELECT id, email FROM {T} ORDER BY id; SELECT upper(email) FROM {T}; "
                                          f"SELECT 3")
         assert err["C"] == "42501" and "email" in err["M"]
@@ -935,33 +890,35 @@ def test_raw_multi_statement_query_with_a_refused_statement(solo):
     finish()
 
 
-@pytest.mark.parametrize("protocol", ["simple", "extended"])
-def test_raw_errors_scrubbed_after_an_unmasked_result(solo, cluster, protocol):
+def error_after_an_unmasked_result(w, protocol, sql):
     """What node-postgres and pgjdbc send for any parameterized query (Parse,
     Bind, Describe, Execute, Sync), once, for a result with no masked column;
-    then a statement failing on a row of the masked table: its error must
-    still be scrubbed."""
+    then sql, which must fail, by that protocol: its error's fields."""
+    w.send(parse_msg("", "SELECT $1::int + 1") + bind_msg("", "", [b"41"]) + describe_msg(b"P", "") +
+           execute_msg("") + SYNC)
+    assert datarows(w.read_until_ready()) == [[b"42"]]
+    if protocol == "simple":
+        w.send(pgwire.query_message(sql))
+    else:
+        w.send(parse_msg("", sql) + bind_msg("", "") + describe_msg(b"P", "") + execute_msg("") + SYNC)
+    return errors_of(w.read_until_ready())[0]
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_raw_errors_scrubbed_after_an_unmasked_result(solo, cluster, protocol):
+    """After error_after_an_unmasked_result()'s prelude, a statement failing on
+    a row of the masked table: its error must still be scrubbed."""
     pv, rec, finish = solo
-    with psycopg.connect(cluster.admin_conninfo("app"), autocommit=True) as c:
-        c.execute(f"ALTER TABLE {T} DROP CONSTRAINT IF EXISTS maskdrv_salary_positive, "
-                  f"ADD CONSTRAINT maskdrv_salary_positive CHECK (salary >= 0)")
-    update = f"UPDATE {T} SET salary = -1 WHERE id = 1"
+    admin_exec(cluster, f"ALTER TABLE {T} DROP CONSTRAINT IF EXISTS maskdrv_salary_positive, "
+                        f"ADD CONSTRAINT maskdrv_salary_positive CHECK (salary >= 0)")
     try:
-        with raw_veil(rec) as w:
-            w.send(parse_msg("", "SELECT $1::int + 1") + bind_msg("", "", [b"41"]) + describe_msg(b"P", "") +
-                   execute_msg("") + SYNC)
-            assert datarows(w.read_until_ready()) == [[b"42"]]
-            if protocol == "simple":
-                w.send(pgwire.query_message(update))
-            else:
-                w.send(parse_msg("", update) + bind_msg("", "") + describe_msg(b"P", "") + execute_msg("") + SYNC)
-            err = [parse_fields(p) for t, p in w.read_until_ready() if t == b"E"][0]
+        with wire(rec) as w:
+            err = error_after_an_unmasked_result(w, protocol, f"UPDATE {T} SET salary = -1 WHERE id = 1")
             assert err["C"] == "23514"
             assert "Failing row" not in err.get("D", ""), err
         finish()
     finally:
-        with psycopg.connect(cluster.admin_conninfo("app"), autocommit=True) as c:
-            c.execute(f"ALTER TABLE {T} DROP CONSTRAINT maskdrv_salary_positive")
+        admin_exec(cluster, f"ALTER TABLE {T} DROP CONSTRAINT maskdrv_salary_positive")
 
 
 # ---------------------------------------------------------------------------- node-postgres
@@ -973,18 +930,15 @@ def node_mask(masked, node_driver, cluster, workroot):
     reset_log(cluster)
     rec.take()
     result = os.path.join(workroot, f"node-mask-{uuid.uuid4().hex[:8]}.json")
-    env = harness.clean_env(PGHOST="127.0.0.1", PGPORT=str(rec.port), PGUSER=harness.PROXY_USER,
-                            PGPASSWORD="unused", PGDATABASE="app", PGSSLMODE="disable",
-                            ITEST_TABLE=T, ITEST_MANY=MANY, ITEST_LOG=LOG, ITEST_OUT=result)
-    res = subprocess.run(["node", os.path.join(node_driver, "mask.js")], capture_output=True, text=True,
-                         timeout=180, cwd=node_driver, env=env)
+    node(node_driver, "mask.js", agent_target(rec), timeout=180, PGSSLMODE="disable", ITEST_TABLE=T, ITEST_MANY=MANY,
+         ITEST_LOG=LOG, ITEST_OUT=result)
     found = leakcheck.leaks(rec.take(), SECRETS)
-    assert res.returncode == 0, f"mask.js failed ({res.returncode}):\n{res.stderr}\n{res.stdout}"
     with open(result) as f:
         return json.load(f), found
 
 
-def check_node_person(r):
+def check_json_person(r):
+    """A row of COLS as a driver program wrote it in JSON (salary a string, born YYYY-MM-DD)."""
     i, name, email, ssn, salary, born, score, card, note, city = r
     check_person((i, name, email, ssn, D(salary), datetime.date.fromisoformat(born), score, card, note, city))
     return i
@@ -1003,13 +957,13 @@ def test_node_no_leak(node_mask):
 
 def test_node_select_star_params_named(node_mask):
     out = node_mask[0]
-    assert [check_node_person(r) for r in out["plain"]] == [1, 2, 3]
-    assert [check_node_person(r) for r in out["star"]] == [1, 2, 3]
+    assert [check_json_person(r) for r in out["plain"]] == [1, 2, 3]
+    assert [check_json_person(r) for r in out["star"]] == [1, 2, 3]
     assert out["starFields"] == COLS.split(", ")
-    assert [check_node_person(r) for r in out["params"]] == [1, 2, 3]
-    assert [check_node_person(r) for r in out["named"]] == [1, 2, 3, 2, 1]
+    assert [check_json_person(r) for r in out["params"]] == [1, 2, 3]
+    assert [check_json_person(r) for r in out["named"]] == [1, 2, 3, 2, 1]
     assert out["named"][0] == out["named"][4] and out["named"][1] == out["named"][3]  # hash() is stable
-    assert [check_node_person(r) for r in out["namedAfterRefusal"]] == [3]
+    assert [check_json_person(r) for r in out["namedAfterRefusal"]] == [3]
 
 
 def test_node_array_mode_and_types(node_mask):
@@ -1074,29 +1028,16 @@ def jdbc_mask(request, masked, java_driver, cluster):
         pv, rec = masked
         reset_log(cluster)
         rec.take()
-        env = harness.clean_env(PGHOST="127.0.0.1", PGPORT=str(rec.port), PGUSER=harness.PROXY_USER,
-                                PGPASSWORD="unused", PGDATABASE="app", ITEST_TABLE=T, ITEST_MANY=MANY, ITEST_LOG=LOG)
-        res = subprocess.run(["java", "-Xmx512m", "-cp", java_driver, "MaskCheck", mode] + JDBC_SCENARIOS,
-                             capture_output=True, text=True, timeout=300, env=env)
-        run = {"results": {}, "data": {}, "leaks": leakcheck.leaks(rec.take(), SECRETS)}
-        for line in res.stdout.splitlines():
-            if line.startswith("RESULT "):
-                _, name, status, detail = (line.split(" ", 3) + [""])[:4]
-                run["results"][name] = (status, detail.replace(" | ", "\n"))
-            elif line.startswith("DATA "):
-                _, name, value = line.split(" ", 2)
-                run["data"][name] = json.loads(value)
-        for name in JDBC_SCENARIOS:
-            run["results"].setdefault(name, ("FAIL", f"no result (exit {res.returncode})\nstdout:\n{res.stdout}\n"
-                                                     f"stderr:\n{res.stderr}"))
-        _jdbc_runs[mode] = run
+        results, data = java_program(java_driver, agent_target(rec), ["MaskCheck", mode], JDBC_SCENARIOS,
+                                     ITEST_TABLE=T, ITEST_MANY=MANY, ITEST_LOG=LOG)
+        _jdbc_runs[mode] = {"results": results, "data": data, "leaks": leakcheck.leaks(rec.take(), SECRETS)}
     return _jdbc_runs[mode]
 
 
 def check_jdbc_people(rows, ids=(1, 2, 3)):
     assert [r[0] for r in rows] == list(ids)
-    for i, name, email, ssn, salary, born, score, card, note, city in rows:
-        check_person((i, name, email, ssn, D(salary), datetime.date.fromisoformat(born), score, card, note, city))
+    for r in rows:
+        check_json_person(r)
 
 
 
@@ -1150,16 +1091,8 @@ def test_jdbc(jdbc_mask, scenario):
 @pytest.mark.parametrize("protocol", ["simple", "extended"])
 def test_raw_refusal_after_an_unmasked_result(solo, protocol):
     pv, rec, finish = solo
-    refused = f"SELECT upper(email) FROM {T}"
-    with raw_veil(rec) as w:
-        w.send(parse_msg("", "SELECT $1::int + 1") + bind_msg("", "", [b"41"]) + describe_msg(b"P", "") +
-               execute_msg("") + SYNC)
-        assert datarows(w.read_until_ready()) == [[b"42"]]
-        if protocol == "simple":
-            w.send(pgwire.query_message(refused))
-        else:
-            w.send(parse_msg("", refused) + bind_msg("", "") + describe_msg(b"P", "") + execute_msg("") + SYNC)
-        err = [parse_fields(p) for t, p in w.read_until_ready() if t == b"E"][0]
+    with wire(rec) as w:
+        err = error_after_an_unmasked_result(w, protocol, f"SELECT upper(email) FROM {T}")
         assert (err["C"], "email" in err["M"]) == ("42501", True), err
     finish()
 
@@ -1179,20 +1112,9 @@ SSNS = [r[3] for r in PEOPLE]
 CARDS = [r[7] for r in PEOPLE]
 
 
-@pytest.fixture(scope="module")
-def idp(workroot, pgveil_bin):
-    tool = os.path.join(os.path.dirname(pgveil_bin), "pgveil-token")
-    i = Idp(os.path.join(workroot, f"idp-maskdrv-{uuid.uuid4().hex[:8]}"), tool)
-    i.genkey("rsa", "rsa")
-    i.jwks_path = i.write_jwks("jwks.json", ("rsa", "rsa-1"))
-    return i
-
-
 @pytest.fixture
 def grouped(tables, pgveil_factory, idp, workroot, cluster):
-    rules = os.path.join(workroot, f"maskdrv-groups-{uuid.uuid4().hex[:8]}.rules")
-    with open(rules, "w") as f:
-        f.write(GROUP_RULES)
+    rules = write_rules(workroot, "maskdrv-groups", GROUP_RULES)
     pv = start_oidc(pgveil_factory, idp, tls=False, allow_plaintext_auth="yes", rules=rules,
                     default_action="block", databases={"app": harness.backend_conninfo(cluster)})
     rec = leakcheck.Recorder("127.0.0.1", pv.port)
@@ -1250,42 +1172,39 @@ LATE_SECRETS = [f"late-secret-{i:04d}" for i in (1, 2, 3)] + [f"part-secret-{y}-
                                                               for i in (1, 2)]
 
 
-def admin_sql(cluster, *stmts):
-    with psycopg.connect(cluster.admin_conninfo("app"), autocommit=True) as c:
-        for st in stmts:
-            c.execute(st)
-
-
 @pytest.fixture
 def moving(tables, pgveil_factory, cluster, workroot):
     """A pgveil started before the tables it masks exist (and with one partition of PARTED), with its Recorder."""
-    admin_sql(cluster, f"DROP TABLE IF EXISTS {LATE}, {LATE}2, {PARTED} CASCADE",
-              f"CREATE TABLE {PARTED} (id integer, at date NOT NULL, secret text) PARTITION BY RANGE (at)",
-              f"CREATE TABLE {PARTED}_2024 PARTITION OF {PARTED} FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')",
-              f"INSERT INTO {PARTED} VALUES (1, '2024-03-01', 'part-secret-2024-1'), (2, '2024-04-01', "
-              f"'part-secret-2024-2')",
-              f"ALTER TABLE {PARTED} OWNER TO {harness.APP_USER}",
-              f"ALTER TABLE {PARTED}_2024 OWNER TO {harness.APP_USER}")
-    rules = os.path.join(workroot, f"maskdrv-late-{uuid.uuid4().hex[:8]}.rules")
-    with open(rules, "w") as f:
-        f.write(LATE_RULES)
-    pv = pgveil_factory(rules=rules, default_action="block", databases={"app": harness.backend_conninfo(cluster)})
+    admin_exec(cluster, f"DROP TABLE IF EXISTS {LATE}, {LATE}2, {PARTED} CASCADE",
+               f"CREATE TABLE {PARTED} (id integer, at date NOT NULL, secret text) PARTITION BY RANGE (at)",
+               f"CREATE TABLE {PARTED}_2024 PARTITION OF {PARTED} FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')",
+               f"INSERT INTO {PARTED} VALUES (1, '2024-03-01', 'part-secret-2024-1'), (2, '2024-04-01', "
+               f"'part-secret-2024-2')",
+               f"ALTER TABLE {PARTED} OWNER TO {harness.APP_USER}",
+               f"ALTER TABLE {PARTED}_2024 OWNER TO {harness.APP_USER}")
+    pv = start_plain(pgveil_factory, cluster, workroot, "maskdrv-late", LATE_RULES)
     rec = leakcheck.Recorder("127.0.0.1", pv.port)
     yield pv, rec
     rec.close()
-    admin_sql(cluster, f"DROP TABLE IF EXISTS {LATE}, {LATE}2, {PARTED} CASCADE")
+    admin_exec(cluster, f"DROP TABLE IF EXISTS {LATE}, {LATE}2, {PARTED} CASCADE")
+
+
+def start_plain(pgveil_factory, cluster, workroot, name, rules_text):
+    """A pgveil of pgveil_factory (no hash() key) with these rules, default_action = block and one database, app."""
+    return pgveil_factory(rules=write_rules(workroot, name, rules_text), default_action="block",
+                          databases={"app": harness.backend_conninfo(cluster)})
 
 
 def create_late(cluster, name=LATE):
-    admin_sql(cluster, f"CREATE TABLE {name} (id integer PRIMARY KEY, secret text, note text)",
-              f"INSERT INTO {name} SELECT i, 'late-secret-' || lpad(i::text, 4, '0'), 'n' || i "
-              f"FROM generate_series(1, 3) AS i",
-              f"ALTER TABLE {name} OWNER TO {harness.APP_USER}")
+    admin_exec(cluster, f"CREATE TABLE {name} (id integer PRIMARY KEY, secret text, note text)",
+               f"INSERT INTO {name} SELECT i, 'late-secret-' || lpad(i::text, 4, '0'), 'n' || i "
+               f"FROM generate_series(1, 3) AS i",
+               f"ALTER TABLE {name} OWNER TO {harness.APP_USER}")
 
 
 def test_table_created_after_start(moving, cluster):
     pv, rec = moving
-    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+    with agent(rec) as conn:
         # the catalog is read (and the session has masks) before the table exists
         assert conn.execute(f"SELECT email FROM {T} WHERE id = 1").fetchone() == (MASKED[1][0],)
         create_late(cluster)
@@ -1296,27 +1215,26 @@ def test_table_created_after_start(moving, cluster):
             [(2, "****", "n2")]
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(f"SELECT upper(secret) FROM {LATE}")
-    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+    with agent(rec) as conn:
         assert conn.execute(f"SELECT secret FROM {LATE} WHERE id = 3").fetchone() == ("****",)
-    found = leakcheck.leaks(rec.take(), LATE_SECRETS + SECRETS)
-    assert not found, found
+    leakcheck.assert_no_leak(rec, LATE_SECRETS + SECRETS)
     assert pv.alive()
 
 
 def test_partition_attached_after_start(moving, cluster):
     pv, rec = moving
-    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+    with agent(rec) as conn:
         assert conn.execute(f"SELECT id, secret FROM {PARTED} ORDER BY id").fetchall() == [(1, "p###1"), (2, "p###2")]
-        admin_sql(cluster,
-                  f"CREATE TABLE {PARTED}_2025 (id integer, at date NOT NULL, secret text)",
-                  f"ALTER TABLE {PARTED} ATTACH PARTITION {PARTED}_2025 "
-                  f"FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')",
-                  f"CREATE TABLE {PARTED}_2026 PARTITION OF {PARTED} FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')",
-                  f"INSERT INTO {PARTED} VALUES (3, '2025-05-01', 'part-secret-2025-1'), "
-                  f"(4, '2025-06-01', 'part-secret-2025-2'), (5, '2026-01-02', 'part-secret-2026-1'), "
-                  f"(6, '2026-02-02', 'part-secret-2026-2')",
-                  f"ALTER TABLE {PARTED}_2025 OWNER TO {harness.APP_USER}",
-                  f"ALTER TABLE {PARTED}_2026 OWNER TO {harness.APP_USER}")
+        admin_exec(cluster,
+                   f"CREATE TABLE {PARTED}_2025 (id integer, at date NOT NULL, secret text)",
+                   f"ALTER TABLE {PARTED} ATTACH PARTITION {PARTED}_2025 "
+                   f"FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')",
+                   f"CREATE TABLE {PARTED}_2026 PARTITION OF {PARTED} FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')",
+                   f"INSERT INTO {PARTED} VALUES (3, '2025-05-01', 'part-secret-2025-1'), "
+                   f"(4, '2025-06-01', 'part-secret-2025-2'), (5, '2026-01-02', 'part-secret-2026-1'), "
+                   f"(6, '2026-02-02', 'part-secret-2026-2')",
+                   f"ALTER TABLE {PARTED}_2025 OWNER TO {harness.APP_USER}",
+                   f"ALTER TABLE {PARTED}_2026 OWNER TO {harness.APP_USER}")
         # through the parent, and each new partition by its own name
         assert conn.execute(f"SELECT id, secret FROM {PARTED} ORDER BY id").fetchall() == \
             [(1, "p###1"), (2, "p###2"), (3, "p###1"), (4, "p###2"), (5, "p###1"), (6, "p###2")]
@@ -1326,25 +1244,24 @@ def test_partition_attached_after_start(moving, cluster):
             [(5, datetime.date(2026, 1, 2), "p###1"), (6, datetime.date(2026, 2, 2), "p###2")]
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(f"SELECT upper(secret) FROM {PARTED}_2026")
-    found = leakcheck.leaks(rec.take(), LATE_SECRETS + SECRETS)
-    assert not found, found
+    leakcheck.assert_no_leak(rec, LATE_SECRETS + SECRETS)
     assert pv.alive()
 
 
 @pytest.mark.parametrize("what", ["table", "partition"])
 def test_derived_use_of_a_relation_created_after_the_catalog_was_read(moving, cluster, what):
     pv, rec = moving
-    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+    with agent(rec) as conn:
         assert conn.execute(f"SELECT email FROM {T} WHERE id = 2").fetchone() == (MASKED[2][0],)
         if what == "table":
             create_late(cluster, f"{LATE}2")
             sql = f"SELECT upper(secret) FROM {LATE}2"
         else:
-            admin_sql(cluster,
-                      f"CREATE TABLE {PARTED}_2025 PARTITION OF {PARTED} FOR VALUES FROM ('2025-01-01') TO "
-                      f"('2026-01-01')",
-                      f"INSERT INTO {PARTED} VALUES (3, '2025-05-01', 'part-secret-2025-1')",
-                      f"ALTER TABLE {PARTED}_2025 OWNER TO {harness.APP_USER}")
+            admin_exec(cluster,
+                       f"CREATE TABLE {PARTED}_2025 PARTITION OF {PARTED} FOR VALUES FROM ('2025-01-01') TO "
+                       f"('2026-01-01')",
+                       f"INSERT INTO {PARTED} VALUES (3, '2025-05-01', 'part-secret-2025-1')",
+                       f"ALTER TABLE {PARTED}_2025 OWNER TO {harness.APP_USER}")
             sql = f"SELECT upper(secret) FROM {PARTED}_2025"
         try:
             rows = conn.execute(sql).fetchall()
@@ -1365,10 +1282,8 @@ SSN_RULE = f"MASK public.{T}.ssn USING partial(0, '***-**-', 4);\n"
 def reloadable(request, tables, pgveil_factory, cluster, workroot):
     """A pgveil whose rules do not mask T.ssn yet: none at all, or masks on another table only."""
     before = "ALLOW ALL;\n" if request.param == "no-masks" else f"MASK public.{MANY}.email USING email();\nALLOW ALL;\n"
-    rules = os.path.join(workroot, f"maskdrv-reload-{uuid.uuid4().hex[:8]}.rules")
-    with open(rules, "w") as f:
-        f.write(before)
-    pv = pgveil_factory(rules=rules, default_action="block", databases={"app": harness.backend_conninfo(cluster)})
+    pv = start_plain(pgveil_factory, cluster, workroot, "maskdrv-reload", before)
+    rules = pv.settings["rules"]
     rec = leakcheck.Recorder("127.0.0.1", pv.port)
 
     def add_rule():
@@ -1395,21 +1310,20 @@ def test_reload_adds_a_mask_under_an_open_session(reloadable):
     pv, rec, add_rule = reloadable
     ssn_of = {r[0]: r[3] for r in PEOPLE}
     sql = f"SELECT id, ssn FROM {T} WHERE id > %s ORDER BY id"
-    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+    with agent(rec) as conn:
         assert conn.execute(sql, (0,), prepare=True).fetchall() == [(i, ssn_of[i]) for i in (1, 2, 3)]
         assert conn.execute(f"SELECT ssn FROM {T} WHERE id = 1").fetchone() == (ssn_of[1],)
         add_rule()
         rec.take()
         ended_by_reload(lambda: conn.execute(f"SELECT ssn FROM {T} WHERE id = 1").fetchone())
-    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+    with agent(rec) as conn:
         assert conn.execute(f"SELECT ssn FROM {T} WHERE id = 1").fetchone() == (MASKED[1][1],)
         for binary in (False, True):
             assert conn.cursor(binary=binary).execute(sql, (0,), prepare=True).fetchall() == \
                 [(i, MASKED[i][1]) for i in (1, 2, 3)]
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(f"SELECT upper(ssn) FROM {T}")
-    found = leakcheck.leaks(rec.take(), SSNS)
-    assert not found, found
+    leakcheck.assert_no_leak(rec, SSNS)
     assert pv.alive()
 
 
@@ -1418,7 +1332,7 @@ def test_reload_statement_prepared_before(reloadable, how):
     """A derived use prepared before the caller's masks changed never runs after: the session ends."""
     pv, rec, add_rule = reloadable
     derived = f"SELECT id, upper(ssn) FROM {T} WHERE id = %s"
-    with psycopg.connect(conninfo(rec), autocommit=True) as conn:
+    with agent(rec) as conn:
         if how == "protocol":
             run = lambda: conn.execute(derived, (1,), prepare=True).fetchall()  # noqa: E731
         else:
@@ -1428,8 +1342,7 @@ def test_reload_statement_prepared_before(reloadable, how):
         add_rule()
         rec.take()
         ended_by_reload(run)
-    found = leakcheck.leaks(rec.take(), SSNS)
-    assert not found, found
+    leakcheck.assert_no_leak(rec, SSNS)
     assert pv.alive()
 
 
@@ -1443,17 +1356,13 @@ def test_reload_cursor_declared_before(reloadable, query):
         add_rule()
         rec.take()
         ended_by_reload(lambda: conn.execute("FETCH 2 FROM c").fetchall())
-    found = leakcheck.leaks(rec.take(), SSNS)
-    assert not found, found
+    leakcheck.assert_no_leak(rec, SSNS)
     assert pv.alive()
 
 
 def test_sql_prepared_statement_checked_again_at_execute(tables, pgveil_factory, cluster, workroot):
     """EXECUTE checks the body again: a view it reads may have changed since PREPARE."""
-    rules = os.path.join(workroot, f"maskdrv-exec-{uuid.uuid4().hex[:8]}.rules")
-    with open(rules, "w") as f:
-        f.write(SSN_RULE + "ALLOW ALL;\n")
-    pv = pgveil_factory(rules=rules, default_action="block", databases={"app": harness.backend_conninfo(cluster)})
+    pv = start_plain(pgveil_factory, cluster, workroot, "maskdrv-exec", SSN_RULE + "ALLOW ALL;\n")
     view = f"maskdrv_exec_{uuid.uuid4().hex[:6]}"
     admin = psycopg.connect(cluster.admin_conninfo("app"), autocommit=True)
     try:

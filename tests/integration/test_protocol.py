@@ -11,7 +11,8 @@ import pytest
 
 import harness
 import pgwire
-from pgwire import Wire, message, parse_fields
+from pgwire import (FLUSH, SYNC, TERMINATE, Wire, bind_msg, close_msg, describe_msg, execute_msg, message,
+                    parse_fields, parse_msg)
 
 
 def wire(target, **startup):
@@ -22,54 +23,6 @@ def wire(target, **startup):
         w.close()
         raise
     return w
-
-
-def cstr(s):
-    return s.encode() + b"\0"
-
-
-def parse_msg(name, sql, oids=()):
-    return message(b"P", cstr(name) + cstr(sql) + struct.pack("!h", len(oids)) +
-                   b"".join(struct.pack("!I", o) for o in oids))
-
-
-def bind_msg(portal, stmt, params=(), result_formats=(), param_formats=()):
-    body = cstr(portal) + cstr(stmt)
-    body += struct.pack("!h", len(param_formats)) + b"".join(struct.pack("!h", f) for f in param_formats)
-    body += struct.pack("!h", len(params))
-    for p in params:
-        if p is None:
-            body += struct.pack("!i", -1)
-        else:
-            body += struct.pack("!i", len(p)) + p
-    body += struct.pack("!h", len(result_formats)) + b"".join(struct.pack("!h", f) for f in result_formats)
-    return message(b"B", body)
-
-
-def execute_msg(portal, max_rows=0):
-    return message(b"E", cstr(portal) + struct.pack("!i", max_rows))
-
-
-def describe_msg(kind, name):
-    return message(b"D", kind + cstr(name))
-
-
-def close_msg(kind, name):
-    return message(b"C", kind + cstr(name))
-
-
-SYNC = message(b"S")
-FLUSH = message(b"H")
-TERMINATE = message(b"X")
-
-
-def read_types(w, until=b"Z", timeout=None):
-    out = []
-    while True:
-        mtype, payload = w.read_message(timeout)
-        out.append((mtype, payload))
-        if mtype == until:
-            return out
 
 
 # --------------------------------------------------------------------------- startup
@@ -205,7 +158,7 @@ def test_messages_split_into_single_bytes(target):
         assert w.params["application_name"] == "dribble"
         w.send_slowly(parse_msg("", "SELECT $1::int * 2") + bind_msg("", "", [b"21"]) + execute_msg("") + SYNC,
                       0.005)
-        msgs = read_types(w)
+        msgs = w.read_until()
         assert [pgwire.parse_datarow(p) for t, p in msgs if t == b"D"] == [[b"42"]]
 
 
@@ -220,7 +173,7 @@ def test_large_client_message(target):
         param = bytes(range(256)) * (1 << 16)
         w.send(parse_msg("", "SELECT length($1::bytea), md5($1::bytea)") +
                bind_msg("", "", [param], param_formats=[1]) + execute_msg("") + SYNC)
-        msgs = read_types(w, timeout=60)
+        msgs = w.read_until(timeout=60)
         rows = [pgwire.parse_datarow(p) for t, p in msgs if t == b"D"]
         assert rows == [[str(len(param)).encode(), hashlib.md5(param).hexdigest().encode()]]
 
@@ -231,7 +184,7 @@ def test_extended_protocol_named_statement_and_portal(target):
     with wire(target) as w:
         w.send(parse_msg("s1", "SELECT id, name FROM users WHERE id <= $1 ORDER BY id", [23]) +
                describe_msg(b"S", "s1") + SYNC)
-        msgs = read_types(w)
+        msgs = w.read_until()
         assert [t for t, _ in msgs] == [b"1", b"t", b"T", b"Z"]
         # ParameterDescription names int4
         assert struct.unpack_from("!hI", msgs[1][1]) == (1, 23)
@@ -250,7 +203,7 @@ def test_extended_protocol_named_statement_and_portal(target):
                 break
         assert types == [b"2", b"D", b"D", b"D", b"s"]
         w.send(execute_msg("p1", 3) + execute_msg("p1", 0) + close_msg(b"P", "p1") + SYNC)
-        msgs = read_types(w)
+        msgs = w.read_until()
         got += [pgwire.parse_datarow(p)[0] for t, p in msgs if t == b"D"]
         assert got == [str(i).encode() for i in range(1, 9)]
         assert [t for t, _ in msgs if t != b"D"] == [b"s", b"C", b"3", b"Z"]
@@ -259,13 +212,13 @@ def test_extended_protocol_named_statement_and_portal(target):
         # the named statement lives on; binary results
         w.send(bind_msg("", "s1", [b"7"], result_formats=[1, 0]) + describe_msg(b"P", "") +
                execute_msg("") + close_msg(b"S", "s1") + SYNC)
-        msgs = read_types(w)
+        msgs = w.read_until()
         assert [t for t, _ in msgs] == [b"2", b"T", b"D", b"D", b"D", b"D", b"D", b"D", b"D", b"C", b"3", b"Z"]
         rows = [pgwire.parse_datarow(p) for t, p in msgs if t == b"D"]
         assert rows[6] == [struct.pack("!i", 7), "Zoë Müller".encode()]
         # after Close, the statement is gone
         w.send(bind_msg("", "s1", [b"1"]) + execute_msg("") + SYNC)
-        msgs = read_types(w)
+        msgs = w.read_until()
         assert parse_fields([p for t, p in msgs if t == b"E"][0])["C"] == "26000"
 
 
@@ -274,11 +227,11 @@ def test_extended_protocol_error_skips_to_sync(target):
         w.send(parse_msg("", "SELECT 1/$1::int") + bind_msg("", "", [b"0"]) + execute_msg("") +
                parse_msg("", "SELECT 'skipped'") + bind_msg("", "") + execute_msg("") + SYNC +
                parse_msg("", "SELECT 'after sync'") + bind_msg("", "") + execute_msg("") + SYNC)
-        first = read_types(w)
+        first = w.read_until()
         # (the planner folds 1/0 while binding: the error answers Bind)
         assert [t for t, _ in first] == [b"1", b"E", b"Z"]
         assert parse_fields(first[1][1])["C"] == "22012"
-        second = read_types(w)
+        second = w.read_until()
         assert [pgwire.parse_datarow(p) for t, p in second if t == b"D"] == [[b"after sync"]]
 
 
@@ -400,7 +353,7 @@ def test_cancel_during_extended_protocol(target, admin):
         w.send(parse_msg("", "SELECT pg_sleep($1::float8)") + bind_msg("", "", [b"30"]) + execute_msg("") + SYNC)
         _wait_active(admin, pid)
         pgwire.send_cancel(target.host, target.port, *w.backend_key)
-        msgs = read_types(w, timeout=20)
+        msgs = w.read_until(timeout=20)
         assert [parse_fields(p)["C"] for t, p in msgs if t == b"E"] == ["57014"]
         rows, _, err = w.simple_query("SELECT 1")
         if err and err["C"] == "57014":  # see harness.retry_stray_cancel

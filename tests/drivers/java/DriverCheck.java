@@ -3,14 +3,14 @@
 // Usage: java -cp <classes>:postgresql.jar DriverCheck scenario...
 // Connection settings come from PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD;
 // ITEST_SSL_ROOTCERT names the CA file for the "tls" scenario. Every scenario
-// prints one line "RESULT <name> PASS <detail>" or "RESULT <name> FAIL <why>".
+// prints one line "RESULT <name> PASS <detail>" or "RESULT <name> FAIL <why>"
+// (JdbcScenarios).
 
 import java.io.StringReader;
 import java.io.StringWriter;
 import java.math.BigDecimal;
 import java.sql.Array;
 import java.sql.Connection;
-import java.sql.DriverManager;
 import java.sql.PreparedStatement;
 import java.sql.ResultSet;
 import java.sql.ResultSetMetaData;
@@ -19,7 +19,6 @@ import java.sql.Statement;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
-import java.util.Objects;
 import java.util.Properties;
 import java.util.UUID;
 import java.util.concurrent.atomic.AtomicReference;
@@ -29,55 +28,15 @@ import org.postgresql.PGNotification;
 import org.postgresql.PGStatement;
 import org.postgresql.copy.CopyManager;
 
-public final class DriverCheck {
-
-    private static String env(String name, String dflt) {
-        String v = System.getenv(name);
-        return v == null || v.isEmpty() ? dflt : v;
-    }
-
-    private static String url() {
-        return "jdbc:postgresql://" + env("PGHOST", "127.0.0.1") + ":" + env("PGPORT", "5432") + "/"
-                + env("PGDATABASE", "app");
-    }
+public final class DriverCheck extends JdbcScenarios {
 
     private static Connection connect(String... extra) throws SQLException {
-        Properties p = new Properties();
-        p.setProperty("user", env("PGUSER", "app_agent"));
-        p.setProperty("password", env("PGPASSWORD", ""));
-        p.setProperty("sslmode", "disable");
-        p.setProperty("connectTimeout", "10");
-        p.setProperty("socketTimeout", "120");
+        Properties p = settings("itest-jdbc");
         // server-side prepared statements from the first use, and binary transfer
         p.setProperty("prepareThreshold", "1");
-        p.setProperty("ApplicationName", "itest-jdbc");
         for (int i = 0; i + 1 < extra.length; i += 2)
             p.setProperty(extra[i], extra[i + 1]);
-        return DriverManager.getConnection(url(), p);
-    }
-
-    private static void check(boolean cond, String what) {
-        if (!cond)
-            throw new AssertionError(what);
-    }
-
-    private static void checkEq(Object expected, Object actual, String what) {
-        if (!Objects.equals(expected, actual))
-            throw new AssertionError(what + ": expected <" + expected + "> but got <" + actual + ">");
-    }
-
-    private interface SqlRun {
-        void run() throws SQLException;
-    }
-
-    private static String expectSqlState(String state, SqlRun r) throws SQLException {
-        try {
-            r.run();
-        } catch (SQLException e) {
-            checkEq(state, e.getSQLState(), "SQLSTATE (" + e.getMessage() + ")");
-            return e.getMessage();
-        }
-        throw new AssertionError("expected SQLSTATE " + state + ", got no error");
+        return connectWith(p);
     }
 
     private static long scalarLong(Connection c, String sql) throws SQLException {
@@ -482,37 +441,25 @@ public final class DriverCheck {
         }
     }
 
-    public static void main(String[] args) {
-        int failed = 0;
-        for (String name : args) {
-            String line;
-            try {
-                String detail;
-                switch (name) {
-                    case "basic": detail = basic(); break;
-                    case "binary": detail = binary(); break;
-                    case "transaction": detail = transaction(); break;
-                    case "error": detail = error(); break;
-                    case "copy": detail = copy(); break;
-                    case "notify": detail = listenNotify(); break;
-                    case "cancel": detail = cancel(); break;
-                    case "batch": detail = batch(); break;
-                    case "large": detail = large(); break;
-                    case "params": detail = params(); break;
-                    case "tls": detail = tls(); break;
-                    case "guard": detail = guard(); break;
-                    default: throw new IllegalArgumentException("unknown scenario " + name);
-                }
-                line = "RESULT " + name + " PASS " + detail;
-            } catch (Throwable e) {
-                failed++;
-                StringWriter sw = new StringWriter();
-                e.printStackTrace(new java.io.PrintWriter(sw));
-                line = "RESULT " + name + " FAIL " + sw.toString().replace("\n", " | ");
-            }
-            System.out.println(line);
-            System.out.flush();
+    private static Scenario scenario(String name) {
+        switch (name) {
+            case "basic": return DriverCheck::basic;
+            case "binary": return DriverCheck::binary;
+            case "transaction": return DriverCheck::transaction;
+            case "error": return DriverCheck::error;
+            case "copy": return DriverCheck::copy;
+            case "notify": return DriverCheck::listenNotify;
+            case "cancel": return DriverCheck::cancel;
+            case "batch": return DriverCheck::batch;
+            case "large": return DriverCheck::large;
+            case "params": return DriverCheck::params;
+            case "tls": return DriverCheck::tls;
+            case "guard": return DriverCheck::guard;
+            default: throw new IllegalArgumentException("unknown scenario " + name);
         }
-        System.exit(failed == 0 ? 0 : 1);
+    }
+
+    public static void main(String[] args) {
+        runScenarios(args, DriverCheck::scenario);
     }
 }

@@ -7,15 +7,14 @@
 // from the first execution). Connection settings come from PGHOST, PGPORT,
 // PGDATABASE, PGUSER, PGPASSWORD; ITEST_TABLE, ITEST_MANY and ITEST_LOG name
 // the tables. Every scenario prints what the driver decoded as
-// "DATA <scenario> <json>" lines and one "RESULT <scenario> PASS|FAIL <detail>".
+// "DATA <scenario> <json>" lines and one "RESULT <scenario> PASS|FAIL <detail>"
+// (JdbcScenarios).
 
-import java.io.StringWriter;
 import java.math.BigDecimal;
 import java.math.MathContext;
 import java.math.RoundingMode;
 import java.sql.Connection;
 import java.sql.DatabaseMetaData;
-import java.sql.DriverManager;
 import java.sql.PreparedStatement;
 import java.sql.ResultSet;
 import java.sql.ResultSetMetaData;
@@ -27,19 +26,13 @@ import java.util.Arrays;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
-import java.util.Objects;
 import java.util.Properties;
 
 import org.postgresql.PGStatement;
 
-public final class MaskCheck {
+public final class MaskCheck extends JdbcScenarios {
 
     private static String mode = "default";
-
-    private static String env(String name, String dflt) {
-        String v = System.getenv(name);
-        return v == null || v.isEmpty() ? dflt : v;
-    }
 
     private static final String T = env("ITEST_TABLE", "maskdrv_people");
     private static final String MANY = env("ITEST_MANY", "maskdrv_many");
@@ -47,13 +40,7 @@ public final class MaskCheck {
     private static final String COLS = "id, name, email, ssn, salary, born, score, card, note, city";
 
     private static Connection connect() throws SQLException {
-        Properties p = new Properties();
-        p.setProperty("user", env("PGUSER", "app_agent"));
-        p.setProperty("password", env("PGPASSWORD", ""));
-        p.setProperty("sslmode", "disable");
-        p.setProperty("connectTimeout", "10");
-        p.setProperty("socketTimeout", "120");
-        p.setProperty("ApplicationName", "itest-jdbc-mask-" + mode);
+        Properties p = settings("itest-jdbc-mask-" + mode);
         if (mode.equals("prep1")) {
             p.setProperty("prepareThreshold", "1");
             p.setProperty("binaryTransfer", "true");
@@ -63,33 +50,7 @@ public final class MaskCheck {
         } else if (!mode.equals("default")) {
             throw new IllegalArgumentException("unknown mode " + mode);
         }
-        String url = "jdbc:postgresql://" + env("PGHOST", "127.0.0.1") + ":" + env("PGPORT", "5432") + "/"
-                + env("PGDATABASE", "app");
-        return DriverManager.getConnection(url, p);
-    }
-
-    private static void check(boolean cond, String what) {
-        if (!cond)
-            throw new AssertionError(what);
-    }
-
-    private static void checkEq(Object expected, Object actual, String what) {
-        if (!Objects.equals(expected, actual))
-            throw new AssertionError(what + ": expected <" + expected + "> but got <" + actual + ">");
-    }
-
-    private interface SqlRun {
-        void run() throws SQLException;
-    }
-
-    private static String expectSqlState(String state, SqlRun r) throws SQLException {
-        try {
-            r.run();
-        } catch (SQLException e) {
-            checkEq(state, e.getSQLState(), "SQLSTATE (" + e.getMessage() + ")");
-            return e.getMessage();
-        }
-        throw new AssertionError("expected SQLSTATE " + state + ", got no error");
+        return connectWith(p);
     }
 
     // ------------------------------------------------------------------ output
@@ -371,32 +332,20 @@ public final class MaskCheck {
         }
     }
 
-    public static void main(String[] args) {
-        int failed = 0;
-        mode = args[0];
-        for (String name : Arrays.copyOfRange(args, 1, args.length)) {
-            String line;
-            try {
-                String detail;
-                switch (name) {
-                    case "select": detail = select(); break;
-                    case "fetchsize": detail = fetchsize(); break;
-                    case "batch": detail = batch(); break;
-                    case "refused": detail = refused(); break;
-                    case "metadata": detail = metadata(); break;
-                    case "primarykeys": detail = primarykeys(); break;
-                    default: throw new IllegalArgumentException("unknown scenario " + name);
-                }
-                line = "RESULT " + name + " PASS " + detail;
-            } catch (Throwable e) {
-                failed++;
-                StringWriter sw = new StringWriter();
-                e.printStackTrace(new java.io.PrintWriter(sw));
-                line = "RESULT " + name + " FAIL " + sw.toString().replace("\n", " | ");
-            }
-            System.out.println(line);
-            System.out.flush();
+    private static Scenario scenario(String name) {
+        switch (name) {
+            case "select": return MaskCheck::select;
+            case "fetchsize": return MaskCheck::fetchsize;
+            case "batch": return MaskCheck::batch;
+            case "refused": return MaskCheck::refused;
+            case "metadata": return MaskCheck::metadata;
+            case "primarykeys": return MaskCheck::primarykeys;
+            default: throw new IllegalArgumentException("unknown scenario " + name);
         }
-        System.exit(failed == 0 ? 0 : 1);
+    }
+
+    public static void main(String[] args) {
+        mode = args[0];
+        runScenarios(Arrays.copyOfRange(args, 1, args.length), MaskCheck::scenario);
     }
 }
