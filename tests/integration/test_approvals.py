@@ -220,9 +220,7 @@ def test_approved_query_prepares(hc, table, admin):
 
 def test_approved_copy_is_masked(pgveil_factory, idp, certs, workroot, table):  # noqa: F811
     """An approved COPY ... TO STDOUT gets its masks from its statement like any other: v masked, id as it is."""
-    path = os.path.join(workroot, f"held-{uuid.uuid4().hex[:8]}.rules")
-    with open(path, "w") as f:
-        f.write(f"MASK public.{table}.v USING constant('7');\nHOLD COPY;\nALLOW ALL;\n")
+    path = harness.write_rules(workroot, "held", f"MASK public.{table}.v USING constant('7');\nHOLD COPY;\nALLOW ALL;\n")
     pv = start_oidc(pgveil_factory, idp, rules=path, default_action="block", hold_timeout="20s")
     c = Console(pv, idp, certs)
     out = {}

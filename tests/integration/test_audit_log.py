@@ -123,8 +123,8 @@ def test_strict_kill9_loses_no_row_of_a_change(audited, marks_table, admin):
 def test_many_named_portals_keep_memory_bounded(pgveil_factory, pgveil_bin, workroot):
     """What pgveil keeps for the audit rows of a portal's Executes is dropped when its transaction ends."""
     import pgwire
+    from pgwire import SYNC, bind_msg, execute_msg, parse_msg
     from test_memory import ASAN_ENV
-    from test_protocol import SYNC, bind_msg, execute_msg, parse_msg
 
     db = os.path.join(workroot, f"audit-{uuid.uuid4().hex[:8]}.db")
     pv = pgveil_factory(env=ASAN_ENV if harness.is_sanitizer_build(pgveil_bin) else None, audit_db=db,
