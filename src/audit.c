@@ -25,7 +25,6 @@
 #include "pgveil/log.h"
 
 #define AUDIT_QUEUE_MAX 65536u              /* unwritten statement rows before AUDIT_FULL (async) */
-#define AUDIT_BATCH_MAX 8192u               /* events per transaction */
 #define AUDIT_ASYNC_BATCH 1024u             /* async: write at once when this many wait */
 #define AUDIT_TICK_US 100000u               /* async: at most this long before a queued row is written */
 #define AUDIT_RETRY_US 1000000u             /* after a failure, try again after this */

@@ -4,7 +4,8 @@
  * synchronous by mode, busy_timeout), creating or migrating its schema
  * (sql/audit.sql, compiled in; PRAGMA user_version), reading where the hash
  * chain and the ids continue, writing one batch of queued events in one
- * transaction (chaining each statement row as it is finished), and
+ * transaction (chaining each statement row as it is finished: a row whose
+ * start and outcome are in the same batch is inserted once, whole), and
  * retention with its checkpoints. Everything here runs on the writer
  * thread, except auditdb_open, which audit_start calls before the thread
  * exists.
@@ -27,10 +28,16 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_INSERT_QUERY] =
         "INSERT INTO queries (id, session_id, ts, subject, database, sql, fingerprint, classes,"
         " decision, rule, approval_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    [ST_FINISH_QUERY] = "UPDATE queries SET masked_columns = ?1, rows = ?2, duration_ms = ?3, sqlstate = ?4,"
-                        " error = ?5, chain_seq = ?6, prev_hash = ?7 WHERE id = ?8 AND chain_seq IS NULL",
-    [ST_SELECT_CHAINED] = "SELECT " AUDIT_CHAIN_COLUMNS " FROM queries WHERE id = ?1",
-    [ST_SET_HASH] = "UPDATE queries SET hash = ?1 WHERE id = ?2",
+    [ST_SELECT_START] =
+        "SELECT id, session_id, ts, subject, database, sql, fingerprint, classes, decision, rule,"
+        " approval_id FROM queries WHERE id = ?1 AND chain_seq IS NULL",
+    /* the parameters of these two are numbered by chain position (AUDIT_CHAIN_COLUMNS), the hash ?19 */
+    [ST_FINISH_QUERY] =
+        "UPDATE queries SET prev_hash = ?1, masked_columns = ?12, rows = ?13, duration_ms = ?14,"
+        " sqlstate = ?15, error = ?16, chain_seq = ?18, hash = ?19 WHERE id = ?2",
+    [ST_INSERT_CHAINED] =
+        "INSERT INTO queries (" AUDIT_CHAIN_COLUMNS ", hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6,"
+        " ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
     [ST_INSERT_SESSION] = "INSERT INTO sessions (id, started_at, subject, groups, client_addr, database,"
                           " backend_user, tls) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     [ST_END_SESSION] = "UPDATE sessions SET ended_at = ?2, end_reason = ?3 WHERE id = ?1",
@@ -182,6 +189,32 @@ bool auditdb_set_sync(AuditDb *d, bool strict, char *err, size_t errlen)
 	return db_exec(d, strict ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL", err, errlen);
 }
 
+/*
+ * Text must be stored as the UTF-8 bytes pgveil binds: the chain hashes
+ * them as bound (a database in UTF-16 would convert them).
+ */
+static bool check_encoding(AuditDb *d, char *err, size_t errlen)
+{
+	sqlite3_stmt *st = NULL;
+	bool ok = false;
+
+	if (!db_exec(d, "PRAGMA encoding = 'UTF-8'", err, errlen)) /* takes effect in a new database only */
+		return false;
+	if (sqlite3_prepare_v2(d->db, "PRAGMA encoding", -1, &st, NULL) != SQLITE_OK ||
+	    sqlite3_step(st) != SQLITE_ROW) {
+		db_fail(d, err, errlen);
+	} else {
+		const unsigned char *enc = sqlite3_column_text(st, 0);
+
+		ok = enc != NULL && strcmp((const char *)enc, "UTF-8") == 0;
+		if (!ok)
+			snprintf(err, errlen, "audit_db %s: its text encoding is %s; pgveil writes UTF-8",
+			         d->path, enc != NULL ? (const char *)enc : "unknown");
+	}
+	sqlite3_finalize(st);
+	return ok;
+}
+
 /* Creates the schema in a fresh database, or brings an older one up to date. */
 static bool apply_schema(AuditDb *d, int64_t version, char *err, size_t errlen)
 {
@@ -276,7 +309,10 @@ bool auditdb_open(AuditDb *d, const char *path, bool strict, char *err, size_t e
 
 	memset(d, 0, sizeof(*d));
 	d->path = strdup(path);
-	if (d->path == NULL) {
+	d->batch_starts = calloc(AUDIT_BATCH_MAX, sizeof(*d->batch_starts));
+	d->batch_outcomes = calloc(AUDIT_BATCH_MAX, sizeof(*d->batch_outcomes));
+	if (d->path == NULL || d->batch_starts == NULL || d->batch_outcomes == NULL) {
+		auditdb_close(d);
 		snprintf(err, errlen, "audit_db %s: out of memory", path);
 		return false;
 	}
@@ -298,9 +334,9 @@ bool auditdb_open(AuditDb *d, const char *path, bool strict, char *err, size_t e
 		         (long long)version, AUDIT_SCHEMA_VERSION);
 		goto fail;
 	}
-	if (!set_wal(d, err, errlen) || !auditdb_set_sync(d, strict, err, errlen) ||
-	    !apply_schema(d, version, err, errlen) || !load_chain_head(d, err, errlen) ||
-	    !load_ids(d, err, errlen) || !prepare_all(d, err, errlen))
+	if (!check_encoding(d, err, errlen) || !set_wal(d, err, errlen) ||
+	    !auditdb_set_sync(d, strict, err, errlen) || !apply_schema(d, version, err, errlen) ||
+	    !load_chain_head(d, err, errlen) || !load_ids(d, err, errlen) || !prepare_all(d, err, errlen))
 		goto fail;
 	return true;
 fail:
@@ -315,6 +351,8 @@ void auditdb_close(AuditDb *d)
 	if (d->db != NULL && sqlite3_close(d->db) != SQLITE_OK)
 		log_error("audit: closing audit_db %s: %s", d->path, sqlite3_errmsg(d->db));
 	free(d->path);
+	free(d->batch_starts);
+	free(d->batch_outcomes);
 	memset(d, 0, sizeof(*d));
 }
 
@@ -325,83 +363,183 @@ bool auditdb_exec(AuditDb *d, const char *sql, char *err, size_t errlen)
 
 /* ---- writing ----------------------------------------------------------------------------- */
 
-static bool write_query_start(AuditDb *d, const AuditItem *it, char *err, size_t errlen)
+/* Binds a value with its storage class: every column's affinity keeps it, so the row stores exactly v. */
+static void bind_value(sqlite3_stmt *st, int i, const AuditValue *v)
+{
+	switch (v->type) {
+	case SQLITE_INTEGER: sqlite3_bind_int64(st, i, v->i); break;
+	case SQLITE_FLOAT: sqlite3_bind_double(st, i, v->r); break;
+	case SQLITE_TEXT: sqlite3_bind_text(st, i, v->p, (int)v->n, SQLITE_STATIC); break;
+	default: sqlite3_bind_null(st, i); break;
+	}
+}
+
+/* The values of a statement's start (ts formatted into `ts`), as its row stores them. */
+static void start_values(const AuditItem *it, char ts[32], AuditValue v[AUDIT_CHAIN_NCOLS])
 {
 	const AuditQuery *q = &it->u.query;
-	sqlite3_stmt *st = d->st[ST_INSERT_QUERY];
 
-	sqlite3_bind_int64(st, 1, (sqlite3_int64)it->id);
-	sqlite3_bind_int64(st, 2, (sqlite3_int64)q->session_id);
-	bind_time(st, 3, q->ts_us, false);
-	bind_text(st, 4, nz(q->subject));
-	bind_text(st, 5, nz(q->database));
-	bind_text(st, 6, nz(q->sql));
-	bind_text(st, 7, q->fingerprint);
-	bind_text(st, 8, nz(q->classes));
-	bind_text(st, 9, nz(q->decision));
-	bind_text(st, 10, q->rule);
-	bind_id(st, 11, 0, q->approval_id);
+	audit_format_time(q->ts_us, ts);
+	v[CH_ID] = audit_value_int((int64_t)it->id);
+	v[CH_SESSION_ID] = audit_value_int((int64_t)q->session_id);
+	v[CH_TS] = audit_value_text(ts);
+	v[CH_SUBJECT] = audit_value_text(nz(q->subject));
+	v[CH_DATABASE] = audit_value_text(nz(q->database));
+	v[CH_SQL] = audit_value_text(nz(q->sql));
+	v[CH_FINGERPRINT] = audit_value_text(q->fingerprint);
+	v[CH_CLASSES] = audit_value_text(nz(q->classes));
+	v[CH_DECISION] = audit_value_text(nz(q->decision));
+	v[CH_RULE] = audit_value_text(q->rule);
+	v[CH_APPROVAL_ID] =
+	    q->approval_id != 0 ? audit_value_int((int64_t)q->approval_id) : audit_value_text(NULL);
+}
+
+/* The values of an outcome, as its row stores them. */
+static void outcome_values(const AuditOutcome *o, AuditValue v[AUDIT_CHAIN_NCOLS])
+{
+	v[CH_MASKED_COLUMNS] = audit_value_text(o->masked_columns);
+	v[CH_ROWS] = o->rows >= 0 ? audit_value_int(o->rows) : audit_value_text(NULL);
+	v[CH_DURATION_MS] =
+	    o->duration_us >= 0 ? audit_value_real((double)o->duration_us / 1000.0) : audit_value_text(NULL);
+	v[CH_SQLSTATE] = audit_value_text(o->sqlstate);
+	v[CH_ERROR] = audit_value_text(o->error);
+}
+
+/* The position of start `id` in the batch index, or -1. */
+static int batch_find(const AuditDb *d, uint64_t id)
+{
+	size_t lo = 0, hi = d->n_batch;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (d->batch_starts[mid]->id < id)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < d->n_batch && d->batch_starts[lo]->id == id ? (int)lo : -1;
+}
+
+/*
+ * Indexes the batch's statement starts (their ids grow in queue order) and
+ * pairs each with its outcome when that is in the batch too: such a row is
+ * written once, whole and chained, where its outcome stands.
+ */
+static void batch_index(AuditDb *d, const AuditItem *items)
+{
+	d->n_batch = 0;
+	for (const AuditItem *it = items; it != NULL; it = it->next) {
+		if (it->kind == AI_QUERY_START && d->n_batch < AUDIT_BATCH_MAX &&
+		    (d->n_batch == 0 || it->id > d->batch_starts[d->n_batch - 1]->id)) {
+			d->batch_starts[d->n_batch] = it;
+			d->batch_outcomes[d->n_batch++] = NULL;
+		} else if (it->kind == AI_QUERY_FINISH) {
+			int k = batch_find(d, it->id);
+
+			if (k >= 0 && d->batch_outcomes[k] == NULL)
+				d->batch_outcomes[k] = it;
+		}
+	}
+}
+
+/* Inserts a statement's row without its outcome. */
+static bool insert_start(AuditDb *d, const AuditItem *it, char *err, size_t errlen)
+{
+	sqlite3_stmt *st = d->st[ST_INSERT_QUERY];
+	AuditValue v[AUDIT_CHAIN_NCOLS];
+	char ts[32];
+
+	start_values(it, ts, v);
+	for (int i = CH_ID; i <= CH_RULE; i++)
+		bind_value(st, i - CH_ID + 1, &v[i]);
+	bind_value(st, CH_RULE - CH_ID + 2, &v[CH_APPROVAL_ID]);
 	return step_write(d, st, "statement row", it->id, err, errlen) != STEP_FAIL;
 }
 
-/* Hashes row `id` as stored (its chain_seq and prev_hash already set) and stores the hash. */
-static bool chain_row(AuditDb *d, uint64_t id, char hash[AUDIT_HASH_HEX], char *err, size_t errlen)
+static bool write_query_start(AuditDb *d, const AuditItem *it, char *err, size_t errlen)
 {
-	sqlite3_stmt *sel = d->st[ST_SELECT_CHAINED], *set = d->st[ST_SET_HASH];
+	int k = batch_find(d, it->id);
+
+	if (k >= 0 && d->batch_starts[k] == it && d->batch_outcomes[k] != NULL)
+		return true; /* written whole where its outcome stands */
+	return insert_start(d, it, err, errlen);
+}
+
+/*
+ * Reads the start of unfinished row `id` into v (borrowed from the
+ * statement until it is reset). STEP_SKIP when there is none.
+ */
+static StepResult read_start(AuditDb *d, uint64_t id, AuditValue v[AUDIT_CHAIN_NCOLS], char *err,
+                             size_t errlen)
+{
+	sqlite3_stmt *st = d->st[ST_SELECT_START];
 	int rc;
+
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)id);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_DONE)
+		return STEP_SKIP;
+	if (rc != SQLITE_ROW) {
+		db_fail(d, err, errlen);
+		return STEP_FAIL;
+	}
+	for (int i = CH_ID; i <= CH_RULE; i++)
+		v[i] = audit_value_column(st, i - CH_ID);
+	v[CH_APPROVAL_ID] = audit_value_column(st, CH_RULE - CH_ID + 1);
+	return STEP_OK;
+}
+
+/* The chain positions an outcome sets in an unfinished row (and its id), besides the hash. */
+static bool set_by_outcome(int i)
+{
+	return i == CH_PREV_HASH || i == CH_ID || (i >= CH_MASKED_COLUMNS && i <= CH_ERROR) ||
+	       i == CH_CHAIN_SEQ;
+}
+
+/*
+ * Fills in the outcome of a row and makes it the next link of the chain.
+ * The hash is computed from the values the row stores, never read back
+ * after writing: a row whose start is in the batch is inserted whole; else
+ * its start is read from its unfinished row, and the outcome, chain
+ * position and hash are set in one UPDATE.
+ */
+static bool write_query_finish(AuditDb *d, const AuditItem *it, int64_t *seq, char prev[AUDIT_HASH_HEX],
+                               char *err, size_t errlen)
+{
+	int k = batch_find(d, it->id);
+	const AuditItem *start = k >= 0 && d->batch_outcomes[k] == it ? d->batch_starts[k] : NULL;
+	sqlite3_stmt *st = d->st[start != NULL ? ST_INSERT_CHAINED : ST_FINISH_QUERY];
+	AuditValue v[AUDIT_CHAIN_NCOLS];
+	char ts[32], hash[AUDIT_HASH_HEX];
+	StepResult r = STEP_OK;
 	bool hashed;
 
-	sqlite3_bind_int64(sel, 1, (sqlite3_int64)id);
-	rc = sqlite3_step(sel);
-	if (rc != SQLITE_ROW) {
-		if (rc == SQLITE_DONE)
-			snprintf(err, errlen, "audit_db %s: row %llu vanished while it was chained", d->path,
-			         (unsigned long long)id);
-		else
-			db_fail(d, err, errlen);
-		sqlite3_reset(sel);
-		return false;
-	}
-	hashed = audit_chain_hash(sel, hash);
-	sqlite3_reset(sel);
+	if (start != NULL)
+		start_values(start, ts, v);
+	else if ((r = read_start(d, it->id, v, err, errlen)) == STEP_SKIP)
+		log_warn("audit: the outcome of statement row %llu has no unfinished row to go to: ignored",
+		         (unsigned long long)it->id);
+	v[CH_PREV_HASH] = audit_value_text(prev);
+	outcome_values(&it->u.outcome, v);
+	v[CH_CHAIN_SEQ] = audit_value_int(*seq);
+	hashed = r == STEP_OK && audit_chain_hash(v, hash);
+	sqlite3_reset(d->st[ST_SELECT_START]); /* the start values read are not used after this */
+	if (r != STEP_OK)
+		return r == STEP_SKIP;
 	if (!hashed) {
 		snprintf(err, errlen, "audit_db %s: out of memory while hashing", d->path);
 		return false;
 	}
-	sqlite3_bind_text(set, 1, hash, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(set, 2, (sqlite3_int64)id);
-	return step_write(d, set, "statement row", id, err, errlen) != STEP_FAIL;
-}
-
-/* Fills in the outcome of a row and makes it the next link of the chain. */
-static bool write_query_finish(AuditDb *d, const AuditItem *it, int64_t *seq, char prev[AUDIT_HASH_HEX],
-                               char *err, size_t errlen)
-{
-	const AuditOutcome *o = &it->u.outcome;
-	sqlite3_stmt *st = d->st[ST_FINISH_QUERY];
-	char hash[AUDIT_HASH_HEX];
-	StepResult r;
-
-	bind_text(st, 1, o->masked_columns);
-	if (o->rows >= 0)
-		sqlite3_bind_int64(st, 2, o->rows);
-	if (o->duration_us >= 0)
-		sqlite3_bind_double(st, 3, (double)o->duration_us / 1000.0);
-	bind_text(st, 4, o->sqlstate);
-	bind_text(st, 5, o->error);
-	sqlite3_bind_int64(st, 6, *seq);
-	bind_text(st, 7, prev);
-	sqlite3_bind_int64(st, 8, (sqlite3_int64)it->id);
+	for (int i = 0; i < AUDIT_CHAIN_NCOLS; i++)
+		if (start != NULL || set_by_outcome(i))
+			bind_value(st, i + 1, &v[i]);
+	sqlite3_bind_text(st, AUDIT_CHAIN_NCOLS + 1, hash, -1, SQLITE_STATIC);
 	r = step_write(d, st, "outcome of statement row", it->id, err, errlen);
+	if (r == STEP_SKIP && start != NULL) /* SQLite refused the whole row: keep at least its start */
+		return insert_start(d, start, err, errlen);
 	if (r != STEP_OK)
 		return r == STEP_SKIP;
-	if (sqlite3_changes(d->db) != 1) {
-		log_warn("audit: the outcome of statement row %llu has no unfinished row to go to: ignored",
-		         (unsigned long long)it->id);
-		return true;
-	}
-	if (!chain_row(d, it->id, hash, err, errlen))
-		return false;
 	(*seq)++;
 	memcpy(prev, hash, AUDIT_HASH_HEX);
 	return true;
@@ -473,6 +611,7 @@ bool auditdb_write(AuditDb *d, const AuditItem *items, char *err, size_t errlen)
 	bool ok;
 
 	memcpy(prev, d->last_hash, sizeof(prev));
+	batch_index(d, items);
 	ok = db_exec(d, "BEGIN IMMEDIATE", err, errlen);
 	for (const AuditItem *it = items; ok && it != NULL; it = it->next)
 		ok = write_item(d, it, &seq, prev, err, errlen);

@@ -621,6 +621,64 @@ static void chain_follows_finish_order(void **state)
 	assert_contains(out, "ok: 4 rows, chain intact (chain_seq 1..4)");
 }
 
+/*
+ * The writer hashes what it binds: a row whose start and outcome are written
+ * together, and one whose start was written in an earlier transaction, both
+ * hash as doc/audit.md says, also with text that is not UTF-8, NULLs, REALs
+ * and an approval id.
+ */
+static void chain_hashes_what_is_stored(void **state)
+{
+	AuditQuery q = {.session_id = 9,
+	                .ts_us = now_us(),
+	                .subject = "agent-\xc3\xa9",
+	                .database = "app",
+	                .sql = "SELECT '\xff\xfe' -- not UTF-8",
+	                .classes = "SELECT,READ",
+	                .decision = "approve",
+	                .approval_id = 12};
+	AuditOutcome canceled = {.rows = -1, .duration_us = 2000, .sqlstate = "57014", .error = "canceling"};
+	AuditOutcome done = {.rows = 5, .duration_us = 0, .masked_columns = "public.t.c"};
+	uint64_t apart, together, ids[2];
+	char h[65], sql[96], out[512];
+
+	(void)state;
+	start(AUDIT_ASYNC);
+	assert_int_equal(audit_query_start(&q, NULL, NULL, &apart), AUDIT_OK);
+	assert_true(wait_for(nothing_queued, 2000)); /* its start is written alone */
+	assert_int_equal(query_int("SELECT count(*) FROM queries WHERE chain_seq IS NULL"), 1);
+	assert_int_equal(audit_query_start(&q, NULL, NULL, &together), AUDIT_OK);
+	audit_query_finish(together, &canceled);
+	audit_query_finish(apart, &done);
+	audit_stop();
+	ids[0] = apart;
+	ids[1] = together;
+	for (int i = 0; i < 2; i++) {
+		doc_hash(ids[i], h);
+		snprintf(sql, sizeof(sql), "SELECT hash FROM queries WHERE id = %llu",
+		         (unsigned long long)ids[i]);
+		assert_string_equal(query_text(sql), h);
+	}
+	assert_string_equal(query_text("SELECT hex(sql) FROM queries WHERE chain_seq = 1"),
+	                    "53454C4543542027FFFE27202D2D206E6F74205554462D38");
+	assert_string_equal(query_text("SELECT typeof(duration_ms) || typeof(rows) || typeof(approval_id)"
+	                               " FROM queries WHERE chain_seq = 2"),
+	                    "realintegerinteger");
+	assert_int_equal(verify(out, sizeof(out)), 0);
+	assert_contains(out, "ok: 2 rows, chain intact (chain_seq 1..2)");
+}
+
+/* The chain hashes the UTF-8 bytes pgveil binds: a database storing text as UTF-16 is refused. */
+static void utf16_database_refused(void **state)
+{
+	char err[256];
+
+	(void)state;
+	exec_db("PRAGMA encoding = 'UTF-16le'; CREATE TABLE queries (x); PRAGMA user_version = 1");
+	assert_false(audit_start(&cfg, err, sizeof(err)));
+	assert_contains(err, "its text encoding is UTF-16le; pgveil writes UTF-8");
+}
+
 static void unfinished_rows_are_not_tampering(void **state)
 {
 	char out[512];
@@ -1083,6 +1141,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(forgotten_event_never_fires, setup, teardown),
 	    cmocka_unit_test_setup_teardown(durable_given_in_async_mode, setup, teardown),
 	    cmocka_unit_test_setup_teardown(chain_follows_finish_order, setup, teardown),
+	    cmocka_unit_test_setup_teardown(chain_hashes_what_is_stored, setup, teardown),
+	    cmocka_unit_test_setup_teardown(utf16_database_refused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(unfinished_rows_are_not_tampering, setup, teardown),
 	    cmocka_unit_test_setup_teardown(verifier_finds_an_edited_row, setup, teardown),
 	    cmocka_unit_test_setup_teardown(verifier_finds_deleted_rows, setup, teardown),
