@@ -298,9 +298,7 @@ void session_kill(Session *s)
 
 const char *session_state_text(const Session *s)
 {
-	SessionState st = __atomic_load_n(&s->state, __ATOMIC_RELAXED);
-
-	switch (st) {
+	switch (s->state) {
 	case SESS_STARTUP:
 	case SESS_TLS: return "startup";
 	case SESS_AUTH: return "authenticating";
@@ -309,10 +307,9 @@ const char *session_state_text(const Session *s)
 	case SESS_CLOSING: return "closing";
 	case SESS_ACTIVE: break;
 	}
-	if (__atomic_load_n(&s->pending_ready, __ATOMIC_RELAXED) > 0 ||
-	    __atomic_load_n(&s->client_pass, __ATOMIC_RELAXED) > 0)
+	if (s->pending_ready > 0 || s->client_pass > 0)
 		return "active";
-	switch (__atomic_load_n(&s->txn_status, __ATOMIC_RELAXED)) {
+	switch (s->txn_status) {
 	case 'T': return "idle in transaction";
 	case 'E': return "idle in transaction (aborted)";
 	default: return "idle";
