@@ -41,14 +41,15 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_INSERT_SESSION] = "INSERT INTO sessions (id, started_at, subject, groups, client_addr, database,"
                           " backend_user, tls) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     [ST_END_SESSION] = "UPDATE sessions SET ended_at = ?2, end_reason = ?3 WHERE id = ?1",
-    [ST_UPSERT_APPROVAL] =
-        "INSERT INTO approvals (id, query_id, session_id, subject, sql, rule, requested_at,"
-        " decided_at, decided_by, decision, reason, grant_until)"
-        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
-        " ON CONFLICT (id) DO UPDATE SET query_id = coalesce(excluded.query_id, query_id),"
-        " decided_at = excluded.decided_at, decided_by = excluded.decided_by,"
-        " decision = excluded.decision, reason = excluded.reason,"
-        " grant_until = excluded.grant_until",
+    [ST_UPSERT_APPROVAL] = "INSERT INTO approvals (id, session_id, subject, sql, rule, requested_at,"
+                           " decided_at, decided_by, decision, reason, grant_until)"
+                           " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                           " ON CONFLICT (id) DO UPDATE SET"
+                           " decided_at = excluded.decided_at, decided_by = excluded.decided_by,"
+                           " decision = excluded.decision, reason = excluded.reason,"
+                           " grant_until = excluded.grant_until",
+    /* a held statement's row names its approval; the approval gets the row's id back */
+    [ST_LINK_APPROVAL] = "UPDATE approvals SET query_id = ?1 WHERE id = ?2 AND query_id IS NULL",
 };
 
 typedef enum { STEP_OK, STEP_SKIP, STEP_FAIL } StepResult;
@@ -118,15 +119,6 @@ static void bind_time(sqlite3_stmt *st, int i, int64_t us, bool zero_is_null)
 	}
 	audit_format_time(us, buf);
 	sqlite3_bind_text(st, i, buf, -1, SQLITE_TRANSIENT);
-}
-
-/* An id offset by `base`, or NULL for 0. */
-static void bind_id(sqlite3_stmt *st, int i, uint64_t base, uint64_t id)
-{
-	if (id == 0)
-		sqlite3_bind_null(st, i);
-	else
-		sqlite3_bind_int64(st, i, (sqlite3_int64)(base + id));
 }
 
 /*
@@ -443,6 +435,18 @@ static void batch_index(AuditDb *d, const AuditItem *items)
 	}
 }
 
+/* After row v is inserted: the approval it waited for (if any) gets its id. */
+static bool link_approval(AuditDb *d, const AuditValue v[AUDIT_CHAIN_NCOLS], char *err, size_t errlen)
+{
+	sqlite3_stmt *st = d->st[ST_LINK_APPROVAL];
+
+	if (v[CH_APPROVAL_ID].type != SQLITE_INTEGER)
+		return true;
+	bind_value(st, 1, &v[CH_ID]);
+	bind_value(st, 2, &v[CH_APPROVAL_ID]);
+	return step_write(d, st, "approval of statement row", (uint64_t)v[CH_ID].i, err, errlen) != STEP_FAIL;
+}
+
 /* Inserts a statement's row without its outcome. */
 static bool insert_start(AuditDb *d, const AuditItem *it, char *err, size_t errlen)
 {
@@ -454,7 +458,11 @@ static bool insert_start(AuditDb *d, const AuditItem *it, char *err, size_t errl
 	for (int i = CH_ID; i <= CH_RULE; i++)
 		bind_value(st, i - CH_ID + 1, &v[i]);
 	bind_value(st, CH_RULE - CH_ID + 2, &v[CH_APPROVAL_ID]);
-	return step_write(d, st, "statement row", it->id, err, errlen) != STEP_FAIL;
+	switch (step_write(d, st, "statement row", it->id, err, errlen)) {
+	case STEP_OK: return link_approval(d, v, err, errlen);
+	case STEP_SKIP: return true;
+	default: return false;
+	}
 }
 
 static bool write_query_start(AuditDb *d, const AuditItem *it, char *err, size_t errlen)
@@ -540,6 +548,8 @@ static bool write_query_finish(AuditDb *d, const AuditItem *it, int64_t *seq, ch
 		return insert_start(d, start, err, errlen);
 	if (r != STEP_OK)
 		return r == STEP_SKIP;
+	if (start != NULL && !link_approval(d, v, err, errlen))
+		return false;
 	(*seq)++;
 	memcpy(prev, hash, AUDIT_HASH_HEX);
 	return true;
@@ -577,17 +587,16 @@ static bool write_approval(AuditDb *d, const AuditItem *it, char *err, size_t er
 	sqlite3_stmt *st = d->st[ST_UPSERT_APPROVAL];
 
 	sqlite3_bind_int64(st, 1, (sqlite3_int64)a->approval_id);
-	bind_id(st, 2, 0, a->query_id);
-	sqlite3_bind_int64(st, 3, (sqlite3_int64)a->session_id);
-	bind_text(st, 4, nz(a->subject));
-	bind_text(st, 5, nz(a->sql));
-	bind_text(st, 6, a->rule);
-	bind_time(st, 7, a->requested_us, false);
-	bind_time(st, 8, a->decided_us, true);
-	bind_text(st, 9, a->decided_by);
-	bind_text(st, 10, a->decision);
-	bind_text(st, 11, a->reason);
-	bind_time(st, 12, a->grant_until_us, true);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)a->session_id);
+	bind_text(st, 3, nz(a->subject));
+	bind_text(st, 4, nz(a->sql));
+	bind_text(st, 5, a->rule);
+	bind_time(st, 6, a->requested_us, false);
+	bind_time(st, 7, a->decided_us, true);
+	bind_text(st, 8, a->decided_by);
+	bind_text(st, 9, a->decision);
+	bind_text(st, 10, a->reason);
+	bind_time(st, 11, a->grant_until_us, true);
 	return step_write(d, st, "approval", a->approval_id, err, errlen) != STEP_FAIL;
 }
 

@@ -131,8 +131,7 @@ void audit_forget(struct event *durable, struct event *room);
 
 /* An approval's row (held, then decided): queued like the others. */
 typedef struct AuditApproval {
-	uint64_t approval_id;
-	uint64_t query_id;         /* the held statement's queries row, 0 when unknown */
+	uint64_t approval_id;      /* its queries row is linked (approvals.query_id) when the row is written */
 	uint64_t session_id;
 	const char *subject, *sql, *rule;
 	int64_t requested_us;

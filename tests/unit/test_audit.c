@@ -377,7 +377,6 @@ static void async_rows_written(void **state)
 	audit_session_start(&s);
 	audit_approval(&a);
 	assert_int_equal(audit_query_start(&q, NULL, NULL, &id), AUDIT_OK);
-	a.query_id = id;
 	a.decided_us = 1764000002000000;
 	a.decided_by = "dba-1";
 	a.decision = "approve";
