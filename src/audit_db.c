@@ -711,22 +711,31 @@ static bool prune_chain(AuditDb *d, const char *cutoff, const char *now, uint64_
 	return true;
 }
 
-/* Unfinished rows of earlier runs, sessions and approvals older than the cutoff with no statement left. */
+/*
+ * Unfinished rows of earlier runs, sessions and approvals older than the
+ * cutoff with no statement left. The newest row of each table stays: the
+ * next start numbers after the largest ids the file holds (load_ids), and
+ * they must not go back (chained rows have their checkpoint for that).
+ */
 static bool prune_rest(AuditDb *d, const char *cutoff, int64_t *n, char *err, size_t errlen)
 {
 	int64_t a = 0, b = 0, c = 0;
 
-	if (!prune_exec(d, "DELETE FROM queries WHERE chain_seq IS NULL AND ts < ?1 AND id < ?2", cutoff,
-	                (int64_t)d->first_query_id, &a, err, errlen) ||
+	if (!prune_exec(d,
+	                "DELETE FROM queries WHERE chain_seq IS NULL AND ts < ?1 AND id < ?2"
+	                " AND id < (SELECT max(id) FROM queries)",
+	                cutoff, (int64_t)d->first_query_id, &a, err, errlen) ||
 	    !prune_exec(d,
 	                "DELETE FROM sessions WHERE started_at < ?1"
 	                " AND (ended_at < ?1 OR (ended_at IS NULL AND id <= ?2))"
-	                " AND NOT EXISTS (SELECT 1 FROM queries q WHERE q.session_id = sessions.id)",
+	                " AND NOT EXISTS (SELECT 1 FROM queries q WHERE q.session_id = sessions.id)"
+	                " AND id < (SELECT max(id) FROM sessions)",
 	                cutoff, (int64_t)d->session_base, &b, err, errlen) ||
 	    !prune_exec(d,
 	                "DELETE FROM approvals WHERE requested_at < ?1"
 	                " AND (decided_at < ?1 OR (decided_at IS NULL AND id <= ?2))"
-	                " AND NOT EXISTS (SELECT 1 FROM queries q WHERE q.id = approvals.query_id)",
+	                " AND NOT EXISTS (SELECT 1 FROM queries q WHERE q.id = approvals.query_id)"
+	                " AND id < (SELECT max(id) FROM approvals)",
 	                cutoff, (int64_t)d->approval_base, &c, err, errlen))
 		return false;
 	*n = a + b + c;

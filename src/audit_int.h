@@ -67,8 +67,8 @@ typedef struct AuditDb {
 	int64_t next_seq;                 /* chain_seq of the next row finished */
 	char last_hash[AUDIT_HASH_HEX];   /* hash of chain_seq next_seq - 1 ('' before the first) */
 	uint64_t first_query_id;          /* the first queries id this run may use */
-	uint64_t session_base;            /* stored session id = session_base + pgveil's */
-	uint64_t approval_base;           /* stored approval id = approval_base + pgveil's */
+	uint64_t session_base;            /* the largest session id the file held: this run's follow it */
+	uint64_t approval_base;           /* the same for approval ids */
 	const AuditItem **batch_starts;   /* the batch being written: its statement starts, in id order */
 	const AuditItem **batch_outcomes; /* for each, its outcome when that is in the batch too, or NULL */
 	size_t n_batch;

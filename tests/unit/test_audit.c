@@ -916,6 +916,54 @@ static void test_exec(const char *sql)
 		fail_msg("%s: %s", sql, err);
 }
 
+static bool only_newest_left(void)
+{
+	return query_int("SELECT (SELECT count(*) FROM sessions) + (SELECT count(*) FROM approvals)"
+	                 " + (SELECT count(*) FROM queries)") == 3;
+}
+
+/*
+ * Retention removes old sessions, approvals and unfinished statements, but
+ * ids still continue after a restart: the newest of each stays.
+ */
+static void ids_continue_after_retention(void **state)
+{
+	int64_t old = now_us() - 3 * 86400 * 1000000LL;
+	AuditSession s = {
+	    .started_us = old, .subject = "a", .groups = "", .client_addr = "x", .database = "app"};
+	AuditApproval a = {.session_id = 1,
+	                   .subject = "a",
+	                   .sql = "DROP TABLE t",
+	                   .requested_us = old,
+	                   .decided_us = old,
+	                   .decided_by = "dba",
+	                   .decision = "deny"};
+	uint64_t last, id, sb, ab;
+
+	(void)state;
+	start(AUDIT_ASYNC);
+	for (uint64_t i = 1; i <= 3; i++) {
+		s.session_id = a.approval_id = i;
+		audit_session_start(&s);
+		audit_session_end(i, old, "client closed");
+		audit_approval(&a);
+		last = add_query(i, "SELECT pg_sleep(100)", old); /* unfinished: pgveil was killed */
+	}
+	audit_stop();
+	cfg.audit_retention = 86400; /* pruned as it starts */
+	start(AUDIT_ASYNC);
+	assert_true(wait_for(only_newest_left, 3000));
+	audit_stop();
+	cfg.audit_retention = 0;
+	start(AUDIT_ASYNC);
+	audit_id_bases(&sb, &ab);
+	assert_int_equal(sb, 3);
+	assert_int_equal(ab, 3);
+	id = add_query(sb + 1, "SELECT 1", now_us());
+	assert_true(id > last);
+	audit_stop();
+}
+
 static void strict_readonly_refuses(void **state)
 {
 	Fired f = {.rows_seen = -1};
@@ -1149,6 +1197,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(verifier_finds_reordered_rows, setup, teardown),
 	    cmocka_unit_test_setup_teardown(retention_keeps_the_chain_verifiable, setup, teardown),
 	    cmocka_unit_test_setup_teardown(retention_of_everything, setup, teardown),
+	    cmocka_unit_test_setup_teardown(ids_continue_after_retention, setup, teardown),
 	    cmocka_unit_test_setup_teardown(strict_readonly_refuses, setup, teardown),
 	    cmocka_unit_test_setup_teardown(async_failure_keeps_rows, setup, teardown),
 	    cmocka_unit_test_setup_teardown(full_disk_is_reported, setup, teardown),
