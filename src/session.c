@@ -85,15 +85,19 @@ static int64_t now_us(void)
 	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-/* The session's row in the audit log: its start (a login that succeeded). */
-static void audit_open(Session *s, const char *backend_user)
+/*
+ * The session's row in the audit log: its start (a login that succeeded).
+ * False (the session failed) when the audit log cannot take it.
+ */
+static bool audit_open(Session *s, const char *backend_user)
 {
-	char groups[1024];
+	char groups[1024], why[300];
 	size_t n = 0;
 	AuditSession a;
+	AuditStatus st;
 
 	if (!audit_enabled())
-		return;
+		return true;
 	groups[0] = '\0';
 	for (int i = 0; i < s->identity.n_groups && n < sizeof(groups); i++)
 		n += (size_t)snprintf(groups + n, sizeof(groups) - n, "%s%s", i > 0 ? "," : "", s->identity.groups[i]);
@@ -106,8 +110,16 @@ static void audit_open(Session *s, const char *backend_user)
 	a.database = s->database != NULL ? s->database : "";
 	a.backend_user = backend_user;
 	a.tls = s->tls_done;
-	audit_session_start(&a);
-	s->audited = true;
+	st = audit_session_start(&a);
+	if (st == AUDIT_OK || st == AUDIT_OFF) {
+		s->audited = st == AUDIT_OK;
+		return true;
+	}
+	if (audit_error(why, sizeof(why)) == NULL)
+		snprintf(why, sizeof(why), "%s", st == AUDIT_FULL ? "it is too far behind" : "out of memory");
+	session_fail(s, SQLSTATE_TOO_MANY_CONNECTIONS, "the audit log cannot record another session now (%s); try again later",
+		     why);
+	return false;
 }
 
 void session_close(Session *s, const char *reason)
@@ -833,7 +845,7 @@ static void backend_ready_cb(Backend *be, void *arg)
 	uint32_t pid, key;
 	PgBuf b;
 
-	if (!session_publish(s))
+	if (!session_publish(s) || !audit_open(s, s->db->user))
 		return;
 	if (!cancel_register(&s->cancel)) {
 		session_fail(s, SQLSTATE_INTERNAL_ERROR, "could not generate a cancel key");
@@ -862,7 +874,6 @@ static void backend_ready_cb(Backend *be, void *arg)
 	stream_enable_read(s->server, true);
 	stream_enable_read(s->client, true);
 	log_write(LL_INFO, s->ctx, "session started on server %s (%s)", s->db->name, backend_get_addr(be)->display);
-	audit_open(s, s->db->user);
 	if (evbuffer_get_length(stream_input(s->client)) > 0)
 		relay_client_input(s);
 }
@@ -999,7 +1010,7 @@ static void console_login(Session *s)
 		session_fail(s, SQLSTATE_INVALID_AUTHORIZATION, "not a member of an admin, approver or auditor group");
 		return;
 	}
-	if (!session_publish(s))
+	if (!session_publish(s) || !audit_open(s, NULL))
 		return;
 	s->admin_wake = event_new(s->worker->base, -1, 0, console_wake_cb, s);
 	if (s->admin_wake != NULL)
@@ -1019,7 +1030,6 @@ static void console_login(Session *s)
 	pgproto_buf_free(&b);
 	s->state = SESS_ADMIN;
 	event_del(s->timer);
-	audit_open(s, NULL);
 	log_write(LL_INFO, s->ctx, "admin console opened (roles:%s%s%s)", (roles & ADMIN_ROLE_ADMIN) ? " admin" : "",
 		  (roles & ADMIN_ROLE_APPROVER) ? " approver" : "", (roles & ADMIN_ROLE_AUDITOR) ? " auditor" : "");
 	stream_enable_read(s->client, true);

@@ -374,7 +374,7 @@ static void async_rows_written(void **state)
 
 	(void)state;
 	start(AUDIT_ASYNC);
-	audit_session_start(&s);
+	assert_int_equal(audit_session_start(&s), AUDIT_OK);
 	audit_approval(&a);
 	assert_int_equal(audit_query_start(&q, NULL, NULL, &id), AUDIT_OK);
 	a.decided_us = 1764000002000000;
@@ -842,10 +842,10 @@ static void retention_keeps_the_chain_verifiable(void **state)
 
 	(void)state;
 	start(AUDIT_ASYNC);
-	audit_session_start(&s); /* ended long ago, no statements: removed */
+	assert_int_equal(audit_session_start(&s), AUDIT_OK); /* ended long ago, no statements: removed */
 	audit_session_end(5, old + 1000, "client closed");
 	s.session_id = 2;
-	audit_session_start(&s); /* still has statements: kept */
+	assert_int_equal(audit_session_start(&s), AUDIT_OK); /* still has statements: kept */
 	long_runner = add_query(2, "SELECT old_but_finished_late", old);
 	write_rows(5, old);
 	write_rows(3, now_us());
@@ -944,7 +944,7 @@ static void ids_continue_after_retention(void **state)
 	start(AUDIT_ASYNC);
 	for (uint64_t i = 1; i <= 3; i++) {
 		s.session_id = a.approval_id = i;
-		audit_session_start(&s);
+		assert_int_equal(audit_session_start(&s), AUDIT_OK);
 		audit_session_end(i, old, "client closed");
 		audit_approval(&a);
 		last = add_query(i, "SELECT pg_sleep(100)", old); /* unfinished: pgveil was killed */
@@ -1120,6 +1120,37 @@ static void full_queue_then_room(void **state)
 	assert_int_equal(query_int("SELECT count(*) FROM queries"), 9);
 }
 
+/*
+ * While the database cannot be written, a new session is refused once the
+ * queue holds four times as many events as statement rows may wait: ends
+ * (and outcomes) still go in, and logins are accepted again once written.
+ */
+static void logins_refused_when_far_behind(void **state)
+{
+	AuditSession s = {.subject = "a", .groups = "", .client_addr = "x", .database = "app"};
+	uint64_t queued;
+
+	(void)state;
+	audit_test_set_queue_max(2);
+	start(AUDIT_ASYNC);
+	test_exec("PRAGMA query_only = ON");
+	for (uint64_t i = 1; i <= 4; i++) {
+		s.session_id = i;
+		assert_int_equal(audit_session_start(&s), AUDIT_OK);
+		audit_session_end(i, now_us(), "client closed");
+	}
+	s.session_id = 5;
+	assert_int_equal(audit_session_start(&s), AUDIT_FULL);
+	audit_session_end(4, now_us(), "client closed"); /* never refused */
+	audit_stats(NULL, &queued, NULL);
+	assert_int_equal(queued, 9);
+	test_exec("PRAGMA query_only = OFF");
+	assert_true(wait_for(nothing_queued, 3000));
+	assert_int_equal(audit_session_start(&s), AUDIT_OK);
+	audit_stop();
+	assert_int_equal(query_int("SELECT count(*) FROM sessions"), 5);
+}
+
 static void stop_writes_everything_queued(void **state)
 {
 	enum { N = 5000 };
@@ -1129,7 +1160,7 @@ static void stop_writes_everything_queued(void **state)
 
 	(void)state;
 	start(AUDIT_ASYNC);
-	audit_session_start(&s);
+	assert_int_equal(audit_session_start(&s), AUDIT_OK);
 	for (int i = 0; i < N; i++)
 		finish(add_query(1, "INSERT INTO t VALUES (1)", now_us()), 1);
 	audit_session_end(1, now_us(), "client closed");
@@ -1152,9 +1183,9 @@ static void ids_stay_unique_across_restarts(void **state)
 	audit_id_bases(&sb, &ab);
 	assert_int_equal(sb, 0);
 	assert_int_equal(ab, 0);
-	audit_session_start(&s);
+	assert_int_equal(audit_session_start(&s), AUDIT_OK);
 	s.session_id = 2;
-	audit_session_start(&s);
+	assert_int_equal(audit_session_start(&s), AUDIT_OK);
 	audit_approval(&a);
 	audit_stop();
 	audit_id_bases(&sb, &ab);
@@ -1165,7 +1196,7 @@ static void ids_stay_unique_across_restarts(void **state)
 	assert_int_equal(ab, 1);
 	/* pgveil numbers this run's sessions and approvals after the bases (main sets the counters) */
 	s.session_id = sb + 1;
-	audit_session_start(&s);
+	assert_int_equal(audit_session_start(&s), AUDIT_OK);
 	a.approval_id = ab + 1;
 	a.session_id = sb + 1;
 	audit_approval(&a);
@@ -1203,6 +1234,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(full_disk_is_reported, setup, teardown),
 	    cmocka_unit_test_setup_teardown(locked_database_is_reported, setup, teardown),
 	    cmocka_unit_test_setup_teardown(full_queue_then_room, setup, teardown),
+	    cmocka_unit_test_setup_teardown(logins_refused_when_far_behind, setup, teardown),
 	    cmocka_unit_test_setup_teardown(stop_writes_everything_queued, setup, teardown),
 	    cmocka_unit_test_setup_teardown(ids_stay_unique_across_restarts, setup, teardown),
 	};
