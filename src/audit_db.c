@@ -156,24 +156,34 @@ static StepResult step_write(AuditDb *d, sqlite3_stmt *st, const char *what, uin
 
 /* ---- opening ----------------------------------------------------------------------------- */
 
-static bool set_wal(AuditDb *d, char *err, size_t errlen)
+/* The text answer of a PRAGMA, in buf ("unknown" when it has none); false with err when it fails. */
+static bool pragma_text(AuditDb *d, const char *sql, char *buf, size_t buflen, char *err, size_t errlen)
 {
 	sqlite3_stmt *st = NULL;
-	bool ok = false;
+	bool ok =
+	    sqlite3_prepare_v2(d->db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW;
 
-	if (sqlite3_prepare_v2(d->db, "PRAGMA journal_mode = WAL", -1, &st, NULL) != SQLITE_OK ||
-	    sqlite3_step(st) != SQLITE_ROW) {
-		db_fail(d, err, errlen);
+	if (ok) {
+		const unsigned char *t = sqlite3_column_text(st, 0);
+
+		snprintf(buf, buflen, "%s", t != NULL ? (const char *)t : "unknown");
 	} else {
-		const unsigned char *mode = sqlite3_column_text(st, 0);
-
-		ok = mode != NULL && strcmp((const char *)mode, "wal") == 0;
-		if (!ok)
-			snprintf(err, errlen, "audit_db %s: cannot use WAL mode (journal_mode is %s)",
-			         d->path, mode != NULL ? (const char *)mode : "unknown");
+		db_fail(d, err, errlen);
 	}
 	sqlite3_finalize(st);
 	return ok;
+}
+
+static bool set_wal(AuditDb *d, char *err, size_t errlen)
+{
+	char mode[32];
+
+	if (!pragma_text(d, "PRAGMA journal_mode = WAL", mode, sizeof(mode), err, errlen))
+		return false;
+	if (strcmp(mode, "wal") == 0)
+		return true;
+	snprintf(err, errlen, "audit_db %s: cannot use WAL mode (journal_mode is %s)", d->path, mode);
+	return false;
 }
 
 bool auditdb_set_sync(AuditDb *d, bool strict, char *err, size_t errlen)
@@ -187,24 +197,15 @@ bool auditdb_set_sync(AuditDb *d, bool strict, char *err, size_t errlen)
  */
 static bool check_encoding(AuditDb *d, char *err, size_t errlen)
 {
-	sqlite3_stmt *st = NULL;
-	bool ok = false;
+	char enc[32];
 
-	if (!db_exec(d, "PRAGMA encoding = 'UTF-8'", err, errlen)) /* takes effect in a new database only */
+	if (!db_exec(d, "PRAGMA encoding = 'UTF-8'", err, errlen) || /* takes effect in a new database only */
+	    !pragma_text(d, "PRAGMA encoding", enc, sizeof(enc), err, errlen))
 		return false;
-	if (sqlite3_prepare_v2(d->db, "PRAGMA encoding", -1, &st, NULL) != SQLITE_OK ||
-	    sqlite3_step(st) != SQLITE_ROW) {
-		db_fail(d, err, errlen);
-	} else {
-		const unsigned char *enc = sqlite3_column_text(st, 0);
-
-		ok = enc != NULL && strcmp((const char *)enc, "UTF-8") == 0;
-		if (!ok)
-			snprintf(err, errlen, "audit_db %s: its text encoding is %s; pgveil writes UTF-8",
-			         d->path, enc != NULL ? (const char *)enc : "unknown");
-	}
-	sqlite3_finalize(st);
-	return ok;
+	if (strcmp(enc, "UTF-8") == 0)
+		return true;
+	snprintf(err, errlen, "audit_db %s: its text encoding is %s; pgveil writes UTF-8", d->path, enc);
+	return false;
 }
 
 /* Creates the schema in a fresh database, or brings an older one up to date. */
