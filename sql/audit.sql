@@ -5,7 +5,7 @@
 -- ('2026-11-24T00:41:07.123456Z'). Tokens and passwords are never stored.
 
 CREATE TABLE IF NOT EXISTS sessions (
-    id           INTEGER PRIMARY KEY,   -- pgveil's session id + this run's base (doc/audit.md)
+    id           INTEGER PRIMARY KEY,   -- pgveil's session id; ids continue across restarts (doc/audit.md)
     started_at   TEXT NOT NULL,
     ended_at     TEXT,                  -- NULL while open (or when pgveil was killed)
     subject      TEXT NOT NULL,
@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS queries (
 );
 
 CREATE TABLE IF NOT EXISTS approvals (
-    id           INTEGER PRIMARY KEY,   -- the approval id shown to agents and approvers + this run's base
+    id           INTEGER PRIMARY KEY,   -- the approval id shown to agents and approvers; continues across restarts
     query_id     INTEGER,
     session_id   INTEGER NOT NULL,
     subject      TEXT NOT NULL,

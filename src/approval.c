@@ -7,8 +7,8 @@
  * One mutex guards everything; every function may be called from any
  * thread. A decision wakes the waiting session by activating the event it
  * submitted (libevent runs with pthread support, so that is safe from the
- * approver's worker). Everything lives in memory; every outcome passes
- * through record_outcome(), the one place a persistent log hooks in.
+ * approver's worker). Everything lives in memory; the audit log gets a row
+ * per held statement and its outcome (audit_entry()).
  */
 #include "pgveil/approval.h"
 
@@ -240,12 +240,6 @@ static void prune_decided(void)
 	}
 }
 
-/*
- * Every outcome of a held statement passes here, under the lock, once: a
- * decision, a timeout or a cancellation. This is where a persistent record
- * (the audit log's approvals table) hooks in. The entry stays valid (it is
- * the newest decided one, never pruned here).
- */
 /* The entry's row in the audit log's approvals table (queued; written by the audit writer). */
 static void audit_entry(const HeldEntry *e)
 {
@@ -274,6 +268,12 @@ static void audit_entry(const HeldEntry *e)
 	audit_approval(&a);
 }
 
+/*
+ * Every outcome of a held statement passes here, under the lock, once: a
+ * decision, a timeout or a cancellation; it goes to the audit log as the
+ * held statement did. The entry stays valid (it is the newest decided one,
+ * never pruned here).
+ */
 static void record_outcome(HeldEntry *e)
 {
 	move_to_decided(e);
@@ -296,11 +296,6 @@ void approval_set_first_id(uint64_t id)
 	if (id > reg.next_id)
 		reg.next_id = id;
 	pthread_mutex_unlock(&reg.lock);
-}
-
-void approval_init(void)
-{
-	/* The registry is statically initialised; this exists for symmetry with shutdown. */
 }
 
 static void grant_free(Grant *g)
@@ -402,7 +397,6 @@ HoldState approval_withdraw(uint64_t id, HoldState why)
 }
 
 /* ---- decisions --------------------------------------------------------------------- */
-
 
 /* A grant for the statement of `e` (not linked yet), or NULL without memory. */
 static Grant *grant_new(const HeldEntry *e, const char *approver, time_t until)

@@ -4,9 +4,13 @@
  * make copy the event into one allocation and append it to the queue under
  * one mutex: they never touch SQLite and never wait on disk. The queue is
  * bounded for statement rows in async mode (AUDIT_FULL, then a `room`
- * wake-up); outcomes, sessions and approvals always go in (the part of the
- * queue past the bound is the overflow), so nothing is dropped while the
- * process lives. This file owns the queue, the strict-mode acknowledgements
+ * wake-up; strict-mode rows each hold their session until written);
+ * outcomes, session ends and approvals always go in (the part of the queue
+ * past the bound is the overflow), so nothing is dropped while the process
+ * lives. The overflow is bounded by what was admitted: an outcome or an end
+ * per statement row or session, an approval's rows per held statement,
+ * and new sessions are refused once the queue holds AUDIT_EVENTS_PER_ROW
+ * times the bound. This file owns the queue, the strict-mode acknowledgements
  * (a Waiter per statement row, woken with event_active() under the mutex,
  * so audit_forget() can promise an event is never woken after it returns),
  * the failure state that strict mode refuses statements with, and the
@@ -25,7 +29,7 @@
 #include "pgveil/log.h"
 
 #define AUDIT_QUEUE_MAX 65536u              /* unwritten statement rows before AUDIT_FULL (async) */
-#define AUDIT_BATCH_MAX 8192u               /* events per transaction */
+#define AUDIT_EVENTS_PER_ROW 4u             /* logins are refused at this times AUDIT_QUEUE_MAX events */
 #define AUDIT_ASYNC_BATCH 1024u             /* async: write at once when this many wait */
 #define AUDIT_TICK_US 100000u               /* async: at most this long before a queued row is written */
 #define AUDIT_RETRY_US 1000000u             /* after a failure, try again after this */
@@ -652,10 +656,28 @@ bool audit_strict(void)
 
 /* ---- events ------------------------------------------------------------------------------- */
 
-void audit_session_start(const AuditSession *s)
+AuditStatus audit_session_start(const AuditSession *s)
 {
-	if (s != NULL && audit_enabled())
-		enqueue(item_session(s), "the start of a session");
+	AuditItem *it;
+	AuditStatus st = AUDIT_OK;
+
+	if (s == NULL || !audit_enabled())
+		return AUDIT_OFF;
+	if ((it = item_session(s)) == NULL) {
+		log_error("audit: out of memory: a login is refused for want of its audit row");
+		return AUDIT_FAILED;
+	}
+	pthread_mutex_lock(&au.lock);
+	if (!au.running)
+		st = AUDIT_OFF;
+	else if (au.n_items >= AUDIT_EVENTS_PER_ROW * au.queue_max)
+		st = AUDIT_FULL;
+	else
+		queue_append_locked(it);
+	pthread_mutex_unlock(&au.lock);
+	if (st != AUDIT_OK)
+		free(it);
+	return st;
 }
 
 void audit_session_end(uint64_t session_id, int64_t ended_us, const char *end_reason)

@@ -1,12 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The audit log's hash chain: the canonical encoding of a queries row and
- * its SHA-256 (OpenSSL EVP), shared by the writer, which hashes each row as
- * SQLite stored it, and by the verifier behind `pgveil --verify-audit`,
- * which walks the chained rows in chain_seq order from the beginning or
- * from the retention checkpoint that precedes the oldest one. Both read the
- * values back from SQLite, so what is hashed is exactly what an auditor
- * reads. The encoding is documented in doc/audit.md.
+ * The audit log's hash chain: the canonical encoding of a queries row's
+ * values (AuditValue: a storage class and bytes) and its SHA-256 (OpenSSL
+ * EVP), shared by the writer, which hashes the values it binds (each with
+ * the storage class its column keeps, so they are what SQLite stores), and
+ * by the verifier behind `pgveil --verify-audit`, which reads them back and
+ * walks the chained rows in chain_seq order from the beginning or from the
+ * retention checkpoint that precedes the oldest one. The encoding is
+ * documented in doc/audit.md.
  */
 #include <openssl/evp.h>
 #include <stdio.h>
@@ -34,36 +35,70 @@ static bool put_tag(EVP_MD_CTX *ctx, unsigned char tag)
 	return EVP_DigestUpdate(ctx, &tag, 1) == 1;
 }
 
+AuditValue audit_value_text(const char *s)
+{
+	AuditValue v = {
+	    .type = s != NULL ? SQLITE_TEXT : SQLITE_NULL, .p = s, .n = s != NULL ? strlen(s) : 0};
+
+	return v;
+}
+
+AuditValue audit_value_int(int64_t i)
+{
+	AuditValue v = {.type = SQLITE_INTEGER, .i = i};
+
+	return v;
+}
+
+AuditValue audit_value_real(double r)
+{
+	AuditValue v = {.type = SQLITE_FLOAT, .r = r};
+
+	return v;
+}
+
+AuditValue audit_value_column(sqlite3_stmt *st, int col)
+{
+	AuditValue v = {.type = sqlite3_column_type(st, col)};
+
+	switch (v.type) {
+	case SQLITE_INTEGER: v.i = sqlite3_column_int64(st, col); break;
+	case SQLITE_FLOAT: v.r = sqlite3_column_double(st, col); break;
+	case SQLITE_TEXT:
+		v.p = sqlite3_column_text(st, col);
+		v.n = (size_t)sqlite3_column_bytes(st, col);
+		if (v.p == NULL) /* no memory for the text: nothing to hash it from */
+			v.type = -1;
+		break;
+	case SQLITE_BLOB:
+		v.p = sqlite3_column_blob(st, col);
+		v.n = (size_t)sqlite3_column_bytes(st, col);
+		break;
+	default: v.type = SQLITE_NULL; break;
+	}
+	return v;
+}
+
 /* One value: a type tag, then 8 bytes (integer, real) or an 8-byte length and the bytes. */
-static bool put_column(EVP_MD_CTX *ctx, sqlite3_stmt *st, int col)
+static bool put_value(EVP_MD_CTX *ctx, const AuditValue *v)
 {
 	uint64_t bits;
-	double d;
-	const void *p;
-	int n;
 
-	switch (sqlite3_column_type(st, col)) {
-	case SQLITE_INTEGER:
-		return put_tag(ctx, TAG_INTEGER) && put_u64(ctx, (uint64_t)sqlite3_column_int64(st, col));
+	switch (v->type) {
+	case SQLITE_NULL: return put_tag(ctx, TAG_NULL);
+	case SQLITE_INTEGER: return put_tag(ctx, TAG_INTEGER) && put_u64(ctx, (uint64_t)v->i);
 	case SQLITE_FLOAT:
-		d = sqlite3_column_double(st, col);
-		memcpy(&bits, &d, sizeof(bits));
+		memcpy(&bits, &v->r, sizeof(bits));
 		return put_tag(ctx, TAG_REAL) && put_u64(ctx, bits);
 	case SQLITE_TEXT:
-		p = sqlite3_column_text(st, col);
-		n = sqlite3_column_bytes(st, col);
-		return p != NULL && put_tag(ctx, TAG_TEXT) && put_u64(ctx, (uint64_t)n) &&
-		       EVP_DigestUpdate(ctx, p, (size_t)n) == 1;
 	case SQLITE_BLOB:
-		p = sqlite3_column_blob(st, col);
-		n = sqlite3_column_bytes(st, col);
-		return put_tag(ctx, TAG_BLOB) && put_u64(ctx, (uint64_t)n) &&
-		       (n == 0 || EVP_DigestUpdate(ctx, p, (size_t)n) == 1);
-	default: return put_tag(ctx, TAG_NULL);
+		return put_tag(ctx, v->type == SQLITE_TEXT ? TAG_TEXT : TAG_BLOB) &&
+		       put_u64(ctx, (uint64_t)v->n) && (v->n == 0 || EVP_DigestUpdate(ctx, v->p, v->n) == 1);
+	default: return false;
 	}
 }
 
-bool audit_chain_hash(sqlite3_stmt *st, char out[AUDIT_HASH_HEX])
+bool audit_chain_hash(const AuditValue v[AUDIT_CHAIN_NCOLS], char out[AUDIT_HASH_HEX])
 {
 	static const char hex[] = "0123456789abcdef";
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
@@ -75,7 +110,7 @@ bool audit_chain_hash(sqlite3_stmt *st, char out[AUDIT_HASH_HEX])
 		return false;
 	ok = EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1;
 	for (int i = 0; ok && i < AUDIT_CHAIN_NCOLS; i++)
-		ok = put_column(ctx, st, i);
+		ok = put_value(ctx, &v[i]);
 	ok = ok && EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 && mdlen == 32;
 	EVP_MD_CTX_free(ctx);
 	if (!ok)
@@ -86,6 +121,15 @@ bool audit_chain_hash(sqlite3_stmt *st, char out[AUDIT_HASH_HEX])
 	}
 	out[64] = '\0';
 	return true;
+}
+
+bool audit_chain_hash_row(sqlite3_stmt *st, char out[AUDIT_HASH_HEX])
+{
+	AuditValue v[AUDIT_CHAIN_NCOLS];
+
+	for (int i = 0; i < AUDIT_CHAIN_NCOLS; i++)
+		v[i] = audit_value_column(st, i);
+	return audit_chain_hash(v, out);
 }
 
 void audit_format_time(int64_t us, char buf[32])
@@ -205,12 +249,12 @@ static int verify_start(Walk *w, sqlite3_stmt *row, int64_t seq, const char *pre
 /* 0 when the current row of `st` (AUDIT_CHAIN_COLUMNS, then hash) is intact and follows the previous one. */
 static int verify_row(Walk *w, sqlite3_stmt *st)
 {
-	long long id = sqlite3_column_int64(st, 1);
-	int64_t seq = sqlite3_column_int64(st, 17);
+	long long id = sqlite3_column_int64(st, CH_ID);
+	int64_t seq = sqlite3_column_int64(st, CH_CHAIN_SEQ);
 	const char *prev = col_text(st, 0), *hash = col_text(st, AUDIT_CHAIN_NCOLS);
 	char calc[AUDIT_HASH_HEX];
 
-	if (!audit_chain_hash(st, calc)) {
+	if (!audit_chain_hash_row(st, calc)) {
 		fprintf(w->out, "cannot compute a hash (out of memory)\n");
 		return 2;
 	}

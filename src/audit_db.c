@@ -4,7 +4,8 @@
  * synchronous by mode, busy_timeout), creating or migrating its schema
  * (sql/audit.sql, compiled in; PRAGMA user_version), reading where the hash
  * chain and the ids continue, writing one batch of queued events in one
- * transaction (chaining each statement row as it is finished), and
+ * transaction (chaining each statement row as it is finished: a row whose
+ * start and outcome are in the same batch is inserted once, whole), and
  * retention with its checkpoints. Everything here runs on the writer
  * thread, except auditdb_open, which audit_start calls before the thread
  * exists.
@@ -27,21 +28,28 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_INSERT_QUERY] =
         "INSERT INTO queries (id, session_id, ts, subject, database, sql, fingerprint, classes,"
         " decision, rule, approval_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    [ST_FINISH_QUERY] = "UPDATE queries SET masked_columns = ?1, rows = ?2, duration_ms = ?3, sqlstate = ?4,"
-                        " error = ?5, chain_seq = ?6, prev_hash = ?7 WHERE id = ?8 AND chain_seq IS NULL",
-    [ST_SELECT_CHAINED] = "SELECT " AUDIT_CHAIN_COLUMNS " FROM queries WHERE id = ?1",
-    [ST_SET_HASH] = "UPDATE queries SET hash = ?1 WHERE id = ?2",
+    [ST_SELECT_START] =
+        "SELECT id, session_id, ts, subject, database, sql, fingerprint, classes, decision, rule,"
+        " approval_id FROM queries WHERE id = ?1 AND chain_seq IS NULL",
+    /* the parameters of these two are numbered by chain position (AUDIT_CHAIN_COLUMNS), the hash ?19 */
+    [ST_FINISH_QUERY] =
+        "UPDATE queries SET prev_hash = ?1, masked_columns = ?12, rows = ?13, duration_ms = ?14,"
+        " sqlstate = ?15, error = ?16, chain_seq = ?18, hash = ?19 WHERE id = ?2",
+    [ST_INSERT_CHAINED] =
+        "INSERT INTO queries (" AUDIT_CHAIN_COLUMNS ", hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6,"
+        " ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
     [ST_INSERT_SESSION] = "INSERT INTO sessions (id, started_at, subject, groups, client_addr, database,"
                           " backend_user, tls) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     [ST_END_SESSION] = "UPDATE sessions SET ended_at = ?2, end_reason = ?3 WHERE id = ?1",
-    [ST_UPSERT_APPROVAL] =
-        "INSERT INTO approvals (id, query_id, session_id, subject, sql, rule, requested_at,"
-        " decided_at, decided_by, decision, reason, grant_until)"
-        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
-        " ON CONFLICT (id) DO UPDATE SET query_id = coalesce(excluded.query_id, query_id),"
-        " decided_at = excluded.decided_at, decided_by = excluded.decided_by,"
-        " decision = excluded.decision, reason = excluded.reason,"
-        " grant_until = excluded.grant_until",
+    [ST_UPSERT_APPROVAL] = "INSERT INTO approvals (id, session_id, subject, sql, rule, requested_at,"
+                           " decided_at, decided_by, decision, reason, grant_until)"
+                           " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                           " ON CONFLICT (id) DO UPDATE SET"
+                           " decided_at = excluded.decided_at, decided_by = excluded.decided_by,"
+                           " decision = excluded.decision, reason = excluded.reason,"
+                           " grant_until = excluded.grant_until",
+    /* a held statement's row names its approval; the approval gets the row's id back */
+    [ST_LINK_APPROVAL] = "UPDATE approvals SET query_id = ?1 WHERE id = ?2 AND query_id IS NULL",
 };
 
 typedef enum { STEP_OK, STEP_SKIP, STEP_FAIL } StepResult;
@@ -113,15 +121,6 @@ static void bind_time(sqlite3_stmt *st, int i, int64_t us, bool zero_is_null)
 	sqlite3_bind_text(st, i, buf, -1, SQLITE_TRANSIENT);
 }
 
-/* An id offset by `base`, or NULL for 0. */
-static void bind_id(sqlite3_stmt *st, int i, uint64_t base, uint64_t id)
-{
-	if (id == 0)
-		sqlite3_bind_null(st, i);
-	else
-		sqlite3_bind_int64(st, i, (sqlite3_int64)(base + id));
-}
-
 /*
  * Runs a write statement. A row SQLite refuses by itself (a constraint, a
  * value too big) would be refused again on every retry: it is logged and
@@ -157,29 +156,56 @@ static StepResult step_write(AuditDb *d, sqlite3_stmt *st, const char *what, uin
 
 /* ---- opening ----------------------------------------------------------------------------- */
 
-static bool set_wal(AuditDb *d, char *err, size_t errlen)
+/* The text answer of a PRAGMA, in buf ("unknown" when it has none); false with err when it fails. */
+static bool pragma_text(AuditDb *d, const char *sql, char *buf, size_t buflen, char *err, size_t errlen)
 {
 	sqlite3_stmt *st = NULL;
-	bool ok = false;
+	bool ok =
+	    sqlite3_prepare_v2(d->db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW;
 
-	if (sqlite3_prepare_v2(d->db, "PRAGMA journal_mode = WAL", -1, &st, NULL) != SQLITE_OK ||
-	    sqlite3_step(st) != SQLITE_ROW) {
-		db_fail(d, err, errlen);
+	if (ok) {
+		const unsigned char *t = sqlite3_column_text(st, 0);
+
+		snprintf(buf, buflen, "%s", t != NULL ? (const char *)t : "unknown");
 	} else {
-		const unsigned char *mode = sqlite3_column_text(st, 0);
-
-		ok = mode != NULL && strcmp((const char *)mode, "wal") == 0;
-		if (!ok)
-			snprintf(err, errlen, "audit_db %s: cannot use WAL mode (journal_mode is %s)",
-			         d->path, mode != NULL ? (const char *)mode : "unknown");
+		db_fail(d, err, errlen);
 	}
 	sqlite3_finalize(st);
 	return ok;
 }
 
+static bool set_wal(AuditDb *d, char *err, size_t errlen)
+{
+	char mode[32];
+
+	if (!pragma_text(d, "PRAGMA journal_mode = WAL", mode, sizeof(mode), err, errlen))
+		return false;
+	if (strcmp(mode, "wal") == 0)
+		return true;
+	snprintf(err, errlen, "audit_db %s: cannot use WAL mode (journal_mode is %s)", d->path, mode);
+	return false;
+}
+
 bool auditdb_set_sync(AuditDb *d, bool strict, char *err, size_t errlen)
 {
 	return db_exec(d, strict ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL", err, errlen);
+}
+
+/*
+ * Text must be stored as the UTF-8 bytes pgveil binds: the chain hashes
+ * them as bound (a database in UTF-16 would convert them).
+ */
+static bool check_encoding(AuditDb *d, char *err, size_t errlen)
+{
+	char enc[32];
+
+	if (!db_exec(d, "PRAGMA encoding = 'UTF-8'", err, errlen) || /* takes effect in a new database only */
+	    !pragma_text(d, "PRAGMA encoding", enc, sizeof(enc), err, errlen))
+		return false;
+	if (strcmp(enc, "UTF-8") == 0)
+		return true;
+	snprintf(err, errlen, "audit_db %s: its text encoding is %s; pgveil writes UTF-8", d->path, enc);
+	return false;
 }
 
 /* Creates the schema in a fresh database, or brings an older one up to date. */
@@ -276,7 +302,10 @@ bool auditdb_open(AuditDb *d, const char *path, bool strict, char *err, size_t e
 
 	memset(d, 0, sizeof(*d));
 	d->path = strdup(path);
-	if (d->path == NULL) {
+	d->batch_starts = calloc(AUDIT_BATCH_MAX, sizeof(*d->batch_starts));
+	d->batch_outcomes = calloc(AUDIT_BATCH_MAX, sizeof(*d->batch_outcomes));
+	if (d->path == NULL || d->batch_starts == NULL || d->batch_outcomes == NULL) {
+		auditdb_close(d);
 		snprintf(err, errlen, "audit_db %s: out of memory", path);
 		return false;
 	}
@@ -298,9 +327,9 @@ bool auditdb_open(AuditDb *d, const char *path, bool strict, char *err, size_t e
 		         (long long)version, AUDIT_SCHEMA_VERSION);
 		goto fail;
 	}
-	if (!set_wal(d, err, errlen) || !auditdb_set_sync(d, strict, err, errlen) ||
-	    !apply_schema(d, version, err, errlen) || !load_chain_head(d, err, errlen) ||
-	    !load_ids(d, err, errlen) || !prepare_all(d, err, errlen))
+	if (!check_encoding(d, err, errlen) || !set_wal(d, err, errlen) ||
+	    !auditdb_set_sync(d, strict, err, errlen) || !apply_schema(d, version, err, errlen) ||
+	    !load_chain_head(d, err, errlen) || !load_ids(d, err, errlen) || !prepare_all(d, err, errlen))
 		goto fail;
 	return true;
 fail:
@@ -315,6 +344,8 @@ void auditdb_close(AuditDb *d)
 	if (d->db != NULL && sqlite3_close(d->db) != SQLITE_OK)
 		log_error("audit: closing audit_db %s: %s", d->path, sqlite3_errmsg(d->db));
 	free(d->path);
+	free(d->batch_starts);
+	free(d->batch_outcomes);
 	memset(d, 0, sizeof(*d));
 }
 
@@ -325,82 +356,200 @@ bool auditdb_exec(AuditDb *d, const char *sql, char *err, size_t errlen)
 
 /* ---- writing ----------------------------------------------------------------------------- */
 
-static bool write_query_start(AuditDb *d, const AuditItem *it, char *err, size_t errlen)
+/* Binds a value with its storage class: every column's affinity keeps it, so the row stores exactly v. */
+static void bind_value(sqlite3_stmt *st, int i, const AuditValue *v)
 {
-	const AuditQuery *q = &it->u.query;
-	sqlite3_stmt *st = d->st[ST_INSERT_QUERY];
-
-	sqlite3_bind_int64(st, 1, (sqlite3_int64)it->id);
-	sqlite3_bind_int64(st, 2, (sqlite3_int64)q->session_id);
-	bind_time(st, 3, q->ts_us, false);
-	bind_text(st, 4, nz(q->subject));
-	bind_text(st, 5, nz(q->database));
-	bind_text(st, 6, nz(q->sql));
-	bind_text(st, 7, q->fingerprint);
-	bind_text(st, 8, nz(q->classes));
-	bind_text(st, 9, nz(q->decision));
-	bind_text(st, 10, q->rule);
-	bind_id(st, 11, 0, q->approval_id);
-	return step_write(d, st, "statement row", it->id, err, errlen) != STEP_FAIL;
+	switch (v->type) {
+	case SQLITE_INTEGER: sqlite3_bind_int64(st, i, v->i); break;
+	case SQLITE_FLOAT: sqlite3_bind_double(st, i, v->r); break;
+	case SQLITE_TEXT: sqlite3_bind_text(st, i, v->p, (int)v->n, SQLITE_STATIC); break;
+	default: sqlite3_bind_null(st, i); break;
+	}
 }
 
-/* Hashes row `id` as stored (its chain_seq and prev_hash already set) and stores the hash. */
-static bool chain_row(AuditDb *d, uint64_t id, char hash[AUDIT_HASH_HEX], char *err, size_t errlen)
+/* The values of a statement's start (ts formatted into `ts`), as its row stores them. */
+static void start_values(const AuditItem *it, char ts[32], AuditValue v[AUDIT_CHAIN_NCOLS])
 {
-	sqlite3_stmt *sel = d->st[ST_SELECT_CHAINED], *set = d->st[ST_SET_HASH];
+	const AuditQuery *q = &it->u.query;
+
+	audit_format_time(q->ts_us, ts);
+	v[CH_ID] = audit_value_int((int64_t)it->id);
+	v[CH_SESSION_ID] = audit_value_int((int64_t)q->session_id);
+	v[CH_TS] = audit_value_text(ts);
+	v[CH_SUBJECT] = audit_value_text(nz(q->subject));
+	v[CH_DATABASE] = audit_value_text(nz(q->database));
+	v[CH_SQL] = audit_value_text(nz(q->sql));
+	v[CH_FINGERPRINT] = audit_value_text(q->fingerprint);
+	v[CH_CLASSES] = audit_value_text(nz(q->classes));
+	v[CH_DECISION] = audit_value_text(nz(q->decision));
+	v[CH_RULE] = audit_value_text(q->rule);
+	v[CH_APPROVAL_ID] =
+	    q->approval_id != 0 ? audit_value_int((int64_t)q->approval_id) : audit_value_text(NULL);
+}
+
+/* The values of an outcome, as its row stores them. */
+static void outcome_values(const AuditOutcome *o, AuditValue v[AUDIT_CHAIN_NCOLS])
+{
+	v[CH_MASKED_COLUMNS] = audit_value_text(o->masked_columns);
+	v[CH_ROWS] = o->rows >= 0 ? audit_value_int(o->rows) : audit_value_text(NULL);
+	v[CH_DURATION_MS] =
+	    o->duration_us >= 0 ? audit_value_real((double)o->duration_us / 1000.0) : audit_value_text(NULL);
+	v[CH_SQLSTATE] = audit_value_text(o->sqlstate);
+	v[CH_ERROR] = audit_value_text(o->error);
+}
+
+/* The position of start `id` in the batch index, or -1. */
+static int batch_find(const AuditDb *d, uint64_t id)
+{
+	size_t lo = 0, hi = d->n_batch;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (d->batch_starts[mid]->id < id)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < d->n_batch && d->batch_starts[lo]->id == id ? (int)lo : -1;
+}
+
+/*
+ * Indexes the batch's statement starts (their ids grow in queue order) and
+ * pairs each with its outcome when that is in the batch too: such a row is
+ * written once, whole and chained, where its outcome stands.
+ */
+static void batch_index(AuditDb *d, const AuditItem *items)
+{
+	d->n_batch = 0;
+	for (const AuditItem *it = items; it != NULL; it = it->next) {
+		if (it->kind == AI_QUERY_START && d->n_batch < AUDIT_BATCH_MAX &&
+		    (d->n_batch == 0 || it->id > d->batch_starts[d->n_batch - 1]->id)) {
+			d->batch_starts[d->n_batch] = it;
+			d->batch_outcomes[d->n_batch++] = NULL;
+		} else if (it->kind == AI_QUERY_FINISH) {
+			int k = batch_find(d, it->id);
+
+			if (k >= 0 && d->batch_outcomes[k] == NULL)
+				d->batch_outcomes[k] = it;
+		}
+	}
+}
+
+/* After row v is inserted: the approval it waited for (if any) gets its id. */
+static bool link_approval(AuditDb *d, const AuditValue v[AUDIT_CHAIN_NCOLS], char *err, size_t errlen)
+{
+	sqlite3_stmt *st = d->st[ST_LINK_APPROVAL];
+
+	if (v[CH_APPROVAL_ID].type != SQLITE_INTEGER)
+		return true;
+	bind_value(st, 1, &v[CH_ID]);
+	bind_value(st, 2, &v[CH_APPROVAL_ID]);
+	return step_write(d, st, "approval of statement row", (uint64_t)v[CH_ID].i, err, errlen) != STEP_FAIL;
+}
+
+/* Inserts a statement's row without its outcome. */
+static bool insert_start(AuditDb *d, const AuditItem *it, char *err, size_t errlen)
+{
+	sqlite3_stmt *st = d->st[ST_INSERT_QUERY];
+	AuditValue v[AUDIT_CHAIN_NCOLS];
+	char ts[32];
+
+	start_values(it, ts, v);
+	for (int i = CH_ID; i <= CH_RULE; i++)
+		bind_value(st, i - CH_ID + 1, &v[i]);
+	bind_value(st, CH_RULE - CH_ID + 2, &v[CH_APPROVAL_ID]);
+	switch (step_write(d, st, "statement row", it->id, err, errlen)) {
+	case STEP_OK: return link_approval(d, v, err, errlen);
+	case STEP_SKIP: return true;
+	default: return false;
+	}
+}
+
+static bool write_query_start(AuditDb *d, const AuditItem *it, char *err, size_t errlen)
+{
+	int k = batch_find(d, it->id);
+
+	if (k >= 0 && d->batch_starts[k] == it && d->batch_outcomes[k] != NULL)
+		return true; /* written whole where its outcome stands */
+	return insert_start(d, it, err, errlen);
+}
+
+/*
+ * Reads the start of unfinished row `id` into v (borrowed from the
+ * statement until it is reset). STEP_SKIP when there is none.
+ */
+static StepResult read_start(AuditDb *d, uint64_t id, AuditValue v[AUDIT_CHAIN_NCOLS], char *err,
+                             size_t errlen)
+{
+	sqlite3_stmt *st = d->st[ST_SELECT_START];
 	int rc;
+
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)id);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_DONE)
+		return STEP_SKIP;
+	if (rc != SQLITE_ROW) {
+		db_fail(d, err, errlen);
+		return STEP_FAIL;
+	}
+	for (int i = CH_ID; i <= CH_RULE; i++)
+		v[i] = audit_value_column(st, i - CH_ID);
+	v[CH_APPROVAL_ID] = audit_value_column(st, CH_RULE - CH_ID + 1);
+	return STEP_OK;
+}
+
+/* The chain positions an outcome sets in an unfinished row (and its id), besides the hash. */
+static bool set_by_outcome(int i)
+{
+	return i == CH_PREV_HASH || i == CH_ID || (i >= CH_MASKED_COLUMNS && i <= CH_ERROR) ||
+	       i == CH_CHAIN_SEQ;
+}
+
+/*
+ * Fills in the outcome of a row and makes it the next link of the chain.
+ * The hash is computed from the values the row stores, never read back
+ * after writing: a row whose start is in the batch is inserted whole; else
+ * its start is read from its unfinished row, and the outcome, chain
+ * position and hash are set in one UPDATE.
+ */
+static bool write_query_finish(AuditDb *d, const AuditItem *it, int64_t *seq, char prev[AUDIT_HASH_HEX],
+                               char *err, size_t errlen)
+{
+	int k = batch_find(d, it->id);
+	const AuditItem *start = k >= 0 && d->batch_outcomes[k] == it ? d->batch_starts[k] : NULL;
+	sqlite3_stmt *st = d->st[start != NULL ? ST_INSERT_CHAINED : ST_FINISH_QUERY];
+	AuditValue v[AUDIT_CHAIN_NCOLS];
+	char ts[32], hash[AUDIT_HASH_HEX];
+	StepResult r = STEP_OK;
 	bool hashed;
 
-	sqlite3_bind_int64(sel, 1, (sqlite3_int64)id);
-	rc = sqlite3_step(sel);
-	if (rc != SQLITE_ROW) {
-		if (rc == SQLITE_DONE)
-			snprintf(err, errlen, "audit_db %s: row %llu vanished while it was chained", d->path,
-			         (unsigned long long)id);
-		else
-			db_fail(d, err, errlen);
-		sqlite3_reset(sel);
-		return false;
-	}
-	hashed = audit_chain_hash(sel, hash);
-	sqlite3_reset(sel);
+	if (start != NULL)
+		start_values(start, ts, v);
+	else if ((r = read_start(d, it->id, v, err, errlen)) == STEP_SKIP)
+		log_warn("audit: the outcome of statement row %llu has no unfinished row to go to: ignored",
+		         (unsigned long long)it->id);
+	v[CH_PREV_HASH] = audit_value_text(prev);
+	outcome_values(&it->u.outcome, v);
+	v[CH_CHAIN_SEQ] = audit_value_int(*seq);
+	hashed = r == STEP_OK && audit_chain_hash(v, hash);
+	sqlite3_reset(d->st[ST_SELECT_START]); /* the start values read are not used after this */
+	if (r != STEP_OK)
+		return r == STEP_SKIP;
 	if (!hashed) {
 		snprintf(err, errlen, "audit_db %s: out of memory while hashing", d->path);
 		return false;
 	}
-	sqlite3_bind_text(set, 1, hash, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(set, 2, (sqlite3_int64)id);
-	return step_write(d, set, "statement row", id, err, errlen) != STEP_FAIL;
-}
-
-/* Fills in the outcome of a row and makes it the next link of the chain. */
-static bool write_query_finish(AuditDb *d, const AuditItem *it, int64_t *seq, char prev[AUDIT_HASH_HEX],
-                               char *err, size_t errlen)
-{
-	const AuditOutcome *o = &it->u.outcome;
-	sqlite3_stmt *st = d->st[ST_FINISH_QUERY];
-	char hash[AUDIT_HASH_HEX];
-	StepResult r;
-
-	bind_text(st, 1, o->masked_columns);
-	if (o->rows >= 0)
-		sqlite3_bind_int64(st, 2, o->rows);
-	if (o->duration_us >= 0)
-		sqlite3_bind_double(st, 3, (double)o->duration_us / 1000.0);
-	bind_text(st, 4, o->sqlstate);
-	bind_text(st, 5, o->error);
-	sqlite3_bind_int64(st, 6, *seq);
-	bind_text(st, 7, prev);
-	sqlite3_bind_int64(st, 8, (sqlite3_int64)it->id);
+	for (int i = 0; i < AUDIT_CHAIN_NCOLS; i++)
+		if (start != NULL || set_by_outcome(i))
+			bind_value(st, i + 1, &v[i]);
+	sqlite3_bind_text(st, AUDIT_CHAIN_NCOLS + 1, hash, -1, SQLITE_STATIC);
 	r = step_write(d, st, "outcome of statement row", it->id, err, errlen);
+	if (r == STEP_SKIP && start != NULL) /* SQLite refused the whole row: keep at least its start */
+		return insert_start(d, start, err, errlen);
 	if (r != STEP_OK)
 		return r == STEP_SKIP;
-	if (sqlite3_changes(d->db) != 1) {
-		log_warn("audit: the outcome of statement row %llu has no unfinished row to go to: ignored",
-		         (unsigned long long)it->id);
-		return true;
-	}
-	if (!chain_row(d, it->id, hash, err, errlen))
+	if (start != NULL && !link_approval(d, v, err, errlen))
 		return false;
 	(*seq)++;
 	memcpy(prev, hash, AUDIT_HASH_HEX);
@@ -439,17 +588,16 @@ static bool write_approval(AuditDb *d, const AuditItem *it, char *err, size_t er
 	sqlite3_stmt *st = d->st[ST_UPSERT_APPROVAL];
 
 	sqlite3_bind_int64(st, 1, (sqlite3_int64)a->approval_id);
-	bind_id(st, 2, 0, a->query_id);
-	sqlite3_bind_int64(st, 3, (sqlite3_int64)a->session_id);
-	bind_text(st, 4, nz(a->subject));
-	bind_text(st, 5, nz(a->sql));
-	bind_text(st, 6, a->rule);
-	bind_time(st, 7, a->requested_us, false);
-	bind_time(st, 8, a->decided_us, true);
-	bind_text(st, 9, a->decided_by);
-	bind_text(st, 10, a->decision);
-	bind_text(st, 11, a->reason);
-	bind_time(st, 12, a->grant_until_us, true);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)a->session_id);
+	bind_text(st, 3, nz(a->subject));
+	bind_text(st, 4, nz(a->sql));
+	bind_text(st, 5, a->rule);
+	bind_time(st, 6, a->requested_us, false);
+	bind_time(st, 7, a->decided_us, true);
+	bind_text(st, 8, a->decided_by);
+	bind_text(st, 9, a->decision);
+	bind_text(st, 10, a->reason);
+	bind_time(st, 11, a->grant_until_us, true);
 	return step_write(d, st, "approval", a->approval_id, err, errlen) != STEP_FAIL;
 }
 
@@ -473,6 +621,7 @@ bool auditdb_write(AuditDb *d, const AuditItem *items, char *err, size_t errlen)
 	bool ok;
 
 	memcpy(prev, d->last_hash, sizeof(prev));
+	batch_index(d, items);
 	ok = db_exec(d, "BEGIN IMMEDIATE", err, errlen);
 	for (const AuditItem *it = items; ok && it != NULL; it = it->next)
 		ok = write_item(d, it, &seq, prev, err, errlen);
@@ -563,22 +712,31 @@ static bool prune_chain(AuditDb *d, const char *cutoff, const char *now, uint64_
 	return true;
 }
 
-/* Unfinished rows of earlier runs, sessions and approvals older than the cutoff with no statement left. */
+/*
+ * Unfinished rows of earlier runs, sessions and approvals older than the
+ * cutoff with no statement left. The newest row of each table stays: the
+ * next start numbers after the largest ids the file holds (load_ids), and
+ * they must not go back (chained rows have their checkpoint for that).
+ */
 static bool prune_rest(AuditDb *d, const char *cutoff, int64_t *n, char *err, size_t errlen)
 {
 	int64_t a = 0, b = 0, c = 0;
 
-	if (!prune_exec(d, "DELETE FROM queries WHERE chain_seq IS NULL AND ts < ?1 AND id < ?2", cutoff,
-	                (int64_t)d->first_query_id, &a, err, errlen) ||
+	if (!prune_exec(d,
+	                "DELETE FROM queries WHERE chain_seq IS NULL AND ts < ?1 AND id < ?2"
+	                " AND id < (SELECT max(id) FROM queries)",
+	                cutoff, (int64_t)d->first_query_id, &a, err, errlen) ||
 	    !prune_exec(d,
 	                "DELETE FROM sessions WHERE started_at < ?1"
 	                " AND (ended_at < ?1 OR (ended_at IS NULL AND id <= ?2))"
-	                " AND NOT EXISTS (SELECT 1 FROM queries q WHERE q.session_id = sessions.id)",
+	                " AND NOT EXISTS (SELECT 1 FROM queries q WHERE q.session_id = sessions.id)"
+	                " AND id < (SELECT max(id) FROM sessions)",
 	                cutoff, (int64_t)d->session_base, &b, err, errlen) ||
 	    !prune_exec(d,
 	                "DELETE FROM approvals WHERE requested_at < ?1"
 	                " AND (decided_at < ?1 OR (decided_at IS NULL AND id <= ?2))"
-	                " AND NOT EXISTS (SELECT 1 FROM queries q WHERE q.id = approvals.query_id)",
+	                " AND NOT EXISTS (SELECT 1 FROM queries q WHERE q.id = approvals.query_id)"
+	                " AND id < (SELECT max(id) FROM approvals)",
 	                cutoff, (int64_t)d->approval_base, &c, err, errlen))
 		return false;
 	*n = a + b + c;

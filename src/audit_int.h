@@ -16,6 +16,7 @@
 
 #define AUDIT_SCHEMA_VERSION 1 /* PRAGMA user_version of sql/audit.sql */
 #define AUDIT_HASH_HEX 65      /* 64 hex digits and the NUL */
+#define AUDIT_BATCH_MAX 8192u  /* events per transaction */
 
 typedef enum {
 	AI_SESSION_START,
@@ -48,12 +49,13 @@ typedef struct AuditItem {
 
 enum {
 	ST_INSERT_QUERY,
+	ST_SELECT_START,
 	ST_FINISH_QUERY,
-	ST_SELECT_CHAINED,
-	ST_SET_HASH,
+	ST_INSERT_CHAINED,
 	ST_INSERT_SESSION,
 	ST_END_SESSION,
 	ST_UPSERT_APPROVAL,
+	ST_LINK_APPROVAL,
 	ST_COUNT
 };
 
@@ -62,11 +64,14 @@ typedef struct AuditDb {
 	sqlite3 *db;
 	char *path;
 	sqlite3_stmt *st[ST_COUNT];
-	int64_t next_seq;               /* chain_seq of the next row finished */
-	char last_hash[AUDIT_HASH_HEX]; /* hash of chain_seq next_seq - 1 ('' before the first) */
-	uint64_t first_query_id;        /* the first queries id this run may use */
-	uint64_t session_base;          /* stored session id = session_base + pgveil's */
-	uint64_t approval_base;         /* stored approval id = approval_base + pgveil's */
+	int64_t next_seq;                 /* chain_seq of the next row finished */
+	char last_hash[AUDIT_HASH_HEX];   /* hash of chain_seq next_seq - 1 ('' before the first) */
+	uint64_t first_query_id;          /* the first queries id this run may use */
+	uint64_t session_base;            /* the largest session id the file held: this run's follow it */
+	uint64_t approval_base;           /* the same for approval ids */
+	const AuditItem **batch_starts;   /* the batch being written: its statement starts, in id order */
+	const AuditItem **batch_outcomes; /* for each, its outcome when that is in the batch too, or NULL */
+	size_t n_batch;
 } AuditDb;
 
 /*
@@ -102,15 +107,55 @@ void audit_format_time(int64_t us, char buf[32]);
 /*
  * The columns a row's hash covers, in order (prev_hash first); a statement
  * selecting exactly these (and possibly more after them) can be hashed by
- * audit_chain_hash.
+ * audit_chain_hash_row.
  */
 #define AUDIT_CHAIN_COLUMNS                                                                                  \
 	"prev_hash, id, session_id, ts, subject, database, sql, fingerprint, classes, decision, rule, "      \
 	"masked_columns, rows, duration_ms, sqlstate, error, approval_id, chain_seq"
-#define AUDIT_CHAIN_NCOLS 18
 
-/* Hex SHA-256 of the canonical encoding of the first AUDIT_CHAIN_NCOLS columns of the current row. */
-bool audit_chain_hash(sqlite3_stmt *st, char out[AUDIT_HASH_HEX]) PGV_WARN_UNUSED;
+/* Their positions. */
+enum {
+	CH_PREV_HASH,
+	CH_ID,
+	CH_SESSION_ID,
+	CH_TS,
+	CH_SUBJECT,
+	CH_DATABASE,
+	CH_SQL,
+	CH_FINGERPRINT,
+	CH_CLASSES,
+	CH_DECISION,
+	CH_RULE,
+	CH_MASKED_COLUMNS,
+	CH_ROWS,
+	CH_DURATION_MS,
+	CH_SQLSTATE,
+	CH_ERROR,
+	CH_APPROVAL_ID,
+	CH_CHAIN_SEQ,
+	AUDIT_CHAIN_NCOLS
+};
+
+/* A value as SQLite stores it: its storage class (SQLITE_INTEGER, _FLOAT, _TEXT, _BLOB, _NULL) and bytes. */
+typedef struct AuditValue {
+	int type;
+	int64_t i;     /* SQLITE_INTEGER */
+	double r;      /* SQLITE_FLOAT */
+	const void *p; /* SQLITE_TEXT, SQLITE_BLOB: n bytes, borrowed */
+	size_t n;
+} AuditValue;
+
+/* Text (NULL for a NULL pointer), integer and real values; the text is borrowed. */
+AuditValue audit_value_text(const char *s);
+AuditValue audit_value_int(int64_t i);
+AuditValue audit_value_real(double r);
+/* Column `col` of the current row of st (borrowed until st moves on). */
+AuditValue audit_value_column(sqlite3_stmt *st, int col);
+
+/* Hex SHA-256 of the canonical encoding (doc/audit.md) of a row's chained values. */
+bool audit_chain_hash(const AuditValue v[AUDIT_CHAIN_NCOLS], char out[AUDIT_HASH_HEX]) PGV_WARN_UNUSED;
+/* The same for the first AUDIT_CHAIN_NCOLS columns of the current row of st. */
+bool audit_chain_hash_row(sqlite3_stmt *st, char out[AUDIT_HASH_HEX]) PGV_WARN_UNUSED;
 
 /* ---- test hooks (audit.c) ---- */
 

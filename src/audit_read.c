@@ -739,7 +739,8 @@ struct AuditRead {
 static struct {
 	pthread_mutex_t lock;
 	pthread_cond_t work;      /* a request was queued, or the pool stops */
-	AuditRead *head, *tail;   /* queued requests, oldest first */
+	AuditRead *head, *tail;   /* queued requests, oldest first: at most one per console session (a
+				     console waits for its answer), so max_client_conn bounds them */
 	int n_queued;
 	int n_threads;            /* started */
 	int n_idle;               /* waiting for work */

@@ -245,7 +245,6 @@ static int run(const char *path)
 		sigev[i] = evsignal_new(main_base, sigs[i], signal_cb, (void *)path);
 		evsignal_add(sigev[i], NULL);
 	}
-	approval_init();
 	{
 		uint64_t session_base, approval_base;
 

@@ -13,6 +13,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -85,15 +86,19 @@ static int64_t now_us(void)
 	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-/* The session's row in the audit log: its start (a login that succeeded). */
-static void audit_open(Session *s, const char *backend_user)
+/*
+ * The session's row in the audit log: its start (a login that succeeded).
+ * False (the session failed) when the audit log cannot take it.
+ */
+static bool audit_open(Session *s, const char *backend_user)
 {
-	char groups[1024];
+	char groups[1024], why[300];
 	size_t n = 0;
 	AuditSession a;
+	AuditStatus st;
 
 	if (!audit_enabled())
-		return;
+		return true;
 	groups[0] = '\0';
 	for (int i = 0; i < s->identity.n_groups && n < sizeof(groups); i++)
 		n += (size_t)snprintf(groups + n, sizeof(groups) - n, "%s%s", i > 0 ? "," : "", s->identity.groups[i]);
@@ -106,8 +111,16 @@ static void audit_open(Session *s, const char *backend_user)
 	a.database = s->database != NULL ? s->database : "";
 	a.backend_user = backend_user;
 	a.tls = s->tls_done;
-	audit_session_start(&a);
-	s->audited = true;
+	st = audit_session_start(&a);
+	if (st == AUDIT_OK || st == AUDIT_OFF) {
+		s->audited = st == AUDIT_OK;
+		return true;
+	}
+	if (audit_error(why, sizeof(why)) == NULL)
+		snprintf(why, sizeof(why), "%s", st == AUDIT_FULL ? "it is too far behind" : "out of memory");
+	session_fail(s, SQLSTATE_TOO_MANY_CONNECTIONS, "the audit log cannot record another session now (%s); try again later",
+		     why);
+	return false;
 }
 
 void session_close(Session *s, const char *reason)
@@ -298,9 +311,7 @@ void session_kill(Session *s)
 
 const char *session_state_text(const Session *s)
 {
-	SessionState st = __atomic_load_n(&s->state, __ATOMIC_RELAXED);
-
-	switch (st) {
+	switch (s->state) {
 	case SESS_STARTUP:
 	case SESS_TLS: return "startup";
 	case SESS_AUTH: return "authenticating";
@@ -309,10 +320,9 @@ const char *session_state_text(const Session *s)
 	case SESS_CLOSING: return "closing";
 	case SESS_ACTIVE: break;
 	}
-	if (__atomic_load_n(&s->pending_ready, __ATOMIC_RELAXED) > 0 ||
-	    __atomic_load_n(&s->client_pass, __ATOMIC_RELAXED) > 0)
+	if (s->pending_ready > 0 || s->client_pass > 0)
 		return "active";
-	switch (__atomic_load_n(&s->txn_status, __ATOMIC_RELAXED)) {
+	switch (s->txn_status) {
 	case 'T': return "idle in transaction";
 	case 'E': return "idle in transaction (aborted)";
 	default: return "idle";
@@ -370,61 +380,28 @@ static void handle_cancel_request(Session *s, const PgStartup *p)
 }
 
 /* Startup parameters that must never reach the server from a client. */
-/*
- * Client encodings whose multibyte characters can contain the bytes of a
- * quote or a backslash: under them pgveil's parser (which reads UTF-8) and
- * the server could see different statements in the same bytes.
- */
-static bool unsafe_client_encoding(const char *enc)
-{
-	static const char *const names[] = { "SJIS", "SHIFT_JIS", "SHIFTJIS", "MSKANJI", "WIN932", "CP932", "BIG5",
-					     "WIN950", "CP950", "GBK", "WIN936", "CP936", "UHC", "WIN949", "CP949",
-					     "GB18030", "JOHAB" };
-	char norm[32];
-	size_t n = 0;
-
-	for (; *enc && n + 1 < sizeof(norm); enc++)
-		if (*enc != '-' && *enc != ' ')
-			norm[n++] = *enc;
-	norm[n] = '\0';
-	for (size_t i = 0; i < PGV_ARRAY_LEN(names); i++)
-		if (strcasecmp(norm, names[i]) == 0)
-			return true;
-	return false;
-}
-
 static const char *forbidden_param(const PgStartup *p)
 {
 	static const char *const names[] = { "role", "session_authorization", "replication" };
 
-	for (int i = 0; i < p->n_params; i++) {
+	for (int i = 0; i < p->n_params; i++)
 		for (size_t j = 0; j < PGV_ARRAY_LEN(names); j++)
 			if (strcasecmp(p->params[i].name, names[j]) == 0)
 				return names[j];
-		if (strcasecmp(p->params[i].name, "client_encoding") == 0 && unsafe_client_encoding(p->params[i].value))
-			return "client_encoding";
-		if (strcasecmp(p->params[i].name, "standard_conforming_strings") == 0 &&
-		    strcasecmp(p->params[i].value, "on") != 0)
-			return "standard_conforming_strings";
-	}
 	return NULL;
 }
 
-/*
- * True when a setting name (as in "-c name=value") changes who the session
- * is, or how the server reads statement text (which pgveil must read the
- * same way).
- */
-static bool identity_setting(const char *name, size_t len)
+/* True when a setting ("name=value" of "-c name=value") changes who the session is. */
+static bool identity_setting(const char *setting)
 {
-	static const char *const names[] = { "role", "session_authorization", "client_encoding",
-					      "standard_conforming_strings" };
+	static const char *const names[] = { "role", "session_authorization" };
+	size_t len = strcspn(setting, "=");
 	char norm[32];
 
 	if (len == 0 || len >= sizeof(norm))
 		return false;
 	for (size_t i = 0; i < len; i++)
-		norm[i] = (name[i] == '-') ? '_' : name[i];
+		norm[i] = (setting[i] == '-') ? '_' : setting[i];
 	norm[len] = '\0';
 	for (size_t i = 0; i < PGV_ARRAY_LEN(names); i++)
 		if (strcasecmp(norm, names[i]) == 0)
@@ -433,43 +410,75 @@ static bool identity_setting(const char *name, size_t len)
 }
 
 /*
- * "options" holds server command-line switches: "-c name=value", "-cname=value"
- * or "--name=value", separated by spaces (backslash escapes a space). Returns
- * the first that would change the session's role, or NULL.
+ * Copies the next word of "options" to out as the server splits them: at
+ * white space, a backslash taking the next character as it is. Returns
+ * where the word ends; out is "" when there is none.
+ */
+static const char *options_word(const char *p, char *out)
+{
+	bool escaped = false;
+
+	while (isspace((unsigned char)*p))
+		p++;
+	for (; *p != '\0' && (escaped || !isspace((unsigned char)*p)); p++) {
+		if (!escaped && *p == '\\')
+			escaped = true;
+		else {
+			escaped = false;
+			*out++ = *p;
+		}
+	}
+	*out = '\0';
+	return p;
+}
+
+/*
+ * One switch word after its '-', read as the server's getopt does (flags may
+ * be clustered): true when it sets an identity setting ("-cname=value",
+ * "--name=value"); *value_next when the setting is the next word ("-c").
+ */
+static bool switch_sets_identity(const char *f, bool *value_next)
+{
+	for (; *f != '\0'; f++) {
+		if (*f == '-' || (*f == 'c' && f[1] != '\0'))
+			return identity_setting(f + 1);
+		if (*f == 'c') {
+			*value_next = true;
+			return false;
+		}
+		if (strchr("BCDdfhkNprStvW", *f) != NULL)
+			return false; /* the rest of the word is this switch's value */
+	}
+	return false;
+}
+
+/*
+ * "options" holds server command-line switches ("-c name=value",
+ * "-cname=value", "--name=value", other flags, possibly clustered).
+ * True when one would change the session's role, or when they cannot be
+ * read for want of memory.
  */
 static bool options_change_identity(const char *opts)
 {
-	const char *p = opts;
-	bool expect_value = false;
+	bool found = false, value_next = false;
+	char *word;
 
-	while (p != NULL && *p) {
-		const char *tok, *name;
-		size_t toklen;
+	if (opts == NULL)
+		return false;
+	if ((word = malloc(strlen(opts) + 1)) == NULL)
+		return true;
+	for (const char *p = opts; !found;) {
+		bool setting = value_next;
 
-		while (*p == ' ' || *p == '\t')
-			p++;
-		tok = p;
-		while (*p && *p != ' ' && *p != '\t')
-			p += (*p == '\\' && p[1]) ? 2 : 1;
-		toklen = (size_t)(p - tok);
-		if (toklen == 0)
+		p = options_word(p, word);
+		if (word[0] == '\0')
 			break;
-		if (expect_value) {
-			name = tok;
-			expect_value = false;
-		} else if (strncmp(tok, "--", 2) == 0 || strncmp(tok, "-c", 2) == 0) {
-			name = tok + 2;
-			if (toklen == 2 && tok[1] == 'c') {
-				expect_value = true;
-				continue;
-			}
-		} else {
-			continue;
-		}
-		if (identity_setting(name, strcspn(name, "= \t")))
-			return true;
+		value_next = false;
+		found = (setting && identity_setting(word)) ||
+			(word[0] == '-' && switch_sets_identity(word + 1, &value_next));
 	}
-	return false;
+	free(word);
+	return found;
 }
 
 /* Sends NegotiateProtocolVersion when the client asked for more than 3.0. */
@@ -547,13 +556,12 @@ static bool check_startup(Session *s)
 	}
 	if ((bad = forbidden_param(&s->startup)) != NULL) {
 		session_fail(s, SQLSTATE_FEATURE_NOT_SUPPORTED,
-			     "startup parameter \"%s\" is not allowed through pgveil with this value", bad);
+			     "startup parameter \"%s\" is not allowed through pgveil", bad);
 		return false;
 	}
 	if (options_change_identity(pgproto_startup_get(&s->startup, "options"))) {
 		session_fail(s, SQLSTATE_INSUFFICIENT_PRIVILEGE,
-			     "startup options may not set role, session_authorization, client_encoding or "
-			     "standard_conforming_strings through pgveil");
+			     "startup options may not set role or session_authorization through pgveil");
 		return false;
 	}
 	if (wants_console(s))
@@ -829,34 +837,62 @@ static bool session_publish(Session *s)
 }
 
 /*
- * The settings the server reports at login (role and database defaults
- * included) must be ones under which pgveil reads statements as the server
- * does: the same test as for the client's own startup parameters. False
- * when the session was refused.
+ * Whether pgveil reads statement text as the server will under a setting
+ * the server reported: standard_conforming_strings on, and a client
+ * encoding whose multibyte characters cannot contain the bytes of a quote
+ * or a backslash (the server's own names for those that can).
  */
-static bool server_settings_safe(Session *s, const uint8_t *msgs, size_t len)
+static bool setting_readable(const char *name, const char *value)
 {
-	size_t off = 0;
+	static const char *const encodings[] = { "SJIS", "SHIFT_JIS_2004", "BIG5", "GBK", "UHC", "GB18030", "JOHAB" };
 
-	while (len - off >= PG_HEADER_LEN) {
-		uint32_t mlen = ((uint32_t)msgs[off + 1] << 24) | ((uint32_t)msgs[off + 2] << 16) |
-				((uint32_t)msgs[off + 3] << 8) | msgs[off + 4];
-		const char *name, *value;
-		PgReader rd;
+	if (strcmp(name, "standard_conforming_strings") == 0)
+		return strcmp(value, "on") == 0;
+	for (size_t i = 0; strcmp(name, "client_encoding") == 0 && i < PGV_ARRAY_LEN(encodings); i++)
+		if (strcmp(value, encodings[i]) == 0)
+			return false;
+	return true;
+}
 
-		if (mlen < 4 || mlen - 4 > len - off - PG_HEADER_LEN)
+/*
+ * The settings the server reported at login (ParameterStatus messages in
+ * msgs) must be ones under which pgveil reads statements as the server
+ * does, however the client asked for them: startup parameters, options,
+ * encoding aliases. False (the session failed) when one is not, or when
+ * the server did not report both.
+ */
+static bool server_settings_readable(Session *s, const uint8_t *msgs, size_t len)
+{
+	bool encoding = false, strings = false;
+	PgReader rd;
+
+	pgproto_reader_init(&rd, msgs, len);
+	while (pgproto_remaining(&rd) > 0) {
+		const char *name = NULL, *value = NULL;
+		const uint8_t *body;
+		uint32_t mlen;
+		uint8_t type;
+		PgReader m;
+
+		if (!pgproto_get_byte(&rd, &type) || !pgproto_get_uint32(&rd, &mlen) || mlen < 4 ||
+		    !pgproto_get_bytes(&rd, mlen - 4, &body))
 			break;
-		pgproto_reader_init(&rd, msgs + off + PG_HEADER_LEN, mlen - 4);
-		if (msgs[off] == 'S' && pgproto_get_string(&rd, &name) && pgproto_get_string(&rd, &value) &&
-		    ((strcmp(name, "standard_conforming_strings") == 0 && strcmp(value, "on") != 0) ||
-		     (strcmp(name, "client_encoding") == 0 && unsafe_client_encoding(value)))) {
-			log_write(LL_WARN, s->ctx, "the server reports %s = %s at login: refusing the session", name, value);
+		pgproto_reader_init(&m, body, mlen - 4);
+		if (type != 'S' || !pgproto_get_string(&m, &name) || !pgproto_get_string(&m, &value))
+			continue;
+		encoding = encoding || strcmp(name, "client_encoding") == 0;
+		strings = strings || strcmp(name, "standard_conforming_strings") == 0;
+		if (!setting_readable(name, value)) {
 			session_fail(s, SQLSTATE_FEATURE_NOT_SUPPORTED,
-				     "the server session has %s = %s, under which pgveil cannot check statements", name,
-				     value);
+				     "%s %s is not allowed through pgveil: it could not read statements as the "
+				     "server does", name, value);
 			return false;
 		}
-		off += (size_t)mlen + 1;
+	}
+	if (!encoding || !strings) {
+		session_fail(s, SQLSTATE_PROTOCOL_VIOLATION,
+			     "the server did not report client_encoding and standard_conforming_strings at login");
+		return false;
 	}
 	return true;
 }
@@ -869,7 +905,8 @@ static void backend_ready_cb(Backend *be, void *arg)
 	uint32_t pid, key;
 	PgBuf b;
 
-	if (!session_publish(s))
+	msgs = backend_startup_messages(be, &len);
+	if (!server_settings_readable(s, msgs, len) || !session_publish(s) || !audit_open(s, s->db->user))
 		return;
 	if (!cancel_register(&s->cancel)) {
 		session_fail(s, SQLSTATE_INTERNAL_ERROR, "could not generate a cancel key");
@@ -877,9 +914,6 @@ static void backend_ready_cb(Backend *be, void *arg)
 	}
 	backend_get_key(be, &pid, &key);
 	cancel_set_backend(&s->cancel, backend_get_addr(be), pid, key);
-	msgs = backend_startup_messages(be, &len);
-	if (!server_settings_safe(s, msgs, len))
-		return;
 	pgproto_buf_init(&b);
 	pgproto_build_auth(&b, PG_AUTH_OK, NULL, 0);
 	pgproto_put_bytes(&b, msgs, len);
@@ -900,7 +934,6 @@ static void backend_ready_cb(Backend *be, void *arg)
 	stream_enable_read(s->server, true);
 	stream_enable_read(s->client, true);
 	log_write(LL_INFO, s->ctx, "session started on server %s (%s)", s->db->name, backend_get_addr(be)->display);
-	audit_open(s, s->db->user);
 	if (evbuffer_get_length(stream_input(s->client)) > 0)
 		relay_client_input(s);
 }
@@ -1037,7 +1070,7 @@ static void console_login(Session *s)
 		session_fail(s, SQLSTATE_INVALID_AUTHORIZATION, "not a member of an admin, approver or auditor group");
 		return;
 	}
-	if (!session_publish(s))
+	if (!session_publish(s) || !audit_open(s, NULL))
 		return;
 	s->admin_wake = event_new(s->worker->base, -1, 0, console_wake_cb, s);
 	if (s->admin_wake != NULL)
@@ -1057,7 +1090,6 @@ static void console_login(Session *s)
 	pgproto_buf_free(&b);
 	s->state = SESS_ADMIN;
 	event_del(s->timer);
-	audit_open(s, NULL);
 	log_write(LL_INFO, s->ctx, "admin console opened (roles:%s%s%s)", (roles & ADMIN_ROLE_ADMIN) ? " admin" : "",
 		  (roles & ADMIN_ROLE_APPROVER) ? " approver" : "", (roles & ADMIN_ROLE_AUDITOR) ? " auditor" : "");
 	stream_enable_read(s->client, true);

@@ -63,10 +63,9 @@ typedef struct GrantInfo {
 	time_t until;             /* expires then */
 } GrantInfo;
 
-/* Initialises the registry (once, before workers start) and frees it at exit. */
-void approval_init(void);
 /* Numbers held statements from `id` on (the audit log's ids continue across restarts). */
 void approval_set_first_id(uint64_t id);
+/* Frees the registry (statically initialised) at exit. */
 void approval_shutdown(void);
 
 /*

@@ -91,11 +91,18 @@ bool audit_enabled(void);
 bool audit_strict(void);
 
 /*
- * Queues a session's start / end (end_reason: "client closed", "token
- * expired", "killed by admin", ...). Never blocks; a full queue makes these
- * wait in a small overflow list rather than be lost.
+ * Queues a session's start. Never blocks. AUDIT_FULL: the queue holds four
+ * times as many unwritten events as statement rows may wait (the database
+ * cannot be written, or not fast enough), AUDIT_FAILED: no memory; either
+ * way nothing is queued and the login must be refused: this is what keeps
+ * the queue bounded while the database cannot be written.
  */
-void audit_session_start(const AuditSession *s);
+AuditStatus audit_session_start(const AuditSession *s) PGV_WARN_UNUSED;
+/*
+ * Queues a session's end (end_reason: "client closed", "token expired",
+ * "killed by admin", ...). Never blocks; a full queue makes it wait in the
+ * overflow rather than be lost.
+ */
 void audit_session_end(uint64_t session_id, int64_t ended_us, const char *end_reason);
 
 /*
@@ -131,8 +138,7 @@ void audit_forget(struct event *durable, struct event *room);
 
 /* An approval's row (held, then decided): queued like the others. */
 typedef struct AuditApproval {
-	uint64_t approval_id;
-	uint64_t query_id;         /* the held statement's queries row, 0 when unknown */
+	uint64_t approval_id;      /* its queries row is linked (approvals.query_id) when the row is written */
 	uint64_t session_id;
 	const char *subject, *sql, *rule;
 	int64_t requested_us;

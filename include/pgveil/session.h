@@ -35,7 +35,7 @@ struct Session {
 	uint64_t id;                 /* process-unique, for logs */
 	Worker *worker;              /* owning worker */
 	Config *cfg;                 /* snapshot taken at accept */
-	SessionState state;          /* see above */
+	_Atomic SessionState state;  /* see above (atomic: SHOW SESSIONS reads it from other threads) */
 	Stream *client;              /* the client socket */
 	Backend *backend;            /* the server connection, once started */
 	Stream *server;              /* backend's stream once SESS_ACTIVE */
@@ -55,10 +55,10 @@ struct Session {
 	const char *deferred_state;  /* SQLSTATE of a delayed authentication failure */
 	char *pending_token;         /* token kept while the JWKS is refreshed for its kid */
 	struct event *jwks_wake;     /* activated when that refresh ends */
-	uint32_t client_pass;        /* bytes of a client message still to be passed through */
+	_Atomic uint32_t client_pass;/* bytes of a client message still to be passed through (atomic, as state) */
 	uint32_t server_pass;        /* the same toward the client */
-	int pending_ready;           /* Query/Sync/FunctionCall sent, ReadyForQuery not yet seen */
-	char txn_status;             /* last ReadyForQuery status: 'I', 'T' or 'E' */
+	_Atomic int pending_ready;   /* Query/Sync/FunctionCall sent, ReadyForQuery not yet seen (atomic, as state) */
+	_Atomic char txn_status;     /* last ReadyForQuery status: 'I', 'T' or 'E' (atomic, as state) */
 	bool over_limit;             /* accepted beyond max_client_conn */
 	bool tls_done;               /* client side encrypted */
 	bool shutdown_pending;       /* close when idle */
@@ -107,8 +107,8 @@ void session_kill(Session *s);
 /*
  * What the session is doing, as SHOW SESSIONS says it: "idle", "active",
  * "idle in transaction", "idle in transaction (aborted)", "admin", or the
- * login phase. Called from other threads under the worker's lock: it reads
- * only small fields, so the answer may be a moment old.
+ * login phase. Any thread (under the worker's lock, so that s stays): the
+ * fields it reads are atomic, and the answer may be a moment old.
  */
 const char *session_state_text(const Session *s);
 

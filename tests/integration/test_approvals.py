@@ -7,6 +7,8 @@ back on a superuser connection: exactly once on approval, never on denial or
 timeout.
 """
 
+import os
+import sqlite3
 import threading
 import uuid
 
@@ -123,6 +125,35 @@ def test_timeout(pgveil_factory, idp, certs, workroot, table, admin):  # noqa: F
     res = c.psql(c.approver, "-c", "APPROVE 1")
     assert res.returncode != 0 and "timed out" in res.stderr
     assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (10,)
+
+
+def test_audit_log_joins_statement_and_approval(pgveil_factory, idp, certs, workroot, table, admin):  # noqa: F811
+    """The audit log links a held statement's row and its approval both ways, so
+    the auditors' join of doc/admin-console.md finds the denied statement."""
+    path = os.path.join(workroot, f"held-{uuid.uuid4().hex[:8]}.rules")
+    with open(path, "w") as f:
+        f.write(RULES.format(table=table))
+    db = os.path.join(workroot, f"held-{uuid.uuid4().hex[:8]}.db")
+    pv = start_oidc(pgveil_factory, idp, rules=path, default_action="block", hold_timeout="20s", audit_db=db)
+    c = Console(pv, idp, certs)
+    a = Agent(c, f"DELETE FROM {table} WHERE id = 6")
+    a.start()
+    held = wait_held(c, f"DELETE FROM {table}")
+    res = c.psql(c.approver, "-c", f"DENY {held[0]} REASON 'not now'")
+    assert res.returncode == 0, res.stderr
+    a.join(15)
+    assert isinstance(a.error, psycopg.errors.InsufficientPrivilege), a.error
+    assert pv.stop() == 0  # every queued row is written
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT q.sql, q.decision, q.approval_id, a.id, a.decided_by, a.reason"
+                            " FROM approvals a JOIN queries q ON q.id = a.query_id"
+                            " WHERE a.decision = 'deny'").fetchall()
+    finally:
+        conn.close()
+    assert len(rows) == 1, rows
+    assert rows[0][:4] == (f"DELETE FROM {table} WHERE id = 6", "deny", held[0], held[0])
+    assert rows[0][4].startswith("appr-") and rows[0][5] == "not now", rows
 
 
 def test_agent_cannot_approve_itself(hc, table, admin, idp):  # noqa: F811

@@ -435,13 +435,44 @@ def test_protocol_statement_that_executes(guard_target, table, admin):
 
 @pytest.mark.parametrize("params", [{"client_encoding": "SJIS"}, {"client_encoding": "big5"},
                                     {"standard_conforming_strings": "off"},
-                                    {"options": "-c client_encoding=GBK"}])
+                                    {"options": "-c client_encoding=GBK"},
+                                    # the server's own spellings: aliases, punctuation it ignores
+                                    {"client_encoding": "S_J_I_S"}, {"client_encoding": "WINDOWS932"},
+                                    {"client_encoding": "SHIFT_JIS_2004"}, {"client_encoding": "Big5."},
+                                    # switches as the server splits and reads them
+                                    {"options": "-c client\\_encoding=GBK"},
+                                    {"options": "-ec client_encoding=GBK"},
+                                    {"options": "-capplication_name=x\n-cclient_encoding=GBK"},
+                                    {"options": "-c standard\\_conforming_strings=off"}])
 def test_encodings_pgveil_cannot_read_refused(guard_target, params):
     """pgveil parses statements as the server will only when both read the text
-    the same way: multibyte encodings that hide quotes are refused at login."""
+    the same way: multibyte encodings that hide quotes are refused at login,
+    however the client spells them."""
     with pytest.raises(pgwire.PgError) as exc:
         pgwire.connect("127.0.0.1", guard_target.port, user="agent", database="app", **params)
-    assert exc.value.sqlstate in ("0A000", "42501"), exc.value.fields
+    assert exc.value.sqlstate == "0A000", exc.value.fields
+    assert "not allowed through pgveil" in exc.value.fields["M"], exc.value.fields
+
+
+@pytest.mark.parametrize("options", ["-c role=x", "-crole=x", "--role=x", "-c ro\\le=x", "-ec role=x", "-ecrole=x",
+                                     "-e-role=x", "-capplication_name=a\n-crole=x", "--session-authorization=x",
+                                     "-c Session_Authorization=x"])
+def test_options_cannot_change_role(guard_target, options):
+    """Startup options may not switch the role, however the server would read
+    the switches: escapes, any white space, clustered flags."""
+    with pytest.raises(pgwire.PgError) as exc:
+        pgwire.connect("127.0.0.1", guard_target.port, user="agent", database="app", options=options)
+    assert exc.value.sqlstate == "42501", exc.value.fields
+    assert "may not set role or session_authorization" in exc.value.fields["M"], exc.value.fields
+
+
+def test_harmless_options_pass(guard_target):
+    with pgwire.connect("127.0.0.1", guard_target.port, user="agent", database="app",
+                        options="-c statement_timeout=5s -capplication_name=a\\ role=b") as c:
+        rows, _, err = c.simple_query("SHOW statement_timeout")
+        assert err is None and rows == [[b"5s"]]
+        rows, _, err = c.simple_query("SHOW application_name")
+        assert err is None and rows == [[b"a role=b"]], rows
 
 
 def test_safe_client_encoding_accepted(guard_target):
@@ -611,7 +642,7 @@ def test_server_session_defaults_pgveil_cannot_read_under(guard, admin, setting)
         with pytest.raises(psycopg.OperationalError) as exc:
             with psycopg.connect(t.conninfo(dbname="app_plain"), autocommit=True) as conn:
                 conn.execute("SELECT 1")
-        assert "under which pgveil cannot check statements" in str(exc.value)
+        assert "is not allowed through pgveil: it could not read statements as the server does" in str(exc.value)
         with psycopg.connect(t.conninfo(), autocommit=True) as conn:  # other roles are not affected
             assert conn.execute("SELECT 1").fetchone() == (1,)
     finally:

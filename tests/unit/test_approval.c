@@ -478,7 +478,6 @@ int main(void)
 	base = event_base_new();
 	if (base == NULL)
 		return 1;
-	approval_init();
 	rc = cmocka_run_group_tests(tests, NULL, NULL);
 	approval_shutdown();
 	event_base_free(base);

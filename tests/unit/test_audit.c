@@ -374,10 +374,9 @@ static void async_rows_written(void **state)
 
 	(void)state;
 	start(AUDIT_ASYNC);
-	audit_session_start(&s);
+	assert_int_equal(audit_session_start(&s), AUDIT_OK);
 	audit_approval(&a);
 	assert_int_equal(audit_query_start(&q, NULL, NULL, &id), AUDIT_OK);
-	a.query_id = id;
 	a.decided_us = 1764000002000000;
 	a.decided_by = "dba-1";
 	a.decision = "approve";
@@ -621,6 +620,64 @@ static void chain_follows_finish_order(void **state)
 	assert_contains(out, "ok: 4 rows, chain intact (chain_seq 1..4)");
 }
 
+/*
+ * The writer hashes what it binds: a row whose start and outcome are written
+ * together, and one whose start was written in an earlier transaction, both
+ * hash as doc/audit.md says, also with text that is not UTF-8, NULLs, REALs
+ * and an approval id.
+ */
+static void chain_hashes_what_is_stored(void **state)
+{
+	AuditQuery q = {.session_id = 9,
+	                .ts_us = now_us(),
+	                .subject = "agent-\xc3\xa9",
+	                .database = "app",
+	                .sql = "SELECT '\xff\xfe' -- not UTF-8",
+	                .classes = "SELECT,READ",
+	                .decision = "approve",
+	                .approval_id = 12};
+	AuditOutcome canceled = {.rows = -1, .duration_us = 2000, .sqlstate = "57014", .error = "canceling"};
+	AuditOutcome done = {.rows = 5, .duration_us = 0, .masked_columns = "public.t.c"};
+	uint64_t apart, together, ids[2];
+	char h[65], sql[96], out[512];
+
+	(void)state;
+	start(AUDIT_ASYNC);
+	assert_int_equal(audit_query_start(&q, NULL, NULL, &apart), AUDIT_OK);
+	assert_true(wait_for(nothing_queued, 2000)); /* its start is written alone */
+	assert_int_equal(query_int("SELECT count(*) FROM queries WHERE chain_seq IS NULL"), 1);
+	assert_int_equal(audit_query_start(&q, NULL, NULL, &together), AUDIT_OK);
+	audit_query_finish(together, &canceled);
+	audit_query_finish(apart, &done);
+	audit_stop();
+	ids[0] = apart;
+	ids[1] = together;
+	for (int i = 0; i < 2; i++) {
+		doc_hash(ids[i], h);
+		snprintf(sql, sizeof(sql), "SELECT hash FROM queries WHERE id = %llu",
+		         (unsigned long long)ids[i]);
+		assert_string_equal(query_text(sql), h);
+	}
+	assert_string_equal(query_text("SELECT hex(sql) FROM queries WHERE chain_seq = 1"),
+	                    "53454C4543542027FFFE27202D2D206E6F74205554462D38");
+	assert_string_equal(query_text("SELECT typeof(duration_ms) || typeof(rows) || typeof(approval_id)"
+	                               " FROM queries WHERE chain_seq = 2"),
+	                    "realintegerinteger");
+	assert_int_equal(verify(out, sizeof(out)), 0);
+	assert_contains(out, "ok: 2 rows, chain intact (chain_seq 1..2)");
+}
+
+/* The chain hashes the UTF-8 bytes pgveil binds: a database storing text as UTF-16 is refused. */
+static void utf16_database_refused(void **state)
+{
+	char err[256];
+
+	(void)state;
+	exec_db("PRAGMA encoding = 'UTF-16le'; CREATE TABLE queries (x); PRAGMA user_version = 1");
+	assert_false(audit_start(&cfg, err, sizeof(err)));
+	assert_contains(err, "its text encoding is UTF-16le; pgveil writes UTF-8");
+}
+
 static void unfinished_rows_are_not_tampering(void **state)
 {
 	char out[512];
@@ -785,10 +842,10 @@ static void retention_keeps_the_chain_verifiable(void **state)
 
 	(void)state;
 	start(AUDIT_ASYNC);
-	audit_session_start(&s); /* ended long ago, no statements: removed */
+	assert_int_equal(audit_session_start(&s), AUDIT_OK); /* ended long ago, no statements: removed */
 	audit_session_end(5, old + 1000, "client closed");
 	s.session_id = 2;
-	audit_session_start(&s); /* still has statements: kept */
+	assert_int_equal(audit_session_start(&s), AUDIT_OK); /* still has statements: kept */
 	long_runner = add_query(2, "SELECT old_but_finished_late", old);
 	write_rows(5, old);
 	write_rows(3, now_us());
@@ -857,6 +914,54 @@ static void test_exec(const char *sql)
 
 	if (!audit_test_exec(sql, err, sizeof(err)))
 		fail_msg("%s: %s", sql, err);
+}
+
+static bool only_newest_left(void)
+{
+	return query_int("SELECT (SELECT count(*) FROM sessions) + (SELECT count(*) FROM approvals)"
+	                 " + (SELECT count(*) FROM queries)") == 3;
+}
+
+/*
+ * Retention removes old sessions, approvals and unfinished statements, but
+ * ids still continue after a restart: the newest of each stays.
+ */
+static void ids_continue_after_retention(void **state)
+{
+	int64_t old = now_us() - 3 * 86400 * 1000000LL;
+	AuditSession s = {
+	    .started_us = old, .subject = "a", .groups = "", .client_addr = "x", .database = "app"};
+	AuditApproval a = {.session_id = 1,
+	                   .subject = "a",
+	                   .sql = "DROP TABLE t",
+	                   .requested_us = old,
+	                   .decided_us = old,
+	                   .decided_by = "dba",
+	                   .decision = "deny"};
+	uint64_t last, id, sb, ab;
+
+	(void)state;
+	start(AUDIT_ASYNC);
+	for (uint64_t i = 1; i <= 3; i++) {
+		s.session_id = a.approval_id = i;
+		assert_int_equal(audit_session_start(&s), AUDIT_OK);
+		audit_session_end(i, old, "client closed");
+		audit_approval(&a);
+		last = add_query(i, "SELECT pg_sleep(100)", old); /* unfinished: pgveil was killed */
+	}
+	audit_stop();
+	cfg.audit_retention = 86400; /* pruned as it starts */
+	start(AUDIT_ASYNC);
+	assert_true(wait_for(only_newest_left, 3000));
+	audit_stop();
+	cfg.audit_retention = 0;
+	start(AUDIT_ASYNC);
+	audit_id_bases(&sb, &ab);
+	assert_int_equal(sb, 3);
+	assert_int_equal(ab, 3);
+	id = add_query(sb + 1, "SELECT 1", now_us());
+	assert_true(id > last);
+	audit_stop();
 }
 
 static void strict_readonly_refuses(void **state)
@@ -1015,6 +1120,37 @@ static void full_queue_then_room(void **state)
 	assert_int_equal(query_int("SELECT count(*) FROM queries"), 9);
 }
 
+/*
+ * While the database cannot be written, a new session is refused once the
+ * queue holds four times as many events as statement rows may wait: ends
+ * (and outcomes) still go in, and logins are accepted again once written.
+ */
+static void logins_refused_when_far_behind(void **state)
+{
+	AuditSession s = {.subject = "a", .groups = "", .client_addr = "x", .database = "app"};
+	uint64_t queued;
+
+	(void)state;
+	audit_test_set_queue_max(2);
+	start(AUDIT_ASYNC);
+	test_exec("PRAGMA query_only = ON");
+	for (uint64_t i = 1; i <= 4; i++) {
+		s.session_id = i;
+		assert_int_equal(audit_session_start(&s), AUDIT_OK);
+		audit_session_end(i, now_us(), "client closed");
+	}
+	s.session_id = 5;
+	assert_int_equal(audit_session_start(&s), AUDIT_FULL);
+	audit_session_end(4, now_us(), "client closed"); /* never refused */
+	audit_stats(NULL, &queued, NULL);
+	assert_int_equal(queued, 9);
+	test_exec("PRAGMA query_only = OFF");
+	assert_true(wait_for(nothing_queued, 3000));
+	assert_int_equal(audit_session_start(&s), AUDIT_OK);
+	audit_stop();
+	assert_int_equal(query_int("SELECT count(*) FROM sessions"), 5);
+}
+
 static void stop_writes_everything_queued(void **state)
 {
 	enum { N = 5000 };
@@ -1024,7 +1160,7 @@ static void stop_writes_everything_queued(void **state)
 
 	(void)state;
 	start(AUDIT_ASYNC);
-	audit_session_start(&s);
+	assert_int_equal(audit_session_start(&s), AUDIT_OK);
 	for (int i = 0; i < N; i++)
 		finish(add_query(1, "INSERT INTO t VALUES (1)", now_us()), 1);
 	audit_session_end(1, now_us(), "client closed");
@@ -1047,9 +1183,9 @@ static void ids_stay_unique_across_restarts(void **state)
 	audit_id_bases(&sb, &ab);
 	assert_int_equal(sb, 0);
 	assert_int_equal(ab, 0);
-	audit_session_start(&s);
+	assert_int_equal(audit_session_start(&s), AUDIT_OK);
 	s.session_id = 2;
-	audit_session_start(&s);
+	assert_int_equal(audit_session_start(&s), AUDIT_OK);
 	audit_approval(&a);
 	audit_stop();
 	audit_id_bases(&sb, &ab);
@@ -1060,7 +1196,7 @@ static void ids_stay_unique_across_restarts(void **state)
 	assert_int_equal(ab, 1);
 	/* pgveil numbers this run's sessions and approvals after the bases (main sets the counters) */
 	s.session_id = sb + 1;
-	audit_session_start(&s);
+	assert_int_equal(audit_session_start(&s), AUDIT_OK);
 	a.approval_id = ab + 1;
 	a.session_id = sb + 1;
 	audit_approval(&a);
@@ -1083,6 +1219,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(forgotten_event_never_fires, setup, teardown),
 	    cmocka_unit_test_setup_teardown(durable_given_in_async_mode, setup, teardown),
 	    cmocka_unit_test_setup_teardown(chain_follows_finish_order, setup, teardown),
+	    cmocka_unit_test_setup_teardown(chain_hashes_what_is_stored, setup, teardown),
+	    cmocka_unit_test_setup_teardown(utf16_database_refused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(unfinished_rows_are_not_tampering, setup, teardown),
 	    cmocka_unit_test_setup_teardown(verifier_finds_an_edited_row, setup, teardown),
 	    cmocka_unit_test_setup_teardown(verifier_finds_deleted_rows, setup, teardown),
@@ -1090,11 +1228,13 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(verifier_finds_reordered_rows, setup, teardown),
 	    cmocka_unit_test_setup_teardown(retention_keeps_the_chain_verifiable, setup, teardown),
 	    cmocka_unit_test_setup_teardown(retention_of_everything, setup, teardown),
+	    cmocka_unit_test_setup_teardown(ids_continue_after_retention, setup, teardown),
 	    cmocka_unit_test_setup_teardown(strict_readonly_refuses, setup, teardown),
 	    cmocka_unit_test_setup_teardown(async_failure_keeps_rows, setup, teardown),
 	    cmocka_unit_test_setup_teardown(full_disk_is_reported, setup, teardown),
 	    cmocka_unit_test_setup_teardown(locked_database_is_reported, setup, teardown),
 	    cmocka_unit_test_setup_teardown(full_queue_then_room, setup, teardown),
+	    cmocka_unit_test_setup_teardown(logins_refused_when_far_behind, setup, teardown),
 	    cmocka_unit_test_setup_teardown(stop_writes_everything_queued, setup, teardown),
 	    cmocka_unit_test_setup_teardown(ids_stay_unique_across_restarts, setup, teardown),
 	};
