@@ -1643,8 +1643,7 @@ static bool parameter_status_safe(Session *s, struct evbuffer *in, size_t run, c
 	pgproto_reader_init(&rd, body, h->len - 4);
 	if (!pgproto_get_string(&rd, &name) || !pgproto_get_string(&rd, &value))
 		return true;
-	if ((strcmp(name, "standard_conforming_strings") == 0 && strcmp(value, "on") != 0) ||
-	    (strcmp(name, "client_encoding") == 0 && strcasecmp(value, "UTF8") != 0)) {
+	if (!session_setting_readable(name, value)) {
 		log_write(LL_WARN, s->ctx, "the server reports %s = %s: ending the session", name, value);
 		session_fail(s, SQLSTATE_INSUFFICIENT_PRIVILEGE,
 			     "the session's %s became %s, under which pgveil cannot check statements", name, value);

@@ -842,7 +842,7 @@ static bool session_publish(Session *s)
  * encoding whose multibyte characters cannot contain the bytes of a quote
  * or a backslash (the server's own names for those that can).
  */
-static bool setting_readable(const char *name, const char *value)
+bool session_setting_readable(const char *name, const char *value)
 {
 	static const char *const encodings[] = { "SJIS", "SHIFT_JIS_2004", "BIG5", "GBK", "UHC", "GB18030", "JOHAB" };
 
@@ -882,7 +882,7 @@ static bool server_settings_readable(Session *s, const uint8_t *msgs, size_t len
 			continue;
 		encoding = encoding || strcmp(name, "client_encoding") == 0;
 		strings = strings || strcmp(name, "standard_conforming_strings") == 0;
-		if (!setting_readable(name, value)) {
+		if (!session_setting_readable(name, value)) {
 			session_fail(s, SQLSTATE_FEATURE_NOT_SUPPORTED,
 				     "%s %s is not allowed through pgveil: it could not read statements as the "
 				     "server does", name, value);

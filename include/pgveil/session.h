@@ -115,4 +115,11 @@ const char *session_state_text(const Session *s);
 /* Numbers the sessions from `id` on (the audit log's ids continue across restarts). Before any session starts. */
 void session_set_first_id(uint64_t id);
 
+/*
+ * Whether pgveil reads statement text as the server does under a setting
+ * the server reports (ParameterStatus): standard_conforming_strings on, and
+ * a client_encoding whose characters cannot hide a quote or a backslash.
+ */
+bool session_setting_readable(const char *name, const char *value);
+
 #endif
