@@ -335,14 +335,6 @@ static AuditStatus admit_locked(struct event *room)
 
 /* ---- the writer thread -------------------------------------------------------------------- */
 
-static int64_t wall_now_us(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static bool write_due(uint64_t now)
 {
 	if (au.head == NULL)
@@ -463,7 +455,7 @@ static void prune_locked(uint64_t now)
 
 	au.next_prune_us = now + AUDIT_PRUNE_US;
 	pthread_mutex_unlock(&au.lock);
-	ok = auditdb_prune(&au.db, retention, wall_now_us(), max_id, err, sizeof(err));
+	ok = auditdb_prune(&au.db, retention, pgv_wall_us(), max_id, err, sizeof(err));
 	if (!ok)
 		log_error("audit: retention: %s (tried again in a minute)", err);
 	pthread_mutex_lock(&au.lock);

@@ -29,6 +29,14 @@ bool log_enabled(LogLevel level)
 	return level <= log_level;
 }
 
+int64_t pgv_wall_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 uint64_t pgv_now_us(void)
 {
 	struct timespec ts;

@@ -52,14 +52,6 @@ struct RelayAudit {
 	char masked[512];        /* the masked columns of the result now answering */
 };
 
-static int64_t now_us(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static RelayAudit *tracker(Session *s)
 {
 	Relay *r = s->relay;
@@ -85,7 +77,7 @@ static void wait_push(Session *s, RelayAudit *a, uint64_t id)
 	}
 	w->id = id;
 	w->batch = s->relay->batches_sent;
-	w->started_us = now_us();
+	w->started_us = (int64_t)pgv_now_us(); /* durations on the monotonic clock */
 	if (a->tail != NULL)
 		a->tail->next = w;
 	else
@@ -136,7 +128,7 @@ static uint64_t start_row(Session *s, const char *sql, const char *classes, cons
 
 	memset(&q, 0, sizeof(q));
 	q.session_id = s->id;
-	q.ts_us = now_us();
+	q.ts_us = pgv_wall_us();
 	q.subject = s->identity.subject != NULL ? s->identity.subject : "";
 	q.database = s->database != NULL ? s->database : "";
 	q.sql = sql != NULL ? sql : "";
@@ -321,7 +313,7 @@ static void finish(RelayAudit *a, Waiting *w, int64_t rows, const char *sqlstate
 
 	if (w->id != 0) {
 		o.rows = rows;
-		o.duration_us = now_us() - w->started_us;
+		o.duration_us = (int64_t)pgv_now_us() - w->started_us;
 		o.sqlstate = sqlstate;
 		o.error = error;
 		o.masked_columns = a->masked[0] != '\0' ? a->masked : NULL;

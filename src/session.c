@@ -77,15 +77,6 @@ static void session_free_cb(evutil_socket_t fd, short what, void *arg)
 	free(s);
 }
 
-/* Microseconds since the epoch, for the audit log. */
-static int64_t now_us(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 /*
  * The session's row in the audit log: its start (a login that succeeded).
  * False (the session failed) when the audit log cannot take it.
@@ -104,7 +95,7 @@ static bool audit_open(Session *s, const char *backend_user)
 		n += (size_t)snprintf(groups + n, sizeof(groups) - n, "%s%s", i > 0 ? "," : "", s->identity.groups[i]);
 	memset(&a, 0, sizeof(a));
 	a.session_id = s->id;
-	a.started_us = now_us();
+	a.started_us = pgv_wall_us();
 	a.subject = s->identity.subject != NULL ? s->identity.subject : "";
 	a.groups = groups;
 	a.client_addr = s->addr;
@@ -128,7 +119,7 @@ void session_close(Session *s, const char *reason)
 	if (s->state == SESS_CLOSING)
 		return;
 	if (s->audited)
-		audit_session_end(s->id, now_us(), reason);
+		audit_session_end(s->id, pgv_wall_us(), reason);
 	log_write(LL_DEBUG, s->ctx, "closing: %s", reason);
 	s->state = SESS_CLOSING;
 	stream_flush(s->client);

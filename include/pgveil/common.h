@@ -46,5 +46,7 @@ typedef struct RuleSet RuleSet;
 
 /* Monotonic clock in microseconds. */
 uint64_t pgv_now_us(void);
+/* Wall-clock time in microseconds since the epoch (for records that carry a date). */
+int64_t pgv_wall_us(void);
 
 #endif
