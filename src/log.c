@@ -18,15 +18,16 @@ static bool log_json;
 
 static const char *const level_names[] = { "ERROR", "WARN", "INFO", "DEBUG" };
 
+/* A reload changes these while other threads log: atomic, and read once per record. */
 void log_setup(LogLevel level, bool json)
 {
-	log_level = level;
-	log_json = json;
+	__atomic_store_n(&log_level, level, __ATOMIC_RELAXED);
+	__atomic_store_n(&log_json, json, __ATOMIC_RELAXED);
 }
 
 bool log_enabled(LogLevel level)
 {
-	return level <= log_level;
+	return level <= __atomic_load_n(&log_level, __ATOMIC_RELAXED);
 }
 
 int64_t pgv_wall_us(void)
@@ -88,11 +89,12 @@ void log_write(LogLevel level, const char *ctx, const char *fmt, ...)
 	n = (int)strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
 	snprintf(stamp + n, sizeof(stamp) - (size_t)n, ".%03ldZ", (long)tv.tv_usec / 1000);
 	char emsg[sizeof(msg) * 2], ectx[512] = "";
+	bool json = __atomic_load_n(&log_json, __ATOMIC_RELAXED); /* one format for the whole record */
 
-	log_escape(emsg, sizeof(emsg), msg, log_json);
+	log_escape(emsg, sizeof(emsg), msg, json);
 	if (ctx != NULL)
-		log_escape(ectx, sizeof(ectx), ctx, log_json);
-	if (log_json)
+		log_escape(ectx, sizeof(ectx), ctx, json);
+	if (json)
 		n = snprintf(line, sizeof(line), "{\"ts\":\"%s\",\"level\":\"%s\",%s%s%s\"msg\":\"%s\"}\n", stamp,
 			     level_names[level], ctx ? "\"session\":\"" : "", ectx, ctx ? "\"," : "", emsg);
 	else
