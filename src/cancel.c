@@ -30,14 +30,14 @@ bool cancel_register(CancelEntry *e)
 
 	memset(e, 0, sizeof(*e));
 	if (RAND_bytes((unsigned char *)&e->key, sizeof(e->key)) != 1 ||
-	    (next_pid == 0 && RAND_bytes((unsigned char *)&start, sizeof(start)) != 1))
+	    (__atomic_load_n(&next_pid, __ATOMIC_RELAXED) == 0 && RAND_bytes((unsigned char *)&start, sizeof(start)) != 1))
 		return false;
 	pthread_mutex_lock(&cancel_lock);
-	if (next_pid == 0)
-		next_pid = (start % 1000000u) + 1000u;
+	if (next_pid == 0) /* read above without the lock only to draw `start`; decided here */
+		__atomic_store_n(&next_pid, (start % 1000000u) + 1000u, __ATOMIC_RELAXED);
 	e->pid = next_pid;
 	/* Positive int32 values only: some drivers read the pid as signed. */
-	next_pid = (next_pid >= 0x7ffffff0u) ? 1000u : next_pid + 1;
+	__atomic_store_n(&next_pid, (next_pid >= 0x7ffffff0u) ? 1000u : next_pid + 1, __ATOMIC_RELAXED);
 	e->next = *bucket_of(e->pid);
 	*bucket_of(e->pid) = e;
 	pthread_mutex_unlock(&cancel_lock);
