@@ -23,6 +23,7 @@
 
 #include <cmocka.h>
 
+#include "allocfail.h"
 #include "pgveil/catalog.h"
 #include "pgveil/mask.h"
 #include "pgveil/sqlinfo.h"
@@ -834,46 +835,6 @@ static void test_caller_has_masks(void **state)
 
 /* ---- allocation failures ------------------------------------------------------------ */
 
-void *__real_malloc(size_t n);
-void *__real_calloc(size_t n, size_t size);
-void *__real_realloc(void *p, size_t n);
-char *__real_strdup(const char *s);
-void *__wrap_malloc(size_t n);
-void *__wrap_calloc(size_t n, size_t size);
-void *__wrap_realloc(void *p, size_t n);
-char *__wrap_strdup(const char *s);
-
-static int fail_countdown = -1; /* the allocation that fails: 0 = the next one; -1 = none */
-static bool fail_happened;
-
-static bool alloc_fails(void)
-{
-	if (fail_countdown < 0 || fail_countdown-- > 0)
-		return false;
-	fail_happened = true;
-	return true;
-}
-
-void *__wrap_malloc(size_t n)
-{
-	return alloc_fails() ? NULL : __real_malloc(n);
-}
-
-void *__wrap_calloc(size_t n, size_t size)
-{
-	return alloc_fails() ? NULL : __real_calloc(n, size);
-}
-
-void *__wrap_realloc(void *p, size_t n)
-{
-	return alloc_fails() ? NULL : __real_realloc(p, n);
-}
-
-char *__wrap_strdup(const char *s)
-{
-	return alloc_fails() ? NULL : __real_strdup(s);
-}
-
 /* Builds a snapshot with every kind of reach; false at the first call that fails. */
 static bool build_all(CatSnap *s)
 {
@@ -913,11 +874,11 @@ static void test_out_of_memory(void **state)
 	(void)state;
 	sqlinfo_set_cache_capacity(0);
 	for (k = 0; k < 10000; k++) {
-		fail_happened = false;
-		fail_countdown = k;
+		allocfail_happened = false;
+		allocfail_countdown = k;
 		s = catalog_snap_new("app", rs, 1);
 		built = s != NULL && build_all(s);
-		fail_countdown = -1;
+		allocfail_countdown = -1;
 		if (built) {
 			expect_masks(s, 1004, "email", "email:copy");
 			expect_masks(s, 1001, "email", "email:copy");
@@ -925,7 +886,7 @@ static void test_out_of_memory(void **state)
 			ok_runs++;
 		}
 		catalog_snap_unref(s);
-		if (!fail_happened)
+		if (!allocfail_happened)
 			break;
 	}
 	assert_true(k > 20);          /* there were allocations to fail */
@@ -933,9 +894,9 @@ static void test_out_of_memory(void **state)
 	s = catalog_snap_failed("app", 1, "x");
 	assert_non_null(s);
 	catalog_snap_unref(s);
-	fail_countdown = 0;
+	allocfail_countdown = 0;
 	assert_null(catalog_snap_failed("app", 1, "x"));
-	fail_countdown = -1;
+	allocfail_countdown = -1;
 	rules_unref(rs);
 	sqlinfo_set_cache_capacity(4096);
 	sqlinfo_thread_cleanup();

@@ -22,6 +22,7 @@
 
 #include <cmocka.h>
 
+#include "allocfail.h"
 #include "pgveil/catalog.h"
 #include "pgveil/mask.h"
 #include "pgveil/policy.h"
@@ -125,48 +126,13 @@ static CatSnap *fixture(void)
 
 /* ---- allocations --------------------------------------------------------------------------- */
 
-void *__real_malloc(size_t n);
-void *__real_calloc(size_t n, size_t size);
-void *__real_realloc(void *p, size_t n);
-char *__real_strdup(const char *s);
-void *__wrap_malloc(size_t n);
-void *__wrap_calloc(size_t n, size_t size);
-void *__wrap_realloc(void *p, size_t n);
-char *__wrap_strdup(const char *s);
-
-static int allocations; /* made since the count was last reset */
-
-void *__wrap_malloc(size_t n)
-{
-	allocations++;
-	return __real_malloc(n);
-}
-
-void *__wrap_calloc(size_t n, size_t size)
-{
-	allocations++;
-	return __real_calloc(n, size);
-}
-
-void *__wrap_realloc(void *p, size_t n)
-{
-	allocations++;
-	return __real_realloc(p, n);
-}
-
-char *__wrap_strdup(const char *s)
-{
-	allocations++;
-	return __real_strdup(s);
-}
-
 /* policy_mask_check, which must not allocate. */
 static void check(const StmtInfo *info, const CatSnap *snap, const Identity *id, bool predicates_allow,
 		  MaskVerdict *v)
 {
-	allocations = 0;
+	allocfail_calls = 0;
 	policy_mask_check(info, snap, id, predicates_allow, v);
-	assert_int_equal(allocations, 0);
+	assert_int_equal(allocfail_calls, 0);
 }
 
 /* ---- the corpus ------------------------------------------------------------------------ */

@@ -22,6 +22,7 @@
 
 #include <cmocka.h>
 
+#include "allocfail.h"
 #include "pgveil/rules.h"
 #include "pgveil/sqlinfo.h"
 
@@ -611,57 +612,6 @@ static void test_many_rules_and_errors(void **state)
 /* ---- allocation failures -------------------------------------------------------------- */
 
 /*
- * The test is linked with --wrap for the allocation functions rules.c uses:
- * fail_countdown = k makes the k-th allocation from now fail (-1: none).
- */
-void *__real_malloc(size_t n);
-void *__real_calloc(size_t n, size_t size);
-void *__real_realloc(void *p, size_t n);
-char *__real_strdup(const char *s);
-char *__real_strndup(const char *s, size_t n);
-void *__wrap_malloc(size_t n);
-void *__wrap_calloc(size_t n, size_t size);
-void *__wrap_realloc(void *p, size_t n);
-char *__wrap_strdup(const char *s);
-char *__wrap_strndup(const char *s, size_t n);
-
-static int fail_countdown = -1;
-static bool fail_happened;
-
-static bool alloc_fails(void)
-{
-	if (fail_countdown < 0 || fail_countdown-- > 0)
-		return false;
-	fail_happened = true;
-	return true;
-}
-
-void *__wrap_malloc(size_t n)
-{
-	return alloc_fails() ? NULL : __real_malloc(n);
-}
-
-void *__wrap_calloc(size_t n, size_t size)
-{
-	return alloc_fails() ? NULL : __real_calloc(n, size);
-}
-
-void *__wrap_realloc(void *p, size_t n)
-{
-	return alloc_fails() ? NULL : __real_realloc(p, n);
-}
-
-char *__wrap_strdup(const char *s)
-{
-	return alloc_fails() ? NULL : __real_strdup(s);
-}
-
-char *__wrap_strndup(const char *s, size_t n)
-{
-	return alloc_fails() ? NULL : __real_strndup(s, n);
-}
-
-/*
  * Fails each allocation of a load in turn: the load fails with at least one
  * error counted (the message itself may be lost), never crashes, never leaks
  * (ASan), and succeeds once every allocation is served.
@@ -676,11 +626,11 @@ static void load_under_failures(const char *what, RuleSet *(*load)(const char *a
 		int nerrors = -1;
 		RuleSet *rs;
 
-		fail_happened = false;
-		fail_countdown = k;
+		allocfail_happened = false;
+		allocfail_countdown = k;
 		rs = load(arg, &errs, &nerrors);
-		fail_countdown = -1;
-		if (!fail_happened) {
+		allocfail_countdown = -1;
+		if (!allocfail_happened) {
 			/* every allocation was served: the normal outcome */
 			assert_true(valid ? rs != NULL : rs == NULL);
 			rules_unref(rs);
