@@ -760,6 +760,22 @@ static GuardAction audit_start_query(Session *s, const char *sql, const StmtInfo
 	return audit_stopped(s);
 }
 
+/*
+ * What every statement text passes before it is decided: it parses, it does
+ * not change how later statements are read, and its parts are known. False
+ * when it was refused (the client has been told why).
+ */
+static bool screened(Session *s, const StmtInfo *info, PartList *pl)
+{
+	if (info->error != NULL)
+		refuse_unparsable(s, info);
+	else if (info->changes_lexical)
+		refuse_lexical(s);
+	else
+		return collect_parts(s, info, pl);
+	return false;
+}
+
 /* Query: the whole string is decided; its parts are every statement in it. */
 static GuardAction guard_query(Session *s, const char *sql, size_t msglen)
 {
@@ -773,15 +789,7 @@ static GuardAction guard_query(Session *s, const char *sql, size_t msglen)
 		relay_refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory while analysing the statement", NULL, NULL, 0);
 		return GUARD_REFUSE;
 	}
-	if (info->error != NULL) {
-		refuse_unparsable(s, info);
-		goto done;
-	}
-	if (info->changes_lexical) {
-		refuse_lexical(s);
-		goto done;
-	}
-	if (!collect_parts(s, info, &pl))
+	if (!screened(s, info, &pl))
 		goto done;
 	d = decide(s, &pl);
 	if (d.action != DECISION_BLOCK &&
@@ -829,11 +837,7 @@ static GuardAction guard_parse(Session *s, PgReader *rd)
 		relay_refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory while analysing the statement", NULL, NULL, 0);
 		return GUARD_REFUSE;
 	}
-	if (info->error != NULL) {
-		refuse_unparsable(s, info);
-	} else if (info->changes_lexical) {
-		refuse_lexical(s);
-	} else if (collect_parts(s, info, &pl)) {
+	if (screened(s, info, &pl)) {
 		d = decide(s, &pl);
 		if (d.action == DECISION_BLOCK)
 			refuse_blocked(s, &d);
