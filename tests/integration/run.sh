@@ -4,7 +4,7 @@
 # Environment: PGVEIL_BUILDDIR (where the pgveil binary is; default: the source
 # tree), PGVEIL_SRCDIR (the source tree; default: two levels above this script).
 # Installs nothing but the node-postgres modules of tests/drivers/node when
-# they are missing (npm ci). Extra arguments go to pytest. Exits with pytest's
+# any of them is missing (npm ci). Extra arguments go to pytest. Exits with pytest's
 # status; "no tests collected" counts as a failure.
 set -u
 
@@ -14,7 +14,12 @@ PGVEIL_BUILDDIR=${PGVEIL_BUILDDIR:-$PGVEIL_SRCDIR}
 export PGVEIL_SRCDIR PGVEIL_BUILDDIR
 
 nodedir="$PGVEIL_SRCDIR/tests/drivers/node"
-if [ ! -d "$nodedir/node_modules/pg" ] && [ ! -w "$nodedir" ]; then
+# true when every module package.json names is installed in $1/node_modules
+node_modules_ok() {
+	(cd "$1" && node -e 'for (const d of Object.keys(require("./package.json").dependencies)) require.resolve(d)') \
+		2>/dev/null
+}
+if ! node_modules_ok "$nodedir" && [ ! -w "$nodedir" ]; then
 	# A read-only source tree (make distcheck): install into a copy in the build tree.
 	copy="$PGVEIL_BUILDDIR/tests/drivers/node"
 	mkdir -p "$copy" && cp "$nodedir"/*.js "$nodedir"/package*.json "$copy"/ && chmod -R u+w "$copy" || exit 1
@@ -22,7 +27,7 @@ if [ ! -d "$nodedir/node_modules/pg" ] && [ ! -w "$nodedir" ]; then
 fi
 export PGVEIL_NODE_DIR="$nodedir"
 export PYTHONDONTWRITEBYTECODE=1
-if [ ! -d "$nodedir/node_modules/pg" ]; then
+if ! node_modules_ok "$nodedir"; then
 	echo "run.sh: installing the node-postgres modules in $nodedir"
 	if [ -f "$nodedir/package-lock.json" ]; then
 		(cd "$nodedir" && npm ci --no-audit --no-fund) || exit 1

@@ -8,7 +8,7 @@ driver decoded and the bytes:
 
 - node-postgres (tests/drivers/node/mask.js): plain, star, parameterized,
   named prepared, array row mode, numeric/date decoding, a refused derived
-  use, pg-cursor (when installed), COPY TO STDOUT with pg-copy-streams;
+  use, pg-cursor, COPY TO STDOUT with pg-copy-streams;
 - pgjdbc (tests/drivers/java/MaskCheck.java) with driver defaults, with
   prepareThreshold=1 and binaryTransfer=true, and with prepareThreshold=-1
   (binary from the first execution): fetch sizes (PortalSuspended), batches,
@@ -994,17 +994,12 @@ def test_node_refused_and_usable(node_mask):
     assert out["last"] == 42
 
 
-def test_node_cursor(node_mask, node_driver):
-    rows = node_mask[0]["cursor"]
-    if rows is None:
-        pytest.skip(f"pg-cursor is not installed in {node_driver}/node_modules")
-    check_node_many(rows, MANY_ROWS)
+def test_node_cursor(node_mask):
+    check_node_many(node_mask[0]["cursor"], MANY_ROWS)
 
 
-def test_node_copy_out(node_mask, node_driver):
+def test_node_copy_out(node_mask):
     copy = node_mask[0]["copy"]
-    if copy is None:
-        pytest.skip(f"pg-copy-streams is not installed in {node_driver}/node_modules")
     assert copy["text"] == "".join(f"{i}\t{MASKED[i][0]}\t{MASKED[i][1]}\t****\t\\N\t{CITY[i]}\n" for i in (1, 2, 3))
     header, *lines = copy["csv"].splitlines()  # a table's COPY has the rows in the table's order
     assert header == "id,email,ssn,city"

@@ -1,8 +1,8 @@
 // Masked columns through node-postgres: plain and star SELECTs, parameters
 // (extended protocol), a named prepared statement executed several times,
 // array row mode, numeric and date columns, binary results, refused derived
-// uses (42501, the session goes on), pg-cursor when it is installed and COPY
-// TO STDOUT with pg-copy-streams when it is installed. Prints what the driver
+// uses (42501, the session goes on), pg-cursor and COPY TO STDOUT with
+// pg-copy-streams. Prints what the driver
 // decoded; the test compares it with what the masks give.
 // ITEST_TABLE: the people table; ITEST_MANY: the 12,000-row table; ITEST_LOG:
 // a table with a masked column this script writes to; ITEST_OUT: the file
@@ -11,21 +11,14 @@
 const fs = require('node:fs')
 const { Writable } = require('node:stream')
 const { pipeline } = require('node:stream/promises')
+const Cursor = require('pg-cursor')
+const copyStreams = require('pg-copy-streams')
 const { assert, connect, run, expectError } = require('./lib')
 
 const T = process.env.ITEST_TABLE
 const MANY = process.env.ITEST_MANY
 const LOG = process.env.ITEST_LOG
 const COLS = 'id, name, email, ssn, salary, born, score, card, note, city'
-
-function optional(name) {
-  try {
-    return require(name)
-  } catch (err) {
-    if (err.code === 'MODULE_NOT_FOUND') return null
-    throw err
-  }
-}
 
 // A date column as the driver decoded it (a Date at local midnight) -> YYYY-MM-DD.
 function ymd(d) {
@@ -98,36 +91,26 @@ run(async () => {
         [i, `log-secret-node-${String(i).padStart(4, '0')}`, `town${i}`])
     }
     out.log = (await c.query(`SELECT id, secret, city FROM ${LOG} ORDER BY id`)).rows
-    // pg-cursor, when installed
-    const Cursor = optional('pg-cursor')
-    if (Cursor) {
-      await c.query('BEGIN')
-      const cur = c.query(new Cursor(`SELECT id, email, salary, born, city FROM ${MANY} WHERE id > $1 ORDER BY id`, [0]))
-      const rows = []
-      for (;;) {
-        const batch = await cur.read(997)
-        if (batch.length === 0) break
-        rows.push(...batch.map((r) => [r.id, r.email, r.salary, ymd(r.born), r.city]))
-      }
-      await cur.close()
-      await c.query('COMMIT')
-      out.cursor = rows
-    } else {
-      out.cursor = null
+    // a cursor (Execute with a row limit, PortalSuspended between batches)
+    await c.query('BEGIN')
+    const cur = c.query(new Cursor(`SELECT id, email, salary, born, city FROM ${MANY} WHERE id > $1 ORDER BY id`, [0]))
+    const rows = []
+    for (;;) {
+      const batch = await cur.read(997)
+      if (batch.length === 0) break
+      rows.push(...batch.map((r) => [r.id, r.email, r.salary, ymd(r.born), r.city]))
     }
-    // COPY TO STDOUT with pg-copy-streams, when installed
-    const copyStreams = optional('pg-copy-streams')
-    if (copyStreams) {
-      out.copy = {
-        text: await copyOut(c, copyStreams.to, `COPY (SELECT id, email, ssn, card, note, city FROM ${T} ORDER BY id) TO STDOUT`),
-        csv: await copyOut(c, copyStreams.to, `COPY ${T} (id, email, ssn, city) TO STDOUT WITH (FORMAT csv, HEADER)`),
-        many: await copyOut(c, copyStreams.to, `COPY ${MANY} (id, email) TO STDOUT`),
-      }
-      out.copyBinary = (await expectError(copyOut(c, copyStreams.to, `COPY ${T} TO STDOUT WITH (FORMAT binary)`),
-        '42501')).message
-    } else {
-      out.copy = null
+    await cur.close()
+    await c.query('COMMIT')
+    out.cursor = rows
+    // COPY TO STDOUT
+    out.copy = {
+      text: await copyOut(c, copyStreams.to, `COPY (SELECT id, email, ssn, card, note, city FROM ${T} ORDER BY id) TO STDOUT`),
+      csv: await copyOut(c, copyStreams.to, `COPY ${T} (id, email, ssn, city) TO STDOUT WITH (FORMAT csv, HEADER)`),
+      many: await copyOut(c, copyStreams.to, `COPY ${MANY} (id, email) TO STDOUT`),
     }
+    out.copyBinary = (await expectError(copyOut(c, copyStreams.to, `COPY ${T} TO STDOUT WITH (FORMAT binary)`),
+      '42501')).message
     out.last = (await c.query('SELECT 40 + 2 AS v')).rows[0].v
   } finally {
     await c.end()
