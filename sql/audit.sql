@@ -1,5 +1,5 @@
 -- SPDX-License-Identifier: MIT
--- pgveil audit database, schema version 1 (PRAGMA user_version = 1).
+-- pgveil audit database, schema version 2 (PRAGMA user_version = 2).
 -- INTERFACE §6; doc/audit.md. pgveil applies this file at start (it is
 -- compiled in) and sets user_version itself. Times are ISO-8601 UTC with microseconds
 -- ('2026-11-24T00:41:07.123456Z'). Tokens and passwords are never stored.
@@ -26,7 +26,7 @@ CREATE TABLE IF NOT EXISTS queries (
     sql            TEXT NOT NULL,       -- as sent, or normalized (audit_redact_literals)
     fingerprint    TEXT,                -- hex hash of the statement's shape
     classes        TEXT NOT NULL,       -- 'SELECT,READ'
-    decision       TEXT NOT NULL,       -- allow | block | approve | deny | timeout
+    decision       TEXT NOT NULL,       -- allow | block | approve | deny | timeout | cancel
     rule           TEXT,                -- file:line of the deciding rule, NULL for default_action
     masked_columns TEXT,                -- 'public.users.email,public.users.ssn'
     rows           INTEGER,             -- returned or affected; NULL when unknown
@@ -52,6 +52,26 @@ CREATE TABLE IF NOT EXISTS approvals (
     decision     TEXT,                  -- approve | deny | timeout | cancel; NULL while waiting
     reason       TEXT,
     grant_until  TEXT
+);
+
+-- Strict mode: a statement's start (the columns of queries up to rule, and
+-- approval_id), committed durably before the statement is forwarded. It
+-- moves into queries when its outcome is written (a fraction of a second
+-- later) and, if pgveil was killed first, when pgveil next opens the file.
+-- Auditors who read the file after a crash, before pgveil ran again, find
+-- those statements here.
+CREATE TABLE IF NOT EXISTS pending (
+    id          INTEGER PRIMARY KEY,    -- the queries id the row will have
+    session_id  INTEGER NOT NULL,
+    ts          TEXT NOT NULL,
+    subject     TEXT NOT NULL,
+    database    TEXT NOT NULL,
+    sql         TEXT NOT NULL,
+    fingerprint TEXT,
+    classes     TEXT NOT NULL,
+    decision    TEXT NOT NULL,
+    rule        TEXT,
+    approval_id INTEGER
 );
 
 -- Where the chain continues after retention removed older rows: the last

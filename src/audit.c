@@ -32,6 +32,7 @@
 #define AUDIT_EVENTS_PER_ROW 4u             /* logins are refused at this times AUDIT_QUEUE_MAX events */
 #define AUDIT_ASYNC_BATCH 1024u             /* async: write at once when this many wait */
 #define AUDIT_TICK_US 100000u               /* async: at most this long before a queued row is written */
+#define AUDIT_LAZY_ROWS 256u                /* strict: a lazy pass when this many outcomes wait (else a tick) */
 #define AUDIT_RETRY_US 1000000u             /* after a failure, try again after this */
 #define AUDIT_PRUNE_US (3600ull * 1000000u) /* retention runs this often */
 #define AUDIT_PRUNE_RETRY_US (60ull * 1000000u)
@@ -61,11 +62,13 @@ static struct {
 	bool stopping;          /* audit_stop() asked the writer to drain and end */
 	int mode;               /* AuditMode (read without the lock: atomic) */
 	uint64_t retention;     /* seconds, 0 = off */
-	bool sync_dirty;        /* the mode changed: the writer sets PRAGMA synchronous */
 	uint64_t next_prune_us; /* monotonic */
 	AuditDb db;             /* the writer's; opened by audit_start() */
 	pthread_t thread;
 	AuditItem *head, *tail; /* queued events, oldest first */
+	AuditItem *def_head, *def_tail; /* strict: outcomes a durable pass left for the next lazy pass */
+	uint64_t n_def;
+	uint64_t last_lazy_us;
 	uint64_t n_queued;      /* in the list */
 	uint64_t n_items;       /* in the list or being written */
 	uint64_t n_starts;      /* statement rows in the list or being written */
@@ -335,15 +338,39 @@ static AuditStatus admit_locked(struct event *room)
 
 /* ---- the writer thread -------------------------------------------------------------------- */
 
+/* Whether a lazy pass has work: outcomes left by durable passes, or pending rows to move. */
+static bool lazy_work(void)
+{
+	return au.def_head != NULL || auditdb_pending_left(&au.db);
+}
+
 static bool write_due(uint64_t now)
 {
 	if (au.head == NULL)
 		return false;
 	if (au.failed)
 		return now >= au.retry_at_us;
+	if (au.mode != AUDIT_STRICT && lazy_work())
+		return false; /* what strict mode left goes first */
 	if (au.stopping || au.urgent || au.n_queued >= AUDIT_ASYNC_BATCH)
 		return true;
 	return now >= au.last_write_us + AUDIT_TICK_US;
+}
+
+/*
+ * Strict mode writes outcomes (and moves pending rows) in lazy passes, a
+ * tick or AUDIT_LAZY_ROWS outcomes apart; after a switch to async, or at
+ * the end, at once.
+ */
+static bool lazy_due(uint64_t now)
+{
+	if (!lazy_work())
+		return false;
+	if (au.failed)
+		return now >= au.retry_at_us;
+	if (au.stopping || au.mode != AUDIT_STRICT)
+		return au.head == NULL || au.mode != AUDIT_STRICT;
+	return au.n_def >= AUDIT_LAZY_ROWS || now >= au.last_lazy_us + AUDIT_TICK_US;
 }
 
 static bool prune_due(uint64_t now)
@@ -359,6 +386,8 @@ static void wait_locked(uint64_t now)
 
 	if (au.head != NULL)
 		until = au.failed ? au.retry_at_us : au.last_write_us + AUDIT_TICK_US;
+	if (lazy_work() && !au.failed && au.last_lazy_us + AUDIT_TICK_US < until)
+		until = au.last_lazy_us + AUDIT_TICK_US;
 	if (au.retention > 0 && au.next_prune_us < until)
 		until = au.next_prune_us;
 	if (until <= now)
@@ -387,8 +416,8 @@ static void batch_written_locked(uint64_t n, uint64_t starts, uint64_t max_id)
 	rooms_wake_locked();
 }
 
-/* Puts the batch back at the front of the queue and says why it failed. */
-static void batch_failed_locked(AuditItem *batch, AuditItem *last, uint64_t n, const char *err)
+/* Puts the batch back at the front of the queue (or of the lazy list) and says why it failed. */
+static void batch_failed_locked(AuditItem *batch, AuditItem *last, uint64_t n, bool lazy, const char *err)
 {
 	if (!au.failed || strcmp(au.error, err) != 0)
 		log_error(
@@ -402,6 +431,16 @@ static void batch_failed_locked(AuditItem *batch, AuditItem *last, uint64_t n, c
 	if (au.stopping)
 		au.stop_failures++;
 	waiters_resolve_locked(UINT64_MAX, false);
+	if (batch == NULL)
+		return;
+	if (lazy) {
+		last->next = au.def_head;
+		au.def_head = batch;
+		if (au.def_tail == NULL)
+			au.def_tail = last;
+		au.n_def += n;
+		return;
+	}
 	last->next = au.head;
 	au.head = batch;
 	if (au.tail == NULL)
@@ -409,11 +448,43 @@ static void batch_failed_locked(AuditItem *batch, AuditItem *last, uint64_t n, c
 	au.n_queued += n;
 }
 
-/* Takes up to AUDIT_BATCH_MAX queued events, writes them in one transaction, acknowledges. */
+/*
+ * After a durable pass: its outcomes move to the lazy list, in order; the
+ * rest of the batch is returned (to be freed). *kept gets how many moved.
+ */
+static AuditItem *keep_outcomes_locked(AuditItem *batch, uint64_t *kept)
+{
+	AuditItem *done = NULL, **dp = &done, *next;
+
+	*kept = 0;
+	for (AuditItem *it = batch; it != NULL; it = next) {
+		next = it->next;
+		it->next = NULL;
+		if (it->kind != AI_QUERY_FINISH) {
+			*dp = it;
+			dp = &it->next;
+			continue;
+		}
+		if (au.def_tail != NULL)
+			au.def_tail->next = it;
+		else
+			au.def_head = it;
+		au.def_tail = it;
+		au.n_def++;
+		(*kept)++;
+	}
+	return done;
+}
+
+/*
+ * Takes up to AUDIT_BATCH_MAX queued events, writes them in one transaction
+ * (strict: a durable pass, whose outcomes wait for a lazy pass), acknowledges.
+ */
 static void write_batch_locked(void)
 {
 	AuditItem *batch = au.head, *last = NULL, *it = au.head;
-	uint64_t n = 0, starts = 0, max_id = 0;
+	uint64_t n = 0, starts = 0, max_id = 0, kept = 0;
+	bool strict = au.mode == AUDIT_STRICT;
 	char err[512];
 	bool ok;
 
@@ -434,14 +505,52 @@ static void write_batch_locked(void)
 	last->next = NULL;
 	au.n_queued -= n;
 	pthread_mutex_unlock(&au.lock);
-	ok = auditdb_write(&au.db, batch, err, sizeof(err));
+	ok = auditdb_write(&au.db, batch, strict ? AUDITDB_DURABLE : AUDITDB_LAZY, err, sizeof(err));
 	pthread_mutex_lock(&au.lock);
 	au.last_write_us = pgv_now_us();
 	if (!ok) {
-		batch_failed_locked(batch, last, n, err);
+		batch_failed_locked(batch, last, n, false, err);
 		return;
 	}
-	batch_written_locked(n, starts, max_id);
+	if (strict)
+		batch = keep_outcomes_locked(batch, &kept);
+	batch_written_locked(n - kept, starts, max_id);
+	pthread_mutex_unlock(&au.lock);
+	items_free(batch);
+	pthread_mutex_lock(&au.lock);
+}
+
+/* Writes up to AUDIT_BATCH_MAX outcomes of the lazy list, and moves pending rows (doc/audit.md). */
+static void write_lazy_locked(void)
+{
+	AuditItem *batch = au.def_head, *last = NULL, *it = au.def_head;
+	AuditPass pass = au.stopping && au.head == NULL ? AUDITDB_LAST : AUDITDB_LAZY;
+	uint64_t n = 0;
+	char err[512];
+	bool ok;
+
+	while (it != NULL && n < AUDIT_BATCH_MAX) {
+		last = it;
+		it = it->next;
+		n++;
+	}
+	if (it != NULL)
+		pass = AUDITDB_LAZY;
+	au.def_head = it;
+	if (it == NULL)
+		au.def_tail = NULL;
+	if (last != NULL)
+		last->next = NULL;
+	au.n_def -= n;
+	pthread_mutex_unlock(&au.lock);
+	ok = auditdb_write(&au.db, batch, pass, err, sizeof(err));
+	pthread_mutex_lock(&au.lock);
+	au.last_lazy_us = pgv_now_us();
+	if (!ok) {
+		batch_failed_locked(batch, last, n, true, err);
+		return;
+	}
+	batch_written_locked(n, 0, 0);
 	pthread_mutex_unlock(&au.lock);
 	items_free(batch);
 	pthread_mutex_lock(&au.lock);
@@ -463,19 +572,12 @@ static void prune_locked(uint64_t now)
 		au.next_prune_us = pgv_now_us() + AUDIT_PRUNE_RETRY_US;
 }
 
-/* Work that is not a batch: a changed synchronous level, a test's SQL. */
+/* Work that is not a batch: a test's SQL. */
 static void chores_locked(void)
 {
 	char err[256] = "";
-	bool strict = au.mode == AUDIT_STRICT, ok;
+	bool ok;
 
-	if (au.sync_dirty) {
-		au.sync_dirty = false;
-		pthread_mutex_unlock(&au.lock);
-		if (!auditdb_set_sync(&au.db, strict, err, sizeof(err)))
-			log_error("audit: %s", err);
-		pthread_mutex_lock(&au.lock);
-	}
 	if (au.test_sql != NULL) {
 		const char *sql = au.test_sql;
 
@@ -502,7 +604,9 @@ static void *writer_main(void *arg)
 			prune_locked(now);
 		else if (write_due(now))
 			write_batch_locked();
-		else if (au.stopping && (au.head == NULL || au.stop_failures >= AUDIT_STOP_RETRIES))
+		else if (lazy_due(now))
+			write_lazy_locked();
+		else if (au.stopping && ((au.head == NULL && !lazy_work()) || au.stop_failures >= AUDIT_STOP_RETRIES))
 			break;
 		else
 			wait_locked(now);
@@ -515,11 +619,14 @@ static void *writer_main(void *arg)
 
 static void reset_state(const Config *cfg)
 {
-	au.stopping = au.failed = au.urgent = au.sync_dirty = false;
+	au.stopping = au.failed = au.urgent = false;
 	__atomic_store_n(&au.mode, (int)cfg->audit_mode, __ATOMIC_RELEASE);
 	au.retention = cfg->audit_retention;
 	au.next_prune_us = 0;
 	au.head = au.tail = NULL;
+	au.def_head = au.def_tail = NULL;
+	au.n_def = 0;
+	au.last_lazy_us = 0;
 	au.n_queued = au.n_items = au.n_starts = 0;
 	au.next_id = au.db.first_query_id;
 	au.waiters = au.waiters_tail = NULL;
@@ -543,7 +650,7 @@ bool audit_start(const Config *cfg, char *err, size_t errlen)
 		snprintf(err, errlen, "audit_db %s: the audit log is already started", cfg->audit_db);
 		return false;
 	}
-	if (!auditdb_open(&au.db, cfg->audit_db, cfg->audit_mode == AUDIT_STRICT, err, errlen))
+	if (!auditdb_open(&au.db, cfg->audit_db, err, errlen))
 		return false;
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -580,7 +687,6 @@ void audit_reconfigure(const Config *cfg)
 	pthread_mutex_lock(&au.lock);
 	if ((int)cfg->audit_mode != au.mode) {
 		__atomic_store_n(&au.mode, (int)cfg->audit_mode, __ATOMIC_RELEASE);
-		au.sync_dirty = true;
 		rooms_wake_locked();
 		log_info("audit: %s mode", mode_names[cfg->audit_mode]);
 	}
@@ -620,9 +726,11 @@ void audit_stop(void)
 	pthread_mutex_lock(&au.lock);
 	__atomic_store_n(&au.running, false, __ATOMIC_RELEASE);
 	forget_all_locked();
-	lost = au.n_queued;
+	lost = au.n_queued + au.n_def;
 	items_free(au.head);
-	au.head = au.tail = NULL;
+	items_free(au.def_head);
+	au.head = au.tail = au.def_head = au.def_tail = NULL;
+	au.n_def = 0;
 	au.n_queued = au.n_items = au.n_starts = 0;
 	pthread_mutex_unlock(&au.lock);
 	if (lost > 0)

@@ -288,14 +288,13 @@ static int verify_row(Walk *w, sqlite3_stmt *st)
 	return 0;
 }
 
-/* Rows without a chain position: statements that never finished (pgveil stopped while they ran). */
-static int64_t count_unfinished(Walk *w)
+/* The single count `sql` answers, or -1 (a file of schema version 1 has no pending table). */
+static int64_t count_rows(Walk *w, const char *sql)
 {
 	sqlite3_stmt *st = NULL;
 	int64_t n = -1;
 
-	if (sqlite3_prepare_v2(w->db, "SELECT count(*) FROM queries WHERE chain_seq IS NULL", -1, &st,
-	                       NULL) == SQLITE_OK &&
+	if (sqlite3_prepare_v2(w->db, sql, -1, &st, NULL) == SQLITE_OK &&
 	    sqlite3_step(st) == SQLITE_ROW)
 		n = sqlite3_column_int64(st, 0);
 	sqlite3_finalize(st);
@@ -304,7 +303,9 @@ static int64_t count_unfinished(Walk *w)
 
 static void verify_report_ok(Walk *w)
 {
-	int64_t unfinished = count_unfinished(w);
+	/* rows without a chain position: statements that never finished (pgveil stopped while they ran) */
+	int64_t unfinished = count_rows(w, "SELECT count(*) FROM queries WHERE chain_seq IS NULL");
+	int64_t pending = count_rows(w, "SELECT count(*) FROM pending");
 
 	if (w->n_rows == 0)
 		fprintf(w->out, "ok: 0 rows, chain intact (nothing chained yet)");
@@ -314,6 +315,10 @@ static void verify_report_ok(Walk *w)
 		        w->from_checkpoint ? ", after a retention checkpoint" : "", w->prev_hash);
 	if (unfinished > 0)
 		fprintf(w->out, "; %lld unfinished rows (not chained)", (long long)unfinished);
+	if (pending > 0)
+		fprintf(w->out, "; %lld statements in pending (recorded before they ran, outcome not written: "
+		                "pgveil moves them into queries when it opens the file)",
+		        (long long)pending);
 	fputc('\n', w->out);
 }
 

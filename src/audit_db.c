@@ -24,13 +24,15 @@ static const char audit_schema_sql[] =
 #include "audit_schema.inc"
     ;
 
+/* The columns of a start, in chain order from id to rule, then approval_id: queries' and pending's. */
+#define PENDING_COLUMNS                                                                                      \
+	"id, session_id, ts, subject, database, sql, fingerprint, classes, decision, rule, approval_id"
+
 static const char *const stmt_sql[ST_COUNT] = {
     [ST_INSERT_QUERY] =
         "INSERT INTO queries (id, session_id, ts, subject, database, sql, fingerprint, classes,"
         " decision, rule, approval_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    [ST_SELECT_START] =
-        "SELECT id, session_id, ts, subject, database, sql, fingerprint, classes, decision, rule,"
-        " approval_id FROM queries WHERE id = ?1 AND chain_seq IS NULL",
+    [ST_SELECT_START] = "SELECT " PENDING_COLUMNS " FROM queries WHERE id = ?1 AND chain_seq IS NULL",
     /* the parameters of these two are numbered by chain position (AUDIT_CHAIN_COLUMNS), the hash ?19 */
     [ST_FINISH_QUERY] =
         "UPDATE queries SET prev_hash = ?1, masked_columns = ?12, rows = ?13, duration_ms = ?14,"
@@ -50,6 +52,13 @@ static const char *const stmt_sql[ST_COUNT] = {
                            " grant_until = excluded.grant_until",
     /* a held statement's row names its approval; the approval gets the row's id back */
     [ST_LINK_APPROVAL] = "UPDATE approvals SET query_id = ?1 WHERE id = ?2 AND query_id IS NULL",
+    /* strict mode: starts committed durably before their statements run, moved into queries later */
+    [ST_INSERT_PENDING] = "INSERT INTO pending (id, session_id, ts, subject, database, sql, fingerprint,"
+                          " classes, decision, rule, approval_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,"
+                          " ?9, ?10, ?11)",
+    [ST_SELECT_PENDING] = "SELECT " PENDING_COLUMNS " FROM pending WHERE id = ?1",
+    [ST_SELECT_PENDING_UPTO] = "SELECT " PENDING_COLUMNS " FROM pending WHERE id <= ?1 ORDER BY id",
+    [ST_DELETE_PENDING] = "DELETE FROM pending WHERE id BETWEEN ?1 AND ?2",
 };
 
 typedef enum { STEP_OK, STEP_SKIP, STEP_FAIL } StepResult;
@@ -186,11 +195,6 @@ static bool set_wal(AuditDb *d, char *err, size_t errlen)
 	return false;
 }
 
-bool auditdb_set_sync(AuditDb *d, bool strict, char *err, size_t errlen)
-{
-	return db_exec(d, strict ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL", err, errlen);
-}
-
 /*
  * Text must be stored as the UTF-8 bytes pgveil binds: the chain hashes
  * them as bound (a database in UTF-16 would convert them).
@@ -229,7 +233,10 @@ static bool apply_schema(AuditDb *d, int64_t version, char *err, size_t errlen)
 	snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", AUDIT_SCHEMA_VERSION);
 	if (!db_exec(d, "BEGIN IMMEDIATE", err, errlen))
 		return false;
-	/* Version 1 is the first: later versions add their migrations here, each after the one before. */
+	/*
+	 * Every statement of the schema creates only what is missing, so the
+	 * script brings any older version up to date (version 2 added pending).
+	 */
 	if (db_exec(d, audit_schema_sql, err, errlen) && db_exec(d, sql, err, errlen) &&
 	    db_exec(d, "COMMIT", err, errlen))
 		return true;
@@ -296,7 +303,21 @@ static bool prepare_all(AuditDb *d, char *err, size_t errlen)
 	return true;
 }
 
-bool auditdb_open(AuditDb *d, const char *path, bool strict, char *err, size_t errlen)
+/* Declared here, defined with the writing code below. */
+static bool move_pending(AuditDb *d, uint64_t upto, char *err, size_t errlen);
+
+/* The starts a crash left in pending go into queries as unfinished rows. */
+static bool recover_pending(AuditDb *d, char *err, size_t errlen)
+{
+	bool ok = db_exec(d, "BEGIN IMMEDIATE", err, errlen) && move_pending(d, UINT64_MAX, err, errlen) &&
+	          db_exec(d, "COMMIT", err, errlen);
+
+	if (!ok && !sqlite3_get_autocommit(d->db))
+		sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
+	return ok;
+}
+
+bool auditdb_open(AuditDb *d, const char *path, char *err, size_t errlen)
 {
 	int64_t version = 0;
 
@@ -328,8 +349,9 @@ bool auditdb_open(AuditDb *d, const char *path, bool strict, char *err, size_t e
 		goto fail;
 	}
 	if (!check_encoding(d, err, errlen) || !set_wal(d, err, errlen) ||
-	    !auditdb_set_sync(d, strict, err, errlen) || !apply_schema(d, version, err, errlen) ||
-	    !load_chain_head(d, err, errlen) || !load_ids(d, err, errlen) || !prepare_all(d, err, errlen))
+	    !db_exec(d, "PRAGMA synchronous = NORMAL", err, errlen) || !apply_schema(d, version, err, errlen) ||
+	    !load_chain_head(d, err, errlen) || !prepare_all(d, err, errlen) || !recover_pending(d, err, errlen) ||
+	    !load_ids(d, err, errlen))
 		goto fail;
 	return true;
 fail:
@@ -448,55 +470,82 @@ static bool link_approval(AuditDb *d, const AuditValue v[AUDIT_CHAIN_NCOLS], cha
 	return step_write(d, st, "approval of statement row", (uint64_t)v[CH_ID].i, err, errlen) != STEP_FAIL;
 }
 
-/* Inserts a statement's row without its outcome. */
-static bool insert_start(AuditDb *d, const AuditItem *it, char *err, size_t errlen)
+/*
+ * Inserts a start (values v, from an item or a row of pending) into `st`:
+ * queries as an unfinished row (ST_INSERT_QUERY, then its approval is
+ * linked) or pending (ST_INSERT_PENDING). Both take the same parameters.
+ */
+static StepResult insert_start(AuditDb *d, int which, const AuditValue v[AUDIT_CHAIN_NCOLS], char *err,
+                               size_t errlen)
 {
-	sqlite3_stmt *st = d->st[ST_INSERT_QUERY];
-	AuditValue v[AUDIT_CHAIN_NCOLS];
-	char ts[32];
+	sqlite3_stmt *st = d->st[which];
+	StepResult r;
 
-	start_values(it, ts, v);
 	for (int i = CH_ID; i <= CH_RULE; i++)
 		bind_value(st, i - CH_ID + 1, &v[i]);
 	bind_value(st, CH_RULE - CH_ID + 2, &v[CH_APPROVAL_ID]);
-	switch (step_write(d, st, "statement row", it->id, err, errlen)) {
-	case STEP_OK: return link_approval(d, v, err, errlen);
-	case STEP_SKIP: return true;
-	default: return false;
-	}
-}
-
-static bool write_query_start(AuditDb *d, const AuditItem *it, char *err, size_t errlen)
-{
-	int k = batch_find(d, it->id);
-
-	if (k >= 0 && d->batch_starts[k] == it && d->batch_outcomes[k] != NULL)
-		return true; /* written whole where its outcome stands */
-	return insert_start(d, it, err, errlen);
+	r = step_write(d, st, which == ST_INSERT_QUERY ? "statement row" : "pending statement row",
+	               (uint64_t)v[CH_ID].i, err, errlen);
+	if (r == STEP_OK && which == ST_INSERT_QUERY && !link_approval(d, v, err, errlen))
+		return STEP_FAIL;
+	return r;
 }
 
 /*
- * Reads the start of unfinished row `id` into v (borrowed from the
- * statement until it is reset). STEP_SKIP when there is none.
+ * A start in the batch: nothing yet when its outcome is in the batch too
+ * (written whole there); else into pending (a durable pass) or queries.
  */
-static StepResult read_start(AuditDb *d, uint64_t id, AuditValue v[AUDIT_CHAIN_NCOLS], char *err,
+static bool write_query_start(AuditDb *d, const AuditItem *it, AuditPass pass, uint64_t *pending_max,
+                              char *err, size_t errlen)
+{
+	int k = batch_find(d, it->id);
+	AuditValue v[AUDIT_CHAIN_NCOLS];
+	char ts[32];
+	StepResult r;
+
+	if (pass != AUDITDB_DURABLE && k >= 0 && d->batch_starts[k] == it && d->batch_outcomes[k] != NULL)
+		return true;
+	start_values(it, ts, v);
+	r = insert_start(d, pass == AUDITDB_DURABLE ? ST_INSERT_PENDING : ST_INSERT_QUERY, v, err, errlen);
+	if (r == STEP_OK && pass == AUDITDB_DURABLE && it->id > *pending_max)
+		*pending_max = it->id;
+	return r != STEP_FAIL;
+}
+
+/*
+ * Reads the start of row `id` into v with `which` (ST_SELECT_PENDING or
+ * ST_SELECT_START, the unfinished rows of queries): the values are borrowed
+ * from the statement, which stays on its row until the caller resets it.
+ * STEP_SKIP (statement reset) when there is none.
+ */
+static StepResult read_start(AuditDb *d, int which, uint64_t id, AuditValue v[AUDIT_CHAIN_NCOLS], char *err,
                              size_t errlen)
 {
-	sqlite3_stmt *st = d->st[ST_SELECT_START];
+	sqlite3_stmt *st = d->st[which];
 	int rc;
 
 	sqlite3_bind_int64(st, 1, (sqlite3_int64)id);
 	rc = sqlite3_step(st);
-	if (rc == SQLITE_DONE)
-		return STEP_SKIP;
 	if (rc != SQLITE_ROW) {
-		db_fail(d, err, errlen);
-		return STEP_FAIL;
+		if (rc != SQLITE_DONE)
+			db_fail(d, err, errlen);
+		sqlite3_reset(st);
+		return rc == SQLITE_DONE ? STEP_SKIP : STEP_FAIL;
 	}
 	for (int i = CH_ID; i <= CH_RULE; i++)
 		v[i] = audit_value_column(st, i - CH_ID);
 	v[CH_APPROVAL_ID] = audit_value_column(st, CH_RULE - CH_ID + 1);
 	return STEP_OK;
+}
+
+/* Removes the rows of pending with ids from..to (they are in queries now). */
+static bool delete_pending(AuditDb *d, uint64_t from, uint64_t to, char *err, size_t errlen)
+{
+	sqlite3_stmt *st = d->st[ST_DELETE_PENDING];
+
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)from);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)(to > INT64_MAX ? INT64_MAX : to));
+	return step_write(d, st, "pending statement row", from, err, errlen) != STEP_FAIL;
 }
 
 /* The chain positions an outcome sets in an unfinished row (and its id), besides the hash. */
@@ -509,51 +558,93 @@ static bool set_by_outcome(int i)
 /*
  * Fills in the outcome of a row and makes it the next link of the chain.
  * The hash is computed from the values the row stores, never read back
- * after writing: a row whose start is in the batch is inserted whole; else
- * its start is read from its unfinished row, and the outcome, chain
- * position and hash are set in one UPDATE.
+ * after writing. The start comes from the batch or from pending: the row is
+ * inserted whole (and leaves pending); or from its unfinished row in
+ * queries: the outcome, chain position and hash are set in one UPDATE.
  */
 static bool write_query_finish(AuditDb *d, const AuditItem *it, int64_t *seq, char prev[AUDIT_HASH_HEX],
                                char *err, size_t errlen)
 {
 	int k = batch_find(d, it->id);
 	const AuditItem *start = k >= 0 && d->batch_outcomes[k] == it ? d->batch_starts[k] : NULL;
-	sqlite3_stmt *st = d->st[start != NULL ? ST_INSERT_CHAINED : ST_FINISH_QUERY];
+	sqlite3_stmt *read = NULL, *st;
 	AuditValue v[AUDIT_CHAIN_NCOLS];
 	char ts[32], hash[AUDIT_HASH_HEX];
 	StepResult r = STEP_OK;
-	bool hashed;
+	bool whole = true, ok = true;
 
-	if (start != NULL)
+	if (start != NULL) {
 		start_values(start, ts, v);
-	else if ((r = read_start(d, it->id, v, err, errlen)) == STEP_SKIP)
-		log_warn("audit: the outcome of statement row %llu has no unfinished row to go to: ignored",
-		         (unsigned long long)it->id);
+	} else if ((r = read_start(d, ST_SELECT_PENDING, it->id, v, err, errlen)) == STEP_OK) {
+		read = d->st[ST_SELECT_PENDING];
+	} else if (r == STEP_SKIP && (r = read_start(d, ST_SELECT_START, it->id, v, err, errlen)) == STEP_OK) {
+		read = d->st[ST_SELECT_START];
+		whole = false;
+	}
+	if (r != STEP_OK) {
+		if (r == STEP_SKIP)
+			log_warn("audit: the outcome of statement row %llu has no unfinished row to go to: ignored",
+			         (unsigned long long)it->id);
+		return r == STEP_SKIP;
+	}
 	v[CH_PREV_HASH] = audit_value_text(prev);
 	outcome_values(&it->u.outcome, v);
 	v[CH_CHAIN_SEQ] = audit_value_int(*seq);
-	hashed = r == STEP_OK && audit_chain_hash(v, hash);
-	sqlite3_reset(d->st[ST_SELECT_START]); /* the start values read are not used after this */
-	if (r != STEP_OK)
-		return r == STEP_SKIP;
-	if (!hashed) {
+	if (!audit_chain_hash(v, hash)) {
 		snprintf(err, errlen, "audit_db %s: out of memory while hashing", d->path);
-		return false;
+		ok = false;
+		goto out;
 	}
+	st = d->st[whole ? ST_INSERT_CHAINED : ST_FINISH_QUERY];
 	for (int i = 0; i < AUDIT_CHAIN_NCOLS; i++)
-		if (start != NULL || set_by_outcome(i))
+		if (whole || set_by_outcome(i))
 			bind_value(st, i + 1, &v[i]);
 	sqlite3_bind_text(st, AUDIT_CHAIN_NCOLS + 1, hash, -1, SQLITE_STATIC);
 	r = step_write(d, st, "outcome of statement row", it->id, err, errlen);
-	if (r == STEP_SKIP && start != NULL) /* SQLite refused the whole row: keep at least its start */
-		return insert_start(d, start, err, errlen);
-	if (r != STEP_OK)
-		return r == STEP_SKIP;
-	if (start != NULL && !link_approval(d, v, err, errlen))
-		return false;
-	(*seq)++;
-	memcpy(prev, hash, AUDIT_HASH_HEX);
-	return true;
+	if (r == STEP_SKIP && whole) /* SQLite refused the whole row: keep at least its start */
+		r = insert_start(d, ST_INSERT_QUERY, v, err, errlen) == STEP_FAIL ? STEP_FAIL : STEP_SKIP;
+	else if (r == STEP_OK && whole && !link_approval(d, v, err, errlen))
+		r = STEP_FAIL;
+	ok = r != STEP_FAIL;
+	if (r == STEP_OK) {
+		(*seq)++;
+		memcpy(prev, hash, AUDIT_HASH_HEX);
+	}
+out:
+	if (read != NULL)
+		sqlite3_reset(read);
+	if (ok && read == d->st[ST_SELECT_PENDING])
+		ok = delete_pending(d, it->id, it->id, err, errlen);
+	return ok;
+}
+
+/*
+ * Moves the rows of pending with ids up to `upto` into queries as
+ * unfinished rows: statements whose outcome has not come after a pass, or
+ * a crash's (at open). Their outcomes then finish them there.
+ */
+static bool move_pending(AuditDb *d, uint64_t upto, char *err, size_t errlen)
+{
+	sqlite3_stmt *st = d->st[ST_SELECT_PENDING_UPTO];
+	AuditValue v[AUDIT_CHAIN_NCOLS];
+	int64_t moved = 0;
+	bool ok = true;
+	int rc;
+
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)(upto > INT64_MAX ? INT64_MAX : upto));
+	while (ok && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+		for (int i = CH_ID; i <= CH_RULE; i++)
+			v[i] = audit_value_column(st, i - CH_ID);
+		v[CH_APPROVAL_ID] = audit_value_column(st, CH_RULE - CH_ID + 1);
+		ok = insert_start(d, ST_INSERT_QUERY, v, err, errlen) != STEP_FAIL;
+		moved++;
+	}
+	if (ok && rc != SQLITE_DONE)
+		ok = db_fail(d, err, errlen);
+	sqlite3_reset(st);
+	if (moved > 0)
+		log_debug("audit: %lld statement rows moved from pending into queries, unfinished", (long long)moved);
+	return ok && (moved == 0 || delete_pending(d, 0, upto, err, errlen));
 }
 
 static bool write_session_start(AuditDb *d, const AuditItem *it, char *err, size_t errlen)
@@ -601,30 +692,49 @@ static bool write_approval(AuditDb *d, const AuditItem *it, char *err, size_t er
 	return step_write(d, st, "approval", a->approval_id, err, errlen) != STEP_FAIL;
 }
 
-static bool write_item(AuditDb *d, const AuditItem *it, int64_t *seq, char prev[AUDIT_HASH_HEX], char *err,
-                       size_t errlen)
+static bool write_item(AuditDb *d, const AuditItem *it, AuditPass pass, int64_t *seq, char prev[AUDIT_HASH_HEX],
+                       uint64_t *pending_max, char *err, size_t errlen)
 {
 	switch (it->kind) {
 	case AI_SESSION_START: return write_session_start(d, it, err, errlen);
 	case AI_SESSION_END: return write_session_end(d, it, err, errlen);
-	case AI_QUERY_START: return write_query_start(d, it, err, errlen);
-	case AI_QUERY_FINISH: return write_query_finish(d, it, seq, prev, err, errlen);
+	case AI_QUERY_START: return write_query_start(d, it, pass, pending_max, err, errlen);
+	case AI_QUERY_FINISH:
+		return pass == AUDITDB_DURABLE || write_query_finish(d, it, seq, prev, err, errlen);
 	case AI_APPROVAL: return write_approval(d, it, err, errlen);
 	}
 	return true;
 }
 
-bool auditdb_write(AuditDb *d, const AuditItem *items, char *err, size_t errlen)
+/* PRAGMA synchronous = FULL for a durable pass, NORMAL for the others, when it is not that already. */
+static bool use_sync(AuditDb *d, bool full, char *err, size_t errlen)
+{
+	if (d->sync_full == full)
+		return true;
+	if (!db_exec(d, full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL", err, errlen))
+		return false;
+	d->sync_full = full;
+	return true;
+}
+
+bool auditdb_write(AuditDb *d, const AuditItem *items, AuditPass pass, char *err, size_t errlen)
 {
 	int64_t seq = d->next_seq;
+	uint64_t pending_max = d->pending_max, move = 0;
 	char prev[AUDIT_HASH_HEX];
 	bool ok;
 
 	memcpy(prev, d->last_hash, sizeof(prev));
 	batch_index(d, items);
-	ok = db_exec(d, "BEGIN IMMEDIATE", err, errlen);
+	if (pass == AUDITDB_LAST)
+		move = UINT64_MAX;
+	else if (pass == AUDITDB_LAZY)
+		move = d->pending_mark;
+	ok = use_sync(d, pass == AUDITDB_DURABLE, err, errlen) && db_exec(d, "BEGIN IMMEDIATE", err, errlen);
 	for (const AuditItem *it = items; ok && it != NULL; it = it->next)
-		ok = write_item(d, it, &seq, prev, err, errlen);
+		ok = write_item(d, it, pass, &seq, prev, &pending_max, err, errlen);
+	if (ok && move > d->pending_moved)
+		ok = move_pending(d, move, err, errlen);
 	ok = ok && db_exec(d, "COMMIT", err, errlen);
 	if (!ok) {
 		if (!sqlite3_get_autocommit(d->db))
@@ -633,7 +743,19 @@ bool auditdb_write(AuditDb *d, const AuditItem *items, char *err, size_t errlen)
 	}
 	d->next_seq = seq;
 	memcpy(d->last_hash, prev, sizeof(prev));
+	d->pending_max = pending_max;
+	if (move > d->pending_moved) {
+		d->pending_moved = move < d->pending_max ? move : d->pending_max;
+		d->pending_mark = d->pending_max;
+	} else if (pass != AUDITDB_DURABLE) {
+		d->pending_mark = d->pending_max;
+	}
 	return true;
+}
+
+bool auditdb_pending_left(const AuditDb *d)
+{
+	return d->pending_max > d->pending_moved;
 }
 
 /* ---- retention --------------------------------------------------------------------------- */

@@ -14,7 +14,7 @@
 
 #include "pgveil/audit.h"
 
-#define AUDIT_SCHEMA_VERSION 1 /* PRAGMA user_version of sql/audit.sql */
+#define AUDIT_SCHEMA_VERSION 2 /* PRAGMA user_version of sql/audit.sql */
 #define AUDIT_HASH_HEX 65      /* 64 hex digits and the NUL */
 #define AUDIT_BATCH_MAX 8192u  /* events per transaction */
 
@@ -56,6 +56,10 @@ enum {
 	ST_END_SESSION,
 	ST_UPSERT_APPROVAL,
 	ST_LINK_APPROVAL,
+	ST_INSERT_PENDING,
+	ST_SELECT_PENDING,
+	ST_SELECT_PENDING_UPTO,
+	ST_DELETE_PENDING,
 	ST_COUNT
 };
 
@@ -69,27 +73,44 @@ typedef struct AuditDb {
 	uint64_t first_query_id;          /* the first queries id this run may use */
 	uint64_t session_base;            /* the largest session id the file held: this run's follow it */
 	uint64_t approval_base;           /* the same for approval ids */
+	bool sync_full;                   /* PRAGMA synchronous is FULL now (else NORMAL) */
+	uint64_t pending_max;             /* the largest id committed into pending */
+	uint64_t pending_mark;            /* pending rows up to this id move into queries at the next lazy pass */
+	uint64_t pending_moved;           /* pending rows up to this id are in queries */
 	const AuditItem **batch_starts;   /* the batch being written: its statement starts, in id order */
 	const AuditItem **batch_outcomes; /* for each, its outcome when that is in the batch too, or NULL */
 	size_t n_batch;
 } AuditDb;
 
 /*
- * Opens (creating, migrating) the database at `path` for writing, with the
- * synchronous level of the mode, and reads where the chain and the ids
- * continue. False with "audit_db path: reason" in err.
+ * Opens (creating, migrating) the database at `path` for writing, moves the
+ * rows a crash left in pending into queries (unfinished), and reads where
+ * the chain and the ids continue. False with "audit_db path: reason" in err.
  */
-bool auditdb_open(AuditDb *d, const char *path, bool strict, char *err, size_t errlen) PGV_WARN_UNUSED;
+bool auditdb_open(AuditDb *d, const char *path, char *err, size_t errlen) PGV_WARN_UNUSED;
 void auditdb_close(AuditDb *d);
-/* PRAGMA synchronous = FULL (strict) or NORMAL (async). */
-bool auditdb_set_sync(AuditDb *d, bool strict, char *err, size_t errlen) PGV_WARN_UNUSED;
+/*
+ * How a batch is written (doc/audit.md "Modes"):
+ *   AUDITDB_DURABLE  strict mode's group commit, PRAGMA synchronous = FULL:
+ *                    statement starts go into the small table pending;
+ *                    outcomes are not written (the caller keeps them for a
+ *                    lazy pass); sessions and approvals are written.
+ *   AUDITDB_LAZY     synchronous = NORMAL: everything in the list; a row
+ *                    whose start is in the list, or in pending, is inserted
+ *                    whole with its outcome and chained; pending rows that
+ *                    waited a whole pass move into queries unfinished.
+ *   AUDITDB_LAST     the same, and every pending row moves (clean stop).
+ */
+typedef enum { AUDITDB_DURABLE, AUDITDB_LAZY, AUDITDB_LAST } AuditPass;
 /*
  * Writes the items of the list in one transaction and commits. A row that
  * SQLite refuses by itself (a constraint) is logged and skipped; any other
  * failure rolls everything back, leaves the chain where it was and returns
  * false with "audit_db path: reason" in err.
  */
-bool auditdb_write(AuditDb *d, const AuditItem *items, char *err, size_t errlen) PGV_WARN_UNUSED;
+bool auditdb_write(AuditDb *d, const AuditItem *items, AuditPass pass, char *err, size_t errlen) PGV_WARN_UNUSED;
+/* Whether pending holds rows a lazy pass has still to move or finish. */
+bool auditdb_pending_left(const AuditDb *d);
 /*
  * Retention: removes what is older than now_us - retention_s (see
  * doc/audit.md) and records a checkpoint when chained rows went. The max_*

@@ -62,7 +62,7 @@ def make_audit_db(path):
     db.execute("INSERT INTO approvals (id, query_id, session_id, subject, sql, rule, requested_at, decided_at,"
                " decided_by, decision) VALUES (1, 3, 2, 'etl', 'UPDATE orders SET x = 1', 'rules/10.rules:7',"
                " '2026-01-02T11:00:01.000000Z', '2026-01-02T11:00:03.000000Z', 'alice', 'approve')")
-    db.execute("PRAGMA user_version = 1")
+    db.execute("PRAGMA user_version = 2")
     db.commit()
     db.close()
     os.chmod(path, 0o644)

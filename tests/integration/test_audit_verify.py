@@ -95,10 +95,10 @@ def created_db(pgveil_factory, tmp_path):
 
 
 def test_pgveil_creates_the_database(created_db, pgveil_bin):
-    assert sql(created_db, "PRAGMA user_version") == [(1,)]
+    assert sql(created_db, "PRAGMA user_version") == [(2,)]
     assert sql(created_db, "PRAGMA journal_mode") == [("wal",)]
     tables = {r[0] for r in sql(created_db, "SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"sessions", "queries", "approvals", "checkpoints"} <= tables
+    assert {"sessions", "queries", "approvals", "checkpoints", "pending"} <= tables
     rc, out = verify(pgveil_bin, created_db)
     assert rc == 0 and out.startswith("ok: 0 rows"), out
 
@@ -185,7 +185,7 @@ def test_newer_schema_refused_at_start(created_db, pgveil_bin, pgveil_factory):
     pv = pgveil_factory(start=False, audit_db=created_db)
     res = subprocess.run([pgveil_bin, "-c", pv.conf_path], capture_output=True, text=True, timeout=30)
     assert res.returncode == 1
-    assert f"audit_db {created_db}: its schema version 9 is newer than this pgveil knows (1)" in res.stderr
+    assert f"audit_db {created_db}: its schema version 9 is newer than this pgveil knows (2)" in res.stderr
     rc, out = verify(pgveil_bin, created_db)
     assert rc == 2 and "newer pgveil" in out, out
 

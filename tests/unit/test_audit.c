@@ -247,12 +247,14 @@ typedef struct Fired {
 static void fired_cb(evutil_socket_t fd, short what, void *arg)
 {
 	Fired *f = arg;
-	char sql[96];
+	char sql[160];
 
 	(void)fd;
 	(void)what;
 	f->count++;
-	snprintf(sql, sizeof(sql), "SELECT count(*) FROM queries WHERE id = %llu", (unsigned long long)f->id);
+	/* strict mode's durable pass puts the start in pending; it moves into queries later */
+	snprintf(sql, sizeof(sql), "SELECT (SELECT count(*) FROM queries WHERE id = %1$llu) + "
+	                           "(SELECT count(*) FROM pending WHERE id = %1$llu)", (unsigned long long)f->id);
 	f->rows_seen = query_int(sql);
 }
 
@@ -291,12 +293,12 @@ static void schema_created_and_newer_refused(void **state)
 	/* again: nothing to create */
 	start(AUDIT_STRICT);
 	audit_stop();
-	exec_db("PRAGMA user_version = 2");
+	exec_db("PRAGMA user_version = 3");
 	assert_false(audit_start(&cfg, err, sizeof(err)));
 	assert_false(audit_enabled());
 	assert_contains(err, dbpath);
-	assert_contains(err, "schema version 2 is newer than this pgveil knows (1)");
-	assert_int_equal(query_int("PRAGMA user_version"), 2);
+	assert_contains(err, "schema version 3 is newer than this pgveil knows (2)");
+	assert_int_equal(query_int("PRAGMA user_version"), 3);
 }
 
 static void foreign_database_refused(void **state)
@@ -317,6 +319,56 @@ static void foreign_database_refused(void **state)
 	assert_false(audit_start(&cfg, err, sizeof(err)));
 	assert_contains(err, "file is not a database");
 	assert_int_equal(verify(err, sizeof(err)), 2);
+}
+
+/* A file of schema version 1 (no pending table) is brought up to date. */
+static void version_1_migrated(void **state)
+{
+	(void)state;
+	start(AUDIT_ASYNC);
+	audit_stop();
+	exec_db("DROP TABLE pending; PRAGMA user_version = 1");
+	start(AUDIT_STRICT);
+	finish(add_query(1, "SELECT 1", now_us()), 1);
+	audit_stop();
+	assert_int_equal(query_int("PRAGMA user_version"), AUDIT_SCHEMA_VERSION);
+	assert_int_equal(query_int("SELECT count(*) FROM queries WHERE hash IS NOT NULL"), 1);
+}
+
+/*
+ * Starts a crash left in pending (committed by a durable pass, never
+ * finished) move into queries as unfinished rows when the file is opened
+ * again, their approvals linked; ids continue after them.
+ */
+static void pending_rows_recovered_at_open(void **state)
+{
+	AuditApproval a = {.approval_id = 7, .session_id = 1, .subject = "a", .sql = "DELETE FROM t"};
+	uint64_t id;
+
+	(void)state;
+	start(AUDIT_ASYNC);
+	audit_approval(&a);
+	audit_stop();
+	exec_db("INSERT INTO pending (id, session_id, ts, subject, database, sql, classes, decision, rule, "
+	        "approval_id) VALUES (41, 1, '2026-11-24T01:00:00.000000Z', 'a', 'app', 'DELETE FROM t', "
+	        "'DELETE,WRITE', 'approve', 'r.rules:3', 7), (42, 1, '2026-11-24T01:00:00.100000Z', 'a', "
+	        "'app', 'SELECT 2', 'SELECT,READ', 'allow', NULL, NULL)");
+	start(AUDIT_STRICT);
+	assert_int_equal(query_int("SELECT count(*) FROM pending"), 0);
+	assert_string_equal(query_text("SELECT group_concat(r, '|') FROM (SELECT id || ':' || sql || ':' || "
+	                               "decision AS r FROM queries WHERE chain_seq IS NULL ORDER BY id)"),
+	                    "41:DELETE FROM t:approve|42:SELECT 2:allow");
+	assert_int_equal(query_int("SELECT query_id FROM approvals WHERE id = 7"), 41);
+	id = add_query(1, "SELECT 3", now_us());
+	assert_int_equal(id, 43);
+	finish(id, 1);
+	/* an outcome for a recovered row finishes it in place */
+	finish(42, 1);
+	audit_stop();
+	assert_string_equal(query_text("SELECT group_concat(id, ',') FROM (SELECT id FROM queries WHERE hash IS "
+	                               "NOT NULL ORDER BY chain_seq)"),
+	                    "43,42");
+	assert_int_equal(verify(NULL, 0), 0);
 }
 
 static void off_without_audit_db(void **state)
@@ -420,7 +472,7 @@ static void strict_row_is_durable_when_event_fires(void **state)
 
 	(void)state;
 	start(AUDIT_STRICT);
-	assert_int_equal(query_int("PRAGMA user_version"), 1);
+	assert_int_equal(query_int("PRAGMA user_version"), AUDIT_SCHEMA_VERSION);
 	for (int i = 0; i < N; i++) {
 		AuditQuery q = {.session_id = (uint64_t)i + 1,
 		                .ts_us = now_us(),
@@ -448,9 +500,12 @@ static void strict_row_is_durable_when_event_fires(void **state)
 	audit_stats(&written, NULL, &commits);
 	assert_true(written >= N);
 	assert_true(commits < N); /* group commit */
-	assert_int_equal(query_int("SELECT count(*) FROM queries WHERE chain_seq IS NULL"), N);
+	/* each row is in one place at any moment: pending, or queries (a lazy pass is one transaction) */
+	assert_int_equal(query_int("SELECT (SELECT count(*) FROM queries) + (SELECT count(*) FROM pending)"), N);
 	audit_stop();
+	/* each inserted whole with its outcome, chained; nothing left in pending */
 	assert_int_equal(query_int("SELECT count(*) FROM queries WHERE hash IS NOT NULL"), N);
+	assert_int_equal(query_int("SELECT count(*) FROM pending"), 0);
 }
 
 static void forgotten_event_never_fires(void **state)
@@ -1213,6 +1268,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup_teardown(schema_created_and_newer_refused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(foreign_database_refused, setup, teardown),
+	    cmocka_unit_test_setup_teardown(version_1_migrated, setup, teardown),
+	    cmocka_unit_test_setup_teardown(pending_rows_recovered_at_open, setup, teardown),
 	    cmocka_unit_test_setup_teardown(off_without_audit_db, setup, teardown),
 	    cmocka_unit_test_setup_teardown(async_rows_written, setup, teardown),
 	    cmocka_unit_test_setup_teardown(strict_row_is_durable_when_event_fires, setup, teardown),

@@ -95,7 +95,7 @@ static int setup(void **state)
 	assert_int_equal(sqlite3_open(db_path, &db), SQLITE_OK);
 	if (sqlite3_exec(db, schema, NULL, NULL, &err) != SQLITE_OK ||
 	    sqlite3_exec(db, sample_rows, NULL, NULL, &err) != SQLITE_OK ||
-	    sqlite3_exec(db, "PRAGMA user_version = 1", NULL, NULL, &err) != SQLITE_OK)
+	    sqlite3_exec(db, "PRAGMA user_version = 2", NULL, NULL, &err) != SQLITE_OK)
 		fail_msg("sample database: %s", err);
 	sqlite3_close(db);
 	free(schema);
