@@ -843,7 +843,19 @@ AuditStatus audit_query_start(const AuditQuery *q, struct event *durable, struct
 	}
 	pthread_mutex_lock(&au.lock);
 	st = admit_locked(room);
-	if (st == AUDIT_OK) {
+	/*
+	 * Strict mode refuses statements while the file cannot be written, but
+	 * the refusal is recorded: its row waits in memory (within the bound)
+	 * with the others until the file can be written again.
+	 */
+	if (st == AUDIT_FAILED && au.running && au.mode == AUDIT_STRICT && au.n_starts < au.queue_max) {
+		free(w);
+		w = NULL;
+		query_queue_locked(it, NULL, NULL);
+		if (id != NULL)
+			*id = it->id;
+		it = NULL;
+	} else if (st == AUDIT_OK) {
 		query_queue_locked(it, w, durable);
 		if (id != NULL)
 			*id = it->id;

@@ -10,9 +10,12 @@
  * thread, except auditdb_open, which audit_start calls before the thread
  * exists.
  */
+#include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "audit_int.h"
 #include "pgveil/log.h"
@@ -65,11 +68,46 @@ typedef enum { STEP_OK, STEP_SKIP, STEP_FAIL } StepResult;
 
 /* ---- helpers ----------------------------------------------------------------------------- */
 
-/* "audit_db PATH: SQLite's message"; returns false. */
+/*
+ * SQLite does not always keep the system's reason for a failed write:
+ * " (FILE: reason)" for the first of the database, its WAL and its shared
+ * memory file that this process may not write (read-only file system,
+ * immutable file, permissions), in buf; nothing when all may be written.
+ */
+static void write_probe(const char *path, char *buf, size_t len)
+{
+	static const char *const suffixes[] = {"", "-wal", "-shm"};
+	const char *base = strrchr(path, '/') != NULL ? strrchr(path, '/') + 1 : path;
+	char file[PATH_MAX], reason[96];
+
+	for (size_t i = 0; i < PGV_ARRAY_LEN(suffixes); i++) {
+		snprintf(file, sizeof(file), "%s%s", path, suffixes[i]);
+		if (access(file, W_OK) != 0 && errno != ENOENT) {
+			snprintf(buf, len, " (%s%s: %s)", base, suffixes[i], strerror_r(errno, reason, sizeof(reason)));
+			return;
+		}
+	}
+}
+
+/*
+ * "audit_db PATH: SQLite's message", with the system's reason when SQLite
+ * gives one for a failed read, write or open ("disk I/O error (Operation
+ * not permitted)"); returns false.
+ */
 static bool db_fail(const AuditDb *d, char *err, size_t errlen)
 {
-	snprintf(err, errlen, "audit_db %s: %s", d->path,
-	         d->db != NULL ? sqlite3_errmsg(d->db) : "out of memory");
+	int code = d->db != NULL ? sqlite3_errcode(d->db) : SQLITE_NOMEM;
+	int sys = d->db != NULL ? sqlite3_system_errno(d->db) : 0;
+	char why[PATH_MAX + 128] = "", buf[96];
+
+	if (code == SQLITE_IOERR || code == SQLITE_CANTOPEN || code == SQLITE_READONLY) {
+		if (sys != 0)
+			snprintf(why, sizeof(why), " (%s)", strerror_r(sys, buf, sizeof(buf))); /* GNU: returns the text */
+		else
+			write_probe(d->path, why, sizeof(why));
+	}
+	snprintf(err, errlen, "audit_db %s: %s%s", d->path, d->db != NULL ? sqlite3_errmsg(d->db) : "out of memory",
+	         why);
 	return false;
 }
 
@@ -79,9 +117,8 @@ static bool db_exec(AuditDb *d, const char *sql, char *err, size_t errlen)
 
 	if (sqlite3_exec(d->db, sql, NULL, NULL, &msg) == SQLITE_OK)
 		return true;
-	snprintf(err, errlen, "audit_db %s: %s", d->path, msg != NULL ? msg : sqlite3_errmsg(d->db));
-	sqlite3_free(msg);
-	return false;
+	sqlite3_free(msg); /* the connection's message is the same, and db_fail adds the system's reason */
+	return db_fail(d, err, errlen);
 }
 
 /* The first column of the first row of `sql` (0 when NULL or no row), with ?1 bound to `arg` when given. */

@@ -737,7 +737,7 @@ static GuardAction audit_stopped(Session *s)
 {
 	Relay *r = s->relay;
 	int stop = r->audit_stop;
-	char why[256], msg[400];
+	char msg[400];
 
 	r->audit_stop = AUDIT_OK;
 	if (stop == AUDIT_FULL) {
@@ -747,8 +747,7 @@ static GuardAction audit_stopped(Session *s)
 	if (stop != AUDIT_FAILED)
 		return GUARD_FORWARD;
 	r->audit_wait_id = 0;
-	snprintf(msg, sizeof(msg), "the audit log cannot be written, so the statement is refused: %s",
-		 audit_error(why, sizeof(why)) != NULL ? why : "unknown error");
+	relay_audit_refusal_text(msg, sizeof(msg));
 	relay_refuse(s, SQLSTATE_IO_ERROR, msg, "audit_mode = strict: nothing runs without its audit record.", NULL, 0);
 	log_write(LL_WARN, s->ctx, "%s", msg);
 	return GUARD_REFUSE;
@@ -1876,7 +1875,7 @@ static void audit_durable_cb(evutil_socket_t fd, short what, void *arg)
 	Relay *r = s->relay;
 	uint64_t id = r->audit_wait_id;
 	struct evbuffer *in = stream_input(s->client);
-	char why[256], msg[400];
+	char msg[400];
 
 	(void)fd;
 	(void)what;
@@ -1886,8 +1885,7 @@ static void audit_durable_cb(evutil_socket_t fd, short what, void *arg)
 	if (audit_query_durable(id) == AUDIT_OK) {
 		evbuffer_remove_buffer(in, stream_output(s->server), r->audit_wait_len);
 	} else {
-		snprintf(msg, sizeof(msg), "the audit log cannot be written, so the statement is refused: %s",
-			 audit_error(why, sizeof(why)) != NULL ? why : "unknown error");
+		relay_audit_refusal_text(msg, sizeof(msg));
 		log_write(LL_WARN, s->ctx, "%s", msg);
 		relay_refuse(s, SQLSTATE_IO_ERROR, msg, "audit_mode = strict: nothing runs without its audit record.",
 			     NULL, 0);

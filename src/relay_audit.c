@@ -148,10 +148,26 @@ static uint64_t start_row(Session *s, const char *sql, const char *classes, cons
 		return 0;
 	case AUDIT_FAILED:
 		s->relay->audit_stop = AUDIT_FAILED;
-		return 0;
+		if (gate && id != 0) { /* refused: the row (kept in memory by the log) says why, now */
+			char msg[400];
+			AuditOutcome o = { .rows = -1, .duration_us = 0, .sqlstate = SQLSTATE_IO_ERROR, .error = msg };
+
+			relay_audit_refusal_text(msg, sizeof(msg));
+			audit_query_finish(id, &o);
+			return 0;
+		}
+		return id; /* a refusal's row: its caller finishes it */
 	default:
 		return 0;
 	}
+}
+
+void relay_audit_refusal_text(char *buf, size_t len)
+{
+	char why[256];
+
+	snprintf(buf, len, "the audit log cannot be written, so the statement is refused: %s",
+		 audit_error(why, sizeof(why)) != NULL ? why : "unknown error");
 }
 
 void relay_audit_fail_waiting(Session *s, uint64_t id, const char *sqlstate, const char *message)

@@ -203,6 +203,8 @@ void relay_audit_masked(Session *s, const char *columns);
 /* A server message (whole for C and E): finishes rows. */
 void relay_audit_server(Session *s, uint8_t type, const uint8_t *body, size_t len);
 void relay_audit_free(Session *s);
+/* "the audit log cannot be written, so the statement is refused: REASON" (strict mode). */
+void relay_audit_refusal_text(char *buf, size_t len);
 /* The row `id` will not run (its message is refused in place): finished with the error, its answer a refusal's. */
 void relay_audit_fail_waiting(Session *s, uint64_t id, const char *sqlstate, const char *message);
 
