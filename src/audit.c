@@ -488,14 +488,16 @@ static void write_batch_locked(void)
 	char err[512];
 	bool ok;
 
-	while (it != NULL && n < AUDIT_BATCH_MAX) {
-		if (it->kind == AI_QUERY_START) {
-			starts++;
-			max_id = it->id;
+	if (au.n_queued <= AUDIT_BATCH_MAX) { /* all of it, without walking it under the lock */
+		last = au.tail;
+		n = au.n_queued;
+		it = NULL;
+	} else {
+		while (it != NULL && n < AUDIT_BATCH_MAX) {
+			last = it;
+			it = it->next;
+			n++;
 		}
-		last = it;
-		it = it->next;
-		n++;
 	}
 	au.head = it;
 	if (it == NULL) {
@@ -505,6 +507,11 @@ static void write_batch_locked(void)
 	last->next = NULL;
 	au.n_queued -= n;
 	pthread_mutex_unlock(&au.lock);
+	for (it = batch; it != NULL; it = it->next)
+		if (it->kind == AI_QUERY_START) {
+			starts++;
+			max_id = it->id;
+		}
 	ok = auditdb_write(&au.db, batch, strict ? AUDITDB_DURABLE : AUDITDB_LAZY, err, sizeof(err));
 	pthread_mutex_lock(&au.lock);
 	au.last_write_us = pgv_now_us();

@@ -10,6 +10,7 @@
  * documented in doc/audit.md.
  */
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,18 +22,24 @@
 
 enum { TAG_NULL = 0, TAG_INTEGER = 1, TAG_REAL = 2, TAG_TEXT = 3, TAG_BLOB = 4 };
 
-static bool put_u64(EVP_MD_CTX *ctx, uint64_t v)
+/* A value's header: its tag, then 8 bytes big-endian (the integer, the real's bits, or the length). */
+static bool put_header(EVP_MD_CTX *ctx, unsigned char tag, uint64_t v, bool with_v)
 {
-	unsigned char b[8];
+	unsigned char b[9];
 
-	for (int i = 7; i >= 0; i--, v >>= 8)
+	b[0] = tag;
+	for (int i = 8; i >= 1; i--, v >>= 8)
 		b[i] = (unsigned char)(v & 0xff);
-	return EVP_DigestUpdate(ctx, b, sizeof(b)) == 1;
+	return EVP_DigestUpdate(ctx, b, with_v ? sizeof(b) : 1) == 1;
 }
 
-static bool put_tag(EVP_MD_CTX *ctx, unsigned char tag)
+/* SHA-256, fetched from the provider once (an implicit fetch at every row costs more than the hash). */
+static EVP_MD *sha256;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void sha256_fetch(void)
 {
-	return EVP_DigestUpdate(ctx, &tag, 1) == 1;
+	sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
 }
 
 AuditValue audit_value_text(const char *s)
@@ -85,15 +92,15 @@ static bool put_value(EVP_MD_CTX *ctx, const AuditValue *v)
 	uint64_t bits;
 
 	switch (v->type) {
-	case SQLITE_NULL: return put_tag(ctx, TAG_NULL);
-	case SQLITE_INTEGER: return put_tag(ctx, TAG_INTEGER) && put_u64(ctx, (uint64_t)v->i);
+	case SQLITE_NULL: return put_header(ctx, TAG_NULL, 0, false);
+	case SQLITE_INTEGER: return put_header(ctx, TAG_INTEGER, (uint64_t)v->i, true);
 	case SQLITE_FLOAT:
 		memcpy(&bits, &v->r, sizeof(bits));
-		return put_tag(ctx, TAG_REAL) && put_u64(ctx, bits);
+		return put_header(ctx, TAG_REAL, bits, true);
 	case SQLITE_TEXT:
 	case SQLITE_BLOB:
-		return put_tag(ctx, v->type == SQLITE_TEXT ? TAG_TEXT : TAG_BLOB) &&
-		       put_u64(ctx, (uint64_t)v->n) && (v->n == 0 || EVP_DigestUpdate(ctx, v->p, v->n) == 1);
+		return put_header(ctx, v->type == SQLITE_TEXT ? TAG_TEXT : TAG_BLOB, (uint64_t)v->n, true) &&
+		       (v->n == 0 || EVP_DigestUpdate(ctx, v->p, v->n) == 1);
 	default: return false;
 	}
 }
@@ -106,9 +113,12 @@ bool audit_chain_hash(const AuditValue v[AUDIT_CHAIN_NCOLS], char out[AUDIT_HASH
 	unsigned int mdlen = 0;
 	bool ok;
 
-	if (ctx == NULL)
+	pthread_once(&sha256_once, sha256_fetch);
+	if (ctx == NULL || sha256 == NULL) {
+		EVP_MD_CTX_free(ctx);
 		return false;
-	ok = EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1;
+	}
+	ok = EVP_DigestInit_ex2(ctx, sha256, NULL) == 1;
 	for (int i = 0; ok && i < AUDIT_CHAIN_NCOLS; i++)
 		ok = put_value(ctx, &v[i]);
 	ok = ok && EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 && mdlen == 32;

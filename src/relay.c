@@ -1531,7 +1531,8 @@ void relay_client_input(Session *s)
 				break; /* decided once it is whole */
 			run = guard_at(s, in, run, &h);
 			if (run == (size_t)-1) {
-				if (s->state == SESS_ACTIVE)
+				/* what came before a message waiting for its audit row goes with it, in one write */
+				if (s->state == SESS_ACTIVE && r->audit_wait_id == 0)
 					stream_flush(s->server);
 				return;
 			}
@@ -1893,8 +1894,10 @@ static void audit_durable_cb(evutil_socket_t fd, short what, void *arg)
 		evbuffer_drain(in, r->audit_wait_len);
 		send_refusal_in_place(s, r->audit_wait_type);
 	}
-	stream_flush(s->server);
+	/* the messages after it (a pipeline's Sync) join it in one write to the server */
 	relay_client_input(s);
+	if (s->state == SESS_ACTIVE)
+		stream_flush(s->server);
 }
 
 /* The audit queue has room again: the message that found it full is decided again. */

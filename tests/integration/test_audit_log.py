@@ -166,3 +166,21 @@ def test_many_named_portals_keep_memory_bounded(pgveil_factory, pgveil_bin, work
         w.close()
     # 40,000 portal names: kept, they would take about 10 MB
     assert grown < 4 * 1024, f"RSS grew by {grown} kB over 40,000 named portals"
+
+
+def test_strict_pipeline_runs_each_statement_once_recorded(audited, marks_table, admin):
+    """A pipeline in strict mode: each Execute waits for its row, the messages around it go with it."""
+    pv, db = audited("strict")
+    t = harness.pgveil_target(pv)
+    with psycopg.connect(t.conninfo(), autocommit=True) as conn:
+        with conn.pipeline():
+            curs = []
+            for i in range(20):
+                conn.execute(f"INSERT INTO {marks_table} (mark) VALUES (%s)", (f"p-{i}",))
+                curs.append(conn.execute(f"SELECT count(*) FROM {marks_table}"))
+        counts = [c.fetchone()[0] for c in curs]
+    assert counts == list(range(1, 21))
+    assert pv.stop() == 0
+    got = rows(db, "SELECT count(*), sum(rows) FROM queries WHERE sql LIKE ? AND sqlstate IS NULL",
+               (f"INSERT INTO {marks_table}%",))
+    assert got == [(20, 20)]
