@@ -90,6 +90,11 @@ def disguises(t):
         (f"delete from {t} where 'a' = 'a' OR id = 3", "42501"),
         (f"UPDATE {t} SET v = 0", "42501"),
         (f"UPDATE {t} SET v = 0 WHERE NOT false", "42501"),
+        # a WHERE reading no column of the rows passes every row unless provably false
+        (f"DELETE FROM {t} WHERE random() >= 0", "42501"),
+        (f"DELETE FROM {t} WHERE clock_timestamp() IS NOT NULL", "42501"),
+        (f"UPDATE {t} SET v = 0 WHERE random() < 2", "42501"),
+        (f"DELETE FROM {t} WHERE EXISTS (SELECT 1 FROM pg_class c WHERE c.relname = 'pg_class')", "42501"),
         (f"TRUNCATE {t}", "42501"),
         (f"TRUNCATE TABLE ONLY {t} RESTART IDENTITY", "42501"),
         (f"WITH d AS (DELETE FROM {t} RETURNING *) SELECT count(*) FROM d", "42501"),
@@ -160,6 +165,20 @@ def test_blocked_message_names_rule(guard_target, table, rules_file):
             conn.execute(f"CREATE INDEX ON {table} (v)")
         assert f"{rules_file}:5" in exc.value.diag.message_primary
         assert "BLOCK DDL, PRIVILEGE, ADMIN" in exc.value.diag.message_primary
+
+
+def test_constant_where_with_volatile_call_is_destructive(guard_target, table, admin):
+    """random() or clock_timestamp() in a WHERE that reads no column decides nothing per row."""
+    with psycopg.connect(guard_target.conninfo(), autocommit=True) as conn:
+        for sql in (f"DELETE FROM {table} WHERE random() >= 0", f"UPDATE {table} SET v = 1 WHERE random() < 2",
+                    f"DELETE FROM {table} WHERE clock_timestamp() IS NOT NULL"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as exc:
+                conn.execute(sql)
+            assert exc.value.diag.message_primary == "destructive statements are not allowed", sql
+        assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (20,)
+        # a condition on the rows still decides per row
+        conn.execute(f"DELETE FROM {table} WHERE id = 1 AND random() >= 0")
+    assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (19,)
 
 
 def test_unparsable_gives_position(guard_target):
