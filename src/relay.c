@@ -580,6 +580,18 @@ static int hold_tables(const PartList *pl, char names[][128], const char **ptrs,
  * GUARD_FORWARD when a grant covers it, GUARD_HOLD when it waits, or
  * GUARD_REFUSE when the hold cannot be registered.
  */
+/*
+ * Why no time-boxed grant may cover the statement of `pl` nor be made from
+ * it, or NULL when one may: what it touches must be known by name.
+ */
+static const char *no_grant_reason(const PartList *pl)
+{
+	for (int i = 0; i < pl->n; i++)
+		if (pl->parts[i]->classes & SC_PROCEDURAL)
+			return "it runs code whose tables pgveil cannot know (DO, CALL, a function that is not built in)";
+	return NULL;
+}
+
 static GuardAction hold_start(Session *s, uint8_t type, size_t msglen, const char *sql, const Decision *d,
 			      const PartList *pl)
 {
@@ -591,14 +603,18 @@ static GuardAction hold_start(Session *s, uint8_t type, size_t msglen, const cha
 	const char *subject = s->identity.subject != NULL ? s->identity.subject : "";
 	bool all_tables;
 	int n_tables = hold_tables(pl, names, ptrs, &all_tables);
+	const char *no_grant = no_grant_reason(pl);
 	uint64_t grant;
 	HoldSpec spec;
 	char msg[128], detail[512];
 	PgBuf b;
 
-	/* A grant covers a statement only when every table it touches is listed and one rule holds it. */
-	if (all_tables && !d->several_holds && approval_grant_covers(subject, rule, d->rule != NULL ? d->rule->text : NULL, n_tables, ptrs,
-									&grant)) {
+	/*
+	 * A grant covers a statement only when every table it touches is known,
+	 * listed in the grant, and one rule holds it.
+	 */
+	if (all_tables && no_grant == NULL && !d->several_holds &&
+	    approval_grant_covers(subject, rule, d->rule != NULL ? d->rule->text : NULL, n_tables, ptrs, &grant)) {
 		log_write(LL_INFO, s->ctx, "allowed by grant %llu", (unsigned long long)grant);
 		admin_stat_add(STAT_GRANTED, 1);
 		return GUARD_FORWARD;
@@ -612,6 +628,7 @@ static GuardAction hold_start(Session *s, uint8_t type, size_t msglen, const cha
 	spec.rule_text = d->rule != NULL ? d->rule->text : NULL;
 	spec.n_tables = n_tables;
 	spec.tables = ptrs;
+	spec.no_grant = no_grant;
 	r->hold_id = approval_submit(&spec, r->hold_wake);
 	if (r->hold_id == 0) {
 		relay_refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory while holding the statement", NULL, NULL, 0);

@@ -268,3 +268,30 @@ def test_approved_copy_is_masked(pgveil_factory, idp, certs, workroot, table):  
     t.join(15)
     assert out["res"].returncode == 0, out["res"].stderr
     assert out["res"].stdout.split("\n")[:10] == [f"{i}\t7" for i in range(1, 11)]
+
+
+# ------------------------------------------------------------------ grants and tables pgveil cannot know
+
+def test_grant_never_made_from_a_do_block(pgveil_factory, idp, certs, workroot, table, admin):  # noqa: F811
+    """APPROVE ... FOR of a DO block approves it once: a DO block's tables cannot be
+    known, so a grant from one would let any other DO block through."""
+    path = harness.write_rules(workroot, "held-do", "HOLD WRITE, PROCEDURAL FOR GROUP agents;\nALLOW ALL;\n")
+    pv = start_oidc(pgveil_factory, idp, rules=path, default_action="block", hold_timeout="20s")
+    c = Console(pv, idp, certs)
+    a = Agent(c, "DO $$ BEGIN PERFORM 1; END $$")
+    a.start()
+    held = wait_held(c, "PERFORM 1")
+    res = c.psql(c.approver, "-c", f"APPROVE {held[0]} FOR 10 MINUTES")
+    assert res.returncode == 0, res.stderr
+    assert f"no grant made from statement {held[0]}, approved once" in res.stderr, res.stderr
+    a.join(15)
+    assert a.error is None, a.error
+    assert c.query(c.approver, "SHOW GRANTS")[1] == []
+    # the next DO block waits for its own approval
+    b = Agent(c, f"DO $$ BEGIN DELETE FROM public.{table}; END $$")
+    b.start()
+    held = wait_held(c, f"DELETE FROM public.{table}")
+    assert c.psql(c.approver, "-c", f"DENY {held[0]}").returncode == 0
+    b.join(15)
+    assert isinstance(b.error, psycopg.errors.InsufficientPrivilege), b.error
+    assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (10,)
