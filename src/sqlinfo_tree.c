@@ -560,6 +560,16 @@ static void walk_value(Walk *w, const JNode *n)
 
 /* ---- functions, operators, set_config -------------------------------------- */
 
+/*
+ * Settings that decide which schema an unqualified name is found in:
+ * search_path, and the role its "$user" stands for.
+ */
+static bool setting_is_path(const char *name)
+{
+	return strcasecmp(name, "search_path") == 0 || strcasecmp(name, "role") == 0 ||
+	       strcasecmp(name, "session_authorization") == 0;
+}
+
 static bool setting_is_privilege(const char *name)
 {
 	return strcasecmp(name, "role") == 0 || strcasecmp(name, "session_authorization") == 0;
@@ -586,6 +596,7 @@ static void setting_unknown(Walk *w)
 		return;
 	w->b->changes_lexical = true;
 	w->b->shadows_builtins = true;
+	w->b->changes_search_path = true;
 }
 
 /* set_config(name, value, is_local): PRIVILEGE for role names or a name that is not a literal. */
@@ -602,6 +613,8 @@ static void fn_set_config(Walk *w, const JNode *call)
 		return;
 	}
 	w->b->literal_sensitive = true;
+	if (setting_is_path(name))
+		w->b->changes_search_path = true;
 	if (setting_is_privilege(name)) {
 		part_add(w, SC_PRIVILEGE);
 		return;
@@ -1444,6 +1457,8 @@ static void stmt_set(Walk *w, const JNode *s)
 		part_add(w, SC_TRANSACTION);
 	else
 		part_add(w, SC_SESSION);
+	if (name != NULL && setting_is_path(name) && !w->explain_only)
+		w->b->changes_search_path = true; /* SET, SET LOCAL, RESET: any value, even the default's */
 	if (setting_flags(w, s))
 		part_add(w, SC_ADMIN);
 	walk_value(w, j_get(s, "args"));
@@ -1767,6 +1782,7 @@ void sqlinfo_build_reset(SqlBuild *b)
 	b->literal_sensitive = false;
 	b->changes_lexical = false;
 	b->shadows_builtins = false;
+	b->changes_search_path = false;
 	b->oom = false;
 	b->error = NULL;
 }

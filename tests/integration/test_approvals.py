@@ -295,3 +295,46 @@ def test_grant_never_made_from_a_do_block(pgveil_factory, idp, certs, workroot, 
     b.join(15)
     assert isinstance(b.error, psycopg.errors.InsufficientPrivilege), b.error
     assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (10,)
+
+
+@pytest.fixture
+def secret_twin(admin, table):
+    """secret.<table>: the same name as the held table, in another schema."""
+    admin.execute("CREATE SCHEMA IF NOT EXISTS secret")
+    admin.execute(f"GRANT USAGE ON SCHEMA secret TO {harness.APP_USER}")
+    admin.execute(f"CREATE TABLE secret.{table} (id integer PRIMARY KEY, v integer NOT NULL)")
+    admin.execute(f"INSERT INTO secret.{table} SELECT i, i FROM generate_series(1, 10) i")
+    admin.execute(f"ALTER TABLE secret.{table} OWNER TO {harness.APP_USER}")
+    yield f"secret.{table}"
+    admin.execute(f"DROP TABLE IF EXISTS secret.{table}")
+
+
+def test_grant_not_used_after_search_path_changes(hc, table, secret_twin, admin):
+    """A grant names tables as the statement wrote them; once the session changes
+    its search_path, an unqualified name may be another schema's table."""
+    a = Agent(hc, f"UPDATE {table} SET v = 0 WHERE id = 1")
+    a.start()
+    held = wait_held(hc, f"UPDATE {table} SET v = 0 WHERE id = 1")
+    assert hc.psql(hc.approver, "-c", f"APPROVE {held[0]} FOR 10 MINUTES").returncode == 0
+    a.join(15)
+    assert a.error is None, a.error
+    out = {}
+
+    def run():
+        with hc.connect(hc.agent, dbname="app") as conn:
+            conn.execute(f"UPDATE {table} SET v = 0 WHERE id = 2")  # covered by the grant
+            conn.execute("SET search_path = secret, public")
+            try:
+                conn.execute(f"UPDATE {table} SET v = 0 WHERE id = 3")
+            except psycopg.Error as e:
+                out["error"] = e
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    held = wait_held(hc, f"UPDATE {table} SET v = 0 WHERE id = 3")
+    res = hc.psql(hc.approver, "-c", f"DENY {held[0]}")
+    assert res.returncode == 0, res.stderr
+    th.join(15)
+    assert isinstance(out.get("error"), psycopg.errors.InsufficientPrivilege), out
+    assert admin.execute(f"SELECT v FROM {secret_twin} ORDER BY id").fetchall() == [(i,) for i in range(1, 11)]
+    assert admin.execute(f"SELECT id FROM {table} WHERE v = 0 ORDER BY id").fetchall() == [(1,), (2,)]

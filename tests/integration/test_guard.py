@@ -422,6 +422,94 @@ def test_hold_does_not_block_others(hold_pgveil, table):
     assert done == ["timeout"]
 
 
+# --------------------------------------------------------------------------- search_path
+
+PATH_RULES = """
+ALLOW READ, WRITE ON public.*;
+ALLOW SESSION, TRANSACTION, PROCEDURAL;
+BLOCK READ, WRITE;
+"""
+
+
+@pytest.fixture
+def path_target(pgveil_factory, workroot):
+    path = harness.write_rules(workroot, "path", PATH_RULES)
+    return harness.pgveil_target(pgveil_factory(rules=path, default_action="block"))
+
+
+@pytest.fixture
+def twins(admin, table):
+    """public.<table> (the guard table) and secret.<table>, which ALLOW ... ON public.* does not list."""
+    admin.execute("CREATE SCHEMA IF NOT EXISTS secret")
+    admin.execute(f"GRANT USAGE ON SCHEMA secret TO {harness.APP_USER}")
+    admin.execute(f"CREATE TABLE secret.{table} (id integer PRIMARY KEY, v integer NOT NULL)")
+    admin.execute(f"INSERT INTO secret.{table} VALUES (1, -1)")
+    admin.execute(f"ALTER TABLE secret.{table} OWNER TO {harness.APP_USER}")
+    yield table
+    admin.execute(f"DROP TABLE IF EXISTS secret.{table}")
+
+
+def secret_rows(admin, table):
+    return admin.execute(f"SELECT id, v FROM secret.{table} ORDER BY id").fetchall()
+
+
+@pytest.mark.parametrize("change", [
+    "SET search_path = secret, public",
+    "SET search_path TO 'secret'",
+    "SELECT set_config('search_path', 'secret, public', false)",
+    "BEGIN; SET LOCAL search_path = secret; COMMIT",
+    "DO $$ BEGIN PERFORM set_config('search_path', 'secret', false); END $$",
+])
+def test_search_path_change_ends_unqualified_allow(path_target, twins, admin, change):
+    """ALLOW ... ON public.* takes an unqualified name as public's only while the
+    session keeps the server's default search_path."""
+    t = twins
+    with psycopg.connect(path_target.conninfo(), autocommit=True) as conn:
+        assert conn.execute(f"SELECT v FROM {t} WHERE id = 1").fetchone() == (10,)  # public's
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"SELECT v FROM secret.{t}")
+        conn.execute(change)
+        for sql in (f"SELECT v FROM {t}", f"UPDATE {t} SET v = 0 WHERE id = 1", f"DELETE FROM {t} WHERE id = 1"):
+            for prepare in (False, True):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(sql, prepare=prepare)
+        # named with their schema, public's tables still pass
+        assert conn.execute(f"SELECT v FROM public.{t} WHERE id = 1").fetchone() == (10,)
+    assert secret_rows(admin, t) == [(1, -1)]
+
+
+def test_search_path_change_after_prepare(path_target, twins, admin):
+    """A statement prepared under the default search_path and decided then is
+    decided again after a change: the server plans it again under the new path."""
+    t = twins
+    with psycopg.connect(path_target.conninfo(), autocommit=True, prepare_threshold=0) as conn:
+        for _ in range(2):
+            assert conn.execute(f"SELECT v FROM {t} WHERE id = %s", (1,)).fetchone() == (10,)
+        conn.execute("SET search_path = secret, public")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"SELECT v FROM {t} WHERE id = %s", (1,))
+    assert secret_rows(admin, t) == [(1, -1)]
+
+
+@pytest.mark.parametrize("options", ["-c search_path=secret,public", "-csearch-path=secret"])
+def test_search_path_startup_options_end_unqualified_allow(path_target, twins, options):
+    t = twins
+    with psycopg.connect(path_target.conninfo(options=options), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"SELECT v FROM {t}")
+        assert conn.execute(f"SELECT v FROM public.{t} WHERE id = 1").fetchone() == (10,)
+
+
+def test_blocked_search_path_change_keeps_the_default(pgveil_factory, workroot, twins):
+    """Only a change that reaches the server counts."""
+    path = harness.write_rules(workroot, "path-blocked", "ALLOW READ ON public.*;\nBLOCK ALL;\n")
+    target = harness.pgveil_target(pgveil_factory(rules=path, default_action="block"))
+    with psycopg.connect(target.conninfo(), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SET search_path = secret, public")
+        assert conn.execute(f"SELECT v FROM {twins} WHERE id = 1").fetchone() == (10,)
+
+
 # --------------------------------------------------------------------------- other drivers
 
 def test_node(node_driver, guard_target, scratch_table, admin):
