@@ -1245,13 +1245,19 @@ static bool decision_allowed(AdminConsole *ac, const AdminCmd *c, PgBuf *out, He
 	return true;
 }
 
-/* The notice telling the approver what an APPROVE ... FOR grant covers. */
+/* The notice telling the approver what an APPROVE ... FOR grant covers, or why none was made. */
 static void grant_notice(PgBuf *out, const HeldInfo *h)
 {
 	GrantInfo *g;
-	int n = approval_list_grants(&g);
+	int n;
 	char until[32];
 
+	if (h->no_grant != NULL) {
+		put_notice(out, "no grant made from statement %llu, approved once: %s; each such statement needs its own approval",
+			   (unsigned long long)h->id, h->no_grant);
+		return;
+	}
+	n = approval_list_grants(&g);
 	for (int i = 0; i < n; i++) {
 		if (g[i].approval_id != h->id)
 			continue;

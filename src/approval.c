@@ -3,7 +3,8 @@
  * The approval registry: held statements waiting for an approver, the
  * decisions made on them (the last APPROVAL_KEEP_DECIDED are kept so a
  * session can read its outcome and the console can explain a late
- * decision), time-boxed grants made by APPROVE ... FOR, and blocked agents.
+ * decision), time-boxed grants made by APPROVE ... FOR (never from a
+ * statement submitted with no_grant), and blocked agents.
  * One mutex guards everything; every function may be called from any
  * thread. A decision wakes the waiting session by activating the event it
  * submitted (libevent runs with pthread support, so that is safe from the
@@ -30,6 +31,7 @@ typedef struct HeldEntry {
 	char *subject, *database, *sql, *rule, *rule_text;
 	int n_tables;
 	char **tables;            /* owned strings */
+	char *no_grant;           /* why no grant may be made from it, NULL: one may */
 	time_t held_at;
 	HoldState state;
 	struct event *wake;       /* NULL once decided or withdrawn: never touched again */
@@ -159,6 +161,7 @@ static void entry_free(HeldEntry *e)
 	free(e->rule);
 	free(e->rule_text);
 	free_strv(e->tables, e->n_tables);
+	free(e->no_grant);
 	free(e->decided_by);
 	free(e->reason);
 	free(e);
@@ -179,6 +182,7 @@ static HeldEntry *entry_new(const HoldSpec *spec)
 	e->rule_text = dup_or_null(spec->rule_text, &ok);
 	e->tables = dup_strv(spec->tables, spec->n_tables, &ok);
 	e->n_tables = e->tables != NULL ? spec->n_tables : 0;
+	e->no_grant = dup_or_null(spec->no_grant, &ok);
 	if (!ok) {
 		entry_free(e);
 		return NULL;
@@ -457,7 +461,7 @@ bool approval_decide(uint64_t id, bool approve, const char *approver, const char
 	e = entry_find(id);
 	if (decide_refused(e, id, approve, approver, err, errlen))
 		goto fail;
-	if (approve && grant_seconds > 0 &&
+	if (approve && grant_seconds > 0 && e->no_grant == NULL &&
 	    (g = grant_new(e, by, now + (time_t)grant_seconds)) == NULL)
 		goto oom;
 	if (by == NULL || (reason != NULL && !approve && why == NULL))
@@ -506,6 +510,7 @@ static bool held_copy(const HeldEntry *e, HeldInfo *h)
 	h->decided_by = dup_or_null(e->decided_by, &ok);
 	h->reason = dup_or_null(e->reason, &ok);
 	h->tables = join_strv(e->tables, e->n_tables);
+	h->no_grant = dup_or_null(e->no_grant, &ok);
 	h->held_at = e->held_at;
 	h->state = e->state;
 	h->decided_at = e->decided_at;
@@ -523,6 +528,7 @@ static void held_clear(HeldInfo *h)
 	free(h->decided_by);
 	free(h->reason);
 	free(h->tables);
+	free(h->no_grant);
 }
 
 void approval_free_held(HeldInfo *list, int n)

@@ -24,7 +24,7 @@ static int severity(DecisionKind k)
 	}
 }
 
-bool policy_table_matches(const RuleTable *rt, const SqlTable *t, RuleAction action)
+bool policy_table_matches(const RuleTable *rt, const SqlTable *t, RuleAction action, bool path_default)
 {
 	if (strcmp(rt->name, "*") != 0 && strcmp(rt->name, t->name) != 0)
 		return false;
@@ -35,15 +35,17 @@ bool policy_table_matches(const RuleTable *rt, const SqlTable *t, RuleAction act
 	/*
 	 * ALLOW takes an unqualified name as public's, which is where the default
 	 * search_path finds a table, except that pg_catalog is searched first:
-	 * every relation there is named pg_*.
+	 * every relation there is named pg_*. Once the session may have changed
+	 * its search_path, an unqualified name may be any schema's: no ALLOW
+	 * entry lists it.
 	 */
-	return strcmp(rt->schema, "public") == 0 && strncmp(t->name, "pg_", 3) != 0;
+	return path_default && strcmp(rt->schema, "public") == 0 && strncmp(t->name, "pg_", 3) != 0;
 }
 
-static bool table_listed(const Rule *r, const SqlTable *t)
+static bool table_listed(const Rule *r, const SqlTable *t, bool path_default)
 {
 	for (int i = 0; i < r->n_tables; i++)
-		if (policy_table_matches(&r->tables[i], t, r->action))
+		if (policy_table_matches(&r->tables[i], t, r->action, path_default))
 			return true;
 	return false;
 }
@@ -53,12 +55,12 @@ static bool table_listed(const Rule *r, const SqlTable *t)
  * the part's tables listed; ALLOW needs all of them listed, and at least one
  * (a part that touches no table, DO or ALTER SYSTEM, is not "on" a table).
  */
-static bool on_matches(const Rule *r, const SqlPart *p)
+static bool on_matches(const Rule *r, const SqlPart *p, bool path_default)
 {
 	if (r->n_tables == 0)
 		return true;
 	for (int i = 0; i < p->n_tables; i++) {
-		bool listed = table_listed(r, &p->tables[i]);
+		bool listed = table_listed(r, &p->tables[i], path_default);
 
 		if (r->action != RULE_ALLOW && listed)
 			return true;
@@ -99,7 +101,7 @@ static bool functions_match(const Rule *r, const SqlPart *p)
 	return false;
 }
 
-bool policy_rule_matches(const Rule *r, const Identity *id, const SqlPart *p)
+bool policy_rule_matches(const Rule *r, const Identity *id, const SqlPart *p, bool path_default)
 {
 	if (r->kind == RULE_MASK)
 		return false;
@@ -107,29 +109,29 @@ bool policy_rule_matches(const Rule *r, const Identity *id, const SqlPart *p)
 		return false;
 	if (r->kind == RULE_FUNCTION)
 		return functions_match(r, p);
-	return (p->classes & r->classes) != 0 && on_matches(r, p);
+	return (p->classes & r->classes) != 0 && on_matches(r, p, path_default);
 }
 
 /* The first rule that matches one part, or default_action. */
 static Decision decide_part(const RuleSet *rs, DefaultAction def, const Identity *id, const SqlPart *p,
-			    int index)
+			    int index, bool path_default)
 {
 	if (rs != NULL)
 		for (int i = 0; i < rs->n_rules; i++)
-			if (policy_rule_matches(&rs->rules[i], id, p))
+			if (policy_rule_matches(&rs->rules[i], id, p, path_default))
 				return (Decision){ (DecisionKind)rs->rules[i].action, &rs->rules[i], index, false };
 	return (Decision){ (DecisionKind)def, NULL, index, false };
 }
 
 Decision policy_decide(const RuleSet *rs, DefaultAction def, const Identity *id, const SqlPart *const *parts,
-		       int n_parts)
+		       int n_parts, bool path_default)
 {
 	Decision best = { DECISION_ALLOW, NULL, -1, false };
 	const Rule *first_hold = NULL;
 	bool any_hold = false, several = false;
 
 	for (int i = 0; i < n_parts; i++) {
-		Decision d = decide_part(rs, def, id, parts[i], i);
+		Decision d = decide_part(rs, def, id, parts[i], i, path_default);
 
 		if (d.action == DECISION_HOLD) {
 			several = several || (any_hold && d.rule != first_hold);

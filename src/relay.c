@@ -522,10 +522,28 @@ static void refuse_blocked(Session *s, const Decision *d)
 	log_write(LL_INFO, s->ctx, "blocked: %s", msg);
 }
 
-static Decision decide(Session *s, const PartList *pl)
+/*
+ * True when unqualified names of `info` (NULL: nothing more than the
+ * session's history) resolve through the server's default search_path.
+ */
+static bool path_default(const Relay *r, const StmtInfo *info)
+{
+	return !r->path_changed && (info == NULL || !info->changes_search_path);
+}
+
+/* A statement that may change the search_path is let through (forwarded, held or prepared). */
+static void path_note(Relay *r, const StmtInfo *info)
+{
+	if (info->changes_search_path)
+		r->path_changed = true;
+}
+
+/* Decides the parts of `info` (NULL for a Bind or FunctionCall: parts only). */
+static Decision decide(Session *s, const PartList *pl, const StmtInfo *info)
 {
 	Config *cfg = relay_config(s->relay);
-	Decision d = policy_decide(cfg->ruleset, cfg->default_action, &s->identity, pl->parts, pl->n);
+	Decision d = policy_decide(cfg->ruleset, cfg->default_action, &s->identity, pl->parts, pl->n,
+				   path_default(s->relay, info));
 
 	s->relay->audit_rule = d.rule != NULL ? d.rule->where : NULL;
 	admin_stat_add(d.action == DECISION_ALLOW ? STAT_ALLOWED : d.action == DECISION_BLOCK ? STAT_BLOCKED : STAT_HELD,
@@ -580,8 +598,27 @@ static int hold_tables(const PartList *pl, char names[][128], const char **ptrs,
  * GUARD_FORWARD when a grant covers it, GUARD_HOLD when it waits, or
  * GUARD_REFUSE when the hold cannot be registered.
  */
+/*
+ * Why no time-boxed grant may cover the statement of `pl` (`info`, NULL
+ * for a Bind or FunctionCall) nor be made from it, or NULL when one may:
+ * what it touches must be known by name.
+ */
+static const char *no_grant_reason(const Relay *r, const PartList *pl, const StmtInfo *info)
+{
+	bool path = path_default(r, info);
+
+	for (int i = 0; i < pl->n; i++) {
+		if (pl->parts[i]->classes & SC_PROCEDURAL)
+			return "it runs code whose tables pgveil cannot know (DO, CALL, a function that is not built in)";
+		for (int j = 0; !path && j < pl->parts[i]->n_tables; j++)
+			if (pl->parts[i]->tables[j].schema == NULL)
+				return "it names a table without schema after the session's search_path may have changed";
+	}
+	return NULL;
+}
+
 static GuardAction hold_start(Session *s, uint8_t type, size_t msglen, const char *sql, const Decision *d,
-			      const PartList *pl)
+			      const PartList *pl, const StmtInfo *info)
 {
 	Relay *r = s->relay;
 	Config *cfg = r->cfg;
@@ -591,14 +628,18 @@ static GuardAction hold_start(Session *s, uint8_t type, size_t msglen, const cha
 	const char *subject = s->identity.subject != NULL ? s->identity.subject : "";
 	bool all_tables;
 	int n_tables = hold_tables(pl, names, ptrs, &all_tables);
+	const char *no_grant = no_grant_reason(r, pl, info);
 	uint64_t grant;
 	HoldSpec spec;
 	char msg[128], detail[512];
 	PgBuf b;
 
-	/* A grant covers a statement only when every table it touches is listed and one rule holds it. */
-	if (all_tables && !d->several_holds && approval_grant_covers(subject, rule, d->rule != NULL ? d->rule->text : NULL, n_tables, ptrs,
-									&grant)) {
+	/*
+	 * A grant covers a statement only when every table it touches is known,
+	 * listed in the grant, and one rule holds it.
+	 */
+	if (all_tables && no_grant == NULL && !d->several_holds &&
+	    approval_grant_covers(subject, rule, d->rule != NULL ? d->rule->text : NULL, n_tables, ptrs, &grant)) {
 		log_write(LL_INFO, s->ctx, "allowed by grant %llu", (unsigned long long)grant);
 		admin_stat_add(STAT_GRANTED, 1);
 		return GUARD_FORWARD;
@@ -612,6 +653,7 @@ static GuardAction hold_start(Session *s, uint8_t type, size_t msglen, const cha
 	spec.rule_text = d->rule != NULL ? d->rule->text : NULL;
 	spec.n_tables = n_tables;
 	spec.tables = ptrs;
+	spec.no_grant = no_grant;
 	r->hold_id = approval_submit(&spec, r->hold_wake);
 	if (r->hold_id == 0) {
 		relay_refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory while holding the statement", NULL, NULL, 0);
@@ -790,7 +832,7 @@ static GuardAction guard_query(Session *s, const char *sql, size_t msglen)
 	}
 	if (!screened(s, info, &pl))
 		goto done;
-	d = decide(s, &pl);
+	d = decide(s, &pl, info);
 	if (d.action != DECISION_BLOCK &&
 	    ((act = mask_check(s, info)) != GUARD_FORWARD || (act = mask_check_executed(s, info)) != GUARD_FORWARD))
 		goto done;
@@ -799,10 +841,12 @@ static GuardAction guard_query(Session *s, const char *sql, size_t msglen)
 		refuse_blocked(s, &d);
 	else if (d.action == DECISION_HOLD && !hold_keep_query(s->relay, info, sql))
 		relay_refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory while holding the statement", NULL, NULL, 0);
-	else if (d.action == DECISION_HOLD && (act = hold_start(s, 'Q', msglen, sql, &d, &pl)) != GUARD_HOLD)
+	else if (d.action == DECISION_HOLD && (act = hold_start(s, 'Q', msglen, sql, &d, &pl, info)) != GUARD_HOLD)
 		hold_forget_query(s->relay);
 	else if (d.action == DECISION_ALLOW)
 		act = GUARD_FORWARD;
+	if (act == GUARD_FORWARD || act == GUARD_HOLD)
+		path_note(s->relay, info);
 	if (act == GUARD_FORWARD && (act = audit_start_query(s, sql, info)) == GUARD_FORWARD) {
 		prepared_track(s->relay, info, sql);
 		s->relay->cur_info = sqlinfo_ref(info);
@@ -837,15 +881,17 @@ static GuardAction guard_parse(Session *s, PgReader *rd)
 		return GUARD_REFUSE;
 	}
 	if (screened(s, info, &pl)) {
-		d = decide(s, &pl);
+		d = decide(s, &pl, info);
 		if (d.action == DECISION_BLOCK)
 			refuse_blocked(s, &d);
 		else if ((act = mask_check(s, info)) != GUARD_FORWARD)
 			;
 		else if (!pending_push(s->relay, PEND_PARSE, name, sql, info))
 			act = GUARD_REFUSE, relay_refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory", NULL, NULL, 0);
-		else
+		else {
 			s->relay->cur_info = sqlinfo_ref(info);
+			path_note(s->relay, info);
+		}
 	}
 	if (act == GUARD_WAIT) {
 		sqlinfo_unref(info);
@@ -969,7 +1015,7 @@ static GuardAction guard_bind_decide(Session *s, PgReader *rd, size_t msglen)
 				return act;
 	}
 	if (p != NULL && p->decided && p->decided_gen == r->cfg_gen && p->decision.action == DECISION_ALLOW &&
-	    r->pend_head == NULL) {
+	    p->decided_path_changed == r->path_changed && r->pend_head == NULL) {
 		admin_stat_add(STAT_ALLOWED, 1);
 		r->audit_rule = p->decision.rule != NULL ? p->decision.rule->where : NULL;
 		return GUARD_FORWARD; /* the common case: a prepared statement run again */
@@ -987,10 +1033,11 @@ static GuardAction guard_bind_decide(Session *s, PgReader *rd, size_t msglen)
 	}
 	if (!check_overflow(s, &pl))
 		return GUARD_REFUSE;
-	d = decide(s, &pl);
+	d = decide(s, &pl, NULL);
 	if (p != NULL && settled) {
 		p->decision = d;
 		p->decided_gen = r->cfg_gen;
+		p->decided_path_changed = r->path_changed;
 		p->decided = true;
 	}
 	if (d.action == DECISION_ALLOW)
@@ -1000,7 +1047,7 @@ static GuardAction guard_bind_decide(Session *s, PgReader *rd, size_t msglen)
 		return GUARD_REFUSE;
 	}
 	text = bind_display_whole(s, sql);
-	act = hold_start(s, 'B', msglen, text != NULL ? text : sql, &d, &pl);
+	act = hold_start(s, 'B', msglen, text != NULL ? text : sql, &d, &pl, NULL);
 	free(text);
 	return act;
 }
@@ -1083,8 +1130,10 @@ static GuardAction guard_function_call(Session *s, PgReader *rd, size_t msglen)
 		return GUARD_REFUSE;
 	}
 	parts_add(&pl, &part);
-	d = decide(s, &pl);
+	d = decide(s, &pl, NULL);
 	snprintf(text, sizeof(text), "-- FunctionCall (fast-path protocol) of the function with oid %u", oid);
+	if (d.action != DECISION_BLOCK)
+		s->relay->path_changed = true; /* the function may be set_config() */
 	if (d.action == DECISION_ALLOW) {
 		relay_audit_bind(s, FASTPATH_PORTAL, text, NULL, "allow", s->relay->audit_rule, 0);
 		relay_audit_execute(s, FASTPATH_PORTAL);
@@ -1095,7 +1144,7 @@ static GuardAction guard_function_call(Session *s, PgReader *rd, size_t msglen)
 		audit_refusal(s, text, NULL, "block", 0);
 		return GUARD_REFUSE;
 	}
-	return hold_start(s, 'F', msglen, text, &d, &pl);
+	return hold_start(s, 'F', msglen, text, &d, &pl, NULL);
 }
 
 /*
@@ -1932,6 +1981,7 @@ bool relay_start(Session *s)
 	pgproto_buf_init(&r->refusal);
 	r->cfg = config_ref(s->cfg);
 	r->cfg_gen = config_generation();
+	r->path_changed = relay_startup_sets_search_path(s);
 	return r->buckets != NULL && r->inject != NULL && r->hold_wake != NULL && r->hold_timer != NULL &&
 	       r->hold_cancel != NULL && r->audit_durable != NULL && r->audit_room != NULL;
 }

@@ -26,6 +26,7 @@ typedef struct Prepared {
 	StmtInfo **infos;        /* every body the server may hold under this name (see prepared_add) */
 	bool decided;            /* `decision` is valid for configuration generation `decided_gen` */
 	uint64_t decided_gen;
+	bool decided_path_changed; /* the session's search_path could have changed when it was decided */
 	Decision decision;       /* cached: the same statement, caller and rules decide the same */
 	struct Prepared *next;   /* hash chain */
 } Prepared;
@@ -108,6 +109,9 @@ struct Relay {
 	int audit_stop;              /* AuditStatus of the latest row started: AUDIT_FULL or AUDIT_FAILED stop the message */
 	size_t audit_wait_len;       /* the waiting message's length */
 	uint8_t audit_wait_type;
+	bool path_changed;           /* the session may no longer have the server's default search_path (set by a
+					startup parameter or a statement let through; never cleared): unqualified
+					names match no ALLOW ... ON entry and no grant */
 };
 
 /* ---- relay.c, for relay_mask.c ---- */
@@ -180,6 +184,11 @@ typedef enum { RMS_PASS, RMS_DONE, RMS_WAIT } RmsResult;
 RmsResult relay_mask_server_msg(Session *s, struct evbuffer *in, size_t *run, size_t avail, const PgHeader *h);
 /* Frees the masking state. */
 void relay_mask_free(Session *s);
+/*
+ * True when the client's startup parameters may set search_path: a
+ * search_path parameter, or options mentioning it (any case, '-' for '_').
+ */
+bool relay_startup_sets_search_path(const Session *s);
 
 /* ---- relay_audit.c: one audit row per statement (nothing when the audit log is off) ---- */
 

@@ -351,6 +351,18 @@ static bool mentions_search_path(const char *text)
 	return false;
 }
 
+bool relay_startup_sets_search_path(const Session *s)
+{
+	for (int i = 0; i < s->startup.n_params; i++) {
+		const PgStartupParam *p = &s->startup.params[i];
+
+		if (strcasecmp(p->name, "search_path") == 0 ||
+		    (strcasecmp(p->name, "options") == 0 && mentions_search_path(p->value)))
+			return true;
+	}
+	return false;
+}
+
 /*
  * A search_path startup parameter that puts a schema before pg_catalog, or
  * one in options (not parsed here: any mention is refused).

@@ -611,6 +611,25 @@ static bool block_anchor(InfoBlock *blk, const SqlThread *t)
 }
 
 /* Turns a finished build into one block; keys are added when `cache_text` / `shape_ok`. */
+/*
+ * True when a part of `info` may change the session's name resolution
+ * behind the analysis: it runs code pgveil cannot see (PROCEDURAL), or
+ * creates a temporary relation (pg_temp is searched before every schema).
+ */
+static bool path_opaque(const StmtInfo *info)
+{
+	for (int i = 0; i < info->n_parts; i++) {
+		const SqlPart *p = &info->parts[i];
+
+		if (p->classes & SC_PROCEDURAL)
+			return true;
+		for (int j = 0; (p->classes & SC_DDL) && j < p->n_tables; j++)
+			if (p->tables[j].schema != NULL && strncmp(p->tables[j].schema, "pg_temp", 7) == 0)
+				return true;
+	}
+	return false;
+}
+
 static StmtInfo *block_build(SqlThread *t, size_t len, bool cache_text, bool shape_ok)
 {
 	const SqlBuild *b = &t->build;
@@ -652,6 +671,7 @@ static StmtInfo *block_build(SqlThread *t, size_t len, bool cache_text, bool sha
 	info->literal_sensitive = b->literal_sensitive;
 	info->changes_lexical = b->changes_lexical;
 	info->shadows_builtins = b->shadows_builtins;
+	info->changes_search_path = b->changes_search_path || path_opaque(info);
 	blk->anchors = (int *)(void *)((char *)blk + l.anchors);
 	if (shape_ok && block_anchor(blk, t)) {
 		blk->shape = memcpy(sp, t->key, t->key_len);

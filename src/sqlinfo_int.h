@@ -114,6 +114,7 @@ typedef struct SqlBuild {
 	bool literal_sensitive;  /* the result depends on a literal's value */
 	bool changes_lexical;    /* sets standard_conforming_strings or client_encoding to a value pgveil cannot read under */
 	bool shadows_builtins;   /* sets a search_path with a schema before pg_catalog (or one not known) */
+	bool changes_search_path; /* may change what an unqualified name resolves to in this session (see StmtInfo) */
 	bool oom;
 	const char *error;       /* static message when the tree could not be walked (too deep, malformed) */
 } SqlBuild;

@@ -560,6 +560,16 @@ static void walk_value(Walk *w, const JNode *n)
 
 /* ---- functions, operators, set_config -------------------------------------- */
 
+/*
+ * Settings that decide which schema an unqualified name is found in:
+ * search_path, and the role its "$user" stands for.
+ */
+static bool setting_is_path(const char *name)
+{
+	return strcasecmp(name, "search_path") == 0 || strcasecmp(name, "role") == 0 ||
+	       strcasecmp(name, "session_authorization") == 0;
+}
+
 static bool setting_is_privilege(const char *name)
 {
 	return strcasecmp(name, "role") == 0 || strcasecmp(name, "session_authorization") == 0;
@@ -586,6 +596,7 @@ static void setting_unknown(Walk *w)
 		return;
 	w->b->changes_lexical = true;
 	w->b->shadows_builtins = true;
+	w->b->changes_search_path = true;
 }
 
 /* set_config(name, value, is_local): PRIVILEGE for role names or a name that is not a literal. */
@@ -602,6 +613,8 @@ static void fn_set_config(Walk *w, const JNode *call)
 		return;
 	}
 	w->b->literal_sensitive = true;
+	if (setting_is_path(name))
+		w->b->changes_search_path = true;
 	if (setting_is_privilege(name)) {
 		part_add(w, SC_PRIVILEGE);
 		return;
@@ -756,21 +769,88 @@ static CVal cv_bool(bool b)
 	return cv_make(b ? CV_TRUE : CV_FALSE);
 }
 
-static bool is_volatile_builtin(const JNode *call)
-{
-	const char *bare = fn_catalog_name(j_get(call, "funcname"));
-	const SqlBuiltin *fn = bare != NULL ? builtin_find(bare) : NULL;
+/*
+ * The names a subquery's FROM gives its rows (tables as named, aliases),
+ * with those of the subqueries around it: a column qualified with one of
+ * them is the subquery's own, not the target row's. NULL outside every
+ * subquery. Names past ROW_SCOPE_MAX are not kept (their columns then count
+ * as the row's).
+ */
+#define ROW_SCOPE_MAX 32
 
-	return fn != NULL && (fn->flags & BUILTIN_VOLATILE);
+typedef struct RowScope {
+	const char *names[ROW_SCOPE_MAX];
+	int n;
+} RowScope;
+
+static void row_scope_add(RowScope *sc, const char *name)
+{
+	if (name != NULL && sc->n < ROW_SCOPE_MAX)
+		sc->names[sc->n++] = name;
+}
+
+/* Adds the names one FROM item (a table, a join, a subquery or function with its alias) gives. */
+static void row_scope_add_from(RowScope *sc, const JNode *item)
+{
+	const JNode *body, *alias;
+	const char *type = j_type(item, &body);
+
+	if (type == NULL)
+		return;
+	alias = j_get(body, "alias");
+	if (alias != NULL)
+		row_scope_add(sc, j_str(alias, "aliasname"));
+	else if (strcmp(type, "RangeVar") == 0)
+		row_scope_add(sc, j_str(body, "relname"));
+	if (strcmp(type, "JoinExpr") == 0) {
+		row_scope_add_from(sc, j_get(body, "larg"));
+		row_scope_add_from(sc, j_get(body, "rarg"));
+	}
 }
 
 /*
- * True when the subtree depends on the row: a column (also inside a
- * subquery, which may be correlated), CURRENT OF, a volatile built-in. A
- * subquery without columns (WHERE EXISTS (SELECT 1)) is as constant as the
- * rest: the caller treats what it cannot evaluate as true.
+ * True when ColumnRef `ref` inside a subquery surely reads that subquery's
+ * rows: a bare `*`, or `x.c` (`s.x.c`) with x one of the scope's names.
  */
-static bool row_dependent(const JNode *n)
+static bool row_scope_owns(const RowScope *sc, const JNode *ref)
+{
+	const JNode *f = j_first(j_get(ref, "fields")), *qual = NULL, *body;
+	const char *name, *type;
+	int n = 0;
+
+	if (sc == NULL || f == NULL)
+		return false;
+	if ((type = j_type(f, &body)) != NULL && strcmp(type, "A_Star") == 0)
+		return true;
+	for (; f != NULL; f = j_next(f), n++)
+		if (f->next != NULL)
+			qual = f; /* the name before the column: the table's */
+	if (n < 2 || (name = j_string_node(qual)) == NULL)
+		return false;
+	for (int i = 0; i < sc->n; i++)
+		if (strcmp(sc->names[i], name) == 0)
+			return true;
+	return false;
+}
+
+static bool row_dependent_in(const JNode *n, const RowScope *sc);
+
+/* A SelectStmt inside the WHERE: its own FROM's names join the scope. */
+static bool row_dependent_select(const JNode *sel, const RowScope *sc)
+{
+	RowScope inner = { .n = 0 };
+
+	if (sc != NULL)
+		inner = *sc;
+	for (const JNode *f = j_first(j_get(sel, "fromClause")); f != NULL; f = j_next(f))
+		row_scope_add_from(&inner, f);
+	for (const JNode *e = j_first(sel); e != NULL; e = j_next(e))
+		if (row_dependent_in(e, &inner))
+			return true;
+	return false;
+}
+
+static bool row_dependent_in(const JNode *n, const RowScope *sc)
 {
 	const JNode *e, *body;
 	const char *type;
@@ -778,15 +858,32 @@ static bool row_dependent(const JNode *n)
 	if (n == NULL || (n->type != J_OBJ && n->type != J_ARR))
 		return false;
 	if ((type = j_type(n, &body)) != NULL) {
-		if (strcmp(type, "ColumnRef") == 0 || strcmp(type, "CurrentOfExpr") == 0)
+		if (strcmp(type, "ColumnRef") == 0)
+			return !row_scope_owns(sc, body);
+		if (strcmp(type, "CurrentOfExpr") == 0)
 			return true;
-		if (strcmp(type, "FuncCall") == 0 && is_volatile_builtin(body))
-			return true;
+		if (strcmp(type, "SelectStmt") == 0)
+			return row_dependent_select(body, sc);
 	}
 	for (e = j_first(n); e != NULL; e = j_next(e))
-		if (row_dependent(e))
+		if (row_dependent_in(e, sc))
 			return true;
 	return false;
+}
+
+/*
+ * True when the subtree depends on the target row: a column of the
+ * statement's tables (also from inside a subquery, which may be
+ * correlated), CURRENT OF. A column a subquery qualifies with one of its
+ * own FROM items is not the row's. A function call is not row-dependent by
+ * itself, volatile or not: `random() < 0.5` has no row to be false for and
+ * may pass every one. A subquery reading no outer column (WHERE EXISTS
+ * (SELECT 1 FROM u WHERE u.a = 1)) is as constant as the rest: the caller
+ * treats what it cannot evaluate as true.
+ */
+static bool row_dependent(const JNode *n)
+{
+	return row_dependent_in(n, NULL);
 }
 
 static CVal cv_eval(Walk *w, const JNode *n);
@@ -1360,6 +1457,8 @@ static void stmt_set(Walk *w, const JNode *s)
 		part_add(w, SC_TRANSACTION);
 	else
 		part_add(w, SC_SESSION);
+	if (name != NULL && setting_is_path(name) && !w->explain_only)
+		w->b->changes_search_path = true; /* SET, SET LOCAL, RESET: any value, even the default's */
 	if (setting_flags(w, s))
 		part_add(w, SC_ADMIN);
 	walk_value(w, j_get(s, "args"));
@@ -1683,6 +1782,7 @@ void sqlinfo_build_reset(SqlBuild *b)
 	b->literal_sensitive = false;
 	b->changes_lexical = false;
 	b->shadows_builtins = false;
+	b->changes_search_path = false;
 	b->oom = false;
 	b->error = NULL;
 }

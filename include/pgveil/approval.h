@@ -35,6 +35,7 @@ typedef struct HoldSpec {
 	const char *rule_text;    /* the rule as written, or NULL */
 	int n_tables;             /* tables the statement touches, "schema.name" ("name" when unqualified) */
 	const char *const *tables;
+	const char *no_grant;     /* why APPROVE ... FOR makes no grant from it ("it runs code ..."), NULL: it may */
 } HoldSpec;
 
 /* A copy of one held statement, for SHOW HELD and the session itself. */
@@ -50,6 +51,7 @@ typedef struct HeldInfo {
 	char *rule_text;          /* the rule as written, or NULL */
 	char *tables;             /* comma-separated "schema.name" list, "" when none */
 	time_t grant_until;       /* APPROVE ... FOR: when the grant it made expires; 0 = none */
+	char *no_grant;           /* HoldSpec.no_grant, or NULL */
 } HeldInfo;
 
 /* A time-boxed grant from APPROVE n FOR ... . */
@@ -104,7 +106,8 @@ HoldState approval_withdraw(uint64_t id, HoldState why);
 
 /*
  * An approver's decision. approve = false denies (reason may be NULL).
- * grant_seconds > 0 (approve only) also creates a grant. Returns true, or
+ * grant_seconds > 0 (approve only) also creates a grant, unless the
+ * statement was submitted with no_grant (then it is approved once). Returns true, or
  * false with a message in err: unknown id, not waiting any more, the
  * approver is the subject who sent it (approving only; denying one's own
  * statement is allowed), or no memory for the grant (then nothing is
@@ -116,8 +119,11 @@ bool approval_decide(uint64_t id, bool approve, const char *approver, const char
 /*
  * True when an active grant covers a statement of `subject` decided HOLD by
  * `rule` (NULL = default_action), whose text is `rule_text` (the same rule
- * after a reload), touching exactly a subset of the grant's tables. Sets
- * *grant_id.
+ * after a reload), touching exactly a subset of the grant's tables (a
+ * statement touching none: a grant made from one touching none). Sets
+ * *grant_id. Names compare as written: the caller asks only for statements
+ * whose tables are all known by those names (never one it would submit
+ * with no_grant).
  */
 bool approval_grant_covers(const char *subject, const char *rule, const char *rule_text, int n_tables,
 			   const char *const *tables, uint64_t *grant_id);

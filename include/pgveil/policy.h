@@ -30,10 +30,11 @@ typedef struct Decision {
  * Decides `n_parts` parts (a statement's parts, plus the bodies of the
  * prepared statements it EXECUTEs). rs may be NULL (no rules: every part
  * gets def). A statement with no parts at all (empty query) is allowed
- * (rule NULL, part -1). No allocation.
+ * (rule NULL, part -1). path_default: the session's search_path is still
+ * the server's default (see policy_table_matches). No allocation.
  */
 Decision policy_decide(const RuleSet *rs, DefaultAction def, const Identity *id,
-		       const SqlPart *const *parts, int n_parts);
+		       const SqlPart *const *parts, int n_parts, bool path_default);
 
 /*
  * The message a blocked or held statement is reported with, written to buf:
@@ -48,16 +49,20 @@ const char *policy_message(const Decision *d, char *buf, size_t buflen);
  * statement of caller `id` (FOR, classes and ON; or one of its functions).
  * Mask rules never match. This is the test policy_decide makes for each rule.
  */
-bool policy_rule_matches(const Rule *r, const Identity *id, const SqlPart *p);
+bool policy_rule_matches(const Rule *r, const Identity *id, const SqlPart *p, bool path_default);
 
 /*
  * True when table t of a statement is named by the ON entry rt of a rule
  * with `action`. Names compare exactly; "*" names every table of its schema.
  * A table written without schema may be in any schema of the search_path:
- * for BLOCK and HOLD it matches an entry of any schema (fail closed), for
- * ALLOW only entries of schema "public".
+ * for BLOCK and HOLD it matches an entry of any schema (fail closed). For
+ * ALLOW it matches only entries of schema "public" (not pg_* names, which
+ * pg_catalog holds), and only while path_default: the session has done
+ * nothing that may change its search_path from the server's default,
+ * "$user", public (sqlinfo's StmtInfo.changes_search_path, startup
+ * parameters). Otherwise it matches no ALLOW entry.
  */
-bool policy_table_matches(const RuleTable *rt, const SqlTable *t, RuleAction action);
+bool policy_table_matches(const RuleTable *rt, const SqlTable *t, RuleAction action, bool path_default);
 
 /* ---- masking (src/policy_mask.c) ------------------------------------------------------ */
 

@@ -173,6 +173,7 @@ typedef struct StmtInfo {
 	SqlPrepRef *prep;
 	bool literal_sensitive;  /* the analysis looked at a literal's value: cached by exact text only */
 	bool shadows_builtins;   /* sets search_path with a schema before pg_catalog (or to a value not known): functions there take the place of built-ins of the same name (SET, set_config, UPDATE pg_settings; ALTER ROLE / DATABASE / SYSTEM ... SET for later sessions) */
+	bool changes_search_path; /* may change which schema an unqualified name is found in for the rest of the session: SET / RESET search_path, role or session_authorization (SET LOCAL included), set_config() of those or of a name not known, UPDATE pg_settings; a part that runs code pgveil cannot see (PROCEDURAL: DO, CALL, a function not built in); a part that creates a temporary relation (DDL on pg_temp), which is searched first */
 	bool changes_lexical;    /* sets standard_conforming_strings off, or client_encoding to an encoding pgveil does not read (or a setting not known to a value not known; the same statements as above): afterwards the server would split statements differently from pgveil */
 	uint64_t fingerprint;    /* hash of the normalized form: equal for statements differing only in literals */
 } StmtInfo;

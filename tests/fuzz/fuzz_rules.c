@@ -59,9 +59,9 @@ static void exercise(const RuleSet *rs)
 		if (r->kind == RULE_MASK)
 			(void)rules_mask_fn_name(r->mask_fn);
 	}
-	d = policy_decide(rs, ACTION_BLOCK, &id, parts, 2);
+	d = policy_decide(rs, ACTION_BLOCK, &id, parts, 2, true);
 	(void)policy_message(&d, buf, sizeof(buf));
-	d = policy_decide(rs, ACTION_HOLD, NULL, parts + 1, 1);
+	d = policy_decide(rs, ACTION_HOLD, NULL, parts + 1, 1, false);
 	(void)policy_message(&d, buf, sizeof(buf));
 }
 

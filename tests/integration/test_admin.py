@@ -10,9 +10,10 @@ running on the server is canceled), and BLOCK AGENT ends all of an agent's
 sessions at once and refuses its logins until UNBLOCK AGENT or the block
 expires. RELOAD re-reads the configuration like SIGHUP.
 
-Held statements (approve, deny, timeout end to end) need the statement
-guardrails in the relay; the console's side of them is covered by the unit
-tests (tests/unit/test_admin.c, test_approval.c).
+Held statements end to end (APPROVE, DENY, APPROVE ... FOR grants, timeouts,
+through psycopg, asyncpg, node-postgres and pgjdbc) are tested in
+test_approvals.py; the console's side of them also in the unit tests
+(tests/unit/test_admin.c, test_approval.c).
 """
 
 import os

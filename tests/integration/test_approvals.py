@@ -4,14 +4,18 @@ admin console (a second psql) approves or denies it, or hold_timeout passes.
 Every pgveil here has [oidc], rules holding DELETE/UPDATE on one table, and
 the default approver group "dba". What runs is checked behind the agent's
 back on a superuser connection: exactly once on approval, never on denial or
-timeout.
+timeout. The agent is psycopg, and at the end asyncpg, node-postgres and
+pgjdbc, each seeing a held statement approved, denied and timed out.
 """
 
+import asyncio
 import os
 import sqlite3
+import ssl
 import threading
 import uuid
 
+import asyncpg
 import psycopg
 import pytest
 
@@ -268,3 +272,161 @@ def test_approved_copy_is_masked(pgveil_factory, idp, certs, workroot, table):  
     t.join(15)
     assert out["res"].returncode == 0, out["res"].stderr
     assert out["res"].stdout.split("\n")[:10] == [f"{i}\t7" for i in range(1, 11)]
+
+
+# ------------------------------------------------------------------ grants and tables pgveil cannot know
+
+def test_grant_never_made_from_a_do_block(pgveil_factory, idp, certs, workroot, table, admin):  # noqa: F811
+    """APPROVE ... FOR of a DO block approves it once: a DO block's tables cannot be
+    known, so a grant from one would let any other DO block through."""
+    path = harness.write_rules(workroot, "held-do", "HOLD WRITE, PROCEDURAL FOR GROUP agents;\nALLOW ALL;\n")
+    pv = start_oidc(pgveil_factory, idp, rules=path, default_action="block", hold_timeout="20s")
+    c = Console(pv, idp, certs)
+    a = Agent(c, "DO $$ BEGIN PERFORM 1; END $$")
+    a.start()
+    held = wait_held(c, "PERFORM 1")
+    res = c.psql(c.approver, "-c", f"APPROVE {held[0]} FOR 10 MINUTES")
+    assert res.returncode == 0, res.stderr
+    assert f"no grant made from statement {held[0]}, approved once" in res.stderr, res.stderr
+    a.join(15)
+    assert a.error is None, a.error
+    assert c.query(c.approver, "SHOW GRANTS")[1] == []
+    # the next DO block waits for its own approval
+    b = Agent(c, f"DO $$ BEGIN DELETE FROM public.{table}; END $$")
+    b.start()
+    held = wait_held(c, f"DELETE FROM public.{table}")
+    assert c.psql(c.approver, "-c", f"DENY {held[0]}").returncode == 0
+    b.join(15)
+    assert isinstance(b.error, psycopg.errors.InsufficientPrivilege), b.error
+    assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (10,)
+
+
+@pytest.fixture
+def secret_twin(admin, table):
+    """secret.<table>: the same name as the held table, in another schema."""
+    admin.execute("CREATE SCHEMA IF NOT EXISTS secret")
+    admin.execute(f"GRANT USAGE ON SCHEMA secret TO {harness.APP_USER}")
+    admin.execute(f"CREATE TABLE secret.{table} (id integer PRIMARY KEY, v integer NOT NULL)")
+    admin.execute(f"INSERT INTO secret.{table} SELECT i, i FROM generate_series(1, 10) i")
+    admin.execute(f"ALTER TABLE secret.{table} OWNER TO {harness.APP_USER}")
+    yield f"secret.{table}"
+    admin.execute(f"DROP TABLE IF EXISTS secret.{table}")
+
+
+def test_grant_not_used_after_search_path_changes(hc, table, secret_twin, admin):
+    """A grant names tables as the statement wrote them; once the session changes
+    its search_path, an unqualified name may be another schema's table."""
+    a = Agent(hc, f"UPDATE {table} SET v = 0 WHERE id = 1")
+    a.start()
+    held = wait_held(hc, f"UPDATE {table} SET v = 0 WHERE id = 1")
+    assert hc.psql(hc.approver, "-c", f"APPROVE {held[0]} FOR 10 MINUTES").returncode == 0
+    a.join(15)
+    assert a.error is None, a.error
+    out = {}
+
+    def run():
+        with hc.connect(hc.agent, dbname="app") as conn:
+            conn.execute(f"UPDATE {table} SET v = 0 WHERE id = 2")  # covered by the grant
+            conn.execute("SET search_path = secret, public")
+            try:
+                conn.execute(f"UPDATE {table} SET v = 0 WHERE id = 3")
+            except psycopg.Error as e:
+                out["error"] = e
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    held = wait_held(hc, f"UPDATE {table} SET v = 0 WHERE id = 3")
+    res = hc.psql(hc.approver, "-c", f"DENY {held[0]}")
+    assert res.returncode == 0, res.stderr
+    th.join(15)
+    assert isinstance(out.get("error"), psycopg.errors.InsufficientPrivilege), out
+    assert admin.execute(f"SELECT v FROM {secret_twin} ORDER BY id").fetchall() == [(i,) for i in range(1, 11)]
+    assert admin.execute(f"SELECT id FROM {table} WHERE v = 0 ORDER BY id").fetchall() == [(1,), (2,)]
+
+
+# ------------------------------------------------------------------ other drivers
+
+def decide_in_turn(c, steps):
+    """Starts a thread deciding the agent's held statements in order: steps of (text
+    the statement contains, console command with {id}). Returns the thread and the ids."""
+    ids = []
+
+    def run():
+        for part, command in steps:
+            hid = wait_held(c, part)[0]
+            ids.append(hid)
+            res = c.psql(c.approver, "-c", command.format(id=hid))
+            assert res.returncode == 0, res.stderr
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    return th, ids
+
+
+DRIVER_STEPS = [("WHERE id = 1", "APPROVE {id}"), ("WHERE id = $1", "DENY {id} REASON 'not this one'")]
+
+
+@pytest.fixture
+def quick(pgveil_factory, idp, certs, workroot, table):  # noqa: F811
+    """hold_timeout is short: the third statement of each driver times out."""
+    return held_console(pgveil_factory, idp, certs, workroot, table, "3s")
+
+
+def agent_target(c):
+    return harness.Target("pgveil-oidc", "127.0.0.1", c.pv.port, "whoever", c.agent)
+
+
+def check_driver_outcome(admin, table, ids, notices):
+    assert len(ids) == 2
+    assert notices[:2] == [f"held for approval: id {i}" for i in ids], notices
+    assert len(notices) == 3 and notices[2].startswith("held for approval: id "), notices
+    assert admin.execute(f"SELECT id, v FROM {table} WHERE id <= 3 ORDER BY id").fetchall() == [(2, 2), (3, 3)]
+
+
+def test_asyncpg_hold(quick, table, admin):
+    c = quick
+    th, ids = decide_in_turn(c, DRIVER_STEPS)
+    notices = []
+
+    async def main():
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        conn = await asyncpg.connect(host="127.0.0.1", port=c.pv.port, user="whoever", password=c.agent,
+                                     database="app", ssl=ctx)
+        conn.add_log_listener(lambda _conn, msg: notices.append(msg.message))
+        try:
+            assert await conn.execute(f"DELETE FROM {table} WHERE id = 1") == "DELETE 1"
+            with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError) as exc:
+                await conn.execute(f"DELETE FROM {table} WHERE id = $1", 2)  # held at Bind
+            assert "not this one" in str(exc.value)
+            with pytest.raises(asyncpg.exceptions.QueryCanceledError):
+                await conn.execute(f"UPDATE {table} SET v = 0 WHERE id = 3")
+            assert await conn.fetchval("SELECT 'usable'") == "usable"
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
+    th.join(15)
+    check_driver_outcome(admin, table, ids, notices)
+
+
+def test_node_hold(node_driver, quick, table, admin):
+    import test_node
+    c = quick
+    th, ids = decide_in_turn(c, DRIVER_STEPS)
+    out = test_node.node(node_driver, "hold.js", agent_target(c), ITEST_TABLE=table)
+    th.join(15)
+    assert "not this one" in out["denied"] and out["ok"] == "usable", out
+    check_driver_outcome(admin, table, ids, out["notices"])
+
+
+def test_jdbc_hold(java_driver, quick, table, admin):
+    import test_jdbc
+    c = quick
+    th, ids = decide_in_turn(c, DRIVER_STEPS)
+    status, detail = test_jdbc.run_java(java_driver, agent_target(c), ["hold"], ITEST_TABLE=table)["hold"]
+    th.join(15)
+    assert status == "PASS", detail
+    # pgjdbc hands notices to the statement as warnings: the approved one's is kept
+    assert ids and detail.splitlines() == [f"held for approval: id {ids[0]}"], detail
+    assert admin.execute(f"SELECT id, v FROM {table} WHERE id <= 3 ORDER BY id").fetchall() == [(2, 2), (3, 3)]

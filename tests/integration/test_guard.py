@@ -90,6 +90,11 @@ def disguises(t):
         (f"delete from {t} where 'a' = 'a' OR id = 3", "42501"),
         (f"UPDATE {t} SET v = 0", "42501"),
         (f"UPDATE {t} SET v = 0 WHERE NOT false", "42501"),
+        # a WHERE reading no column of the rows passes every row unless provably false
+        (f"DELETE FROM {t} WHERE random() >= 0", "42501"),
+        (f"DELETE FROM {t} WHERE clock_timestamp() IS NOT NULL", "42501"),
+        (f"UPDATE {t} SET v = 0 WHERE random() < 2", "42501"),
+        (f"DELETE FROM {t} WHERE EXISTS (SELECT 1 FROM pg_class c WHERE c.relname = 'pg_class')", "42501"),
         (f"TRUNCATE {t}", "42501"),
         (f"TRUNCATE TABLE ONLY {t} RESTART IDENTITY", "42501"),
         (f"WITH d AS (DELETE FROM {t} RETURNING *) SELECT count(*) FROM d", "42501"),
@@ -160,6 +165,20 @@ def test_blocked_message_names_rule(guard_target, table, rules_file):
             conn.execute(f"CREATE INDEX ON {table} (v)")
         assert f"{rules_file}:5" in exc.value.diag.message_primary
         assert "BLOCK DDL, PRIVILEGE, ADMIN" in exc.value.diag.message_primary
+
+
+def test_constant_where_with_volatile_call_is_destructive(guard_target, table, admin):
+    """random() or clock_timestamp() in a WHERE that reads no column decides nothing per row."""
+    with psycopg.connect(guard_target.conninfo(), autocommit=True) as conn:
+        for sql in (f"DELETE FROM {table} WHERE random() >= 0", f"UPDATE {table} SET v = 1 WHERE random() < 2",
+                    f"DELETE FROM {table} WHERE clock_timestamp() IS NOT NULL"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as exc:
+                conn.execute(sql)
+            assert exc.value.diag.message_primary == "destructive statements are not allowed", sql
+        assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (20,)
+        # a condition on the rows still decides per row
+        conn.execute(f"DELETE FROM {table} WHERE id = 1 AND random() >= 0")
+    assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (19,)
 
 
 def test_unparsable_gives_position(guard_target):
@@ -401,6 +420,94 @@ def test_hold_does_not_block_others(hold_pgveil, table):
             assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (20,)
     th.join()
     assert done == ["timeout"]
+
+
+# --------------------------------------------------------------------------- search_path
+
+PATH_RULES = """
+ALLOW READ, WRITE ON public.*;
+ALLOW SESSION, TRANSACTION, PROCEDURAL;
+BLOCK READ, WRITE;
+"""
+
+
+@pytest.fixture
+def path_target(pgveil_factory, workroot):
+    path = harness.write_rules(workroot, "path", PATH_RULES)
+    return harness.pgveil_target(pgveil_factory(rules=path, default_action="block"))
+
+
+@pytest.fixture
+def twins(admin, table):
+    """public.<table> (the guard table) and secret.<table>, which ALLOW ... ON public.* does not list."""
+    admin.execute("CREATE SCHEMA IF NOT EXISTS secret")
+    admin.execute(f"GRANT USAGE ON SCHEMA secret TO {harness.APP_USER}")
+    admin.execute(f"CREATE TABLE secret.{table} (id integer PRIMARY KEY, v integer NOT NULL)")
+    admin.execute(f"INSERT INTO secret.{table} VALUES (1, -1)")
+    admin.execute(f"ALTER TABLE secret.{table} OWNER TO {harness.APP_USER}")
+    yield table
+    admin.execute(f"DROP TABLE IF EXISTS secret.{table}")
+
+
+def secret_rows(admin, table):
+    return admin.execute(f"SELECT id, v FROM secret.{table} ORDER BY id").fetchall()
+
+
+@pytest.mark.parametrize("change", [
+    "SET search_path = secret, public",
+    "SET search_path TO 'secret'",
+    "SELECT set_config('search_path', 'secret, public', false)",
+    "BEGIN; SET LOCAL search_path = secret; COMMIT",
+    "DO $$ BEGIN PERFORM set_config('search_path', 'secret', false); END $$",
+])
+def test_search_path_change_ends_unqualified_allow(path_target, twins, admin, change):
+    """ALLOW ... ON public.* takes an unqualified name as public's only while the
+    session keeps the server's default search_path."""
+    t = twins
+    with psycopg.connect(path_target.conninfo(), autocommit=True) as conn:
+        assert conn.execute(f"SELECT v FROM {t} WHERE id = 1").fetchone() == (10,)  # public's
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"SELECT v FROM secret.{t}")
+        conn.execute(change)
+        for sql in (f"SELECT v FROM {t}", f"UPDATE {t} SET v = 0 WHERE id = 1", f"DELETE FROM {t} WHERE id = 1"):
+            for prepare in (False, True):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(sql, prepare=prepare)
+        # named with their schema, public's tables still pass
+        assert conn.execute(f"SELECT v FROM public.{t} WHERE id = 1").fetchone() == (10,)
+    assert secret_rows(admin, t) == [(1, -1)]
+
+
+def test_search_path_change_after_prepare(path_target, twins, admin):
+    """A statement prepared under the default search_path and decided then is
+    decided again after a change: the server plans it again under the new path."""
+    t = twins
+    with psycopg.connect(path_target.conninfo(), autocommit=True, prepare_threshold=0) as conn:
+        for _ in range(2):
+            assert conn.execute(f"SELECT v FROM {t} WHERE id = %s", (1,)).fetchone() == (10,)
+        conn.execute("SET search_path = secret, public")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"SELECT v FROM {t} WHERE id = %s", (1,))
+    assert secret_rows(admin, t) == [(1, -1)]
+
+
+@pytest.mark.parametrize("options", ["-c search_path=secret,public", "-csearch-path=secret"])
+def test_search_path_startup_options_end_unqualified_allow(path_target, twins, options):
+    t = twins
+    with psycopg.connect(path_target.conninfo(options=options), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"SELECT v FROM {t}")
+        assert conn.execute(f"SELECT v FROM public.{t} WHERE id = 1").fetchone() == (10,)
+
+
+def test_blocked_search_path_change_keeps_the_default(pgveil_factory, workroot, twins):
+    """Only a change that reaches the server counts."""
+    path = harness.write_rules(workroot, "path-blocked", "ALLOW READ ON public.*;\nBLOCK ALL;\n")
+    target = harness.pgveil_target(pgveil_factory(rules=path, default_action="block"))
+    with psycopg.connect(target.conninfo(), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SET search_path = secret, public")
+        assert conn.execute(f"SELECT v FROM {twins} WHERE id = 1").fetchone() == (10,)
 
 
 # --------------------------------------------------------------------------- other drivers

@@ -341,6 +341,11 @@ static void grants_cover_exactly(void **state)
 	assert_int_equal(approval_list_grants(&g), 0);
 }
 
+/*
+ * A grant from a statement touching no table (whose tables are known: one
+ * running code pgveil cannot see is submitted with no_grant, below) covers
+ * statements touching none.
+ */
 static void grants_without_tables_or_rule(void **state)
 {
 	static const char *const a[] = { "public.a" };
@@ -352,6 +357,38 @@ static void grants_without_tables_or_rule(void **state)
 	/* an approval without FOR makes no grant */
 	approve_for("other", NULL, 0, NULL, 0);
 	assert_false(approval_grant_covers("other", NULL, NULL, 0, NULL, NULL));
+}
+
+/*
+ * A statement whose tables cannot be known (DO, CALL, a function not built
+ * in; an unqualified name after the search_path may have changed) is
+ * approved once by APPROVE ... FOR: no grant, so the next needs its own approval.
+ */
+static void grants_never_from_unknown_tables(void **state)
+{
+	static const char *const why = "it runs code whose tables pgveil cannot know";
+	HoldSpec spec = { .session_id = 7, .subject = "bot", .database = "app", .sql = "DO $$ BEGIN PERFORM 1; END $$",
+			  .rule = "r.rules:5", .rule_text = "HOLD WRITE, PROCEDURAL", .no_grant = why };
+	GrantInfo *g;
+	HeldInfo *h;
+	Waiter w;
+	char err[256];
+	uint64_t id;
+
+	waiter_init(&w);
+	id = approval_submit(&spec, w.ev);
+	assert_true(id > 0);
+	assert_true(approval_decide(id, true, "alice", NULL, 600, err, sizeof(err)));
+	deliver();
+	assert_int_equal(w.fired, 1);
+	event_free(w.ev);
+	assert_int_equal(approval_state(id, NULL), HOLD_APPROVED);
+	assert_int_equal(approval_list_grants(&g), 0);
+	assert_false(approval_grant_covers("bot", "r.rules:5", "HOLD WRITE, PROCEDURAL", 0, NULL, NULL));
+	assert_int_equal(approval_get(id, &h), 1);
+	assert_string_equal(h->no_grant, why);
+	assert_int_equal(h->grant_until, 0);
+	approval_free_held(h, 1);
 }
 
 static void grants_expire(void **state)
@@ -465,6 +502,7 @@ int main(void)
 		cmocka_unit_test_teardown(decide_races_withdraw, teardown),
 		cmocka_unit_test_teardown(grants_cover_exactly, teardown),
 		cmocka_unit_test_teardown(grants_without_tables_or_rule, teardown),
+		cmocka_unit_test_teardown(grants_never_from_unknown_tables, teardown),
 		cmocka_unit_test_teardown(grants_expire, teardown),
 		cmocka_unit_test_teardown(block_and_unblock, teardown),
 		cmocka_unit_test_teardown(blocks_expire, teardown),

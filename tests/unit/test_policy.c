@@ -8,7 +8,9 @@
  *
  * A part is its classes (comma list, "-" for none), then optional
  * "on=schema.table,table" and "calls=f,schema.f". Subject "-" means no
- * identity at all, groups "-" none. The parts are built here directly, not
+ * identity at all, groups "-" none. A line "path changed" decides the cases
+ * after it as in a session whose search_path may have changed, "path
+ * default" as in one that still has the server's default (the start). The parts are built here directly, not
  * by the statement analysis. Then messages, table matching on its own,
  * policy_rule_matches, and a NULL rule set.
  */
@@ -40,6 +42,7 @@ typedef struct EvalCtx {
 	RuleSet *rs;          /* current rules, NULL = none */
 	char *rules_name;     /* its file name */
 	DefaultAction def;
+	bool path_default;    /* the session's search_path is the server's default */
 	int cases;            /* cases run */
 } EvalCtx;
 
@@ -213,7 +216,7 @@ static void run_case(EvalCtx *ctx, char *line)
 		parse_part(ctx, trim(chunks[i]), &parts[i - 1]);
 		ptrs[i - 1] = &parts[i - 1];
 	}
-	d = policy_decide(ctx->rs, ctx->def, id, ptrs, n_chunks - 1);
+	d = policy_decide(ctx->rs, ctx->def, id, ptrs, n_chunks - 1, ctx->path_default);
 	check_decision(ctx, &d, trim(sides[1]));
 	for (int i = 0; i < n_chunks - 1; i++) {
 		free(parts[i].tables);
@@ -255,7 +258,7 @@ static void set_default(EvalCtx *ctx, const char *word)
 /* Runs one .eval file; returns the number of cases. */
 static int run_eval(const char *file)
 {
-	EvalCtx ctx = { .file = file, .def = ACTION_BLOCK };
+	EvalCtx ctx = { .file = file, .def = ACTION_BLOCK, .path_default = true };
 	FILE *fp = fopen(file, "r");
 	char buf[1024];
 
@@ -270,6 +273,8 @@ static int run_eval(const char *file)
 			set_rules(&ctx, trim(line + 6));
 		else if (strncmp(line, "default ", 8) == 0)
 			set_default(&ctx, trim(line + 8));
+		else if (strcmp(line, "path changed") == 0 || strcmp(line, "path default") == 0)
+			ctx.path_default = strcmp(line, "path default") == 0;
 		else
 			run_case(&ctx, line);
 	}
@@ -362,11 +367,11 @@ static void test_several_holds(void **state)
 	Decision d;
 
 	(void)state;
-	d = policy_decide(rs, ACTION_BLOCK, &id, same, 3);
+	d = policy_decide(rs, ACTION_BLOCK, &id, same, 3, true);
 	assert_int_equal(d.action, DECISION_HOLD);
 	assert_ptr_equal(d.rule, &rs->rules[0]);
 	assert_false(d.several_holds);
-	d = policy_decide(rs, ACTION_BLOCK, &id, mixed, 2);
+	d = policy_decide(rs, ACTION_BLOCK, &id, mixed, 2, true);
 	assert_int_equal(d.action, DECISION_HOLD);
 	assert_ptr_equal(d.rule, &rs->rules[0]);
 	assert_true(d.several_holds);
@@ -379,19 +384,25 @@ static void test_table_matches(void **state)
 	SqlTable q_orders = { "public", "orders", SQL_ACCESS_READ }, u_orders = { NULL, "orders", SQL_ACCESS_READ },
 		 app_orders = { "app", "orders", SQL_ACCESS_WRITE }, q_Orders = { "public", "Orders", 0 };
 
-	assert_true(policy_table_matches(&pub_orders, &q_orders, RULE_ALLOW));
-	assert_true(policy_table_matches(&pub_orders, &q_orders, RULE_BLOCK));
-	assert_false(policy_table_matches(&pub_orders, &app_orders, RULE_BLOCK));
-	assert_false(policy_table_matches(&pub_orders, &q_Orders, RULE_BLOCK)); /* exact: names are folded already */
-	assert_true(policy_table_matches(&pub_orders, &u_orders, RULE_ALLOW));
-	assert_true(policy_table_matches(&pub_orders, &u_orders, RULE_HOLD));
-	assert_true(policy_table_matches(&app_all, &app_orders, RULE_ALLOW));
-	assert_false(policy_table_matches(&app_all, &q_orders, RULE_BLOCK));
+	assert_true(policy_table_matches(&pub_orders, &q_orders, RULE_ALLOW, true));
+	assert_true(policy_table_matches(&pub_orders, &q_orders, RULE_BLOCK, true));
+	assert_false(policy_table_matches(&pub_orders, &app_orders, RULE_BLOCK, true));
+	assert_false(policy_table_matches(&pub_orders, &q_Orders, RULE_BLOCK, true)); /* exact: names are folded already */
+	assert_true(policy_table_matches(&pub_orders, &u_orders, RULE_ALLOW, true));
+	assert_true(policy_table_matches(&pub_orders, &u_orders, RULE_HOLD, true));
+	assert_true(policy_table_matches(&app_all, &app_orders, RULE_ALLOW, true));
+	assert_false(policy_table_matches(&app_all, &q_orders, RULE_BLOCK, true));
 	/* unqualified: any schema for BLOCK and HOLD, only public for ALLOW */
-	assert_true(policy_table_matches(&app_all, &u_orders, RULE_BLOCK));
-	assert_true(policy_table_matches(&app_all, &u_orders, RULE_HOLD));
-	assert_false(policy_table_matches(&app_all, &u_orders, RULE_ALLOW));
-	assert_true(policy_table_matches(&pub_all, &u_orders, RULE_ALLOW));
+	assert_true(policy_table_matches(&app_all, &u_orders, RULE_BLOCK, true));
+	assert_true(policy_table_matches(&app_all, &u_orders, RULE_HOLD, true));
+	assert_false(policy_table_matches(&app_all, &u_orders, RULE_ALLOW, true));
+	assert_true(policy_table_matches(&pub_all, &u_orders, RULE_ALLOW, true));
+	/* once the search_path may have changed, an unqualified name is no ALLOW entry's; BLOCK and HOLD still match */
+	assert_false(policy_table_matches(&pub_all, &u_orders, RULE_ALLOW, false));
+	assert_false(policy_table_matches(&pub_orders, &u_orders, RULE_ALLOW, false));
+	assert_true(policy_table_matches(&pub_orders, &q_orders, RULE_ALLOW, false));
+	assert_true(policy_table_matches(&app_all, &u_orders, RULE_BLOCK, false));
+	assert_true(policy_table_matches(&pub_orders, &u_orders, RULE_HOLD, false));
 }
 
 static void test_rule_matches_and_null_rules(void **state)
@@ -407,30 +418,30 @@ static void test_rule_matches_and_null_rules(void **state)
 	const SqlPart *both[] = { &writes, &reads };
 	Decision d;
 
-	assert_false(policy_rule_matches(&rs->rules[0], &agent, &reads)); /* masks never decide */
-	assert_true(policy_rule_matches(&rs->rules[1], &agent, &reads));
-	assert_false(policy_rule_matches(&rs->rules[1], &other, &reads));
-	assert_false(policy_rule_matches(&rs->rules[1], NULL, &reads));
-	assert_false(policy_rule_matches(&rs->rules[1], &agent, &writes));
-	assert_true(policy_rule_matches(&rs->rules[2], &other, &writes));
-	assert_false(policy_rule_matches(&rs->rules[2], &other, &reads));
+	assert_false(policy_rule_matches(&rs->rules[0], &agent, &reads, true)); /* masks never decide */
+	assert_true(policy_rule_matches(&rs->rules[1], &agent, &reads, true));
+	assert_false(policy_rule_matches(&rs->rules[1], &other, &reads, true));
+	assert_false(policy_rule_matches(&rs->rules[1], NULL, &reads, true));
+	assert_false(policy_rule_matches(&rs->rules[1], &agent, &writes, true));
+	assert_true(policy_rule_matches(&rs->rules[2], &other, &writes, true));
+	assert_false(policy_rule_matches(&rs->rules[2], &other, &reads, true));
 
-	d = policy_decide(rs, ACTION_ALLOW, &agent, both, 2);
+	d = policy_decide(rs, ACTION_ALLOW, &agent, both, 2, true);
 	assert_int_equal(d.action, DECISION_BLOCK);
 	assert_ptr_equal(d.rule, &rs->rules[1]);
 	assert_int_equal(d.part, 1);
-	d = policy_decide(rs, ACTION_ALLOW, &other, both, 2);
+	d = policy_decide(rs, ACTION_ALLOW, &other, both, 2, true);
 	assert_int_equal(d.action, DECISION_HOLD);
 	assert_ptr_equal(d.rule, &rs->rules[2]);
 	assert_int_equal(d.part, 0);
 	rules_unref(rs);
 
 	/* no rule set: default_action for every part; no parts: allowed */
-	d = policy_decide(NULL, ACTION_HOLD, &agent, both, 2);
+	d = policy_decide(NULL, ACTION_HOLD, &agent, both, 2, true);
 	assert_int_equal(d.action, DECISION_HOLD);
 	assert_null(d.rule);
 	assert_int_equal(d.part, 0);
-	d = policy_decide(NULL, ACTION_BLOCK, NULL, NULL, 0);
+	d = policy_decide(NULL, ACTION_BLOCK, NULL, NULL, 0, true);
 	assert_int_equal(d.action, DECISION_ALLOW);
 	assert_null(d.rule);
 	assert_int_equal(d.part, -1);

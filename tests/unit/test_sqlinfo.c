@@ -1397,6 +1397,51 @@ static void test_search_path_shadows(void **state)
 	assert_false(sqlinfo_search_path_shadows("\npg_catalog,\na"));
 }
 
+static bool get_path(const StmtInfo *info)
+{
+	return info->changes_search_path;
+}
+
+/* Statements after which an unqualified name may be found in another schema than under the default path. */
+static void test_changes_search_path(void **state)
+{
+	static const FlagCase cases[] = {
+		{ "SELECT * FROM t", false },
+		{ "SET search_path = secret, public", true },
+		{ "SET search_path = public", true }, /* "$user" is gone: any value counts */
+		{ "SET LOCAL search_path TO secret", true },
+		{ "SET search_path = DEFAULT", true },
+		{ "RESET search_path", true },
+		{ "set SEARCH_PATH = x", true },
+		{ "SET ROLE other", true }, /* what "$user" stands for */
+		{ "RESET ROLE", true },
+		{ "SET SESSION AUTHORIZATION other", true },
+		{ "SELECT set_config('search_path', 'secret', false)", true },
+		{ "SELECT pg_catalog.set_config('role', 'x', false)", true },
+		{ "SELECT set_config(lower('SEARCH_PATH'), 'secret', false)", true }, /* name not known */
+		{ "SELECT set_config('application_name', 'x', false)", false },
+		{ "UPDATE pg_settings SET setting = 'secret' WHERE name = 'search_path'", true },
+		{ "SET work_mem = '64MB'", false },
+		{ "RESET ALL", false },
+		{ "SELECT 1; SET search_path = secret", true },
+		/* code pgveil cannot see may set it */
+		{ "DO $$ BEGIN PERFORM set_config('search_path', 'secret', false); END $$", true },
+		{ "CALL p()", true },
+		{ "SELECT my_function()", true },
+		{ "SELECT query_to_xml('SELECT 1', true, true, '')", true },
+		/* pg_temp is searched first */
+		{ "CREATE TEMP TABLE t (a int)", true },
+		{ "CREATE TABLE pg_temp.t (a int)", true },
+		{ "SELECT * INTO TEMP t FROM u", true },
+		{ "SELECT * FROM pg_temp.t", false },
+		{ "CREATE TABLE public.t (a int)", false },
+		/* later sessions' defaults: not this session's path */
+		{ "ALTER ROLE CURRENT_USER SET search_path = secret", false },
+	};
+
+	check_flag(state, cases, PGV_ARRAY_LEN(cases), "changes_search_path", get_path);
+}
+
 /* Statements after which the server would read statement text differently from pgveil. */
 static void test_changes_lexical(void **state)
 {
@@ -1446,6 +1491,7 @@ int main(void)
 		cmocka_unit_test(test_refusals),
 		cmocka_unit_test(test_ref_unref),
 		cmocka_unit_test(test_search_path_shadows),
+		cmocka_unit_test(test_changes_search_path),
 		cmocka_unit_test(test_changes_lexical),
 	};
 	struct CMUnitTest *tests;

@@ -15,6 +15,7 @@ import java.sql.PreparedStatement;
 import java.sql.ResultSet;
 import java.sql.ResultSetMetaData;
 import java.sql.SQLException;
+import java.sql.SQLWarning;
 import java.sql.Statement;
 import java.util.ArrayList;
 import java.util.Arrays;
@@ -433,6 +434,35 @@ public final class DriverCheck extends JdbcScenarios {
         }
     }
 
+    // Run through a pgveil with [oidc] holding DELETE and UPDATE of ITEST_TABLE, whose
+    // approver approves the first held statement, denies the second and lets the
+    // third wait past hold_timeout. Returns the notices of the approved one.
+    static String hold() throws Exception {
+        String t = env("ITEST_TABLE", "missing");
+        try (Connection c = connect("sslmode", "require")) {
+            List<String> notices = new ArrayList<>();
+            try (Statement s = c.createStatement()) {
+                checkEq(1, s.executeUpdate("DELETE FROM " + t + " WHERE id = 1"), "approved rows");
+                for (SQLWarning w = s.getWarnings(); w != null; w = w.getNextWarning())
+                    notices.add(w.getMessage());
+            }
+            String denied = expectSqlState("42501", () -> {
+                try (PreparedStatement ps = c.prepareStatement("DELETE FROM " + t + " WHERE id = ?")) {
+                    ps.setInt(1, 2);
+                    ps.executeUpdate();
+                }
+            });
+            check(denied.contains("not this one"), "denial reason: " + denied);
+            expectSqlState("57014", () -> {
+                try (Statement s = c.createStatement()) {
+                    s.executeUpdate("UPDATE " + t + " SET v = 0 WHERE id = 3");
+                }
+            });
+            checkEq(1L, scalarLong(c, "SELECT 1"), "usable after the hold");
+            return String.join(" | ", notices);
+        }
+    }
+
     static String tls() throws Exception {
         try (Connection c = connect("ssl", "true", "sslmode", "verify-full",
                 "sslrootcert", env("ITEST_SSL_ROOTCERT", ""))) {
@@ -455,6 +485,7 @@ public final class DriverCheck extends JdbcScenarios {
             case "params": return DriverCheck::params;
             case "tls": return DriverCheck::tls;
             case "guard": return DriverCheck::guard;
+            case "hold": return DriverCheck::hold;
             default: throw new IllegalArgumentException("unknown scenario " + name);
         }
     }
