@@ -32,6 +32,7 @@ typedef struct HeldEntry {
 	int n_tables;
 	char **tables;            /* owned strings */
 	char *no_grant;           /* why no grant may be made from it, NULL: one may */
+	uint64_t shape;           /* HoldSpec.shape */
 	time_t held_at;
 	HoldState state;
 	struct event *wake;       /* NULL once decided or withdrawn: never touched again */
@@ -49,6 +50,7 @@ typedef struct Grant {
 	char *rule_text;          /* the rule as written: a reload may put another rule at the same file:line */
 	int n_tables;
 	char **tables;
+	uint64_t shape;           /* made from a statement touching no table: its fingerprint (the only one covered) */
 	time_t until;
 	struct Grant *next;
 } Grant;
@@ -183,6 +185,7 @@ static HeldEntry *entry_new(const HoldSpec *spec)
 	e->tables = dup_strv(spec->tables, spec->n_tables, &ok);
 	e->n_tables = e->tables != NULL ? spec->n_tables : 0;
 	e->no_grant = dup_or_null(spec->no_grant, &ok);
+	e->shape = spec->shape;
 	if (!ok) {
 		entry_free(e);
 		return NULL;
@@ -421,6 +424,7 @@ static Grant *grant_new(const HeldEntry *e, const char *approver, time_t until)
 		return NULL;
 	}
 	g->approval_id = e->id;
+	g->shape = e->n_tables == 0 ? e->shape : 0;
 	g->until = until;
 	return g;
 }
@@ -615,12 +619,12 @@ static bool grant_has_table(const Grant *g, const char *t)
 }
 
 static bool grant_matches(const Grant *g, const char *subject, const char *rule, const char *rule_text,
-			  int n_tables, const char *const *tables)
+			  int n_tables, const char *const *tables, uint64_t shape)
 {
 	if (strcmp(g->subject, subject) != 0 || !str_eq_null(g->rule, rule) || !str_eq_null(g->rule_text, rule_text))
 		return false;
-	if (n_tables == 0)
-		return g->n_tables == 0;
+	if (n_tables == 0) /* the same statement again, nothing else that touches no table */
+		return g->n_tables == 0 && shape != 0 && g->shape == shape;
 	for (int i = 0; i < n_tables; i++)
 		if (tables[i] == NULL || !grant_has_table(g, tables[i]))
 			return false;
@@ -628,7 +632,7 @@ static bool grant_matches(const Grant *g, const char *subject, const char *rule,
 }
 
 bool approval_grant_covers(const char *subject, const char *rule, const char *rule_text, int n_tables,
-			   const char *const *tables, uint64_t *grant_id)
+			   const char *const *tables, uint64_t shape, uint64_t *grant_id)
 {
 	bool found = false;
 
@@ -637,7 +641,7 @@ bool approval_grant_covers(const char *subject, const char *rule, const char *ru
 	pthread_mutex_lock(&reg.lock);
 	prune_grants(time(NULL));
 	for (Grant *g = reg.grants; g != NULL && !found; g = g->next) {
-		if (!grant_matches(g, subject, rule, rule_text, n_tables, tables))
+		if (!grant_matches(g, subject, rule, rule_text, n_tables, tables, shape))
 			continue;
 		found = true;
 		if (grant_id != NULL)

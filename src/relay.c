@@ -594,18 +594,15 @@ static int hold_tables(const PartList *pl, char names[][128], const char **ptrs,
 
 
 /*
- * Starts holding the message at the front of the client's input. Returns
- * GUARD_FORWARD when a grant covers it, GUARD_HOLD when it waits, or
- * GUARD_REFUSE when the hold cannot be registered.
- */
-/*
- * Why no time-boxed grant may cover the statement of `pl` (`info`, NULL
- * for a Bind or FunctionCall) nor be made from it, or NULL when one may:
- * what it touches must be known by name.
+ * Why no time-boxed grant may cover the statement of `pl` (`info`: its
+ * analysis, the prepared body for a Bind, NULL when unknown) nor be made
+ * from it, or NULL when one may: what it touches must be known by name,
+ * and a statement touching no table must be known by its fingerprint.
  */
 static const char *no_grant_reason(const Relay *r, const PartList *pl, const StmtInfo *info)
 {
 	bool path = path_default(r, info);
+	int n_tables = 0;
 
 	for (int i = 0; i < pl->n; i++) {
 		if (pl->parts[i]->classes & SC_PROCEDURAL)
@@ -613,10 +610,21 @@ static const char *no_grant_reason(const Relay *r, const PartList *pl, const Stm
 		for (int j = 0; !path && j < pl->parts[i]->n_tables; j++)
 			if (pl->parts[i]->tables[j].schema == NULL)
 				return "it names a table without schema after the session's search_path may have changed";
+		n_tables += pl->parts[i]->n_tables;
 	}
+	/* a grant from a statement touching no table covers that statement again: it must be known */
+	if (n_tables == 0 && (info == NULL || info->fingerprint == 0))
+		return "it touches no table and pgveil cannot tell which statement it is (a FunctionCall, or a name "
+		       "prepared with several bodies)";
 	return NULL;
 }
 
+/*
+ * Starts holding the message at the front of the client's input (`info` as
+ * for no_grant_reason). Returns GUARD_FORWARD when a grant covers it,
+ * GUARD_HOLD when it waits, or GUARD_REFUSE when the hold cannot be
+ * registered.
+ */
 static GuardAction hold_start(Session *s, uint8_t type, size_t msglen, const char *sql, const Decision *d,
 			      const PartList *pl, const StmtInfo *info)
 {
@@ -629,7 +637,7 @@ static GuardAction hold_start(Session *s, uint8_t type, size_t msglen, const cha
 	bool all_tables;
 	int n_tables = hold_tables(pl, names, ptrs, &all_tables);
 	const char *no_grant = no_grant_reason(r, pl, info);
-	uint64_t grant;
+	uint64_t shape = info != NULL ? info->fingerprint : 0, grant;
 	HoldSpec spec;
 	char msg[128], detail[512];
 	PgBuf b;
@@ -639,7 +647,8 @@ static GuardAction hold_start(Session *s, uint8_t type, size_t msglen, const cha
 	 * listed in the grant, and one rule holds it.
 	 */
 	if (all_tables && no_grant == NULL && !d->several_holds &&
-	    approval_grant_covers(subject, rule, d->rule != NULL ? d->rule->text : NULL, n_tables, ptrs, &grant)) {
+	    approval_grant_covers(subject, rule, d->rule != NULL ? d->rule->text : NULL, n_tables, ptrs, shape,
+				  &grant)) {
 		log_write(LL_INFO, s->ctx, "allowed by grant %llu", (unsigned long long)grant);
 		admin_stat_add(STAT_GRANTED, 1);
 		return GUARD_FORWARD;
@@ -654,6 +663,7 @@ static GuardAction hold_start(Session *s, uint8_t type, size_t msglen, const cha
 	spec.n_tables = n_tables;
 	spec.tables = ptrs;
 	spec.no_grant = no_grant;
+	spec.shape = shape;
 	r->hold_id = approval_submit(&spec, r->hold_wake);
 	if (r->hold_id == 0) {
 		relay_refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory while holding the statement", NULL, NULL, 0);
@@ -1047,7 +1057,9 @@ static GuardAction guard_bind_decide(Session *s, PgReader *rd, size_t msglen)
 		return GUARD_REFUSE;
 	}
 	text = bind_display_whole(s, sql);
-	act = hold_start(s, 'B', msglen, text != NULL ? text : sql, &d, &pl, NULL);
+	/* the statement it runs, when the name holds one body: a grant from it knows which it is */
+	act = hold_start(s, 'B', msglen, text != NULL ? text : sql, &d, &pl,
+			 p != NULL && p->n_infos == 1 ? p->infos[0] : NULL);
 	free(text);
 	return act;
 }

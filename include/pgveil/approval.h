@@ -36,6 +36,7 @@ typedef struct HoldSpec {
 	int n_tables;             /* tables the statement touches, "schema.name" ("name" when unqualified) */
 	const char *const *tables;
 	const char *no_grant;     /* why APPROVE ... FOR makes no grant from it ("it runs code ..."), NULL: it may */
+	uint64_t shape;           /* the statement's fingerprint (its text, literals aside); 0: unknown */
 } HoldSpec;
 
 /* A copy of one held statement, for SHOW HELD and the session itself. */
@@ -119,14 +120,15 @@ bool approval_decide(uint64_t id, bool approve, const char *approver, const char
 /*
  * True when an active grant covers a statement of `subject` decided HOLD by
  * `rule` (NULL = default_action), whose text is `rule_text` (the same rule
- * after a reload), touching exactly a subset of the grant's tables (a
- * statement touching none: a grant made from one touching none). Sets
- * *grant_id. Names compare as written: the caller asks only for statements
- * whose tables are all known by those names (never one it would submit
- * with no_grant).
+ * after a reload), touching exactly a subset of the grant's tables. A
+ * statement touching no table is covered only by a grant made from the
+ * same statement: no table, and the same nonzero `shape` (the fingerprint:
+ * `VACUUM` again, not `ALTER SYSTEM`). Sets *grant_id. Names compare as
+ * written: the caller asks only for statements whose tables are all known
+ * by those names (never one it would submit with no_grant).
  */
 bool approval_grant_covers(const char *subject, const char *rule, const char *rule_text, int n_tables,
-			   const char *const *tables, uint64_t *grant_id);
+			   const char *const *tables, uint64_t shape, uint64_t *grant_id);
 
 /*
  * Snapshots for the admin console; free with the matching free function.

@@ -301,6 +301,34 @@ def test_grant_never_made_from_a_do_block(pgveil_factory, idp, certs, workroot, 
     assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (10,)
 
 
+def test_grant_from_a_tableless_statement_covers_only_that_statement(pgveil_factory, idp, certs, workroot):  # noqa: F811
+    """APPROVE ... FOR of a statement touching no table (ANALYZE) covers ANALYZE
+    again, not another statement of the same rule that touches no table."""
+    path = harness.write_rules(workroot, "held-admin", "HOLD ADMIN FOR GROUP agents;\nALLOW ALL;\n")
+    pv = start_oidc(pgveil_factory, idp, rules=path, default_action="block", hold_timeout="20s")
+    c = Console(pv, idp, certs)
+    a = Agent(c, "ANALYZE")
+    a.start()
+    held = wait_held(c, "ANALYZE")
+    res = c.psql(c.approver, "-c", f"APPROVE {held[0]} FOR 10 MINUTES")
+    assert res.returncode == 0, res.stderr
+    a.join(30)
+    assert a.error is None, a.error
+    assert len(c.query(c.approver, "SHOW GRANTS")[1]) == 1
+    # the same statement again runs under the grant, without a hold
+    again = Agent(c, "analyze")
+    again.start()
+    again.join(30)
+    assert again.error is None and not any("held" in n for n in again.notices), (again.error, again.notices)
+    # another statement of the same rule touching no table waits for its own approval
+    b = Agent(c, "VACUUM")
+    b.start()
+    held = wait_held(c, "VACUUM")
+    assert c.psql(c.approver, "-c", f"DENY {held[0]}").returncode == 0
+    b.join(15)
+    assert isinstance(b.error, psycopg.errors.InsufficientPrivilege), b.error
+
+
 @pytest.fixture
 def secret_twin(admin, table):
     """secret.<table>: the same name as the held table, in another schema."""

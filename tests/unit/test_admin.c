@@ -432,7 +432,7 @@ static void approve_for_makes_a_grant(void **state)
 	assert_non_null(strstr(rep->notices[0], "agent bot may run statements held by rule r.rules:7 on tables "
 						"public.orders,public.users without approval until"));
 	reply_free(rep);
-	assert_true(approval_grant_covers("bot", "r.rules:7", NULL, 2, both, &gid));
+	assert_true(approval_grant_covers("bot", "r.rules:7", NULL, 2, both, 0, &gid));
 
 	rep = run(ac, "SHOW GRANTS");
 	assert_string_equal(rep->order, "TDC");
@@ -458,7 +458,7 @@ static void approve_for_makes_a_grant(void **state)
 
 	snprintf(sql, sizeof(sql), "REVOKE GRANT %llu", (unsigned long long)gid);
 	expect_ok(ac, sql, "REVOKE GRANT");
-	assert_false(approval_grant_covers("bot", "r.rules:7", NULL, 2, both, NULL));
+	assert_false(approval_grant_covers("bot", "r.rules:7", NULL, 2, both, 0, NULL));
 	snprintf(sql, sizeof(sql), "revoke grant %llu", (unsigned long long)gid);
 	rep = run(ac, sql);
 	assert_string_equal(rep->code, "42704");

@@ -50,6 +50,9 @@ static void deliver(void)
 	event_base_loop(base, EVLOOP_NONBLOCK);
 }
 
+/* The fingerprint of the statements submit() holds. */
+#define SHAPE 0x5eedf00dULL
+
 static uint64_t submit(const char *subject, const char *rule, int n_tables, const char *const *tables, Waiter *w)
 {
 	HoldSpec spec = { .session_id = 7,
@@ -59,7 +62,8 @@ static uint64_t submit(const char *subject, const char *rule, int n_tables, cons
 			  .rule = rule,
 			  .rule_text = rule ? "HOLD DELETE" : NULL,
 			  .n_tables = n_tables,
-			  .tables = tables };
+			  .tables = tables,
+			  .shape = SHAPE };
 	uint64_t id;
 
 	waiter_init(w);
@@ -122,7 +126,7 @@ static void deny_keeps_the_reason(void **state)
 	assert_string_equal(reason, "not during business hours");
 	free(reason);
 	/* a grant is never made by a denial */
-	assert_false(approval_grant_covers("bot", NULL, NULL, 0, NULL, NULL));
+	assert_false(approval_grant_covers("bot", NULL, NULL, 0, NULL, SHAPE, NULL));
 	event_free(w.ev);
 }
 
@@ -305,21 +309,21 @@ static void grants_cover_exactly(void **state)
 	HeldInfo *h;
 	int n;
 
-	assert_true(approval_grant_covers("bot", "r.rules:3", "HOLD DELETE", 1, a, &gid));
+	assert_true(approval_grant_covers("bot", "r.rules:3", "HOLD DELETE", 1, a, SHAPE, &gid));
 	assert_true(gid > 0);
-	assert_true(approval_grant_covers("bot", "r.rules:3", "HOLD DELETE", 2, ab, NULL));
-	assert_true(approval_grant_covers("bot", "r.rules:3", "HOLD DELETE", 2, ba, NULL));
-	assert_false(approval_grant_covers("bot", "r.rules:3", "HOLD DELETE", 1, c, NULL));
-	assert_false(approval_grant_covers("bot", "r.rules:3", "HOLD DELETE", 2, ac, NULL));
-	assert_false(approval_grant_covers("bot", "r.rules:3", "HOLD DELETE", 1, unqualified, NULL));
-	assert_false(approval_grant_covers("bot", "r.rules:3", "HOLD DELETE", 0, NULL, NULL)); /* no tables: not a subset here */
-	assert_false(approval_grant_covers("bot2", "r.rules:3", "HOLD DELETE", 1, a, NULL));
-	assert_false(approval_grant_covers("bo", "r.rules:3", "HOLD DELETE", 1, a, NULL));
-	assert_false(approval_grant_covers("bot", "r.rules:4", "HOLD DELETE", 1, a, NULL));
+	assert_true(approval_grant_covers("bot", "r.rules:3", "HOLD DELETE", 2, ab, SHAPE, NULL));
+	assert_true(approval_grant_covers("bot", "r.rules:3", "HOLD DELETE", 2, ba, SHAPE, NULL));
+	assert_false(approval_grant_covers("bot", "r.rules:3", "HOLD DELETE", 1, c, SHAPE, NULL));
+	assert_false(approval_grant_covers("bot", "r.rules:3", "HOLD DELETE", 2, ac, SHAPE, NULL));
+	assert_false(approval_grant_covers("bot", "r.rules:3", "HOLD DELETE", 1, unqualified, SHAPE, NULL));
+	assert_false(approval_grant_covers("bot", "r.rules:3", "HOLD DELETE", 0, NULL, SHAPE, NULL)); /* no tables: not a subset here */
+	assert_false(approval_grant_covers("bot2", "r.rules:3", "HOLD DELETE", 1, a, SHAPE, NULL));
+	assert_false(approval_grant_covers("bo", "r.rules:3", "HOLD DELETE", 1, a, SHAPE, NULL));
+	assert_false(approval_grant_covers("bot", "r.rules:4", "HOLD DELETE", 1, a, SHAPE, NULL));
 	/* a reload that puts another rule on the same line does not inherit the grant */
-	assert_false(approval_grant_covers("bot", "r.rules:3", "HOLD DDL", 1, a, NULL));
-	assert_false(approval_grant_covers("bot", NULL, NULL, 1, a, NULL));
-	assert_false(approval_grant_covers("", "r.rules:3", "HOLD DELETE", 1, a, NULL));
+	assert_false(approval_grant_covers("bot", "r.rules:3", "HOLD DDL", 1, a, SHAPE, NULL));
+	assert_false(approval_grant_covers("bot", NULL, NULL, 1, a, SHAPE, NULL));
+	assert_false(approval_grant_covers("", "r.rules:3", "HOLD DELETE", 1, a, SHAPE, NULL));
 
 	n = approval_list_grants(&g);
 	assert_int_equal(n, 1);
@@ -336,7 +340,7 @@ static void grants_cover_exactly(void **state)
 	approval_free_held(h, 1);
 
 	assert_true(approval_revoke_grant(gid));
-	assert_false(approval_grant_covers("bot", "r.rules:3", "HOLD DELETE", 1, a, NULL));
+	assert_false(approval_grant_covers("bot", "r.rules:3", "HOLD DELETE", 1, a, SHAPE, NULL));
 	assert_false(approval_revoke_grant(gid));
 	assert_int_equal(approval_list_grants(&g), 0);
 }
@@ -350,13 +354,16 @@ static void grants_without_tables_or_rule(void **state)
 {
 	static const char *const a[] = { "public.a" };
 
-	approve_for("bot", NULL, 0, NULL, 600); /* default_action, no tables (e.g. SELECT 1) */
-	assert_true(approval_grant_covers("bot", NULL, NULL, 0, NULL, NULL));
-	assert_false(approval_grant_covers("bot", NULL, NULL, 1, a, NULL));
-	assert_false(approval_grant_covers("bot", "r.rules:1", "HOLD DELETE", 0, NULL, NULL));
+	approve_for("bot", NULL, 0, NULL, 600); /* default_action, no tables (e.g. VACUUM) */
+	assert_true(approval_grant_covers("bot", NULL, NULL, 0, NULL, SHAPE, NULL));
+	/* only the same statement: another that touches no table (ALTER SYSTEM) is not covered */
+	assert_false(approval_grant_covers("bot", NULL, NULL, 0, NULL, SHAPE + 1, NULL));
+	assert_false(approval_grant_covers("bot", NULL, NULL, 0, NULL, 0, NULL));
+	assert_false(approval_grant_covers("bot", NULL, NULL, 1, a, SHAPE, NULL));
+	assert_false(approval_grant_covers("bot", "r.rules:1", "HOLD DELETE", 0, NULL, SHAPE, NULL));
 	/* an approval without FOR makes no grant */
 	approve_for("other", NULL, 0, NULL, 0);
-	assert_false(approval_grant_covers("other", NULL, NULL, 0, NULL, NULL));
+	assert_false(approval_grant_covers("other", NULL, NULL, 0, NULL, SHAPE, NULL));
 }
 
 /*
@@ -384,7 +391,7 @@ static void grants_never_from_unknown_tables(void **state)
 	event_free(w.ev);
 	assert_int_equal(approval_state(id, NULL), HOLD_APPROVED);
 	assert_int_equal(approval_list_grants(&g), 0);
-	assert_false(approval_grant_covers("bot", "r.rules:5", "HOLD WRITE, PROCEDURAL", 0, NULL, NULL));
+	assert_false(approval_grant_covers("bot", "r.rules:5", "HOLD WRITE, PROCEDURAL", 0, NULL, SHAPE, NULL));
 	assert_int_equal(approval_get(id, &h), 1);
 	assert_string_equal(h->no_grant, why);
 	assert_int_equal(h->grant_until, 0);
@@ -399,10 +406,10 @@ static void grants_expire(void **state)
 
 	approve_for("bot", "r.rules:3", 1, a, 1);
 	if (time(NULL) == start) /* still inside the second it was made */
-		assert_true(approval_grant_covers("bot", "r.rules:3", "HOLD DELETE", 1, a, NULL));
+		assert_true(approval_grant_covers("bot", "r.rules:3", "HOLD DELETE", 1, a, SHAPE, NULL));
 	while (time(NULL) <= start + 1)
 		usleep(50 * 1000);
-	assert_false(approval_grant_covers("bot", "r.rules:3", "HOLD DELETE", 1, a, NULL));
+	assert_false(approval_grant_covers("bot", "r.rules:3", "HOLD DELETE", 1, a, SHAPE, NULL));
 	assert_int_equal(approval_list_grants(&g), 0);
 }
 
