@@ -976,6 +976,47 @@ static CVal cv_bool_expr(Walk *w, const JNode *e)
 	return cv_make(k);
 }
 
+/* The same column on both sides: two ColumnRefs spelling the same names (neither a `*`). */
+static bool same_column(const JNode *a, const JNode *b)
+{
+	const JNode *ab, *bb, *fa, *fb;
+	const char *ta = j_type(a, &ab), *tb = j_type(b, &bb);
+
+	if (ta == NULL || tb == NULL || strcmp(ta, "ColumnRef") != 0 || strcmp(tb, "ColumnRef") != 0)
+		return false;
+	for (fa = j_first(j_get(ab, "fields")), fb = j_first(j_get(bb, "fields")); fa != NULL && fb != NULL;
+	     fa = j_next(fa), fb = j_next(fb)) {
+		const char *na = j_string_node(fa), *nb = j_string_node(fb);
+
+		if (na == NULL || nb == NULL || strcmp(na, nb) != 0)
+			return false;
+	}
+	return fa == NULL && fb == NULL && j_first(j_get(ab, "fields")) != NULL;
+}
+
+/*
+ * A column compared with itself: `c IS NOT DISTINCT FROM c` is true for
+ * every row, `c = c`, `c <= c`, `c >= c` for every row where c is not NULL
+ * (all of them, as far as DESTRUCTIVE goes); `c IS DISTINCT FROM c`, `c <> c`,
+ * `c < c`, `c > c` for none. CV_UNKNOWN when it is not such a comparison.
+ */
+static CVal cv_self_compare(const char *kind, const char *op, const JNode *e)
+{
+	if (!same_column(j_get(e, "lexpr"), j_get(e, "rexpr")))
+		return cv_make(CV_UNKNOWN);
+	if (strcmp(kind, "AEXPR_NOT_DISTINCT") == 0)
+		return cv_bool(true);
+	if (strcmp(kind, "AEXPR_DISTINCT") == 0)
+		return cv_bool(false);
+	if (strcmp(kind, "AEXPR_OP") != 0 || op == NULL)
+		return cv_make(CV_UNKNOWN);
+	if (strcmp(op, "=") == 0 || strcmp(op, "<=") == 0 || strcmp(op, ">=") == 0)
+		return cv_bool(true);
+	if (strcmp(op, "<>") == 0 || strcmp(op, "!=") == 0 || strcmp(op, "<") == 0 || strcmp(op, ">") == 0)
+		return cv_bool(false);
+	return cv_make(CV_UNKNOWN);
+}
+
 static CVal cv_aexpr(Walk *w, const JNode *e)
 {
 	const char *kind = j_str(e, "kind");
@@ -984,6 +1025,8 @@ static CVal cv_aexpr(Walk *w, const JNode *e)
 				 ? j_string_node(j_first(name)) : NULL;
 	CVal l, r;
 
+	if (kind != NULL && (l = cv_self_compare(kind, op, e)).kind != CV_UNKNOWN)
+		return l;
 	if (kind == NULL || strcmp(kind, "AEXPR_OP") != 0 || op == NULL || j_get(e, "lexpr") == NULL)
 		return cv_make(row_dependent(e) ? CV_ROW : CV_UNKNOWN);
 	l = cv_eval(w, j_get(e, "lexpr"));
