@@ -1396,6 +1396,10 @@ static const char show_session_sql[] =
 	" CAST(q.duration_ms AS REAL), CAST(q.rows AS INTEGER), q.sqlstate, q.error, q.masked_columns,"
 	" a.decided_by, q.sql"
 	" FROM queries q LEFT JOIN approvals a ON a.id = q.approval_id WHERE q.session_id = %llu"
+	" UNION ALL " /* strict mode: recorded, outcome not written yet (doc/audit.md "Modes") */
+	"SELECT 1, 'statement', p.id, p.ts, p.subject, NULL, NULL, p.decision, p.rule, p.classes,"
+	" NULL, NULL, NULL, NULL, NULL, a.decided_by, p.sql"
+	" FROM pending p LEFT JOIN approvals a ON a.id = p.approval_id WHERE p.session_id = %llu"
 	") ORDER BY k, id";
 
 /* SHOW SESSION's column types, whatever the rows hold (a session without statements too). */
@@ -1432,7 +1436,8 @@ static bool run_show_session(AdminConsole *ac, const AdminCmd *c, PgBuf *out)
 {
 	char sql[sizeof(show_session_sql) + 64];
 
-	snprintf(sql, sizeof(sql), show_session_sql, (unsigned long long)c->n, (unsigned long long)c->n);
+	snprintf(sql, sizeof(sql), show_session_sql, (unsigned long long)c->n, (unsigned long long)c->n,
+		 (unsigned long long)c->n);
 	log_write(LL_INFO, ac->ctx, "SHOW SESSION %llu", (unsigned long long)c->n);
 	return submit_read(ac, sql, out);
 }
