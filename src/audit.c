@@ -224,14 +224,20 @@ static void items_free(AuditItem *it)
 
 /* ---- the queue (under au.lock) -------------------------------------------------------------- */
 
-static void queue_append_locked(AuditItem *it)
+/* Appends `it` to the list head..tail. */
+static void list_append(AuditItem **head, AuditItem **tail, AuditItem *it)
 {
 	it->next = NULL;
-	if (au.tail != NULL)
-		au.tail->next = it;
+	if (*tail != NULL)
+		(*tail)->next = it;
 	else
-		au.head = it;
-	au.tail = it;
+		*head = it;
+	*tail = it;
+}
+
+static void queue_append_locked(AuditItem *it)
+{
+	list_append(&au.head, &au.tail, it);
 	au.n_queued++;
 	au.n_items++;
 	if (it->kind == AI_QUERY_START)
@@ -465,11 +471,7 @@ static AuditItem *keep_outcomes_locked(AuditItem *batch, uint64_t *kept)
 			dp = &it->next;
 			continue;
 		}
-		if (au.def_tail != NULL)
-			au.def_tail->next = it;
-		else
-			au.def_head = it;
-		au.def_tail = it;
+		list_append(&au.def_head, &au.def_tail, it);
 		au.n_def++;
 		(*kept)++;
 	}
