@@ -508,6 +508,41 @@ static void strict_row_is_durable_when_event_fires(void **state)
 	assert_int_equal(query_int("SELECT count(*) FROM pending"), 0);
 }
 
+/* One row finished, one unfinished, both in queries, nothing left in pending. */
+static bool one_finished_one_moved(void)
+{
+	return query_int("SELECT (SELECT count(*) FROM pending) = 0 AND (SELECT count(*) FROM queries WHERE hash IS "
+	                 "NOT NULL) = 1 AND (SELECT count(*) FROM queries WHERE chain_seq IS NULL) = 1") == 1;
+}
+
+/*
+ * Strict mode leaves outcomes for lazy passes and starts in pending; a
+ * statement still running after a pass moves into queries unfinished and
+ * is finished there; after a switch to async everything left is written
+ * at once.
+ */
+static void strict_lazy_passes_and_switch_to_async(void **state)
+{
+	uint64_t running, done;
+
+	(void)state;
+	start(AUDIT_STRICT);
+	running = add_query(1, "SELECT pg_sleep(10)", now_us());
+	done = add_query(1, "SELECT 1", now_us());
+	finish(done, 1);
+	/* within a few ticks: the finished row is whole in queries, the running one moved there unfinished */
+	assert_true(wait_for(one_finished_one_moved, 3000));
+	cfg.audit_mode = AUDIT_ASYNC;
+	audit_reconfigure(&cfg);
+	assert_false(audit_strict());
+	finish(running, 1);
+	finish(add_query(1, "SELECT 2", now_us()), 1);
+	audit_stop();
+	assert_int_equal(query_int("SELECT count(*) FROM queries WHERE hash IS NOT NULL"), 3);
+	assert_int_equal(query_int("SELECT count(*) FROM pending"), 0);
+	assert_int_equal(verify(NULL, 0), 0);
+}
+
 static void forgotten_event_never_fires(void **state)
 {
 	Fired f = {.rows_seen = -1};
@@ -1276,6 +1311,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(off_without_audit_db, setup, teardown),
 	    cmocka_unit_test_setup_teardown(async_rows_written, setup, teardown),
 	    cmocka_unit_test_setup_teardown(strict_row_is_durable_when_event_fires, setup, teardown),
+	    cmocka_unit_test_setup_teardown(strict_lazy_passes_and_switch_to_async, setup, teardown),
 	    cmocka_unit_test_setup_teardown(forgotten_event_never_fires, setup, teardown),
 	    cmocka_unit_test_setup_teardown(durable_given_in_async_mode, setup, teardown),
 	    cmocka_unit_test_setup_teardown(chain_follows_finish_order, setup, teardown),
