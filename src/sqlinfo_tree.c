@@ -979,7 +979,7 @@ static CVal cv_bool_expr(Walk *w, const JNode *e)
 /* The same column on both sides: two ColumnRefs spelling the same names (neither a `*`). */
 static bool same_column(const JNode *a, const JNode *b)
 {
-	const JNode *ab, *bb, *fa, *fb;
+	const JNode *ab = NULL, *bb = NULL, *fa, *fb;
 	const char *ta = j_type(a, &ab), *tb = j_type(b, &bb);
 
 	if (ta == NULL || tb == NULL || strcmp(ta, "ColumnRef") != 0 || strcmp(tb, "ColumnRef") != 0)
