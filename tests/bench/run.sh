@@ -60,7 +60,8 @@ run_pgbench() { # TARGET MODE SECONDS
 
 # --------------------------------------------------------------------------
 
-[[ " $TARGETS " != *" pgveil "* ]] || find_pgveil
+# any pgveil target (pgveil, pgveil-async, pgveil-strict) needs the binary
+[[ " $TARGETS " != *" pgveil"* ]] || find_pgveil
 
 start_postgres "loading pgbench tables (scale $SCALE)" --pgbench "$SCALE"
 pg_sandbox_psql "$PG_DIR" -d bench -c 'VACUUM ANALYZE' || die "VACUUM failed"
