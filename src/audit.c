@@ -16,7 +16,10 @@
  * the failure state that strict mode refuses statements with, and the
  * writer thread: it takes everything queued, has audit_db.c write it in one
  * transaction, then acknowledges; on a failure it keeps the rows, says why,
- * and tries again every second. Retention runs on the writer too.
+ * and tries again every second. In strict mode that transaction is the
+ * durable pass (starts into pending, fsync'd) and the outcomes wait on the
+ * lazy list for a lazy pass (audit_int.h, AuditPass). Retention runs on the
+ * writer too.
  */
 #include <event2/event.h>
 #include <pthread.h>
