@@ -28,14 +28,13 @@ static const char audit_schema_sql[] =
     ;
 
 /* The columns of a start, in chain order from id to rule, then approval_id: queries' and pending's. */
-#define PENDING_COLUMNS                                                                                      \
+#define START_COLUMNS                                                                                      \
 	"id, session_id, ts, subject, database, sql, fingerprint, classes, decision, rule, approval_id"
 
 static const char *const stmt_sql[ST_COUNT] = {
-    [ST_INSERT_QUERY] =
-        "INSERT INTO queries (id, session_id, ts, subject, database, sql, fingerprint, classes,"
-        " decision, rule, approval_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    [ST_SELECT_START] = "SELECT " PENDING_COLUMNS " FROM queries WHERE id = ?1 AND chain_seq IS NULL",
+    [ST_INSERT_QUERY] = "INSERT INTO queries (" START_COLUMNS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,"
+                        " ?10, ?11)",
+    [ST_SELECT_START] = "SELECT " START_COLUMNS " FROM queries WHERE id = ?1 AND chain_seq IS NULL",
     /* the parameters of these two are numbered by chain position (AUDIT_CHAIN_COLUMNS), the hash ?19 */
     [ST_FINISH_QUERY] =
         "UPDATE queries SET prev_hash = ?1, masked_columns = ?12, rows = ?13, duration_ms = ?14,"
@@ -56,11 +55,10 @@ static const char *const stmt_sql[ST_COUNT] = {
     /* a held statement's row names its approval; the approval gets the row's id back */
     [ST_LINK_APPROVAL] = "UPDATE approvals SET query_id = ?1 WHERE id = ?2 AND query_id IS NULL",
     /* strict mode: starts committed durably before their statements run, moved into queries later */
-    [ST_INSERT_PENDING] = "INSERT INTO pending (id, session_id, ts, subject, database, sql, fingerprint,"
-                          " classes, decision, rule, approval_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,"
-                          " ?9, ?10, ?11)",
-    [ST_SELECT_PENDING] = "SELECT " PENDING_COLUMNS " FROM pending WHERE id = ?1",
-    [ST_SELECT_PENDING_UPTO] = "SELECT " PENDING_COLUMNS " FROM pending WHERE id <= ?1 ORDER BY id",
+    [ST_INSERT_PENDING] = "INSERT INTO pending (" START_COLUMNS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,"
+                          " ?10, ?11)",
+    [ST_SELECT_PENDING] = "SELECT " START_COLUMNS " FROM pending WHERE id = ?1",
+    [ST_SELECT_PENDING_UPTO] = "SELECT " START_COLUMNS " FROM pending WHERE id <= ?1 ORDER BY id",
     [ST_DELETE_PENDING] = "DELETE FROM pending WHERE id BETWEEN ?1 AND ?2",
 };
 
