@@ -78,6 +78,7 @@ static struct {
 	uint64_t n_starts;      /* statement rows in the list or being written */
 	size_t queue_max;
 	bool urgent;      /* strict: a statement waits for its row */
+	bool idle;        /* the writer sleeps with nothing to write: the next event wakes it */
 	uint64_t next_id; /* next queries id */
 	Waiter *waiters, *waiters_tail;
 	Room *rooms;
@@ -246,8 +247,10 @@ static void queue_append_locked(AuditItem *it)
 	au.n_items++;
 	if (it->kind == AI_QUERY_START)
 		au.n_starts++;
-	if (au.n_queued == AUDIT_ASYNC_BATCH)
+	if (au.n_queued == AUDIT_ASYNC_BATCH || au.idle) { /* idle: it slept for up to a second, not a tick */
+		au.idle = false;
 		pthread_cond_signal(&au.wake);
+	}
 }
 
 /* Queues an event that is never refused; `what` names it when there is no memory for it. */
@@ -419,7 +422,9 @@ static void wait_locked(uint64_t now)
 		ts.tv_sec++;
 		ts.tv_nsec -= 1000000000;
 	}
+	au.idle = au.head == NULL && !lazy_work();
 	pthread_cond_timedwait(&au.wake, &au.lock, &ts);
+	au.idle = false;
 }
 
 static void batch_written_locked(uint64_t n, uint64_t starts, uint64_t max_id)
@@ -642,7 +647,7 @@ static void *writer_main(void *arg)
 
 static void reset_state(const Config *cfg)
 {
-	au.stopping = au.failed = au.urgent = false;
+	au.stopping = au.failed = au.urgent = au.idle = false;
 	__atomic_store_n(&au.mode, (int)cfg->audit_mode, __ATOMIC_RELEASE);
 	au.retention = cfg->audit_retention;
 	au.next_prune_us = 0;

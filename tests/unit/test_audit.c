@@ -543,6 +543,33 @@ static void strict_lazy_passes_and_switch_to_async(void **state)
 	assert_int_equal(verify(NULL, 0), 0);
 }
 
+static bool one_chained_row(void)
+{
+	return query_int("SELECT count(*) FROM queries WHERE hash IS NOT NULL") == 1;
+}
+
+/*
+ * An event that reaches an idle writer (asleep for up to a second) wakes
+ * it: the row is written a tick later, not when the writer next looks.
+ */
+static void idle_writer_woken(void **state)
+{
+	(void)state;
+	for (int mode = AUDIT_ASYNC; mode <= AUDIT_STRICT; mode++) {
+		int64_t t0;
+
+		start((AuditMode)mode);
+		assert_true(wait_for(nothing_queued, 2000));
+		usleep(50000); /* the writer is asleep with nothing to do */
+		t0 = now_us();
+		finish(add_query(1, "SELECT 1", now_us()), 1);
+		assert_true(wait_for(one_chained_row, 2000));
+		assert_true(now_us() - t0 < 600000);
+		audit_stop();
+		unlink(dbpath);
+	}
+}
+
 static void forgotten_event_never_fires(void **state)
 {
 	Fired f = {.rows_seen = -1};
@@ -1312,6 +1339,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(async_rows_written, setup, teardown),
 	    cmocka_unit_test_setup_teardown(strict_row_is_durable_when_event_fires, setup, teardown),
 	    cmocka_unit_test_setup_teardown(strict_lazy_passes_and_switch_to_async, setup, teardown),
+	    cmocka_unit_test_setup_teardown(idle_writer_woken, setup, teardown),
 	    cmocka_unit_test_setup_teardown(forgotten_event_never_fires, setup, teardown),
 	    cmocka_unit_test_setup_teardown(durable_given_in_async_mode, setup, teardown),
 	    cmocka_unit_test_setup_teardown(chain_follows_finish_order, setup, teardown),
