@@ -838,6 +838,7 @@ static GuardAction guard_query(Session *s, const char *sql, size_t msglen)
 	s->relay->audit_rule = NULL;
 	if (info == NULL) {
 		relay_refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory while analysing the statement", NULL, NULL, 0);
+		audit_refusal(s, sql, NULL, "block", 0); /* the refusal has its row like any other */
 		return GUARD_REFUSE;
 	}
 	if (!screened(s, info, &pl))
@@ -888,6 +889,7 @@ static GuardAction guard_parse(Session *s, PgReader *rd)
 	s->relay->audit_rule = NULL;
 	if (info == NULL) {
 		relay_refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory while analysing the statement", NULL, NULL, 0);
+		audit_refusal(s, sql, NULL, "block", 0);
 		return GUARD_REFUSE;
 	}
 	if (screened(s, info, &pl)) {
