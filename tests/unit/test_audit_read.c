@@ -37,31 +37,12 @@
 #include "pgveil/log.h"
 #include "pgveil/pgproto.h"
 
+#include "testfile.h"
+
 static char db_path[320];
 static char dir_path[256];
 
 /* ---- the sample database -------------------------------------------------------------------- */
-
-static char *read_file(const char *path, size_t *len)
-{
-	FILE *f = fopen(path, "rb");
-	char *buf;
-	long n;
-
-	assert_non_null(f);
-	assert_int_equal(fseek(f, 0, SEEK_END), 0);
-	n = ftell(f);
-	assert_true(n >= 0);
-	rewind(f);
-	buf = malloc((size_t)n + 1);
-	assert_non_null(buf);
-	assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
-	buf[n] = '\0';
-	fclose(f);
-	if (len != NULL)
-		*len = (size_t)n;
-	return buf;
-}
 
 static const char sample_rows[] =
 	"INSERT INTO sessions VALUES (1, '2026-01-02T10:00:00.000000Z', '2026-01-02T10:05:00.500000Z', 'ci-bot',"
@@ -84,7 +65,7 @@ static const char sample_rows[] =
 
 static int setup(void **state)
 {
-	char *schema = read_file(TEST_AUDIT_SCHEMA, NULL);
+	char *schema = test_read_file(TEST_AUDIT_SCHEMA, NULL);
 	sqlite3 *db;
 	char *err = NULL;
 
@@ -322,7 +303,7 @@ static void file_state(FileState *fs)
 
 	assert_int_equal(stat(db_path, &st), 0);
 	fs->mtime = st.st_mtim;
-	fs->bytes = read_file(db_path, &fs->len);
+	fs->bytes = test_read_file(db_path, &fs->len);
 }
 
 static void only_file_in_dir_is_the_database(void)

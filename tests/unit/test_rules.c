@@ -23,35 +23,13 @@
 #include <cmocka.h>
 
 #include "allocfail.h"
+#include "testfile.h"
 #include "pgveil/rules.h"
 #include "pgveil/sqlinfo.h"
 
 #define DATA_DIR TEST_SRCDIR "/data/rules"
 
 /* ---- helpers ------------------------------------------------------------------ */
-
-/* Reads a whole file; *len gets its size. */
-static char *read_file(const char *path, size_t *len)
-{
-	FILE *fp = fopen(path, "rb");
-	char *buf;
-	long n;
-
-	if (fp == NULL)
-		fail_msg("cannot open %s", path);
-	assert_int_equal(fseek(fp, 0, SEEK_END), 0);
-	n = ftell(fp);
-	assert_true(n >= 0);
-	rewind(fp);
-	buf = malloc((size_t)n + 1);
-	assert_non_null(buf);
-	assert_int_equal(fread(buf, 1, (size_t)n, fp), (size_t)n);
-	buf[n] = '\0';
-	fclose(fp);
-	if (len != NULL)
-		*len = (size_t)n;
-	return buf;
-}
 
 static void write_file(const char *path, const char *text)
 {
@@ -238,8 +216,8 @@ static void test_good_files(void **state)
 	assert_true(n >= 5);
 	for (int i = 0; i < n; i++) {
 		char *dump_name = swap_suffix(names[i], ".rules", ".dump");
-		char *want = read_file(dump_name, NULL);
-		char *text = read_file(names[i], NULL);
+		char *want = test_read_file(dump_name, NULL);
+		char *text = test_read_file(names[i], NULL);
 		char *errs = NULL, *got;
 		int nerrors = -1;
 		RuleSet *rs = rules_load(names[i], &errs, &nerrors);
@@ -275,9 +253,9 @@ static void test_bad_files(void **state)
 	assert_true(n >= 30);
 	for (int i = 0; i < n; i++) {
 		char *err_name = swap_suffix(names[i], ".rules", ".err");
-		char *want = read_file(err_name, NULL);
+		char *want = test_read_file(err_name, NULL);
 		size_t len;
-		char *text = read_file(names[i], &len);
+		char *text = test_read_file(names[i], &len);
 		char *errs = NULL;
 		int nerrors = -1;
 		RuleSet *rs = rules_load(names[i], &errs, &nerrors);
