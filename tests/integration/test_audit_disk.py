@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 import harness
+from test_audit_log import marks_table, rows  # noqa: F401 (marks_table: a fixture)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting file systems needs root")
 
@@ -34,15 +35,6 @@ def small_fs(workroot):
     mount(["-t", "tmpfs", "-o", "size=16m,mode=0755", "tmpfs", path], "a tmpfs")
     yield path
     subprocess.run(["umount", "-l", path], check=False)
-
-
-@pytest.fixture
-def marks_table(admin):
-    name = "audit_disk_" + uuid.uuid4().hex[:8]
-    admin.execute(f"CREATE TABLE {name} (mark text NOT NULL)")
-    admin.execute(f"GRANT ALL ON {name} TO {harness.APP_USER}")
-    yield name
-    admin.execute(f"DROP TABLE IF EXISTS {name}")
 
 
 def fill(path):
@@ -76,15 +68,6 @@ def marks(admin, table):
     return {m for (m,) in admin.execute(f"SELECT mark FROM {table}").fetchall()}
 
 
-def audit_rows(db, sql, args=()):
-    import sqlite3
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
-
-
 def check_refusal(err, reason):
     assert isinstance(err, psycopg.errors.IoError), repr(err)
     assert err.sqlstate == "58030"
@@ -94,7 +77,7 @@ def check_refusal(err, reason):
     assert "nothing runs without its audit record" in (err.diag.message_detail or ""), err.diag.message_detail
 
 
-def test_strict_full_disk_refuses_then_recovers(pgveil_factory, workroot, small_fs, marks_table, admin):
+def test_strict_full_disk_refuses_then_recovers(pgveil_factory, workroot, small_fs, marks_table, admin):  # noqa: F811
     db = os.path.join(small_fs, "audit.db")
     rules = harness.write_rules(workroot, "disk", RULES)
     pv = pgveil_factory(rules=rules, audit_db=db, audit_mode="strict", default_action="block")
@@ -120,7 +103,7 @@ def test_strict_full_disk_refuses_then_recovers(pgveil_factory, workroot, small_
     log = pv.log_text()
     assert "database or disk is full; statements are refused until the audit log can be written" in log
     assert f"audit: audit_db {db} is written again" in log
-    refused_rows = audit_rows(db, "SELECT count(*) FROM queries WHERE sqlstate = '58030' AND error LIKE ?",
+    refused_rows = rows(db, "SELECT count(*) FROM queries WHERE sqlstate = '58030' AND error LIKE ?",
                               ("%database or disk is full%",))
     assert refused_rows[0][0] >= 3, refused_rows
     assert "after" in marks(admin, marks_table)
@@ -136,7 +119,7 @@ def try_insert(conn, table, mark):
         return False
 
 
-def test_strict_unwritable_file_refuses_with_the_reason(pgveil_factory, workroot, marks_table, admin):
+def test_strict_unwritable_file_refuses_with_the_reason(pgveil_factory, workroot, marks_table, admin):  # noqa: F811
     """The file becomes immutable (chattr +i: even root cannot write it) while pgveil runs."""
     d = os.path.join(workroot, "immutable-" + uuid.uuid4().hex[:8])
     os.makedirs(d)
@@ -161,8 +144,8 @@ def test_strict_unwritable_file_refuses_with_the_reason(pgveil_factory, workroot
         harness.wait_until(lambda: try_insert(conn, marks_table, "after"), 15, interval=0.2,
                            what="statements run again once the file can be written")
     assert pv.stop() == 0
-    rows = audit_rows(db, "SELECT count(*) FROM queries WHERE sqlstate = '58030'")
-    assert rows[0][0] >= 1
+    refused = rows(db, "SELECT count(*) FROM queries WHERE sqlstate = '58030'")
+    assert refused[0][0] >= 1
 
 
 def test_read_only_audit_file_refused_at_start(pgveil_factory, workroot):
