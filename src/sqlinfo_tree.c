@@ -773,20 +773,26 @@ static CVal cv_bool(bool b)
  * The names a subquery's FROM gives its rows (tables as named, aliases),
  * with those of the subqueries around it: a column qualified with one of
  * them is the subquery's own, not the target row's. NULL outside every
- * subquery. Names past ROW_SCOPE_MAX are not kept (their columns then count
- * as the row's).
+ * subquery. Past ROW_SCOPE_MAX names the scope is full: every qualified
+ * column then counts as the subquery's (fail closed: the WHERE may let every
+ * row through).
  */
 #define ROW_SCOPE_MAX 32
 
 typedef struct RowScope {
 	const char *names[ROW_SCOPE_MAX];
 	int n;
+	bool full; /* a name did not fit */
 } RowScope;
 
 static void row_scope_add(RowScope *sc, const char *name)
 {
-	if (name != NULL && sc->n < ROW_SCOPE_MAX)
+	if (name == NULL)
+		return;
+	if (sc->n < ROW_SCOPE_MAX)
 		sc->names[sc->n++] = name;
+	else
+		sc->full = true;
 }
 
 /* Adds the names one FROM item (a table, a join, a subquery or function with its alias) gives. */
@@ -827,6 +833,8 @@ static bool row_scope_owns(const RowScope *sc, const JNode *ref)
 			qual = f; /* the name before the column: the table's */
 	if (n < 2 || (name = j_string_node(qual)) == NULL)
 		return false;
+	if (sc->full)
+		return true;
 	for (int i = 0; i < sc->n; i++)
 		if (strcmp(sc->names[i], name) == 0)
 			return true;
