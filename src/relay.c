@@ -262,6 +262,20 @@ StmtInfo *relay_bound_info(Relay *r, const char *name)
 	return p != NULL && p->n_infos == 1 ? p->infos[0] : NULL;
 }
 
+/*
+ * The one body a Bind of `name` runs, or NULL when pgveil cannot be sure
+ * which: relay_bound_info, unless a Parse or PREPARE of the name from an
+ * earlier batch is still unconfirmed (the server may hold either body).
+ */
+static StmtInfo *bind_runs(Relay *r, const char *name)
+{
+	for (const Pending *q = r->pend_head; q != NULL; q = q->next)
+		if ((q->kind == PEND_PARSE || q->kind == PEND_PREPARE) && q->batch != r->batches_sent &&
+		    strcmp(q->name, name) == 0)
+			return NULL;
+	return relay_bound_info(r, name);
+}
+
 /* Forgets the changes of finished batches that were never confirmed: the server skipped them. */
 static void pending_drop_done(Relay *r)
 {
@@ -599,6 +613,15 @@ static int hold_tables(const PartList *pl, char names[][128], const char **ptrs,
  * from it, or NULL when one may: what it touches must be known by name,
  * and a statement touching no table must be known by its fingerprint.
  */
+/* Whether the statement runs a prepared statement by name (SQL EXECUTE). */
+static bool executes(const StmtInfo *info)
+{
+	for (int i = 0; i < info->n_prep; i++)
+		if (info->prep[i].op == SQL_PREP_EXECUTE)
+			return true;
+	return false;
+}
+
 static const char *no_grant_reason(const Relay *r, const PartList *pl, const StmtInfo *info)
 {
 	bool path = path_default(r, info);
@@ -612,10 +635,18 @@ static const char *no_grant_reason(const Relay *r, const PartList *pl, const Stm
 				return "it names a table without schema after the session's search_path may have changed";
 		n_tables += pl->parts[i]->n_tables;
 	}
-	/* a grant from a statement touching no table covers that statement again: it must be known */
+	/*
+	 * A grant from a statement touching no table covers that statement again
+	 * (its fingerprint): it must be known, its literals must not matter
+	 * (set_config('work_mem', …) is not set_config('role', …)), and it must
+	 * not EXECUTE a name whose body can change.
+	 */
 	if (n_tables == 0 && (info == NULL || info->fingerprint == 0))
 		return "it touches no table and pgveil cannot tell which statement it is (a FunctionCall, or a name "
 		       "prepared with several bodies)";
+	if (n_tables == 0 && (info->literal_sensitive || executes(info)))
+		return "it touches no table and what it does depends on its literals or on a prepared statement's "
+		       "body, which its fingerprint does not show";
 	return NULL;
 }
 
@@ -1059,9 +1090,8 @@ static GuardAction guard_bind_decide(Session *s, PgReader *rd, size_t msglen)
 		return GUARD_REFUSE;
 	}
 	text = bind_display_whole(s, sql);
-	/* the statement it runs, when the name holds one body: a grant from it knows which it is */
-	act = hold_start(s, 'B', msglen, text != NULL ? text : sql, &d, &pl,
-			 p != NULL && p->n_infos == 1 ? p->infos[0] : NULL);
+	/* the statement it runs, when that is known: a grant from it knows which it is */
+	act = hold_start(s, 'B', msglen, text != NULL ? text : sql, &d, &pl, bind_runs(r, stmt));
 	free(text);
 	return act;
 }

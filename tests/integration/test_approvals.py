@@ -329,6 +329,23 @@ def test_grant_from_a_tableless_statement_covers_only_that_statement(pgveil_fact
     assert isinstance(b.error, psycopg.errors.InsufficientPrivilege), b.error
 
 
+def test_grant_never_made_when_literals_decide(pgveil_factory, idp, certs, workroot):  # noqa: F811
+    """set_config('work_mem', ...) and set_config('role', ...) share a fingerprint: a grant
+    from the first would cover the second, so none is made."""
+    path = harness.write_rules(workroot, "held-all", "HOLD ALL FOR GROUP agents;\n")
+    pv = start_oidc(pgveil_factory, idp, rules=path, default_action="block", hold_timeout="20s")
+    c = Console(pv, idp, certs)
+    a = Agent(c, "SELECT set_config('work_mem', '8MB', false)")
+    a.start()
+    held = wait_held(c, "work_mem")
+    res = c.psql(c.approver, "-c", f"APPROVE {held[0]} FOR 10 MINUTES")
+    assert res.returncode == 0, res.stderr
+    assert f"no grant made from statement {held[0]}, approved once" in res.stderr, res.stderr
+    a.join(15)
+    assert a.error is None, a.error
+    assert c.query(c.approver, "SHOW GRANTS")[1] == []
+
+
 @pytest.fixture
 def secret_twin(admin, table):
     """secret.<table>: the same name as the held table, in another schema."""
