@@ -162,6 +162,20 @@ static void put_scrubbed_text(PgBuf *b, const char *m)
 	}
 }
 
+char *mask_scrub_text(const char *text)
+{
+	PgBuf b;
+	char *r = NULL;
+
+	pgproto_buf_init(&b);
+	put_scrubbed_text(&b, text != NULL ? text : "");
+	pgproto_put_bytes(&b, "", 1);
+	if (pgproto_buf_ok(&b) && (r = malloc(b.len)) != NULL)
+		memcpy(r, b.data, b.len);
+	pgproto_buf_free(&b);
+	return r;
+}
+
 int mask_scrub_message(uint8_t type, const uint8_t *body, size_t len, struct evbuffer *out)
 {
 	PgBuf *b = row_buffer();

@@ -23,6 +23,7 @@
 
 #include "pgveil/audit.h"
 #include "pgveil/log.h"
+#include "pgveil/mask.h"
 
 #include "relay_int.h"
 
@@ -183,6 +184,36 @@ void relay_audit_fail_waiting(Session *s, uint64_t id, const char *sqlstate, con
 		}
 }
 
+/*
+ * The text a row records for `sql` (malloc'd, NULL without memory): as
+ * sent, or with audit_redact_literals its literals replaced by $n; a text
+ * the lexer cannot normalize is withheld, never stored as sent.
+ */
+static char *recorded_text(Session *s, const char *sql)
+{
+	char *norm;
+
+	if (sql == NULL)
+		sql = "";
+	if (!s->relay->cfg->audit_redact_literals)
+		return strdup(sql);
+	if ((norm = sqlinfo_normalize(sql, strlen(sql))) != NULL)
+		return norm;
+	return strdup("(not recorded: audit_redact_literals is on and the text could not be normalized)");
+}
+
+/*
+ * The error message a row records (malloc'd; NULL for none or without
+ * memory): with audit_redact_literals cut where a value may start, as the
+ * masks cut messages (syntax errors and conversion errors quote the text).
+ */
+static char *recorded_error(Session *s, const char *msg)
+{
+	if (msg == NULL)
+		return NULL;
+	return s->relay->cfg->audit_redact_literals ? mask_scrub_text(msg) : strdup(msg);
+}
+
 static void fingerprint_hex(const StmtInfo *info, char *buf, size_t len)
 {
 	snprintf(buf, len, "%016llx", (unsigned long long)info->fingerprint);
@@ -199,12 +230,11 @@ void relay_audit_query(Session *s, const char *sql, const StmtInfo *info, const 
 	fingerprint_hex(info, fp, sizeof(fp));
 	for (int i = 0; i < info->n_stmts; i++) {
 		char *text = stmt_text(sql, info, i);
-		const char *shown = text != NULL ? text : sql;
-		char *norm = s->relay->cfg->audit_redact_literals ? sqlinfo_normalize(shown, strlen(shown)) : NULL;
+		char *rec = recorded_text(s, text != NULL ? text : sql);
 
 		sqlinfo_class_names(info->stmts[i].classes, classes, sizeof(classes));
-		wait_push(s, a, start_row(s, norm != NULL ? norm : shown, classes, decision, rule, approval_id, fp, true));
-		free(norm);
+		wait_push(s, a, start_row(s, rec, classes, decision, rule, approval_id, fp, true));
+		free(rec);
 		free(text);
 	}
 }
@@ -213,9 +243,9 @@ void relay_audit_refused(Session *s, const char *sql, const StmtInfo *info, cons
 			 const char *sqlstate, const char *message, uint64_t approval_id, bool marker)
 {
 	RelayAudit *a = tracker(s);
-	AuditOutcome o = { .rows = -1, .duration_us = 0, .sqlstate = sqlstate, .error = message };
+	AuditOutcome o = { .rows = -1, .duration_us = 0, .sqlstate = sqlstate };
 	char classes[160] = "", fp[24];
-	char *norm;
+	char *rec, *err;
 	uint64_t id;
 
 	if (a == NULL)
@@ -224,13 +254,15 @@ void relay_audit_refused(Session *s, const char *sql, const StmtInfo *info, cons
 		sqlinfo_class_names(info->classes, classes, sizeof(classes));
 		fingerprint_hex(info, fp, sizeof(fp));
 	}
-	norm = s->relay->cfg->audit_redact_literals && sql != NULL ? sqlinfo_normalize(sql, strlen(sql)) : NULL;
-	id = start_row(s, norm != NULL ? norm : sql, classes, decision, rule, approval_id, info != NULL ? fp : NULL,
-		       false);
+	rec = recorded_text(s, sql);
+	id = start_row(s, rec, classes, decision, rule, approval_id, info != NULL ? fp : NULL, false);
 	s->relay->audit_stop = AUDIT_OK; /* a refusal goes out whatever the log says */
-	free(norm);
-	if (id != 0)
+	free(rec);
+	if (id != 0) {
+		o.error = err = recorded_error(s, message);
 		audit_query_finish(id, &o);
+		free(err);
+	}
 	if (marker)
 		wait_push(s, a, 0); /* the server's error for the refusal statement */
 }
@@ -274,7 +306,7 @@ void relay_audit_bind(Session *s, const char *portal, const char *sql, const Stm
 			break;
 		}
 	b = calloc(1, sizeof(*b));
-	if (b == NULL || (b->portal = strdup(portal)) == NULL || (b->sql = strdup(sql != NULL ? sql : "")) == NULL ||
+	if (b == NULL || (b->portal = strdup(portal)) == NULL || (b->sql = recorded_text(s, sql)) == NULL ||
 	    (rule != NULL && (b->rule = strdup(rule)) == NULL)) {
 		if (b != NULL)
 			bound_free(b);
@@ -363,8 +395,10 @@ void relay_audit_server(Session *s, uint8_t type, const uint8_t *body, size_t le
 			break;
 		if ((w = wait_pop(a)) != NULL) {
 			uint64_t batch = w->batch;
+			char *err = recorded_error(s, f.message);
 
-			finish(a, w, -1, f.sqlstate, f.message);
+			finish(a, w, -1, f.sqlstate, err);
+			free(err);
 			while (a->head != NULL && a->head->batch == batch) /* the server skips the rest of the batch */
 				finish(a, wait_pop(a), -1, NULL, "not run: an earlier statement of its batch failed");
 		}

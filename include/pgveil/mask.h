@@ -155,6 +155,9 @@ int mask_datarow(const MaskPlan *plan, const uint8_t *body, size_t len, struct e
  */
 int mask_scrub_message(uint8_t type, const uint8_t *body, size_t len, struct evbuffer *out) PGV_WARN_UNUSED;
 
+/* The same cut applied to one message text (malloc'd; NULL without memory): for the audit log. */
+char *mask_scrub_text(const char *text) PGV_WARN_UNUSED;
+
 /* Frees this thread's row buffer (a worker that exits). */
 void mask_thread_cleanup(void);
 

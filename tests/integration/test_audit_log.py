@@ -184,3 +184,29 @@ def test_strict_pipeline_runs_each_statement_once_recorded(audited, marks_table,
     got = rows(db, "SELECT count(*), sum(rows) FROM queries WHERE sql LIKE ? AND sqlstate IS NULL",
                (f"INSERT INTO {marks_table}%",))
     assert got == [(20, 20)]
+
+
+def test_redacted_literals_never_recorded(pgveil_factory, workroot, marks_table):
+    """audit_redact_literals = yes: no literal reaches the file, whichever protocol sent it,
+    and a text that cannot be normalized is withheld rather than stored as sent."""
+    rules = harness.write_rules(workroot, "audit", RULES)
+    db = os.path.join(workroot, f"audit-{uuid.uuid4().hex[:8]}.db")
+    pv = pgveil_factory(rules=rules, audit_db=db, audit_mode="async", default_action="block",
+                        audit_redact_literals="yes")
+    t = harness.pgveil_target(pv)
+    res = harness.run(["psql", "-X", "-d", t.conninfo(), "-c",
+                       f"INSERT INTO {marks_table} (mark) VALUES ('secret-simple')"], check=False)
+    assert res.returncode == 0, res.stderr
+    with psycopg.connect(t.conninfo(), autocommit=True) as conn:
+        # extended protocol, the literal inside the prepared text
+        conn.execute(f"INSERT INTO {marks_table} (mark) VALUES ('secret-extended')", prepare=True)
+        with pytest.raises(psycopg.errors.SyntaxError):
+            conn.execute("SELECT 'secret-unterminated")
+    assert pv.stop() == 0
+    texts = [s for (s,) in rows(db, "SELECT sql FROM queries")]
+    assert any("VALUES ($1)" in s for s in texts), texts
+    assert any(s.startswith("(not recorded: audit_redact_literals is on") for s in texts), texts
+    with open(db, "rb") as f:
+        raw = f.read()
+    at = raw.find(b"secret-")
+    assert at < 0, raw[max(0, at - 200):at + 60]
