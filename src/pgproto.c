@@ -543,6 +543,7 @@ void pgproto_build_negotiate(PgBuf *b, int32_t minor, const char *const *unrecog
 bool pgproto_parse_error(const uint8_t *body, size_t len, PgErrorFields *out)
 {
 	PgReader r;
+	const char *untranslated = NULL;
 
 	memset(out, 0, sizeof(*out));
 	pgproto_reader_init(&r, body, len);
@@ -558,11 +559,14 @@ bool pgproto_parse_error(const uint8_t *body, size_t len, PgErrorFields *out)
 			return false;
 		switch (code) {
 		case 'S': out->severity = value; break;
+		case 'V': untranslated = value; break;
 		case 'C': out->sqlstate = value; break;
 		case 'M': out->message = value; break;
 		case 'D': out->detail = value; break;
 		default: break;
 		}
 	}
+	if (untranslated != NULL) /* servers since 9.6: "ERROR" whatever lc_messages says */
+		out->severity = untranslated;
 	return out->sqlstate != NULL && out->message != NULL;
 }

@@ -151,7 +151,7 @@ void pgproto_build_negotiate(PgBuf *b, int32_t minor, const char *const *unrecog
 
 /* The fields of an ErrorResponse/NoticeResponse that pgveil looks at. */
 typedef struct PgErrorFields {
-	const char *severity; /* S: localized severity, or NULL */
+	const char *severity; /* V (never translated) when present, else S (localized), or NULL */
 	const char *sqlstate; /* C */
 	const char *message;  /* M */
 	const char *detail;   /* D, or NULL */

@@ -651,6 +651,7 @@ static void test_parse_error_fields(void **state)
 	} cases[] = {
 		{ "unknown fields ignored", "Xfoo\0C12345\0Mmsg\0Wwhere\0", 25, true },
 		{ "no severity", "C12345\0Mm\0", 11, true },
+		{ "translated severity", "SFEHLER\0VERROR\0C12345\0Mm\0", 27, true },
 		{ "no sqlstate", "SERROR\0Mm\0", 11, false },
 		{ "no message", "SERROR\0C12345\0", 15, false },
 		{ "no terminator", "C12345\0Mm\0", 10, false },
@@ -668,6 +669,8 @@ static void test_parse_error_fields(void **state)
 		if (cases[i].ok) {
 			assert_string_equal(f.sqlstate, "12345");
 			assert_string_equal(f.message, i == 0 ? "msg" : "m");
+			if (strcmp(cases[i].name, "translated severity") == 0)
+				assert_string_equal(f.severity, "ERROR"); /* V, not the localized S */
 		}
 	}
 }
