@@ -906,6 +906,8 @@ bool auditdb_prune(AuditDb *d, uint64_t retention_s, int64_t now_us, uint64_t ma
 	char cutoff[32], now[32];
 	int64_t pruned = 0, upto = 0, rest = 0;
 
+	if (now_us <= 0 || retention_s >= (uint64_t)now_us / 1000000)
+		return true; /* the cutoff is before the epoch (or the product would overflow): nothing is that old */
 	audit_format_time(now_us - (int64_t)retention_s * 1000000, cutoff);
 	audit_format_time(now_us, now);
 	if (!db_exec(d, "BEGIN IMMEDIATE", err, errlen))

@@ -1000,6 +1000,22 @@ static void retention_keeps_the_chain_verifiable(void **state)
 	assert_contains(out, "rows deleted before chain_seq 9");
 }
 
+/* A retention longer than the epoch is old (its microseconds overflow int64) prunes nothing. */
+static void huge_retention_prunes_nothing(void **state)
+{
+	(void)state;
+	start(AUDIT_ASYNC);
+	write_rows(3, now_us() - 3600ll * 1000000);
+	assert_true(wait_for(nothing_queued, 2000));
+	cfg.audit_retention = 18446744073710ull; /* times 10^6 wraps to about half a second */
+	audit_reconfigure(&cfg);
+	usleep(500000); /* retention runs as soon as it is set */
+	audit_stop();
+	cfg.audit_retention = 0;
+	assert_int_equal(query_int("SELECT count(*) FROM queries"), 3);
+	assert_int_equal(query_int("SELECT count(*) FROM checkpoints"), 0);
+}
+
 static void retention_of_everything(void **state)
 {
 	int64_t old = now_us() - 3 * 86400 * 1000000LL;
@@ -1352,6 +1368,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(verifier_finds_reordered_rows, setup, teardown),
 	    cmocka_unit_test_setup_teardown(retention_keeps_the_chain_verifiable, setup, teardown),
 	    cmocka_unit_test_setup_teardown(retention_of_everything, setup, teardown),
+	    cmocka_unit_test_setup_teardown(huge_retention_prunes_nothing, setup, teardown),
 	    cmocka_unit_test_setup_teardown(ids_continue_after_retention, setup, teardown),
 	    cmocka_unit_test_setup_teardown(strict_readonly_refuses, setup, teardown),
 	    cmocka_unit_test_setup_teardown(async_failure_keeps_rows, setup, teardown),
