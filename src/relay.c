@@ -1167,15 +1167,16 @@ static GuardAction guard_function_call(Session *s, PgReader *rd, size_t msglen)
 		return GUARD_HOLD;
 	}
 	admin_stat_add(STAT_STATEMENTS, 1);
+	snprintf(text, sizeof(text), "-- FunctionCall (fast-path protocol) of the function with oid %u", oid);
 	if (s->relay->mask != NULL) {
 		/* It runs a function pgveil cannot name, whose result it cannot place. */
 		relay_refuse(s, SQLSTATE_INSUFFICIENT_PRIVILEGE,
 			     "fast-path function calls are not allowed for a caller with masked columns", NULL, NULL, 0);
+		audit_refusal(s, text, NULL, "block", 0);
 		return GUARD_REFUSE;
 	}
 	parts_add(&pl, &part);
 	d = decide(s, &pl, NULL);
-	snprintf(text, sizeof(text), "-- FunctionCall (fast-path protocol) of the function with oid %u", oid);
 	if (d.action != DECISION_BLOCK)
 		s->relay->path_changed = true; /* the function may be set_config() */
 	if (d.action == DECISION_ALLOW) {

@@ -59,8 +59,8 @@ static RelayAudit *tracker(Session *s)
 
 	if (!audit_enabled())
 		return NULL;
-	if (r->audit == NULL)
-		r->audit = calloc(1, sizeof(*r->audit));
+	if (r->audit == NULL && (r->audit = calloc(1, sizeof(*r->audit))) == NULL && audit_strict())
+		r->audit_stop = AUDIT_FAILED; /* no row can be followed: strict mode refuses the statement */
 	return r->audit;
 }
 
