@@ -306,6 +306,17 @@ static void waiters_resolve_locked(uint64_t max_id, bool ok)
 	}
 }
 
+/* The waiter of statement row `id` (if any) is told its row was not written. */
+static void waiter_refuse_locked(uint64_t id)
+{
+	for (Waiter *w = au.waiters; w != NULL && w->id <= id; w = w->next)
+		if (w->id == id && w->state == W_PENDING) {
+			w->state = W_FAILED;
+			if (w->ev != NULL)
+				event_active(w->ev, 0, 0);
+		}
+}
+
 /* Wakes the sessions waiting for room, once the queue is at most half full (or unbounded: strict). */
 static void rooms_wake_locked(void)
 {
@@ -474,8 +485,10 @@ static void batch_failed_locked(AuditItem *batch, AuditItem *last, uint64_t n, b
 }
 
 /*
- * After a durable pass: its outcomes move to the lazy list, in order; the
- * rest of the batch is returned (to be freed). *kept gets how many moved.
+ * After a durable pass: the waiters of starts whose row SQLite refused are
+ * told so (before the others are acknowledged: such a statement must not
+ * run); its outcomes move to the lazy list, in order; the rest of the batch
+ * is returned (to be freed). *kept gets how many moved.
  */
 static AuditItem *keep_outcomes_locked(AuditItem *batch, uint64_t *kept)
 {
@@ -485,6 +498,8 @@ static AuditItem *keep_outcomes_locked(AuditItem *batch, uint64_t *kept)
 	for (AuditItem *it = batch; it != NULL; it = next) {
 		next = it->next;
 		it->next = NULL;
+		if (it->kind == AI_QUERY_START && it->refused)
+			waiter_refuse_locked(it->id);
 		if (it->kind != AI_QUERY_FINISH) {
 			*dp = it;
 			dp = &it->next;

@@ -530,7 +530,7 @@ static StepResult insert_start(AuditDb *d, int which, const AuditValue v[AUDIT_C
  * A start in the batch: nothing yet when its outcome is in the batch too
  * (written whole there); else into pending (a durable pass) or queries.
  */
-static bool write_query_start(AuditDb *d, const AuditItem *it, AuditPass pass, uint64_t *pending_max,
+static bool write_query_start(AuditDb *d, AuditItem *it, AuditPass pass, uint64_t *pending_max,
                               char *err, size_t errlen)
 {
 	int k = batch_find(d, it->id);
@@ -544,6 +544,7 @@ static bool write_query_start(AuditDb *d, const AuditItem *it, AuditPass pass, u
 	r = insert_start(d, pass == AUDITDB_DURABLE ? ST_INSERT_PENDING : ST_INSERT_QUERY, v, err, errlen);
 	if (r == STEP_OK && pass == AUDITDB_DURABLE && it->id > *pending_max)
 		*pending_max = it->id;
+	it->refused = r == STEP_SKIP; /* strict mode must not run it: it has no row */
 	return r != STEP_FAIL;
 }
 
@@ -727,7 +728,7 @@ static bool write_approval(AuditDb *d, const AuditItem *it, char *err, size_t er
 	return step_write(d, st, "approval", a->approval_id, err, errlen) != STEP_FAIL;
 }
 
-static bool write_item(AuditDb *d, const AuditItem *it, AuditPass pass, int64_t *seq, char prev[AUDIT_HASH_HEX],
+static bool write_item(AuditDb *d, AuditItem *it, AuditPass pass, int64_t *seq, char prev[AUDIT_HASH_HEX],
                        uint64_t *pending_max, char *err, size_t errlen)
 {
 	switch (it->kind) {
@@ -752,7 +753,7 @@ static bool use_sync(AuditDb *d, bool full, char *err, size_t errlen)
 	return true;
 }
 
-bool auditdb_write(AuditDb *d, const AuditItem *items, AuditPass pass, char *err, size_t errlen)
+bool auditdb_write(AuditDb *d, AuditItem *items, AuditPass pass, char *err, size_t errlen)
 {
 	int64_t seq = d->next_seq;
 	uint64_t pending_max = d->pending_max, move = 0;
@@ -766,7 +767,7 @@ bool auditdb_write(AuditDb *d, const AuditItem *items, AuditPass pass, char *err
 	else if (pass == AUDITDB_LAZY)
 		move = d->pending_mark;
 	ok = use_sync(d, pass == AUDITDB_DURABLE, err, errlen) && db_exec(d, "BEGIN IMMEDIATE", err, errlen);
-	for (const AuditItem *it = items; ok && it != NULL; it = it->next)
+	for (AuditItem *it = items; ok && it != NULL; it = it->next)
 		ok = write_item(d, it, pass, &seq, prev, &pending_max, err, errlen);
 	if (ok && move > d->pending_moved)
 		ok = move_pending(d, move, err, errlen);

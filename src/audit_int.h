@@ -34,6 +34,7 @@ typedef struct AuditItem {
 	struct AuditItem *next;
 	AuditItemKind kind;
 	uint64_t id; /* queries row id (start, finish); unused otherwise */
+	bool refused; /* a start whose row SQLite refused (too big, a constraint): set by auditdb_write */
 	union {
 		AuditSession session; /* AI_SESSION_START */
 		struct {
@@ -108,7 +109,7 @@ typedef enum { AUDITDB_DURABLE, AUDITDB_LAZY, AUDITDB_LAST } AuditPass;
  * failure rolls everything back, leaves the chain where it was and returns
  * false with "audit_db path: reason" in err.
  */
-bool auditdb_write(AuditDb *d, const AuditItem *items, AuditPass pass, char *err, size_t errlen) PGV_WARN_UNUSED;
+bool auditdb_write(AuditDb *d, AuditItem *items, AuditPass pass, char *err, size_t errlen) PGV_WARN_UNUSED;
 /* Whether pending holds rows a lazy pass has still to move or finish. */
 bool auditdb_pending_left(const AuditDb *d);
 /*

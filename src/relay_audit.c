@@ -168,7 +168,8 @@ void relay_audit_refusal_text(char *buf, size_t len)
 	char why[256];
 
 	snprintf(buf, len, "the audit log cannot be written, so the statement is refused: %s",
-		 audit_error(why, sizeof(why)) != NULL ? why : "unknown error");
+		 audit_error(why, sizeof(why)) != NULL ? why
+						       : "the audit database refused its row (pgveil's log says why)");
 }
 
 void relay_audit_fail_waiting(Session *s, uint64_t id, const char *sqlstate, const char *message)

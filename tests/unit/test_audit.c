@@ -570,6 +570,40 @@ static void idle_writer_woken(void **state)
 	}
 }
 
+/*
+ * Strict mode: a start SQLite refuses to store (here a row already holding
+ * its id in pending; in life a text past SQLite's length limit) is never
+ * acknowledged as durable, while the others of its commit are.
+ */
+static void strict_refused_row_is_not_durable(void **state)
+{
+	Fired f[2] = {{.rows_seen = -1}, {.rows_seen = -1}};
+	AuditQuery q = {.session_id = 1, .ts_us = now_us(), .sql = "DELETE FROM t", .decision = "allow"};
+	uint64_t before;
+	char sql[200];
+
+	(void)state;
+	start(AUDIT_STRICT);
+	before = add_query(1, "SELECT 1", now_us());
+	finish(before, 1);
+	assert_true(wait_for(nothing_queued, 2000));
+	snprintf(sql, sizeof(sql), "INSERT INTO pending (id, session_id, ts, subject, database, sql, classes, decision)"
+	                           " VALUES (%llu, 1, 'x', 's', 'd', 'in the way', '', 'allow')",
+	         (unsigned long long)before + 2);
+	exec_db(sql);
+	for (int i = 0; i < 2; i++) {
+		f[i].ev = event_new(base, -1, 0, fired_cb, &f[i]);
+		assert_int_equal(audit_query_start(&q, f[i].ev, NULL, &f[i].id), AUDIT_OK);
+	}
+	assert_int_equal(f[1].id, before + 2);
+	assert_true(run_until_fired(f, 2, 5000));
+	assert_int_equal(audit_query_durable(f[0].id), AUDIT_OK);
+	assert_int_equal(audit_query_durable(f[1].id), AUDIT_FAILED);
+	for (int i = 0; i < 2; i++)
+		event_free(f[i].ev);
+	audit_stop();
+}
+
 static void forgotten_event_never_fires(void **state)
 {
 	Fired f = {.rows_seen = -1};
@@ -1356,6 +1390,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(strict_row_is_durable_when_event_fires, setup, teardown),
 	    cmocka_unit_test_setup_teardown(strict_lazy_passes_and_switch_to_async, setup, teardown),
 	    cmocka_unit_test_setup_teardown(idle_writer_woken, setup, teardown),
+	    cmocka_unit_test_setup_teardown(strict_refused_row_is_not_durable, setup, teardown),
 	    cmocka_unit_test_setup_teardown(forgotten_event_never_fires, setup, teardown),
 	    cmocka_unit_test_setup_teardown(durable_given_in_async_mode, setup, teardown),
 	    cmocka_unit_test_setup_teardown(chain_follows_finish_order, setup, teardown),
