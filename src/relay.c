@@ -1448,18 +1448,23 @@ static void audit_execute(Session *s, struct evbuffer *in, size_t run, const PgH
 /*
  * An approved message goes on. A Query's analysis is taken again (from the
  * thread's cache), for the masks' record of its results and its audit rows.
+ * False when memory for that ran out: the message must not go on unchecked.
  */
-static void released(Session *s, struct evbuffer *in, size_t run, const PgHeader *h)
+static bool released(Session *s, struct evbuffer *in, size_t run, const PgHeader *h)
 {
 	Relay *r = s->relay;
 	const uint8_t *body;
 	const char *a, *b;
 	PgReader rd;
 
-	if ((r->mask == NULL && !audit_enabled()) || (body = relay_copy_body(r, in, run, h->len - 4)) == NULL)
-		return;
+	if (r->mask == NULL && !audit_enabled())
+		return true;
+	if ((body = relay_copy_body(r, in, run, h->len - 4)) == NULL)
+		return false;
 	pgproto_reader_init(&rd, body, h->len - 4);
-	if (h->type == 'Q' && pgproto_get_string(&rd, &a) && (r->cur_info = sqlinfo_analyze(a, strlen(a))) != NULL) {
+	if (h->type == 'Q' && pgproto_get_string(&rd, &a)) {
+		if ((r->cur_info = sqlinfo_analyze(a, strlen(a))) == NULL)
+			return false;
 		relay_audit_query(s, a, r->cur_info, "approve", r->audit_rule, r->released_id);
 	} else if (h->type == 'B' && pgproto_get_string(&rd, &a) && pgproto_get_string(&rd, &b)) {
 		relay_audit_bind(s, a, bound_sql(r, b), relay_bound_info(r, b), "approve", r->audit_rule,
@@ -1469,6 +1474,7 @@ static void released(Session *s, struct evbuffer *in, size_t run, const PgHeader
 				 r->audit_rule, r->released_id);
 		relay_audit_execute(s, FASTPATH_PORTAL);
 	}
+	return true;
 }
 
 static size_t guard_at(Session *s, struct evbuffer *in, size_t run, const PgHeader *h)
@@ -1483,9 +1489,13 @@ static size_t guard_at(Session *s, struct evbuffer *in, size_t run, const PgHead
 		if (r->hold_info != NULL)
 			prepared_track(r, r->hold_info, r->hold_sql);
 		hold_forget_query(r);
-		released(s, in, run, h);
-		if ((act = audit_stopped(s)) == GUARD_WAIT)
+		if (!released(s, in, run, h)) { /* neither masked nor recorded: it does not run */
+			relay_refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory while releasing the approved statement",
+				     NULL, NULL, 0);
+			act = GUARD_REFUSE;
+		} else if ((act = audit_stopped(s)) == GUARD_WAIT) {
 			act = GUARD_FORWARD; /* approved already: it runs, its row is logged as lost */
+		}
 	} else {
 		uint32_t blen = guarded_length(in, run, h);
 
