@@ -1427,22 +1427,24 @@ static size_t mask_forward(Session *s, struct evbuffer *in, size_t run, const Pg
 }
 
 /* The name at the start of the message at `run` (Execute's portal), into buf. */
-static const char *message_name(struct evbuffer *in, size_t run, const PgHeader *h, char *buf, size_t len)
-{
-	struct evbuffer_ptr pos;
-	size_t n = h->len - 4 < len - 1 ? h->len - 4 : len - 1;
-
-	evbuffer_ptr_set(in, &pos, run + PG_HEADER_LEN, EVBUFFER_PTR_SET);
-	evbuffer_copyout_from(in, &pos, buf, n);
-	buf[n] = '\0';
-	return buf;
-}
-
+/* An Execute's row: its portal's name is read whole (names have no length limit in the protocol). */
 static void audit_execute(Session *s, struct evbuffer *in, size_t run, const PgHeader *h)
 {
-	char portal[256];
+	struct evbuffer_ptr pos;
+	size_t n = h->len - 4;
+	char stack[256], *buf = n < sizeof(stack) ? stack : malloc(n + 1);
 
-	relay_audit_execute(s, message_name(in, run, h, portal, sizeof(portal)));
+	if (buf == NULL) {
+		if (audit_strict())
+			s->relay->audit_stop = AUDIT_FAILED; /* no row: strict mode does not run it */
+		return;
+	}
+	evbuffer_ptr_set(in, &pos, run + PG_HEADER_LEN, EVBUFFER_PTR_SET);
+	evbuffer_copyout_from(in, &pos, buf, n);
+	buf[n] = '\0'; /* the name ends at its own NUL, before the row limit */
+	relay_audit_execute(s, buf);
+	if (buf != stack)
+		free(buf);
 }
 
 /*

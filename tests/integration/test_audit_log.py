@@ -210,3 +210,18 @@ def test_redacted_literals_never_recorded(pgveil_factory, workroot, marks_table)
         raw = f.read()
     at = raw.find(b"secret-")
     assert at < 0, raw[max(0, at - 200):at + 60]
+
+
+def test_execute_of_a_long_portal_name_has_its_text(audited, marks_table):
+    """The portal a row's Execute names is matched whole, however long its name."""
+    import pgwire
+    pv, db = audited("strict")
+    portal = "p" * 400
+    with pgwire.connect("127.0.0.1", pv.port, user=harness.PROXY_USER, database="app") as w:
+        w.send(pgwire.parse_msg("", f"INSERT INTO {marks_table} (mark) VALUES ('long-portal')")
+               + pgwire.bind_msg(portal, "") + pgwire.execute_msg(portal) + pgwire.SYNC)
+        msgs = w.read_until(b"Z")
+        assert not pgwire.errors_of(msgs), pgwire.errors_of(msgs)
+    assert pv.stop() == 0
+    got = rows(db, "SELECT sql, rows FROM queries WHERE sql LIKE 'INSERT INTO %'")
+    assert got == [(f"INSERT INTO {marks_table} (mark) VALUES ('long-portal')", 1)], got
