@@ -588,17 +588,22 @@ static bool add_row(Builder *b, sqlite3_stmt *st)
 	}
 	if (!cells_reserve(b))
 		goto oom;
-	for (int i = 0; i < res->n_cols; i++)
+	for (int i = 0; i < res->n_cols; i++) {
+		/* checked before each value takes memory: one row of many large values must not get far past it */
+		if (b->bytes + (size_t)sqlite3_column_bytes(st, i) > b->lim->max_bytes)
+			goto too_big;
 		if (!add_value(b, st, i, &res->cells[res->n_rows * res->n_cols + i]))
 			goto oom;
+	}
 	b->bytes += ROW_OVERHEAD + (size_t)res->n_cols * FIELD_OVERHEAD;
 	res->n_rows++;
-	if (b->bytes > b->lim->max_bytes) {
-		result_fail(res, "54000", "select fewer columns or rows, or shorten them with substr()",
-			    "the result is larger than %zu bytes", b->lim->max_bytes);
-		return false;
-	}
+	if (b->bytes > b->lim->max_bytes)
+		goto too_big;
 	return true;
+too_big:
+	result_fail(res, "54000", "select fewer columns or rows, or shorten them with substr()",
+		    "the result is larger than %zu bytes", b->lim->max_bytes);
+	return false;
 oom:
 	result_fail(res, SQLSTATE_OUT_OF_MEMORY, NULL, "out of memory");
 	return false;

@@ -467,6 +467,9 @@ static void limits(void **state)
 	expect_error_lim("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 100)"
 			 " SELECT printf('%.*c', 200, 'x') FROM c",
 			 &tiny_bytes, "54000", "larger than 10000 bytes");
+	/* one row of values each within the limit, together far past it: stopped at the value that crosses it */
+	expect_error_lim("SELECT zeroblob(6000), zeroblob(6000), zeroblob(6000), zeroblob(6000)", &tiny_bytes, "54000",
+			 "larger than 10000 bytes");
 	/* time: a recursive CTE that never ends and returns nothing meanwhile */
 	t0 = pgv_now_us();
 	expect_error_lim("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
