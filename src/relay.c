@@ -59,11 +59,7 @@
 
 static size_t name_hash(const char *name)
 {
-	size_t h = 1469598103934665603ull;
-
-	for (; *name; name++)
-		h = (h ^ (unsigned char)*name) * 1099511628211ull;
-	return h;
+	return (size_t)relay_hash(RELAY_HASH_BASIS, name);
 }
 
 static Prepared **prepared_slot(Relay *r, const char *name)

@@ -114,6 +114,15 @@ struct Relay {
 					names match no ALLOW ... ON entry and no grant */
 };
 
+/* FNV-1a: the hash of text `s` continued from h (start with RELAY_HASH_BASIS). */
+#define RELAY_HASH_BASIS 1469598103934665603ull
+static inline uint64_t relay_hash(uint64_t h, const char *s)
+{
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211ull;
+	return h;
+}
+
 /* ---- relay.c, for relay_mask.c ---- */
 
 /* Builds the ErrorResponse of the message being refused. */

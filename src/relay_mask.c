@@ -273,7 +273,7 @@ static void cat_wake_cb(evutil_socket_t fd, short what, void *arg);
 static uint64_t caller_masks_hash(Session *s)
 {
 	const RuleSet *rs = s->relay->cfg->ruleset;
-	uint64_t h = 1469598103934665603ull;
+	uint64_t h = RELAY_HASH_BASIS;
 	bool any = false;
 
 	for (int i = 0; rs != NULL && i < rs->n_rules; i++) {
@@ -282,9 +282,7 @@ static uint64_t caller_masks_hash(Session *s)
 		if (rule->kind != RULE_MASK || !catalog_mask_applies(rule, &s->identity))
 			continue;
 		any = true;
-		for (const char *c = rule->text; *c; c++)
-			h = (h ^ (unsigned char)*c) * 1099511628211ull;
-		h = (h ^ 0xff) * 1099511628211ull;
+		h = relay_hash(relay_hash(h, rule->text), "\xff"); /* a separator byte between rules */
 	}
 	return any ? (h != 0 ? h : 1) : 0;
 }

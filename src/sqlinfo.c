@@ -610,7 +610,6 @@ static bool block_anchor(InfoBlock *blk, const SqlThread *t)
 	return true;
 }
 
-/* Turns a finished build into one block; keys are added when `cache_text` / `shape_ok`. */
 /*
  * True when a part of `info` may change the session's name resolution
  * behind the analysis: it runs code pgveil cannot see (PROCEDURAL), or
@@ -630,6 +629,7 @@ static bool path_opaque(const StmtInfo *info)
 	return false;
 }
 
+/* Turns a finished build into one block; keys are added when `cache_text` / `shape_ok`. */
 static StmtInfo *block_build(SqlThread *t, size_t len, bool cache_text, bool shape_ok)
 {
 	const SqlBuild *b = &t->build;
