@@ -107,7 +107,6 @@ static bool put_value(EVP_MD_CTX *ctx, const AuditValue *v)
 
 bool audit_chain_hash(const AuditValue v[AUDIT_CHAIN_NCOLS], char out[AUDIT_HASH_HEX])
 {
-	static const char hex[] = "0123456789abcdef";
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
 	unsigned char md[EVP_MAX_MD_SIZE];
 	unsigned int mdlen = 0;
@@ -125,10 +124,7 @@ bool audit_chain_hash(const AuditValue v[AUDIT_CHAIN_NCOLS], char out[AUDIT_HASH
 	EVP_MD_CTX_free(ctx);
 	if (!ok)
 		return false;
-	for (unsigned int i = 0; i < mdlen; i++) {
-		out[2 * i] = hex[md[i] >> 4];
-		out[2 * i + 1] = hex[md[i] & 15];
-	}
+	pgv_hex(out, md, mdlen);
 	out[64] = '\0';
 	return true;
 }

@@ -430,35 +430,6 @@ static bool data_add(Builder *b, const char *s, size_t n)
 	return true;
 }
 
-/* Length of the valid UTF-8 sequence at p (n bytes left), 0 when invalid. */
-static size_t utf8_len(const unsigned char *p, size_t n)
-{
-	size_t len = 0;
-	uint32_t cp;
-
-	if (p[0] < 0x80)
-		len = 1;
-	else if ((p[0] & 0xE0) == 0xC0)
-		len = 2;
-	else if ((p[0] & 0xF0) == 0xE0)
-		len = 3;
-	else if ((p[0] & 0xF8) == 0xF0)
-		len = 4;
-
-	if (len == 0 || len > n || p[0] == 0)
-		return 0;
-	cp = len == 1 ? p[0] : (uint32_t)(p[0] & (0x7F >> len));
-	for (size_t i = 1; i < len; i++) {
-		if ((p[i] & 0xC0) != 0x80)
-			return 0;
-		cp = (cp << 6) | (p[i] & 0x3F);
-	}
-	if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
-	    (cp >= 0xD800 && cp <= 0xDFFF))
-		return 0;
-	return len;
-}
-
 /* Text as valid UTF-8 without NUL: every bad byte becomes U+FFFD. */
 static bool add_text(Builder *b, const unsigned char *p, size_t n)
 {
@@ -467,7 +438,7 @@ static bool add_text(Builder *b, const unsigned char *p, size_t n)
 	if (!data_reserve(b, n * 3 + 1))
 		return false;
 	for (size_t i = 0; i < n;) {
-		size_t len = utf8_len(p + i, n - i);
+		size_t len = p[i] != 0 ? pgv_utf8_seq(p + i, n - i) : 0; /* NUL cannot stand in text */
 
 		if (len == 0) {
 			memcpy(b->res->data + b->res->data_len, "\xEF\xBF\xBD", 3);
@@ -487,7 +458,6 @@ static bool add_text(Builder *b, const unsigned char *p, size_t n)
 /* bytea's hex output: \x0a1b... */
 static bool add_blob(Builder *b, const unsigned char *p, size_t n)
 {
-	static const char hex[] = "0123456789abcdef";
 	char *d;
 
 	if (!data_reserve(b, 2 * n + 3))
@@ -495,11 +465,8 @@ static bool add_blob(Builder *b, const unsigned char *p, size_t n)
 	d = b->res->data + b->res->data_len;
 	*d++ = '\\';
 	*d++ = 'x';
-	for (size_t i = 0; i < n; i++) {
-		*d++ = hex[p[i] >> 4];
-		*d++ = hex[p[i] & 15];
-	}
-	*d = '\0';
+	pgv_hex(d, p, n);
+	d[2 * n] = '\0';
 	b->res->data_len += 2 * n + 3;
 	b->bytes += 2 * n + 2;
 	return true;

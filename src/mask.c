@@ -231,39 +231,10 @@ static uint64_t get_be(const uint8_t *p, int bytes)
 
 /* ---- UTF-8 ---------------------------------------------------------------------- */
 
-/* Length of the valid UTF-8 sequence at s (n bytes left), 0 when invalid. */
-static size_t utf8_seq(const uint8_t *s, size_t n)
-{
-	uint8_t c = s[0];
-	size_t len;
-	uint32_t min, cp;
-
-	if (c < 0x80)
-		return 1;
-	if (c >= 0xC2 && c <= 0xDF)
-		len = 2, min = 0x80, cp = c & 0x1F;
-	else if (c >= 0xE0 && c <= 0xEF)
-		len = 3, min = 0x800, cp = c & 0x0F;
-	else if (c >= 0xF0 && c <= 0xF4)
-		len = 4, min = 0x10000, cp = c & 0x07;
-	else
-		return 0;
-	if (len > n)
-		return 0;
-	for (size_t i = 1; i < len; i++) {
-		if ((s[i] & 0xC0) != 0x80)
-			return 0;
-		cp = (cp << 6) | (s[i] & 0x3F);
-	}
-	if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-		return 0;
-	return len;
-}
-
 /* Bytes of the character at s: an invalid byte counts as a character of its own. */
 static size_t utf8_char_len(const uint8_t *s, size_t n)
 {
-	size_t l = utf8_seq(s, n);
+	size_t l = pgv_utf8_seq(s, n);
 
 	return l == 0 ? 1 : l;
 }
@@ -271,7 +242,7 @@ static size_t utf8_char_len(const uint8_t *s, size_t n)
 static bool utf8_valid(const uint8_t *s, size_t n)
 {
 	for (size_t i = 0; i < n;) {
-		size_t l = utf8_seq(s + i, n - i);
+		size_t l = pgv_utf8_seq(s + i, n - i);
 
 		if (l == 0)
 			return false;
@@ -317,7 +288,7 @@ static void out_put_utf8(MaskOut *o, const uint8_t *s, size_t n)
 			run++;
 			continue;
 		}
-		l = utf8_seq(s + i + run, n - i - run);
+		l = pgv_utf8_seq(s + i + run, n - i - run);
 
 		if (l > 0) {
 			run += l;
@@ -433,7 +404,6 @@ static EVP_MAC_CTX *hash_begin(const MaskKey *key)
 /* hash([length]): HMAC-SHA-256 of the bytes, lower-case hex, the first `length` characters. */
 static int mask_hash(const Rule *r, const MaskKey *key, const uint8_t *in, size_t len, MaskOut *o)
 {
-	static const char hex[] = "0123456789abcdef";
 	uint8_t md[EVP_MAX_MD_SIZE];
 	char txt[MASK_HASH_HEX];
 	size_t mdlen = 0;
@@ -445,10 +415,7 @@ static int mask_hash(const Rule *r, const MaskKey *key, const uint8_t *in, size_
 	if ((mac = hash_begin(key)) == NULL || EVP_MAC_update(mac, in, len) != 1 ||
 	    EVP_MAC_final(mac, md, &mdlen, sizeof(md)) != 1 || mdlen != 32)
 		return MASK_ENOMEM;
-	for (unsigned i = 0; i < 32; i++) {
-		txt[2 * i] = hex[md[i] >> 4];
-		txt[2 * i + 1] = hex[md[i] & 15];
-	}
+	pgv_hex(txt, md, 32);
 	OPENSSL_cleanse(md, sizeof(md));
 	out_put(o, txt, keep > MASK_HASH_HEX ? MASK_HASH_HEX : keep);
 	return MASK_OK;

@@ -461,7 +461,6 @@ fail:
 /* hex(md5(a || b)) into hex (33 bytes with the NUL). */
 static bool md5_hex(const void *a, size_t alen, const void *b, size_t blen, char hex[33])
 {
-	static const char digits[] = "0123456789abcdef";
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
 	uint8_t d[16];
 	unsigned int n = 0;
@@ -471,10 +470,8 @@ static bool md5_hex(const void *a, size_t alen, const void *b, size_t blen, char
 	     EVP_DigestUpdate(ctx, a, alen) == 1 && EVP_DigestUpdate(ctx, b, blen) == 1 &&
 	     EVP_DigestFinal_ex(ctx, d, &n) == 1 && n == sizeof(d);
 	EVP_MD_CTX_free(ctx);
-	for (size_t i = 0; ok && i < sizeof(d); i++) {
-		hex[2 * i] = digits[d[i] >> 4];
-		hex[2 * i + 1] = digits[d[i] & 0xf];
-	}
+	if (ok)
+		pgv_hex(hex, d, sizeof(d));
 	hex[ok ? 32 : 0] = '\0';
 	OPENSSL_cleanse(d, sizeof(d));
 	return ok;

@@ -44,6 +44,46 @@ typedef struct RuleSet RuleSet;
 #define SQLSTATE_STATEMENT_TOO_COMPLEX "54001"
 #define SQLSTATE_CONFIG_FILE_ERROR "F0000"
 
+/* Writes the n bytes at in as 2n lower-case hex digits at out (no NUL). */
+static inline void pgv_hex(char *out, const uint8_t *in, size_t n)
+{
+	static const char digits[] = "0123456789abcdef";
+
+	for (size_t i = 0; i < n; i++) {
+		out[2 * i] = digits[in[i] >> 4];
+		out[2 * i + 1] = digits[in[i] & 15];
+	}
+}
+
+/* Length of the valid UTF-8 sequence at s (n > 0 bytes left), 0 when invalid (overlong, surrogate, past U+10FFFF). */
+static inline size_t pgv_utf8_seq(const uint8_t *s, size_t n)
+{
+	uint8_t c = s[0];
+	size_t len;
+	uint32_t min, cp;
+
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xC2 && c <= 0xDF)
+		len = 2, min = 0x80, cp = c & 0x1F;
+	else if (c >= 0xE0 && c <= 0xEF)
+		len = 3, min = 0x800, cp = c & 0x0F;
+	else if (c >= 0xF0 && c <= 0xF4)
+		len = 4, min = 0x10000, cp = c & 0x07;
+	else
+		return 0;
+	if (len > n)
+		return 0;
+	for (size_t i = 1; i < len; i++) {
+		if ((s[i] & 0xC0) != 0x80)
+			return 0;
+		cp = (cp << 6) | (s[i] & 0x3F);
+	}
+	if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+		return 0;
+	return len;
+}
+
 /* Monotonic clock in microseconds. */
 uint64_t pgv_now_us(void);
 /* Wall-clock time in microseconds since the epoch (for records that carry a date). */
