@@ -605,7 +605,8 @@ bool lin_expr_colref(Lin *l, const JNode *ref, unsigned ctx)
 	if (star) { /* t.* (or *) inside an expression: a whole row */
 		if (n == 0)
 			lin_all_whole_rows(l, ctx);
-		else if ((r = lin_rel_find(l, n >= 2 ? f[n - 2] : NULL, f[n - 1])) != NULL)
+		/* the inner tests cannot fail here (n > 0), but -O2 cannot see it and warns without them */
+		else if ((r = lin_rel_find(l, n >= 2 ? f[n >= 2 ? n - 2 : 0] : NULL, f[n > 0 ? n - 1 : 0])) != NULL)
 			lin_rel_whole_row(l, r, ctx);
 		else
 			(void)unqualified_column(l, f[0], ctx);
