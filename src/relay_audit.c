@@ -186,21 +186,21 @@ void relay_audit_fail_waiting(Session *s, uint64_t id, const char *sqlstate, con
 }
 
 /*
- * The text a row records for `sql` (malloc'd, NULL without memory): as
- * sent, or with audit_redact_literals its literals replaced by $n; a text
- * the lexer cannot normalize is withheld, never stored as sent.
+ * The text a row records for `sql`: as sent, or with audit_redact_literals
+ * its literals replaced by $n (*owned gets that copy, for the caller to
+ * free); a text the lexer cannot normalize (or no memory) is withheld,
+ * never stored as sent.
  */
-static char *recorded_text(Session *s, const char *sql)
+static const char *recorded_text(Session *s, const char *sql, char **owned)
 {
-	char *norm;
-
+	*owned = NULL;
 	if (sql == NULL)
 		sql = "";
 	if (!s->relay->cfg->audit_redact_literals)
-		return strdup(sql);
-	if ((norm = sqlinfo_normalize(sql, strlen(sql))) != NULL)
-		return norm;
-	return strdup("(not recorded: audit_redact_literals is on and the text could not be normalized)");
+		return sql;
+	if ((*owned = sqlinfo_normalize(sql, strlen(sql))) != NULL)
+		return *owned;
+	return "(not recorded: audit_redact_literals is on and the text could not be normalized)";
 }
 
 /*
@@ -230,12 +230,12 @@ void relay_audit_query(Session *s, const char *sql, const StmtInfo *info, const 
 		return;
 	fingerprint_hex(info, fp, sizeof(fp));
 	for (int i = 0; i < info->n_stmts; i++) {
-		char *text = stmt_text(sql, info, i);
-		char *rec = recorded_text(s, text != NULL ? text : sql);
+		char *text = stmt_text(sql, info, i), *owned;
+		const char *rec = recorded_text(s, text != NULL ? text : sql, &owned);
 
 		sqlinfo_class_names(info->stmts[i].classes, classes, sizeof(classes));
 		wait_push(s, a, start_row(s, rec, classes, decision, rule, approval_id, fp, true));
-		free(rec);
+		free(owned);
 		free(text);
 	}
 }
@@ -246,7 +246,7 @@ void relay_audit_refused(Session *s, const char *sql, const StmtInfo *info, cons
 	RelayAudit *a = tracker(s);
 	AuditOutcome o = { .rows = -1, .duration_us = 0, .sqlstate = sqlstate };
 	char classes[160] = "", fp[24];
-	char *rec, *err;
+	char *owned, *err;
 	uint64_t id;
 
 	if (a == NULL)
@@ -255,10 +255,10 @@ void relay_audit_refused(Session *s, const char *sql, const StmtInfo *info, cons
 		sqlinfo_class_names(info->classes, classes, sizeof(classes));
 		fingerprint_hex(info, fp, sizeof(fp));
 	}
-	rec = recorded_text(s, sql);
-	id = start_row(s, rec, classes, decision, rule, approval_id, info != NULL ? fp : NULL, false);
+	id = start_row(s, recorded_text(s, sql, &owned), classes, decision, rule, approval_id, info != NULL ? fp : NULL,
+		       false);
 	s->relay->audit_stop = AUDIT_OK; /* a refusal goes out whatever the log says */
-	free(rec);
+	free(owned);
 	if (id != 0) {
 		o.error = err = recorded_error(s, message);
 		audit_query_finish(id, &o);
@@ -307,7 +307,13 @@ void relay_audit_bind(Session *s, const char *portal, const char *sql, const Stm
 			break;
 		}
 	b = calloc(1, sizeof(*b));
-	if (b == NULL || (b->portal = strdup(portal)) == NULL || (b->sql = recorded_text(s, sql)) == NULL ||
+	if (b != NULL) {
+		char *owned;
+		const char *rec = recorded_text(s, sql, &owned);
+
+		b->sql = owned != NULL ? owned : strdup(rec);
+	}
+	if (b == NULL || (b->portal = strdup(portal)) == NULL || b->sql == NULL ||
 	    (rule != NULL && (b->rule = strdup(rule)) == NULL)) {
 		if (b != NULL)
 			bound_free(b);
