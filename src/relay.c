@@ -1031,6 +1031,7 @@ static GuardAction guard_bind_decide(Session *s, PgReader *rd, size_t msglen)
 	Relay *r = s->relay;
 	const char *portal, *stmt, *sql = NULL;
 	Prepared *p;
+	StmtInfo *runs;
 	PartList pl = { .n = 0 };
 	Decision d;
 	char msg[256];
@@ -1044,6 +1045,7 @@ static GuardAction guard_bind_decide(Session *s, PgReader *rd, size_t msglen)
 	}
 	(void)relay_config(r);
 	p = relay_prepared_find(r, stmt);
+	runs = bind_runs(r, stmt); /* now: `stmt` points into the scratch copy, which bind_display_whole reuses */
 	if (r->mask != NULL) { /* the catalog or masks may have changed since Parse; what it runs may read masked columns */
 		StmtInfo *bound = relay_bound_info(r, stmt);
 
@@ -1087,7 +1089,7 @@ static GuardAction guard_bind_decide(Session *s, PgReader *rd, size_t msglen)
 	}
 	text = bind_display_whole(s, sql);
 	/* the statement it runs, when that is known: a grant from it knows which it is */
-	act = hold_start(s, 'B', msglen, text != NULL ? text : sql, &d, &pl, bind_runs(r, stmt));
+	act = hold_start(s, 'B', msglen, text != NULL ? text : sql, &d, &pl, runs);
 	free(text);
 	return act;
 }
