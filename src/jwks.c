@@ -40,7 +40,7 @@ struct JwksFetcher {
 	char *path;                   /* path and query */
 	pthread_mutex_t lock;         /* guards the fields below */
 	bool in_flight;               /* a fetch is running */
-	time_t last_attempt;          /* start of the last fetch */
+	uint64_t last_attempt_us;     /* start of the last fetch (monotonic): whole seconds let two fetches straddle one */
 	struct event *waiters[JWKS_MAX_WAITERS]; /* events to activate when it ends */
 	int n_waiters;
 	struct evhttp_connection *conn; /* current fetch (main thread only) */
@@ -110,7 +110,7 @@ bool jwks_start(Config *cfg, struct event_base *main_base, char *err, size_t err
 	jwtauth_set_fetcher(cfg->oidc_verifier, f);
 	pthread_mutex_lock(&f->lock);
 	f->in_flight = true;
-	f->last_attempt = time(NULL);
+	f->last_attempt_us = pgv_now_us();
 	pthread_mutex_unlock(&f->lock);
 	event_base_once(main_base, -1, EV_TIMEOUT, fetch_start_cb, config_ref(cfg), NULL);
 	return true;
@@ -130,14 +130,14 @@ void jwks_free(JwksFetcher *f)
 bool jwks_wait_refresh(JwtVerifier *v, struct event *wake)
 {
 	JwksFetcher *f = jwtauth_get_fetcher(v);
-	time_t now = time(NULL);
+	uint64_t now = pgv_now_us();
 	bool start = false, ok = true;
 	Config *cfg;
 
 	if (f == NULL)
 		return false;
 	pthread_mutex_lock(&f->lock);
-	if (!f->in_flight && now - f->last_attempt < (time_t)f->cfg->oidc_jwks_min_refresh)
+	if (!f->in_flight && (now - f->last_attempt_us) / 1000000u < f->cfg->oidc_jwks_min_refresh)
 		ok = false;
 	else if (f->n_waiters >= JWKS_MAX_WAITERS)
 		ok = false;
@@ -145,7 +145,7 @@ bool jwks_wait_refresh(JwtVerifier *v, struct event *wake)
 		f->waiters[f->n_waiters++] = wake;
 		if (!f->in_flight) {
 			f->in_flight = true;
-			f->last_attempt = now;
+			f->last_attempt_us = now;
 			start = true;
 		}
 	}
