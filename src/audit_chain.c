@@ -22,17 +22,6 @@
 
 enum { TAG_NULL = 0, TAG_INTEGER = 1, TAG_REAL = 2, TAG_TEXT = 3, TAG_BLOB = 4 };
 
-/* A value's header: its tag, then 8 bytes big-endian (the integer, the real's bits, or the length). */
-static bool put_header(EVP_MD_CTX *ctx, unsigned char tag, uint64_t v, bool with_v)
-{
-	unsigned char b[9];
-
-	b[0] = tag;
-	for (int i = 8; i >= 1; i--, v >>= 8)
-		b[i] = (unsigned char)(v & 0xff);
-	return EVP_DigestUpdate(ctx, b, with_v ? sizeof(b) : 1) == 1;
-}
-
 /* SHA-256, fetched from the provider once (an implicit fetch at every row costs more than the hash). */
 static EVP_MD *sha256;
 static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
@@ -86,43 +75,89 @@ AuditValue audit_value_column(sqlite3_stmt *st, int col)
 	return v;
 }
 
+/*
+ * The encoding is gathered in a buffer and hashed in a few large updates:
+ * a row is some twenty small values, and an update per value costs more
+ * than the hashing.
+ */
+typedef struct Enc {
+	EVP_MD_CTX *ctx;
+	size_t n;
+	bool ok;
+	unsigned char buf[1024];
+} Enc;
+
+static void enc_flush(Enc *e)
+{
+	if (e->n > 0 && e->ok)
+		e->ok = EVP_DigestUpdate(e->ctx, e->buf, e->n) == 1;
+	e->n = 0;
+}
+
+static void enc_bytes(Enc *e, const void *p, size_t n)
+{
+	if (n > sizeof(e->buf) - e->n) {
+		enc_flush(e);
+		if (n > sizeof(e->buf)) { /* a large value goes straight in */
+			e->ok = e->ok && EVP_DigestUpdate(e->ctx, p, n) == 1;
+			return;
+		}
+	}
+	memcpy(e->buf + e->n, p, n);
+	e->n += n;
+}
+
+/* A value's header: its tag, then 8 bytes big-endian (the integer, the real's bits, or the length). */
+static void enc_header(Enc *e, unsigned char tag, uint64_t v, bool with_v)
+{
+	unsigned char b[9];
+
+	b[0] = tag;
+	for (int i = 8; i >= 1; i--, v >>= 8)
+		b[i] = (unsigned char)(v & 0xff);
+	enc_bytes(e, b, with_v ? sizeof(b) : 1);
+}
+
 /* One value: a type tag, then 8 bytes (integer, real) or an 8-byte length and the bytes. */
-static bool put_value(EVP_MD_CTX *ctx, const AuditValue *v)
+static void enc_value(Enc *e, const AuditValue *v)
 {
 	uint64_t bits;
 
 	switch (v->type) {
-	case SQLITE_NULL: return put_header(ctx, TAG_NULL, 0, false);
-	case SQLITE_INTEGER: return put_header(ctx, TAG_INTEGER, (uint64_t)v->i, true);
+	case SQLITE_NULL: enc_header(e, TAG_NULL, 0, false); break;
+	case SQLITE_INTEGER: enc_header(e, TAG_INTEGER, (uint64_t)v->i, true); break;
 	case SQLITE_FLOAT:
 		memcpy(&bits, &v->r, sizeof(bits));
-		return put_header(ctx, TAG_REAL, bits, true);
+		enc_header(e, TAG_REAL, bits, true);
+		break;
 	case SQLITE_TEXT:
 	case SQLITE_BLOB:
-		return put_header(ctx, v->type == SQLITE_TEXT ? TAG_TEXT : TAG_BLOB, (uint64_t)v->n, true) &&
-		       (v->n == 0 || EVP_DigestUpdate(ctx, v->p, v->n) == 1);
-	default: return false;
+		enc_header(e, v->type == SQLITE_TEXT ? TAG_TEXT : TAG_BLOB, (uint64_t)v->n, true);
+		if (v->n > 0)
+			enc_bytes(e, v->p, v->n);
+		break;
+	default: e->ok = false; break;
 	}
 }
 
 bool audit_chain_hash(const AuditValue v[AUDIT_CHAIN_NCOLS], char out[AUDIT_HASH_HEX])
 {
-	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	Enc e = {.ctx = EVP_MD_CTX_new(), .ok = true};
 	unsigned char md[EVP_MAX_MD_SIZE];
 	unsigned int mdlen = 0;
-	bool ok;
 
 	pthread_once(&sha256_once, sha256_fetch);
-	if (ctx == NULL || sha256 == NULL) {
-		EVP_MD_CTX_free(ctx);
+	if (e.ctx == NULL || sha256 == NULL) {
+		EVP_MD_CTX_free(e.ctx);
 		return false;
 	}
-	ok = EVP_DigestInit_ex2(ctx, sha256, NULL) == 1;
-	for (int i = 0; ok && i < AUDIT_CHAIN_NCOLS; i++)
-		ok = put_value(ctx, &v[i]);
-	ok = ok && EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 && mdlen == 32;
-	EVP_MD_CTX_free(ctx);
-	if (!ok)
+	e.ok = EVP_DigestInit_ex2(e.ctx, sha256, NULL) == 1;
+	for (int i = 0; e.ok && i < AUDIT_CHAIN_NCOLS; i++)
+		enc_value(&e, &v[i]);
+	enc_flush(&e);
+	e.ok = e.ok && EVP_DigestFinal_ex(e.ctx, md, &mdlen) == 1 && mdlen == 32;
+	EVP_MD_CTX_free(e.ctx);
+	if (!e.ok)
 		return false;
 	pgv_hex(out, md, mdlen);
 	out[64] = '\0';
@@ -138,25 +173,66 @@ bool audit_chain_hash_row(sqlite3_stmt *st, char out[AUDIT_HASH_HEX])
 	return audit_chain_hash(v, out);
 }
 
+/* Writes v as exactly `width` decimal digits at p (v < 10^width). */
+static char *put_digits(char *p, unsigned v, int width)
+{
+	for (int i = width - 1; i >= 0; i--) {
+		p[i] = (char)('0' + v % 10);
+		v /= 10;
+	}
+	return p + width;
+}
+
+/*
+ * The writer formats one time per row: the civil date comes from the day
+ * number (the days-from-civil algorithm run backwards), without gmtime_r's
+ * lock or printf.
+ */
 void audit_format_time(int64_t us, char buf[32])
 {
-	int64_t sec = us / 1000000, frac = us % 1000000;
-	time_t t;
-	struct tm tm;
-	char tmp[96];
+	int64_t sec = us / 1000000, frac = us % 1000000, days, sod, z, era, doe, yoe, y, doy, mp;
+	unsigned month, day;
+	char *p = buf;
 
 	if (frac < 0) {
 		frac += 1000000;
 		sec--;
 	}
-	t = (time_t)sec;
-	if (gmtime_r(&t, &tm) == NULL || tm.tm_year + 1900 > 9999 || tm.tm_year + 1900 < 0) {
-		snprintf(buf, 32, "%s", "0000-00-00T00:00:00.000000Z");
+	days = sec / 86400;
+	sod = sec % 86400;
+	if (sod < 0) {
+		sod += 86400;
+		days--;
+	}
+	z = days + 719468; /* days since 0000-03-01 */
+	era = (z >= 0 ? z : z - 146096) / 146097;
+	doe = z - era * 146097;
+	yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+	y = yoe + era * 400;
+	doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+	mp = (5 * doy + 2) / 153;
+	day = (unsigned)(doy - (153 * mp + 2) / 5 + 1);
+	month = (unsigned)(mp < 10 ? mp + 3 : mp - 9);
+	y += month <= 2;
+	if (y < 0 || y > 9999) {
+		memcpy(buf, "0000-00-00T00:00:00.000000Z", 28);
 		return;
 	}
-	snprintf(tmp, sizeof(tmp), "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-		 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)frac);
-	snprintf(buf, 32, "%.31s", tmp); /* 27 characters for every year 0-9999 */
+	p = put_digits(p, (unsigned)y, 4);
+	*p++ = '-';
+	p = put_digits(p, month, 2);
+	*p++ = '-';
+	p = put_digits(p, day, 2);
+	*p++ = 'T';
+	p = put_digits(p, (unsigned)(sod / 3600), 2);
+	*p++ = ':';
+	p = put_digits(p, (unsigned)(sod / 60 % 60), 2);
+	*p++ = ':';
+	p = put_digits(p, (unsigned)(sod % 60), 2);
+	*p++ = '.';
+	p = put_digits(p, (unsigned)frac, 6);
+	*p++ = 'Z';
+	*p = '\0';
 }
 
 /* ---- the verifier ---------------------------------------------------------------------- */

@@ -365,6 +365,13 @@ bool auditdb_open(AuditDb *d, const char *path, char *err, size_t errlen)
 		snprintf(err, errlen, "audit_db %s: out of memory", path);
 		return false;
 	}
+	/*
+	 * SQLite's allocation statistics take a process-wide mutex on every
+	 * malloc and free, a few per row written; pgveil reads none of them.
+	 * This can only be set before SQLite's first use (audit_start comes
+	 * before the console's readers); later it fails and changes nothing.
+	 */
+	(void)sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
 	if (sqlite3_open_v2(path, &d->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
 	                    NULL) != SQLITE_OK) {
 		db_fail(d, err, errlen);

@@ -1378,9 +1378,51 @@ static void ids_stay_unique_across_restarts(void **state)
 	assert_int_equal(query_int("SELECT session_id FROM approvals WHERE id = 2"), 3);
 }
 
+/* audit_format_time agrees with gmtime_r and printf over the years 0-9999 and says so past them. */
+static void time_format_matches_gmtime(void **state)
+{
+	static const int64_t fixed[] = {0, -1, 1, 951782400000000, 951868799999999, 4107542399999999,
+	                                -62135596800000000, -62167219200000000, 253402300799999999,
+	                                1795488067123456};
+	uint64_t x = 88172645463325252ull;
+	char got[32], want[96];
+
+	(void)state;
+	for (int i = 0; i < 200000; i++) {
+		int64_t us;
+		time_t t;
+		struct tm tm;
+
+		if (i < (int)(sizeof(fixed) / sizeof(fixed[0]))) {
+			us = fixed[i];
+		} else {
+			x ^= x << 13; /* xorshift: spread over -62167219200 .. 253402300799 seconds */
+			x ^= x >> 7;
+			x ^= x << 17;
+			us = -62167219200000000 + (int64_t)(x % 315569520000000000ull);
+		}
+		t = (time_t)(us >= 0 ? us / 1000000 : -((-us + 999999) / 1000000));
+		assert_non_null(gmtime_r(&t, &tm));
+		snprintf(want, sizeof(want), "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", tm.tm_year + 1900,
+		         tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+		         (int)(us - (int64_t)t * 1000000));
+		audit_format_time(us, got);
+		assert_string_equal(got, want);
+	}
+	audit_format_time(253402300800000000, got); /* year 10000 */
+	assert_string_equal(got, "0000-00-00T00:00:00.000000Z");
+	audit_format_time(-62167219200000001, got); /* year -1 */
+	assert_string_equal(got, "0000-00-00T00:00:00.000000Z");
+	audit_format_time(INT64_MIN, got);
+	assert_string_equal(got, "0000-00-00T00:00:00.000000Z");
+	audit_format_time(INT64_MAX, got);
+	assert_string_equal(got, "0000-00-00T00:00:00.000000Z");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(time_format_matches_gmtime),
 	    cmocka_unit_test_setup_teardown(schema_created_and_newer_refused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(foreign_database_refused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(version_1_migrated, setup, teardown),
