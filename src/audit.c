@@ -638,6 +638,7 @@ static void chores_locked(void)
 static void *writer_main(void *arg)
 {
 	(void)arg;
+	pthread_setname_np(pthread_self(), "pgveil-audit");
 	pthread_mutex_lock(&au.lock);
 	for (;;) {
 		uint64_t now = pgv_now_us();

@@ -770,6 +770,10 @@ static void *reader_main(void *arg)
 {
 	int slot = (int)(intptr_t)arg;
 	AuditRead *r;
+	char name[16];
+
+	snprintf(name, sizeof(name), "pgveil-read%d", slot);
+	pthread_setname_np(pthread_self(), name);
 
 	pthread_mutex_lock(&pool.lock);
 	while ((r = next_request()) != NULL) {

@@ -836,6 +836,8 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg)
 
 static void *catalog_main(void *arg)
 {
+	(void)arg;
+	pthread_setname_np(pthread_self(), "pgveil-catalog");
 	event_base_loop(cat.base, EVLOOP_NO_EXIT_ON_EMPTY);
 	sqlinfo_thread_cleanup();
 	return NULL;

@@ -166,7 +166,10 @@ static void worker_wakeup_cb(evutil_socket_t fd, short what, void *arg)
 static void *worker_main(void *arg)
 {
 	Worker *w = arg;
+	char name[16];
 
+	snprintf(name, sizeof(name), "pgveil-loop%d", w->id);
+	pthread_setname_np(pthread_self(), name); /* as top -H and ps -L show it */
 	event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
 	backend_free_cancel_jobs();
 	sqlinfo_thread_cleanup();
