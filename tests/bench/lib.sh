@@ -339,23 +339,51 @@ pgbench_tps_latency() { # FILE
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "error"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.6f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
+# CPU time (user and system, in clock ticks) a pgveil process has used:
+# all of it, or only that of its threads named NAME (pgveil-audit: the
+# audit writer). Empty when the process is gone.
+proc_cpu_ticks() { # PID [NAME]
+	local pid=$1 name=${2:-} f total=0 comm fields
+	if [ -z "$name" ]; then
+		fields=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null) || return 0
+		awk '{ print $12 + $13 }' <<<"$fields"
+		return 0
+	fi
+	for f in /proc/"$pid"/task/*; do
+		comm=$(cat "$f/comm" 2>/dev/null) || continue
+		[ "$comm" = "$name" ] || continue
+		fields=$(sed 's/^.*) //' "$f/stat" 2>/dev/null) || continue
+		total=$((total + $(awk '{ print $12 + $13 }' <<<"$fields")))
+	done
+	echo "$total"
+}
+
+# cpu_per_tx TICKS TRANSACTIONS: microseconds of CPU per transaction, or "-".
+cpu_per_tx() {
+	awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" \
+		'BEGIN { if (t == "" || n == "" || n == 0) print "-"; else printf "%.1f\n", t * 1e6 / hz / n }'
+}
+
 # bench_measure RUN: ROUNDS rounds of "RUN TARGET MODE" for every mode of
 # MODES and every active target. RUN writes pgbench's output to
-# $BENCH_DIR/pgbench-TARGET-MODE.out and prints "tps latency_ms" (or "error
-# error"). Rounds are interleaved (round 1 of every target, then round 2,
-# ...) so that a change in the machine's background load spreads over all
-# targets. Fills TPS[MODE,TARGET] and LAT[MODE,TARGET] with the medians, and
-# TPS_ROUND[MODE,TARGET,ROUND] with each round's tps.
-declare -A TPS=() LAT=() TPS_ROUND=()
-# shellcheck disable=SC2034 # TPS and LAT are read by the caller
+# $BENCH_DIR/pgbench-TARGET-MODE.out and prints "tps latency_ms [cpu
+# audit_cpu]" (or "error error"; cpu and audit_cpu: pgveil's CPU time and
+# its audit writer's per transaction, in microseconds, or "-"). Rounds are
+# interleaved (round 1 of every target, then round 2, ...) so that a change
+# in the machine's background load spreads over all targets. Fills
+# TPS[MODE,TARGET], LAT[MODE,TARGET], CPU[MODE,TARGET] and
+# AUDIT_CPU[MODE,TARGET] with the medians, and TPS_ROUND[MODE,TARGET,ROUND]
+# with each round's tps.
+declare -A TPS=() LAT=() CPU=() AUDIT_CPU=() TPS_ROUND=()
+# shellcheck disable=SC2034 # TPS, LAT, CPU and AUDIT_CPU are read by the caller
 bench_measure() {
-	local run=$1 r m t tps lat out
-	local -A tps_list=() lat_list=()
+	local run=$1 r m t tps lat cpu acpu out
+	local -A tps_list=() lat_list=() cpu_list=() acpu_list=()
 	for r in $(seq "$ROUNDS"); do
 		for m in $MODES; do
 			for t in $TARGETS; do
 				[ -n "${ACTIVE[$t]:-}" ] || continue
-				read -r tps lat < <("$run" "$t" "$m")
+				read -r tps lat cpu acpu < <("$run" "$t" "$m")
 				out=$BENCH_DIR/pgbench-$t-$m.out
 				[ "$ROUNDS" -eq 1 ] || cp "$out" "$BENCH_DIR/pgbench-$t-$m.round$r.out"
 				if [ "$tps" = error ]; then
@@ -365,7 +393,9 @@ bench_measure() {
 				TPS_ROUND[$m,$t,$r]=$tps
 				tps_list[$m,$t]+=" $tps"
 				lat_list[$m,$t]+=" $lat"
-				log "round $r/$ROUNDS $m/$t: tps $tps, latency $lat ms"
+				[ "${cpu:--}" = - ] || cpu_list[$m,$t]+=" $cpu"
+				[ "${acpu:--}" = - ] || acpu_list[$m,$t]+=" $acpu"
+				log "round $r/$ROUNDS $m/$t: tps $tps, latency $lat ms${cpu:+, pgveil CPU $cpu us/tx}${acpu:+ (audit writer $acpu)}"
 			done
 		done
 	done
@@ -374,6 +404,10 @@ bench_measure() {
 			[ -n "${ACTIVE[$t]:-}" ] || continue
 			TPS[$m,$t]=$(echo "${tps_list[$m,$t]:-}" | median)
 			LAT[$m,$t]=$(echo "${lat_list[$m,$t]:-}" | median)
+			CPU[$m,$t]=-
+			AUDIT_CPU[$m,$t]=-
+			[ -z "${cpu_list[$m,$t]:-}" ] || CPU[$m,$t]=$(echo "${cpu_list[$m,$t]}" | median)
+			[ -z "${acpu_list[$m,$t]:-}" ] || AUDIT_CPU[$m,$t]=$(echo "${acpu_list[$m,$t]}" | median)
 		done
 	done
 }

@@ -46,16 +46,33 @@ bench_need_numbers CLIENTS THREADS DURATION SCALE ROUNDS WARMUP
 # --------------------------------------------------------------------------
 # measuring
 
-# pgbench against one target; prints "tps latency_ms" or "error error".
+# pgbench against one target; prints "tps latency_ms" or "error error",
+# and for pgveil targets the CPU time pgveil and its audit writer used per
+# transaction (bench_measure).
 run_pgbench() { # TARGET MODE SECONDS
-	local target=$1 mode=$2 secs=$3 out
+	local target=$1 mode=$2 secs=$3 out pid=${PGVEIL_PIDS[$1]:-} c0="" a0="" c1="" a1="" n audit
 	out=$BENCH_DIR/pgbench-$target-$mode.out
+	if [ -n "$pid" ]; then
+		c0=$(proc_cpu_ticks "$pid")
+		a0=$(proc_cpu_ticks "$pid" pgveil-audit)
+	fi
 	# -n: no VACUUM before the run (done once, directly, after loading).
 	if ! bench_client "$target" pgbench -n -S -M "$mode" -c "$CLIENTS" -j "$THREADS" -T "$secs" >"$out" 2>&1; then
 		echo "error error"
 		return
 	fi
-	pgbench_tps_latency "$out"
+	if [ -z "$pid" ]; then
+		pgbench_tps_latency "$out"
+		return
+	fi
+	c1=$(proc_cpu_ticks "$pid")
+	a1=$(proc_cpu_ticks "$pid" pgveil-audit)
+	n=$(awk '/^number of transactions actually processed: / { split($NF, a, "/"); print a[1]; exit }' "$out")
+	audit=-
+	if [ "${PGVEIL_AUDIT_OF[$target]:-off}" != off ]; then
+		audit=$(cpu_per_tx "$((${a1:-0} - ${a0:-0}))" "$n")
+	fi
+	echo "$(pgbench_tps_latency "$out") $(cpu_per_tx "$((${c1:-0} - ${c0:-0}))" "$n") $audit"
 }
 
 # --------------------------------------------------------------------------
@@ -88,20 +105,22 @@ bench_measure run_round
 # --------------------------------------------------------------------------
 # report
 
+# One line of the table.
+row() { printf '%-9s %-13s %12s %14s %10s %17s %14s %9s %11s\n' "$@"; }
 report_text() {
 	echo
 	echo "pgbench -S (select only), -c $CLIENTS -j $THREADS -T $DURATION, scale $SCALE, rounds $ROUNDS (median)"
 	echo "PostgreSQL $(postgres_version), $(nproc) CPUs;" \
 		"every target reached over TCP 127.0.0.1; proxies connect to the server over TCP 127.0.0.1 (SCRAM)"
 	echo
-	printf '%-9s %-13s %12s %14s %10s %17s %14s\n' mode target tps "latency avg ms" "vs direct" "pgveil/pgbouncer" \
-		"vs pgveil"
-	printf '%-9s %-13s %12s %14s %10s %17s %14s\n' --------- ------------- ------------ -------------- ---------- \
-		----------------- --------------
+	row mode target tps "latency avg ms" "vs direct" "pgveil/pgbouncer" "vs pgveil" "CPU us/tx" \
+		"audit us/tx"
+	row --------- ------------- ------------ -------------- ---------- ----------------- -------------- \
+		--------- -----------
 	for m in $MODES; do
 		for t in $TARGETS; do
 			if [ -z "${ACTIVE[$t]:-}" ]; then
-				printf '%-9s %-13s %12s %14s %10s %17s %14s\n' "$m" "$t" skipped - - - -
+				row "$m" "$t" skipped - - - - - -
 				continue
 			fi
 			vs=$(ratio "${TPS[$m,$t]}" "${TPS[$m,direct]:-}")
@@ -114,10 +133,13 @@ report_text() {
 			esac
 			tps_fmt=$(awk -v x="${TPS[$m,$t]}" 'BEGIN { if (x == "error") print x; else printf "%.1f\n", x }')
 			lat_fmt=$(awk -v x="${LAT[$m,$t]}" 'BEGIN { if (x == "error") print x; else printf "%.3f\n", x }')
-			printf '%-9s %-13s %12s %14s %10s %17s %14s\n' "$m" "$t" "$tps_fmt" "$lat_fmt" "$vs" "$pb" "$vp"
+			row "$m" "$t" "$tps_fmt" "$lat_fmt" "$vs" "$pb" "$vp" "${CPU[$m,$t]:--}" "${AUDIT_CPU[$m,$t]:--}"
 		done
 	done
 	echo
 }
-csv_row() { echo "$1,$2,${TPS[$1,$2]},${LAT[$1,$2]},$CLIENTS,$THREADS,$DURATION,$SCALE"; }
-bench_write_results report_text "mode,target,tps,latency_ms,clients,threads,duration_s,scale" csv_row
+csv_row() {
+	echo "$1,$2,${TPS[$1,$2]},${LAT[$1,$2]},${CPU[$1,$2]:--},${AUDIT_CPU[$1,$2]:--},$CLIENTS,$THREADS,$DURATION,$SCALE"
+}
+bench_write_results report_text \
+	"mode,target,tps,latency_ms,cpu_us_per_tx,audit_cpu_us_per_tx,clients,threads,duration_s,scale" csv_row
