@@ -40,6 +40,7 @@
 #define AUDIT_RETRY_US 1000000u             /* after a failure, try again after this */
 #define AUDIT_PRUNE_US (3600ull * 1000000u) /* retention runs this often */
 #define AUDIT_PRUNE_RETRY_US (60ull * 1000000u)
+#define AUDIT_PRUNE_CHUNK 2000u /* rows retention removes in one transaction: writes go between two */
 #define AUDIT_STOP_RETRIES 3 /* failed writes at shutdown before the rest is given up */
 
 typedef enum { W_PENDING, W_OK, W_FAILED } WaitState;
@@ -67,6 +68,8 @@ static struct {
 	int mode;               /* AuditMode (read without the lock: atomic) */
 	uint64_t retention;     /* seconds, 0 = off */
 	uint64_t next_prune_us; /* monotonic */
+	size_t prune_chunk;     /* rows a retention transaction removes */
+	bool pruned_last;       /* the last thing done was a retention transaction: a due write goes next */
 	AuditDb db;             /* the writer's; opened by audit_start() */
 	pthread_t thread;
 	AuditItem *head, *tail; /* queued events, oldest first */
@@ -91,7 +94,7 @@ static struct {
 	const char *test_sql; /* audit_test_exec() */
 	bool test_done, test_ok;
 	char test_err[256];
-} au = {.lock = PTHREAD_MUTEX_INITIALIZER, .queue_max = AUDIT_QUEUE_MAX};
+} au = {.lock = PTHREAD_MUTEX_INITIALIZER, .queue_max = AUDIT_QUEUE_MAX, .prune_chunk = AUDIT_PRUNE_CHUNK};
 
 static const char *const mode_names[] = {"async", "strict"};
 
@@ -602,17 +605,21 @@ static void write_lazy_locked(void)
 static void prune_locked(uint64_t now)
 {
 	uint64_t retention = au.retention, max_id = au.next_id - 1;
+	size_t chunk = au.prune_chunk;
 	char err[512];
-	bool ok;
+	bool ok, more = false;
 
 	au.next_prune_us = now + AUDIT_PRUNE_US;
 	pthread_mutex_unlock(&au.lock);
-	ok = auditdb_prune(&au.db, retention, pgv_wall_us(), max_id, err, sizeof(err));
+	ok = auditdb_prune(&au.db, retention, pgv_wall_us(), max_id, chunk, &more, err, sizeof(err));
 	if (!ok)
 		log_error("audit: retention: %s (tried again in a minute)", err);
 	pthread_mutex_lock(&au.lock);
+	au.pruned_last = true;
 	if (!ok)
 		au.next_prune_us = pgv_now_us() + AUDIT_PRUNE_RETRY_US;
+	else if (more)
+		au.next_prune_us = 0; /* the next chunk, once what is due meanwhile is written */
 }
 
 /* Work that is not a batch: a test's SQL. */
@@ -644,9 +651,16 @@ static void *writer_main(void *arg)
 		uint64_t now = pgv_now_us();
 
 		chores_locked();
-		if (prune_due(now))
+		/*
+		 * Retention goes in chunks; a write that is due goes between two,
+		 * so strict statements wait for one chunk at most.
+		 */
+		if (prune_due(now) && !(au.pruned_last && (write_due(now) || lazy_due(now)))) {
 			prune_locked(now);
-		else if (write_due(now))
+			continue;
+		}
+		au.pruned_last = false;
+		if (write_due(now))
 			write_batch_locked();
 		else if (lazy_due(now))
 			write_lazy_locked();
@@ -999,6 +1013,13 @@ void audit_id_bases(uint64_t *session_base, uint64_t *approval_base)
 }
 
 /* ---- test hooks --------------------------------------------------------------------------- */
+
+void audit_test_set_prune_chunk(size_t n)
+{
+	pthread_mutex_lock(&au.lock);
+	au.prune_chunk = n > 0 ? n : AUDIT_PRUNE_CHUNK;
+	pthread_mutex_unlock(&au.lock);
+}
 
 void audit_test_set_queue_max(size_t n)
 {

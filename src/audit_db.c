@@ -803,9 +803,12 @@ bool auditdb_pending_left(const AuditDb *d)
 
 /* ---- retention --------------------------------------------------------------------------- */
 
-/* Runs a DELETE with ?1 = text `a`, ?2 = `n` (either may be absent); *changes gets the rows changed. */
-static bool prune_exec(AuditDb *d, const char *sql, const char *a, int64_t n, int64_t *changes, char *err,
-                       size_t errlen)
+/*
+ * Runs a DELETE with ?1 = text `a`, ?2 = `n`, ?3 = `limit` (any may be
+ * absent); *changes gets the rows changed.
+ */
+static bool prune_exec(AuditDb *d, const char *sql, const char *a, int64_t n, int64_t limit, int64_t *changes,
+                       char *err, size_t errlen)
 {
 	sqlite3_stmt *st = NULL;
 	int rc;
@@ -814,6 +817,7 @@ static bool prune_exec(AuditDb *d, const char *sql, const char *a, int64_t n, in
 		return db_fail(d, err, errlen);
 	sqlite3_bind_text(st, 1, a, -1, SQLITE_TRANSIENT);
 	sqlite3_bind_int64(st, 2, n);
+	sqlite3_bind_int64(st, 3, limit);
 	rc = sqlite3_step(st);
 	if (rc != SQLITE_DONE)
 		db_fail(d, err, errlen);
@@ -825,16 +829,16 @@ static bool prune_exec(AuditDb *d, const char *sql, const char *a, int64_t n, in
 
 /*
  * Removes the chained rows older than `cutoff` that form a prefix of the
- * chain (a row is kept when a row before it in the chain is kept) and
- * records the checkpoint. *pruned gets the rows removed, *upto their last
- * chain_seq.
+ * chain (a row is kept when a row before it in the chain is kept), at most
+ * `limit` of them, and records the checkpoint. *pruned gets the rows
+ * removed, *upto their last chain_seq, *more whether older rows are left.
  */
-static bool prune_chain(AuditDb *d, const char *cutoff, const char *now, uint64_t max_query_id,
-                        int64_t *pruned, int64_t *upto, char *err, size_t errlen)
+static bool prune_chain(AuditDb *d, const char *cutoff, const char *now, uint64_t max_query_id, int64_t limit,
+                        int64_t *pruned, int64_t *upto, bool *more, char *err, size_t errlen)
 {
 	char hash[AUDIT_HASH_HEX] = "";
 	sqlite3_stmt *st = NULL;
-	int64_t last = 0;
+	int64_t last = 0, cut = 0;
 
 	*pruned = 0;
 	if (!db_int64(d,
@@ -845,6 +849,20 @@ static bool prune_chain(AuditDb *d, const char *cutoff, const char *now, uint64_
 		return false;
 	if (last <= 0)
 		return true;
+	if (sqlite3_prepare_v2(d->db,
+	                       "SELECT chain_seq FROM queries WHERE chain_seq IS NOT NULL AND chain_seq <= ?1"
+	                       " ORDER BY chain_seq LIMIT 1 OFFSET ?2",
+	                       -1, &st, NULL) != SQLITE_OK)
+		return db_fail(d, err, errlen);
+	sqlite3_bind_int64(st, 1, last);
+	sqlite3_bind_int64(st, 2, limit - 1);
+	if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int64(st, 0) < last) {
+		cut = sqlite3_column_int64(st, 0); /* this pass stops there */
+		*more = true;
+	}
+	sqlite3_finalize(st);
+	if (cut > 0)
+		last = cut;
 	if (sqlite3_prepare_v2(d->db, "SELECT hash FROM queries WHERE chain_seq = ?1", -1, &st, NULL) !=
 	    SQLITE_OK)
 		return db_fail(d, err, errlen);
@@ -854,7 +872,7 @@ static bool prune_chain(AuditDb *d, const char *cutoff, const char *now, uint64_
 	sqlite3_finalize(st);
 	if (hash[0] == '\0')
 		return true; /* already pruned up to there */
-	if (!prune_exec(d, "DELETE FROM queries WHERE chain_seq <= ?2", cutoff, last, pruned, err, errlen))
+	if (!prune_exec(d, "DELETE FROM queries WHERE chain_seq <= ?2", cutoff, last, 0, pruned, err, errlen))
 		return false;
 	if (sqlite3_prepare_v2(
 	        d->db,
@@ -879,51 +897,57 @@ static bool prune_chain(AuditDb *d, const char *cutoff, const char *now, uint64_
 
 /*
  * Unfinished rows of earlier runs, sessions and approvals older than the
- * cutoff with no statement left. The newest row of each table stays: the
- * next start numbers after the largest ids the file holds (load_ids), and
- * they must not go back (chained rows have their checkpoint for that).
+ * cutoff with no statement left, at most `limit` of each (*more: perhaps
+ * more are left). The newest row of each table stays: the next start
+ * numbers after the largest ids the file holds (load_ids), and they must
+ * not go back (chained rows have their checkpoint for that).
  */
-static bool prune_rest(AuditDb *d, const char *cutoff, int64_t *n, char *err, size_t errlen)
+static bool prune_rest(AuditDb *d, const char *cutoff, int64_t limit, int64_t *n, bool *more, char *err,
+                       size_t errlen)
 {
 	int64_t a = 0, b = 0, c = 0;
 
 	if (!prune_exec(d,
-	                "DELETE FROM queries WHERE chain_seq IS NULL AND ts < ?1 AND id < ?2"
-	                " AND id < (SELECT max(id) FROM queries)",
-	                cutoff, (int64_t)d->first_query_id, &a, err, errlen) ||
+	                "DELETE FROM queries WHERE id IN (SELECT id FROM queries WHERE chain_seq IS NULL"
+	                " AND ts < ?1 AND id < ?2 AND id < (SELECT max(id) FROM queries) LIMIT ?3)",
+	                cutoff, (int64_t)d->first_query_id, limit, &a, err, errlen) ||
 	    !prune_exec(d,
-	                "DELETE FROM sessions WHERE started_at < ?1"
+	                "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions WHERE started_at < ?1"
 	                " AND (ended_at < ?1 OR (ended_at IS NULL AND id <= ?2))"
 	                " AND NOT EXISTS (SELECT 1 FROM queries q WHERE q.session_id = sessions.id)"
-	                " AND id < (SELECT max(id) FROM sessions)",
-	                cutoff, (int64_t)d->session_base, &b, err, errlen) ||
+	                " AND id < (SELECT max(id) FROM sessions) LIMIT ?3)",
+	                cutoff, (int64_t)d->session_base, limit, &b, err, errlen) ||
 	    !prune_exec(d,
-	                "DELETE FROM approvals WHERE requested_at < ?1"
+	                "DELETE FROM approvals WHERE id IN (SELECT id FROM approvals WHERE requested_at < ?1"
 	                " AND (decided_at < ?1 OR (decided_at IS NULL AND id <= ?2))"
 	                " AND NOT EXISTS (SELECT 1 FROM queries q WHERE q.id = approvals.query_id)"
-	                " AND id < (SELECT max(id) FROM approvals)",
-	                cutoff, (int64_t)d->approval_base, &c, err, errlen))
+	                " AND id < (SELECT max(id) FROM approvals) LIMIT ?3)",
+	                cutoff, (int64_t)d->approval_base, limit, &c, err, errlen))
 		return false;
 	*n = a + b + c;
+	if (a >= limit || b >= limit || c >= limit)
+		*more = true;
 	return true;
 }
 
-bool auditdb_prune(AuditDb *d, uint64_t retention_s, int64_t now_us, uint64_t max_query_id, char *err,
-                   size_t errlen)
+bool auditdb_prune(AuditDb *d, uint64_t retention_s, int64_t now_us, uint64_t max_query_id, size_t limit,
+                   bool *more, char *err, size_t errlen)
 {
 	char cutoff[32], now[32];
-	int64_t pruned = 0, upto = 0, rest = 0;
+	int64_t pruned = 0, upto = 0, rest = 0, lim = limit > 0 && limit < INT32_MAX ? (int64_t)limit : INT32_MAX;
 
+	*more = false;
 	if (now_us <= 0 || retention_s >= (uint64_t)now_us / 1000000)
 		return true; /* the cutoff is before the epoch (or the product would overflow): nothing is that old */
 	audit_format_time(now_us - (int64_t)retention_s * 1000000, cutoff);
 	audit_format_time(now_us, now);
 	if (!db_exec(d, "BEGIN IMMEDIATE", err, errlen))
 		return false;
-	if (!prune_chain(d, cutoff, now, max_query_id, &pruned, &upto, err, errlen) ||
-	    !prune_rest(d, cutoff, &rest, err, errlen) || !db_exec(d, "COMMIT", err, errlen)) {
+	if (!prune_chain(d, cutoff, now, max_query_id, lim, &pruned, &upto, more, err, errlen) ||
+	    !prune_rest(d, cutoff, lim, &rest, more, err, errlen) || !db_exec(d, "COMMIT", err, errlen)) {
 		if (!sqlite3_get_autocommit(d->db))
 			sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
+		*more = false;
 		return false;
 	}
 	if (pruned > 0 || rest > 0)

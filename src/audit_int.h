@@ -114,12 +114,14 @@ bool auditdb_write(AuditDb *d, AuditItem *items, AuditPass pass, char *err, size
 bool auditdb_pending_left(const AuditDb *d);
 /*
  * Retention: removes what is older than now_us - retention_s (see
- * doc/audit.md) and records a checkpoint when chained rows went. The max_*
- * are the largest ids this run handed out, kept in the checkpoint so ids
- * are never reused. False with err on a database failure (nothing removed).
+ * doc/audit.md), at most `limit` rows of each kind in one transaction, and
+ * records a checkpoint when chained rows went; *more says older rows are
+ * left for another call. max_query_id is the largest id this run handed
+ * out, kept in the checkpoint so ids are never reused. False with err on a
+ * database failure (nothing removed).
  */
-bool auditdb_prune(AuditDb *d, uint64_t retention_s, int64_t now_us, uint64_t max_query_id, char *err,
-                   size_t errlen) PGV_WARN_UNUSED;
+bool auditdb_prune(AuditDb *d, uint64_t retention_s, int64_t now_us, uint64_t max_query_id, size_t limit,
+                   bool *more, char *err, size_t errlen) PGV_WARN_UNUSED;
 /* Runs SQL on the writer's connection (tests). */
 bool auditdb_exec(AuditDb *d, const char *sql, char *err, size_t errlen) PGV_WARN_UNUSED;
 
@@ -183,6 +185,8 @@ bool audit_chain_hash_row(sqlite3_stmt *st, char out[AUDIT_HASH_HEX]) PGV_WARN_U
 
 /* The number of unwritten statement rows at which audit_query_start says AUDIT_FULL (default 65536). */
 void audit_test_set_queue_max(size_t n);
+/* Rows retention removes in one transaction (default AUDIT_PRUNE_CHUNK; 0: the default). */
+void audit_test_set_prune_chunk(size_t n);
 /* Runs `sql` on the writer's connection from the writer thread, between two batches; waits for it. */
 bool audit_test_exec(const char *sql, char *err, size_t errlen) PGV_WARN_UNUSED;
 

@@ -1034,6 +1034,74 @@ static void retention_keeps_the_chain_verifiable(void **state)
 	assert_contains(out, "rows deleted before chain_seq 9");
 }
 
+static bool three_checkpoints(void)
+{
+	return query_int("SELECT count(*) FROM checkpoints") == 3;
+}
+
+/* Retention removes a few rows per transaction, each with its checkpoint; the chain stays verifiable. */
+static void retention_in_chunks(void **state)
+{
+	int64_t old = now_us() - 10 * 86400 * 1000000LL;
+	char out[512];
+
+	(void)state;
+	audit_test_set_prune_chunk(2);
+	start(AUDIT_ASYNC);
+	write_rows(5, old); /* chain_seq 1..5 */
+	write_rows(1, now_us());
+	assert_true(wait_for(nothing_queued, 2000));
+	cfg.audit_retention = 86400;
+	audit_reconfigure(&cfg);
+	assert_true(wait_for(three_checkpoints, 3000));
+	audit_stop();
+	audit_test_set_prune_chunk(0);
+	cfg.audit_retention = 0;
+	assert_string_equal(query_text("SELECT group_concat(chain_seq || ':' || rows_pruned, ' ') FROM checkpoints"),
+	                    "2:2 4:2 5:1");
+	assert_int_equal(query_int("SELECT count(*) FROM queries"), 1);
+	assert_int_equal(verify(out, sizeof(out)), 0);
+	assert_contains(out, "ok: 1 rows, chain intact (chain_seq 6..6, after a retention checkpoint)");
+}
+
+/*
+ * A strict statement that comes while retention has much to remove waits
+ * for one chunk, not for all of it: its row is durable while old rows are
+ * still there.
+ */
+static void strict_write_between_retention_chunks(void **state)
+{
+	enum { OLD = 3000 };
+	int64_t old = now_us() - 10 * 86400 * 1000000LL;
+	Fired f = {.rows_seen = -1};
+	AuditQuery q = {.session_id = 1, .subject = "s", .database = "d", .sql = "DELETE FROM t",
+	                .classes = "DELETE,WRITE", .decision = "allow"};
+	int64_t left;
+
+	(void)state;
+	start(AUDIT_ASYNC);
+	write_rows(OLD, old);
+	assert_true(wait_for(nothing_queued, 5000));
+	audit_stop();
+	audit_test_set_prune_chunk(1); /* a transaction per row: thousands of them */
+	cfg.audit_retention = 86400;
+	start(AUDIT_STRICT); /* retention starts at once */
+	q.ts_us = now_us();
+	f.ev = event_new(base, -1, 0, fired_cb, &f);
+	assert_int_equal(audit_query_start(&q, f.ev, NULL, &f.id), AUDIT_OK);
+	assert_true(run_until_fired(&f, 1, 5000));
+	left = query_int("SELECT count(*) FROM queries WHERE chain_seq IS NOT NULL");
+	assert_int_equal(audit_query_durable(f.id), AUDIT_OK);
+	assert_int_equal(f.rows_seen, 1);
+	finish(f.id, 0);
+	event_free(f.ev);
+	audit_stop();
+	audit_test_set_prune_chunk(0);
+	cfg.audit_retention = 0;
+	assert_true(left > 0); /* retention was not over when the row was durable */
+	print_message("old rows left when the strict row was durable: %lld of %d\n", (long long)left, OLD);
+}
+
 /* A retention longer than the epoch is old (its microseconds overflow int64) prunes nothing. */
 static void huge_retention_prunes_nothing(void **state)
 {
@@ -1445,6 +1513,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(verifier_finds_reordered_rows, setup, teardown),
 	    cmocka_unit_test_setup_teardown(retention_keeps_the_chain_verifiable, setup, teardown),
 	    cmocka_unit_test_setup_teardown(retention_of_everything, setup, teardown),
+	    cmocka_unit_test_setup_teardown(retention_in_chunks, setup, teardown),
+	    cmocka_unit_test_setup_teardown(strict_write_between_retention_chunks, setup, teardown),
 	    cmocka_unit_test_setup_teardown(huge_retention_prunes_nothing, setup, teardown),
 	    cmocka_unit_test_setup_teardown(ids_continue_after_retention, setup, teardown),
 	    cmocka_unit_test_setup_teardown(strict_readonly_refuses, setup, teardown),
