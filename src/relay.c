@@ -1142,6 +1142,8 @@ static GuardAction guard_close(Session *s, PgReader *rd)
 		relay_refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory", NULL, NULL, 0);
 		return GUARD_REFUSE;
 	}
+	if (kind == 'P')
+		relay_audit_close_portal(s, name);
 	return GUARD_FORWARD;
 }
 
@@ -1179,7 +1181,7 @@ static GuardAction guard_function_call(Session *s, PgReader *rd, size_t msglen)
 		s->relay->path_changed = true; /* the function may be set_config() */
 	if (d.action == DECISION_ALLOW) {
 		relay_audit_bind(s, FASTPATH_PORTAL, text, NULL, "allow", s->relay->audit_rule, 0);
-		relay_audit_execute(s, FASTPATH_PORTAL);
+		relay_audit_execute(s, FASTPATH_PORTAL, 0);
 		return audit_stopped(s);
 	}
 	if (d.action == DECISION_BLOCK) {
@@ -1424,13 +1426,16 @@ static size_t mask_forward(Session *s, struct evbuffer *in, size_t run, const Pg
 	return run;
 }
 
-/* The name at the start of the message at `run` (Execute's portal), into buf. */
-/* An Execute's row: its portal's name is read whole (names have no length limit in the protocol). */
+/*
+ * An Execute's row: its portal's name is read whole (names have no length
+ * limit in the protocol), then its row limit.
+ */
 static void audit_execute(Session *s, struct evbuffer *in, size_t run, const PgHeader *h)
 {
 	struct evbuffer_ptr pos;
-	size_t n = h->len - 4;
+	size_t n = h->len - 4, name_len;
 	char stack[256], *buf = n < sizeof(stack) ? stack : malloc(n + 1);
+	int64_t max_rows = 0;
 
 	if (buf == NULL) {
 		if (audit_strict())
@@ -1440,7 +1445,13 @@ static void audit_execute(Session *s, struct evbuffer *in, size_t run, const PgH
 	evbuffer_ptr_set(in, &pos, run + PG_HEADER_LEN, EVBUFFER_PTR_SET);
 	evbuffer_copyout_from(in, &pos, buf, n);
 	buf[n] = '\0'; /* the name ends at its own NUL, before the row limit */
-	relay_audit_execute(s, buf);
+	name_len = strlen(buf);
+	if (name_len + 5 <= n) {
+		const uint8_t *p = (const uint8_t *)buf + name_len + 1;
+
+		max_rows = (int32_t)((uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]);
+	}
+	relay_audit_execute(s, buf, max_rows > 0 ? max_rows : 0);
 	if (buf != stack)
 		free(buf);
 }
@@ -1472,7 +1483,7 @@ static bool released(Session *s, struct evbuffer *in, size_t run, const PgHeader
 	} else if (h->type == 'F') {
 		relay_audit_bind(s, FASTPATH_PORTAL, "-- FunctionCall (fast-path protocol)", NULL, "approve",
 				 r->audit_rule, r->released_id);
-		relay_audit_execute(s, FASTPATH_PORTAL);
+		relay_audit_execute(s, FASTPATH_PORTAL, 0);
 	}
 	return true;
 }

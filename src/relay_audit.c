@@ -14,6 +14,13 @@
  * the batch; ReadyForQuery ends the batch. A refusal sent in place of a
  * statement waits as a marker without a row (its row was finished when it
  * was refused), so that the server's error for it lines up.
+ *
+ * A portal fetched in pieces (Execute with a row limit, answered with
+ * PortalSuspended) is one statement: its row stays open, counting the rows
+ * of each piece, and the Executes that go on with it add to it. It is
+ * finished when the portal completes or fails, or when it goes away
+ * unfinished: closed by the client, replaced by another Bind, at the end
+ * of its transaction or of the session (then with the rows fetched).
  */
 #include <event2/buffer.h>
 #include <stdio.h>
@@ -32,6 +39,8 @@ typedef struct Waiting {
 	uint64_t id;             /* audit row; 0: a refusal's marker */
 	uint64_t batch;          /* the batch (Query or Sync) it belongs to */
 	int64_t started_us;
+	uint64_t bound;          /* an Execute's: the serial of its portal's Bound, 0 for none */
+	int64_t max_rows;        /* an Execute's row limit: the rows it returned when its portal is suspended */
 	struct Waiting *next;
 } Waiting;
 
@@ -44,12 +53,20 @@ typedef struct Bound {
 	char *rule;
 	uint64_t approval_id;
 	uint64_t batch;          /* the batch the Bind was sent in */
+	uint64_t serial;         /* its Executes' Waiting.bound */
+	int n_waiting;           /* Executes of it waiting for their answer */
+	uint64_t open_id;        /* the row of its statement while the portal is suspended, else 0 */
+	int64_t open_rows;       /* the rows its pieces returned */
+	int64_t open_started_us;
+	char *open_masked;       /* the masked columns of its first piece */
+	bool closed;             /* the client closed it while Executes were waiting */
 	struct Bound *next;
 } Bound;
 
 struct RelayAudit {
 	Waiting *head, *tail;
 	Bound *bound;
+	uint64_t next_serial;
 	char masked[512];        /* the masked columns of the result now answering */
 };
 
@@ -64,7 +81,7 @@ static RelayAudit *tracker(Session *s)
 	return r->audit;
 }
 
-static void wait_push(Session *s, RelayAudit *a, uint64_t id)
+static Waiting *wait_push(Session *s, RelayAudit *a, uint64_t id)
 {
 	Waiting *w = calloc(1, sizeof(*w));
 
@@ -74,7 +91,7 @@ static void wait_push(Session *s, RelayAudit *a, uint64_t id)
 
 		if (id != 0)
 			audit_query_finish(id, &o);
-		return;
+		return NULL;
 	}
 	w->id = id;
 	w->batch = s->relay->batches_sent;
@@ -84,6 +101,7 @@ static void wait_push(Session *s, RelayAudit *a, uint64_t id)
 	else
 		a->head = w;
 	a->tail = w;
+	return w;
 }
 
 static Waiting *wait_pop(RelayAudit *a)
@@ -268,26 +286,77 @@ void relay_audit_refused(Session *s, const char *sql, const StmtInfo *info, cons
 		wait_push(s, a, 0); /* the server's error for the refusal statement */
 }
 
+/*
+ * The row of a portal's statement that goes away unfinished (closed,
+ * replaced, its transaction or session over): finished with the rows its
+ * pieces returned.
+ */
+static void close_open(Bound *b)
+{
+	AuditOutcome o = { .rows = b->open_rows, .masked_columns = b->open_masked };
+
+	if (b->open_id != 0) {
+		o.duration_us = (int64_t)pgv_now_us() - b->open_started_us;
+		audit_query_finish(b->open_id, &o);
+	}
+	b->open_id = 0;
+	b->open_rows = 0;
+	free(b->open_masked);
+	b->open_masked = NULL;
+}
+
 static void bound_free(Bound *b)
 {
+	close_open(b);
 	free(b->portal);
 	free(b->sql);
 	free(b->rule);
 	free(b);
 }
 
+static Bound *bound_by_serial(RelayAudit *a, uint64_t serial)
+{
+	for (Bound *b = a->bound; serial != 0 && b != NULL; b = b->next)
+		if (b->serial == serial)
+			return b;
+	return NULL;
+}
+
+/* The live Bound of `portal` (one that is gone may wait for its Executes' answers). */
+static Bound *bound_by_name(RelayAudit *a, const char *portal)
+{
+	for (Bound *b = a->bound; b != NULL; b = b->next)
+		if (!b->closed && strcmp(b->portal, portal) == 0)
+			return b;
+	return NULL;
+}
+
+/*
+ * The portal is gone: freed now, or once its waiting Executes are answered
+ * (they share its row).
+ */
+static void bound_gone(RelayAudit *a, Bound *b)
+{
+	b->closed = true;
+	if (b->n_waiting > 0)
+		return;
+	for (Bound **bp = &a->bound; *bp != NULL; bp = &(*bp)->next)
+		if (*bp == b) {
+			*bp = b->next;
+			bound_free(b);
+			return;
+		}
+}
+
 /* The transaction ended: portals bound in batches before `done` are gone from the server. */
 static void forget_bound(RelayAudit *a, uint64_t done)
 {
-	for (Bound **bp = &a->bound; *bp != NULL;) {
-		Bound *b = *bp;
+	Bound *b = a->bound, *next;
 
-		if (b->batch < done) {
-			*bp = b->next;
-			bound_free(b);
-		} else {
-			bp = &b->next;
-		}
+	for (; b != NULL; b = next) {
+		next = b->next;
+		if (b->batch < done)
+			bound_gone(a, b);
 	}
 }
 
@@ -295,17 +364,12 @@ void relay_audit_bind(Session *s, const char *portal, const char *sql, const Stm
 		      const char *rule, uint64_t approval_id)
 {
 	RelayAudit *a = tracker(s);
-	Bound *b, **bp;
+	Bound *b;
 
 	if (a == NULL)
 		return;
-	for (bp = &a->bound; *bp != NULL; bp = &(*bp)->next)
-		if (strcmp((*bp)->portal, portal) == 0) {
-			b = *bp;
-			*bp = b->next;
-			bound_free(b);
-			break;
-		}
+	if ((b = bound_by_name(a, portal)) != NULL)
+		bound_gone(a, b); /* a Bind replaces the portal of the same name */
 	b = calloc(1, sizeof(*b));
 	if (b != NULL) {
 		char *owned;
@@ -323,25 +387,49 @@ void relay_audit_bind(Session *s, const char *portal, const char *sql, const Stm
 		sqlinfo_class_names(info->classes, b->classes, sizeof(b->classes));
 	snprintf(b->decision, sizeof(b->decision), "%s", decision);
 	b->approval_id = approval_id;
+	b->serial = ++a->next_serial;
 	b->batch = s->relay->batches_sent;
 	b->next = a->bound;
 	a->bound = b;
 }
 
-void relay_audit_execute(Session *s, const char *portal)
+void relay_audit_execute(Session *s, const char *portal, int64_t max_rows)
 {
 	RelayAudit *a = tracker(s);
-	const Bound *b;
+	Bound *b;
+	Waiting *w;
 
 	if (a == NULL)
 		return;
-	for (b = a->bound; b != NULL && strcmp(b->portal, portal) != 0; b = b->next)
-		;
-	if (b == NULL) { /* a portal pgveil did not see bound (a cursor declared in SQL) */
-		wait_push(s, a, start_row(s, "", "", "allow", NULL, 0, NULL, true));
+	if ((b = bound_by_name(a, portal)) == NULL) { /* a portal pgveil did not see bound (a cursor declared in SQL) */
+		if ((w = wait_push(s, a, start_row(s, "", "", "allow", NULL, 0, NULL, true))) != NULL)
+			w->max_rows = max_rows;
 		return;
 	}
-	wait_push(s, a, start_row(s, b->sql, b->classes, b->decision, b->rule, b->approval_id, NULL, true));
+	if (b->open_id != 0) { /* the next piece of the portal's statement: its row is started (and durable) */
+		if ((w = wait_push(s, a, b->open_id)) != NULL)
+			w->started_us = b->open_started_us;
+	} else {
+		w = wait_push(s, a, start_row(s, b->sql, b->classes, b->decision, b->rule, b->approval_id, NULL, true));
+		if (w != NULL && w->id != 0) {
+			b->open_id = w->id;
+			b->open_started_us = w->started_us;
+		}
+	}
+	if (w != NULL) {
+		w->bound = b->serial;
+		w->max_rows = max_rows;
+		b->n_waiting++;
+	}
+}
+
+void relay_audit_close_portal(Session *s, const char *portal)
+{
+	RelayAudit *a = s->relay->audit;
+	Bound *b;
+
+	if (a != NULL && (b = bound_by_name(a, portal)) != NULL)
+		bound_gone(a, b);
 }
 
 void relay_audit_masked(Session *s, const char *columns)
@@ -378,6 +466,56 @@ static void finish(RelayAudit *a, Waiting *w, int64_t rows, const char *sqlstate
 	free(w);
 }
 
+/* How a waiting statement was answered. */
+typedef enum {
+	ANS_DONE,      /* CommandComplete, EmptyQueryResponse or its error */
+	ANS_SUSPENDED, /* PortalSuspended: more of its portal may be fetched */
+	ANS_SKIPPED,   /* not run (an earlier error of its batch, the session's end) */
+} Answer;
+
+/*
+ * The answer of waiting statement w. An Execute's row is its portal's
+ * statement's: kept open while the portal is suspended (with the rows of
+ * the piece), finished when it completes or fails; the Executes that were
+ * sent after that have nothing to add. rows: the CommandComplete's count
+ * (-1 for none), which for a portal fetched in pieces counts the last
+ * piece only, whatever the command (SELECT, INSERT ... RETURNING).
+ */
+static void answer(RelayAudit *a, Waiting *w, Answer how, int64_t rows, const char *sqlstate, const char *error)
+{
+	Bound *b = bound_by_serial(a, w->bound);
+
+	if (b == NULL || w->id == 0) { /* not an Execute of a portal pgveil follows, or a marker */
+		finish(a, w, how == ANS_SUSPENDED ? w->max_rows : rows, sqlstate, error);
+		return;
+	}
+	b->n_waiting--;
+	if (b->open_id != w->id) { /* its statement's row is finished already */
+		a->masked[0] = '\0';
+		free(w);
+	} else if (how == ANS_SUSPENDED) {
+		b->open_rows += w->max_rows;
+		if (b->open_masked == NULL && a->masked[0] != '\0')
+			b->open_masked = strdup(a->masked);
+		a->masked[0] = '\0';
+		free(w);
+	} else if (how == ANS_SKIPPED && b->open_rows > 0) { /* the portal went with its batch after some pieces */
+		close_open(b);
+		a->masked[0] = '\0';
+		free(w);
+	} else {
+		if (rows >= 0)
+			rows += b->open_rows;
+		if (a->masked[0] == '\0' && b->open_masked != NULL)
+			snprintf(a->masked, sizeof(a->masked), "%s", b->open_masked);
+		b->open_id = 0;
+		close_open(b); /* nothing is open now: resets the counts */
+		finish(a, w, rows, sqlstate, error);
+	}
+	if (b->closed && b->n_waiting == 0)
+		bound_gone(a, b);
+}
+
 void relay_audit_server(Session *s, uint8_t type, const uint8_t *body, size_t len)
 {
 	Relay *r = s->relay;
@@ -389,13 +527,15 @@ void relay_audit_server(Session *s, uint8_t type, const uint8_t *body, size_t le
 		return;
 	switch (type) {
 	case 'C':
-		if ((w = wait_pop(a)) != NULL)
-			finish(a, w, len > 0 && body[len - 1] == '\0' ? tag_rows((const char *)body) : -1, NULL, NULL);
+		if ((w = wait_pop(a)) != NULL) {
+			answer(a, w, ANS_DONE, len > 0 && body[len - 1] == '\0' ? tag_rows((const char *)body) : -1, NULL,
+			       NULL);
+		}
 		break;
 	case 'I':
 	case 's':
 		if ((w = wait_pop(a)) != NULL)
-			finish(a, w, type == 'I' ? 0 : -1, NULL, NULL);
+			answer(a, w, type == 's' ? ANS_SUSPENDED : ANS_DONE, type == 'I' ? 0 : -1, NULL, NULL);
 		break;
 	case 'E':
 		if (!pgproto_parse_error(body, len, &f) || (f.severity != NULL && strcmp(f.severity, "ERROR") != 0))
@@ -404,15 +544,16 @@ void relay_audit_server(Session *s, uint8_t type, const uint8_t *body, size_t le
 			uint64_t batch = w->batch;
 			char *err = recorded_error(s, f.message);
 
-			finish(a, w, -1, f.sqlstate, err);
+			answer(a, w, ANS_DONE, -1, f.sqlstate, err);
 			free(err);
 			while (a->head != NULL && a->head->batch == batch) /* the server skips the rest of the batch */
-				finish(a, wait_pop(a), -1, NULL, "not run: an earlier statement of its batch failed");
+				answer(a, wait_pop(a), ANS_SKIPPED, -1, NULL,
+				       "not run: an earlier statement of its batch failed");
 		}
 		break;
 	case 'Z':
 		while (a->head != NULL && a->head->batch < r->batches_done)
-			finish(a, wait_pop(a), -1, NULL, "not run");
+			answer(a, wait_pop(a), ANS_SKIPPED, -1, NULL, "not run");
 		if (s->txn_status == 'I')
 			forget_bound(a, r->batches_done);
 		break;
@@ -427,11 +568,8 @@ void relay_audit_free(Session *s)
 
 	if (a == NULL)
 		return;
-	while (a->head != NULL) {
-		Waiting *w = wait_pop(a);
-
-		finish(a, w, -1, NULL, "the session ended before the server answered");
-	}
+	while (a->head != NULL)
+		answer(a, wait_pop(a), ANS_SKIPPED, -1, NULL, "the session ended before the server answered");
 	while (a->bound != NULL) {
 		Bound *b = a->bound;
 

@@ -214,8 +214,14 @@ void relay_audit_refused(Session *s, const char *sql, const StmtInfo *info, cons
 /* A Bind forwarded: what the Executes of `portal` run. */
 void relay_audit_bind(Session *s, const char *portal, const char *sql, const StmtInfo *info, const char *decision,
 		      const char *rule, uint64_t approval_id);
-/* An Execute (or FunctionCall, portal NULL) forwarded: its row. */
-void relay_audit_execute(Session *s, const char *portal);
+/*
+ * An Execute (or FunctionCall, portal NULL) forwarded: its row, or the
+ * next piece of its suspended portal's. max_rows: the Execute's row limit
+ * (0: none), the rows a piece answered with PortalSuspended returned.
+ */
+void relay_audit_execute(Session *s, const char *portal, int64_t max_rows);
+/* The client closes `portal`: a row left open by its suspension is finished. */
+void relay_audit_close_portal(Session *s, const char *portal);
 /* The masked columns of the result now answering ("public.t.a,public.t.b"). */
 void relay_audit_masked(Session *s, const char *columns);
 /* A server message (whole for C and E): finishes rows. */

@@ -225,3 +225,69 @@ def test_execute_of_a_long_portal_name_has_its_text(audited, marks_table):
     assert pv.stop() == 0
     got = rows(db, "SELECT sql, rows FROM queries WHERE sql LIKE 'INSERT INTO %'")
     assert got == [(f"INSERT INTO {marks_table} (mark) VALUES ('long-portal')", 1)], got
+
+
+def test_portal_fetched_in_pieces_is_one_row(audited, marks_table):
+    """A portal fetched with row limits (PortalSuspended, as pgjdbc's fetch size does) is one
+    statement: one row with every piece's rows; a portal closed, replaced or ended with its
+    transaction before it completed has the rows it returned."""
+    import pgwire
+    pv, db = audited("strict")
+
+    def run(w, data):
+        w.send(data)
+        msgs = w.read_until(b"Z")
+        assert not pgwire.errors_of(msgs), pgwire.errors_of(msgs)
+        return msgs
+
+    with pgwire.connect("127.0.0.1", pv.port, user=harness.PROXY_USER, database="app") as w:
+        run(w, pgwire.query_message("BEGIN"))
+        # 10 rows in pieces of 3: three suspended, the last gets 1 row and completes
+        run(w, pgwire.parse_msg("s10", "SELECT g AS whole10 FROM generate_series(1, 10) g")
+            + pgwire.bind_msg("c10", "s10") + pgwire.execute_msg("c10", 3) + pgwire.SYNC)
+        msgs = run(w, pgwire.execute_msg("c10", 3) + pgwire.execute_msg("c10", 3) + pgwire.SYNC)
+        assert pgwire.types_of(msgs).count("s") == 2, pgwire.types_of(msgs)
+        msgs = run(w, pgwire.execute_msg("c10", 3) + pgwire.SYNC)
+        assert "C" in pgwire.types_of(msgs) and len(pgwire.datarows(msgs)) == 1
+        # closed by the client after two pieces of 2
+        run(w, pgwire.parse_msg("s20", "SELECT g AS closed20 FROM generate_series(1, 20) g")
+            + pgwire.bind_msg("c20", "s20") + pgwire.execute_msg("c20", 2) + pgwire.execute_msg("c20", 2)
+            + pgwire.close_msg(b"P", "c20") + pgwire.SYNC)
+        # INSERT ... RETURNING in pieces: its tag counts the whole statement
+        run(w, pgwire.parse_msg("ins", f"INSERT INTO {marks_table} (mark) SELECT 'piece-' || g FROM "
+                                       "generate_series(1, 5) g RETURNING id")
+            + pgwire.bind_msg("ci", "ins") + pgwire.execute_msg("ci", 2) + pgwire.execute_msg("ci", 2)
+            + pgwire.execute_msg("ci", 2) + pgwire.SYNC)
+        # the unnamed portal replaced by the next Bind after one piece of 4
+        run(w, pgwire.parse_msg("", "SELECT g AS replaced30 FROM generate_series(1, 30) g")
+            + pgwire.bind_msg("", "") + pgwire.execute_msg("", 4)
+            + pgwire.bind_msg("", "") + pgwire.execute_msg("", 0) + pgwire.SYNC)
+        # suspended when its transaction ends
+        run(w, pgwire.parse_msg("s40", "SELECT g AS ended40 FROM generate_series(1, 40) g")
+            + pgwire.bind_msg("c40", "s40") + pgwire.execute_msg("c40", 5) + pgwire.SYNC)
+        run(w, pgwire.query_message("COMMIT"))
+    assert pv.stop() == 0
+
+    def got(word):
+        return rows(db, "SELECT rows, sqlstate, error, duration_ms IS NOT NULL FROM queries WHERE sql LIKE ? "
+                        "ORDER BY id", (f"%{word}%",))
+    assert got("whole10") == [(10, None, None, 1)]
+    assert got("closed20") == [(4, None, None, 1)]
+    assert got("RETURNING id") == [(5, None, None, 1)]
+    assert got("replaced30") == [(4, None, None, 1), (30, None, None, 1)]
+    assert got("ended40") == [(5, None, None, 1)]
+    assert rows(db, "SELECT count(*) FROM queries WHERE sql = ''") == [(0,)]
+    assert rows(db, "SELECT count(*) FROM queries WHERE chain_seq IS NULL") == [(0,)]
+
+
+@pytest.mark.parametrize("mode", ["async", "strict"])
+def test_jdbc_fetch_size_is_one_row(audited, java_driver, mode):
+    """pgjdbc with a fetch size reads a million rows in 50 pieces of one portal: one statement,
+    one row, with every row counted."""
+    from test_jdbc import run_java
+    pv, db = audited(mode)
+    results = run_java(java_driver, harness.pgveil_target(pv), ["large"])
+    assert results["large"][0] == "PASS", results["large"][1]
+    assert pv.stop() == 0
+    got = rows(db, "SELECT rows, sqlstate, error FROM queries WHERE sql = 'SELECT id, payload FROM big'")
+    assert got == [(harness.BIG_ROWS, None, None)], got
