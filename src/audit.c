@@ -334,7 +334,11 @@ static void rooms_wake_locked(void)
 	}
 }
 
-/* Whether a statement row may be queued now; registers `room` for AUDIT_FULL. */
+/*
+ * Whether a statement row may be queued now; registers `room` for
+ * AUDIT_FULL. Without `room` the caller was admitted for its message: the
+ * row goes in past the bound.
+ */
 static AuditStatus admit_locked(struct event *room)
 {
 	Room *r;
@@ -343,10 +347,8 @@ static AuditStatus admit_locked(struct event *room)
 		return AUDIT_OFF;
 	if (au.mode == AUDIT_STRICT)
 		return au.failed ? AUDIT_FAILED : AUDIT_OK;
-	if (au.n_starts < au.queue_max)
+	if (au.n_starts < au.queue_max || room == NULL)
 		return AUDIT_OK;
-	if (room == NULL)
-		return AUDIT_FULL;
 	for (r = au.rooms; r != NULL && r->ev != room; r = r->next)
 		;
 	if (r == NULL) {
@@ -923,6 +925,19 @@ AuditStatus audit_query_start(const AuditQuery *q, struct event *durable, struct
 	pthread_mutex_unlock(&au.lock);
 	free(it);
 	free(w);
+	return st;
+}
+
+AuditStatus audit_admit(struct event *room)
+{
+	AuditStatus st = AUDIT_OK;
+
+	if (!audit_enabled())
+		return AUDIT_OFF;
+	pthread_mutex_lock(&au.lock);
+	if (au.running && au.mode != AUDIT_STRICT && au.n_starts >= au.queue_max)
+		st = admit_locked(room);
+	pthread_mutex_unlock(&au.lock);
 	return st;
 }
 

@@ -1473,9 +1473,12 @@ static bool released(Session *s, struct evbuffer *in, size_t run, const PgHeader
 	if ((body = relay_copy_body(r, in, run, h->len - 4)) == NULL)
 		return false;
 	pgproto_reader_init(&rd, body, h->len - 4);
+	r->audit_past_bound = true; /* it was held for a person: it does not wait for room now */
 	if (h->type == 'Q' && pgproto_get_string(&rd, &a)) {
-		if ((r->cur_info = sqlinfo_analyze(a, strlen(a))) == NULL)
+		if ((r->cur_info = sqlinfo_analyze(a, strlen(a))) == NULL) {
+			r->audit_past_bound = false;
 			return false;
+		}
 		relay_audit_query(s, a, r->cur_info, "approve", r->audit_rule, r->released_id);
 	} else if (h->type == 'B' && pgproto_get_string(&rd, &a) && pgproto_get_string(&rd, &b)) {
 		relay_audit_bind(s, a, bound_sql(r, b), relay_bound_info(r, b), "approve", r->audit_rule,
@@ -1485,6 +1488,7 @@ static bool released(Session *s, struct evbuffer *in, size_t run, const PgHeader
 				 r->audit_rule, r->released_id);
 		relay_audit_execute(s, FASTPATH_PORTAL, 0);
 	}
+	r->audit_past_bound = false;
 	return true;
 }
 
@@ -1504,8 +1508,8 @@ static size_t guard_at(Session *s, struct evbuffer *in, size_t run, const PgHead
 			relay_refuse(s, SQLSTATE_OUT_OF_MEMORY, "out of memory while releasing the approved statement",
 				     NULL, NULL, 0);
 			act = GUARD_REFUSE;
-		} else if ((act = audit_stopped(s)) == GUARD_WAIT) {
-			act = GUARD_FORWARD; /* approved already: it runs, its row is logged as lost */
+		} else {
+			act = audit_stopped(s); /* its rows went in past the queue's bound: never GUARD_WAIT */
 		}
 	} else {
 		uint32_t blen = guarded_length(in, run, h);

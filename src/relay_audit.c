@@ -157,7 +157,8 @@ static uint64_t start_row(Session *s, const char *sql, const char *classes, cons
 	q.rule = rule;
 	q.approval_id = approval_id;
 	gate = gate && audit_strict();
-	switch (audit_query_start(&q, gate ? s->relay->audit_durable : NULL, s->relay->audit_room, &id)) {
+	/* admitted for its message (admitted()), or a refusal's row: it goes in past the queue's bound */
+	switch (audit_query_start(&q, gate ? s->relay->audit_durable : NULL, NULL, &id)) {
 	case AUDIT_OK:
 		if (gate)
 			s->relay->audit_wait_id = id; /* the message goes on once its row is durable */
@@ -178,6 +179,27 @@ static uint64_t start_row(Session *s, const char *sql, const char *classes, cons
 		return id; /* a refusal's row: its caller finishes it */
 	default:
 		return 0;
+	}
+}
+
+/*
+ * Whether the message whose rows are about to start may queue them (all
+ * of them: see audit_admit); else it waits for room (or is refused).
+ */
+static bool admitted(Session *s)
+{
+	if (s->relay->audit_past_bound)
+		return true;
+	switch (audit_admit(s->relay->audit_room)) {
+	case AUDIT_OK:
+	case AUDIT_OFF:
+		return true;
+	case AUDIT_FULL:
+		s->relay->audit_stop = AUDIT_FULL;
+		return false;
+	default:
+		s->relay->audit_stop = AUDIT_FAILED;
+		return false;
 	}
 }
 
@@ -244,7 +266,7 @@ void relay_audit_query(Session *s, const char *sql, const StmtInfo *info, const 
 	RelayAudit *a = tracker(s);
 	char classes[160], fp[24];
 
-	if (a == NULL || info == NULL)
+	if (a == NULL || info == NULL || !admitted(s))
 		return;
 	fingerprint_hex(info, fp, sizeof(fp));
 	for (int i = 0; i < info->n_stmts; i++) {
@@ -401,7 +423,11 @@ void relay_audit_execute(Session *s, const char *portal, int64_t max_rows)
 
 	if (a == NULL)
 		return;
-	if ((b = bound_by_name(a, portal)) == NULL) { /* a portal pgveil did not see bound (a cursor declared in SQL) */
+	if ((b = bound_by_name(a, portal)) == NULL || b->open_id == 0) {
+		if (!admitted(s))
+			return; /* the Execute waits for room */
+	}
+	if (b == NULL) { /* a portal pgveil did not see bound (a cursor declared in SQL) */
 		if ((w = wait_push(s, a, start_row(s, "", "", "allow", NULL, 0, NULL, true))) != NULL)
 			w->max_rows = max_rows;
 		return;

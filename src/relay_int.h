@@ -107,6 +107,7 @@ struct Relay {
 	struct event *audit_room;    /* the audit queue has room again */
 	uint64_t audit_wait_id;      /* strict: the row the message at the front waits for (0: none) */
 	int audit_stop;              /* AuditStatus of the latest row started: AUDIT_FULL or AUDIT_FAILED stop the message */
+	bool audit_past_bound;       /* an approved message's rows: they go in even when the queue is at its bound */
 	size_t audit_wait_len;       /* the waiting message's length */
 	uint8_t audit_wait_type;
 	bool path_changed;           /* the session may no longer have the server's default search_path (set by a

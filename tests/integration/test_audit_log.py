@@ -291,3 +291,45 @@ def test_jdbc_fetch_size_is_one_row(audited, java_driver, mode):
     assert pv.stop() == 0
     got = rows(db, "SELECT rows, sqlstate, error FROM queries WHERE sql = 'SELECT id, payload FROM big'")
     assert got == [(harness.BIG_ROWS, None, None)], got
+
+
+
+def test_full_queue_slows_sessions_and_loses_nothing(audited):
+    """async: while the audit file cannot be written, rows wait in memory up to the queue's bound
+    (65,536 unwritten statements); then sessions wait for room instead of rows being dropped. A
+    Query string that meets the bound waits as a whole: once there is room every statement has
+    exactly one row with its own outcome."""
+    pv, db = audited("async")
+    per, n_msgs = 60, 1_100  # 66,000 statements: past the bound
+    sent = [0]
+    errors = []
+    lock = sqlite3.connect(db, timeout=10)
+    lock.execute("BEGIN EXCLUSIVE")  # the writer cannot write until this ends
+
+    def client():
+        try:
+            with psycopg.connect(harness.pgveil_target(pv).conninfo(), autocommit=True) as conn:
+                for m in range(n_msgs):
+                    conn.execute("".join(f"SELECT {m * per + i} AS bound_{i};" for i in range(per)))
+                    sent[0] = m + 1
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    th = threading.Thread(target=client)
+    th.start()
+    last, still = -1, 0
+    while still < 3 and th.is_alive():  # until the client has made no progress for 3 s
+        threading.Event().wait(1)
+        still = still + 1 if sent[0] == last else 0
+        last = sent[0]
+    waiting = th.is_alive()
+    lock.rollback()
+    lock.close()
+    th.join(120)
+    assert not errors, errors
+    assert waiting and 65_536 // per - 1 <= last < n_msgs, (waiting, last)
+    assert sent[0] == n_msgs
+    assert pv.stop() == 0
+    got = rows(db, "SELECT count(*), count(DISTINCT sql), sum(rows), count(sqlstate), count(error) "
+                   "FROM queries WHERE sql LIKE 'SELECT % AS bound_%'")
+    assert got == [(per * n_msgs, per * n_msgs, per * n_msgs, 0, 0)], got
