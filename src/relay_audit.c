@@ -427,9 +427,16 @@ void relay_audit_execute(Session *s, const char *portal, int64_t max_rows)
 		if (!admitted(s))
 			return; /* the Execute waits for room */
 	}
-	if (b == NULL) { /* a portal pgveil did not see bound (a cursor declared in SQL) */
-		if ((w = wait_push(s, a, start_row(s, "", "", "allow", NULL, 0, NULL, true))) != NULL)
+	if (b == NULL) { /* a portal pgveil did not see bound: a cursor declared in SQL (checked then) */
+		char *text = NULL;
+
+		if (asprintf(&text, "-- Execute of portal \"%s\", not bound through pgveil (a cursor declared in SQL)",
+			     portal) < 0)
+			text = NULL;
+		if ((w = wait_push(s, a, start_row(s, text != NULL ? text : "-- Execute of a portal not bound through pgveil",
+						   "", "allow", NULL, 0, NULL, true))) != NULL)
 			w->max_rows = max_rows;
+		free(text);
 		return;
 	}
 	if (b->open_id != 0) { /* the next piece of the portal's statement: its row is started (and durable) */

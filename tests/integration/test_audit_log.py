@@ -265,8 +265,14 @@ def test_portal_fetched_in_pieces_is_one_row(audited, marks_table):
         # suspended when its transaction ends
         run(w, pgwire.parse_msg("s40", "SELECT g AS ended40 FROM generate_series(1, 40) g")
             + pgwire.bind_msg("c40", "s40") + pgwire.execute_msg("c40", 5) + pgwire.SYNC)
+        # a cursor declared in SQL, run through the protocol: rows of its own, named
+        run(w, pgwire.query_message("DECLARE sqlcur CURSOR FOR SELECT g FROM generate_series(1, 5) g"))
+        run(w, pgwire.execute_msg("sqlcur", 2) + pgwire.execute_msg("sqlcur", 0) + pgwire.SYNC)
         run(w, pgwire.query_message("COMMIT"))
     assert pv.stop() == 0
+    assert rows(db, "SELECT sql, rows FROM queries WHERE sql LIKE '-- Execute of portal%' ORDER BY id") == [
+        ('-- Execute of portal "sqlcur", not bound through pgveil (a cursor declared in SQL)', 2),
+        ('-- Execute of portal "sqlcur", not bound through pgveil (a cursor declared in SQL)', 3)]
 
     def got(word):
         return rows(db, "SELECT rows, sqlstate, error, duration_ms IS NOT NULL FROM queries WHERE sql LIKE ? "
