@@ -205,6 +205,7 @@ typedef struct Walk {
 	int stmt;                /* top-level statement index */
 	int access;              /* SQL_ACCESS_* for tables found by the generic walk */
 	bool explain_only;       /* inside EXPLAIN without ANALYZE: nothing runs */
+	const JNode *target;     /* the "relation" of the UPDATE, DELETE or MERGE whose condition is evaluated */
 } Walk;
 
 /* ---- building parts ------------------------------------------------------ */
@@ -984,33 +985,87 @@ static CVal cv_bool_expr(Walk *w, const JNode *e)
 	return cv_make(k);
 }
 
-/* The same column on both sides: two ColumnRefs spelling the same names (neither a `*`). */
-static bool same_column(const JNode *a, const JNode *b)
+/*
+ * The names of a ColumnRef, without a leading qualifier that names the
+ * statement's target (`t.id`, `public.t.id` and `id` alike); NULL for a `*`.
+ */
+static const JNode *column_names(const Walk *w, const JNode *colref)
 {
-	const JNode *ab = NULL, *bb = NULL, *fa, *fb;
-	const char *ta = j_type(a, &ab), *tb = j_type(b, &bb);
+	const JNode *f = j_first(j_get(colref, "fields")), *g;
+	const char *alias = j_str(j_get(w->target, "alias"), "aliasname");
+	const char *name = alias != NULL ? alias : j_str(w->target, "relname");
+	int n = j_len(j_get(colref, "fields"));
 
-	if (ta == NULL || tb == NULL || strcmp(ta, "ColumnRef") != 0 || strcmp(tb, "ColumnRef") != 0)
-		return false;
-	for (fa = j_first(j_get(ab, "fields")), fb = j_first(j_get(bb, "fields")); fa != NULL && fb != NULL;
-	     fa = j_next(fa), fb = j_next(fb)) {
-		const char *na = j_string_node(fa), *nb = j_string_node(fb);
-
-		if (na == NULL || nb == NULL || strcmp(na, nb) != 0)
-			return false;
-	}
-	return fa == NULL && fb == NULL && j_first(j_get(ab, "fields")) != NULL;
+	for (g = f; g != NULL; g = j_next(g))
+		if (j_string_node(g) == NULL)
+			return NULL;
+	if (name == NULL || n < 2)
+		return f;
+	if (n == 2 && strcmp(j_string_node(f), name) == 0)
+		return j_next(f);
+	if (n == 3 && alias == NULL && str_eq(j_string_node(f), j_str(w->target, "schemaname")) &&
+	    strcmp(j_string_node(j_next(f)), name) == 0)
+		return j_next(j_next(f));
+	return f;
 }
 
 /*
- * A column compared with itself: `c IS NOT DISTINCT FROM c` is true for
- * every row, `c = c`, `c <= c`, `c >= c` for every row where c is not NULL
- * (all of them, as far as DESTRUCTIVE goes); `c IS DISTINCT FROM c`, `c <> c`,
- * `c < c`, `c > c` for none. CV_UNKNOWN when it is not such a comparison.
+ * The same expression on both sides: equal trees (positions aside), a
+ * column spelled with or without the target's name counting as the same
+ * (`t.id = id`, `lower(x) = lower(t.x)`). A literal in them makes the
+ * answer depend on literals: the statement cache must not share it by shape.
  */
-static CVal cv_self_compare(const char *kind, const char *op, const JNode *e)
+static bool same_expr(Walk *w, const JNode *a, const JNode *b, int depth)
 {
-	if (!same_column(j_get(e, "lexpr"), j_get(e, "rexpr")))
+	const JNode *ab = NULL, *bb = NULL, *x, *y;
+	const char *ta = j_type(a, &ab), *tb = j_type(b, &bb);
+
+	if (a == NULL || b == NULL || a->type != b->type || depth > 200)
+		return false;
+	if (ta != NULL && tb != NULL && strcmp(ta, "ColumnRef") == 0 && strcmp(tb, "ColumnRef") == 0) {
+		x = column_names(w, ab);
+		y = column_names(w, bb);
+		if (x == NULL || y == NULL)
+			return false;
+		for (; x != NULL && y != NULL; x = j_next(x), y = j_next(y))
+			if (strcmp(j_string_node(x), j_string_node(y)) != 0)
+				return false;
+		return x == NULL && y == NULL;
+	}
+	switch (a->type) {
+	case J_STR: return strcmp(a->str, b->str) == 0;
+	case J_NUM: return a->num == b->num;
+	case J_OBJ:
+	case J_ARR:
+		if (ta != NULL && strcmp(ta, "A_Const") == 0)
+			w->b->literal_sensitive = true;
+		for (x = j_first(a), y = j_first(b);; x = j_next(x), y = j_next(y)) {
+			while (x != NULL && x->key != NULL && strcmp(x->key, "location") == 0)
+				x = j_next(x);
+			while (y != NULL && y->key != NULL && strcmp(y->key, "location") == 0)
+				y = j_next(y);
+			if (x == NULL || y == NULL)
+				return x == y;
+			if ((x->key == NULL) != (y->key == NULL) || (x->key != NULL && strcmp(x->key, y->key) != 0) ||
+			    !same_expr(w, x, y, depth + 1))
+				return false;
+		}
+	default: return true;
+	}
+}
+
+/*
+ * An expression compared with itself: `c IS NOT DISTINCT FROM c` is true
+ * for every row, `c = c`, `c <= c`, `c >= c` for every row where c is not
+ * NULL (all of them, as far as DESTRUCTIVE goes); `c IS DISTINCT FROM c`,
+ * `c <> c`, `c < c`, `c > c` for none. The same for any expression
+ * (`lower(x) = lower(x)`): a volatile one may differ between its two
+ * evaluations, but counting it as all rows errs on the side of blocking.
+ * CV_UNKNOWN when it is not such a comparison.
+ */
+static CVal cv_self_compare(Walk *w, const char *kind, const char *op, const JNode *e)
+{
+	if (!same_expr(w, j_get(e, "lexpr"), j_get(e, "rexpr"), 0))
 		return cv_make(CV_UNKNOWN);
 	if (strcmp(kind, "AEXPR_NOT_DISTINCT") == 0)
 		return cv_bool(true);
@@ -1033,7 +1088,7 @@ static CVal cv_aexpr(Walk *w, const JNode *e)
 				 ? j_string_node(j_first(name)) : NULL;
 	CVal l, r;
 
-	if (kind != NULL && (l = cv_self_compare(kind, op, e)).kind != CV_UNKNOWN)
+	if (kind != NULL && (l = cv_self_compare(w, kind, op, e)).kind != CV_UNKNOWN)
 		return l;
 	if (kind == NULL || strcmp(kind, "AEXPR_OP") != 0 || op == NULL || j_get(e, "lexpr") == NULL)
 		return cv_make(row_dependent(e) ? CV_ROW : CV_UNKNOWN);
@@ -1097,14 +1152,20 @@ static CVal cv_eval(Walk *w, const JNode *n)
 	return cv_make(row_dependent(n) ? CV_ROW : CV_UNKNOWN);
 }
 
-/* A WHERE clause that lets every row through: absent, constant true, or column-free and unknown. */
-static bool where_all_rows(Walk *w, const JNode *where)
+/*
+ * A condition of statement s (its WHERE, MERGE's join condition) that lets
+ * every row through: absent, constant true, or column-free and unknown.
+ */
+static bool where_all_rows(Walk *w, const JNode *s, const JNode *where)
 {
+	const JNode *outer = w->target;
 	CvKind k;
 
 	if (where == NULL)
 		return true;
+	w->target = j_get(s, "relation");
 	k = cv_truth(cv_eval(w, where));
+	w->target = outer;
 	return k == CV_TRUE || k == CV_UNKNOWN;
 }
 
@@ -1219,7 +1280,7 @@ static void stmt_update(Walk *w, const JNode *s)
 		part_add(w, SC_SESSION | SC_ADMIN);
 		setting_unknown(w);
 	}
-	if (!w->explain_only && where_all_rows(w, j_get(s, "whereClause")))
+	if (!w->explain_only && where_all_rows(w, s, j_get(s, "whereClause")))
 		part_add(w, SC_DESTRUCTIVE);
 	walk_fields(w, s, dml_skip);
 	w->b->n_ctes = mark;
@@ -1229,7 +1290,7 @@ static void stmt_delete(Walk *w, const JNode *s)
 {
 	int mark = dml_begin(w, s, SC_DELETE);
 
-	if (!w->explain_only && where_all_rows(w, j_get(s, "whereClause")))
+	if (!w->explain_only && where_all_rows(w, s, j_get(s, "whereClause")))
 		part_add(w, SC_DESTRUCTIVE);
 	walk_fields(w, s, dml_skip);
 	w->b->n_ctes = mark;
@@ -1255,7 +1316,7 @@ static void stmt_merge(Walk *w, const JNode *s)
 		    j_get(body, "condition") == NULL)
 			all_rows = true;
 	}
-	if (all_rows && !w->explain_only && where_all_rows(w, j_get(s, "joinCondition")))
+	if (all_rows && !w->explain_only && where_all_rows(w, s, j_get(s, "joinCondition")))
 		part_add(w, SC_DESTRUCTIVE);
 	walk_fields(w, s, dml_skip);
 	w->b->n_ctes = mark;
@@ -1855,7 +1916,7 @@ void sqlinfo_build_free(SqlBuild *b)
 
 static bool walk_stmts(SqlBuild *b, const JNode *root)
 {
-	Walk w = { b, -1, 0, SQL_ACCESS_READ, false };
+	Walk w = { b, -1, 0, SQL_ACCESS_READ, false, NULL };
 	const JNode *raw, *body;
 	const char *type;
 
