@@ -84,6 +84,8 @@ static struct {
 	bool idle;        /* the writer sleeps with nothing to write: the next event wakes it */
 	uint64_t next_id; /* next queries id */
 	Waiter *waiters, *waiters_tail;
+	Waiter **by_event;      /* the waiters again, by their event: open addressing, linear probing */
+	size_t by_event_cap, n_waiters;
 	Room *rooms;
 	bool failed;     /* the last write failed */
 	char error[512]; /* why */
@@ -273,8 +275,85 @@ static void enqueue(AuditItem *it, const char *what)
 	pthread_mutex_unlock(&au.lock);
 }
 
+/* ---- strict-mode waiters --------------------------------------------------------------- */
+
+static size_t event_slot(const struct event *ev, size_t cap)
+{
+	uint64_t x = (uint64_t)(uintptr_t)ev;
+
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdull;
+	x ^= x >> 33;
+	return (size_t)x & (cap - 1);
+}
+
+/* The waiter of `ev`, or NULL: one per event (query_queue_locked drops an older one). */
+static Waiter *waiter_of_locked(const struct event *ev)
+{
+	if (au.by_event_cap == 0 || ev == NULL)
+		return NULL;
+	for (size_t i = event_slot(ev, au.by_event_cap);; i = (i + 1) & (au.by_event_cap - 1)) {
+		if (au.by_event[i] == NULL)
+			return NULL;
+		if (au.by_event[i]->ev == ev)
+			return au.by_event[i];
+	}
+}
+
+static void by_event_put(Waiter **slots, size_t cap, Waiter *w)
+{
+	size_t i = event_slot(w->ev, cap);
+
+	while (slots[i] != NULL)
+		i = (i + 1) & (cap - 1);
+	slots[i] = w;
+}
+
+/* Room in the event index for one more waiter (it stays at most half full); false without memory. */
+static bool waiter_reserve_locked(void)
+{
+	size_t cap = au.by_event_cap != 0 ? au.by_event_cap * 2 : 64;
+	Waiter **slots;
+
+	if ((au.n_waiters + 1) * 2 <= au.by_event_cap)
+		return true;
+	if ((slots = calloc(cap, sizeof(*slots))) == NULL)
+		return false;
+	for (size_t i = 0; i < au.by_event_cap; i++)
+		if (au.by_event[i] != NULL)
+			by_event_put(slots, cap, au.by_event[i]);
+	free(au.by_event);
+	au.by_event = slots;
+	au.by_event_cap = cap;
+	return true;
+}
+
+/* Takes w out of the event index, moving back the entries after it that probed past its slot. */
+static void by_event_remove(Waiter *w)
+{
+	size_t cap = au.by_event_cap, i = event_slot(w->ev, cap), j;
+
+	while (au.by_event[i] != w)
+		i = (i + 1) & (cap - 1);
+	au.by_event[i] = NULL;
+	for (j = (i + 1) & (cap - 1); au.by_event[j] != NULL; j = (j + 1) & (cap - 1)) {
+		Waiter *m = au.by_event[j];
+		size_t home = event_slot(m->ev, cap);
+
+		/* m stays unless its home slot lies cyclically in (i, j] */
+		if (i <= j ? (home <= i || home > j) : (home <= i && home > j)) {
+			au.by_event[i] = m;
+			au.by_event[j] = NULL;
+			i = j;
+		}
+	}
+}
+
+/* Appends w (its id the largest so far) after waiter_reserve_locked() made room for it. */
 static void waiter_append_locked(Waiter *w)
 {
+	by_event_put(au.by_event, au.by_event_cap, w);
+	au.n_waiters++;
 	w->next = NULL;
 	w->prev = au.waiters_tail;
 	if (au.waiters_tail != NULL)
@@ -286,6 +365,8 @@ static void waiter_append_locked(Waiter *w)
 
 static void waiter_remove_locked(Waiter *w)
 {
+	by_event_remove(w);
+	au.n_waiters--;
 	if (w->prev != NULL)
 		w->prev->next = w->next;
 	else
@@ -763,6 +844,9 @@ static void forget_all_locked(void)
 {
 	while (au.waiters != NULL)
 		waiter_remove_locked(au.waiters);
+	free(au.by_event);
+	au.by_event = NULL;
+	au.by_event_cap = 0;
 	while (au.rooms != NULL) {
 		Room *r = au.rooms;
 
@@ -866,12 +950,10 @@ static void query_queue_locked(AuditItem *it, Waiter *w, struct event *durable)
 	it->id = au.next_id++;
 	queue_append_locked(it);
 	if (w != NULL) {
-		/* one waiter per event: an answer the session did not collect is no longer wanted */
-		for (Waiter *o = au.waiters, *next; o != NULL; o = next) {
-			next = o->next;
-			if (o->ev == durable)
-				waiter_remove_locked(o);
-		}
+		Waiter *o = waiter_of_locked(durable);
+
+		if (o != NULL) /* one waiter per event: an answer the session did not collect is no longer wanted */
+			waiter_remove_locked(o);
 		w->id = it->id;
 		w->ev = durable;
 		waiter_append_locked(w);
@@ -903,6 +985,10 @@ AuditStatus audit_query_start(const AuditQuery *q, struct event *durable, struct
 	}
 	pthread_mutex_lock(&au.lock);
 	st = admit_locked(room);
+	if (st == AUDIT_OK && w != NULL && !waiter_reserve_locked()) {
+		log_error("audit: out of memory: a statement is refused for want of its wait for durability");
+		st = AUDIT_FAILED;
+	}
 	/*
 	 * Strict mode refuses statements while the file cannot be written, but
 	 * the refusal is recorded: its row waits in memory (within the bound)
@@ -941,7 +1027,7 @@ AuditStatus audit_admit(struct event *room)
 	return st;
 }
 
-AuditStatus audit_query_durable(uint64_t id)
+AuditStatus audit_query_durable(struct event *durable, uint64_t id)
 {
 	AuditStatus st;
 	Waiter *w;
@@ -949,8 +1035,8 @@ AuditStatus audit_query_durable(uint64_t id)
 	if (!audit_enabled())
 		return AUDIT_OFF;
 	pthread_mutex_lock(&au.lock);
-	for (w = au.waiters; w != NULL && w->id != id; w = w->next)
-		;
+	if ((w = waiter_of_locked(durable)) != NULL && w->id != id)
+		w = NULL; /* the event waits for a later row now */
 	if (w == NULL) {
 		st = au.mode == AUDIT_STRICT ? AUDIT_FAILED : AUDIT_OK;
 	} else if (w->state == W_PENDING) {
@@ -969,11 +1055,10 @@ void audit_forget(struct event *durable, struct event *room)
 		return;
 	pthread_mutex_lock(&au.lock);
 	if (durable != NULL) {
-		for (Waiter *w = au.waiters, *next; w != NULL; w = next) {
-			next = w->next;
-			if (w->ev == durable)
-				waiter_remove_locked(w);
-		}
+		Waiter *w = waiter_of_locked(durable);
+
+		if (w != NULL)
+			waiter_remove_locked(w);
 	}
 	for (Room **rp = &au.rooms; room != NULL && *rp != NULL;) {
 		Room *r = *rp;

@@ -2002,7 +2002,7 @@ static void audit_durable_cb(evutil_socket_t fd, short what, void *arg)
 	if (s->state != SESS_ACTIVE || id == 0)
 		return;
 	r->audit_wait_id = 0;
-	if (audit_query_durable(id) == AUDIT_OK) {
+	if (audit_query_durable(r->audit_durable, id) == AUDIT_OK) {
 		evbuffer_remove_buffer(in, stream_output(s->server), r->audit_wait_len);
 	} else {
 		relay_audit_refusal_text(msg, sizeof(msg));

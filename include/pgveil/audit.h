@@ -133,14 +133,16 @@ AuditStatus audit_query_start(const AuditQuery *q, struct event *durable, struct
  */
 AuditStatus audit_admit(struct event *room) PGV_WARN_UNUSED;
 /*
- * After `durable` fired: AUDIT_OK when row `id` is committed, AUDIT_FAILED
+ * After `durable` (the event given with row `id`; the answer is found by
+ * it, in constant time however many sessions wait) fired: AUDIT_OK when
+ * row `id` is committed, AUDIT_FAILED
  * when it could not be (the row is kept and written once the database can
  * be written again, but the statement must be refused). Asked once per
  * row: the answer is forgotten when given. Asked before `durable` fired:
  * AUDIT_FAILED. For a row without an answer (none was asked for, or it was
  * already given): AUDIT_FAILED in strict mode, AUDIT_OK in async mode.
  */
-AuditStatus audit_query_durable(uint64_t id);
+AuditStatus audit_query_durable(struct event *durable, uint64_t id);
 /* Queues the outcome of row `id`. Never blocks and never drops (an overflow list takes what the queue cannot). */
 void audit_query_finish(uint64_t id, const AuditOutcome *o);
 /* Forgets pending wake-ups for these events (their session ends); after it returns they are never activated. */

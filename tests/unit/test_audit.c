@@ -491,9 +491,9 @@ static void strict_row_is_durable_when_event_fires(void **state)
 	for (int i = 0; i < N; i++) {
 		assert_int_equal(f[i].count, 1);
 		assert_int_equal(f[i].rows_seen, 1);
-		assert_int_equal(audit_query_durable(f[i].id), AUDIT_OK);
+		assert_int_equal(audit_query_durable(f[i].ev, f[i].id), AUDIT_OK);
 		/* the answer is given once */
-		assert_int_equal(audit_query_durable(f[i].id), AUDIT_FAILED);
+		assert_int_equal(audit_query_durable(f[i].ev, f[i].id), AUDIT_FAILED);
 		finish(f[i].id, 1);
 		event_free(f[i].ev);
 	}
@@ -597,8 +597,8 @@ static void strict_refused_row_is_not_durable(void **state)
 	}
 	assert_int_equal(f[1].id, before + 2);
 	assert_true(run_until_fired(f, 2, 5000));
-	assert_int_equal(audit_query_durable(f[0].id), AUDIT_OK);
-	assert_int_equal(audit_query_durable(f[1].id), AUDIT_FAILED);
+	assert_int_equal(audit_query_durable(f[0].ev, f[0].id), AUDIT_OK);
+	assert_int_equal(audit_query_durable(f[1].ev, f[1].id), AUDIT_FAILED);
 	for (int i = 0; i < 2; i++)
 		event_free(f[i].ev);
 	audit_stop();
@@ -636,8 +636,8 @@ static void durable_given_in_async_mode(void **state)
 	first = f.id;
 	assert_true(run_until_fired(&f, 1, 3000));
 	assert_int_equal(f.rows_seen, 1);
-	assert_int_equal(audit_query_durable(first), AUDIT_OK);
-	assert_int_equal(audit_query_durable(first), AUDIT_OK); /* async: no answer left means OK */
+	assert_int_equal(audit_query_durable(f.ev, first), AUDIT_OK);
+	assert_int_equal(audit_query_durable(f.ev, first), AUDIT_OK); /* async: no answer left means OK */
 	/* one answer per event: an uncollected one is dropped by the next row with the same event */
 	audit_stop();
 	start(AUDIT_STRICT);
@@ -648,10 +648,65 @@ static void durable_given_in_async_mode(void **state)
 	f.count = 0;
 	assert_int_equal(audit_query_start(&q, f.ev, NULL, &f.id), AUDIT_OK);
 	assert_true(run_until_fired(&f, 1, 3000));
-	assert_int_equal(audit_query_durable(first), AUDIT_FAILED);
-	assert_int_equal(audit_query_durable(f.id), AUDIT_OK);
+	assert_int_equal(audit_query_durable(f.ev, first), AUDIT_FAILED);
+	assert_int_equal(audit_query_durable(f.ev, f.id), AUDIT_OK);
 	audit_stop();
 	event_free(f.ev);
+}
+
+/*
+ * Many sessions waiting at once: each answer is found by its event, in any
+ * order; a new row on an event drops the old answer, a forgotten event is
+ * never woken, and the index survives growing and removals in the middle.
+ */
+static void many_waiters(void **state)
+{
+	enum { N = 600 };
+	static Fired f[N];
+	AuditQuery q = {.session_id = 1, .subject = "s", .database = "d", .sql = "INSERT INTO t VALUES (1)",
+	                .classes = "INSERT,WRITE", .decision = "allow"};
+	uint64_t old[N];
+
+	(void)state;
+	start(AUDIT_STRICT);
+	for (int i = 0; i < N; i++) {
+		memset(&f[i], 0, sizeof(f[i]));
+		f[i].rows_seen = -1;
+		f[i].ev = event_new(base, -1, 0, fired_cb, &f[i]);
+		q.ts_us = now_us();
+		assert_int_equal(audit_query_start(&q, f[i].ev, NULL, &f[i].id), AUDIT_OK);
+		old[i] = f[i].id;
+	}
+	for (int i = 0; i < N; i += 3) /* a later row on every third event */
+		assert_int_equal(audit_query_start(&q, f[i].ev, NULL, &f[i].id), AUDIT_OK);
+	for (int i = 1; i < N; i += 3)
+		audit_forget(f[i].ev, NULL);
+	for (int i = 0; i < N; i++)
+		if (i % 3 != 1)
+			assert_true(run_until_fired(&f[i], 1, 5000));
+	for (int k = 0; k < N; k++) {
+		int i = (k * 7) % N; /* 7 and 600 have no common factor: every index once, scrambled */
+
+		if (i % 3 == 1) {
+			assert_int_equal(audit_query_durable(f[i].ev, f[i].id), AUDIT_FAILED); /* forgotten */
+			continue;
+		}
+		if (i % 3 == 0)
+			assert_int_equal(audit_query_durable(f[i].ev, old[i]), AUDIT_FAILED); /* replaced */
+		assert_int_equal(audit_query_durable(f[i].ev, f[i].id), AUDIT_OK);
+		assert_int_equal(audit_query_durable(f[i].ev, f[i].id), AUDIT_FAILED); /* given once */
+	}
+	for (int i = 0; i < 50; i++)
+		event_base_loop(base, EVLOOP_NONBLOCK);
+	for (int i = 0; i < N; i++) {
+		assert_int_equal(f[i].count, i % 3 == 1 ? 0 : 1);
+		finish(f[i].id, 1);
+		if (i % 3 == 0)
+			finish(old[i], 1);
+		event_free(f[i].ev);
+	}
+	audit_stop();
+	assert_int_equal(query_int("SELECT count(*) FROM queries WHERE hash IS NOT NULL"), N + N / 3);
 }
 
 /* ---- the chain -------------------------------------------------------------------------------- */
@@ -1091,7 +1146,7 @@ static void strict_write_between_retention_chunks(void **state)
 	assert_int_equal(audit_query_start(&q, f.ev, NULL, &f.id), AUDIT_OK);
 	assert_true(run_until_fired(&f, 1, 5000));
 	left = query_int("SELECT count(*) FROM queries WHERE chain_seq IS NOT NULL");
-	assert_int_equal(audit_query_durable(f.id), AUDIT_OK);
+	assert_int_equal(audit_query_durable(f.ev, f.id), AUDIT_OK);
 	assert_int_equal(f.rows_seen, 1);
 	finish(f.id, 0);
 	event_free(f.ev);
@@ -1215,7 +1270,7 @@ static void strict_readonly_refuses(void **state)
 	assert_int_equal(audit_query_start(&q, f.ev, NULL, &f.id), AUDIT_OK);
 	assert_true(run_until_fired(&f, 1, 5000));
 	assert_int_equal(f.rows_seen, 0);
-	assert_int_equal(audit_query_durable(f.id), AUDIT_FAILED);
+	assert_int_equal(audit_query_durable(f.ev, f.id), AUDIT_FAILED);
 	audit_query_finish(f.id, &(AuditOutcome){.rows = -1,
 	                                         .duration_us = -1,
 	                                         .sqlstate = "58030",
@@ -1281,7 +1336,7 @@ static void full_disk_is_reported(void **state)
 	f.ev = event_new(base, -1, 0, fired_cb, &f);
 	assert_int_equal(audit_query_start(&q, f.ev, NULL, &f.id), AUDIT_OK);
 	assert_true(run_until_fired(&f, 1, 5000));
-	assert_int_equal(audit_query_durable(f.id), AUDIT_FAILED);
+	assert_int_equal(audit_query_durable(f.ev, f.id), AUDIT_FAILED);
 	assert_non_null(audit_error(buf, sizeof(buf)));
 	assert_contains(buf, dbpath);
 	assert_contains(buf, "database or disk is full");
@@ -1516,6 +1571,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(strict_refused_row_is_not_durable, setup, teardown),
 	    cmocka_unit_test_setup_teardown(forgotten_event_never_fires, setup, teardown),
 	    cmocka_unit_test_setup_teardown(durable_given_in_async_mode, setup, teardown),
+	    cmocka_unit_test_setup_teardown(many_waiters, setup, teardown),
 	    cmocka_unit_test_setup_teardown(chain_follows_finish_order, setup, teardown),
 	    cmocka_unit_test_setup_teardown(chain_hashes_what_is_stored, setup, teardown),
 	    cmocka_unit_test_setup_teardown(utf16_database_refused, setup, teardown),
