@@ -55,7 +55,7 @@ typedef struct Bound {
 	uint64_t batch;          /* the batch the Bind was sent in */
 	uint64_t serial;         /* its Executes' Waiting.bound */
 	int n_waiting;           /* Executes of it waiting for their answer */
-	uint64_t open_id;        /* the row of its statement while the portal is suspended, else 0 */
+	uint64_t open_id;        /* the row of its statement, from its first Execute until it completes, else 0 */
 	int64_t open_rows;       /* the rows its pieces returned */
 	int64_t open_started_us;
 	char *open_masked;       /* the masked columns of its first piece */
@@ -429,12 +429,13 @@ void relay_audit_execute(Session *s, const char *portal, int64_t max_rows)
 	}
 	if (b == NULL) { /* a portal pgveil did not see bound: a cursor declared in SQL (checked then) */
 		char *text = NULL;
+		const char *rec;
 
 		if (asprintf(&text, "-- Execute of portal \"%s\", not bound through pgveil (a cursor declared in SQL)",
 			     portal) < 0)
 			text = NULL;
-		if ((w = wait_push(s, a, start_row(s, text != NULL ? text : "-- Execute of a portal not bound through pgveil",
-						   "", "allow", NULL, 0, NULL, true))) != NULL)
+		rec = text != NULL ? text : "-- Execute of a portal not bound through pgveil";
+		if ((w = wait_push(s, a, start_row(s, rec, "", "allow", NULL, 0, NULL, true))) != NULL)
 			w->max_rows = max_rows;
 		free(text);
 		return;
@@ -514,16 +515,16 @@ typedef enum {
  * (-1 for none), which for a portal fetched in pieces counts the last
  * piece only, whatever the command (SELECT, INSERT ... RETURNING).
  */
-static void answer(RelayAudit *a, Waiting *w, Answer how, int64_t rows, const char *sqlstate, const char *error)
+static void answer(RelayAudit *a, Waiting *w, Answer how, int64_t rows, const char *sqlstate,
+		   const char *error)
 {
 	Bound *b = bound_by_serial(a, w->bound);
 
+	if (b != NULL)
+		b->n_waiting--;
 	if (b == NULL || w->id == 0) { /* not an Execute of a portal pgveil follows, or a marker */
 		finish(a, w, how == ANS_SUSPENDED ? w->max_rows : rows, sqlstate, error);
-		return;
-	}
-	b->n_waiting--;
-	if (b->open_id != w->id) { /* its statement's row is finished already */
+	} else if (b->open_id != w->id) { /* its statement's row is finished already */
 		a->masked[0] = '\0';
 		free(w);
 	} else if (how == ANS_SUSPENDED) {
@@ -545,7 +546,7 @@ static void answer(RelayAudit *a, Waiting *w, Answer how, int64_t rows, const ch
 		close_open(b); /* nothing is open now: resets the counts */
 		finish(a, w, rows, sqlstate, error);
 	}
-	if (b->closed && b->n_waiting == 0)
+	if (b != NULL && b->closed && b->n_waiting == 0)
 		bound_gone(a, b);
 }
 
