@@ -657,54 +657,11 @@ static bool build_children(Prop *p)
 	return true;
 }
 
-/* Rule r's column `column` of every descendant of relation `root` (cycles are cut). */
-static void reach_descendants(Prop *p, int root, const char *column, const Rule *r)
-{
-	CatRel *rels = p->s->rels;
-	int sp = 0, i, k, child, a;
-
-	p->epoch++;
-	p->mark[root] = p->epoch;
-	p->stack[sp++] = root;
-	while (sp > 0 && !p->oom) {
-		i = p->stack[--sp];
-		for (k = p->child_first[i]; k < p->child_first[i + 1]; k++) {
-			child = p->child_list[k];
-			if (p->mark[child] == p->epoch)
-				continue;
-			p->mark[child] = p->epoch;
-			p->stack[sp++] = child;
-			if ((a = catalog_attnum(&rels[child], column)) > 0)
-				column_add_mask(p, &rels[child].columns[a - 1], r, false);
-		}
-	}
-}
-
-/*
- * Rule r's column `column` of every ancestor of relation `root`: reading a
- * parent reads its children's rows too (without ONLY), so a mask on a
- * partition or child masks the parent's column as well (fail closed).
- */
-static void reach_ancestors(Prop *p, int root, const char *column, const Rule *r)
-{
-	CatRel *rels = p->s->rels;
-	int sp = 0, i, k, parent, a;
-
-	p->epoch++;
-	p->mark[root] = p->epoch;
-	p->stack[sp++] = root;
-	while (sp > 0 && !p->oom) {
-		i = p->stack[--sp];
-		for (k = 0; k < rels[i].n_parents; k++) {
-			if ((parent = rel_index(p->s, rels[i].parents[k])) < 0 || p->mark[parent] == p->epoch)
-				continue;
-			p->mark[parent] = p->epoch;
-			p->stack[sp++] = parent;
-			if ((a = catalog_attnum(&rels[parent], column)) > 0)
-				column_add_mask(p, &rels[parent].columns[a - 1], r, false);
-		}
-	}
-}
+/* What a walk over a relation's family does at each relation it reaches. */
+typedef struct Reach {
+	const Rule *r;
+	const char *column; /* the rule's column (masks), NULL: the rule is broken */
+} Reach;
 
 /* Adds broken rule r to rel (once); true when rel changed. */
 static bool rel_add_broken(Prop *p, CatRel *rel, const Rule *r)
@@ -723,34 +680,69 @@ static bool rel_add_broken(Prop *p, CatRel *rel, const Rule *r)
 	return true;
 }
 
+static void reach_visit(Prop *p, int rel, const Reach *x)
+{
+	CatRel *c = &p->s->rels[rel];
+	int a;
+
+	if (x->column == NULL)
+		(void)rel_add_broken(p, c, x->r);
+	else if ((a = catalog_attnum(c, x->column)) > 0)
+		column_add_mask(p, &c->columns[a - 1], x->r, false);
+}
+
+/*
+ * Visits every descendant (partitions, inheritance children) of relation
+ * `root`, or every ancestor when `up`, once each (cycles are cut); not root
+ * itself.
+ */
+static void reach_family(Prop *p, int root, bool up, const Reach *x)
+{
+	CatRel *rels = p->s->rels;
+	int sp = 0, i, k, j;
+
+	p->epoch++;
+	p->mark[root] = p->epoch;
+	p->stack[sp++] = root;
+	while (sp > 0 && !p->oom) {
+		i = p->stack[--sp];
+		for (k = up ? 0 : p->child_first[i]; k < (up ? rels[i].n_parents : p->child_first[i + 1]); k++) {
+			j = up ? rel_index(p->s, rels[i].parents[k]) : p->child_list[k];
+			if (j < 0 || p->mark[j] == p->epoch)
+				continue;
+			p->mark[j] = p->epoch;
+			p->stack[sp++] = j;
+			reach_visit(p, j, x);
+		}
+	}
+}
+
+/*
+ * Rule r's column of every descendant and every ancestor of relation
+ * `root`: reading a parent reads its children's rows too (without ONLY), so
+ * a mask on a partition or child masks the parent's column as well (fail
+ * closed). Two walks, down then up: a sibling partition is not touched.
+ */
+static void reach_family_masks(Prop *p, int root, const Rule *r)
+{
+	Reach x = { r, r->mask_column };
+
+	reach_family(p, root, false, &x);
+	reach_family(p, root, true, &x);
+}
+
 /*
  * Rule r names a column relation `root` no longer has: root, its
- * descendants (partitions, inheritance children) and its ancestors (whose
- * scans return its rows) are refused to the callers r applies to. Two
- * walks, down then up: a sibling partition is not touched.
+ * descendants and its ancestors (whose scans return its rows) are refused
+ * to the callers r applies to.
  */
 static void spread_broken(Prop *p, int root, const Rule *r)
 {
-	CatRel *rels = p->s->rels;
-	int sp, i, k, j;
+	Reach x = { r, NULL };
 
-	for (int up = 0; up < 2 && !p->oom; up++) {
-		p->epoch++;
-		p->mark[root] = p->epoch;
-		sp = 0;
-		p->stack[sp++] = root;
-		while (sp > 0 && !p->oom) {
-			i = p->stack[--sp];
-			(void)rel_add_broken(p, &rels[i], r);
-			for (k = up ? 0 : p->child_first[i]; k < (up ? rels[i].n_parents : p->child_first[i + 1]); k++) {
-				j = up ? rel_index(p->s, rels[i].parents[k]) : p->child_list[k];
-				if (j < 0 || p->mark[j] == p->epoch)
-					continue;
-				p->mark[j] = p->epoch;
-				p->stack[sp++] = j;
-			}
-		}
-	}
+	(void)rel_add_broken(p, &p->s->rels[root], r);
+	reach_family(p, root, false, &x);
+	reach_family(p, root, true, &x);
 }
 
 /* The rules' own columns, their descendants' and ancestors'; rules naming nothing become problems. */
@@ -782,8 +774,7 @@ static void seed_rules(Prop *p)
 		}
 		idx = (int)(found - s->rels);
 		column_add_mask(p, &s->rels[idx].columns[a - 1], r, false);
-		reach_descendants(p, idx, r->mask_column, r);
-		reach_ancestors(p, idx, r->mask_column, r);
+		reach_family_masks(p, idx, r);
 		p->seeded[p->n_seeded++] = r;
 	}
 }
