@@ -244,14 +244,22 @@ static void pending_unlink(Relay *r, Pending **qp, Pending *prev)
 	free(q);
 }
 
-StmtInfo *relay_bound_info(Relay *r, const char *name)
+/* The last Parse of `name` earlier in the batch being sent: it decides what the name holds. NULL: none. */
+static const Pending *batch_parse(const Relay *r, const char *name)
 {
 	const Pending *cur = NULL;
-	const Prepared *p;
 
 	for (const Pending *q = r->pend_head; q != NULL; q = q->next)
 		if (q->kind == PEND_PARSE && q->batch == r->batches_sent && strcmp(q->name, name) == 0)
-			cur = q; /* a Parse earlier in this batch decides what the name holds */
+			cur = q;
+	return cur;
+}
+
+StmtInfo *relay_bound_info(Relay *r, const char *name)
+{
+	const Pending *cur = batch_parse(r, name);
+	const Prepared *p;
+
 	if (cur != NULL)
 		return cur->info;
 	p = relay_prepared_find(r, name);
@@ -1097,12 +1105,10 @@ static GuardAction guard_bind_decide(Session *s, PgReader *rd, size_t msglen)
 /* The text a Bind of prepared statement `name` runs, for the audit log. */
 static const char *bound_sql(Relay *r, const char *name)
 {
-	const char *sql = NULL;
+	const Pending *cur = batch_parse(r, name);
+	const char *sql = cur != NULL ? cur->sql : NULL;
 	const Prepared *p;
 
-	for (const Pending *q = r->pend_head; q != NULL; q = q->next)
-		if (q->kind == PEND_PARSE && q->batch == r->batches_sent && strcmp(q->name, name) == 0)
-			sql = q->sql;
 	if (sql == NULL && (p = relay_prepared_find(r, name)) != NULL)
 		sql = p->sql;
 	return sql != NULL ? sql : "";
