@@ -9,11 +9,12 @@
  *
  * Rows wait for their answer in the order their messages were sent. The
  * server answers statements in that order: each CommandComplete,
- * EmptyQueryResponse or PortalSuspended finishes the oldest row; an
- * ErrorResponse finishes it with the error and the server skips the rest of
- * the batch; ReadyForQuery ends the batch. A refusal sent in place of a
- * statement waits as a marker without a row (its row was finished when it
- * was refused), so that the server's error for it lines up.
+ * EmptyQueryResponse, PortalSuspended or FunctionCallResponse finishes the
+ * oldest row; an ErrorResponse finishes it with the error and the server
+ * skips the rest of the batch; ReadyForQuery ends the batch. A refusal
+ * sent in place of a statement waits as a marker without a row (its row
+ * was finished when it was refused), so that the server's error for it
+ * lines up.
  *
  * A portal fetched in pieces (Execute with a row limit, answered with
  * PortalSuspended) is one statement: its row stays open, counting the rows
@@ -570,6 +571,10 @@ void relay_audit_server(Session *s, uint8_t type, const uint8_t *body, size_t le
 	case 's':
 		if ((w = wait_pop(a)) != NULL)
 			answer(a, w, type == 's' ? ANS_SUSPENDED : ANS_DONE, type == 'I' ? 0 : -1, NULL, NULL);
+		break;
+	case 'V': /* FunctionCallResponse: the call ran and returned its one value */
+		if ((w = wait_pop(a)) != NULL)
+			answer(a, w, ANS_DONE, 1, NULL, NULL);
 		break;
 	case 'E':
 		if (!pgproto_parse_error(body, len, &f) || (f.severity != NULL && strcmp(f.severity, "ERROR") != 0))

@@ -339,3 +339,18 @@ def test_full_queue_slows_sessions_and_loses_nothing(audited):
     got = rows(db, "SELECT count(*), count(DISTINCT sql), sum(rows), count(sqlstate), count(error) "
                    "FROM queries WHERE sql LIKE 'SELECT % AS bound_%'")
     assert got == [(per * n_msgs, per * n_msgs, per * n_msgs, 0, 0)], got
+
+
+def test_function_call_row_has_its_outcome(audited):
+    """A FunctionCall of the fast-path protocol (large objects use it) is answered with
+    FunctionCallResponse: its row is finished as run, not as 'not run'."""
+    import pgwire
+    pv, db = audited("async")
+    with pgwire.connect("127.0.0.1", pv.port, user=harness.PROXY_USER, database="app") as w:
+        w.send(pgwire.function_call_msg(2026))  # pg_backend_pid()
+        msgs = w.read_until(b"Z")
+        assert not pgwire.errors_of(msgs), pgwire.errors_of(msgs)
+        assert "V" in pgwire.types_of(msgs)
+    assert pv.stop() == 0
+    got = rows(db, "SELECT decision, rows, sqlstate, error FROM queries WHERE sql LIKE '-- FunctionCall%'")
+    assert got == [("allow", 1, None, None)], got
