@@ -1010,18 +1010,43 @@ static const JNode *column_names(const Walk *w, const JNode *colref)
 }
 
 /*
+ * Whether a node of an expression gives the same value each time it is
+ * evaluated for the same row: columns, constants, parameters, built-in
+ * operators and casts, and what is built of them. A function call, a
+ * subquery or an operator that is not built in may not (`random()`).
+ */
+static bool row_stable_node(const char *type, const JNode *body)
+{
+	static const char *const stable[] = { "A_ArrayExpr", "A_Const", "A_Indices", "A_Indirection", "BoolExpr",
+					      "BooleanTest", "CaseExpr", "CaseWhen", "CoalesceExpr", "CollateClause",
+					      "ColumnRef", "NullTest", "ParamRef", "RowExpr", "String", "TypeCast" };
+	const char *op;
+
+	if (strcmp(type, "A_Expr") == 0)
+		return (op = fn_catalog_name(j_get(body, "name"))) != NULL && builtin_operator(op);
+	for (size_t i = 0; i < PGV_ARRAY_LEN(stable); i++)
+		if (strcmp(type, stable[i]) == 0)
+			return true;
+	return false;
+}
+
+/*
  * The same expression on both sides: equal trees (positions aside), a
  * column spelled with or without the target's name counting as the same
- * (`t.id = id`, `lower(x) = lower(t.x)`). A literal in them makes the
- * answer depend on literals: the statement cache must not share it by shape.
+ * (`t.id = id`, `lower(x) = lower(t.x)`). *stable is cleared when a node
+ * may give another value at its second evaluation (row_stable_node). A
+ * literal in them makes the answer depend on literals: the statement cache
+ * must not share it by shape.
  */
-static bool same_expr(Walk *w, const JNode *a, const JNode *b, int depth)
+static bool same_expr(Walk *w, const JNode *a, const JNode *b, int depth, bool *stable)
 {
 	const JNode *ab = NULL, *bb = NULL, *x, *y;
 	const char *ta = j_type(a, &ab), *tb = j_type(b, &bb);
 
 	if (a == NULL || b == NULL || a->type != b->type || depth > 200)
 		return false;
+	if (ta != NULL && !row_stable_node(ta, ab))
+		*stable = false;
 	if (ta != NULL && tb != NULL && strcmp(ta, "ColumnRef") == 0 && strcmp(tb, "ColumnRef") == 0) {
 		x = column_names(w, ab);
 		y = column_names(w, bb);
@@ -1047,7 +1072,7 @@ static bool same_expr(Walk *w, const JNode *a, const JNode *b, int depth)
 			if (x == NULL || y == NULL)
 				return x == y;
 			if ((x->key == NULL) != (y->key == NULL) || (x->key != NULL && strcmp(x->key, y->key) != 0) ||
-			    !same_expr(w, x, y, depth + 1))
+			    !same_expr(w, x, y, depth + 1, stable))
 				return false;
 		}
 	default: return true;
@@ -1055,29 +1080,32 @@ static bool same_expr(Walk *w, const JNode *a, const JNode *b, int depth)
 }
 
 /*
- * An expression compared with itself: `c IS NOT DISTINCT FROM c` is true
- * for every row, `c = c`, `c <= c`, `c >= c` for every row where c is not
- * NULL (all of them, as far as DESTRUCTIVE goes); `c IS DISTINCT FROM c`,
- * `c <> c`, `c < c`, `c > c` for none. The same for any expression
- * (`lower(x) = lower(x)`): a volatile one may differ between its two
- * evaluations, but counting it as all rows errs on the side of blocking.
- * CV_UNKNOWN when it is not such a comparison.
+ * An expression compared with itself, into *out (false when e is not
+ * that): `c IS NOT DISTINCT FROM c` is true for every row, `c = c`,
+ * `c <= c`, `c >= c` for every row where c is not NULL (all of them, as far
+ * as DESTRUCTIVE goes); `c IS DISTINCT FROM c`, `c <> c`, `c < c`, `c > c`
+ * for none. When the expression may differ between its two evaluations
+ * (`random() = random()`, `f(x) <> f(x)`) neither holds, and NOT may turn
+ * either around: its value is unknown, which counts as every row.
  */
-static CVal cv_self_compare(Walk *w, const char *kind, const char *op, const JNode *e)
+static bool cv_self_compare(Walk *w, const char *kind, const char *op, const JNode *e, CVal *out)
 {
-	if (!same_expr(w, j_get(e, "lexpr"), j_get(e, "rexpr"), 0))
-		return cv_make(CV_UNKNOWN);
-	if (strcmp(kind, "AEXPR_NOT_DISTINCT") == 0)
-		return cv_bool(true);
-	if (strcmp(kind, "AEXPR_DISTINCT") == 0)
-		return cv_bool(false);
-	if (strcmp(kind, "AEXPR_OP") != 0 || op == NULL)
-		return cv_make(CV_UNKNOWN);
-	if (strcmp(op, "=") == 0 || strcmp(op, "<=") == 0 || strcmp(op, ">=") == 0)
-		return cv_bool(true);
-	if (strcmp(op, "<>") == 0 || strcmp(op, "!=") == 0 || strcmp(op, "<") == 0 || strcmp(op, ">") == 0)
-		return cv_bool(false);
-	return cv_make(CV_UNKNOWN);
+	bool stable = true, yes;
+
+	if (!same_expr(w, j_get(e, "lexpr"), j_get(e, "rexpr"), 0, &stable))
+		return false;
+	if (strcmp(kind, "AEXPR_NOT_DISTINCT") == 0 || strcmp(kind, "AEXPR_DISTINCT") == 0)
+		yes = strcmp(kind, "AEXPR_NOT_DISTINCT") == 0;
+	else if (strcmp(kind, "AEXPR_OP") != 0 || op == NULL)
+		return false;
+	else if (strcmp(op, "=") == 0 || strcmp(op, "<=") == 0 || strcmp(op, ">=") == 0)
+		yes = true;
+	else if (strcmp(op, "<>") == 0 || strcmp(op, "!=") == 0 || strcmp(op, "<") == 0 || strcmp(op, ">") == 0)
+		yes = false;
+	else
+		return false;
+	*out = stable ? cv_bool(yes) : cv_make(CV_UNKNOWN);
+	return true;
 }
 
 static CVal cv_aexpr(Walk *w, const JNode *e)
@@ -1088,7 +1116,7 @@ static CVal cv_aexpr(Walk *w, const JNode *e)
 				 ? j_string_node(j_first(name)) : NULL;
 	CVal l, r;
 
-	if (kind != NULL && (l = cv_self_compare(w, kind, op, e)).kind != CV_UNKNOWN)
+	if (kind != NULL && cv_self_compare(w, kind, op, e, &l))
 		return l;
 	if (kind == NULL || strcmp(kind, "AEXPR_OP") != 0 || op == NULL || j_get(e, "lexpr") == NULL)
 		return cv_make(row_dependent(e) ? CV_ROW : CV_UNKNOWN);
