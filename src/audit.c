@@ -417,8 +417,8 @@ static void rooms_wake_locked(void)
 
 /*
  * Whether a statement row may be queued now; registers `room` for
- * AUDIT_FULL. Without `room` the caller was admitted for its message: the
- * row goes in past the bound.
+ * AUDIT_FULL. Without `room` the row goes in past the bound (the rest of a
+ * message whose first row went in).
  */
 static AuditStatus admit_locked(struct event *room)
 {
@@ -1011,19 +1011,6 @@ AuditStatus audit_query_start(const AuditQuery *q, struct event *durable, struct
 	pthread_mutex_unlock(&au.lock);
 	free(it);
 	free(w);
-	return st;
-}
-
-AuditStatus audit_admit(struct event *room)
-{
-	AuditStatus st = AUDIT_OK;
-
-	if (!audit_enabled())
-		return AUDIT_OFF;
-	pthread_mutex_lock(&au.lock);
-	if (au.running && au.mode != AUDIT_STRICT && au.n_starts >= au.queue_max)
-		st = admit_locked(room);
-	pthread_mutex_unlock(&au.lock);
 	return st;
 }
 

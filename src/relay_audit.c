@@ -138,11 +138,17 @@ static char *stmt_text(const char *sql, const StmtInfo *info, int i)
 
 /*
  * Starts a row. gate: the statement is forwarded once the row is durable
- * (strict mode); a refusal's row is not waited for (nothing runs).
+ * (strict mode); a refusal's row is not waited for (nothing runs). first:
+ * the message's first row, which may find the async queue full (then
+ * nothing is queued, audit_stop says AUDIT_FULL and the message waits for
+ * room); the message's other rows, refusals' rows and those of a message a
+ * person approved go in even past the bound, so a message is recorded
+ * whole or not yet, never twice.
  */
 static uint64_t start_row(Session *s, const char *sql, const char *classes, const char *decision, const char *rule,
-			  uint64_t approval_id, const char *fingerprint, bool gate)
+			  uint64_t approval_id, const char *fingerprint, bool gate, bool first)
 {
+	struct event *room = first && !s->relay->audit_past_bound ? s->relay->audit_room : NULL;
 	AuditQuery q;
 	uint64_t id = 0;
 
@@ -158,8 +164,7 @@ static uint64_t start_row(Session *s, const char *sql, const char *classes, cons
 	q.rule = rule;
 	q.approval_id = approval_id;
 	gate = gate && audit_strict();
-	/* admitted for its message (admitted()), or a refusal's row: it goes in past the queue's bound */
-	switch (audit_query_start(&q, gate ? s->relay->audit_durable : NULL, NULL, &id)) {
+	switch (audit_query_start(&q, gate ? s->relay->audit_durable : NULL, room, &id)) {
 	case AUDIT_OK:
 		if (gate)
 			s->relay->audit_wait_id = id; /* the message goes on once its row is durable */
@@ -183,25 +188,10 @@ static uint64_t start_row(Session *s, const char *sql, const char *classes, cons
 	}
 }
 
-/*
- * Whether the message whose rows are about to start may queue them (all
- * of them: see audit_admit); else it waits for room (or is refused).
- */
-static bool admitted(Session *s)
+/* The message's first row found the queue full: it waits for room, with nothing of it queued. */
+static bool waits_for_room(const Session *s)
 {
-	if (s->relay->audit_past_bound)
-		return true;
-	switch (audit_admit(s->relay->audit_room)) {
-	case AUDIT_OK:
-	case AUDIT_OFF:
-		return true;
-	case AUDIT_FULL:
-		s->relay->audit_stop = AUDIT_FULL;
-		return false;
-	default:
-		s->relay->audit_stop = AUDIT_FAILED;
-		return false;
-	}
+	return s->relay->audit_stop == AUDIT_FULL;
 }
 
 void relay_audit_refusal_text(char *buf, size_t len)
@@ -267,17 +257,21 @@ void relay_audit_query(Session *s, const char *sql, const StmtInfo *info, const 
 	RelayAudit *a = tracker(s);
 	char classes[160], fp[24];
 
-	if (a == NULL || info == NULL || !admitted(s))
+	if (a == NULL || info == NULL)
 		return;
 	fingerprint_hex(info, fp, sizeof(fp));
 	for (int i = 0; i < info->n_stmts; i++) {
 		char *text = stmt_text(sql, info, i), *owned;
 		const char *rec = recorded_text(s, text != NULL ? text : sql, &owned);
+		uint64_t id;
 
 		sqlinfo_class_names(info->stmts[i].classes, classes, sizeof(classes));
-		wait_push(s, a, start_row(s, rec, classes, decision, rule, approval_id, fp, true));
+		id = start_row(s, rec, classes, decision, rule, approval_id, fp, true, i == 0);
 		free(owned);
 		free(text);
+		if (waits_for_room(s))
+			return;
+		wait_push(s, a, id);
 	}
 }
 
@@ -297,7 +291,7 @@ void relay_audit_refused(Session *s, const char *sql, const StmtInfo *info, cons
 		fingerprint_hex(info, fp, sizeof(fp));
 	}
 	id = start_row(s, recorded_text(s, sql, &owned), classes, decision, rule, approval_id, info != NULL ? fp : NULL,
-		       false);
+		       false, false);
 	s->relay->audit_stop = AUDIT_OK; /* a refusal goes out whatever the log says */
 	free(owned);
 	if (id != 0) {
@@ -421,33 +415,32 @@ void relay_audit_execute(Session *s, const char *portal, int64_t max_rows)
 	RelayAudit *a = tracker(s);
 	Bound *b;
 	Waiting *w;
+	uint64_t id;
 
 	if (a == NULL)
 		return;
-	if ((b = bound_by_name(a, portal)) == NULL || b->open_id == 0) {
-		if (!admitted(s))
-			return; /* the Execute waits for room */
-	}
-	if (b == NULL) { /* a portal pgveil did not see bound: a cursor declared in SQL (checked then) */
+	if ((b = bound_by_name(a, portal)) == NULL) { /* not bound through pgveil: a cursor declared in SQL */
 		char *text = NULL;
-		const char *rec;
 
 		if (asprintf(&text, "-- Execute of portal \"%s\", not bound through pgveil (a cursor declared in SQL)",
 			     portal) < 0)
 			text = NULL;
-		rec = text != NULL ? text : "-- Execute of a portal not bound through pgveil";
-		if ((w = wait_push(s, a, start_row(s, rec, "", "allow", NULL, 0, NULL, true))) != NULL)
-			w->max_rows = max_rows;
+		id = start_row(s, text != NULL ? text : "-- Execute of a portal not bound through pgveil", "", "allow",
+			       NULL, 0, NULL, true, true);
 		free(text);
+		if (!waits_for_room(s) && (w = wait_push(s, a, id)) != NULL)
+			w->max_rows = max_rows;
 		return;
 	}
 	if (b->open_id != 0) { /* the next piece of the portal's statement: its row is started (and durable) */
 		if ((w = wait_push(s, a, b->open_id)) != NULL)
 			w->started_us = b->open_started_us;
 	} else {
-		w = wait_push(s, a, start_row(s, b->sql, b->classes, b->decision, b->rule, b->approval_id, NULL, true));
-		if (w != NULL && w->id != 0) {
-			b->open_id = w->id;
+		id = start_row(s, b->sql, b->classes, b->decision, b->rule, b->approval_id, NULL, true, true);
+		if (waits_for_room(s))
+			return;
+		if ((w = wait_push(s, a, id)) != NULL && id != 0) {
+			b->open_id = id;
 			b->open_started_us = w->started_us;
 		}
 	}

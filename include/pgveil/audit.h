@@ -116,22 +116,13 @@ void audit_session_end(uint64_t session_id, int64_t ended_us, const char *end_re
  * answer per event: a new row given the same event drops the answer of the
  * previous one. AUDIT_FULL (async, queue full): nothing queued; `room` (an
  * event of the caller's base) is activated when there is room again — the
- * session stops reading its client meanwhile. `room` NULL: the caller was
- * admitted (audit_admit) for the message this row belongs to, and the row
- * goes in even past the bound. AUDIT_FAILED: strict mode and the database
+ * session stops reading its client meanwhile. `room` NULL: the row goes in
+ * even past the bound (the rest of a message whose first row went in, so
+ * that a message is recorded whole). AUDIT_FAILED: strict mode and the database
  * cannot be written (or no memory); the statement must be refused.
  */
 AuditStatus audit_query_start(const AuditQuery *q, struct event *durable, struct event *room, uint64_t *id)
 	PGV_WARN_UNUSED;
-/*
- * Whether a message's statement rows may be queued now, all of them: a
- * Query string's statements go in together or wait together, so none is
- * recorded twice when the message is taken up again. AUDIT_FULL (async,
- * the queue at its bound): `room` is activated when there is room; then
- * audit_query_start with room NULL for each row. AUDIT_OK otherwise
- * (AUDIT_OFF without a log, AUDIT_FAILED without memory).
- */
-AuditStatus audit_admit(struct event *room) PGV_WARN_UNUSED;
 /*
  * After `durable` (the event given with row `id`; the answer is found by
  * it, in constant time however many sessions wait) fired: AUDIT_OK when
