@@ -610,13 +610,6 @@ static int hold_tables(const PartList *pl, char names[][128], const char **ptrs,
 	return n;
 }
 
-
-/*
- * Why no time-boxed grant may cover the statement of `pl` (`info`: its
- * analysis, the prepared body for a Bind, NULL when unknown) nor be made
- * from it, or NULL when one may: what it touches must be known by name,
- * and a statement touching no table must be known by its fingerprint.
- */
 /* Whether the statement runs a prepared statement by name (SQL EXECUTE). */
 static bool executes(const StmtInfo *info)
 {
@@ -626,6 +619,12 @@ static bool executes(const StmtInfo *info)
 	return false;
 }
 
+/*
+ * Why no time-boxed grant may cover the statement of `pl` (`info`: its
+ * analysis, the prepared body for a Bind, NULL when unknown) nor be made
+ * from it, or NULL when one may: what it touches must be known by name,
+ * and a statement touching no table must be known by its fingerprint.
+ */
 static const char *no_grant_reason(const Relay *r, const PartList *pl, const StmtInfo *info)
 {
 	bool path = path_default(r, info);
@@ -1439,9 +1438,11 @@ static size_t mask_forward(Session *s, struct evbuffer *in, size_t run, const Pg
 static void audit_execute(Session *s, struct evbuffer *in, size_t run, const PgHeader *h)
 {
 	struct evbuffer_ptr pos;
-	size_t n = h->len - 4, name_len;
+	size_t n = h->len - 4;
 	char stack[256], *buf = n < sizeof(stack) ? stack : malloc(n + 1);
-	int64_t max_rows = 0;
+	const char *name = buf;
+	int32_t max_rows = 0;
+	PgReader rd;
 
 	if (buf == NULL) {
 		if (audit_strict())
@@ -1450,14 +1451,11 @@ static void audit_execute(Session *s, struct evbuffer *in, size_t run, const PgH
 	}
 	evbuffer_ptr_set(in, &pos, run + PG_HEADER_LEN, EVBUFFER_PTR_SET);
 	evbuffer_copyout_from(in, &pos, buf, n);
-	buf[n] = '\0'; /* the name ends at its own NUL, before the row limit */
-	name_len = strlen(buf);
-	if (name_len + 5 <= n) {
-		const uint8_t *p = (const uint8_t *)buf + name_len + 1;
-
-		max_rows = (int32_t)((uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]);
-	}
-	relay_audit_execute(s, buf, max_rows > 0 ? max_rows : 0);
+	buf[n] = '\0'; /* a malformed Execute's name ends here (the server refuses it) */
+	pgproto_reader_init(&rd, (const uint8_t *)buf, n);
+	if (!pgproto_get_string(&rd, &name) || !pgproto_get_int32(&rd, &max_rows))
+		max_rows = 0;
+	relay_audit_execute(s, name, max_rows > 0 ? max_rows : 0);
 	if (buf != stack)
 		free(buf);
 }

@@ -60,7 +60,7 @@ typedef struct Bound {
 	int64_t open_rows;       /* the rows its pieces returned */
 	int64_t open_started_us;
 	char *open_masked;       /* the masked columns of its first piece */
-	bool closed;             /* the client closed it while Executes were waiting */
+	bool closed;             /* gone (closed, replaced, its transaction over): freed once its Executes are answered */
 	struct Bound *next;
 } Bound;
 
@@ -303,6 +303,15 @@ void relay_audit_refused(Session *s, const char *sql, const StmtInfo *info, cons
 		wait_push(s, a, 0); /* the server's error for the refusal statement */
 }
 
+/* The portal has no statement row open (after it was finished). */
+static void open_reset(Bound *b)
+{
+	b->open_id = 0;
+	b->open_rows = 0;
+	free(b->open_masked);
+	b->open_masked = NULL;
+}
+
 /*
  * The row of a portal's statement that goes away unfinished (closed,
  * replaced, its transaction or session over): finished with the rows its
@@ -316,10 +325,7 @@ static void close_open(Bound *b)
 		o.duration_us = (int64_t)pgv_now_us() - b->open_started_us;
 		audit_query_finish(b->open_id, &o);
 	}
-	b->open_id = 0;
-	b->open_rows = 0;
-	free(b->open_masked);
-	b->open_masked = NULL;
+	open_reset(b);
 }
 
 static void bound_free(Bound *b)
@@ -536,8 +542,7 @@ static void answer(RelayAudit *a, Waiting *w, Answer how, int64_t rows, const ch
 			rows += b->open_rows;
 		if (a->masked[0] == '\0' && b->open_masked != NULL)
 			snprintf(a->masked, sizeof(a->masked), "%s", b->open_masked);
-		b->open_id = 0;
-		close_open(b); /* nothing is open now: resets the counts */
+		open_reset(b);
 		finish(a, w, rows, sqlstate, error);
 	}
 	if (b != NULL && b->closed && b->n_waiting == 0)

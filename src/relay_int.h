@@ -216,7 +216,7 @@ void relay_audit_refused(Session *s, const char *sql, const StmtInfo *info, cons
 void relay_audit_bind(Session *s, const char *portal, const char *sql, const StmtInfo *info, const char *decision,
 		      const char *rule, uint64_t approval_id);
 /*
- * An Execute (or FunctionCall, portal NULL) forwarded: its row, or the
+ * An Execute (or FunctionCall, portal FASTPATH_PORTAL) forwarded: its row, or the
  * next piece of its suspended portal's. max_rows: the Execute's row limit
  * (0: none), the rows a piece answered with PortalSuspended returned.
  */
