@@ -276,21 +276,30 @@ def test_approved_copy_is_masked(pgveil_factory, idp, certs, workroot, table):  
 
 # ------------------------------------------------------------------ grants and tables pgveil cannot know
 
-def test_grant_never_made_from_a_do_block(pgveil_factory, idp, certs, workroot, table, admin):  # noqa: F811
-    """APPROVE ... FOR of a DO block approves it once: a DO block's tables cannot be
-    known, so a grant from one would let any other DO block through."""
-    path = harness.write_rules(workroot, "held-do", "HOLD WRITE, PROCEDURAL FOR GROUP agents;\nALLOW ALL;\n")
+def approved_once_without_grant(pgveil_factory, idp, certs, workroot, rules, sql, needle):  # noqa: F811
+    """Holds `sql` under `rules`, approves it FOR 10 MINUTES, and checks that it ran once and
+    no grant was made from it (saying so to the approver). Returns the console."""
+    path = harness.write_rules(workroot, "held-once", rules)
     pv = start_oidc(pgveil_factory, idp, rules=path, default_action="block", hold_timeout="20s")
     c = Console(pv, idp, certs)
-    a = Agent(c, "DO $$ BEGIN PERFORM 1; END $$")
+    a = Agent(c, sql)
     a.start()
-    held = wait_held(c, "PERFORM 1")
+    held = wait_held(c, needle)
     res = c.psql(c.approver, "-c", f"APPROVE {held[0]} FOR 10 MINUTES")
     assert res.returncode == 0, res.stderr
     assert f"no grant made from statement {held[0]}, approved once" in res.stderr, res.stderr
     a.join(15)
     assert a.error is None, a.error
     assert c.query(c.approver, "SHOW GRANTS")[1] == []
+    return c
+
+
+def test_grant_never_made_from_a_do_block(pgveil_factory, idp, certs, workroot, table, admin):  # noqa: F811
+    """APPROVE ... FOR of a DO block approves it once: a DO block's tables cannot be
+    known, so a grant from one would let any other DO block through."""
+    c = approved_once_without_grant(pgveil_factory, idp, certs, workroot,
+                                    "HOLD WRITE, PROCEDURAL FOR GROUP agents;\nALLOW ALL;\n",
+                                    "DO $$ BEGIN PERFORM 1; END $$", "PERFORM 1")
     # the next DO block waits for its own approval
     b = Agent(c, f"DO $$ BEGIN DELETE FROM public.{table}; END $$")
     b.start()
@@ -332,18 +341,8 @@ def test_grant_from_a_tableless_statement_covers_only_that_statement(pgveil_fact
 def test_grant_never_made_when_literals_decide(pgveil_factory, idp, certs, workroot):  # noqa: F811
     """set_config('work_mem', ...) and set_config('role', ...) share a fingerprint: a grant
     from the first would cover the second, so none is made."""
-    path = harness.write_rules(workroot, "held-all", "HOLD ALL FOR GROUP agents;\n")
-    pv = start_oidc(pgveil_factory, idp, rules=path, default_action="block", hold_timeout="20s")
-    c = Console(pv, idp, certs)
-    a = Agent(c, "SELECT set_config('work_mem', '8MB', false)")
-    a.start()
-    held = wait_held(c, "work_mem")
-    res = c.psql(c.approver, "-c", f"APPROVE {held[0]} FOR 10 MINUTES")
-    assert res.returncode == 0, res.stderr
-    assert f"no grant made from statement {held[0]}, approved once" in res.stderr, res.stderr
-    a.join(15)
-    assert a.error is None, a.error
-    assert c.query(c.approver, "SHOW GRANTS")[1] == []
+    approved_once_without_grant(pgveil_factory, idp, certs, workroot, "HOLD ALL FOR GROUP agents;\n",
+                                "SELECT set_config('work_mem', '8MB', false)", "work_mem")
 
 
 @pytest.fixture
