@@ -838,40 +838,34 @@ static bool prune_chain(AuditDb *d, const char *cutoff, const char *now, uint64_
 {
 	char hash[AUDIT_HASH_HEX] = "";
 	sqlite3_stmt *st = NULL;
-	int64_t last = 0, cut = 0;
+	int64_t last = 0, n = 0;
+	int rc;
 
 	*pruned = 0;
-	if (!db_int64(d,
-	              "SELECT coalesce((SELECT min(chain_seq) FROM queries WHERE chain_seq IS NOT NULL AND "
-	              "ts >= ?1) - 1,"
-	              " (SELECT max(chain_seq) FROM queries))",
-	              cutoff, &last, err, errlen))
-		return false;
-	if (last <= 0)
-		return true;
+	/* the oldest chained rows in chain order, up to the first that is not old: no more than goes */
 	if (sqlite3_prepare_v2(d->db,
-	                       "SELECT chain_seq FROM queries WHERE chain_seq IS NOT NULL AND chain_seq <= ?1"
-	                       " ORDER BY chain_seq LIMIT 1 OFFSET ?2",
+	                       "SELECT chain_seq, hash, ts >= ?1 FROM queries WHERE chain_seq IS NOT NULL"
+	                       " ORDER BY chain_seq LIMIT ?2",
 	                       -1, &st, NULL) != SQLITE_OK)
 		return db_fail(d, err, errlen);
-	sqlite3_bind_int64(st, 1, last);
-	sqlite3_bind_int64(st, 2, limit - 1);
-	if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int64(st, 0) < last) {
-		cut = sqlite3_column_int64(st, 0); /* this pass stops there */
-		*more = true;
+	sqlite3_bind_text(st, 1, cutoff, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 2, limit);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW && sqlite3_column_int(st, 2) == 0) {
+		const unsigned char *h = sqlite3_column_text(st, 1);
+
+		last = sqlite3_column_int64(st, 0);
+		snprintf(hash, sizeof(hash), "%s", h != NULL ? (const char *)h : "");
+		n++;
 	}
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+		db_fail(d, err, errlen);
 	sqlite3_finalize(st);
-	if (cut > 0)
-		last = cut;
-	if (sqlite3_prepare_v2(d->db, "SELECT hash FROM queries WHERE chain_seq = ?1", -1, &st, NULL) !=
-	    SQLITE_OK)
-		return db_fail(d, err, errlen);
-	sqlite3_bind_int64(st, 1, last);
-	if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0) != NULL)
-		snprintf(hash, sizeof(hash), "%s", (const char *)sqlite3_column_text(st, 0));
-	sqlite3_finalize(st);
-	if (hash[0] == '\0')
-		return true; /* already pruned up to there */
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+		return false;
+	if (n == limit)
+		*more = true; /* this pass stops there */
+	if (last <= 0 || hash[0] == '\0')
+		return true; /* nothing old, or a row without its hash: left for the verifier to report */
 	if (!prune_exec(d, "DELETE FROM queries WHERE chain_seq <= ?2", cutoff, last, 0, pruned, err, errlen))
 		return false;
 	if (sqlite3_prepare_v2(
