@@ -937,8 +937,9 @@ bool auditdb_prune(AuditDb *d, uint64_t retention_s, int64_t now_us, uint64_t ma
 	audit_format_time(now_us, now);
 	if (!db_exec(d, "BEGIN IMMEDIATE", err, errlen))
 		return false;
+	/* sessions and approvals go once their statements have: after the chunks of the chain */
 	if (!prune_chain(d, cutoff, now, max_query_id, lim, &pruned, &upto, more, err, errlen) ||
-	    !prune_rest(d, cutoff, lim, &rest, more, err, errlen) || !db_exec(d, "COMMIT", err, errlen)) {
+	    (!*more && !prune_rest(d, cutoff, lim, &rest, more, err, errlen)) || !db_exec(d, "COMMIT", err, errlen)) {
 		if (!sqlite3_get_autocommit(d->db))
 			sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
 		*more = false;
