@@ -1034,17 +1034,23 @@ static bool row_stable_node(const char *type, const JNode *body)
  * The same expression on both sides: equal trees (positions aside), a
  * column spelled with or without the target's name counting as the same
  * (`t.id = id`, `lower(x) = lower(t.x)`). *stable is cleared when a node
- * may give another value at its second evaluation (row_stable_node). A
- * literal in them makes the answer depend on literals: the statement cache
- * must not share it by shape.
+ * may give another value at its second evaluation (row_stable_node), and
+ * when the trees are equal deeper than is compared (then they count as
+ * the same, of unknown value: fail closed). A literal in them makes the
+ * answer depend on literals: the statement cache must not share it by
+ * shape.
  */
 static bool same_expr(Walk *w, const JNode *a, const JNode *b, int depth, bool *stable)
 {
 	const JNode *ab = NULL, *bb = NULL, *x, *y;
 	const char *ta = j_type(a, &ab), *tb = j_type(b, &bb);
 
-	if (a == NULL || b == NULL || a->type != b->type || depth > 200)
+	if (a == NULL || b == NULL || a->type != b->type)
 		return false;
+	if (depth > 200) {
+		*stable = false;
+		return true;
+	}
 	if (ta != NULL && !row_stable_node(ta, ab))
 		*stable = false;
 	if (ta != NULL && tb != NULL && strcmp(ta, "ColumnRef") == 0 && strcmp(tb, "ColumnRef") == 0) {
