@@ -358,10 +358,12 @@ proc_cpu_ticks() { # PID [NAME]
 	echo "$total"
 }
 
-# cpu_per_tx TICKS TRANSACTIONS: microseconds of CPU per transaction, or "-".
+# cpu_per_tx BEFORE AFTER TRANSACTIONS: microseconds of CPU per transaction
+# between two proc_cpu_ticks readings, or "-" (a reading missing: the
+# process is gone).
 cpu_per_tx() {
-	awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" \
-		'BEGIN { if (t == "" || n == "" || n == 0) print "-"; else printf "%.1f\n", t * 1e6 / hz / n }'
+	awk -v a="$1" -v b="$2" -v n="$3" -v hz="$(getconf CLK_TCK)" \
+		'BEGIN { if (a == "" || b == "" || n == "" || n == 0) print "-"; else printf "%.1f\n", (b - a) * 1e6 / hz / n }'
 }
 
 # bench_measure RUN: ROUNDS rounds of "RUN TARGET MODE" for every mode of

@@ -70,9 +70,9 @@ run_pgbench() { # TARGET MODE SECONDS
 	n=$(awk '/^number of transactions actually processed: / { split($NF, a, "/"); print a[1]; exit }' "$out")
 	audit=-
 	if [ "${PGVEIL_AUDIT_OF[$target]:-off}" != off ]; then
-		audit=$(cpu_per_tx "$((${a1:-0} - ${a0:-0}))" "$n")
+		audit=$(cpu_per_tx "$a0" "$a1" "$n")
 	fi
-	echo "$(pgbench_tps_latency "$out") $(cpu_per_tx "$((${c1:-0} - ${c0:-0}))" "$n") $audit"
+	echo "$(pgbench_tps_latency "$out") $(cpu_per_tx "$c0" "$c1" "$n") $audit"
 }
 
 # --------------------------------------------------------------------------
